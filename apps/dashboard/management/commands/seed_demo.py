@@ -1,0 +1,66 @@
+"""Create the demo organisation, project, provider and people; print a fresh key last.
+
+Idempotent: running it again updates the demo rows in place and issues one more key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from apps.keys.services import key_issue
+from apps.providers.models import Provider, ProviderKind
+from apps.providers.services import alias_set, provider_create, provider_update
+from apps.tenancy.models import Organization, Project, Role
+from apps.tenancy.services import membership_set, organization_create, project_create, team_create
+
+DEMO_PASSWORD = "demo-password"
+DEMO_PEOPLE = {  # username -> role
+    "lead": Role.OWNER,
+    "dev": Role.DEVELOPER,
+    "finance": Role.FINANCE,
+}
+
+
+class Command(BaseCommand):
+    help = "Seed a working demo (no external API key needed) and print a key for project 'demo'."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument(
+            "--upstream", default=None, help="Base URL of the provider (default: the simulated upstream)"
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        upstream = (options["upstream"] or settings.SIMULATED_UPSTREAM_URL).rstrip("/")
+        with transaction.atomic():
+            org = Organization.objects.filter(slug="demo").first() or organization_create(name="Demo Org", slug="demo")
+            team = org.teams.filter(slug="platform").first() or team_create(organization=org, name="Platform")
+            for username, role in DEMO_PEOPLE.items():
+                user = User.objects.filter(username=username).first()
+                if user is None:
+                    user = User.objects.create_user(username=username, password=DEMO_PASSWORD)
+                membership_set(organization=org, user=user, role=role, team=team if role == Role.DEVELOPER else None)
+            provider = Provider.objects.filter(organization=org, name="Simulated upstream").first()
+            if provider is None:
+                provider = provider_create(
+                    organization=org, name="Simulated upstream", kind=ProviderKind.SIMULATED, base_url=upstream
+                )
+            else:
+                provider_update(provider=provider, name=provider.name, base_url=upstream, secret=None, is_active=True)
+            project = Project.objects.filter(slug="demo").first() or project_create(
+                organization=org, name="Demo", slug="demo", team=team
+            )
+            project.default_provider = provider
+            project.save(update_fields=["default_provider"])
+            alias_set(project=project, alias="default-chat", provider=provider, model="gpt-4o-mini")
+            issued = key_issue(project=project, name="demo key", default_feature="demo")
+        self.stderr.write(
+            f"Demo ready: org 'demo', project 'demo', provider at {upstream}.\n"
+            f"Log in as lead / dev / finance with password {DEMO_PASSWORD!r}.\n"
+            f"API key for project 'demo' (shown once):"
+        )
+        self.stdout.write(issued.plaintext)

@@ -1,0 +1,26 @@
+"""Declare the periodic jobs in django-celery-beat (idempotent; `make run` calls it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+# name -> (task, every N seconds)
+PERIODIC_TASKS = {
+    "Ledger hourly roll-ups": ("ledger.rollups_refresh", 60),
+    "Ledger stragglers (dead consumers)": ("ledger.ingest_stragglers", 60),
+}
+
+
+class Command(BaseCommand):
+    help = "Create or update the periodic tasks the product needs."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        for name, (task, seconds) in PERIODIC_TASKS.items():
+            schedule, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
+            PeriodicTask.objects.update_or_create(
+                name=name, defaults={"task": task, "interval": schedule, "enabled": True}
+            )
+            self.stdout.write(f"periodic task: {name} ({task}) every {seconds}s")

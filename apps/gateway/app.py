@@ -1,0 +1,644 @@
+"""The data plane: a lean ASGI app for the OpenAI-compatible /v1 API.
+
+Per request: authenticate the key against the in-memory policy snapshot,
+validate, resolve the model to a provider, forward (streaming passes chunks
+through as they arrive), then append one ledger event to the Redis stream.
+No Django request handling, no ORM, no blocking call on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from apps.gateway import tokens
+from apps.gateway.errors import (
+    GatewayError,
+    invalid_api_key,
+    model_not_allowed,
+    model_not_found,
+    upstream_unavailable,
+)
+from apps.gateway.ledger_writer import LedgerWriter
+from apps.gateway.policy import KeyPolicy, PolicyStore, PriceRow, ProjectPolicy, ProviderTarget, Snapshot
+from apps.gateway.validation import (
+    ENDPOINT_CHAT,
+    ENDPOINT_COMPLETIONS,
+    ENDPOINT_EMBEDDINGS,
+    parse_body,
+    too_large,
+    validate,
+)
+from apps.keys.models import KEY_PREFIX
+from apps.ledger.stream import stream_name
+
+logger = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+LOOKUP_ID_LENGTH = 8
+FORWARD_PATHS = {
+    "/v1/chat/completions": ENDPOINT_CHAT,
+    "/v1/completions": ENDPOINT_COMPLETIONS,
+    "/v1/embeddings": ENDPOINT_EMBEDDINGS,
+}
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+ZERO = Decimal(0)
+
+
+@dataclass(slots=True)
+class Call:
+    """What we learn about one proxied request; becomes its ledger event."""
+
+    request_id: str
+    endpoint: str
+    started: float
+    created_at: float
+    key: KeyPolicy
+    feature: str = ""
+    end_user: str = ""
+    requested_model: str = ""
+    served_model: str = ""
+    provider_id: int | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    usage_estimated: bool = False
+    cost: Decimal = ZERO
+    counterfactual_cost: Decimal = ZERO
+    ttft_ms: int | None = None
+    status_code: int = 200
+    error_code: str = ""
+    streamed: bool = False
+    route: str = ""
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def event(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "created_at": self.created_at,
+            "organization_id": self.key.organization_id,
+            "project_id": self.key.project_id,
+            "api_key_id": self.key.id,
+            "provider_id": self.provider_id,
+            "endpoint": self.endpoint,
+            "feature": self.feature,
+            "end_user": self.end_user,
+            "requested_model": self.requested_model,
+            "served_model": self.served_model,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "completion_tokens": self.completion_tokens,
+            "usage_estimated": self.usage_estimated,
+            "cost": str(self.cost),
+            "counterfactual_cost": str(self.counterfactual_cost),
+            "latency_ms": int((time.perf_counter() - self.started) * 1000),
+            "ttft_ms": self.ttft_ms,
+            "status_code": self.status_code,
+            "error_code": self.error_code,
+            "streamed": self.streamed,
+            "cache_hit": "",
+            "route": self.route,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    provider: ProviderTarget
+    model: str
+    price: PriceRow | None
+    counterfactual_price: PriceRow | None
+    route: str
+
+
+class Gateway:
+    """ASGI callable for /v1/*; also answers the lifespan protocol."""
+
+    def __init__(self) -> None:
+        self.redis: aioredis.Redis | None = None
+        self.http: aiohttp.ClientSession | None = None
+        self.policy: PolicyStore | None = None
+        self.ledger: LedgerWriter | None = None
+        self._startup_lock = asyncio.Lock()
+
+    # --- lifecycle -------------------------------------------------------
+
+    async def startup(self) -> None:
+        async with self._startup_lock:
+            if self.policy is not None:
+                return
+            self.redis = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=512)
+            self.http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(
+                    total=None,
+                    connect=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS,
+                    sock_read=settings.GATEWAY_UPSTREAM_TIMEOUT_SECONDS,
+                ),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent",),
+            )
+            self.ledger = LedgerWriter(self.redis, stream_name(), Path(settings.BASE_DIR) / "var" / "spool")
+            self.ledger.start()
+            policy = PolicyStore(self.redis, settings.GATEWAY_POLICY_POLL_SECONDS)
+            await policy.start()
+            self.policy = policy
+
+    async def shutdown(self) -> None:
+        if self.policy:
+            await self.policy.stop()
+        if self.ledger:
+            await self.ledger.stop()
+        if self.http:
+            await self.http.close()
+        if self.redis:
+            await self.redis.aclose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    logger.exception("gateway start-up failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # --- dispatch --------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if self.policy is None:
+            await self.startup()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        request_id = "req_" + secrets.token_hex(12)
+        try:
+            endpoint = FORWARD_PATHS.get(path)
+            if endpoint is not None:
+                if method != "POST":
+                    raise GatewayError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")
+                await self._proxy(scope, receive, send, endpoint, request_id)
+            elif path == "/v1/models" or path.startswith("/v1/models/"):
+                if method != "GET":
+                    raise GatewayError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")
+                await self._models(scope, send, path, request_id)
+            else:
+                raise GatewayError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
+        except GatewayError as exc:
+            await _send_error(send, exc, request_id)
+        except Exception:
+            logger.exception("unhandled gateway error on %s %s", method, path)
+            await _send_error(
+                send, GatewayError(500, "The gateway failed to process the request.", type="api_error"), request_id
+            )
+
+    # --- /v1/models --------------------------------------------------------
+
+    async def _models(self, scope: Scope, send: Send, path: str, request_id: str) -> None:
+        snapshot = self._snapshot()
+        key = self._authenticate(snapshot, _header(scope, b"authorization"))
+        project = snapshot.projects[key.project_id]
+        visible = _visible_models(snapshot, project, key)
+        if path == "/v1/models":
+            body = {"object": "list", "data": [_model_object(m, owner) for m, owner in sorted(visible.items())]}
+        else:
+            model_id = path[len("/v1/models/") :]
+            if model_id not in visible:
+                raise model_not_found(model_id)
+            body = _model_object(model_id, visible[model_id])
+        await _send_json(send, 200, orjson.dumps(body), request_id)
+
+    # --- proxying ----------------------------------------------------------
+
+    async def _proxy(self, scope: Scope, receive: Receive, send: Send, endpoint: str, request_id: str) -> None:
+        snapshot = self._snapshot()
+        headers = _headers(scope)
+        key = self._authenticate(snapshot, headers.get(b"authorization"))
+        call = Call(
+            request_id=request_id,
+            endpoint=endpoint,
+            started=time.perf_counter(),
+            created_at=time.time(),
+            key=key,
+            feature=headers.get(b"x-feature", b"").decode("utf-8", "replace")[:100],
+            end_user=headers.get(b"x-end-user", b"").decode("utf-8", "replace")[:200],
+        )
+        try:
+            payload = parse_body(await _read_body(receive))
+            validate(endpoint, payload)
+            call.requested_model = payload["model"]
+            call.streamed = bool(payload.get("stream")) and endpoint != ENDPOINT_EMBEDDINGS
+            _attribute(call, payload.get("user"))
+            target = self._resolve(snapshot, key, call.requested_model, call)
+            payload["model"] = target.model
+            call.served_model = target.model
+            call.provider_id = target.provider.id
+            call.route = target.route
+            call.prompt_tokens = _estimate_prompt(endpoint, payload)
+            if call.streamed:
+                await self._forward_stream(send, receive, call, target, endpoint, payload)
+            else:
+                await self._forward(send, call, target, endpoint, payload)
+        except GatewayError as exc:
+            call.status_code = exc.status
+            call.error_code = exc.code or exc.type
+            await asyncio.gather(_send_error(send, exc, request_id), self._record(call))
+
+    def _snapshot(self) -> Snapshot:
+        assert self.policy is not None
+        return self.policy.current
+
+    def _authenticate(self, snapshot: Snapshot, authorization: bytes | None) -> KeyPolicy:
+        if not authorization:
+            raise invalid_api_key("You didn't provide an API key. Send it as 'Authorization: Bearer cc_live_...'.")
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token.startswith(KEY_PREFIX):
+            raise invalid_api_key()
+        lookup_id = token[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_ID_LENGTH]
+        key = snapshot.keys.get(lookup_id)
+        if key is None or not hmac.compare_digest(key.key_hash, hashlib.sha256(token.encode()).digest()):
+            raise invalid_api_key()
+        if key.revoked:
+            raise invalid_api_key("This API key has been revoked.")
+        if key.expires_at is not None and key.expires_at <= time.time():
+            raise invalid_api_key("This API key has expired.")
+        return key
+
+    def _resolve(self, snapshot: Snapshot, key: KeyPolicy, requested: str, call: Call) -> Target:
+        if key.allowed_models and requested not in key.allowed_models:
+            raise model_not_allowed(requested)
+        project = snapshot.projects[key.project_id]
+        today = dt.datetime.fromtimestamp(call.created_at, dt.UTC).date()
+        alias = project.aliases.get(requested)
+        if alias is not None:
+            provider = snapshot.providers.get(alias[0])
+            if provider is None:
+                raise model_not_found(requested)
+            price = snapshot.price(provider.id, alias[1], today)
+            # An alias names no model of its own: without us the app would have
+            # paid for whatever it is pointed at.
+            return Target(provider, alias[1], price, price, f"alias:{requested}")
+        provider_ids = snapshot.org_models.get(project.organization_id, {}).get(requested)
+        if not provider_ids:
+            raise model_not_found(requested)
+        provider_id = project.default_provider_id if project.default_provider_id in provider_ids else provider_ids[0]
+        price = snapshot.price(provider_id, requested, today)
+        return Target(snapshot.providers[provider_id], requested, price, price, "direct")
+
+    async def _forward(self, send: Send, call: Call, target: Target, endpoint: str, payload: dict[str, Any]) -> None:
+        assert self.http is not None
+        try:
+            async with self.http.post(
+                _upstream_url(target.provider, endpoint),
+                data=orjson.dumps(payload),
+                headers=_upstream_headers(target.provider),
+            ) as resp:
+                body = await resp.read()
+                status = resp.status
+                retry_after = resp.headers.get("retry-after")
+        except TimeoutError:
+            raise upstream_unavailable(
+                f"The provider {target.provider.name} did not answer in time.", status=504, code="upstream_timeout"
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise upstream_unavailable(f"Could not reach the provider {target.provider.name}: {exc}.") from None
+        call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
+        call.status_code = status
+        extra = [(b"retry-after", retry_after.encode())] if retry_after else []
+        if status >= 400:
+            call.error_code = _upstream_error_code(body)
+        else:
+            data = _json_object(body)
+            usage = data.get("usage")
+            if not isinstance(usage, dict):
+                usage = None
+                call.completion_tokens = _estimate_completion(data)
+            _apply_usage(call, target, usage)
+        await asyncio.gather(_send_json(send, status, body, call.request_id, extra), self._record(call))
+
+    async def _forward_stream(
+        self, send: Send, receive: Receive, call: Call, target: Target, endpoint: str, payload: dict[str, Any]
+    ) -> None:
+        assert self.http is not None
+        stream_options = payload.get("stream_options") or {}
+        client_wants_usage = bool(stream_options.get("include_usage"))
+        # Always ask for the usage chunk: it is how streams get billed exactly.
+        payload["stream_options"] = {**stream_options, "include_usage": True}
+
+        disconnected = asyncio.Event()
+        watcher = asyncio.create_task(_watch_disconnect(receive, disconnected))
+        relay = _SseRelay(strip_usage_chunk=not client_wants_usage)
+        started_response = False
+        try:
+            async with self.http.post(
+                _upstream_url(target.provider, endpoint),
+                data=orjson.dumps(payload),
+                headers=_upstream_headers(target.provider),
+            ) as resp:
+                if resp.status != 200:
+                    body = await resp.read()
+                    call.status_code = resp.status
+                    call.error_code = _upstream_error_code(body)
+                    retry_after = resp.headers.get("retry-after")
+                    extra = [(b"retry-after", retry_after.encode())] if retry_after else []
+                    await asyncio.gather(
+                        _send_json(send, resp.status, body, call.request_id, extra), self._record(call)
+                    )
+                    return
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 200,
+                        "headers": [*SSE_HEADERS, (b"x-request-id", call.request_id.encode())],
+                    }
+                )
+                started_response = True
+                try:
+                    async for chunk in resp.content.iter_any():
+                        if call.ttft_ms is None:
+                            call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
+                        out = relay.feed(chunk)
+                        if out:
+                            await send({"type": "http.response.body", "body": out, "more_body": True})
+                        if disconnected.is_set():
+                            call.status_code = 499
+                            call.error_code = "client_disconnected"
+                            break
+                except (TimeoutError, aiohttp.ClientError):
+                    call.status_code = 502
+                    call.error_code = "upstream_stream_truncated"
+                    error = upstream_unavailable("The provider's stream ended early.", code="upstream_stream_truncated")
+                    await send(
+                        {"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": True}
+                    )
+        except TimeoutError:
+            if started_response:
+                raise
+            raise upstream_unavailable(
+                f"The provider {target.provider.name} did not answer in time.", status=504, code="upstream_timeout"
+            ) from None
+        except aiohttp.ClientError as exc:
+            if started_response:
+                raise
+            raise upstream_unavailable(f"Could not reach the provider {target.provider.name}: {exc}.") from None
+        finally:
+            watcher.cancel()
+
+        tail = relay.flush()
+        if call.status_code == 200 and not relay.done:
+            call.status_code = 502
+            call.error_code = "upstream_stream_truncated"
+        if relay.usage is not None:
+            _apply_usage(call, target, relay.usage)
+        else:
+            call.completion_tokens = relay.estimate_completion_tokens()
+            _apply_usage(call, target, None)
+        await asyncio.gather(send({"type": "http.response.body", "body": tail, "more_body": False}), self._record(call))
+
+    async def _record(self, call: Call) -> None:
+        assert self.ledger is not None
+        await self.ledger.write(call.event())
+
+
+class _SseRelay:
+    """Passes complete SSE events through and notes the usage chunk.
+
+    Only whole events are forwarded, so the usage-only chunk (``choices: []``)
+    we forced upstream can be removed when the app did not ask for it. Events
+    are kept so completion tokens can be counted if the provider sends no usage.
+    """
+
+    def __init__(self, *, strip_usage_chunk: bool) -> None:
+        self._strip = strip_usage_chunk
+        self._buffer = b""
+        self._events: list[bytes] = []
+        self.usage: dict[str, Any] | None = None
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        self._buffer += chunk
+        cut = self._buffer.rfind(b"\n\n")
+        if cut < 0:
+            return b""
+        complete, self._buffer = self._buffer[: cut + 2], self._buffer[cut + 2 :]
+        if b'"usage"' not in complete and b"[DONE]" not in complete:
+            self._events.append(complete)
+            return complete
+        kept = []
+        for event in complete.split(b"\n\n"):
+            if not event:
+                continue
+            if event.startswith(b"data: [DONE]"):
+                self.done = True
+            elif b'"usage"' in event and b'"usage":null' not in event and b'"usage": null' not in event:
+                data = _event_json(event)
+                if data is not None and data.get("usage"):
+                    self.usage = data["usage"]
+                    if self._strip and not data.get("choices"):
+                        continue
+            self._events.append(event)
+            kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    def flush(self) -> bytes:
+        rest, self._buffer = self._buffer, b""
+        return rest
+
+    def estimate_completion_tokens(self) -> int:
+        total = 0
+        for blob in self._events:
+            for event in blob.split(b"\n\n"):
+                data = _event_json(event)
+                for choice in (data or {}).get("choices") or ():
+                    delta = choice.get("delta") or {}
+                    total += tokens.estimate_text(delta.get("content") or choice.get("text") or "")
+        return total
+
+
+def _event_json(event: bytes) -> dict[str, Any] | None:
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            data = line[5:].strip()
+            if data and data != b"[DONE]":
+                try:
+                    parsed = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    return None
+                return parsed if isinstance(parsed, dict) else None
+    return None
+
+
+# --- helpers -------------------------------------------------------------
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    return dict(scope["headers"])
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    limit = settings.GATEWAY_MAX_BODY_BYTES
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise GatewayError(499, "The client closed the connection.", code="client_disconnected")
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise too_large(limit)
+        chunks.append(body)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _watch_disconnect(receive: Receive, flag: asyncio.Event) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            flag.set()
+            return
+
+
+def _attribute(call: Call, user: Any) -> None:
+    """Feature tag and end user: headers first, then `user` ("enduser:feature"), then the key's default."""
+    if isinstance(user, str) and user:
+        end_user, _, feature = user.partition(":")
+        if not call.end_user:
+            call.end_user = end_user[:200]
+        if not call.feature and feature:
+            call.feature = feature[:100]
+    if not call.feature:
+        call.feature = call.key.default_feature
+
+
+def _estimate_prompt(endpoint: str, payload: dict[str, Any]) -> int:
+    if endpoint == ENDPOINT_CHAT:
+        return tokens.estimate_messages(payload["messages"])
+    if endpoint == ENDPOINT_COMPLETIONS:
+        return tokens.estimate_prompt(payload["prompt"])
+    return tokens.estimate_prompt(payload["input"])
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _estimate_completion(data: dict[str, Any]) -> int:
+    """Completion tokens of a non-streamed answer whose provider reported no usage."""
+    total = 0
+    for choice in data.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message") or {}
+            total += tokens.estimate_text(message.get("content") or choice.get("text") or "")
+    return total
+
+
+def _apply_usage(call: Call, target: Target, usage: dict[str, Any] | None) -> None:
+    """Take the provider's token counts (or keep our estimates) and price them."""
+    if usage is not None:
+        call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        call.completion_tokens = int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details") or {}
+        call.cached_tokens = int(details.get("cached_tokens") or 0)
+    else:
+        call.usage_estimated = True
+    counts = {
+        "prompt_tokens": call.prompt_tokens,
+        "cached_tokens": call.cached_tokens,
+        "completion_tokens": call.completion_tokens,
+    }
+    if target.price is not None:
+        call.cost = target.price.cost(**counts)
+    else:
+        call.route += ";unpriced"
+    if target.counterfactual_price is not None:
+        call.counterfactual_cost = target.counterfactual_price.cost(**counts)
+
+
+def _upstream_error_code(body: bytes) -> str:
+    try:
+        error = orjson.loads(body).get("error") or {}
+        return str(error.get("code") or error.get("type") or "upstream_error")[:100]
+    except (orjson.JSONDecodeError, AttributeError):
+        return "upstream_error"
+
+
+def _upstream_url(provider: ProviderTarget, endpoint: str) -> str:
+    return f"{provider.base_url}/{endpoint.replace('.', '/')}"
+
+
+def _upstream_headers(provider: ProviderTarget) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if provider.secret:
+        headers["Authorization"] = f"Bearer {provider.secret}"
+    return headers
+
+
+def _visible_models(snapshot: Snapshot, project: ProjectPolicy, key: KeyPolicy) -> dict[str, str]:
+    """Model id -> owner shown in /v1/models: the project's aliases and its org's priced models."""
+    visible: dict[str, str] = {}
+    for model, provider_ids in snapshot.org_models.get(project.organization_id, {}).items():
+        visible[model] = snapshot.providers[provider_ids[0]].name
+    for alias in project.aliases:
+        visible[alias] = "costcontrol"
+    if key.allowed_models:
+        visible = {m: o for m, o in visible.items() if m in key.allowed_models}
+    return visible
+
+
+def _model_object(model: str, owner: str) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": 0, "owned_by": owner}
+
+
+async def _send_json(
+    send: Send, status: int, body: bytes, request_id: str, extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    headers = [*JSON_HEADERS, (b"x-request-id", request_id.encode())]
+    if extra:
+        headers.extend(extra)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, exc: GatewayError, request_id: str) -> None:
+    await _send_json(send, exc.status, exc.body(), request_id, exc.headers)

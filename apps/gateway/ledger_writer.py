@@ -1,0 +1,89 @@
+"""Appends ledger events to the Redis stream, never losing one.
+
+When Redis refuses the write, the event goes to a local spool file and a
+background task re-sends the spool once Redis answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from apps.ledger.stream import FIELD
+
+logger = logging.getLogger(__name__)
+
+
+class LedgerWriter:
+    def __init__(self, redis_client: aioredis.Redis, stream: str, spool_dir: Path) -> None:
+        self._redis = redis_client
+        self._stream = stream
+        self._spool = spool_dir / f"ledger-spool-{os.getpid()}.jsonl"
+        self._spool_dir = spool_dir
+        self._resend_task: asyncio.Task[None] | None = None
+
+    async def write(self, event: dict[str, Any]) -> None:
+        payload = orjson.dumps(event)
+        try:
+            await self._redis.xadd(self._stream, {FIELD: payload})
+        except Exception:
+            logger.exception("ledger XADD failed; spooling request %s", event.get("request_id"))
+            await asyncio.get_running_loop().run_in_executor(None, self._append_spool, payload)
+
+    def _append_spool(self, payload: bytes) -> None:
+        self._spool_dir.mkdir(parents=True, exist_ok=True)
+        with self._spool.open("ab") as fh:
+            fh.write(payload + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def start(self) -> None:
+        self._resend_task = asyncio.create_task(self._resend_forever())
+
+    async def stop(self) -> None:
+        if self._resend_task:
+            self._resend_task.cancel()
+            await asyncio.gather(self._resend_task, return_exceptions=True)
+
+    async def _resend_forever(self) -> None:
+        while True:
+            await asyncio.sleep(2)
+            try:
+                await self.resend_spools()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("ledger spool re-send failed; will retry", exc_info=True)
+
+    async def resend_spools(self) -> None:
+        """Send every spooled event (from any process that left a spool) to the stream."""
+        for spool in sorted(self._spool_dir.glob("ledger-spool-*.jsonl")):
+            claimed = spool.with_suffix(".sending")
+            try:
+                spool.rename(claimed)  # atomic: only one process sends a given spool
+            except FileNotFoundError:
+                continue
+            lines = [line for line in claimed.read_bytes().splitlines() if line]
+            pipe = self._redis.pipeline(transaction=False)
+            for line in lines:
+                pipe.xadd(self._stream, {FIELD: line})
+            try:
+                await pipe.execute()
+            except Exception:
+                claimed.rename(spool)  # put it back for the next try
+                raise
+            claimed.unlink()
+        # A crash between rename and unlink leaves a .sending file: re-queue it.
+        # The consumer's insert is idempotent on request_id, so a re-send is harmless.
+        # Only files untouched for a minute: a younger one is another process's send in flight.
+        cutoff = time.time() - 60
+        for stale in self._spool_dir.glob("ledger-spool-*.sending"):
+            if stale.stat().st_ctime < cutoff and not stale.with_suffix(".jsonl").exists():
+                stale.rename(stale.with_suffix(".jsonl"))

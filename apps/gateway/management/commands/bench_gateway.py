@@ -1,0 +1,212 @@
+"""`make bench`: gateway throughput and added latency vs. the upstream, same run.
+
+Starts the simulated upstream (1 worker), a gateway (uvicorn, 1 worker) with
+key auth and the ledger on, and a ledger consumer; then runs wrk against the
+upstream directly and through the gateway at each concurrency, and prints
+requests/s and p50/p99 latency, with the gateway's added latency.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.request import urlopen
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.keys.services import IssuedKey, key_issue
+from apps.ledger.models import LedgerEntry
+from apps.providers.models import Provider, ProviderKind
+from apps.providers.services import provider_create, provider_update
+from apps.tenancy.models import Organization, Project
+from apps.tenancy.services import organization_create, project_create
+
+BODY = (
+    '{"model":"gpt-4o-mini","max_tokens":16,'
+    '"messages":[{"role":"user","content":"Summarise our refund policy in one sentence."}]}'
+)
+LUA = """wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+"""
+UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait(url: str, ok: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CommandError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
+                if response.status == ok:
+                    return
+        except HTTPError as exc:
+            if exc.code == ok:
+                return
+        except (URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise CommandError(f"{url} did not come up")
+
+
+def _ms(value: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", value)
+    if not match:
+        raise CommandError(f"cannot read wrk latency {value!r}")
+    return float(match.group(1)) * UNITS[match.group(2)]
+
+
+def _wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return {
+        "rps": rps,
+        "p50": p50,
+        "p99": p99,
+        "errors": float(non2xx.group(1)) if non2xx else 0.0,
+        "requests": requests,
+    }
+
+
+class Command(BaseCommand):
+    help = "Benchmark the data plane against a direct call to the simulated upstream (needs wrk)."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--seconds", type=int, default=10)
+        parser.add_argument("--connections", default="1,16")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if shutil.which("wrk") is None:
+            raise CommandError("wrk is not installed (Debian: apt-get install wrk)")
+        python = sys.executable
+        up_port, gw_port = _free_port(), _free_port()
+        upstream_url = f"http://127.0.0.1:{up_port}/v1"
+        issued = self._bench_key(upstream_url)
+        key = issued.plaintext
+        env = {
+            **os.environ,
+            "DATABASE_URL": settings.DATABASE_URL,
+            "REDIS_URL": settings.REDIS_URL,
+            "COSTCONTROL_REDIS_PREFIX": settings.REDIS_PREFIX,
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.setdefault("DJANGO_SETTINGS_MODULE", "costcontrol.settings.dev")
+        procs = [
+            subprocess.Popen([python, "-m", "apps.simulator", "--host", "127.0.0.1", "--port", str(up_port)], env=env),
+            subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "costcontrol.asgi:application",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(gw_port),
+                    "--workers",
+                    "1",
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+            ),
+            subprocess.Popen([python, "manage.py", "ingest_ledger"], env=env, stdout=subprocess.DEVNULL),
+        ]
+        try:
+            _wait(f"http://127.0.0.1:{up_port}/health", 200, procs[0])
+            _wait(f"http://127.0.0.1:{gw_port}/v1/models", 401, procs[1])
+            with tempfile.TemporaryDirectory() as tmp:
+                direct_lua, gateway_lua = Path(tmp, "direct.lua"), Path(tmp, "gateway.lua")
+                direct_lua.write_text(LUA % (BODY, "sim"))
+                gateway_lua.write_text(LUA % (BODY, key))
+                # Warm both paths (connection pools, snapshot) before measuring.
+                sent = int(_wrk(f"http://127.0.0.1:{gw_port}/v1/chat/completions", gateway_lua, 4, 2)["requests"])
+                rows = []
+                for connections in [int(c) for c in options["connections"].split(",")]:
+                    direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
+                    gateway = _wrk(
+                        f"http://127.0.0.1:{gw_port}/v1/chat/completions", gateway_lua, connections, options["seconds"]
+                    )
+                    sent += int(gateway["requests"])
+                    rows.append((connections, direct, gateway))
+            self._report(rows, options["seconds"])
+            self._check_ledger(issued.api_key.id, sent)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=15)
+
+    def _bench_key(self, upstream_url: str) -> IssuedKey:
+        org = Organization.objects.filter(slug="bench").first() or organization_create(name="Bench", slug="bench")
+        provider = Provider.objects.filter(organization=org, name="bench upstream").first()
+        if provider is None:
+            provider = provider_create(
+                organization=org, name="bench upstream", kind=ProviderKind.SIMULATED, base_url=upstream_url
+            )
+        else:
+            provider_update(provider=provider, name=provider.name, base_url=upstream_url, secret=None, is_active=True)
+        project = Project.objects.filter(slug="bench").first() or project_create(
+            organization=org, name="Bench", slug="bench"
+        )
+        project.default_provider = provider
+        project.save(update_fields=["default_provider"])
+        return key_issue(project=project, name=f"bench {time.strftime('%Y-%m-%d %H:%M:%S')}")
+
+    def _report(self, rows: list[tuple[int, dict[str, float], dict[str, float]]], seconds: int) -> None:
+        w = self.stdout.write
+        w(
+            f"\nCostControl gateway benchmark — {os.cpu_count()} CPUs, wrk -t1, {seconds}s per run, "
+            "1 gateway worker, key auth + ledger on, simulated upstream (1 worker, no added latency)\n"
+        )
+        w(f"{'conc':>4}  {'path':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        for connections, direct, gateway in rows:
+            for name, r in (("direct", direct), ("gateway", gateway)):
+                w(f"{connections:>4}  {name:<8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>8.0f}")
+            w(
+                f"{'':>4}  added latency: p50 {gateway['p50'] - direct['p50']:+.2f} ms, "
+                f"p99 {gateway['p99'] - direct['p99']:+.2f} ms; gateway at {gateway['rps'] / direct['rps']:.0%} "
+                "of direct throughput"
+            )
+
+    def _check_ledger(self, api_key_id: int, sent: int) -> None:
+        """Every request wrk saw answered must be in the ledger (wrk drops in-flight ones at the end)."""
+        rows = LedgerEntry.objects.filter(api_key_id=api_key_id)
+        deadline = time.monotonic() + 60
+        while rows.count() < sent and time.monotonic() < deadline:
+            time.sleep(0.5)
+        recorded = rows.count()
+        verdict = "ok" if recorded >= sent else "MISSING ROWS"
+        self.stdout.write(f"ledger: {recorded} rows for {sent} answered gateway requests — {verdict}\n")

@@ -1,0 +1,239 @@
+"""The policy snapshot: everything the data plane needs to decide a request.
+
+Built from Postgres off the event loop, held in memory per gateway process, and
+rebuilt when the control plane announces a change (Redis pub/sub) or when the
+version counter moved (polled as a safety net). Request handling only reads
+the snapshot: no SQL on the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+MILLION = Decimal(1_000_000)
+
+
+def channel_name() -> str:
+    return settings.REDIS_PREFIX + "policy:changed"
+
+
+def version_key() -> str:
+    return settings.REDIS_PREFIX + "policy:version"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPolicy:
+    id: int
+    lookup_id: str
+    key_hash: bytes
+    project_id: int
+    organization_id: int
+    allowed_models: frozenset[str]
+    default_feature: str
+    expires_at: float | None
+    revoked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderTarget:
+    id: int
+    name: str
+    kind: str
+    base_url: str
+    secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRow:
+    effective_from: dt.date
+    input: Decimal  # USD per token (catalogue per-1M prices divided once here)
+    cached_input: Decimal
+    output: Decimal
+
+    def cost(self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> Decimal:
+        uncached = max(prompt_tokens - cached_tokens, 0)
+        return uncached * self.input + cached_tokens * self.cached_input + completion_tokens * self.output
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectPolicy:
+    id: int
+    organization_id: int
+    slug: str
+    default_provider_id: int | None
+    aliases: dict[str, tuple[int, str]]  # alias -> (provider id, model)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: int
+    keys: dict[str, KeyPolicy] = field(default_factory=dict)  # by lookup id
+    projects: dict[int, ProjectPolicy] = field(default_factory=dict)
+    providers: dict[int, ProviderTarget] = field(default_factory=dict)
+    # organisation id -> model -> provider ids (ascending) that have a price for it
+    org_models: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
+    prices: dict[tuple[int, str], tuple[PriceRow, ...]] = field(default_factory=dict)  # newest first
+
+    def price(self, provider_id: int, model: str, on: dt.date) -> PriceRow | None:
+        for row in self.prices.get((provider_id, model), ()):
+            if row.effective_from <= on:
+                return row
+        return None
+
+
+def build_snapshot(version: int) -> Snapshot:
+    """Read the whole policy from Postgres (sync; run it in a thread)."""
+    from apps.keys.models import ApiKey
+    from apps.providers.models import ModelAlias, Price, Provider
+    from apps.tenancy.models import Project
+
+    keys = {}
+    for key in ApiKey.objects.select_related("project").all():
+        keys[key.lookup_id] = KeyPolicy(
+            id=key.id,
+            lookup_id=key.lookup_id,
+            key_hash=bytes.fromhex(key.key_hash),
+            project_id=key.project_id,
+            organization_id=key.project.organization_id,
+            allowed_models=frozenset(key.allowed_models),
+            default_feature=key.default_feature,
+            expires_at=key.expires_at.timestamp() if key.expires_at else None,
+            revoked=key.revoked_at is not None,
+        )
+
+    providers = {
+        p.id: ProviderTarget(id=p.id, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), secret=p.secret)
+        for p in Provider.objects.filter(is_active=True)
+    }
+    provider_orgs = dict(Provider.objects.filter(is_active=True).values_list("id", "organization_id"))
+
+    aliases: dict[int, dict[str, tuple[int, str]]] = {}
+    for alias in ModelAlias.objects.filter(provider__is_active=True):
+        aliases.setdefault(alias.project_id, {})[alias.alias] = (alias.provider_id, alias.model)
+
+    projects = {
+        p.id: ProjectPolicy(
+            id=p.id,
+            organization_id=p.organization_id,
+            slug=p.slug,
+            default_provider_id=p.default_provider_id,
+            aliases=aliases.get(p.id, {}),
+        )
+        for p in Project.objects.all()
+    }
+
+    prices: dict[tuple[int, str], list[PriceRow]] = {}
+    org_models: dict[int, dict[str, list[int]]] = {}
+    for price in Price.objects.filter(provider__is_active=True).order_by("provider_id", "model", "-effective_from"):
+        prices.setdefault((price.provider_id, price.model), []).append(
+            PriceRow(
+                effective_from=price.effective_from,
+                input=price.input_per_mtok / MILLION,
+                cached_input=price.cached_input_per_mtok / MILLION,
+                output=price.output_per_mtok / MILLION,
+            )
+        )
+        served_by = org_models.setdefault(provider_orgs[price.provider_id], {}).setdefault(price.model, [])
+        if price.provider_id not in served_by:
+            served_by.append(price.provider_id)
+
+    return Snapshot(
+        version=version,
+        keys=keys,
+        projects=projects,
+        providers=providers,
+        org_models={org: {m: tuple(sorted(ids)) for m, ids in models.items()} for org, models in org_models.items()},
+        prices={k: tuple(v) for k, v in prices.items()},
+    )
+
+
+def publish_policy_change() -> None:
+    """Tell every gateway process to rebuild its snapshot (call after commit)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        pipe = client.pipeline(transaction=False)
+        pipe.incr(version_key())
+        pipe.publish(channel_name(), b"changed")
+        pipe.execute()
+    finally:
+        client.close()
+
+
+class PolicyStore:
+    """Holds the current snapshot for one process and keeps it fresh."""
+
+    # Rebuild at least this often even when no change was announced, so a lost
+    # announcement (Redis blip during publish) heals on its own.
+    MAX_AGE_SECONDS = 60.0
+
+    def __init__(self, redis_client: aioredis.Redis, poll_seconds: float) -> None:
+        self._redis = redis_client
+        self._poll_seconds = poll_seconds
+        self._built_at = 0.0
+        self._refresh_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.current = Snapshot(version=-1)
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def refresh(self) -> None:
+        async with self._refresh_lock:
+            # Read the version before building: a change made during the build
+            # bumps it again and the next poll rebuilds.
+            version = int(await self._redis.get(version_key()) or 0)
+            loop = asyncio.get_running_loop()
+            self.current = await loop.run_in_executor(None, _build_in_thread, version)
+            self._built_at = time.monotonic()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(channel_name())
+                async for _message in pubsub.listen():
+                    await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("policy listener failed; reconnecting")
+                await asyncio.sleep(0.5)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_seconds)
+            try:
+                version = int(await self._redis.get(version_key()) or 0)
+                stale = time.monotonic() - self._built_at > self.MAX_AGE_SECONDS
+                if version != self.current.version or stale:
+                    await self.refresh()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("policy version check failed")
+
+
+def _build_in_thread(version: int) -> Snapshot:
+    from django.db import close_old_connections
+
+    try:
+        return build_snapshot(version)
+    finally:
+        close_old_connections()

@@ -1,0 +1,133 @@
+"""The cost ledger: one row per request, and hourly roll-ups for charts."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+
+
+class CacheHit(models.TextChoices):
+    NONE = "", "Miss / not cached"
+    EXACT = "exact", "Exact"
+    SEMANTIC = "semantic", "Semantic"
+
+
+class Source(models.TextChoices):
+    GATEWAY = "gateway", "Gateway"
+    IMPORTED = "imported", "Imported"
+
+
+COST = {"max_digits": 18, "decimal_places": 8}
+
+
+class LedgerEntry(models.Model):
+    """One request as the gateway saw it.
+
+    Foreign keys carry no database constraint on purpose: a row written by the
+    gateway must never be refused because its project or key was deleted
+    between the request and the ingest. Rows are append-only.
+    """
+
+    request_id = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(db_index=True, help_text="When the request arrived")
+    ingested_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.GATEWAY)
+
+    organization = models.ForeignKey(
+        "tenancy.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    project = models.ForeignKey("tenancy.Project", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    api_key = models.ForeignKey(
+        "keys.ApiKey", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
+    )
+    provider = models.ForeignKey(
+        "providers.Provider", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
+    )
+
+    endpoint = models.CharField(max_length=40)
+    feature = models.CharField(max_length=100, blank=True)
+    end_user = models.CharField(max_length=200, blank=True)
+    requested_model = models.CharField(max_length=200)
+    served_model = models.CharField(max_length=200, blank=True)
+
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    cached_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    usage_estimated = models.BooleanField(default=False, help_text="Counted by us: the provider reported no usage")
+
+    cost = models.DecimalField(**COST, default=0)
+    counterfactual_cost = models.DecimalField(
+        **COST, default=0, help_text="What the request would have cost without us: requested model, no cache"
+    )
+
+    latency_ms = models.PositiveIntegerField(default=0)
+    ttft_ms = models.PositiveIntegerField(null=True, blank=True)
+    status_code = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=100, blank=True)
+    streamed = models.BooleanField(default=False)
+    cache_hit = models.CharField(max_length=10, choices=CacheHit.choices, blank=True, default=CacheHit.NONE)
+    route = models.CharField(max_length=300, blank=True, help_text="Routing decision and its reason")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["project", "created_at"], name="ledger_project_time"),
+            models.Index(fields=["organization", "created_at"], name="ledger_org_time"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(cost__gte=0), name="ledger_cost_not_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id} {self.served_model or self.requested_model} ${self.cost}"
+
+    @property
+    def savings(self) -> Decimal:
+        return self.counterfactual_cost - self.cost
+
+
+class HourlyRollup(models.Model):
+    """Ledger totals per hour and slice; charts read these, never the ledger."""
+
+    hour = models.DateTimeField()
+    organization = models.ForeignKey(
+        "tenancy.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    project = models.ForeignKey("tenancy.Project", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    api_key = models.ForeignKey(
+        "keys.ApiKey", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
+    )
+    served_model = models.CharField(max_length=200)
+    feature = models.CharField(max_length=100)
+
+    requests = models.PositiveIntegerField()
+    errors = models.PositiveIntegerField()
+    cache_hits = models.PositiveIntegerField()
+    prompt_tokens = models.BigIntegerField()
+    cached_tokens = models.BigIntegerField()
+    completion_tokens = models.BigIntegerField()
+    cost = models.DecimalField(**COST)
+    counterfactual_cost = models.DecimalField(**COST)
+    latency_ms_sum = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "project", "api_key", "served_model", "feature"],
+                name="rollup_slice_unique",
+                nulls_distinct=False,
+            )
+        ]
+        indexes = [models.Index(fields=["project", "hour"], name="rollup_project_hour")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.served_model} {self.feature or '-'} ${self.cost}"
+
+
+class RollupWatermark(models.Model):
+    """Singleton: ledger rows ingested after this have not been rolled up yet."""
+
+    ingested_before = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"rolled up to {self.ingested_before:%Y-%m-%d %H:%M:%S}"

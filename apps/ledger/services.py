@@ -1,0 +1,186 @@
+"""Ledger ingest (Redis stream → Postgres) and hourly roll-ups."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncHour
+from django.utils import timezone
+
+from apps.ledger.models import HourlyRollup, LedgerEntry, RollupWatermark
+from apps.ledger.stream import FIELD, GROUP, stream_name
+
+logger = logging.getLogger(__name__)
+
+# Rows that commit late (a slow ingest transaction) still land in a hour that
+# the roll-up recomputes, as long as they commit within this margin.
+ROLLUP_OVERLAP = dt.timedelta(minutes=5)
+
+
+def dead_letter_stream() -> str:
+    return stream_name() + ":dead"
+
+
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL)
+
+
+def ensure_group(client: redis.Redis) -> None:
+    try:
+        client.xgroup_create(stream_name(), GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def _entry_from_event(event: dict[str, Any]) -> LedgerEntry:
+    return LedgerEntry(
+        request_id=event["request_id"],
+        created_at=dt.datetime.fromtimestamp(float(event["created_at"]), dt.UTC),
+        organization_id=event["organization_id"],
+        project_id=event["project_id"],
+        api_key_id=event.get("api_key_id"),
+        provider_id=event.get("provider_id"),
+        endpoint=event["endpoint"],
+        feature=event.get("feature") or "",
+        end_user=event.get("end_user") or "",
+        requested_model=event.get("requested_model") or "",
+        served_model=event.get("served_model") or "",
+        prompt_tokens=int(event.get("prompt_tokens") or 0),
+        cached_tokens=int(event.get("cached_tokens") or 0),
+        completion_tokens=int(event.get("completion_tokens") or 0),
+        usage_estimated=bool(event.get("usage_estimated")),
+        cost=Decimal(event.get("cost") or "0"),
+        counterfactual_cost=Decimal(event.get("counterfactual_cost") or "0"),
+        latency_ms=int(event.get("latency_ms") or 0),
+        ttft_ms=event.get("ttft_ms"),
+        status_code=int(event["status_code"]),
+        error_code=event.get("error_code") or "",
+        streamed=bool(event.get("streamed")),
+        cache_hit=event.get("cache_hit") or "",
+        route=(event.get("route") or "")[:300],
+    )
+
+
+def _read(client: redis.Redis, consumer: str, count: int, block_ms: int, claim_idle_ms: int) -> list[tuple[bytes, Any]]:
+    """Entries to ingest next: our own unacknowledged ones, then a dead consumer's, then new ones."""
+    stream = stream_name()
+    own = client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count)
+    if own and own[0][1]:
+        return own[0][1]
+    _next, claimed, *_ = client.xautoclaim(
+        stream, GROUP, consumer, min_idle_time=claim_idle_ms, start_id="0-0", count=count
+    )
+    if claimed:
+        return claimed
+    fresh = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count, block=block_ms or None)
+    return fresh[0][1] if fresh else []
+
+
+def ledger_ingest_batch(
+    *, client: redis.Redis, consumer: str, count: int = 500, block_ms: int = 1000, claim_idle_ms: int = 30_000
+) -> int:
+    """Move up to ``count`` events from the stream into Postgres; returns how many were handled.
+
+    Entries are acknowledged only after the insert committed. If this process
+    dies first they stay pending and are re-read (by us on restart, or by any
+    consumer once idle for ``claim_idle_ms``). Inserts ignore request ids that
+    already exist, so a re-read never duplicates a row.
+    """
+    ensure_group(client)
+    entries = _read(client, consumer, count, block_ms, claim_idle_ms)
+    if not entries:
+        return 0
+    rows: list[LedgerEntry] = []
+    unreadable: list[tuple[bytes, dict[bytes, bytes]]] = []
+    for entry_id, fields in entries:
+        if not fields:  # deleted from the stream while pending; nothing to keep
+            continue
+        try:
+            rows.append(_entry_from_event(orjson.loads(fields[FIELD])))
+        except (KeyError, ValueError, TypeError, ArithmeticError):
+            unreadable.append((entry_id, fields))
+    with transaction.atomic():
+        LedgerEntry.objects.bulk_create(rows, ignore_conflicts=True)
+    ids = [entry_id for entry_id, _fields in entries]
+    pipe = client.pipeline(transaction=True)
+    for entry_id, fields in unreadable:
+        # Kept, not dropped: a person can inspect and replay these.
+        pipe.xadd(dead_letter_stream(), {**fields, b"id": entry_id})
+        logger.error("ledger event %s could not be read; moved to %s", entry_id, dead_letter_stream())
+    pipe.xack(stream_name(), GROUP, *ids)
+    pipe.xdel(stream_name(), *ids)
+    pipe.execute()
+    return len(entries)
+
+
+def rollups_refresh() -> int:
+    """Recompute the hourly roll-ups of every hour that received ledger rows since the last run.
+
+    Whole hours are recomputed (delete + insert), so running it twice, or
+    concurrently with ingest, never double counts. Returns the hours refreshed.
+    """
+    started = timezone.now()
+    with transaction.atomic():
+        watermark = RollupWatermark.objects.select_for_update().first()
+        if watermark is None:
+            watermark = RollupWatermark.objects.create(ingested_before=dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
+        hours = list(
+            LedgerEntry.objects.filter(ingested_at__gte=watermark.ingested_before - ROLLUP_OVERLAP)
+            .annotate(hour=TruncHour("created_at"))
+            .values_list("hour", flat=True)
+            .distinct()
+        )
+        for hour in hours:
+            _rollup_hour(hour)
+        watermark.ingested_before = started
+        watermark.save(update_fields=["ingested_before"])
+    return len(hours)
+
+
+def _rollup_hour(hour: dt.datetime) -> None:
+    HourlyRollup.objects.filter(hour=hour).delete()
+    slices = (
+        LedgerEntry.objects.filter(created_at__gte=hour, created_at__lt=hour + dt.timedelta(hours=1))
+        .values("organization_id", "project_id", "api_key_id", "served_model", "feature")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status_code__gte=400)),
+            cache_hits=Count("id", filter=~Q(cache_hit="")),
+            prompt=Sum("prompt_tokens"),
+            cached=Sum("cached_tokens"),
+            completion=Sum("completion_tokens"),
+            total_cost=Sum("cost"),
+            total_counterfactual=Sum("counterfactual_cost"),
+            latency=Sum("latency_ms"),
+        )
+        .order_by()
+    )
+    HourlyRollup.objects.bulk_create(
+        HourlyRollup(
+            hour=hour,
+            organization_id=s["organization_id"],
+            project_id=s["project_id"],
+            api_key_id=s["api_key_id"],
+            served_model=s["served_model"],
+            feature=s["feature"],
+            requests=s["requests"],
+            errors=s["errors"],
+            cache_hits=s["cache_hits"],
+            prompt_tokens=s["prompt"] or 0,
+            cached_tokens=s["cached"] or 0,
+            completion_tokens=s["completion"] or 0,
+            cost=s["total_cost"] or 0,
+            counterfactual_cost=s["total_counterfactual"] or 0,
+            latency_ms_sum=s["latency"] or 0,
+        )
+        for s in slices
+    )

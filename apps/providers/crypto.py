@@ -1,0 +1,27 @@
+"""Encryption at rest for provider secrets (Fernet: AES-128-CBC + HMAC)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from functools import cache
+
+from cryptography.fernet import Fernet
+from django.conf import settings
+
+
+@cache
+def _fernet() -> Fernet:
+    key = settings.FIELD_ENCRYPTION_KEY
+    if not key:
+        # Development only: production.py requires COSTCONTROL_ENCRYPTION_KEY.
+        key = base64.urlsafe_b64encode(hashlib.sha256(settings.SECRET_KEY.encode()).digest()).decode()
+    return Fernet(key)
+
+
+def encrypt(plaintext: str) -> str:
+    return _fernet().encrypt(plaintext.encode()).decode()
+
+
+def decrypt(token: str) -> str:
+    return _fernet().decrypt(token.encode()).decode()

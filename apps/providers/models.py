@@ -1,0 +1,99 @@
+"""Upstream providers, the models they serve, and what those models cost."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django.db import models
+from django.db.models import Q
+
+from apps.providers import crypto
+
+
+class ProviderKind(models.TextChoices):
+    OPENAI = "openai", "OpenAI"
+    OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (vLLM, …)"
+    SIMULATED = "simulated", "Simulated upstream (bundled)"
+
+
+class Provider(models.Model):
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="providers")
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=30, choices=ProviderKind.choices)
+    # Base URL including the version path, e.g. https://api.openai.com/v1
+    base_url = models.URLField(max_length=500)
+    secret_encrypted = models.TextField(blank=True)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "name"], name="provider_name_unique_in_org"),
+            models.CheckConstraint(condition=Q(kind__in=ProviderKind.values), name="provider_kind_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def secret(self) -> str:
+        return crypto.decrypt(self.secret_encrypted) if self.secret_encrypted else ""
+
+    @secret.setter
+    def secret(self, value: str) -> None:
+        self.secret_encrypted = crypto.encrypt(value) if value else ""
+
+    @property
+    def has_secret(self) -> bool:
+        return bool(self.secret_encrypted)
+
+
+MONEY = {"max_digits": 14, "decimal_places": 6}
+
+
+class Price(models.Model):
+    """USD per 1M tokens for one model at one provider, from a date on."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="prices")
+    model = models.CharField(max_length=200)
+    input_per_mtok = models.DecimalField(**MONEY)
+    cached_input_per_mtok = models.DecimalField(**MONEY)
+    output_per_mtok = models.DecimalField(**MONEY, default=Decimal("0"))
+    batch_input_per_mtok = models.DecimalField(**MONEY)
+    batch_output_per_mtok = models.DecimalField(**MONEY, default=Decimal("0"))
+    effective_from = models.DateField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["provider", "model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "model", "effective_from"], name="one_price_per_model_and_date"
+            ),
+            models.CheckConstraint(
+                condition=Q(input_per_mtok__gte=0)
+                & Q(cached_input_per_mtok__gte=0)
+                & Q(output_per_mtok__gte=0)
+                & Q(batch_input_per_mtok__gte=0)
+                & Q(batch_output_per_mtok__gte=0),
+                name="prices_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model} @ {self.provider} from {self.effective_from}"
+
+
+class ModelAlias(models.Model):
+    """A name apps ask for ("default-chat") and the model we actually serve."""
+
+    project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="model_aliases")
+    alias = models.CharField(max_length=200)
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="aliases")
+    model = models.CharField(max_length=200)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "alias"], name="alias_unique_in_project")]
+
+    def __str__(self) -> str:
+        return f"{self.alias} → {self.model}"

@@ -1,0 +1,96 @@
+"""Registering providers, setting prices and model aliases."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from django.db import transaction
+
+from apps.providers.catalog import CATALOG_EFFECTIVE_FROM, OPENAI_PRICES
+from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
+from apps.tenancy.models import Organization, Project
+
+
+def provider_create(
+    *,
+    organization: Organization,
+    name: str,
+    kind: str,
+    base_url: str,
+    secret: str = "",
+    seed_catalog: bool | None = None,
+) -> Provider:
+    """Register a provider; OpenAI and the simulator get the public price catalogue by default."""
+    provider = Provider(organization=organization, name=name, kind=kind, base_url=base_url.rstrip("/"))
+    provider.secret = secret
+    provider.full_clean()
+    if seed_catalog is None:
+        seed_catalog = kind in {ProviderKind.OPENAI, ProviderKind.SIMULATED}
+    with transaction.atomic():
+        provider.save()
+        if seed_catalog:
+            Price.objects.bulk_create(
+                Price(
+                    provider=provider,
+                    model=model,
+                    input_per_mtok=values[0],
+                    cached_input_per_mtok=values[1],
+                    output_per_mtok=values[2],
+                    batch_input_per_mtok=values[3],
+                    batch_output_per_mtok=values[4],
+                    effective_from=CATALOG_EFFECTIVE_FROM,
+                )
+                for model, values in OPENAI_PRICES.items()
+            )
+    return provider
+
+
+def provider_update(*, provider: Provider, name: str, base_url: str, secret: str | None, is_active: bool) -> Provider:
+    """Change a provider; ``secret=None`` keeps the stored one."""
+    provider.name = name
+    provider.base_url = base_url.rstrip("/")
+    provider.is_active = is_active
+    if secret is not None:
+        provider.secret = secret
+    provider.full_clean()
+    provider.save()
+    return provider
+
+
+def price_set(
+    *,
+    provider: Provider,
+    model: str,
+    input_per_mtok: Decimal,
+    output_per_mtok: Decimal,
+    cached_input_per_mtok: Decimal | None = None,
+    batch_input_per_mtok: Decimal | None = None,
+    batch_output_per_mtok: Decimal | None = None,
+    effective_from: dt.date,
+) -> Price:
+    """Set the price of ``model`` from ``effective_from`` on; earlier ledger rows keep earlier prices."""
+    price, _ = Price.objects.update_or_create(
+        provider=provider,
+        model=model,
+        effective_from=effective_from,
+        defaults={
+            "input_per_mtok": input_per_mtok,
+            "output_per_mtok": output_per_mtok,
+            "cached_input_per_mtok": input_per_mtok if cached_input_per_mtok is None else cached_input_per_mtok,
+            "batch_input_per_mtok": input_per_mtok if batch_input_per_mtok is None else batch_input_per_mtok,
+            "batch_output_per_mtok": output_per_mtok if batch_output_per_mtok is None else batch_output_per_mtok,
+        },
+    )
+    price.full_clean()
+    return price
+
+
+def alias_set(*, project: Project, alias: str, provider: Provider, model: str) -> ModelAlias:
+    if provider.organization_id != project.organization_id:
+        raise ValueError("the provider belongs to another organisation")
+    entry, _ = ModelAlias.objects.update_or_create(
+        project=project, alias=alias, defaults={"provider": provider, "model": model}
+    )
+    entry.full_clean()
+    return entry

@@ -1,0 +1,30 @@
+"""The one ASGI entry point: /v1/* goes to the data plane, the rest to Django.
+
+Both run in the same process (`uvicorn costcontrol.asgi:application`); scale
+out by adding workers or hosts. Django's own handler does not speak the
+lifespan protocol, so lifespan events go to the gateway, which opens its Redis
+and HTTP pools and loads the policy snapshot at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costcontrol.settings.dev")
+
+django_application = get_asgi_application()
+
+from apps.gateway.app import Gateway  # noqa: E402  (needs Django set up first)
+
+gateway = Gateway()
+
+
+async def application(scope, receive, send):  # type: ignore[no-untyped-def]
+    if scope["type"] == "lifespan":
+        await gateway(scope, receive, send)
+    elif scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        await gateway(scope, receive, send)
+    else:
+        await django_application(scope, receive, send)

@@ -1,0 +1,8 @@
+"""Local development and `make run`: debug on, embedded services by default."""
+
+from __future__ import annotations
+
+from costcontrol.settings.base import *  # noqa: F403
+
+DEBUG = env_bool("DJANGO_DEBUG", True)  # noqa: F405
+EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"

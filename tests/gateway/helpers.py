@@ -1,0 +1,43 @@
+"""Helpers for tests that drive a live gateway."""
+
+from __future__ import annotations
+
+import openai
+import redis
+from django.conf import settings
+
+from apps.ledger.models import LedgerEntry
+from apps.ledger.services import ledger_ingest_batch
+from tests.live import wait_until
+
+
+def sdk(base_url: str, key: str, **kwargs: object) -> openai.OpenAI:
+    """The official SDK, unmodified, pointed at the gateway."""
+    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=15, **kwargs)  # type: ignore[arg-type]
+
+
+def wait_key_live(base_url: str, key: str) -> None:
+    """Wait until the gateway's policy snapshot knows ``key`` (it refreshes on commit)."""
+
+    def known() -> bool:
+        try:
+            sdk(base_url, key).models.list()
+            return True
+        except openai.AuthenticationError:
+            return False
+
+    wait_until(known, timeout=5)
+
+
+def ingest_all() -> None:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    while ledger_ingest_batch(client=client, consumer="tests", block_ms=0):
+        pass
+
+
+def ledger_row(request_id: str) -> LedgerEntry:
+    def fetch() -> LedgerEntry | None:
+        ingest_all()
+        return LedgerEntry.objects.filter(request_id=request_id).first()
+
+    return wait_until(fetch, timeout=5)
