@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from apps.gateway import tokens
 from apps.gateway.errors import (
@@ -35,6 +36,7 @@ from apps.gateway.errors import (
     upstream_unavailable,
 )
 from apps.gateway.ledger_writer import LedgerWriter
+from apps.gateway.limits import DEFAULT_MAX_OUTPUT_TOKENS, Admission, Limiter
 from apps.gateway.policy import KeyPolicy, PolicyStore, PriceRow, ProjectPolicy, ProviderTarget, Snapshot
 from apps.gateway.validation import (
     ENDPOINT_CHAT,
@@ -46,6 +48,7 @@ from apps.gateway.validation import (
 )
 from apps.keys.models import KEY_PREFIX
 from apps.ledger.stream import stream_name
+from apps.providers.catalog import MAX_OUTPUT_TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +93,7 @@ class Call:
     streamed: bool = False
     route: str = ""
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    admission: Admission | None = None
 
     def event(self) -> dict[str, Any]:
         return {
@@ -137,6 +141,7 @@ class Gateway:
         self.http: aiohttp.ClientSession | None = None
         self.policy: PolicyStore | None = None
         self.ledger: LedgerWriter | None = None
+        self.limiter: Limiter | None = None
         self._startup_lock = asyncio.Lock()
 
     # --- lifecycle -------------------------------------------------------
@@ -156,6 +161,7 @@ class Gateway:
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
+            self.limiter = Limiter(self.redis, settings.REDIS_PREFIX)
             self.ledger = LedgerWriter(self.redis, stream_name(), Path(settings.BASE_DIR) / "var" / "spool")
             self.ledger.start()
             policy = PolicyStore(self.redis, settings.GATEWAY_POLICY_POLL_SECONDS)
@@ -262,6 +268,8 @@ class Gateway:
             call.provider_id = target.provider.id
             call.route = target.route
             call.prompt_tokens = _estimate_prompt(endpoint, payload)
+            call.admission = await self._admit(snapshot, call, target, endpoint, payload)
+            call.extra_headers = call.admission.headers
             if call.streamed:
                 await self._forward_stream(send, receive, call, target, endpoint, payload)
             else:
@@ -270,6 +278,71 @@ class Gateway:
             call.status_code = exc.status
             call.error_code = exc.code or exc.type
             await asyncio.gather(_send_error(send, exc, request_id), self._record(call))
+        except Exception:
+            call.status_code = 500
+            call.error_code = "gateway_error"
+            await self._record(call)
+            raise
+
+    async def _admit(
+        self, snapshot: Snapshot, call: Call, target: Target, endpoint: str, payload: dict[str, Any]
+    ) -> Admission:
+        """Reserve the worst case on every budget and rate limit that applies (one Redis round trip)."""
+        assert self.limiter is not None
+        key = call.key
+        project = snapshot.projects[key.project_id]
+        budgets = [
+            b
+            for b in snapshot.budgets.get(key.organization_id, ())
+            if b.applies(
+                project_id=project.id,
+                team_id=project.team_id,
+                key_id=key.id,
+                feature=call.feature,
+                end_user=call.end_user,
+            )
+        ]
+        limits = [
+            limit
+            for limit in (snapshot.project_limits.get(project.id), snapshot.key_limits.get(key.id))
+            if limit is not None
+        ]
+        if not budgets and not limits:
+            return Admission(request_id=call.request_id, second=int(call.created_at))
+        max_output = 0
+        if endpoint != ENDPOINT_EMBEDDINGS:
+            max_output = (
+                payload.get("max_completion_tokens")
+                or payload.get("max_tokens")
+                or MAX_OUTPUT_TOKENS.get(target.model, DEFAULT_MAX_OUTPUT_TOKENS)
+            ) * (payload.get("n") or 1)
+        worst_usd = (
+            target.price.cost(prompt_tokens=call.prompt_tokens, cached_tokens=0, completion_tokens=max_output)
+            if target.price is not None
+            else ZERO
+        )
+        try:
+            admission = await self.limiter.admit(
+                request_id=call.request_id,
+                budgets=budgets,
+                rate_limits=limits,
+                worst_case_usd=worst_usd,
+                worst_case_tokens=call.prompt_tokens + max_output,
+            )
+        except (RedisError, OSError):
+            if settings.GATEWAY_LIMITS_FAIL_OPEN:
+                logger.warning("limits unavailable; failing open for %s", call.request_id)
+                call.route += ";limits-unchecked"
+                return Admission(request_id=call.request_id, second=int(call.created_at))
+            raise GatewayError(
+                503,
+                "Budget and rate-limit checks are unavailable right now; the request was not sent.",
+                type="api_error",
+                code="limits_unavailable",
+            ) from None
+        if admission.shadow_blocked:
+            call.route += ";would-block:" + ",".join(f"budget:{b.id}" for b in admission.shadow_blocked)
+        return admission
 
     def _snapshot(self) -> Snapshot:
         assert self.policy is not None
@@ -333,6 +406,7 @@ class Gateway:
         call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
         call.status_code = status
         extra = [(b"retry-after", retry_after.encode())] if retry_after else []
+        extra += call.extra_headers
         if status >= 400:
             call.error_code = _upstream_error_code(body)
         else:
@@ -377,7 +451,7 @@ class Gateway:
                     {
                         "type": "http.response.start",
                         "status": 200,
-                        "headers": [*SSE_HEADERS, (b"x-request-id", call.request_id.encode())],
+                        "headers": [*SSE_HEADERS, (b"x-request-id", call.request_id.encode()), *call.extra_headers],
                     }
                 )
                 started_response = True
@@ -424,8 +498,22 @@ class Gateway:
         await asyncio.gather(send({"type": "http.response.body", "body": tail, "more_body": False}), self._record(call))
 
     async def _record(self, call: Call) -> None:
-        assert self.ledger is not None
-        await self.ledger.write(call.event())
+        """Write the ledger event and settle the reservation, concurrently."""
+        assert self.ledger is not None and self.limiter is not None
+        admission, call.admission = call.admission, None
+        if admission is None:
+            await self.ledger.write(call.event())
+            return
+        results = await asyncio.gather(
+            self.ledger.write(call.event()),
+            self.limiter.settle(
+                admission, actual_usd=call.cost, actual_tokens=call.prompt_tokens + call.completion_tokens
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                logger.error("settling request %s failed: %r", call.request_id, result)
 
 
 class _SseRelay:

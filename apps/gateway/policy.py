@@ -19,6 +19,9 @@ import redis
 import redis.asyncio as aioredis
 from django.conf import settings
 
+from apps.budgets.periods import period_bounds
+from apps.gateway.limits import BudgetPolicy, RateLimitPolicy, to_nano
+
 logger = logging.getLogger(__name__)
 
 MILLION = Decimal(1_000_000)
@@ -70,6 +73,7 @@ class PriceRow:
 class ProjectPolicy:
     id: int
     organization_id: int
+    team_id: int | None
     slug: str
     default_provider_id: int | None
     aliases: dict[str, tuple[int, str]]  # alias -> (provider id, model)
@@ -84,6 +88,9 @@ class Snapshot:
     # organisation id -> model -> provider ids (ascending) that have a price for it
     org_models: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     prices: dict[tuple[int, str], tuple[PriceRow, ...]] = field(default_factory=dict)  # newest first
+    budgets: dict[int, tuple[BudgetPolicy, ...]] = field(default_factory=dict)  # by organisation id
+    project_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
+    key_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
 
     def price(self, provider_id: int, model: str, on: dt.date) -> PriceRow | None:
         for row in self.prices.get((provider_id, model), ()):
@@ -126,6 +133,7 @@ def build_snapshot(version: int) -> Snapshot:
         p.id: ProjectPolicy(
             id=p.id,
             organization_id=p.organization_id,
+            team_id=p.team_id,
             slug=p.slug,
             default_provider_id=p.default_provider_id,
             aliases=aliases.get(p.id, {}),
@@ -148,14 +156,65 @@ def build_snapshot(version: int) -> Snapshot:
         if price.provider_id not in served_by:
             served_by.append(price.provider_id)
 
+    budgets, project_limits, key_limits = _build_limits()
     return Snapshot(
         version=version,
+        budgets=budgets,
+        project_limits=project_limits,
+        key_limits=key_limits,
         keys=keys,
         projects=projects,
         providers=providers,
         org_models={org: {m: tuple(sorted(ids)) for m, ids in models.items()} for org, models in org_models.items()},
         prices={k: tuple(v) for k, v in prices.items()},
     )
+
+
+def _build_limits() -> tuple[
+    dict[int, tuple[BudgetPolicy, ...]], dict[int, RateLimitPolicy], dict[int, RateLimitPolicy]
+]:
+    from apps.budgets.models import Budget, RateLimit
+    from apps.budgets.selectors import budget_spent_usd
+
+    now = dt.datetime.now(dt.UTC)
+    budgets: dict[int, list[BudgetPolicy]] = {}
+    for budget in Budget.objects.filter(is_active=True):
+        start, _end = period_bounds(budget.period, budget.timezone, now, budget.starts_at)
+        budgets.setdefault(budget.organization_id, []).append(
+            BudgetPolicy(
+                id=budget.id,
+                name=budget.name,
+                organization_id=budget.organization_id,
+                scope=budget.scope,
+                team_id=budget.team_id,
+                project_id=budget.project_id,
+                api_key_id=budget.api_key_id,
+                feature=budget.feature,
+                end_user=budget.end_user,
+                limit_nano=to_nano(budget.amount_usd),
+                amount_usd=budget.amount_usd,
+                period=budget.period,
+                timezone=budget.timezone,
+                starts_at=budget.starts_at,
+                mode=budget.mode,
+                seed_period_start=start.timestamp(),
+                seed_nano=to_nano(budget_spent_usd(budget=budget, since=start)),
+            )
+        )
+    project_limits: dict[int, RateLimitPolicy] = {}
+    key_limits: dict[int, RateLimitPolicy] = {}
+    for limit in RateLimit.objects.all():
+        policy = RateLimitPolicy(
+            scope_name=f"key:{limit.api_key_id}" if limit.api_key_id else f"project:{limit.project_id}",
+            requests_per_minute=limit.requests_per_minute or 0,
+            tokens_per_minute=limit.tokens_per_minute or 0,
+            max_concurrent=limit.max_concurrent or 0,
+        )
+        if limit.api_key_id:
+            key_limits[limit.api_key_id] = policy
+        else:
+            project_limits[limit.project_id] = policy
+    return {org: tuple(items) for org, items in budgets.items()}, project_limits, key_limits
 
 
 def publish_policy_change() -> None:

@@ -35,3 +35,19 @@ OPENAI_PRICES: dict[str, tuple[Decimal, ...]] = {
     "text-embedding-3-large": _row("0.13", "0.13", "0", "0.065", "0"),
     "text-embedding-ada-002": _row("0.10", "0.10", "0", "0.05", "0"),
 }
+
+# Largest completion each model can return: the worst case a budget reserves
+# when a request sets no max_tokens. Models not listed get 4096.
+MAX_OUTPUT_TOKENS: dict[str, int] = {
+    "gpt-5": 128_000,
+    "gpt-5-mini": 128_000,
+    "gpt-5-nano": 128_000,
+    "gpt-4.1": 32_768,
+    "gpt-4.1-mini": 32_768,
+    "gpt-4.1-nano": 32_768,
+    "gpt-4o": 16_384,
+    "gpt-4o-mini": 16_384,
+    "o3": 100_000,
+    "o4-mini": 100_000,
+    "gpt-3.5-turbo-instruct": 4_096,
+}

@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "apps.keys",
     "apps.providers",
     "apps.ledger",
+    "apps.budgets",
     "apps.gateway",
     "apps.dashboard",
     "apps.simulator",
@@ -125,6 +126,8 @@ GATEWAY_POLICY_POLL_SECONDS = float(env_str("GATEWAY_POLICY_POLL_SECONDS", "2"))
 GATEWAY_UPSTREAM_TIMEOUT_SECONDS = float(env_str("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", "600"))
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS = float(env_str("GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "10"))
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
+# Redis down: refuse with 503 (default) or serve unchecked and let the ledger catch budgets up.
+GATEWAY_LIMITS_FAIL_OPEN = env_bool("GATEWAY_LIMITS_FAIL_OPEN", False)
 SIMULATED_UPSTREAM_URL = env_str("SIMULATED_UPSTREAM_URL", "http://127.0.0.1:9100/v1")
 
 LOGGING = {

@@ -1,0 +1,354 @@
+"""Budgets and rate limits, enforced in one Redis round trip per request.
+
+Before forwarding, one Lua script checks every rate limit (requests/min,
+tokens/min, concurrent requests) and every budget that applies, and only if
+all pass reserves: +1 request, the worst-case tokens, a concurrency slot, and
+the worst-case cost (prompt estimate + max output at the model's price) on
+each budget. Scripts run atomically, so many gateway processes can never
+together spend past a hard budget. After the response (or stream, or client
+disconnect) a second script settles each reservation to what was really used.
+
+Money in Redis is integer nano-dollars. Windows are 60 one-second buckets in a
+hash per scope, so "per minute" means the last 60 seconds, not a fixed minute.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from apps.budgets.periods import period_bounds
+from apps.gateway.errors import GatewayError
+
+NANO = Decimal(1_000_000_000)
+WINDOW_SECONDS = 60
+DEFAULT_MAX_OUTPUT_TOKENS = 4096
+
+STATUS_OK, STATUS_BUDGET, STATUS_RPM, STATUS_TPM, STATUS_CONCURRENCY = range(5)
+
+# KEYS: budget counters (nb), then per rate scope: requests hash, tokens hash, in-flight zset.
+# ARGV: now (seconds, float), request id, nb, then per budget: limit, reserve, seed, mode, ttl;
+#       then nr, then per rate scope: rpm limit, tpm limit, concurrency limit, tokens to reserve
+#       (a limit of 0 means none).
+# Returns {status, index, retry_after_ms, shadow_blocked_csv, remaining_requests, remaining_tokens}.
+ADMIT_LUA = """
+local now = tonumber(ARGV[1])
+local now_s = math.floor(now)
+local request_id = ARGV[2]
+local nb = tonumber(ARGV[3])
+local a = 4
+
+local function window(key)
+  local vals = redis.call('HGETALL', key)
+  local total, stale, buckets = 0, {}, {}
+  for i = 1, #vals, 2 do
+    local sec = tonumber(vals[i])
+    if sec <= now_s - 60 then
+      stale[#stale + 1] = vals[i]
+    else
+      local v = tonumber(vals[i + 1])
+      total = total + v
+      buckets[#buckets + 1] = {sec, v}
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  return total, buckets
+end
+
+-- Seconds until enough of the window expires for `need` more under `limit`.
+local function wait_for(buckets, total, need, limit)
+  table.sort(buckets, function(x, y) return x[1] < y[1] end)
+  local freed = 0
+  for _, b in ipairs(buckets) do
+    freed = freed + b[2]
+    if total - freed + need <= limit then return (b[1] + 60 - now) end
+  end
+  return 60
+end
+
+local budgets = {}
+local shadow = {}
+for i = 1, nb do
+  local limit, reserve, seed, mode, ttl =
+    tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3], tonumber(ARGV[a + 4])
+  a = a + 5
+  local key = KEYS[i]
+  if redis.call('EXISTS', key) == 0 then
+    -- Lost or new counter: start from the spend the ledger already shows for this period.
+    redis.call('SET', key, seed, 'EX', ttl, 'NX')
+  end
+  local spent = tonumber(redis.call('GET', key))
+  if spent + reserve > limit then
+    if mode == 'hard' then return {1, i, 0, '', -1, -1} end
+    if mode == 'shadow' then shadow[#shadow + 1] = tostring(i) end
+  end
+  budgets[i] = {key, reserve}
+end
+
+local nr = tonumber(ARGV[a])
+a = a + 1
+local scopes = {}
+local remaining_requests, remaining_tokens = -1, -1
+for j = 1, nr do
+  local rpm, tpm, conc, tokens =
+    tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  a = a + 4
+  local k = nb + (j - 1) * 3
+  local req_key, tok_key, conc_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  if rpm > 0 then
+    local used, buckets = window(req_key)
+    if used + 1 > rpm then return {2, j, math.ceil(wait_for(buckets, used, 1, rpm) * 1000), '', 0, -1} end
+    local left = rpm - used - 1
+    if remaining_requests < 0 or left < remaining_requests then remaining_requests = left end
+  end
+  if tpm > 0 then
+    local used, buckets = window(tok_key)
+    if used + tokens > tpm then
+      local wait = 60
+      if tokens <= tpm then wait = wait_for(buckets, used, tokens, tpm) end
+      return {3, j, math.ceil(wait * 1000), '', -1, math.max(tpm - used, 0)}
+    end
+    local left = tpm - used - tokens
+    if remaining_tokens < 0 or left < remaining_tokens then remaining_tokens = left end
+  end
+  if conc > 0 then
+    -- Slots older than 15 minutes belong to requests whose gateway died: let them go.
+    redis.call('ZREMRANGEBYSCORE', conc_key, '-inf', now - 900)
+    if redis.call('ZCARD', conc_key) >= conc then return {4, j, 1000, '', -1, -1} end
+  end
+  scopes[j] = {req_key, tok_key, conc_key, rpm, tpm, conc, tokens}
+end
+
+for i = 1, nb do
+  redis.call('INCRBY', budgets[i][1], budgets[i][2])
+end
+for j = 1, nr do
+  local s = scopes[j]
+  if s[4] > 0 then redis.call('HINCRBY', s[1], now_s, 1); redis.call('EXPIRE', s[1], 120) end
+  if s[5] > 0 then redis.call('HINCRBY', s[2], now_s, s[7]); redis.call('EXPIRE', s[2], 120) end
+  if s[6] > 0 then redis.call('ZADD', s[3], now, request_id); redis.call('EXPIRE', s[3], 900) end
+end
+return {0, 0, 0, table.concat(shadow, ','), remaining_requests, remaining_tokens}
+"""
+
+# KEYS: budget counters, then tokens hashes, then in-flight zsets.
+# ARGV: nb, nt, nc, request id, admitted second, then budget deltas, then token deltas.
+SETTLE_LUA = """
+local nb, nt, nc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local request_id, second = ARGV[4], ARGV[5]
+for i = 1, nb do
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[5 + i]) end
+end
+for i = 1, nt do
+  local key = KEYS[nb + i]
+  if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, second, ARGV[5 + nb + i]) end
+end
+for i = 1, nc do
+  redis.call('ZREM', KEYS[nb + nt + i], request_id)
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPolicy:
+    id: int
+    name: str
+    organization_id: int
+    scope: str
+    team_id: int | None
+    project_id: int | None
+    api_key_id: int | None
+    feature: str
+    end_user: str
+    limit_nano: int
+    amount_usd: Decimal
+    period: str
+    timezone: str
+    starts_at: dt.datetime | None
+    mode: str
+    seed_period_start: float  # period start (epoch s) the seed was computed for
+    seed_nano: int  # spend the ledger showed for that period when the snapshot was built
+
+    def applies(self, *, project_id: int, team_id: int | None, key_id: int, feature: str, end_user: str) -> bool:
+        scope = self.scope
+        if scope == "organization":
+            return True
+        if scope == "team":
+            return team_id is not None and team_id == self.team_id
+        if scope == "project":
+            return project_id == self.project_id
+        if scope == "key":
+            return key_id == self.api_key_id
+        if self.project_id is not None and self.project_id != project_id:
+            return False
+        if scope == "feature":
+            return feature == self.feature
+        return end_user == self.end_user  # end_user scope
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitPolicy:
+    scope_name: str  # "project:3" or "key:17"
+    requests_per_minute: int
+    tokens_per_minute: int
+    max_concurrent: int
+
+
+@dataclass(slots=True)
+class Admission:
+    """What one request reserved, so it can be settled."""
+
+    request_id: str
+    second: int
+    budget_keys: list[str] = field(default_factory=list)
+    budget_reserved: list[int] = field(default_factory=list)
+    token_keys: list[str] = field(default_factory=list)
+    tokens_reserved: int = 0
+    concurrency_keys: list[str] = field(default_factory=list)
+    shadow_blocked: list[BudgetPolicy] = field(default_factory=list)
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+def to_nano(usd: Decimal) -> int:
+    return int((usd * NANO).to_integral_value())
+
+
+class Limiter:
+    def __init__(self, redis_client: aioredis.Redis, prefix: str) -> None:
+        self._redis = redis_client
+        self._prefix = prefix
+        self._admit = redis_client.register_script(ADMIT_LUA)
+        self._settle = redis_client.register_script(SETTLE_LUA)
+
+    async def admit(
+        self,
+        *,
+        request_id: str,
+        budgets: list[BudgetPolicy],
+        rate_limits: list[RateLimitPolicy],
+        worst_case_usd: Decimal,
+        worst_case_tokens: int,
+        now: float | None = None,
+    ) -> Admission:
+        """Reserve, or raise the 429 the app should see. ``now`` is injectable for tests."""
+        now = time.time() if now is None else now
+        admission = Admission(request_id=request_id, second=math.floor(now))
+        if not budgets and not rate_limits:
+            return admission
+        at = dt.datetime.fromtimestamp(now, dt.UTC)
+        reserve = to_nano(worst_case_usd)
+        keys: list[str] = []
+        args: list[Any] = [repr(now), request_id, len(budgets)]
+        for budget in budgets:
+            start, end = period_bounds(budget.period, budget.timezone, at, budget.starts_at)
+            start_ts = start.timestamp()
+            key = f"{self._prefix}budget:{budget.id}:{int(start_ts)}"
+            seed = budget.seed_nano if budget.seed_period_start == start_ts else 0
+            ttl = int(min(end.timestamp() - now, 400 * 86400)) + 2 * 86400
+            keys.append(key)
+            args += [budget.limit_nano, reserve, seed, budget.mode, ttl]
+            admission.budget_keys.append(key)
+            admission.budget_reserved.append(reserve)
+        args.append(len(rate_limits))
+        for limit in rate_limits:
+            base = f"{self._prefix}rl:{limit.scope_name}"
+            keys += [base + ":req", base + ":tok", base + ":inflight"]
+            args += [limit.requests_per_minute, limit.tokens_per_minute, limit.max_concurrent, worst_case_tokens]
+            if limit.tokens_per_minute:
+                admission.token_keys.append(base + ":tok")
+            if limit.max_concurrent:
+                admission.concurrency_keys.append(base + ":inflight")
+        admission.tokens_reserved = worst_case_tokens
+        status, index, retry_ms, shadow_csv, left_requests, left_tokens = await self._admit(keys=keys, args=args)
+        if status == STATUS_BUDGET:
+            budget = budgets[index - 1]
+            raise GatewayError(
+                429,
+                f"Budget '{budget.name}' (${budget.amount_usd} {budget.period.replace('_', '-')}) is exhausted: "
+                f"this request could cost up to ${worst_case_usd:.6f}. Lower max_tokens or ask your team lead "
+                "to raise the budget.",
+                type="insufficient_quota",
+                code="insufficient_quota",
+            )
+        if status in (STATUS_RPM, STATUS_TPM, STATUS_CONCURRENCY):
+            limit = rate_limits[index - 1]
+            raise _rate_limited(status, limit, retry_ms, left_tokens)
+        if shadow_csv:
+            shadow_ids = {int(i) for i in shadow_csv.decode().split(",")}
+            admission.shadow_blocked = [b for i, b in enumerate(budgets, 1) if i in shadow_ids]
+        admission.headers = _remaining_headers(rate_limits, left_requests, left_tokens)
+        return admission
+
+    async def settle(self, admission: Admission, *, actual_usd: Decimal, actual_tokens: int) -> None:
+        """Replace the reservation by what was used, and free the concurrency slot."""
+        if not (admission.budget_keys or admission.token_keys or admission.concurrency_keys):
+            return
+        actual = to_nano(actual_usd)
+        token_delta = actual_tokens - admission.tokens_reserved
+        await self._settle(
+            keys=[*admission.budget_keys, *admission.token_keys, *admission.concurrency_keys],
+            args=[
+                len(admission.budget_keys),
+                len(admission.token_keys),
+                len(admission.concurrency_keys),
+                admission.request_id,
+                admission.second,
+                *[actual - reserved for reserved in admission.budget_reserved],
+                *[token_delta] * len(admission.token_keys),
+            ],
+        )
+
+
+def _rate_limited(status: int, limit: RateLimitPolicy, retry_ms: int, left_tokens: int) -> GatewayError:
+    retry_after = max(1, math.ceil(retry_ms / 1000))
+    if status == STATUS_RPM:
+        what = f"{limit.requests_per_minute} requests per minute"
+        headers = [
+            (b"x-ratelimit-limit-requests", str(limit.requests_per_minute).encode()),
+            (b"x-ratelimit-remaining-requests", b"0"),
+            (b"x-ratelimit-reset-requests", f"{retry_after}s".encode()),
+        ]
+    elif status == STATUS_TPM:
+        what = f"{limit.tokens_per_minute} tokens per minute"
+        headers = [
+            (b"x-ratelimit-limit-tokens", str(limit.tokens_per_minute).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(left_tokens, 0)).encode()),
+            (b"x-ratelimit-reset-tokens", f"{retry_after}s".encode()),
+        ]
+    else:
+        what = f"{limit.max_concurrent} concurrent requests"
+        headers = []
+    headers.append((b"retry-after", str(retry_after).encode()))
+    return GatewayError(
+        429,
+        f"Rate limit reached for {limit.scope_name.replace(':', ' ')}: {what}. Try again in {retry_after}s.",
+        type="requests" if status != STATUS_TPM else "tokens",
+        code="rate_limit_exceeded",
+        headers=headers,
+    )
+
+
+def _remaining_headers(
+    limits: list[RateLimitPolicy], left_requests: int, left_tokens: int
+) -> list[tuple[bytes, bytes]]:
+    headers = []
+    rpm = min((lim.requests_per_minute for lim in limits if lim.requests_per_minute), default=0)
+    tpm = min((lim.tokens_per_minute for lim in limits if lim.tokens_per_minute), default=0)
+    if rpm:
+        headers += [
+            (b"x-ratelimit-limit-requests", str(rpm).encode()),
+            (b"x-ratelimit-remaining-requests", str(max(left_requests, 0)).encode()),
+        ]
+    if tpm:
+        headers += [
+            (b"x-ratelimit-limit-tokens", str(tpm).encode()),
+            (b"x-ratelimit-remaining-tokens", str(max(left_tokens, 0)).encode()),
+        ]
+    return headers
