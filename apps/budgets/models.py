@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zoneinfo
+from decimal import Decimal
 
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
@@ -222,3 +223,29 @@ class AlertDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.alert} → {self.channel} ({self.status})"
+
+
+class AnomalyRule(models.Model):
+    """How sensitive spend-rate alerts are for one project (or the whole organisation)."""
+
+    organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="anomaly_rules")
+    project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    multiple = models.DecimalField(
+        max_digits=6, decimal_places=2, default=2, validators=[MinValueValidator(1)],
+        help_text="Alert when the recent rate exceeds the trailing baseline this many times",
+    )  # fmt: skip
+    min_usd_per_hour = models.DecimalField(
+        max_digits=10, decimal_places=4, default=Decimal("0.01"),
+        help_text="Ignore rates below this, so tiny projects don't page anyone",
+    )  # fmt: skip
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "project"], name="one_anomaly_rule_per_scope",
+                                    nulls_distinct=False),
+            models.CheckConstraint(condition=Q(multiple__gte=1), name="anomaly_multiple_at_least_one"),
+        ]
+
+    def __str__(self) -> str:
+        return f"anomaly rule for {self.project or self.organization}"

@@ -1,0 +1,399 @@
+"""Writes for budgets, rate limits, channels and alerts, and the periodic checks."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import time
+from decimal import Decimal
+from typing import Any
+from urllib.request import Request, urlopen
+
+from django.core.exceptions import ValidationError
+from django.core.mail import send_mail
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from apps.budgets.models import (
+    Alert,
+    AlertDelivery,
+    AlertKind,
+    AnomalyRule,
+    Budget,
+    BudgetPeriod,
+    BudgetPeriodRecord,
+    ChannelKind,
+    DeliveryStatus,
+    NotificationChannel,
+    RateLimit,
+)
+from apps.budgets.periods import period_bounds
+from apps.budgets.selectors import budget_ledger_filter, budget_spent_usd, budget_status
+from apps.keys.models import ApiKey
+from apps.ledger.models import HourlyRollup, LedgerEntry
+from apps.tenancy.models import Organization, Project, Team
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-CostControl-Signature"
+TIMESTAMP_HEADER = "X-CostControl-Timestamp"
+ANOMALY_WINDOW = dt.timedelta(minutes=15)
+ANOMALY_BASELINE = dt.timedelta(hours=24)
+
+
+def budget_create(
+    *,
+    organization: Organization,
+    name: str,
+    scope: str,
+    amount_usd: Decimal,
+    period: str = BudgetPeriod.MONTHLY,
+    timezone_name: str = "UTC",
+    mode: str = "hard",
+    alert_thresholds: list[int] | None = None,
+    team: Team | None = None,
+    project: Project | None = None,
+    api_key: ApiKey | None = None,
+    feature: str = "",
+    end_user: str = "",
+    starts_at: dt.datetime | None = None,
+) -> Budget:
+    for ref in (team, project):
+        if ref is not None and ref.organization_id != organization.id:
+            raise ValidationError("That team or project belongs to another organisation.")
+    if api_key is not None and api_key.project.organization_id != organization.id:
+        raise ValidationError("That key belongs to another organisation.")
+    budget = Budget(
+        organization=organization,
+        name=name,
+        scope=scope,
+        amount_usd=amount_usd,
+        period=period,
+        timezone=timezone_name,
+        mode=mode,
+        alert_thresholds=[50, 80, 100] if alert_thresholds is None else sorted(set(alert_thresholds)),
+        team=team,
+        project=project,
+        api_key=api_key,
+        feature=feature,
+        end_user=end_user,
+        starts_at=starts_at,
+    )
+    budget.full_clean()
+    budget.save()
+    return budget
+
+
+def rate_limit_set(
+    *,
+    project: Project,
+    api_key: ApiKey | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
+    max_concurrent: int | None = None,
+) -> RateLimit:
+    if api_key is not None and api_key.project_id != project.id:
+        raise ValidationError("That key belongs to another project.")
+    limit, _ = RateLimit.objects.update_or_create(
+        project=project,
+        api_key=api_key,
+        defaults={
+            "organization_id": project.organization_id,
+            "requests_per_minute": requests_per_minute,
+            "tokens_per_minute": tokens_per_minute,
+            "max_concurrent": max_concurrent,
+        },
+    )
+    limit.full_clean()
+    return limit
+
+
+def channel_create(
+    *, organization: Organization, name: str, kind: str, target: str, secret: str = ""
+) -> NotificationChannel:
+    channel = NotificationChannel(organization=organization, name=name, kind=kind, target=target)
+    channel.secret = secret
+    channel.full_clean()
+    channel.save()
+    return channel
+
+
+# --- alerts -----------------------------------------------------------------
+
+
+def alert_raise(
+    *,
+    organization_id: int,
+    kind: str,
+    dedup_key: str,
+    title: str,
+    message: str,
+    link: str = "",
+    project_id: int | None = None,
+    budget: Budget | None = None,
+    data: dict[str, Any] | None = None,
+) -> tuple[Alert, bool]:
+    """Record an alert once per ``dedup_key`` and queue one delivery per active channel."""
+    try:
+        with transaction.atomic():
+            alert = Alert.objects.create(
+                organization_id=organization_id,
+                kind=kind,
+                dedup_key=dedup_key,
+                title=title,
+                message=message,
+                link=link,
+                project_id=project_id,
+                budget=budget,
+                data=data or {},
+            )
+            deliveries = AlertDelivery.objects.bulk_create(
+                AlertDelivery(alert=alert, channel=channel)
+                for channel in NotificationChannel.objects.filter(organization_id=organization_id, is_active=True)
+            )
+            ids = [d.id for d in deliveries]
+            transaction.on_commit(lambda: _enqueue_deliveries(ids))
+    except IntegrityError:
+        return Alert.objects.get(dedup_key=dedup_key), False
+    return alert, True
+
+
+def _enqueue_deliveries(delivery_ids: list[int]) -> None:
+    from apps.budgets.tasks import alert_deliver_task
+
+    for delivery_id in delivery_ids:
+        try:
+            alert_deliver_task.delay(delivery_id)
+        except Exception:
+            # The broker is down: the periodic sweep (alerts_redeliver) picks pending ones up.
+            logger.exception("could not queue delivery %s", delivery_id)
+
+
+def alert_payload(alert: Alert) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "kind": alert.kind,
+        "title": alert.title,
+        "message": alert.message,
+        "link": alert.link,
+        "organization_id": alert.organization_id,
+        "project_id": alert.project_id,
+        "created_at": alert.created_at.isoformat(),
+        "data": alert.data,
+    }
+
+
+def webhook_signature(*, secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex>`` of HMAC-SHA256 over ``"{timestamp}.{body}"`` — receivers recompute and compare."""
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def _post_json(url: str, body: bytes, headers: dict[str, str]) -> None:
+    request = Request(url, data=body, headers={"Content-Type": "application/json", **headers}, method="POST")
+    with urlopen(request, timeout=10) as response:  # noqa: S310 (URL set by the org's managers)
+        if response.status >= 300:
+            raise RuntimeError(f"webhook answered {response.status}")
+
+
+def alert_deliver(*, delivery: AlertDelivery) -> AlertDelivery:
+    """Send one alert to one channel; raises on failure so the task can retry."""
+    if delivery.status == DeliveryStatus.SENT:
+        return delivery
+    alert, channel = delivery.alert, delivery.channel
+    delivery.attempts += 1
+    try:
+        if channel.kind == ChannelKind.SLACK:
+            text = f"*{alert.title}*\n{alert.message}" + (f"\n<{alert.link}|Open the ledger slice>" if alert.link else "")
+            _post_json(channel.target, json.dumps({"text": text}).encode(), {})
+        elif channel.kind == ChannelKind.WEBHOOK:
+            body = json.dumps(alert_payload(alert), separators=(",", ":")).encode()
+            timestamp = str(int(time.time()))
+            headers = {TIMESTAMP_HEADER: timestamp}
+            if channel.secret:
+                headers[SIGNATURE_HEADER] = webhook_signature(secret=channel.secret, timestamp=timestamp, body=body)
+            _post_json(channel.target, body, headers)
+        else:
+            recipients = [addr.strip() for addr in channel.target.split(",") if addr.strip()]
+            send_mail(alert.title, f"{alert.message}\n\n{alert.link}", None, recipients)
+    except Exception as exc:
+        delivery.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+        delivery.status = DeliveryStatus.FAILED
+        delivery.save(update_fields=["attempts", "last_error", "status"])
+        raise
+    delivery.status = DeliveryStatus.SENT
+    delivery.delivered_at = timezone.now()
+    delivery.last_error = ""
+    delivery.save(update_fields=["attempts", "last_error", "status", "delivered_at"])
+    return delivery
+
+
+# --- periodic checks ------------------------------------------------------------
+
+
+def budgets_check_thresholds(*, now: dt.datetime | None = None) -> int:
+    """Raise one alert per budget, period and crossed threshold; returns alerts created."""
+    created = 0
+    for budget in Budget.objects.filter(is_active=True).select_related("organization"):
+        status = budget_status(budget=budget, now=now)
+        for threshold in budget.alert_thresholds:
+            if status.percent_used < threshold:
+                continue
+            _alert, new = alert_raise(
+                organization_id=budget.organization_id,
+                kind=AlertKind.BUDGET_THRESHOLD,
+                dedup_key=f"budget:{budget.id}:{status.period_start:%Y%m%d%H%M}:{threshold}",
+                title=f"Budget '{budget.name}' reached {threshold}%",
+                message=(
+                    f"${status.spent_usd:.4f} of ${budget.amount_usd} spent this {budget.period} period "
+                    f"({status.percent_used:.1f}%). Burn rate ${status.burn_usd_per_day:.4f}/day"
+                    + (f", projected ${status.projected_usd:.4f} at period end." if status.projected_usd else ".")
+                ),
+                link=f"/budgets/{budget.id}/",
+                project_id=budget.project_id,
+                budget=budget,
+                data={"threshold": threshold, "spent_usd": str(status.spent_usd), "mode": budget.mode},
+            )
+            created += new
+        if budget.mode == "shadow":
+            blocked = LedgerEntry.objects.filter(
+                budget_ledger_filter(budget=budget),
+                created_at__gte=status.period_start,
+                route__contains=f"would-block:budget:{budget.id}",
+            ).count()
+            if blocked:
+                _alert, new = alert_raise(
+                    organization_id=budget.organization_id,
+                    kind=AlertKind.WOULD_BLOCK,
+                    dedup_key=f"shadow:{budget.id}:{status.period_start:%Y%m%d%H%M}",
+                    title=f"Shadow budget '{budget.name}' would have blocked requests",
+                    message=f"{blocked} request(s) this period would have been refused in hard mode.",
+                    link=f"/budgets/{budget.id}/",
+                    project_id=budget.project_id,
+                    budget=budget,
+                    data={"would_block": blocked},
+                )
+                created += new
+    return created
+
+
+def budget_periods_record(*, now: dt.datetime | None = None) -> int:
+    """Keep the history: close last period's record and update the current one. Idempotent."""
+    now = now or timezone.now()
+    written = 0
+    for budget in Budget.objects.exclude(period=BudgetPeriod.ONE_OFF):
+        start, end = period_bounds(budget.period, budget.timezone, now)
+        previous_start, previous_end = period_bounds(budget.period, budget.timezone, start - dt.timedelta(seconds=1))
+        BudgetPeriodRecord.objects.update_or_create(
+            budget=budget,
+            period_start=previous_start,
+            defaults={
+                "period_end": previous_end,
+                "limit_usd": budget.amount_usd,
+                "spent_usd": budget_spent_usd(budget=budget, since=previous_start, until=previous_end),
+                "closed": True,
+            },
+        )
+        BudgetPeriodRecord.objects.update_or_create(
+            budget=budget,
+            period_start=start,
+            defaults={
+                "period_end": end,
+                "limit_usd": budget.amount_usd,
+                "spent_usd": budget_spent_usd(budget=budget, since=start, until=end),
+                "closed": False,
+            },
+        )
+        written += 2
+    return written
+
+
+def anomalies_detect(*, now: dt.datetime | None = None) -> int:
+    """Alert when a project's (or feature's) spend or token rate jumps past its trailing baseline.
+
+    Recent rate: the last 15 minutes of the ledger. Baseline: the 24 hours before
+    that, from the hourly roll-ups. One alert per project/feature per hour.
+    """
+    now = now or timezone.now()
+    window_start = now - ANOMALY_WINDOW
+    baseline_start = window_start - ANOMALY_BASELINE
+    hours = Decimal(ANOMALY_BASELINE.total_seconds()) / 3600
+    window_hours = Decimal(ANOMALY_WINDOW.total_seconds()) / 3600
+    rules = {(r.organization_id, r.project_id): r for r in AnomalyRule.objects.all()}
+
+    recent = (
+        LedgerEntry.objects.filter(created_at__gte=window_start, created_at__lt=now)
+        .values("organization_id", "project_id", "feature")
+        .annotate(cost=Sum("cost"), tokens=Sum("prompt_tokens") + Sum("completion_tokens"), n=Count("id"))
+        .order_by()
+    )
+    baseline = {
+        (row["project_id"], row["feature"]): row
+        for row in HourlyRollup.objects.filter(hour__gte=baseline_start, hour__lt=window_start)
+        .values("project_id", "feature")
+        .annotate(cost=Sum("cost"), tokens=Sum("prompt_tokens") + Sum("completion_tokens"))
+        .order_by()
+    }
+    created = 0
+    slices: dict[tuple[int, int, str], dict[str, Decimal]] = {}
+    for row in recent:
+        for feature in ("", row["feature"]) if row["feature"] else ("",):
+            acc = slices.setdefault(
+                (row["organization_id"], row["project_id"], feature), {"cost": Decimal(0), "tokens": Decimal(0)}
+            )
+            acc["cost"] += row["cost"] or 0
+            acc["tokens"] += row["tokens"] or 0
+    for (org_id, project_id, feature), acc in slices.items():
+        rule = rules.get((org_id, project_id)) or rules.get((org_id, None))
+        if rule is not None and not rule.enabled:
+            continue
+        multiple = rule.multiple if rule else Decimal(2)
+        floor = rule.min_usd_per_hour if rule else Decimal("0.01")
+        if feature:
+            base = baseline.get((project_id, feature))
+        else:
+            base_rows = [v for (p, _f), v in baseline.items() if p == project_id]
+            base = {"cost": sum((b["cost"] or 0 for b in base_rows), Decimal(0)),
+                    "tokens": sum(b["tokens"] or 0 for b in base_rows)} if base_rows else None  # fmt: skip
+        rate = acc["cost"] / window_hours
+        base_rate = (Decimal(base["cost"] or 0) / hours) if base else Decimal(0)
+        tokens_rate = acc["tokens"] / (window_hours * 60)
+        base_tokens_rate = (Decimal(base["tokens"] or 0) / (hours * 60)) if base else Decimal(0)
+        spend_spike = rate >= floor and rate > multiple * base_rate
+        token_spike = rate >= floor and base_tokens_rate > 0 and tokens_rate > multiple * base_tokens_rate
+        if not (spend_spike or token_spike):
+            continue
+        project = Project.objects.only("slug").get(id=project_id)
+        what = f"feature '{feature}' in project {project.slug}" if feature else f"project {project.slug}"
+        since = window_start.strftime("%Y-%m-%dT%H:%M")
+        link = f"/ledger/?project={project.id}&since={since}" + (f"&feature={feature}" if feature else "")
+        _alert, new = alert_raise(
+            organization_id=org_id,
+            kind=AlertKind.SPEND_ANOMALY,
+            dedup_key=f"anomaly:{project_id}:{feature}:{now:%Y%m%d%H}",
+            title=f"Spend rate spike: {what}",
+            message=(
+                f"${rate:.4f}/hour over the last 15 minutes vs a 24-hour baseline of ${base_rate:.4f}/hour "
+                f"({tokens_rate:.0f} vs {base_tokens_rate:.0f} tokens/min); alert threshold {multiple}x."
+            ),
+            link=link,
+            project_id=project_id,
+            data={"rate_usd_per_hour": str(rate), "baseline_usd_per_hour": str(base_rate), "feature": feature},
+        )
+        created += new
+    return created
+
+
+def alerts_redeliver() -> int:
+    """Queue deliveries still pending or failed (fewer than 6 attempts); returns how many."""
+    ids = list(
+        AlertDelivery.objects.filter(
+            Q(status=DeliveryStatus.PENDING) | Q(status=DeliveryStatus.FAILED), attempts__lt=6
+        ).values_list("id", flat=True)[:500]
+    )
+    _enqueue_deliveries(ids)
+    return len(ids)

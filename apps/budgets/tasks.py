@@ -1,0 +1,42 @@
+"""Celery entry points for budgets and alerts: thin wrappers over services."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from apps.budgets import services
+from apps.budgets.models import AlertDelivery
+
+
+@shared_task(
+    name="budgets.alert_deliver",
+    autoretry_for=(Exception,),
+    retry_backoff=5,
+    retry_backoff_max=600,
+    retry_jitter=True,
+    max_retries=5,
+    time_limit=60,
+)
+def alert_deliver_task(delivery_id: int) -> str:
+    delivery = AlertDelivery.objects.select_related("alert", "channel").get(id=delivery_id)
+    return services.alert_deliver(delivery=delivery).status
+
+
+@shared_task(name="budgets.check_thresholds", time_limit=120)
+def budgets_check_thresholds_task() -> int:
+    return services.budgets_check_thresholds()
+
+
+@shared_task(name="budgets.detect_anomalies", time_limit=120)
+def anomalies_detect_task() -> int:
+    return services.anomalies_detect()
+
+
+@shared_task(name="budgets.record_periods", time_limit=300)
+def budget_periods_record_task() -> int:
+    return services.budget_periods_record()
+
+
+@shared_task(name="budgets.redeliver_alerts", time_limit=60)
+def alerts_redeliver_task() -> int:
+    return services.alerts_redeliver()

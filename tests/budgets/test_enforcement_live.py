@@ -1,0 +1,105 @@
+"""Budgets and rate limits through live gateway processes and the official SDK."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from collections.abc import Iterator
+from decimal import Decimal
+
+import openai
+import pytest
+from django.db.models import Sum
+
+from apps.budgets.models import BudgetScope
+from apps.budgets.services import budget_create, rate_limit_set
+from apps.ledger.models import LedgerEntry
+from apps.providers.catalog import OPENAI_PRICES
+from tests import live
+from tests.factories import Tenant
+from tests.gateway.helpers import ingest_all, sdk, wait_key_live
+
+pytestmark = pytest.mark.live
+
+MAX_TOKENS = 200
+PROMPT = [{"role": "user", "content": "Write a haiku about invoices and the month of November."}]
+
+
+@pytest.fixture
+def second_gateway(gateway: str) -> Iterator[str]:
+    process, url = live.start_gateway()
+    yield url
+    process.stop()
+
+
+
+def test_200_concurrent_requests_on_two_gateways_never_overspend(
+    gateway: str, second_gateway: str, tenant: Tenant
+) -> None:
+    budget = budget_create(
+        organization=tenant.org, name="tight", scope=BudgetScope.PROJECT, project=tenant.project,
+        amount_usd=Decimal("0.05"),
+    )  # fmt: skip
+    for url in (gateway, second_gateway):
+        wait_key_live(url, tenant.key.plaintext)
+    clients = [sdk(url, tenant.key.plaintext) for url in (gateway, second_gateway)]
+
+    def one(i: int) -> str:
+        try:
+            clients[i % 2].chat.completions.create(
+                model="gpt-4o", messages=[{**PROMPT[0], "content": f"{PROMPT[0]['content']} #{i}"}],
+                max_tokens=MAX_TOKENS,
+            )  # fmt: skip
+            return "ok"
+        except openai.RateLimitError as exc:
+            assert exc.code == "insufficient_quota", exc.message
+            assert "tight" in exc.message
+            return "refused"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
+        outcomes = list(pool.map(one, range(200)))
+
+    ingest_all()
+    rows = LedgerEntry.objects.filter(project=tenant.project)
+    served = rows.filter(status_code=200)
+    spent = served.aggregate(total=Sum("cost"))["total"] or Decimal(0)
+    prices = OPENAI_PRICES["gpt-4o"]
+    largest_prompt = max(r.prompt_tokens for r in served)
+    one_request_max = (largest_prompt * prices[0] + MAX_TOKENS * prices[2]) / Decimal(1_000_000)
+    assert outcomes.count("ok") == served.count() > 0
+    assert outcomes.count("refused") == rows.filter(status_code=429, error_code="insufficient_quota").count() > 0
+    assert spent <= budget.amount_usd + one_request_max, f"spent {spent} against a {budget.amount_usd} budget"
+
+
+def test_rate_limit_headers_and_429_through_the_sdk(gateway: str, tenant: Tenant) -> None:
+    rate_limit_set(project=tenant.project, requests_per_minute=3)
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+
+    def limited() -> bool:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=5)
+        return raw.headers.get("x-ratelimit-limit-requests") == "3"
+
+    live.wait_until(limited, timeout=5)
+    with pytest.raises(openai.RateLimitError) as exc:
+        for _ in range(5):
+            client.chat.completions.create(model="gpt-4o-mini", messages=PROMPT, max_tokens=5)
+    assert exc.value.code == "rate_limit_exceeded"
+    assert int(exc.value.response.headers["retry-after"]) >= 1
+    assert exc.value.response.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_streams_count_against_tokens_per_minute(gateway: str, tenant: Tenant) -> None:
+    rate_limit_set(project=tenant.project, tokens_per_minute=400)
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    used = 0
+    with pytest.raises(openai.RateLimitError) as exc:
+        for _ in range(20):
+            stream = client.chat.completions.create(
+                model="gpt-4o-mini", messages=PROMPT, max_tokens=60, stream=True,
+                stream_options={"include_usage": True},
+            )  # fmt: skip
+            chunks = list(stream)
+            used += chunks[-1].usage.total_tokens  # type: ignore[union-attr]
+    assert exc.value.code == "rate_limit_exceeded" and exc.value.type == "tokens"
+    assert 0 < used <= 400
