@@ -242,8 +242,9 @@ class AnomalyRule(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["organization", "project"], name="one_anomaly_rule_per_scope",
-                                    nulls_distinct=False),
+            models.UniqueConstraint(
+                fields=["organization", "project"], name="one_anomaly_rule_per_scope", nulls_distinct=False
+            ),
             models.CheckConstraint(condition=Q(multiple__gte=1), name="anomaly_multiple_at_least_one"),
         ]
 

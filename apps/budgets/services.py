@@ -208,7 +208,9 @@ def alert_deliver(*, delivery: AlertDelivery) -> AlertDelivery:
     delivery.attempts += 1
     try:
         if channel.kind == ChannelKind.SLACK:
-            text = f"*{alert.title}*\n{alert.message}" + (f"\n<{alert.link}|Open the ledger slice>" if alert.link else "")
+            text = f"*{alert.title}*\n{alert.message}" + (
+                f"\n<{alert.link}|Open the ledger slice>" if alert.link else ""
+            )
             _post_json(channel.target, json.dumps({"text": text}).encode(), {})
         elif channel.kind == ChannelKind.WEBHOOK:
             body = json.dumps(alert_payload(alert), separators=(",", ":")).encode()

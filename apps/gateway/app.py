@@ -239,7 +239,9 @@ class Gateway:
             if model_id not in visible:
                 raise model_not_found(model_id)
             body = _model_object(model_id, visible[model_id])
-        await _send_json(send, 200, orjson.dumps(body), request_id)
+        # Lets operators (and tests) see which policy version a process serves.
+        version = [(b"x-costcontrol-policy-version", str(snapshot.version).encode())]
+        await _send_json(send, 200, orjson.dumps(body), request_id, version)
 
     # --- proxying ----------------------------------------------------------
 

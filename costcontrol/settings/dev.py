@@ -6,3 +6,5 @@ from costcontrol.settings.base import *  # noqa: F403
 
 DEBUG = env_bool("DJANGO_DEBUG", True)  # noqa: F405
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405  (WhiteNoise warns when it is missing)

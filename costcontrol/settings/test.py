@@ -18,3 +18,5 @@ from costcontrol.settings.base import *  # noqa: E402,F403
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed: tests create many users
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405  (WhiteNoise warns when it is missing)

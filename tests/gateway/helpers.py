@@ -6,6 +6,7 @@ import openai
 import redis
 from django.conf import settings
 
+from apps.gateway.policy import version_key
 from apps.ledger.models import LedgerEntry
 from apps.ledger.services import ledger_ingest_batch
 from tests.live import wait_until
@@ -27,6 +28,21 @@ def wait_key_live(base_url: str, key: str) -> None:
             return False
 
     wait_until(known, timeout=5)
+
+
+def wait_policy(base_url: str, key: str) -> None:
+    """Wait until the gateway serves the policy as committed now (budgets, limits, aliases…)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    wanted = int(client.get(version_key()) or 0)
+
+    def caught_up() -> bool:
+        try:
+            raw = sdk(base_url, key).models.with_raw_response.list()
+        except openai.AuthenticationError:
+            return False
+        return int(raw.headers["x-costcontrol-policy-version"]) >= wanted
+
+    wait_until(caught_up, timeout=5)
 
 
 def ingest_all() -> None:
