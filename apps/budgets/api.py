@@ -23,7 +23,6 @@ from apps.keys.models import ApiKey
 from apps.tenancy.models import MANAGER_ROLES, Organization, Project, Team
 from apps.tenancy.selectors import organizations_for, projects_for
 
-
 MICRO = Decimal("0.000001")
 
 

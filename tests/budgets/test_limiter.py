@@ -31,11 +31,12 @@ def _limiter() -> tuple[Limiter, aioredis.Redis]:
     return Limiter(client, f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:"), client
 
 
-def _budget(amount: str, mode: str = "hard", seed: str = "0", period: str = "monthly") -> BudgetPolicy:
+def _budget(amount: str, mode: str = "hard", seed: str = "0") -> BudgetPolicy:
     return BudgetPolicy(
         id=1, name="test budget", organization_id=1, scope="organization", team_id=None, project_id=None,
         api_key_id=None, feature="", end_user="", limit_nano=to_nano(Decimal(amount)), amount_usd=Decimal(amount),
-        period=period, timezone="UTC", starts_at=None, mode=mode, seed_period_start=0.0, seed_nano=to_nano(Decimal(seed)),
+        period="monthly", timezone="UTC", starts_at=None, mode=mode, seed_period_start=0.0,
+        seed_nano=to_nano(Decimal(seed)),
     )  # fmt: skip
 
 
