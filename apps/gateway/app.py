@@ -162,7 +162,9 @@ class Gateway:
                 skip_auto_headers=("User-Agent",),
             )
             self.limiter = Limiter(self.redis, settings.REDIS_PREFIX)
-            self.ledger = LedgerWriter(self.redis, stream_name(), Path(settings.BASE_DIR) / "var" / "spool")
+            # One spool folder per Redis prefix: a re-send must go to the stream it was meant for.
+            spool = Path(settings.BASE_DIR) / "var" / "spool" / settings.REDIS_PREFIX.strip(":").replace(":", "-")
+            self.ledger = LedgerWriter(self.redis, stream_name(), spool)
             self.ledger.start()
             policy = PolicyStore(self.redis, settings.GATEWAY_POLICY_POLL_SECONDS)
             await policy.start()

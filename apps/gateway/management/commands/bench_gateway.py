@@ -151,16 +151,19 @@ class Command(BaseCommand):
                 direct_lua, gateway_lua = Path(tmp, "direct.lua"), Path(tmp, "gateway.lua")
                 direct_lua.write_text(LUA % (BODY, "sim"))
                 gateway_lua.write_text(LUA % (BODY, key))
+                gateway_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
                 # Warm both paths (connection pools, snapshot) before measuring.
-                sent = int(_wrk(f"http://127.0.0.1:{gw_port}/v1/chat/completions", gateway_lua, 4, 2)["requests"])
+                sent = int(_wrk(gateway_url, gateway_lua, 4, 2)["requests"])
                 rows = []
                 for connections in [int(c) for c in options["connections"].split(",")]:
                     direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
-                    gateway = _wrk(
-                        f"http://127.0.0.1:{gw_port}/v1/chat/completions", gateway_lua, connections, options["seconds"]
-                    )
-                    sent += int(gateway["requests"])
-                    rows.append((connections, direct, gateway))
+                    self._limits(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
+                    gateway = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
+                    self._limits(issued, on=True, gateway=f"http://127.0.0.1:{gw_port}/v1")
+                    limited = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
+                    sent += int(gateway["requests"] + limited["requests"])
+                    rows.append((connections, direct, gateway, limited))
+                self._limits(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
             self._report(rows, options["seconds"])
             self._check_ledger(issued.api_key.id, sent)
         finally:
