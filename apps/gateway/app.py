@@ -565,14 +565,14 @@ class _SseRelay:
         return rest
 
     def estimate_completion_tokens(self) -> int:
-        total = 0
+        parts = []
         for blob in self._events:
             for event in blob.split(b"\n\n"):
                 data = _event_json(event)
                 for choice in (data or {}).get("choices") or ():
                     delta = choice.get("delta") or {}
-                    total += tokens.estimate_text(delta.get("content") or choice.get("text") or "")
-        return total
+                    parts.append(delta.get("content") or choice.get("text") or "")
+        return tokens.estimate_text("".join(parts))
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:
@@ -657,12 +657,12 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 def _estimate_completion(data: dict[str, Any]) -> int:
     """Completion tokens of a non-streamed answer whose provider reported no usage."""
-    total = 0
+    parts = []
     for choice in data.get("choices") or ():
         if isinstance(choice, dict):
             message = choice.get("message") or {}
-            total += tokens.estimate_text(message.get("content") or choice.get("text") or "")
-    return total
+            parts.append(message.get("content") or choice.get("text") or "")
+    return tokens.estimate_text("".join(parts))
 
 
 def _apply_usage(call: Call, target: Target, usage: dict[str, Any] | None) -> None:

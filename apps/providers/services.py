@@ -23,7 +23,8 @@ def provider_create(
 ) -> Provider:
     """Register a provider; OpenAI and the simulator get the public price catalogue by default."""
     provider = Provider(organization=organization, name=name, kind=kind, base_url=base_url.rstrip("/"))
-    provider.secret = secret
+    # The simulator wants a bearer token like OpenAI does; any value works.
+    provider.secret = secret or ("sk-simulated" if kind == ProviderKind.SIMULATED else "")
     provider.full_clean()
     if seed_catalog is None:
         seed_catalog = kind in {ProviderKind.OPENAI, ProviderKind.SIMULATED}
