@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from apps.gateway import tokens
@@ -162,6 +163,7 @@ class Gateway:
                 skip_auto_headers=("User-Agent",),
             )
             self.limiter = Limiter(self.redis, settings.REDIS_PREFIX)
+            await self.limiter.load()
             # One spool folder per Redis prefix: a re-send must go to the stream it was meant for.
             spool = Path(settings.BASE_DIR) / "var" / "spool" / settings.REDIS_PREFIX.strip(":").replace(":", "-")
             self.ledger = LedgerWriter(self.redis, stream_name(), spool)
@@ -502,22 +504,23 @@ class Gateway:
         await asyncio.gather(send({"type": "http.response.body", "body": tail, "more_body": False}), self._record(call))
 
     async def _record(self, call: Call) -> None:
-        """Write the ledger event and settle the reservation, concurrently."""
+        """Write the ledger event and settle the reservation, in one Redis round trip."""
         assert self.ledger is not None and self.limiter is not None
         admission, call.admission = call.admission, None
-        if admission is None:
+        limiter = self.limiter
+        if admission is None or not admission.reserved:
             await self.ledger.write(call.event())
             return
-        results = await asyncio.gather(
-            self.ledger.write(call.event()),
-            self.limiter.settle(
-                admission, actual_usd=call.cost, actual_tokens=call.prompt_tokens + call.completion_tokens
-            ),
-            return_exceptions=True,
-        )
-        for result in results:
-            if isinstance(result, BaseException):
-                logger.error("settling request %s failed: %r", call.request_id, result)
+
+        async def settle(pipeline: Pipeline) -> None:
+            await limiter.settle(
+                admission,
+                actual_usd=call.cost,
+                actual_tokens=call.prompt_tokens + call.completion_tokens,
+                pipeline=pipeline,
+            )
+
+        await self.ledger.write(call.event(), also=settle)
 
 
 class _SseRelay:

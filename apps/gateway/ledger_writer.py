@@ -10,11 +10,13 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from apps.ledger.stream import FIELD
 
@@ -29,10 +31,22 @@ class LedgerWriter:
         self._spool_dir = spool_dir
         self._resend_task: asyncio.Task[None] | None = None
 
-    async def write(self, event: dict[str, Any]) -> None:
+    async def write(
+        self, event: dict[str, Any], *, also: Callable[[Pipeline], Awaitable[object]] | None = None
+    ) -> None:
+        """Append ``event``; ``also`` queues more commands in the same round trip (settling a reservation)."""
         payload = orjson.dumps(event)
         try:
-            await self._redis.xadd(self._stream, {FIELD: payload})
+            pipe = self._redis.pipeline(transaction=False)
+            if also is not None:
+                await also(pipe)
+            pipe.xadd(self._stream, {FIELD: payload})
+            *others, added = await pipe.execute(raise_on_error=False)
+            for result in others:
+                if isinstance(result, Exception):
+                    logger.error("a command sent with ledger event %s failed: %r", event.get("request_id"), result)
+            if isinstance(added, Exception):
+                raise added
         except Exception:
             logger.exception("ledger XADD failed; spooling request %s", event.get("request_id"))
             await asyncio.get_running_loop().run_in_executor(None, self._append_spool, payload)

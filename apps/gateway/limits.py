@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from apps.budgets.periods import period_bounds
 from apps.gateway.errors import GatewayError
@@ -37,40 +38,64 @@ STATUS_OK, STATUS_BUDGET, STATUS_RPM, STATUS_TPM, STATUS_CONCURRENCY = range(5)
 #       then nr, then per rate scope: rpm limit, tpm limit, concurrency limit, tokens to reserve
 #       (a limit of 0 means none).
 # Returns {status, index, retry_after_ms, shadow_blocked_csv, remaining_requests, remaining_tokens}.
-ADMIT_LUA = """
+# Sliding 60 s windows: a hash per scope with one field per second, plus "sum" (the
+# window's total) and "from" (the oldest second not yet subtracted). Expired
+# seconds are subtracted as time passes, so a check reads two fields instead of
+# scanning the window.
+WINDOW_LUA = """
+local function window(key, now_s)
+  local meta = redis.call('HMGET', key, 'sum', 'from')
+  local total, from = tonumber(meta[1]), tonumber(meta[2])
+  if total == nil then return 0 end
+  if from <= now_s - 60 then
+    if from < now_s - 120 then
+      redis.call('DEL', key)
+      return 0
+    end
+    for sec = from, now_s - 60 do
+      local v = tonumber(redis.call('HGET', key, sec))
+      if v then
+        total = total - v
+        redis.call('HDEL', key, sec)
+      end
+    end
+    redis.call('HSET', key, 'sum', total, 'from', now_s - 59)
+  end
+  return total
+end
+
+local function window_add(key, now_s, n)
+  redis.call('HINCRBY', key, now_s, n)
+  redis.call('HINCRBY', key, 'sum', n)
+  redis.call('HSETNX', key, 'from', now_s)
+  redis.call('EXPIRE', key, 180)
+end
+
+-- Seconds until enough of the window expires for `need` more under `limit` (refusals only).
+local function wait_for(key, now, total, need, limit)
+  local now_s = math.floor(now)
+  local freed = 0
+  for sec = now_s - 59, now_s do
+    freed = freed + (tonumber(redis.call('HGET', key, sec)) or 0)
+    if total - freed + need <= limit then return sec + 60 - now end
+  end
+  return 60
+end
+"""
+
+# KEYS: budget counters (nb), then per rate scope: requests window, tokens window, in-flight zset.
+# ARGV: now (seconds, float), request id, nb, then per budget: limit, reserve, seed, mode, ttl;
+#       then nr, then per rate scope: rpm limit, tpm limit, concurrency limit, tokens to reserve
+#       (a limit of 0 means none).
+# Returns {status, index, retry_after_ms, shadow_blocked_csv, remaining_requests, remaining_tokens}.
+ADMIT_LUA = (
+    WINDOW_LUA
+    + """
 local now = tonumber(ARGV[1])
 local now_s = math.floor(now)
 local request_id = ARGV[2]
 local nb = tonumber(ARGV[3])
 local a = 4
-
-local function window(key)
-  local vals = redis.call('HGETALL', key)
-  local total, stale, buckets = 0, {}, {}
-  for i = 1, #vals, 2 do
-    local sec = tonumber(vals[i])
-    if sec <= now_s - 60 then
-      stale[#stale + 1] = vals[i]
-    else
-      local v = tonumber(vals[i + 1])
-      total = total + v
-      buckets[#buckets + 1] = {sec, v}
-    end
-  end
-  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
-  return total, buckets
-end
-
--- Seconds until enough of the window expires for `need` more under `limit`.
-local function wait_for(buckets, total, need, limit)
-  table.sort(buckets, function(x, y) return x[1] < y[1] end)
-  local freed = 0
-  for _, b in ipairs(buckets) do
-    freed = freed + b[2]
-    if total - freed + need <= limit then return (b[1] + 60 - now) end
-  end
-  return 60
-end
 
 local budgets = {}
 local shadow = {}
@@ -79,11 +104,12 @@ for i = 1, nb do
     tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3], tonumber(ARGV[a + 4])
   a = a + 5
   local key = KEYS[i]
-  if redis.call('EXISTS', key) == 0 then
+  local spent = tonumber(redis.call('GET', key))
+  if spent == nil then
     -- Lost or new counter: start from the spend the ledger already shows for this period.
     redis.call('SET', key, seed, 'EX', ttl, 'NX')
+    spent = tonumber(seed)
   end
-  local spent = tonumber(redis.call('GET', key))
   if spent + reserve > limit then
     if mode == 'hard' then return {1, i, 0, '', -1, -1} end
     if mode == 'shadow' then shadow[#shadow + 1] = tostring(i) end
@@ -102,16 +128,18 @@ for j = 1, nr do
   local k = nb + (j - 1) * 3
   local req_key, tok_key, conc_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   if rpm > 0 then
-    local used, buckets = window(req_key)
-    if used + 1 > rpm then return {2, j, math.ceil(wait_for(buckets, used, 1, rpm) * 1000), '', 0, -1} end
+    local used = window(req_key, now_s)
+    if used + 1 > rpm then
+      return {2, j, math.ceil(wait_for(req_key, now, used, 1, rpm) * 1000), '', 0, -1}
+    end
     local left = rpm - used - 1
     if remaining_requests < 0 or left < remaining_requests then remaining_requests = left end
   end
   if tpm > 0 then
-    local used, buckets = window(tok_key)
+    local used = window(tok_key, now_s)
     if used + tokens > tpm then
       local wait = 60
-      if tokens <= tpm then wait = wait_for(buckets, used, tokens, tpm) end
+      if tokens <= tpm then wait = wait_for(tok_key, now, used, tokens, tpm) end
       return {3, j, math.ceil(wait * 1000), '', -1, math.max(tpm - used, 0)}
     end
     local left = tpm - used - tokens
@@ -130,24 +158,30 @@ for i = 1, nb do
 end
 for j = 1, nr do
   local s = scopes[j]
-  if s[4] > 0 then redis.call('HINCRBY', s[1], now_s, 1); redis.call('EXPIRE', s[1], 120) end
-  if s[5] > 0 then redis.call('HINCRBY', s[2], now_s, s[7]); redis.call('EXPIRE', s[2], 120) end
+  if s[4] > 0 then window_add(s[1], now_s, 1) end
+  if s[5] > 0 then window_add(s[2], now_s, s[7]) end
   if s[6] > 0 then redis.call('ZADD', s[3], now, request_id); redis.call('EXPIRE', s[3], 900) end
 end
 return {0, 0, 0, table.concat(shadow, ','), remaining_requests, remaining_tokens}
 """
+)
 
-# KEYS: budget counters, then tokens hashes, then in-flight zsets.
-# ARGV: nb, nt, nc, request id, admitted second, then budget deltas, then token deltas.
+# KEYS: budget counters, then token windows, then in-flight zsets.
+# ARGV: nb, nt, nc, request id, admitted second, now second, then budget deltas, then the token delta.
 SETTLE_LUA = """
 local nb, nt, nc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local request_id, second = ARGV[4], ARGV[5]
+local request_id, second, now_s = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 for i = 1, nb do
-  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[5 + i]) end
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[6 + i]) end
 end
+local token_delta = tonumber(ARGV[7 + nb])
 for i = 1, nt do
   local key = KEYS[nb + i]
-  if redis.call('EXISTS', key) == 1 then redis.call('HINCRBY', key, second, ARGV[5 + nb + i]) end
+  -- Only while the admitted second is still in the window; after that it no longer counts.
+  if token_delta ~= 0 and second > now_s - 60 and redis.call('HEXISTS', key, second) == 1 then
+    redis.call('HINCRBY', key, second, token_delta)
+    redis.call('HINCRBY', key, 'sum', token_delta)
+  end
 end
 for i = 1, nc do
   redis.call('ZREM', KEYS[nb + nt + i], request_id)
@@ -215,6 +249,10 @@ class Admission:
     shadow_blocked: list[BudgetPolicy] = field(default_factory=list)
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
+    @property
+    def reserved(self) -> bool:
+        return bool(self.budget_keys or self.token_keys or self.concurrency_keys)
+
 
 def to_nano(usd: Decimal) -> int:
     return int((usd * NANO).to_integral_value())
@@ -226,6 +264,25 @@ class Limiter:
         self._prefix = prefix
         self._admit = redis_client.register_script(ADMIT_LUA)
         self._settle = redis_client.register_script(SETTLE_LUA)
+        self._periods: dict[tuple[str, str, dt.datetime | None], tuple[float, float]] = {}
+
+    async def load(self) -> None:
+        """Load both scripts into Redis (EVALSHA in pipelines needs them there)."""
+        for script in (self._admit, self._settle):
+            script.sha = await self._redis.script_load(script.script)
+
+    def _period(self, budget: BudgetPolicy, now: float) -> tuple[float, float]:
+        """The budget's current period as epoch seconds, cached until it ends."""
+        cache_key = (budget.period, budget.timezone, budget.starts_at)
+        cached = self._periods.get(cache_key)
+        if cached is not None and cached[0] <= now < cached[1]:
+            return cached
+        start, end = period_bounds(
+            budget.period, budget.timezone, dt.datetime.fromtimestamp(now, dt.UTC), budget.starts_at
+        )
+        bounds = (start.timestamp(), end.timestamp())
+        self._periods[cache_key] = bounds
+        return bounds
 
     async def admit(
         self,
@@ -242,16 +299,14 @@ class Limiter:
         admission = Admission(request_id=request_id, second=math.floor(now))
         if not budgets and not rate_limits:
             return admission
-        at = dt.datetime.fromtimestamp(now, dt.UTC)
         reserve = to_nano(worst_case_usd)
         keys: list[str] = []
         args: list[Any] = [repr(now), request_id, len(budgets)]
         for budget in budgets:
-            start, end = period_bounds(budget.period, budget.timezone, at, budget.starts_at)
-            start_ts = start.timestamp()
+            start_ts, end_ts = self._period(budget, now)
             key = f"{self._prefix}budget:{budget.id}:{int(start_ts)}"
             seed = budget.seed_nano if budget.seed_period_start == start_ts else 0
-            ttl = int(min(end.timestamp() - now, 400 * 86400)) + 2 * 86400
+            ttl = int(min(end_ts - now, 400 * 86400)) + 2 * 86400
             keys.append(key)
             args += [budget.limit_nano, reserve, seed, budget.mode, ttl]
             admission.budget_keys.append(key)
@@ -286,24 +341,42 @@ class Limiter:
         admission.headers = _remaining_headers(rate_limits, left_requests, left_tokens)
         return admission
 
-    async def settle(self, admission: Admission, *, actual_usd: Decimal, actual_tokens: int) -> None:
-        """Replace the reservation by what was used, and free the concurrency slot."""
-        if not (admission.budget_keys or admission.token_keys or admission.concurrency_keys):
+    async def settle(
+        self,
+        admission: Admission,
+        *,
+        actual_usd: Decimal,
+        actual_tokens: int,
+        now: float | None = None,
+        pipeline: Pipeline | None = None,
+    ) -> None:
+        """Replace the reservation by what was used, and free the concurrency slot.
+
+        With ``pipeline`` the script is only queued there (sent with the ledger event).
+        """
+        if not admission.reserved:
             return
         actual = to_nano(actual_usd)
-        token_delta = actual_tokens - admission.tokens_reserved
-        await self._settle(
-            keys=[*admission.budget_keys, *admission.token_keys, *admission.concurrency_keys],
-            args=[
-                len(admission.budget_keys),
-                len(admission.token_keys),
-                len(admission.concurrency_keys),
-                admission.request_id,
-                admission.second,
-                *[actual - reserved for reserved in admission.budget_reserved],
-                *[token_delta] * len(admission.token_keys),
-            ],
-        )
+        keys = [*admission.budget_keys, *admission.token_keys, *admission.concurrency_keys]
+        args = [
+            len(admission.budget_keys),
+            len(admission.token_keys),
+            len(admission.concurrency_keys),
+            admission.request_id,
+            admission.second,
+            math.floor(time.time() if now is None else now),
+            *[actual - reserved for reserved in admission.budget_reserved],
+            actual_tokens - admission.tokens_reserved,
+        ]
+        if pipeline is None:
+            await self._settle(keys=keys, args=args)
+        else:
+            # EVALSHA queued directly: a pipeline given a Script object would first ask
+            # SCRIPT EXISTS on every execute, an extra round trip per request. The script
+            # is loaded at start-up; if Redis lost it (a restart), this one settle fails
+            # and is logged, leaving the reservation in place: a budget errs on the safe
+            # side, and an in-flight slot expires after 15 minutes.
+            pipeline.evalsha(self._settle.sha, len(keys), *keys, *args)
 
 
 def _rate_limited(status: int, limit: RateLimitPolicy, retry_ms: int, left_tokens: int) -> GatewayError:

@@ -4,5 +4,7 @@ from django.apps import AppConfig
 
 
 class SimulatorConfig(AppConfig):
+    """The simulated OpenAI-compatible upstream (``simulate_upstream``); it has no models."""
+
     name = "apps.simulator"
     label = "simulator"

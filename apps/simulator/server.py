@@ -125,7 +125,6 @@ _VOCABULARY = (
 
 _TOKEN_RE = re.compile(r"\s?\w+|\s?[^\w\s]|\s+")
 _DIRECTIVE_RE = re.compile(r"\[\[sim:([a-z_0-9]+)(?:=(.*?))?\]\]", re.S)
-_ENDPOINT_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings"})
 
 _JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 _STREAM_HEADERS: Headers = [
@@ -283,6 +282,8 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
+# Cached because the same system prompts and messages recur across requests.
+@lru_cache(maxsize=4096)
 def count_tokens(text: str) -> int:
     """``len(tokenize(text))`` without building the token list."""
     total = 0
@@ -357,8 +358,9 @@ def _logprob_entries(
     return entries
 
 
-def _legacy_logprobs(entries: list[dict[str, Any]], text_offset: int) -> dict[str, Any]:
+def _legacy_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """The legacy completions ``logprobs`` object for the same entries."""
+    text_offset = 0
     offsets: list[int] = []
     for entry in entries:
         offsets.append(text_offset)
@@ -495,20 +497,20 @@ def _prompt_text(messages: Any) -> tuple[str, int]:
     return "\n".join(texts), tokens
 
 
-def _prompts(body: dict[str, Any]) -> list[tuple[str, int]]:
-    """(text, tokens) per prompt of a legacy completions request."""
+def _prompts(body: dict[str, Any]) -> list[tuple[str | list[int], str, int]]:
+    """(prompt, its text, its tokens) per prompt of a legacy completions request; token arrays have no text."""
     prompt = body.get("prompt")
     if prompt is None:
         raise _invalid("Missing required parameter: 'prompt'.", "prompt", "missing_required_parameter")
     if isinstance(prompt, str):
-        return [(prompt, count_tokens(prompt))]
+        return [(prompt, prompt, count_tokens(prompt))]
     if isinstance(prompt, list) and prompt:
         if all(isinstance(item, str) for item in prompt):
-            return [(item, count_tokens(item)) for item in prompt]
+            return [(item, item, count_tokens(item)) for item in prompt]
         if all(isinstance(item, int) for item in prompt):
-            return [("", len(prompt))]
+            return [(prompt, "", len(prompt))]
         if all(isinstance(item, list) and item and all(isinstance(t, int) for t in item) for item in prompt):
-            return [("", len(item)) for item in prompt]
+            return [(item, "", len(item)) for item in prompt]
     raise _invalid(
         "Invalid 'prompt': expected a string, an array of strings, an array of tokens or an array of token arrays.",
         "prompt",
@@ -696,7 +698,7 @@ class _Simulator:
         stream = _bool_option(body, "stream")
         include_usage = _include_usage(body, stream)
         logprobs = _int_option(body, "logprobs", None, 0, 5)
-        directives = _parse_directives("\n".join(text for text, _ in prompts))
+        directives = _parse_directives("\n".join(text for _, text, _ in prompts))
         if directives is not None and directives.status is not None:
             reply = _DIRECTIVE_ERRORS[str(directives.status)]()
             reply.delay_s = directives.delay_s
@@ -704,20 +706,19 @@ class _Simulator:
         confidence = directives.confidence if directives is not None else None
         choices: list[dict[str, Any]] = []
         texts: list[list[str]] = []
-        for prompt_index, (_, _) in enumerate(prompts):
-            prompt = body["prompt"] if len(prompts) == 1 else body["prompt"][prompt_index]
+        for prompt, _, _ in prompts:
             digest = _digest(model, prompt)
             for index in range(n):
                 tokens, finish = _completion_tokens(digest, index, directives, limit)
                 legacy = None
                 if logprobs is not None:
                     entries = _logprob_entries(tokens, digest, index, confidence, logprobs)
-                    legacy = _legacy_logprobs(entries, 0)
+                    legacy = _legacy_logprobs(entries)
                 texts.append(tokens)
                 choices.append(
                     {"text": "".join(tokens), "index": len(choices), "logprobs": legacy, "finish_reason": finish}
                 )
-        prompt_tokens = sum(tokens for _, tokens in prompts)
+        prompt_tokens = sum(tokens for _, _, tokens in prompts)
         completion_tokens = sum(len(tokens) for tokens in texts)
         usage = None
         if directives is None or not directives.no_usage:
@@ -744,7 +745,6 @@ class _Simulator:
         fail_at: int | None = None
         content_chunks = 0
         for choice, tokens in zip(choices, texts, strict=True):
-            offset = 0
             for start in range(0, len(tokens), STREAM_TOKENS_PER_CHUNK):
                 if content_chunks == fail_after:
                     fail_at = len(chunks)
@@ -756,7 +756,6 @@ class _Simulator:
                         key: values[start : start + len(piece)] for key, values in choice["logprobs"].items()
                     }
                 text = "".join(piece)
-                offset += len(text)
                 chunks.append(
                     _sse(
                         {

@@ -2,8 +2,8 @@
 
 Each test session gets its own Redis key prefix, exported to the environment
 so the gateway and consumer processes the tests start share it; a run never
-touches a developer's data or a parallel run's. Postgres isolation is the
-`test_` database pytest-django creates.
+touches a developer's data or a parallel run's. Postgres isolation is a
+`test_costcontrol_<run>` database that pytest-django creates and drops.
 """
 
 from __future__ import annotations
@@ -11,9 +11,13 @@ from __future__ import annotations
 import os
 import uuid
 
-os.environ.setdefault("COSTCONTROL_REDIS_PREFIX", f"cctest:{uuid.uuid4().hex[:10]}:")
+RUN_ID = os.environ.setdefault("COSTCONTROL_TEST_RUN", uuid.uuid4().hex[:10])
+os.environ.setdefault("COSTCONTROL_REDIS_PREFIX", f"cctest:{RUN_ID}:")
 
 from costcontrol.settings.base import *  # noqa: E402,F403
+
+# A database per test run, so two runs on one machine never drop each other's.
+DATABASES["default"]["TEST"] = {"NAME": f"test_costcontrol_{RUN_ID}"}  # noqa: F405
 
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed: tests create many users

@@ -66,7 +66,7 @@ def test_tokens_per_minute_holds_within_5_percent_over_sliding_windows() -> None
                 assert exc.status == 429 and exc.code == "rate_limit_exceeded"
                 continue
             # Settle to the real count: 100 tokens used, not the 120 reserved.
-            await limiter.settle(admission, actual_usd=Decimal(0), actual_tokens=100)
+            await limiter.settle(admission, actual_usd=Decimal(0), actual_tokens=100, now=now)
             admitted.append((now, 100))
         await client.aclose()
         return admitted

@@ -16,14 +16,19 @@ import subprocess
 import sys
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError, URLError
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
+import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.budgets.models import Budget, BudgetScope, RateLimit
+from apps.budgets.services import budget_create, rate_limit_set
+from apps.gateway.policy import version_key
 from apps.keys.services import IssuedKey, key_issue
 from apps.ledger.models import LedgerEntry
 from apps.providers.models import Provider, ProviderKind
@@ -82,8 +87,8 @@ def _wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, fl
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return {
@@ -188,20 +193,47 @@ class Command(BaseCommand):
         project.save(update_fields=["default_provider"])
         return key_issue(project=project, name=f"bench {time.strftime('%Y-%m-%d %H:%M:%S')}")
 
-    def _report(self, rows: list[tuple[int, dict[str, float], dict[str, float]]], seconds: int) -> None:
+    def _limits(self, issued: IssuedKey, *, on: bool, gateway: str) -> None:
+        """Turn a never-reached budget and rate limit on the bench project on or off; wait for the gateway."""
+        project = issued.api_key.project
+        Budget.objects.filter(project=project).delete()
+        RateLimit.objects.filter(project=project).delete()
+        if on:
+            budget_create(
+                organization=project.organization, name="bench budget", scope=BudgetScope.PROJECT,
+                project=project, amount_usd=Decimal("1000000"),
+            )  # fmt: skip
+            rate_limit_set(
+                project=project, requests_per_minute=10**8, tokens_per_minute=2 * 10**9, max_concurrent=10**5
+            )
+        wanted = int(redis.Redis.from_url(settings.REDIS_URL).get(version_key()) or 0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            request = Request(f"{gateway}/models", headers={"Authorization": f"Bearer {issued.plaintext}"})
+            with urlopen(request, timeout=2) as response:  # noqa: S310 (loopback)
+                if int(response.headers["x-costcontrol-policy-version"]) >= wanted:
+                    return
+            time.sleep(0.05)
+        raise CommandError("the gateway did not pick up the policy change")
+
+    def _report(
+        self, rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]], seconds: int
+    ) -> None:
         w = self.stdout.write
         w(
             f"\nCostControl gateway benchmark — {os.cpu_count()} CPUs, wrk -t1, {seconds}s per run, "
             "1 gateway worker, key auth + ledger on, simulated upstream (1 worker, no added latency)\n"
         )
-        w(f"{'conc':>4}  {'path':<8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-        for connections, direct, gateway in rows:
-            for name, r in (("direct", direct), ("gateway", gateway)):
-                w(f"{connections:>4}  {name:<8} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>8.0f}")
+        w(f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        for connections, direct, gateway, limited in rows:
+            for name, r in (("direct", direct), ("gateway", gateway), ("gateway+limits", limited)):
+                row = f"{r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>8.0f}"
+                w(f"{connections:>4}  {name:<15} {row}")
+            added, added_limited = gateway["p50"] - direct["p50"], limited["p50"] - direct["p50"]
             w(
-                f"{'':>4}  added latency: p50 {gateway['p50'] - direct['p50']:+.2f} ms, "
-                f"p99 {gateway['p99'] - direct['p99']:+.2f} ms; gateway at {gateway['rps'] / direct['rps']:.0%} "
-                "of direct throughput"
+                f"      added p50 {added:+.2f} ms (with limits {added_limited:+.2f} ms); gateway at "
+                f"{gateway['rps'] / direct['rps']:.0%} of direct throughput; budgets + rate limits cost "
+                f"{1 - limited['rps'] / gateway['rps']:.1%} of gateway throughput"
             )
 
     def _check_ledger(self, api_key_id: int, sent: int) -> None:
