@@ -295,24 +295,9 @@ class Gateway:
     ) -> Admission:
         """Reserve the worst case on every budget and rate limit that applies (one Redis round trip)."""
         assert self.limiter is not None
-        key = call.key
-        project = snapshot.projects[key.project_id]
-        budgets = [
-            b
-            for b in snapshot.budgets.get(key.organization_id, ())
-            if b.applies(
-                project_id=project.id,
-                team_id=project.team_id,
-                key_id=key.id,
-                feature=call.feature,
-                end_user=call.end_user,
-            )
-        ]
-        limits = [
-            limit
-            for limit in (snapshot.project_limits.get(project.id), snapshot.key_limits.get(key.id))
-            if limit is not None
-        ]
+        enforcement = snapshot.enforcement_for(call.key)
+        budgets = enforcement.budgets(feature=call.feature, end_user=call.end_user)
+        limits = list(enforcement.rate_limits)
         if not budgets and not limits:
             return Admission(request_id=call.request_id, second=int(call.created_at))
         max_output = 0

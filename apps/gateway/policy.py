@@ -80,6 +80,19 @@ class ProjectPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Enforcement:
+    fixed: tuple[BudgetPolicy, ...]  # organisation, team, project and key budgets: apply to every request
+    by_attribute: tuple[BudgetPolicy, ...]  # feature and end-user budgets: checked per request
+    rate_limits: tuple[RateLimitPolicy, ...]
+
+    def budgets(self, *, feature: str, end_user: str) -> list[BudgetPolicy]:
+        matched = [
+            b for b in self.by_attribute if (b.feature == feature if b.scope == "feature" else b.end_user == end_user)
+        ]
+        return [*self.fixed, *matched] if matched else list(self.fixed)
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     version: int
     keys: dict[str, KeyPolicy] = field(default_factory=dict)  # by lookup id
@@ -91,6 +104,27 @@ class Snapshot:
     budgets: dict[int, tuple[BudgetPolicy, ...]] = field(default_factory=dict)  # by organisation id
     project_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
     key_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
+
+    # Per-key enforcement lists, computed on first use (the snapshot is rebuilt on every change).
+    _enforcement: dict[int, Enforcement] = field(default_factory=dict)
+
+    def enforcement_for(self, key: KeyPolicy) -> Enforcement:
+        """The budgets and rate limits that can apply to requests made with ``key``."""
+        cached = self._enforcement.get(key.id)
+        if cached is not None:
+            return cached
+        project = self.projects[key.project_id]
+        fixed, by_attribute = [], []
+        for budget in self.budgets.get(key.organization_id, ()):
+            if budget.scope in ("feature", "end_user"):
+                if budget.project_id is None or budget.project_id == project.id:
+                    by_attribute.append(budget)
+            elif budget.applies(project_id=project.id, team_id=project.team_id, key_id=key.id, feature="", end_user=""):
+                fixed.append(budget)
+        limits = tuple(lim for lim in (self.project_limits.get(project.id), self.key_limits.get(key.id)) if lim)
+        enforcement = Enforcement(fixed=tuple(fixed), by_attribute=tuple(by_attribute), rate_limits=limits)
+        self._enforcement[key.id] = enforcement
+        return enforcement
 
     def price(self, provider_id: int, model: str, on: dt.date) -> PriceRow | None:
         for row in self.prices.get((provider_id, model), ()):

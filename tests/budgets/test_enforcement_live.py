@@ -99,3 +99,19 @@ def test_streams_count_against_tokens_per_minute(gateway: str, tenant: Tenant) -
             used += chunks[-1].usage.total_tokens  # type: ignore[union-attr]
     assert exc.value.code == "rate_limit_exceeded" and exc.value.type == "tokens"
     assert 0 < used <= 400
+
+
+def test_feature_and_end_user_budgets_only_bind_their_slice(gateway: str, tenant: Tenant) -> None:
+    for scope, field in ((BudgetScope.FEATURE, "feature"), (BudgetScope.END_USER, "end_user")):
+        budget_create(
+            organization=tenant.org, name=f"no {field}", scope=scope, project=tenant.project,
+            amount_usd=Decimal("0.0001"), **{field: "bulk-export" if field == "feature" else "crawler-7"},
+        )  # fmt: skip
+    wait_policy(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    ask = {"model": "gpt-4o", "messages": PROMPT, "max_tokens": 20}
+    with pytest.raises(openai.RateLimitError, match="no feature"):
+        client.chat.completions.create(**ask, extra_headers={"X-Feature": "bulk-export"})
+    with pytest.raises(openai.RateLimitError, match="no end_user"):
+        client.chat.completions.create(**ask, user="crawler-7:search")
+    assert client.chat.completions.create(**ask, extra_headers={"X-Feature": "chat"}, user="alice").choices
