@@ -1,0 +1,174 @@
+"""Forms of the control-plane pages. They validate input only; writes go through services."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from django import forms
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from apps.ledger.selectors import LedgerFilters
+from apps.providers.models import Provider, ProviderKind
+from apps.tenancy.models import Project, Team
+
+MONEY = {"max_digits": 14, "decimal_places": 6, "min_value": Decimal(0)}
+
+
+class DateTimeLocalInput(forms.DateTimeInput):
+    input_type = "datetime-local"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="%Y-%m-%dT%H:%M", **kwargs)
+
+
+class DateInput(forms.DateInput):
+    input_type = "date"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="%Y-%m-%d", **kwargs)
+
+
+class ProjectCreateForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    slug = forms.SlugField(max_length=80, required=False, help_text="Leave blank to derive it from the name.")
+    team = forms.ModelChoiceField(queryset=Team.objects.none(), required=False, empty_label="— no team —")
+
+    def __init__(self, *args: Any, teams: QuerySet[Team], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = teams  # type: ignore[attr-defined]
+
+
+class KeyIssueForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    allowed_models = forms.CharField(
+        required=False, help_text="Comma-separated; leave blank to allow every model.", max_length=2000
+    )
+    default_feature = forms.CharField(max_length=100, required=False, help_text="Tag for requests that send none.")
+    expires_at = forms.DateTimeField(
+        required=False, widget=DateTimeLocalInput(), input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
+    )
+
+    def clean_allowed_models(self) -> list[str]:
+        raw: str = self.cleaned_data["allowed_models"]
+        return [part.strip() for part in raw.split(",") if part.strip()]
+
+    def clean_expires_at(self) -> dt.datetime | None:
+        value: dt.datetime | None = self.cleaned_data["expires_at"]
+        if value is not None and value <= timezone.now():
+            raise forms.ValidationError("The expiry must be in the future.")
+        return value
+
+
+class AliasForm(forms.Form):
+    alias = forms.CharField(max_length=200)
+    provider = forms.ModelChoiceField(queryset=Provider.objects.none())
+    model = forms.CharField(max_length=200)
+
+    def __init__(self, *args: Any, providers: QuerySet[Provider], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["provider"].queryset = providers  # type: ignore[attr-defined]
+
+
+class DefaultProviderForm(forms.Form):
+    default_provider = forms.ModelChoiceField(queryset=Provider.objects.none(), required=False, empty_label="— none —")
+
+    def __init__(self, *args: Any, providers: QuerySet[Provider], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["default_provider"].queryset = providers  # type: ignore[attr-defined]
+
+
+class ProviderCreateForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    kind = forms.ChoiceField(choices=ProviderKind.choices)
+    base_url = forms.URLField(
+        max_length=500, assume_scheme="https", label="Base URL", help_text="Including the version, e.g. …/v1"
+    )
+    # render_value=False: a stored secret never travels back to the browser.
+    secret = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False), label="API secret")
+
+
+class ProviderUpdateForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    base_url = forms.URLField(max_length=500, assume_scheme="https", label="Base URL")
+    secret = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        label="API secret",
+        help_text="Leave blank to keep the stored secret.",
+    )
+    is_active = forms.BooleanField(required=False, label="Active")
+
+    def clean_secret(self) -> str | None:
+        # Blank means "unchanged" (None for provider_update), not "remove".
+        return self.cleaned_data["secret"] or None
+
+
+class PriceForm(forms.Form):
+    model = forms.CharField(max_length=200)
+    input_per_mtok = forms.DecimalField(label="Input", **MONEY)  # type: ignore[arg-type]
+    cached_input_per_mtok = forms.DecimalField(
+        label="Cached input",
+        required=False,
+        help_text="Blank: same as input",
+        **MONEY,  # type: ignore[arg-type]
+    )
+    output_per_mtok = forms.DecimalField(label="Output", **MONEY)  # type: ignore[arg-type]
+    batch_input_per_mtok = forms.DecimalField(
+        label="Batch input",
+        required=False,
+        help_text="Blank: same as input",
+        **MONEY,  # type: ignore[arg-type]
+    )
+    batch_output_per_mtok = forms.DecimalField(
+        label="Batch output",
+        required=False,
+        help_text="Blank: same as output",
+        **MONEY,  # type: ignore[arg-type]
+    )
+    effective_from = forms.DateField(widget=DateInput(), initial=dt.date.today)
+
+
+STATUS_CHOICES = [("", "any"), ("ok", "ok"), ("error", "error")]
+
+
+class LedgerFilterForm(forms.Form):
+    project = forms.ChoiceField(required=False)
+    key = forms.CharField(required=False, label="Key id")
+    model = forms.CharField(required=False)
+    feature = forms.CharField(required=False)
+    end_user = forms.CharField(required=False, label="End user")
+    status = forms.ChoiceField(choices=STATUS_CHOICES, required=False)
+    date_from = forms.DateField(required=False, widget=DateInput(), label="From")
+    date_to = forms.DateField(required=False, widget=DateInput(), label="To")
+
+    def __init__(self, *args: Any, projects: list[Project], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["project"].choices = [("", "all projects")] + [  # type: ignore[attr-defined]
+            (p.slug, f"{p.organization.name} / {p.name}") for p in projects
+        ]
+
+    def to_filters(self) -> LedgerFilters:
+        """The filters to apply; call after ``is_valid()``. Invalid fields are ignored, not guessed."""
+        data = self.cleaned_data if hasattr(self, "cleaned_data") else {}
+        date_from: dt.date | None = data.get("date_from")
+        date_to: dt.date | None = data.get("date_to")
+        return LedgerFilters(
+            project=data.get("project") or "",
+            key=(data.get("key") or "").strip(),
+            model=(data.get("model") or "").strip(),
+            feature=(data.get("feature") or "").strip(),
+            end_user=(data.get("end_user") or "").strip(),
+            status=data.get("status") or "",
+            since=_start_of(date_from),
+            # "To" is inclusive for people: everything before the next midnight.
+            until=_start_of(date_to + dt.timedelta(days=1)) if date_to else None,
+        )
+
+
+def _start_of(day: dt.date | None) -> dt.datetime | None:
+    if day is None:
+        return None
+    return dt.datetime.combine(day, dt.time.min, tzinfo=timezone.get_current_timezone())

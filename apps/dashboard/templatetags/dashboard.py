@@ -1,0 +1,31 @@
+"""Formatting for money and key states, and the organisations shown in the top nav."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import template
+from django.contrib.auth.models import AnonymousUser, User
+
+from apps.dashboard.api import key_status as _key_status
+from apps.keys.models import ApiKey
+from apps.tenancy.models import Organization
+from apps.tenancy.selectors import organizations_for
+
+register = template.Library()
+
+
+@register.filter
+def usd(value: Decimal | None, places: int = 6) -> str:
+    """Dollars with a fixed number of decimals; ledger costs are tiny, so 6 by default."""
+    return f"${Decimal(value or 0):,.{int(places)}f}"
+
+
+@register.filter
+def key_status(api_key: ApiKey) -> str:
+    return _key_status(api_key)
+
+
+@register.simple_tag
+def nav_organizations(user: User | AnonymousUser) -> list[Organization]:
+    return list(organizations_for(user=user))
