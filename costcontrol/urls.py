@@ -10,5 +10,6 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/", include("apps.budgets.api_urls")),
     path("api/", include("apps.dashboard.api_urls")),
+    path("", include("apps.budgets.urls")),
     path("", include("apps.dashboard.urls")),
 ]

@@ -9,7 +9,7 @@ import redis
 from django.conf import settings
 
 from tests import live
-from tests.factories import Tenant, tenant_make
+from tests.factories import People, Tenant, people_make, tenant_make
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,3 +46,9 @@ def redis_client() -> redis.Redis:
 def tenant(transactional_db: None, upstream: str) -> Tenant:
     """A committed tenant (visible to gateway processes) on the simulated upstream."""
     return tenant_make(upstream_url=upstream)
+
+
+@pytest.fixture
+def people(db: None) -> People:
+    """Owner, member (developer in the team), finance viewer, and an outsider from another org."""
+    return people_make()

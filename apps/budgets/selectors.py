@@ -50,8 +50,30 @@ class BudgetStatus:
 
 def budget_status(*, budget: Budget, now: dt.datetime | None = None) -> BudgetStatus:
     now = now or timezone.now()
-    start, end = period_bounds(budget.period, budget.timezone, now, budget.starts_at)
-    spent = budget_spent_usd(budget=budget, since=start)
+    bounds = period_bounds(budget.period, budget.timezone, now, budget.starts_at)
+    return _status(budget, bounds, budget_spent_usd(budget=budget, since=bounds[0]), now)
+
+
+def budget_statuses(*, budgets: list[Budget], now: dt.datetime | None = None) -> list[BudgetStatus]:
+    """Status of many budgets with one aggregate query over the ledger."""
+    if not budgets:
+        return []
+    now = now or timezone.now()
+    bounds = {b.id: period_bounds(b.period, b.timezone, now, b.starts_at) for b in budgets}
+    earliest = min(start for start, _end in bounds.values())
+    sums = LedgerEntry.objects.filter(
+        organization_id__in={b.organization_id for b in budgets}, created_at__gte=earliest
+    ).aggregate(
+        **{
+            f"b{b.id}": Sum("cost", filter=budget_ledger_filter(budget=b) & Q(created_at__gte=bounds[b.id][0]))
+            for b in budgets
+        }
+    )
+    return [_status(b, bounds[b.id], sums[f"b{b.id}"] or Decimal(0), now) for b in budgets]
+
+
+def _status(budget: Budget, bounds: tuple[dt.datetime, dt.datetime], spent: Decimal, now: dt.datetime) -> BudgetStatus:
+    start, end = bounds
     elapsed_days = Decimal(max((now - start).total_seconds(), 60)) / Decimal(86400)
     burn = spent / elapsed_days
     projected = None

@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.ledger.selectors import LedgerFilters
-from apps.providers.models import Provider, ProviderKind
+from apps.providers.models import Provider, ProviderKind, validate_base_url
 from apps.tenancy.models import Project, Team
 
 MONEY = {"max_digits": 14, "decimal_places": 6, "min_value": Decimal(0)}
@@ -83,8 +83,8 @@ class DefaultProviderForm(forms.Form):
 class ProviderCreateForm(forms.Form):
     name = forms.CharField(max_length=200)
     kind = forms.ChoiceField(choices=ProviderKind.choices)
-    base_url = forms.URLField(
-        max_length=500, assume_scheme="https", label="Base URL", help_text="Including the version, e.g. …/v1"
+    base_url = forms.CharField(
+        max_length=500, label="Base URL", validators=[validate_base_url], help_text="Including the version, e.g. …/v1"
     )
     # render_value=False: a stored secret never travels back to the browser.
     secret = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False), label="API secret")
@@ -92,7 +92,7 @@ class ProviderCreateForm(forms.Form):
 
 class ProviderUpdateForm(forms.Form):
     name = forms.CharField(max_length=200)
-    base_url = forms.URLField(max_length=500, assume_scheme="https", label="Base URL")
+    base_url = forms.CharField(max_length=500, label="Base URL", validators=[validate_base_url])
     secret = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False),

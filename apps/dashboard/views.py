@@ -47,7 +47,7 @@ from apps.tenancy.selectors import (
     organizations_for,
     projects_for,
 )
-from apps.tenancy.services import project_create
+from apps.tenancy.services import project_create, project_set_default_provider
 
 LEDGER_PAGE_SIZE = 50
 
@@ -233,10 +233,7 @@ def default_provider_set(request: HttpRequest, slug: str) -> HttpResponse:
     form = DefaultProviderForm(request.POST, providers=providers)
     if not form.is_valid():
         return _project_page(request, project, default_form=form)
-    # No tenancy service covers this one-field change yet; the policy signal on Project.save still fires.
-    project.default_provider = form.cleaned_data["default_provider"]
-    project.full_clean()
-    project.save(update_fields=["default_provider"])
+    project_set_default_provider(project=project, provider=form.cleaned_data["default_provider"])
     messages.success(request, "Default provider saved.")
     return redirect("dashboard:project", slug=project.slug)
 

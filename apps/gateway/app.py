@@ -164,8 +164,9 @@ class Gateway:
             )
             self.limiter = Limiter(self.redis, settings.REDIS_PREFIX)
             await self.limiter.load()
-            # One spool folder per Redis prefix: a re-send must go to the stream it was meant for.
-            spool = Path(settings.BASE_DIR) / "var" / "spool" / settings.REDIS_PREFIX.strip(":").replace(":", "-")
+            # One spool folder per Redis server and prefix: a re-send must reach the stream it was meant for.
+            target = hashlib.sha256(f"{settings.REDIS_URL}|{settings.REDIS_PREFIX}".encode()).hexdigest()[:16]
+            spool = Path(settings.BASE_DIR) / "var" / "spool" / target
             self.ledger = LedgerWriter(self.redis, stream_name(), spool)
             self.ledger.start()
             policy = PolicyStore(self.redis, settings.GATEWAY_POLICY_POLL_SECONDS)

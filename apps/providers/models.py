@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from urllib.parse import urlsplit
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
 from apps.providers import crypto
+
+
+def validate_base_url(value: str) -> None:
+    """http(s) with a host; unlike URLField, single-label hosts (``http://vllm:8000/v1``) are fine."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Enter an http:// or https:// URL with a host, e.g. https://api.openai.com/v1.")
+    try:
+        parts.port  # noqa: B018  (raises on a malformed port)
+    except ValueError:
+        raise ValidationError("The port in this URL is not a number.") from None
 
 
 class ProviderKind(models.TextChoices):
@@ -20,8 +33,8 @@ class Provider(models.Model):
     organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="providers")
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=30, choices=ProviderKind.choices)
-    # Base URL including the version path, e.g. https://api.openai.com/v1
-    base_url = models.URLField(max_length=500)
+    # Base URL including the version path, e.g. https://api.openai.com/v1 or http://vllm:8000/v1
+    base_url = models.CharField(max_length=500, validators=[validate_base_url])
     secret_encrypted = models.TextField(blank=True)
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)

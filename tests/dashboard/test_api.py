@@ -13,7 +13,7 @@ from apps.keys.models import ApiKey
 from apps.keys.services import hash_key
 from apps.providers.models import Price
 from apps.providers.services import price_set
-from tests.dashboard.conftest import People, entry_make
+from tests.factories import People, entry_make
 
 pytestmark = pytest.mark.django_db
 

@@ -18,7 +18,7 @@ from apps.ledger.models import HourlyRollup
 from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
 from apps.providers.services import provider_create
 from apps.tenancy.models import Project
-from tests.dashboard.conftest import People, entry_make, login
+from tests.factories import People, entry_make, login
 
 pytestmark = pytest.mark.django_db
 
@@ -314,10 +314,17 @@ def test_provider_form_errors(client: Client, people: People) -> None:
     login(client, people.owner)
     response = client.post(
         reverse("dashboard:providers", kwargs={"org_slug": people.tenant.org.slug}),
-        {"name": "sim", "kind": ProviderKind.OPENAI, "base_url": "not a url"},
+        {"name": "bad url", "kind": ProviderKind.OPENAI, "base_url": "not a url"},
     )
     html = response.content.decode()
-    assert response.status_code == 200 and "Enter a valid URL." in html
+    assert response.status_code == 200 and "Enter an http:// or https:// URL with a host" in html
+    assert not Provider.objects.filter(name="bad url").exists()
+    # A single-label host, as vLLM runs in a compose network, is a valid provider URL.
+    client.post(
+        reverse("dashboard:providers", kwargs={"org_slug": people.tenant.org.slug}),
+        {"name": "vllm", "kind": ProviderKind.OPENAI_COMPATIBLE, "base_url": "http://vllm:8000/v1"},
+    )
+    assert Provider.objects.get(name="vllm").base_url == "http://vllm:8000/v1"
 
 
 def test_price_add_creates_a_new_effective_dated_row(client: Client, people: People) -> None:

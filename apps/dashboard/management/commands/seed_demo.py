@@ -16,7 +16,13 @@ from apps.keys.services import key_issue
 from apps.providers.models import Provider, ProviderKind
 from apps.providers.services import alias_set, provider_create, provider_update
 from apps.tenancy.models import Organization, Project, Role
-from apps.tenancy.services import membership_set, organization_create, project_create, team_create
+from apps.tenancy.services import (
+    membership_set,
+    organization_create,
+    project_create,
+    project_set_default_provider,
+    team_create,
+)
 
 DEMO_PASSWORD = "demo-password"
 DEMO_PEOPLE = {  # username -> role
@@ -50,12 +56,17 @@ class Command(BaseCommand):
                     organization=org, name="Simulated upstream", kind=ProviderKind.SIMULATED, base_url=upstream
                 )
             else:
-                provider_update(provider=provider, name=provider.name, base_url=upstream, secret=None, is_active=True)
+                provider_update(
+                    provider=provider,
+                    name=provider.name,
+                    base_url=upstream,
+                    secret=None if provider.has_secret else "sk-simulated",
+                    is_active=True,
+                )
             project = Project.objects.filter(slug="demo").first() or project_create(
                 organization=org, name="Demo", slug="demo", team=team
             )
-            project.default_provider = provider
-            project.save(update_fields=["default_provider"])
+            project_set_default_provider(project=project, provider=provider)
             alias_set(project=project, alias="default-chat", provider=provider, model="gpt-4o-mini")
             issued = key_issue(project=project, name="demo key", default_feature="demo")
         self.stderr.write(

@@ -34,7 +34,7 @@ from apps.ledger.models import LedgerEntry
 from apps.providers.models import Provider, ProviderKind
 from apps.providers.services import provider_create, provider_update
 from apps.tenancy.models import Organization, Project
-from apps.tenancy.services import organization_create, project_create
+from apps.tenancy.services import organization_create, project_create, project_set_default_provider
 
 BODY = (
     '{"model":"gpt-4o-mini","max_tokens":16,'
@@ -189,8 +189,7 @@ class Command(BaseCommand):
         project = Project.objects.filter(slug="bench").first() or project_create(
             organization=org, name="Bench", slug="bench"
         )
-        project.default_provider = provider
-        project.save(update_fields=["default_provider"])
+        project_set_default_provider(project=project, provider=provider)
         return key_issue(project=project, name=f"bench {time.strftime('%Y-%m-%d %H:%M:%S')}")
 
     def _limits(self, issued: IssuedKey, *, on: bool, gateway: str) -> None:

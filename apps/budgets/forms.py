@@ -1,0 +1,117 @@
+"""Forms for budgets, rate limits and notification channels; choices scoped to the user."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib.auth.models import User
+
+from apps.budgets.models import Budget, ChannelKind, NotificationChannel, RateLimit
+from apps.keys.models import ApiKey
+from apps.tenancy.models import MANAGER_ROLES, Organization, Team
+from apps.tenancy.selectors import projects_for
+
+
+def managed_organizations(user: User) -> Any:
+    return Organization.objects.filter(memberships__user=user, memberships__role__in=MANAGER_ROLES).order_by("name")
+
+
+class BudgetForm(forms.ModelForm):
+    alert_thresholds = forms.CharField(
+        required=False, initial="50, 80, 100", help_text="Percent of the amount, comma-separated"
+    )
+
+    class Meta:
+        model = Budget
+        fields = [
+            "organization", "name", "scope", "team", "project", "api_key", "feature", "end_user", "amount_usd",
+            "period", "timezone", "starts_at", "mode", "alert_thresholds",
+        ]  # fmt: skip
+        widgets = {"starts_at": forms.DateTimeInput(attrs={"type": "datetime-local"})}
+        labels = {"amount_usd": "Amount (USD)", "api_key": "API key"}
+
+    def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        orgs = managed_organizations(user)
+        projects = projects_for(user=user).filter(organization__in=orgs)
+        self.fields["organization"].queryset = orgs
+        self.fields["team"].queryset = Team.objects.filter(organization__in=orgs)
+        self.fields["project"].queryset = projects
+        self.fields["api_key"].queryset = ApiKey.objects.filter(project__in=projects, revoked_at__isnull=True)
+        self.fields["project"].help_text = "Required for a project budget; narrows feature / end-user budgets"
+
+    def clean_alert_thresholds(self) -> list[int]:
+        raw = self.cleaned_data.get("alert_thresholds") or ""
+        try:
+            values = sorted({int(part) for part in raw.replace(";", ",").split(",") if part.strip()})
+        except ValueError:
+            raise forms.ValidationError("Use whole percentages separated by commas, e.g. 50, 80, 100.") from None
+        if any(v < 1 or v > 1000 for v in values):
+            raise forms.ValidationError("Each threshold must be between 1 and 1000 percent.")
+        return values
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        org = data.get("organization")
+        for field in ("team", "project"):
+            ref = data.get(field)
+            if org and ref is not None and ref.organization_id != org.id:
+                self.add_error(field, "Pick one from the budget's organisation.")
+        key = data.get("api_key")
+        if org and key is not None and key.project.organization_id != org.id:
+            self.add_error("api_key", "Pick a key from the budget's organisation.")
+        return data
+
+
+class RateLimitForm(forms.ModelForm):
+    class Meta:
+        model = RateLimit
+        fields = ["project", "api_key", "requests_per_minute", "tokens_per_minute", "max_concurrent"]
+        labels = {"api_key": "API key (blank: whole project)"}
+
+    def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        projects = projects_for(user=user).filter(organization__in=managed_organizations(user))
+        self.fields["project"].queryset = projects
+        self.fields["api_key"].queryset = ApiKey.objects.filter(project__in=projects, revoked_at__isnull=True)
+        # The service upserts per (project, key); the model's unique check would refuse an update.
+        self.validate_unique = lambda: None  # type: ignore[method-assign]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        key, project = data.get("api_key"), data.get("project")
+        if key is not None and project is not None and key.project_id != project.id:
+            self.add_error("api_key", "That key belongs to another project.")
+        if not any(data.get(f) for f in ("requests_per_minute", "tokens_per_minute", "max_concurrent")):
+            raise forms.ValidationError("Set at least one limit.")
+        return data
+
+
+class ChannelForm(forms.ModelForm):
+    secret = forms.CharField(
+        required=False, widget=forms.PasswordInput, help_text="Webhooks: used to sign each delivery (HMAC-SHA256)"
+    )
+
+    class Meta:
+        model = NotificationChannel
+        fields = ["organization", "name", "kind", "target"]
+        help_texts = {"target": "Webhook URL, or comma-separated e-mail addresses"}
+
+    def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["organization"].queryset = managed_organizations(user)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        kind, target = data.get("kind"), (data.get("target") or "").strip()
+        if kind in (ChannelKind.SLACK, ChannelKind.WEBHOOK) and not target.startswith(("http://", "https://")):
+            self.add_error("target", "A webhook needs an http(s) URL.")
+        if kind == ChannelKind.EMAIL:
+            validator = forms.EmailField()
+            for address in target.split(","):
+                try:
+                    validator.clean(address.strip())
+                except forms.ValidationError:
+                    self.add_error("target", f"{address.strip() or '(empty)'} is not an e-mail address.")
+        return data
