@@ -29,6 +29,14 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from apps.gateway import tokens
+from apps.gateway.cache import (
+    CacheHit,
+    CacheRequest,
+    ResponseCache,
+    StreamRecorder,
+    cache_request,
+    sse_from_completion,
+)
 from apps.gateway.errors import (
     GatewayError,
     invalid_api_key,
@@ -95,6 +103,8 @@ class Call:
     route: str = ""
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     admission: Admission | None = None
+    cache: CacheRequest | None = None
+    cache_hit: str = ""
 
     def event(self) -> dict[str, Any]:
         return {
@@ -120,7 +130,7 @@ class Call:
             "status_code": self.status_code,
             "error_code": self.error_code,
             "streamed": self.streamed,
-            "cache_hit": "",
+            "cache_hit": self.cache_hit,
             "route": self.route,
         }
 
@@ -143,6 +153,7 @@ class Gateway:
         self.policy: PolicyStore | None = None
         self.ledger: LedgerWriter | None = None
         self.limiter: Limiter | None = None
+        self.cache: ResponseCache | None = None
         self._startup_lock = asyncio.Lock()
 
     # --- lifecycle -------------------------------------------------------
@@ -162,6 +173,7 @@ class Gateway:
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
+            self.cache = ResponseCache(self.redis, settings.REDIS_PREFIX, settings.DATABASE_URL)
             self.limiter = Limiter(self.redis, settings.REDIS_PREFIX)
             await self.limiter.load()
             # One spool folder per Redis server and prefix: a re-send must reach the stream it was meant for.
@@ -180,6 +192,8 @@ class Gateway:
             await self.ledger.stop()
         if self.http:
             await self.http.close()
+        if self.cache:
+            await self.cache.close()
         if self.redis:
             await self.redis.aclose()
 
@@ -275,8 +289,19 @@ class Gateway:
             call.provider_id = target.provider.id
             call.route = target.route
             call.prompt_tokens = _estimate_prompt(endpoint, payload)
+            cache_headers: list[tuple[bytes, bytes]] = []
+            if endpoint == ENDPOINT_CHAT:
+                call.cache = self._cache_plan(snapshot, call, payload, headers)
+                if call.cache is not None:
+                    hit = await self._cache_lookup(call.cache)
+                    if hit is not None:
+                        await self._serve_from_cache(send, call, target, payload, hit)
+                        return
+                    cache_headers = [(b"x-cache", b"miss" if call.cache.read else b"bypass")]
+                elif snapshot.cache_policy(key.project_id, call.feature) is not None:
+                    cache_headers = [(b"x-cache", b"bypass")]
             call.admission = await self._admit(snapshot, call, target, endpoint, payload)
-            call.extra_headers = call.admission.headers
+            call.extra_headers = [*call.admission.headers, *cache_headers]
             if call.streamed:
                 await self._forward_stream(send, receive, call, target, endpoint, payload)
             else:
@@ -290,6 +315,59 @@ class Gateway:
             call.error_code = "gateway_error"
             await self._record(call)
             raise
+
+    def _cache_plan(
+        self, snapshot: Snapshot, call: Call, payload: dict[str, Any], headers: dict[bytes, bytes]
+    ) -> CacheRequest | None:
+        policy = snapshot.cache_policy(call.key.project_id, call.feature)
+        if policy is None:
+            return None
+        return cache_request(
+            project_id=call.key.project_id,
+            policy=policy,
+            payload=payload,
+            cache_control=headers.get(b"cache-control", b"").decode("latin-1"),
+            namespace=headers.get(b"x-cache-namespace", b"").decode("utf-8", "replace"),
+        )
+
+    async def _cache_lookup(self, request: CacheRequest) -> CacheHit | None:
+        assert self.cache is not None
+        try:
+            return await self.cache.lookup(request)
+        except Exception:
+            # A cache that cannot answer is a miss, never a failed request.
+            logger.exception("cache lookup failed; forwarding")
+            return None
+
+    async def _serve_from_cache(
+        self, send: Send, call: Call, target: Target, payload: dict[str, Any], hit: CacheHit
+    ) -> None:
+        body = {**hit.body, "id": "chatcmpl-" + call.request_id[4:], "created": int(time.time())}
+        usage = body.get("usage") or {}
+        call.prompt_tokens = int(usage.get("prompt_tokens") or call.prompt_tokens)
+        call.completion_tokens = int(usage.get("completion_tokens") or 0)
+        call.cost = ZERO
+        if target.counterfactual_price is not None:
+            call.counterfactual_cost = target.counterfactual_price.cost(
+                prompt_tokens=call.prompt_tokens, cached_tokens=0, completion_tokens=call.completion_tokens
+            )
+        call.cache_hit = hit.kind
+        call.route = f"cache:{hit.kind}"
+        call.provider_id = None
+        call.served_model = str(body.get("model") or target.model)
+        headers = [(b"x-request-id", call.request_id.encode()), (b"x-cache", f"hit-{hit.kind}".encode())]
+        if hit.similarity is not None:
+            headers.append((b"x-cache-similarity", f"{hit.similarity:.4f}".encode()))
+        call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
+        if call.streamed:
+            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+            events = sse_from_completion(body, include_usage=include_usage, request_id=call.request_id)
+            await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
+            await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": [*JSON_HEADERS, *headers]})
+            await send({"type": "http.response.body", "body": orjson.dumps(body)})
+        await self._record(call, cache_hit=hit)
 
     async def _admit(
         self, snapshot: Snapshot, call: Call, target: Target, endpoint: str, payload: dict[str, Any]
@@ -399,6 +477,7 @@ class Gateway:
         call.status_code = status
         extra = [(b"retry-after", retry_after.encode())] if retry_after else []
         extra += call.extra_headers
+        store = None
         if status >= 400:
             call.error_code = _upstream_error_code(body)
         else:
@@ -408,7 +487,11 @@ class Gateway:
                 usage = None
                 call.completion_tokens = _estimate_completion(data)
             _apply_usage(call, target, usage)
-        await asyncio.gather(_send_json(send, status, body, call.request_id, extra), self._record(call))
+            if call.cache is not None and call.cache.write and _cacheable(data):
+                store = data
+        await asyncio.gather(
+            _send_json(send, status, body, call.request_id, extra), self._record(call, cache_store=store)
+        )
 
     async def _forward_stream(
         self, send: Send, receive: Receive, call: Call, target: Target, endpoint: str, payload: dict[str, Any]
@@ -487,26 +570,45 @@ class Gateway:
         else:
             call.completion_tokens = relay.estimate_completion_tokens()
             _apply_usage(call, target, None)
-        await asyncio.gather(send({"type": "http.response.body", "body": tail, "more_body": False}), self._record(call))
+        store = None
+        if call.cache is not None and call.cache.write and call.status_code == 200 and relay.done:
+            store = relay.completion()
+            if store is not None and not _cacheable(store):
+                store = None
+        await asyncio.gather(
+            send({"type": "http.response.body", "body": tail, "more_body": False}),
+            self._record(call, cache_store=store),
+        )
 
-    async def _record(self, call: Call) -> None:
-        """Write the ledger event and settle the reservation, in one Redis round trip."""
-        assert self.ledger is not None and self.limiter is not None
+    async def _record(
+        self, call: Call, *, cache_store: dict[str, Any] | None = None, cache_hit: CacheHit | None = None
+    ) -> None:
+        """Write the ledger event, settle the reservation and queue cache work: one Redis round trip."""
+        assert self.ledger is not None and self.limiter is not None and self.cache is not None
         admission, call.admission = call.admission, None
-        limiter = self.limiter
-        if admission is None or not admission.reserved:
+        limiter, cache, cache_request_ = self.limiter, self.cache, call.cache
+        reserved = admission is not None and admission.reserved
+        if not reserved and cache_store is None and cache_hit is None:
             await self.ledger.write(call.event())
             return
 
-        async def settle(pipeline: Pipeline) -> None:
-            await limiter.settle(
-                admission,
-                actual_usd=call.cost,
-                actual_tokens=call.prompt_tokens + call.completion_tokens,
-                pipeline=pipeline,
-            )
+        async def also(pipeline: Pipeline) -> None:
+            if reserved:
+                assert admission is not None
+                await limiter.settle(
+                    admission,
+                    actual_usd=call.cost,
+                    actual_tokens=call.prompt_tokens + call.completion_tokens,
+                    pipeline=pipeline,
+                )
+            if cache_request_ is not None and cache_store is not None:
+                cache.queue_store(
+                    pipeline, cache_request_, body=cache_store, model=call.served_model, cost=str(call.cost)
+                )
+            if cache_request_ is not None and cache_hit is not None:
+                cache.queue_hit(pipeline, cache_request_, cache_hit)
 
-        await self.ledger.write(call.event(), also=settle)
+        await self.ledger.write(call.event(), also=also)
 
 
 class _SseRelay:
@@ -552,6 +654,16 @@ class _SseRelay:
     def flush(self) -> bytes:
         rest, self._buffer = self._buffer, b""
         return rest
+
+    def completion(self) -> dict[str, Any] | None:
+        """The finished stream as one chat.completion (for the cache), or None if it cannot be rebuilt."""
+        recorder = StreamRecorder()
+        for blob in self._events:
+            for event in blob.split(b"\n\n"):
+                data = _event_json(event)
+                if data is not None:
+                    recorder.add(data)
+        return recorder.completion(self.usage)
 
     def estimate_completion_tokens(self) -> int:
         parts = []
@@ -674,6 +786,18 @@ def _apply_usage(call: Call, target: Target, usage: dict[str, Any] | None) -> No
         call.route += ";unpriced"
     if target.counterfactual_price is not None:
         call.counterfactual_cost = target.counterfactual_price.cost(**counts)
+
+
+def _cacheable(completion: dict[str, Any]) -> bool:
+    """Only whole, unfiltered answers are cached: no refusals, no content-filter stops."""
+    choices = completion.get("choices") or []
+    if not choices:
+        return False
+    for choice in choices:
+        message = choice.get("message") or {}
+        if choice.get("finish_reason") not in ("stop", "length", "tool_calls") or message.get("refusal"):
+            return False
+    return True
 
 
 def _upstream_error_code(body: bytes) -> str:

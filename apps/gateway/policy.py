@@ -18,8 +18,10 @@ from decimal import Decimal
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from django.db import models
 
 from apps.budgets.periods import period_bounds
+from apps.gateway.cache import CachePolicyView, policy_view
 from apps.gateway.limits import BudgetPolicy, RateLimitPolicy, to_nano
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,7 @@ class Snapshot:
     org_models: dict[int, dict[str, tuple[int, ...]]] = field(default_factory=dict)
     prices: dict[tuple[int, str], tuple[PriceRow, ...]] = field(default_factory=dict)  # newest first
     budgets: dict[int, tuple[BudgetPolicy, ...]] = field(default_factory=dict)  # by organisation id
+    cache_policies: dict[tuple[int, str], CachePolicyView] = field(default_factory=dict)  # (project, feature)
     project_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
     key_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
 
@@ -125,6 +128,14 @@ class Snapshot:
         enforcement = Enforcement(fixed=tuple(fixed), by_attribute=tuple(by_attribute), rate_limits=limits)
         self._enforcement[key.id] = enforcement
         return enforcement
+
+    def cache_policy(self, project_id: int, feature: str) -> CachePolicyView | None:
+        """The feature's own policy if it has one, else the project's."""
+        if feature:
+            policy = self.cache_policies.get((project_id, feature))
+            if policy is not None:
+                return policy
+        return self.cache_policies.get((project_id, ""))
 
     def price(self, provider_id: int, model: str, on: dt.date) -> PriceRow | None:
         for row in self.prices.get((provider_id, model), ()):
@@ -193,6 +204,7 @@ def build_snapshot(version: int) -> Snapshot:
     budgets, project_limits, key_limits = _build_limits()
     return Snapshot(
         version=version,
+        cache_policies=_build_cache_policies(),
         budgets=budgets,
         project_limits=project_limits,
         key_limits=key_limits,
@@ -249,6 +261,21 @@ def _build_limits() -> tuple[
         else:
             project_limits[limit.project_id] = policy
     return {org: tuple(items) for org, items in budgets.items()}, project_limits, key_limits
+
+
+def _build_cache_policies() -> dict[tuple[int, str], CachePolicyView]:
+    from apps.cache.models import CachePolicy
+
+    return {
+        (p.project_id, p.feature): policy_view(
+            exact=p.exact_enabled,
+            semantic=p.semantic_enabled,
+            threshold=float(p.similarity_threshold),
+            ttl=p.ttl_seconds,
+            patterns=list(p.deny_patterns),
+        )
+        for p in CachePolicy.objects.filter(models.Q(exact_enabled=True) | models.Q(semantic_enabled=True))
+    }
 
 
 def publish_policy_change() -> None:

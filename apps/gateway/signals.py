@@ -27,10 +27,11 @@ def _publish_quietly() -> None:
 
 def connect() -> None:
     from apps.budgets.models import Budget, RateLimit
+    from apps.cache.models import CachePolicy
     from apps.keys.models import ApiKey
     from apps.providers.models import ModelAlias, Price, Provider
     from apps.tenancy.models import Project
 
-    for model in (ApiKey, Project, Provider, Price, ModelAlias, Budget, RateLimit):
+    for model in (ApiKey, Project, Provider, Price, ModelAlias, Budget, RateLimit, CachePolicy):
         post_save.connect(_announce, sender=model, dispatch_uid=f"policy-save-{model.__name__}")
         post_delete.connect(_announce, sender=model, dispatch_uid=f"policy-delete-{model.__name__}")

@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "apps.providers",
     "apps.ledger",
     "apps.budgets",
+    "apps.cache",
     "apps.gateway",
     "apps.dashboard",
     "apps.simulator",
@@ -100,7 +101,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# Front-end packages come from npm at build time (`make install` runs `npm ci`), served under a prefix.
+STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/chartjs", BASE_DIR / "node_modules" / "chart.js" / "dist")]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},

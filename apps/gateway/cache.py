@@ -1,0 +1,261 @@
+"""The response cache as the data plane sees it: look up before forwarding, store after.
+
+Exact hits are one Redis GET. Semantic lookups embed the prompt (local MiniLM,
+off the event loop) and ask pgvector for the nearest stored prompt of the same
+project, namespace and compatibility fingerprint; that is the one place the
+data plane reads Postgres, and only for projects that turned semantic caching
+on. Stores go to Redis at once (so the next identical request hits) and, via
+the cache stream, to Postgres, where a worker embeds and indexes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+CACHE_STREAM_FIELD = b"e"
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicyView:
+    exact: bool
+    semantic: bool
+    threshold: float
+    ttl_seconds: int
+    deny_prefixes: tuple[str, ...]  # lower-cased
+    deny_regexes: tuple[re.Pattern[str], ...]
+
+    def denies(self, text: str) -> bool:
+        lowered = text.lstrip().lower()
+        return any(lowered.startswith(p) for p in self.deny_prefixes) or any(r.search(text) for r in self.deny_regexes)
+
+
+def policy_view(*, exact: bool, semantic: bool, threshold: float, ttl: int, patterns: list[str]) -> CachePolicyView:
+    return CachePolicyView(
+        exact=exact,
+        semantic=semantic,
+        threshold=threshold,
+        ttl_seconds=ttl,
+        deny_prefixes=tuple(p.lower() for p in patterns if not p.startswith("re:")),
+        deny_regexes=tuple(re.compile(p[3:], re.IGNORECASE) for p in patterns if p.startswith("re:")),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CacheRequest:
+    """What the cache needs to know about one chat request."""
+
+    project_id: int
+    namespace: str
+    policy: CachePolicyView
+    exact_key: str
+    fingerprint: str
+    text: str  # what is embedded for a semantic lookup
+    read: bool  # False with Cache-Control: no-cache / no-store
+    write: bool  # False with Cache-Control: no-store
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHit:
+    kind: str  # "exact" | "semantic"
+    body: dict[str, Any]  # a chat.completion as the provider returned it
+    similarity: float | None
+
+
+def last_user_text(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def cache_request(
+    *, project_id: int, policy: CachePolicyView, payload: dict[str, Any], cache_control: str, namespace: str
+) -> CacheRequest | None:
+    """The cache plan for this request, or None when it bypasses the cache entirely."""
+    from apps.cache.keys import compatibility_fingerprint, exact_key, semantic_text
+
+    directives = {d.strip().lower() for d in cache_control.split(",")} if cache_control else set()
+    if "no-store" in directives and "no-cache" in directives:
+        return None
+    messages = payload["messages"]
+    if policy.denies(last_user_text(messages)):
+        return None
+    return CacheRequest(
+        project_id=project_id,
+        namespace=namespace[:100],
+        policy=policy,
+        exact_key=exact_key(payload),
+        fingerprint=compatibility_fingerprint(payload),
+        text=semantic_text(messages) if policy.semantic else "",
+        read="no-cache" not in directives and "no-store" not in directives,
+        write="no-store" not in directives,
+    )
+
+
+class ResponseCache:
+    def __init__(self, redis_client: aioredis.Redis, prefix: str, database_url: str) -> None:
+        self._redis = redis_client
+        self._prefix = prefix
+        self._database_url = database_url
+        self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
+        self.stream = prefix + "cache:events"
+
+    def redis_key(self, request: CacheRequest) -> str:
+        return f"{self._prefix}cache:{request.project_id}:{request.namespace}:{request.exact_key}"
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def lookup(self, request: CacheRequest) -> CacheHit | None:
+        if not request.read:
+            return None
+        if request.policy.exact:
+            raw = await self._redis.get(self.redis_key(request))
+            if raw is not None:
+                return CacheHit("exact", orjson.loads(raw), None)
+        if request.policy.semantic:
+            return await self._semantic_lookup(request)
+        return None
+
+    async def _semantic_lookup(self, request: CacheRequest) -> CacheHit | None:
+        from apps.cache.embedding import local_embedder
+
+        loop = asyncio.get_running_loop()
+        vector = (await loop.run_in_executor(None, local_embedder().embed, [request.text]))[0]
+        literal = "[" + ",".join(f"{v:.6f}" for v in vector) + "]"
+        pool = await self._database_pool()
+        async with pool.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT response, 1 - (embedding <=> %s::vector) AS similarity, exact_key "
+                    "FROM llmcache_cacheentry "
+                    "WHERE project_id = %s AND namespace = %s AND fingerprint = %s AND expires_at > now() "
+                    "AND embedding IS NOT NULL "
+                    "ORDER BY embedding <=> %s::vector LIMIT 1",
+                    [literal, request.project_id, request.namespace, request.fingerprint, literal],
+                )
+            ).fetchone()
+        if row is None or row[1] < request.policy.threshold:
+            return None
+        return CacheHit("semantic", row[0], float(row[1]))
+
+    async def _database_pool(self) -> Any:
+        async with self._pool_lock:
+            if self._pool is None:
+                from psycopg_pool import AsyncConnectionPool
+
+                pool = AsyncConnectionPool(self._database_url, min_size=1, max_size=4, open=False)
+                await pool.open()
+                self._pool = pool
+        return self._pool
+
+    def queue_store(self, pipe: Any, request: CacheRequest, *, body: dict[str, Any], model: str, cost: str) -> None:
+        """Queue (in the ledger's pipeline) the exact entry and the event that indexes it in Postgres."""
+        encoded = orjson.dumps(body)
+        if request.policy.exact:
+            pipe.set(self.redis_key(request), encoded, ex=request.policy.ttl_seconds)
+        event = {
+            "type": "store",
+            "project_id": request.project_id,
+            "namespace": request.namespace,
+            "exact_key": request.exact_key,
+            "fingerprint": request.fingerprint,
+            "model": model,
+            "text": request.text,
+            "semantic": request.policy.semantic,
+            "ttl": request.policy.ttl_seconds,
+            "cost": cost,
+            "at": time.time(),
+        }
+        pipe.xadd(self.stream, {CACHE_STREAM_FIELD: orjson.dumps(event), b"body": encoded})
+
+    def queue_hit(self, pipe: Any, request: CacheRequest, hit: CacheHit) -> None:
+        event = {"type": "hit", "project_id": request.project_id, "namespace": request.namespace,
+                 "exact_key": request.exact_key, "kind": hit.kind, "at": time.time()}  # fmt: skip
+        pipe.xadd(self.stream, {CACHE_STREAM_FIELD: orjson.dumps(event)})
+
+
+def sse_from_completion(body: dict[str, Any], *, include_usage: bool, request_id: str) -> list[bytes]:
+    """A stored chat.completion replayed as the stream a provider would have sent."""
+    base = {
+        "id": body.get("id", request_id),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": body.get("model", ""),
+        "system_fingerprint": body.get("system_fingerprint"),
+    }
+    extra = {"usage": None} if include_usage else {}
+    events = []
+    for choice in body.get("choices") or ():
+        index = choice.get("index", 0)
+        message = choice.get("message") or {}
+        events.append({**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None}], **extra})  # fmt: skip
+        content = message.get("content") or ""
+        # Word-sized pieces, like a provider's token stream (whitespace kept, so the text joins back exactly).
+        for piece in re.findall(r"\S+\s*|\s+", content):
+            events.append({**base, "choices": [{"index": index, "delta": {"content": piece},
+                                                "finish_reason": None}], **extra})  # fmt: skip
+        if message.get("tool_calls"):
+            events.append({**base, "choices": [{"index": index, "delta": {"tool_calls": message["tool_calls"]},
+                                                "finish_reason": None}], **extra})  # fmt: skip
+        events.append({**base, "choices": [{"index": index, "delta": {},
+                                            "finish_reason": choice.get("finish_reason")}], **extra})  # fmt: skip
+    if include_usage and body.get("usage"):
+        events.append({**base, "choices": [], "usage": body["usage"]})
+    return [b"data: " + orjson.dumps(e) + b"\n\n" for e in events] + [b"data: [DONE]\n\n"]
+
+
+class StreamRecorder:
+    """Rebuilds a chat.completion from stream chunks, so a finished stream can be cached."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.finish_reason: str | None = None
+        self.meta: dict[str, Any] = {}
+        self.cacheable = True
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        if not self.meta:
+            self.meta = {k: chunk.get(k) for k in ("id", "model", "created", "system_fingerprint")}
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                self.cacheable = False  # n > 1 streams are not cached
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("tool_calls") or delta.get("function_call"):
+                self.cacheable = False  # tool-call deltas are fragments; not reassembled here
+            if delta.get("content"):
+                self.content.append(delta["content"])
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+
+    def completion(self, usage: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not self.cacheable or self.finish_reason not in ("stop", "length"):
+            return None
+        return {
+            **self.meta,
+            "object": "chat.completion",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(self.content), "refusal": None},
+                    "finish_reason": self.finish_reason,
+                    "logprobs": None,
+                }
+            ],  # fmt: skip
+            "usage": usage,
+        }
