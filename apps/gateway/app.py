@@ -173,7 +173,7 @@ class Gateway:
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
-            self.cache = ResponseCache(self.redis, settings.REDIS_PREFIX, settings.DATABASE_URL)
+            self.cache = ResponseCache(self.redis, settings.DATABASE_URL)
             self.limiter = Limiter(self.redis, settings.REDIS_PREFIX)
             await self.limiter.load()
             # One spool folder per Redis server and prefix: a re-send must reach the stream it was meant for.

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-CACHE_STREAM_FIELD = b"e"
+from apps.cache.services import BODY_FIELD, EVENT_FIELD, cache_redis_key, cache_stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ class CacheRequest:
     policy: CachePolicyView
     exact_key: str
     fingerprint: str
-    text: str  # what is embedded for a semantic lookup
+    text: str  # what is embedded for a semantic lookup (and shown when inspecting entries)
     read: bool  # False with Cache-Control: no-cache / no-store
     write: bool  # False with Cache-Control: no-store
 
@@ -66,6 +66,7 @@ class CacheHit:
     kind: str  # "exact" | "semantic"
     body: dict[str, Any]  # a chat.completion as the provider returned it
     similarity: float | None
+    entry_key: str  # exact key of the stored entry that answered (differs from the request's on semantic hits)
 
 
 def last_user_text(messages: list[Any]) -> str:
@@ -97,23 +98,22 @@ def cache_request(
         policy=policy,
         exact_key=exact_key(payload),
         fingerprint=compatibility_fingerprint(payload),
-        text=semantic_text(messages) if policy.semantic else "",
+        text=semantic_text(messages),
         read="no-cache" not in directives and "no-store" not in directives,
         write="no-store" not in directives,
     )
 
 
 class ResponseCache:
-    def __init__(self, redis_client: aioredis.Redis, prefix: str, database_url: str) -> None:
+    def __init__(self, redis_client: aioredis.Redis, database_url: str) -> None:
         self._redis = redis_client
-        self._prefix = prefix
         self._database_url = database_url
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
-        self.stream = prefix + "cache:events"
+        self.stream = cache_stream()
 
     def redis_key(self, request: CacheRequest) -> str:
-        return f"{self._prefix}cache:{request.project_id}:{request.namespace}:{request.exact_key}"
+        return cache_redis_key(project_id=request.project_id, namespace=request.namespace, exact_key=request.exact_key)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -125,7 +125,7 @@ class ResponseCache:
         if request.policy.exact:
             raw = await self._redis.get(self.redis_key(request))
             if raw is not None:
-                return CacheHit("exact", orjson.loads(raw), None)
+                return CacheHit("exact", orjson.loads(raw), None, request.exact_key)
         if request.policy.semantic:
             return await self._semantic_lookup(request)
         return None
@@ -150,7 +150,7 @@ class ResponseCache:
             ).fetchone()
         if row is None or row[1] < request.policy.threshold:
             return None
-        return CacheHit("semantic", row[0], float(row[1]))
+        return CacheHit("semantic", row[0], float(row[1]), row[2])
 
     async def _database_pool(self) -> Any:
         async with self._pool_lock:
@@ -180,12 +180,12 @@ class ResponseCache:
             "cost": cost,
             "at": time.time(),
         }
-        pipe.xadd(self.stream, {CACHE_STREAM_FIELD: orjson.dumps(event), b"body": encoded})
+        pipe.xadd(self.stream, {EVENT_FIELD: orjson.dumps(event), BODY_FIELD: encoded})
 
     def queue_hit(self, pipe: Any, request: CacheRequest, hit: CacheHit) -> None:
         event = {"type": "hit", "project_id": request.project_id, "namespace": request.namespace,
-                 "exact_key": request.exact_key, "kind": hit.kind, "at": time.time()}  # fmt: skip
-        pipe.xadd(self.stream, {CACHE_STREAM_FIELD: orjson.dumps(event)})
+                 "exact_key": hit.entry_key, "kind": hit.kind, "at": time.time()}  # fmt: skip
+        pipe.xadd(self.stream, {EVENT_FIELD: orjson.dumps(event)})
 
 
 def sse_from_completion(body: dict[str, Any], *, include_usage: bool, request_id: str) -> list[bytes]:

@@ -7,6 +7,9 @@ the insert committed. No ORM here: the data plane imports this module.
 
 from __future__ import annotations
 
+from typing import Any
+
+import redis
 from django.conf import settings
 
 GROUP = "ingest"
@@ -15,3 +18,34 @@ FIELD = b"e"  # each entry holds one field: the event as JSON
 
 def stream_name() -> str:
     return settings.REDIS_PREFIX + "ledger"
+
+
+def ensure_group(client: redis.Redis, stream: str, group: str = GROUP) -> None:
+    try:
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def read_batch(
+    client: redis.Redis,
+    stream: str,
+    consumer: str,
+    *,
+    count: int,
+    block_ms: int,
+    claim_idle_ms: int,
+    group: str = GROUP,
+) -> list[tuple[bytes, Any]]:
+    """Entries to handle next: our own unacknowledged ones, then a dead consumer's, then new ones."""
+    own = client.xreadgroup(group, consumer, {stream: "0"}, count=count)
+    if own and own[0][1]:
+        return own[0][1]
+    _next, claimed, *_ = client.xautoclaim(
+        stream, group, consumer, min_idle_time=claim_idle_ms, start_id="0-0", count=count
+    )
+    if claimed:
+        return claimed
+    fresh = client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms or None)
+    return fresh[0][1] if fresh else []

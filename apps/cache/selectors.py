@@ -1,0 +1,62 @@
+"""Reads for the cache pages: entries, hit rates and the dollars the cache saved."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import TruncDay
+from django.utils import timezone
+
+from apps.cache.models import CacheEntry
+from apps.ledger.models import HourlyRollup, LedgerEntry
+from apps.tenancy.models import Project
+
+
+def cache_entries(*, project: Project, search: str = "", namespace: str | None = None) -> QuerySet[CacheEntry]:
+    entries = CacheEntry.objects.filter(project=project).defer("embedding", "response")
+    if search:
+        entries = entries.filter(Q(prompt_text__icontains=search) | Q(model__icontains=search))
+    if namespace is not None:
+        entries = entries.filter(namespace=namespace)
+    return entries.order_by("-hit_count", "-created_at")
+
+
+def cache_namespaces(*, project: Project) -> list[dict[str, Any]]:
+    return list(
+        CacheEntry.objects.filter(project=project)
+        .values("namespace")
+        .annotate(entries=Count("id"), hits=Sum("hit_count"))
+        .order_by("namespace")
+    )
+
+
+def cache_savings_by_day(*, project: Project, days: int = 14) -> list[dict[str, Any]]:
+    """Per day: requests, cache hits, hit rate and dollars saved (counterfactual of hits), from roll-ups."""
+    since = timezone.now() - dt.timedelta(days=days)
+    rows = (
+        HourlyRollup.objects.filter(project=project, hour__gte=since)
+        .annotate(day=TruncDay("hour"))
+        .values("day")
+        .annotate(requests=Sum("requests"), hits=Sum("cache_hits"))
+        .order_by("day")
+    )
+    saved = dict(
+        LedgerEntry.objects.filter(project=project, created_at__gte=since)
+        .exclude(cache_hit="")
+        .annotate(day=TruncDay("created_at"))
+        .values_list("day")
+        .annotate(total=Sum("counterfactual_cost"))
+    )
+    return [
+        {
+            "day": row["day"],
+            "requests": row["requests"],
+            "hits": row["hits"],
+            "hit_rate": (Decimal(row["hits"]) / row["requests"] * 100) if row["requests"] else Decimal(0),
+            "saved": saved.get(row["day"], Decimal(0)),
+        }
+        for row in rows
+    ]

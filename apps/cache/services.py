@@ -1,0 +1,162 @@
+"""Cache writes: indexing stored answers in Postgres, hit counts, eviction, purges."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import redis
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from apps.cache.models import CacheEntry, CachePolicy, Eviction
+from apps.ledger.stream import GROUP, ensure_group, read_batch
+from apps.tenancy.models import Project
+
+logger = logging.getLogger(__name__)
+
+EVENT_FIELD = b"e"
+BODY_FIELD = b"body"
+
+
+def cache_stream() -> str:
+    return settings.REDIS_PREFIX + "cache:events"
+
+
+def cache_redis_key(*, project_id: int, namespace: str, exact_key: str) -> str:
+    """Where an exact entry lives in Redis (the gateway reads and writes it there)."""
+    return f"{settings.REDIS_PREFIX}cache:{project_id}:{namespace}:{exact_key}"
+
+
+def cache_ingest_batch(
+    *, client: redis.Redis, consumer: str, count: int = 200, block_ms: int = 1000, claim_idle_ms: int = 30_000
+) -> int:
+    """Index stored answers (embedding them when semantic) and count hits; ack after commit."""
+    stream = cache_stream()
+    ensure_group(client, stream)
+    entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=claim_idle_ms)
+    if not entries:
+        return 0
+    stores: dict[tuple[int, str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+    hits: Counter[tuple[int, str, str]] = Counter()
+    last_hit: dict[tuple[int, str, str], float] = {}
+    for _entry_id, fields in entries:
+        if not fields:
+            continue
+        try:
+            event = orjson.loads(fields[EVENT_FIELD])
+            key = (int(event["project_id"]), str(event["namespace"]), str(event["exact_key"]))
+            if event["type"] == "store":
+                stores[key] = (event, orjson.loads(fields[BODY_FIELD]))
+            elif event["type"] == "hit":
+                hits[key] += 1
+                last_hit[key] = max(last_hit.get(key, 0.0), float(event["at"]))
+        except (KeyError, ValueError, TypeError):
+            logger.error("unreadable cache event dropped: %r", fields)  # a cache miss later, never wrong data
+    _store_entries(stores)
+    with transaction.atomic():
+        for key, n in hits.items():
+            CacheEntry.objects.filter(project_id=key[0], namespace=key[1], exact_key=key[2]).update(
+                hit_count=F("hit_count") + n, last_hit_at=dt.datetime.fromtimestamp(last_hit[key], dt.UTC)
+            )
+    ids = [entry_id for entry_id, _ in entries]
+    pipe = client.pipeline(transaction=True)
+    pipe.xack(stream, GROUP, *ids)
+    pipe.xdel(stream, *ids)
+    pipe.execute()
+    return len(entries)
+
+
+def _store_entries(stores: dict[tuple[int, str, str], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    if not stores:
+        return
+    semantic = [key for key, (event, _body) in stores.items() if event.get("semantic") and event.get("text")]
+    vectors: dict[tuple[int, str, str], Any] = {}
+    if semantic:
+        from apps.cache.embedding import local_embedder
+
+        embedded = local_embedder().embed([stores[key][0]["text"] for key in semantic])
+        vectors = dict(zip(semantic, embedded, strict=True))
+    rows = []
+    for key, (event, body) in stores.items():
+        usage = body.get("usage") or {}
+        stored_at = dt.datetime.fromtimestamp(float(event["at"]), dt.UTC)
+        rows.append(
+            CacheEntry(
+                project_id=key[0],
+                namespace=key[1],
+                exact_key=key[2],
+                fingerprint=event["fingerprint"],
+                model=event["model"],
+                prompt_text=event.get("text") or "",
+                embedding=vectors.get(key),
+                response=body,
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                cost=Decimal(event.get("cost") or "0"),
+                expires_at=stored_at + dt.timedelta(seconds=int(event["ttl"])),
+            )
+        )
+    existing = set(Project.objects.filter(id__in={r.project_id for r in rows}).values_list("id", flat=True))
+    CacheEntry.objects.bulk_create(
+        [r for r in rows if r.project_id in existing],  # a project deleted meanwhile has no cache
+        update_conflicts=True,
+        unique_fields=["project", "namespace", "exact_key"],
+        update_fields=[
+            "fingerprint",
+            "model",
+            "prompt_text",
+            "embedding",
+            "response",
+            "prompt_tokens",
+            "completion_tokens",
+            "cost",
+            "expires_at",
+        ],  # fmt: skip
+    )
+
+
+def cache_entries_delete(client: redis.Redis, entries: list[tuple[int, int, str, str]]) -> int:
+    """Delete rows and their Redis exact entries; ``entries`` are (id, project, namespace, key)."""
+    if not entries:
+        return 0
+    CacheEntry.objects.filter(id__in=[e[0] for e in entries]).delete()
+    keys = [cache_redis_key(project_id=p, namespace=ns, exact_key=k) for _id, p, ns, k in entries]
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+    return len(entries)
+
+
+def cache_evict(*, client: redis.Redis, now: dt.datetime | None = None) -> int:
+    """Drop expired entries, then trim each project to its max entries (LFU or LRU). Idempotent."""
+    now = now or timezone.now()
+    removed = cache_entries_delete(
+        client,
+        list(CacheEntry.objects.filter(expires_at__lte=now).values_list("id", "project_id", "namespace", "exact_key")),
+    )
+    for policy in CachePolicy.objects.filter(feature=""):
+        entries = CacheEntry.objects.filter(project_id=policy.project_id)
+        surplus = entries.count() - policy.max_entries
+        if surplus <= 0:
+            continue
+        if policy.eviction == Eviction.LFU:
+            order = [F("hit_count").asc(), F("last_hit_at").asc(nulls_first=True), "created_at"]
+        else:
+            order = [F("last_hit_at").asc(nulls_first=True), "created_at"]
+        victims = list(entries.order_by(*order).values_list("id", "project_id", "namespace", "exact_key")[:surplus])
+        removed += cache_entries_delete(client, victims)
+    return removed
+
+
+def cache_purge(*, client: redis.Redis, project: Project, namespace: str | None = None) -> int:
+    """Delete a project's entries (one namespace, or all); they are misses from now on."""
+    entries = CacheEntry.objects.filter(project=project)
+    if namespace is not None:
+        entries = entries.filter(namespace=namespace)
+    return cache_entries_delete(client, list(entries.values_list("id", "project_id", "namespace", "exact_key")))

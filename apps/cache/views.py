@@ -1,0 +1,100 @@
+"""Cache pages per project: policy, entries (search, inspect, delete), purge, hit rate and savings."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from apps.cache.forms import CachePolicyForm
+from apps.cache.models import CacheEntry, CachePolicy
+from apps.cache.selectors import cache_entries, cache_namespaces, cache_savings_by_day
+from apps.cache.services import cache_entries_delete, cache_purge
+from apps.ledger.services import redis_client
+from apps.tenancy.models import Project
+from apps.tenancy.selectors import can_manage_project, projects_for
+
+
+def _project(request: HttpRequest, slug: str) -> Project:
+    return get_object_or_404(projects_for(user=request.user), slug=slug)
+
+
+def _require_manager(request: HttpRequest, project: Project) -> None:
+    if not can_manage_project(user=request.user, project=project):
+        raise PermissionDenied("Only owners and team leads change the cache.")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def cache_page(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project(request, slug)
+    may_manage = can_manage_project(user=request.user, project=project)
+    feature = request.POST.get("feature", "") if request.method == "POST" else ""
+    policy = CachePolicy.objects.filter(project=project, feature=feature).first()
+    form = CachePolicyForm(instance=policy) if may_manage else None
+    status = 200
+    if request.method == "POST":
+        _require_manager(request, project)
+        form = CachePolicyForm(request.POST, instance=policy or CachePolicy(project=project))
+        if form.is_valid():
+            try:
+                form.save()
+            except DjangoValidationError as exc:
+                form.add_error(None, exc)
+            else:
+                messages.success(request, "Cache policy saved; gateways use it within a second.")
+                return redirect("cache:project", slug=project.slug)
+        status = 400
+    search = request.GET.get("q", "").strip()
+    namespace = request.GET.get("ns")
+    page = Paginator(cache_entries(project=project, search=search, namespace=namespace), 50).get_page(
+        request.GET.get("page")
+    )
+    context = {
+        "project": project,
+        "policies": CachePolicy.objects.filter(project=project).order_by("feature"),
+        "form": form,
+        "page": page,
+        "search": search,
+        "namespace": namespace,
+        "namespaces": cache_namespaces(project=project),
+        "days": cache_savings_by_day(project=project),
+        "may_manage": may_manage,
+    }
+    return render(request, "cache/cache.html", context, status=status)
+
+
+@login_required
+@require_GET
+def entry_detail(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
+    project = _project(request, slug)
+    entry = get_object_or_404(CacheEntry.objects.defer("embedding"), project=project, pk=pk)
+    return render(request, "cache/entry.html", {"project": project, "entry": entry})
+
+
+@login_required
+@require_POST
+def entry_delete(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
+    project = _project(request, slug)
+    _require_manager(request, project)
+    entry = get_object_or_404(CacheEntry, project=project, pk=pk)
+    cache_entries_delete(redis_client(), [(entry.id, entry.project_id, entry.namespace, entry.exact_key)])
+    messages.success(request, "Entry deleted.")
+    return redirect("cache:project", slug=project.slug)
+
+
+@login_required
+@require_POST
+def purge(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project(request, slug)
+    _require_manager(request, project)
+    namespace = request.POST.get("namespace")
+    removed = cache_purge(client=redis_client(), project=project, namespace=namespace)
+    where = f"namespace '{namespace or '(default)'}'" if namespace is not None else "all namespaces"
+    messages.success(request, f"Purged {removed} entries from {where}.")
+    return redirect("cache:project", slug=project.slug)
