@@ -25,7 +25,6 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 from django.conf import settings
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from apps.gateway import tokens
@@ -44,6 +43,7 @@ from apps.gateway.errors import (
     model_not_found,
     upstream_unavailable,
 )
+from apps.gateway.fastredis import FastPipeline, FastRedis
 from apps.gateway.ledger_writer import LedgerWriter
 from apps.gateway.limits import DEFAULT_MAX_OUTPUT_TOKENS, Admission, Limiter
 from apps.gateway.policy import KeyPolicy, PolicyStore, PriceRow, ProjectPolicy, ProviderTarget, Snapshot
@@ -154,6 +154,7 @@ class Gateway:
         self.ledger: LedgerWriter | None = None
         self.limiter: Limiter | None = None
         self.cache: ResponseCache | None = None
+        self.fast_redis: FastRedis | None = None
         self._startup_lock = asyncio.Lock()
 
     # --- lifecycle -------------------------------------------------------
@@ -173,13 +174,15 @@ class Gateway:
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
-            self.cache = ResponseCache(self.redis, settings.DATABASE_URL)
-            self.limiter = Limiter(self.redis, settings.REDIS_PREFIX)
+            # Per-request commands go through the lean client; pub/sub (policy) keeps redis-py.
+            self.fast_redis = FastRedis(settings.REDIS_URL)
+            self.cache = ResponseCache(self.fast_redis, settings.DATABASE_URL)
+            self.limiter = Limiter(self.fast_redis, settings.REDIS_PREFIX)
             await self.limiter.load()
             # One spool folder per Redis server and prefix: a re-send must reach the stream it was meant for.
             target = hashlib.sha256(f"{settings.REDIS_URL}|{settings.REDIS_PREFIX}".encode()).hexdigest()[:16]
             spool = Path(settings.BASE_DIR) / "var" / "spool" / target
-            self.ledger = LedgerWriter(self.redis, stream_name(), spool)
+            self.ledger = LedgerWriter(self.fast_redis, stream_name(), spool)
             self.ledger.start()
             policy = PolicyStore(self.redis, settings.GATEWAY_POLICY_POLL_SECONDS)
             await policy.start()
@@ -194,6 +197,8 @@ class Gateway:
             await self.http.close()
         if self.cache:
             await self.cache.close()
+        if self.fast_redis:
+            await self.fast_redis.close()
         if self.redis:
             await self.redis.aclose()
 
@@ -592,7 +597,7 @@ class Gateway:
             await self.ledger.write(call.event())
             return
 
-        async def also(pipeline: Pipeline) -> None:
+        async def also(pipeline: FastPipeline) -> None:
             if reserved:
                 assert admission is not None
                 await limiter.settle(

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
 from apps.cache.services import BODY_FIELD, EVENT_FIELD, cache_redis_key, cache_stream
+from apps.gateway.fastredis import FastPipeline, FastRedis
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +105,7 @@ def cache_request(
 
 
 class ResponseCache:
-    def __init__(self, redis_client: aioredis.Redis, database_url: str) -> None:
+    def __init__(self, redis_client: FastRedis, database_url: str) -> None:
         self._redis = redis_client
         self._database_url = database_url
         self._pool: Any = None
@@ -123,7 +123,7 @@ class ResponseCache:
         if not request.read:
             return None
         if request.policy.exact:
-            raw = await self._redis.get(self.redis_key(request))
+            raw = await self._redis.execute("GET", self.redis_key(request))
             if raw is not None:
                 return CacheHit("exact", orjson.loads(raw), None, request.exact_key)
         if request.policy.semantic:
@@ -182,7 +182,7 @@ class ResponseCache:
         }
         pipe.xadd(self.stream, {EVENT_FIELD: orjson.dumps(event), BODY_FIELD: encoded})
 
-    def queue_hit(self, pipe: Any, request: CacheRequest, hit: CacheHit) -> None:
+    def queue_hit(self, pipe: FastPipeline, request: CacheRequest, hit: CacheHit) -> None:
         event = {"type": "hit", "project_id": request.project_id, "namespace": request.namespace,
                  "exact_key": hit.entry_key, "kind": hit.kind, "at": time.time()}  # fmt: skip
         pipe.xadd(self.stream, {EVENT_FIELD: orjson.dumps(event)})

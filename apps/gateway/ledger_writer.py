@@ -15,16 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 
+from apps.gateway.fastredis import FastPipeline, FastRedis
 from apps.ledger.stream import FIELD
 
 logger = logging.getLogger(__name__)
 
 
 class LedgerWriter:
-    def __init__(self, redis_client: aioredis.Redis, stream: str, spool_dir: Path) -> None:
+    def __init__(self, redis_client: FastRedis, stream: str, spool_dir: Path) -> None:
         self._redis = redis_client
         self._stream = stream
         self._spool = spool_dir / f"ledger-spool-{os.getpid()}.jsonl"
@@ -32,16 +31,16 @@ class LedgerWriter:
         self._resend_task: asyncio.Task[None] | None = None
 
     async def write(
-        self, event: dict[str, Any], *, also: Callable[[Pipeline], Awaitable[object]] | None = None
+        self, event: dict[str, Any], *, also: Callable[[FastPipeline], Awaitable[object]] | None = None
     ) -> None:
         """Append ``event``; ``also`` queues more commands in the same round trip (settling a reservation)."""
         payload = orjson.dumps(event)
         try:
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._redis.pipeline()
             if also is not None:
                 await also(pipe)
             pipe.xadd(self._stream, {FIELD: payload})
-            *others, added = await pipe.execute(raise_on_error=False)
+            *others, added = await pipe.execute()
             for result in others:
                 if isinstance(result, Exception):
                     logger.error("a command sent with ledger event %s failed: %r", event.get("request_id"), result)
@@ -85,13 +84,15 @@ class LedgerWriter:
             except FileNotFoundError:
                 continue
             lines = [line for line in claimed.read_bytes().splitlines() if line]
-            pipe = self._redis.pipeline(transaction=False)
+            pipe = self._redis.pipeline()
             for line in lines:
                 pipe.xadd(self._stream, {FIELD: line})
             try:
-                await pipe.execute()
+                failed = [reply for reply in await pipe.execute() if isinstance(reply, Exception)]
+                if failed:
+                    raise failed[0]
             except Exception:
-                claimed.rename(spool)  # put it back for the next try
+                claimed.rename(spool)  # put it back for the next try; re-sends are deduplicated on ingest
                 raise
             claimed.unlink()
         # A crash between rename and unlink leaves a .sending file: re-queue it.

@@ -15,17 +15,18 @@ hash per scope, so "per minute" means the last 60 seconds, not a fixed minute.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
 
 from apps.budgets.periods import period_bounds
 from apps.gateway.errors import GatewayError
+from apps.gateway.fastredis import FastPipeline, FastRedis
 
 NANO = Decimal(1_000_000_000)
 WINDOW_SECONDS = 60
@@ -259,17 +260,26 @@ def to_nano(usd: Decimal) -> int:
 
 
 class Limiter:
-    def __init__(self, redis_client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, redis_client: FastRedis, prefix: str) -> None:
         self._redis = redis_client
         self._prefix = prefix
-        self._admit = redis_client.register_script(ADMIT_LUA)
-        self._settle = redis_client.register_script(SETTLE_LUA)
+        self._admit_sha = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
+        self._settle_sha = hashlib.sha1(SETTLE_LUA.encode()).hexdigest()  # noqa: S324
         self._periods: dict[tuple[str, str, dt.datetime | None], tuple[float, float]] = {}
 
     async def load(self) -> None:
         """Load both scripts into Redis (EVALSHA in pipelines needs them there)."""
-        for script in (self._admit, self._settle):
-            script.sha = await self._redis.script_load(script.script)
+        for script in (ADMIT_LUA, SETTLE_LUA):
+            await self._redis.execute("SCRIPT", "LOAD", script)
+
+    async def _run(self, sha: str, script: str, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await self._redis.execute("EVALSHA", sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+            # Redis restarted and forgot the script: EVAL loads it again.
+            return await self._redis.execute("EVAL", script, len(keys), *keys, *args)
 
     def _period(self, budget: BudgetPolicy, now: float) -> tuple[float, float]:
         """The budget's current period as epoch seconds, cached until it ends."""
@@ -321,7 +331,9 @@ class Limiter:
             if limit.max_concurrent:
                 admission.concurrency_keys.append(base + ":inflight")
         admission.tokens_reserved = worst_case_tokens
-        status, index, retry_ms, shadow_csv, left_requests, left_tokens = await self._admit(keys=keys, args=args)
+        status, index, retry_ms, shadow_csv, left_requests, left_tokens = await self._run(
+            self._admit_sha, ADMIT_LUA, keys, args
+        )
         if status == STATUS_BUDGET:
             budget = budgets[index - 1]
             raise GatewayError(
@@ -348,7 +360,7 @@ class Limiter:
         actual_usd: Decimal,
         actual_tokens: int,
         now: float | None = None,
-        pipeline: Pipeline | None = None,
+        pipeline: FastPipeline | None = None,
     ) -> None:
         """Replace the reservation by what was used, and free the concurrency slot.
 
@@ -369,14 +381,12 @@ class Limiter:
             actual_tokens - admission.tokens_reserved,
         ]
         if pipeline is None:
-            await self._settle(keys=keys, args=args)
+            await self._run(self._settle_sha, SETTLE_LUA, keys, args)
         else:
-            # EVALSHA queued directly: a pipeline given a Script object would first ask
-            # SCRIPT EXISTS on every execute, an extra round trip per request. The script
-            # is loaded at start-up; if Redis lost it (a restart), this one settle fails
+            # Loaded at start-up; if Redis lost it since (a restart), this one settle fails
             # and is logged, leaving the reservation in place: a budget errs on the safe
             # side, and an in-flight slot expires after 15 minutes.
-            pipeline.evalsha(self._settle.sha, len(keys), *keys, *args)
+            pipeline.evalsha(self._settle_sha, len(keys), *keys, *args)
 
 
 def _rate_limited(status: int, limit: RateLimitPolicy, retry_ms: int, left_tokens: int) -> GatewayError:

@@ -11,11 +11,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from django.conf import settings
 
 from apps.budgets.periods import period_bounds
 from apps.gateway.errors import GatewayError
+from apps.gateway.fastredis import FastRedis
 from apps.gateway.limits import Admission, BudgetPolicy, Limiter, RateLimitPolicy, to_nano
 
 T0 = 1_795_000_000.0  # a fixed simulated epoch
@@ -25,8 +25,8 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     return asyncio.run(coro)
 
 
-def _limiter() -> tuple[Limiter, aioredis.Redis]:
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+def _limiter() -> tuple[Limiter, FastRedis]:
+    client = FastRedis(settings.REDIS_URL)
     # A fresh prefix per test keeps counters apart.
     return Limiter(client, f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:"), client
 
@@ -68,7 +68,7 @@ def test_tokens_per_minute_holds_within_5_percent_over_sliding_windows() -> None
             # Settle to the real count: 100 tokens used, not the 120 reserved.
             await limiter.settle(admission, actual_usd=Decimal(0), actual_tokens=100, now=now)
             admitted.append((now, 100))
-        await client.aclose()
+        await client.close()
         return admitted
 
     admitted = run(scenario())
@@ -91,7 +91,7 @@ def test_requests_per_minute_refuses_with_retry_after_and_headers() -> None:
             await _admit(limiter, T0 + 10, rate_limits=[_limit(rpm=5)])
         # The first request leaves the window 60 s after it: the 6th fits at T0 + 60.
         await _admit(limiter, T0 + 60.5, rate_limits=[_limit(rpm=5)])
-        await client.aclose()
+        await client.close()
         return admitted, exc.value
 
     admitted, error = run(scenario())
@@ -111,7 +111,7 @@ def test_concurrency_slots_are_freed_on_settle() -> None:
             await _admit(limiter, T0, rate_limits=[_limit(conc=2)])
         await limiter.settle(first, actual_usd=Decimal(0), actual_tokens=0)
         await _admit(limiter, T0, rate_limits=[_limit(conc=2)])
-        await client.aclose()
+        await client.close()
 
     run(scenario())
 
@@ -134,7 +134,7 @@ def test_hard_budget_reserves_worst_case_and_settles_to_actual() -> None:
                 break
             await limiter.settle(admission, actual_usd=Decimal("0.10"), actual_tokens=0)
             more += 1
-        await client.aclose()
+        await client.close()
         return more
 
     # 0.30 spent; each further request needs 0.30 headroom and spends 0.10: 5 more fit (0.30 → 0.80).
@@ -146,7 +146,7 @@ def test_shadow_and_soft_budgets_never_block() -> None:
         limiter, client = _limiter()
         shadow, soft = _budget("0.10", mode="shadow"), _budget("0.10", mode="soft")
         results = [await _admit(limiter, T0, budgets=[shadow, soft], worst_case_usd=Decimal("0.06")) for _ in range(3)]
-        await client.aclose()
+        await client.close()
         return results
 
     results = run(scenario())
@@ -162,6 +162,6 @@ def test_lost_counter_is_reseeded_from_the_ledger_value() -> None:
         with pytest.raises(GatewayError, match="exhausted"):
             await _admit(limiter, T0, budgets=[budget], worst_case_usd=Decimal("0.10"))
         await _admit(limiter, T0, budgets=[budget], worst_case_usd=Decimal("0.04"))
-        await client.aclose()
+        await client.close()
 
     run(scenario())
