@@ -11,5 +11,7 @@ urlpatterns = [
     path("api/", include("apps.budgets.api_urls")),
     path("api/", include("apps.dashboard.api_urls")),
     path("", include("apps.budgets.urls")),
+    path("", include("apps.cache.urls")),
+    path("", include("apps.reports.urls")),
     path("", include("apps.dashboard.urls")),
 ]

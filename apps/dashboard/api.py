@@ -1,4 +1,4 @@
-"""DRF API for projects, keys, the ledger, providers and prices.
+"""DRF API for projects, keys, the ledger, spend series, providers and prices.
 
 Querysets are scoped by ``projects_for`` / organisation membership, so another
 tenant's row is a 404. Finance may read everything of its organisation but
@@ -8,6 +8,8 @@ never write (403). Writes go through services.
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
+from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
@@ -23,7 +25,15 @@ from rest_framework.views import APIView
 from apps.keys.models import ApiKey
 from apps.keys.services import key_issue, key_revoke
 from apps.ledger.models import LedgerEntry
-from apps.ledger.selectors import LedgerFilters, ledger_entries
+from apps.ledger.selectors import (
+    BUCKETS,
+    GROUP_BY_FIELDS,
+    LedgerFilters,
+    ledger_entries,
+    rollup_summary,
+    savings_by_lever,
+    spend_series,
+)
 from apps.providers.models import Price, Provider
 from apps.providers.selectors import prices_for, providers_for
 from apps.tenancy.models import Project
@@ -214,3 +224,126 @@ class PriceList(generics.ListAPIView):
                 raise ApiValidationError({"provider": "Give the provider's numeric id."})
             prices = prices.filter(provider_id=int(provider))
         return prices
+
+
+# Series: what the overview charts, for scripts. Read from the hourly roll-ups only.
+
+SERIES_DEFAULT_RANGE = dt.timedelta(days=7)
+SERIES_MAX_HOURLY_RANGE = dt.timedelta(days=31)
+SERIES_MAX_RANGE = dt.timedelta(days=366)
+
+
+def _series_scope(request: Request) -> tuple[Project | None, list[int], dt.datetime, dt.datetime]:
+    """The project (404 unless visible; all visible ones when absent) and the [since, until) window."""
+    params = request.query_params
+    visible = projects_for(user=request.user)
+    project = None
+    if params.get("project"):
+        project = generics.get_object_or_404(visible, slug=params["project"])
+        ids = [project.pk]
+    else:
+        ids = list(visible.values_list("pk", flat=True))
+    until = _moment(params.get("until"), name="until", end_of_day=True)
+    if until is None:
+        until = dt.datetime.combine(timezone.localdate() + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
+    since = _moment(params.get("since"), name="since") or until - SERIES_DEFAULT_RANGE
+    if since >= until:
+        raise ApiValidationError({"until": "Must be after since."})
+    if until - since > SERIES_MAX_RANGE:
+        raise ApiValidationError({"since": f"Ask for at most {SERIES_MAX_RANGE.days} days at a time."})
+    return project, ids, since, until
+
+
+def _choice(request: Request, name: str, choices: Any, default: str) -> str:
+    value = request.query_params.get(name) or default
+    if value not in choices:
+        raise ApiValidationError({name: f"One of: {', '.join(choices)}."})
+    return value
+
+
+def _window(project: Project | None, since: dt.datetime, until: dt.datetime) -> dict[str, Any]:
+    return {"project": project.slug if project else None, "since": since, "until": until}
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def _rate(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+class SeriesSpend(APIView):
+    """Spend per hour or day, one series per model, feature, key or end user (the biggest few, then "other")."""
+
+    def get(self, request: Request) -> Response:
+        project, ids, since, until = _series_scope(request)
+        group_by = _choice(request, "group_by", list(GROUP_BY_FIELDS), "model")
+        default_bucket = "hour" if until - since <= dt.timedelta(days=2) else "day"
+        bucket = _choice(request, "bucket", BUCKETS, default_bucket)
+        if bucket == "hour" and until - since > SERIES_MAX_HOURLY_RANGE:
+            raise ApiValidationError({"bucket": f"Hourly series cover at most {SERIES_MAX_HOURLY_RANGE.days} days."})
+        limit = request.query_params.get("limit", "8")
+        if not limit.isdigit() or not 1 <= int(limit) <= 50:
+            raise ApiValidationError({"limit": "A number from 1 to 50."})
+        series = spend_series(
+            project_ids=ids, since=since, until=until, group_by=group_by, bucket=bucket, limit=int(limit)
+        )
+        return Response(
+            {
+                **_window(project, since, until),
+                "group_by": group_by,
+                "bucket": bucket,
+                "buckets": series.starts,
+                "series": [
+                    {"key": g.key, "label": g.label, "total": str(g.total), "values": [str(v) for v in g.values]}
+                    for g in series.groups
+                ],
+            }
+        )
+
+
+class SeriesSummary(APIView):
+    """Totals, savings by lever, latency and TTFT percentiles (estimated from histograms), cache hit rate."""
+
+    def get(self, request: Request) -> Response:
+        project, ids, since, until = _series_scope(request)
+        summary = rollup_summary(project_ids=ids, since=since, until=until)
+        levers = savings_by_lever(project_ids=ids, since=since, until=until)
+        return Response(
+            {
+                **_window(project, since, until),
+                "requests": summary.requests,
+                "errors": summary.errors,
+                "cache_hits": summary.cache_hits,
+                "cache_hit_rate": _rate(summary.cache_hit_rate),
+                "prompt_tokens": summary.prompt_tokens,
+                "cached_tokens": summary.cached_tokens,
+                "completion_tokens": summary.completion_tokens,
+                "cost": str(summary.cost),
+                "counterfactual_cost": str(summary.counterfactual_cost),
+                "savings": str(sum((lever.savings for lever in levers), Decimal(0))),
+                "savings_by_lever": [
+                    {
+                        "lever": lever.lever,
+                        "requests": lever.requests,
+                        "share": _rate(lever.share),
+                        "cost": str(lever.cost),
+                        "counterfactual_cost": str(lever.counterfactual_cost),
+                        "savings": str(lever.savings),
+                    }
+                    for lever in levers
+                ],
+                "latency_ms": {
+                    "p50": _ms(summary.latency_p50_ms),
+                    "p95": _ms(summary.latency_p95_ms),
+                    "mean": _ms(summary.latency_mean_ms),
+                },
+                "ttft_ms": {
+                    "p50": _ms(summary.ttft_p50_ms),
+                    "p95": _ms(summary.ttft_p95_ms),
+                    "mean": _ms(summary.ttft_mean_ms),
+                    "count": summary.ttft_count,
+                },
+            }
+        )

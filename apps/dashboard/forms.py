@@ -10,7 +10,7 @@ from django import forms
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from apps.ledger.selectors import LedgerFilters
+from apps.ledger.selectors import GROUP_BY_LABELS, LedgerFilters
 from apps.providers.models import Provider, ProviderKind, validate_base_url
 from apps.tenancy.models import Project, Team
 
@@ -172,3 +172,37 @@ def _start_of(day: dt.date | None) -> dt.datetime | None:
     if day is None:
         return None
     return dt.datetime.combine(day, dt.time.min, tzinfo=timezone.get_current_timezone())
+
+
+OVERVIEW_DEFAULT_DAYS = 7
+
+
+class OverviewForm(forms.Form):
+    """Scope, date range and chart split of the overview. Invalid or missing values fall back to defaults."""
+
+    scope = forms.ChoiceField(required=False, label="Show")
+    date_from = forms.DateField(required=False, widget=DateInput(), label="From")
+    date_to = forms.DateField(required=False, widget=DateInput(), label="To")
+    group_by = forms.ChoiceField(choices=list(GROUP_BY_LABELS.items()), required=False, label="Split by")
+
+    def __init__(self, *args: Any, scopes: list[tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["scope"].choices = scopes  # type: ignore[attr-defined]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        date_from, date_to = data.get("date_from"), data.get("date_to")
+        if date_from and date_to and date_from > date_to:
+            self.add_error("date_to", "“To” must not be before “From”.")
+        return data
+
+    def choice(self, name: str, default: str) -> str:
+        data = self.cleaned_data if hasattr(self, "cleaned_data") else {}
+        return data.get(name) or default
+
+    def date_range(self, *, today: dt.date) -> tuple[dt.date, dt.date]:
+        """The chosen days, both inclusive; the last seven days by default."""
+        data = self.cleaned_data if hasattr(self, "cleaned_data") and not self.errors else {}
+        date_to: dt.date = data.get("date_to") or today
+        date_from: dt.date = data.get("date_from") or date_to - dt.timedelta(days=OVERVIEW_DEFAULT_DAYS - 1)
+        return date_from, date_to

@@ -17,6 +17,8 @@ urlpatterns = [
     path("orgs/<slug:org_slug>/providers/", views.providers, name="providers"),
     path("orgs/<slug:org_slug>/providers/<int:pk>/edit/", views.provider_edit, name="provider-edit"),
     path("orgs/<slug:org_slug>/providers/<int:pk>/prices/", views.price_new, name="price-new"),
+    path("overview/", views.overview, name="overview"),
+    path("account/token/", views.account_token, name="account-token"),
     path("ledger/", views.ledger, name="ledger"),
     path("ledger/export.csv", views.ledger_export, name="ledger-export"),
 ]

@@ -9,32 +9,47 @@ thing but not change it (finance, developers on manager-only settings) gets a
 from __future__ import annotations
 
 import csv
+import datetime as dt
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from rest_framework.authtoken.models import Token
 
 from apps.dashboard.forms import (
     AliasForm,
     DefaultProviderForm,
     KeyIssueForm,
     LedgerFilterForm,
+    OverviewForm,
     PriceForm,
     ProjectCreateForm,
     ProviderCreateForm,
     ProviderUpdateForm,
 )
+from apps.dashboard.selectors import Overview, OverviewScope, overview_for, overview_scopes
+from apps.dashboard.services import api_token_revoke, api_token_rotate
 from apps.keys.models import ApiKey
 from apps.keys.services import key_issue, key_revoke
-from apps.ledger.selectors import ledger_entries, ledger_export_rows, ledger_totals, spend_by_project
+from apps.ledger.selectors import (
+    GROUP_BY_LABELS,
+    OTHER,
+    ledger_entries,
+    ledger_export_rows,
+    ledger_totals,
+    spend_by_project,
+)
 from apps.providers.models import Provider
 from apps.providers.selectors import aliases_for, providers_with_prices
 from apps.providers.services import alias_set, price_set, provider_create, provider_update
@@ -373,3 +388,115 @@ def ledger_export(request: HttpRequest) -> StreamingHttpResponse:
     response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="ledger.csv"'
     return response
+
+
+# Overview -----------------------------------------------------------------------------------------
+
+
+def _ledger_link(scope: OverviewScope, *, group_by: str, key: str, day_from: dt.date, day_to: dt.date) -> str:
+    """The ledger filtered to one slice of the overview: project, dimension value and days."""
+    params = {"date_from": day_from.isoformat(), "date_to": day_to.isoformat()}
+    if scope.project is not None:
+        params["project"] = scope.project.slug
+    if key and key != OTHER:
+        params[group_by] = key
+    return f"{reverse('dashboard:ledger')}?{urlencode(params)}"
+
+
+def _money(value: Decimal) -> float:
+    return round(float(value), 6)
+
+
+def _chart_data(overview: Overview) -> dict[str, Any]:
+    """What static/js/overview.js draws; numbers as floats rounded to the micro-dollar."""
+    series = overview.series
+    hourly = series.bucket == "hour"
+    scope = overview.scope
+    return {
+        "bucket": series.bucket,
+        "groupBy": series.group_by,
+        "groupLabel": GROUP_BY_LABELS[series.group_by],
+        "labels": [start.strftime("%m-%d %H:00" if hourly else "%a %m-%d") for start in series.starts],
+        "days": [start.date().isoformat() for start in series.starts],
+        "datasets": [
+            {"label": group.label, "key": group.key, "data": [_money(v) for v in group.values]}
+            for group in series.groups
+        ],
+        "drill": {
+            "url": reverse("dashboard:ledger"),
+            "project": scope.project.slug if scope.project else "",
+            "param": series.group_by,
+            "other": OTHER,
+        },
+        "levers": [
+            {"label": lever.label, "savings": _money(lever.savings), "requests": lever.requests}
+            for lever in overview.levers
+        ],
+    }
+
+
+@login_required
+@require_GET
+def overview(request: HttpRequest) -> HttpResponse:
+    scopes = overview_scopes(user=request.user)
+    form = OverviewForm(request.GET or None, scopes=[(s.value, s.label) for s in scopes])
+    form.is_valid()
+    by_value = {s.value: s for s in scopes}
+    asked = request.GET.get("scope")
+    if asked and asked not in by_value:
+        raise Http404("No such organisation or project.")
+    if not scopes:
+        return render(request, "dashboard/overview.html", {"form": form, "overview": None})
+    scope = by_value[form.choice("scope", scopes[0].value)]
+    day_from, day_to = form.date_range(today=timezone.localdate())
+    group_by = form.choice("group_by", "model")
+    if not form.errors:
+        # Show what is on screen, defaults included, so the next "Show" keeps it.
+        shown = {"scope": scope.value, "date_from": day_from, "date_to": day_to, "group_by": group_by}
+        form = OverviewForm(shown, scopes=[(s.value, s.label) for s in scopes])
+    tz = timezone.get_current_timezone()
+    since = dt.datetime.combine(day_from, dt.time.min, tzinfo=tz)
+    until = dt.datetime.combine(day_to + dt.timedelta(days=1), dt.time.min, tzinfo=tz)
+    data = overview_for(scope=scope, since=since, until=until, group_by=group_by)
+    top = [
+        {
+            "name": name,
+            "label": GROUP_BY_LABELS[name],
+            "rows": [
+                {"row": row, "link": _ledger_link(scope, group_by=name, key=row.key, day_from=day_from, day_to=day_to)}
+                for row in rows
+            ],
+        }
+        for name, rows in data.top.items()
+    ]
+    context = {
+        "form": form,
+        "overview": data,
+        "top": top,
+        "day_from": day_from,
+        "day_to": day_to,
+        "days": (day_to - day_from).days + 1,
+        "chart": _chart_data(data),
+    }
+    return render(request, "dashboard/overview.html", context)
+
+
+# Account ------------------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def account_token(request: HttpRequest) -> HttpResponse:
+    """The user's API token for /api/: created or replaced here, shown in full only in that response."""
+    user: Any = request.user
+    if request.method == "POST":
+        if request.POST.get("action") == "revoke":
+            api_token_revoke(user=user)
+            messages.success(request, "API token revoked.")
+            return redirect("dashboard:account-token")
+        token = api_token_rotate(user=user)
+        response = render(request, "dashboard/account_token.html", {"token": token, "plaintext": token.key})
+        response["Cache-Control"] = "no-store"
+        return response
+    token = Token.objects.filter(user=user).first()
+    return render(request, "dashboard/account_token.html", {"token": token, "plaintext": None})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 
@@ -18,7 +19,25 @@ class Source(models.TextChoices):
     IMPORTED = "imported", "Imported"
 
 
+class Lever(models.TextChoices):
+    """The saving lever a request used; see ``apps.ledger.services.ledger_lever``."""
+
+    CACHE = "cache", "Cache"
+    CASCADE = "cascade", "Cascade"
+    ROUTING = "routing", "Routing"
+    BATCH = "batch", "Batch"
+    NONE = "none", "None"
+
+
 COST = {"max_digits": 18, "decimal_places": 8}
+
+# Lower edges (ms) of the latency and TTFT histogram buckets; the last bucket is open-ended.
+# Doubling widths keep the p50/p95 estimate within one bucket's width of the true value.
+HISTOGRAM_EDGES_MS: tuple[int, ...] = (0, 25, 50, 100, 200, 400, 800, 1600, 3200, 6400)
+
+
+def histogram_empty() -> list[int]:
+    return [0] * len(HISTOGRAM_EDGES_MS)
 
 
 class LedgerEntry(models.Model):
@@ -99,6 +118,8 @@ class HourlyRollup(models.Model):
     )
     served_model = models.CharField(max_length=200)
     feature = models.CharField(max_length=100)
+    end_user = models.CharField(max_length=200, blank=True, default="")
+    lever = models.CharField(max_length=10, choices=Lever.choices, default=Lever.NONE)
 
     requests = models.PositiveIntegerField()
     errors = models.PositiveIntegerField()
@@ -109,16 +130,33 @@ class HourlyRollup(models.Model):
     cost = models.DecimalField(**COST)
     counterfactual_cost = models.DecimalField(**COST)
     latency_ms_sum = models.BigIntegerField()
+    latency_hist = ArrayField(
+        models.PositiveIntegerField(),
+        size=len(HISTOGRAM_EDGES_MS),
+        default=histogram_empty,
+        help_text="Requests per latency bucket; bucket i starts at HISTOGRAM_EDGES_MS[i]",
+    )
+    ttft_ms_sum = models.BigIntegerField(default=0)
+    ttft_count = models.PositiveIntegerField(default=0, help_text="Requests that reported a time to first token")
+    ttft_hist = ArrayField(
+        models.PositiveIntegerField(),
+        size=len(HISTOGRAM_EDGES_MS),
+        default=histogram_empty,
+        help_text="Requests per TTFT bucket; bucket i starts at HISTOGRAM_EDGES_MS[i]",
+    )
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["hour", "project", "api_key", "served_model", "feature"],
+                fields=["hour", "project", "api_key", "served_model", "feature", "end_user", "lever"],
                 name="rollup_slice_unique",
                 nulls_distinct=False,
             )
         ]
-        indexes = [models.Index(fields=["project", "hour"], name="rollup_project_hour")]
+        indexes = [
+            models.Index(fields=["project", "hour"], name="rollup_project_hour"),
+            models.Index(fields=["organization", "hour"], name="rollup_org_hour"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H:00} {self.served_model} {self.feature or '-'} ${self.cost}"

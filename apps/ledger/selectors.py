@@ -10,9 +10,10 @@ from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models.functions import Trunc
 from django.utils import timezone
 
-from apps.ledger.models import HourlyRollup, LedgerEntry
+from apps.ledger.models import HISTOGRAM_EDGES_MS, HourlyRollup, LedgerEntry, Lever
 from apps.tenancy.selectors import projects_for
 
 
@@ -143,3 +144,303 @@ def ledger_export_rows(*, entries: QuerySet[LedgerEntry], chunk_size: int = 2000
     yield tuple(name for name, _ in LEDGER_EXPORT_COLUMNS)
     fields = [field for _, field in LEDGER_EXPORT_COLUMNS]
     yield from entries.values_list(*fields).iterator(chunk_size=chunk_size)
+
+
+# Charts and summaries ------------------------------------------------------------------------------
+# Everything below reads HourlyRollup only, never the ledger, so its cost grows with hours and slices,
+# not with requests. Callers pass project ids they already scoped with ``projects_for``.
+
+GROUP_BY_FIELDS: dict[str, str] = {
+    "model": "served_model",
+    "feature": "feature",
+    "key": "api_key__lookup_id",
+    "end_user": "end_user",
+}
+GROUP_BY_LABELS: dict[str, str] = {"model": "Model", "feature": "Feature", "key": "Key", "end_user": "End user"}
+BUCKETS = ("hour", "day")
+
+
+def rollups_in(*, project_ids: Iterable[int], since: dt.datetime, until: dt.datetime) -> QuerySet[HourlyRollup]:
+    """Roll-up rows of ``project_ids`` for hours in [since, until)."""
+    return HourlyRollup.objects.filter(project_id__in=list(project_ids), hour__gte=since, hour__lt=until).order_by()
+
+
+def _group_label(group_by: str, value: str, key_name: str | None) -> str:
+    if group_by == "key":
+        return f"{key_name} (cc_live_{value}…)" if value else "no key"
+    return value or "(none)"
+
+
+def _group_values(group_by: str) -> list[str]:
+    field = GROUP_BY_FIELDS[group_by]
+    return [field, "api_key__name"] if group_by == "key" else [field]
+
+
+def bucket_starts(*, since: dt.datetime, until: dt.datetime, bucket: str) -> list[dt.datetime]:
+    """Every bucket start (UTC) from ``since`` up to ``until``, so empty hours or days still get a bar."""
+    step = dt.timedelta(hours=1) if bucket == "hour" else dt.timedelta(days=1)
+    current = timezone.localtime(since, dt.UTC).replace(minute=0, second=0, microsecond=0)
+    if bucket == "day":
+        current = current.replace(hour=0)
+    starts = []
+    while current < until:
+        starts.append(current)
+        current += step
+    return starts
+
+
+@dataclass(frozen=True)
+class SeriesGroup:
+    key: str  # the value to filter the ledger by ("" for none, "*other" for the folded tail)
+    label: str
+    values: list[Decimal]
+
+    @property
+    def total(self) -> Decimal:
+        return sum(self.values, Decimal(0))
+
+
+@dataclass(frozen=True)
+class SpendSeries:
+    group_by: str
+    bucket: str
+    starts: list[dt.datetime]
+    groups: list[SeriesGroup]
+
+
+OTHER = "*other"
+
+
+def spend_series(
+    *,
+    project_ids: Iterable[int],
+    since: dt.datetime,
+    until: dt.datetime,
+    group_by: str = "model",
+    bucket: str = "day",
+    limit: int = 8,
+) -> SpendSeries:
+    """Spend per hour or day (UTC) split by ``group_by``, in one query.
+
+    The ``limit`` biggest groups over the whole range keep their own series; the rest are folded
+    into one "other" series so a chart stays readable whatever the cardinality (end users).
+    """
+    if group_by not in GROUP_BY_FIELDS:
+        raise ValueError(f"group_by must be one of {sorted(GROUP_BY_FIELDS)}")
+    if bucket not in BUCKETS:
+        raise ValueError(f"bucket must be one of {BUCKETS}")
+    field = GROUP_BY_FIELDS[group_by]
+    rows = (
+        rollups_in(project_ids=project_ids, since=since, until=until)
+        .annotate(start=Trunc("hour", bucket, tzinfo=dt.UTC))
+        .values("start", *_group_values(group_by))
+        .annotate(spent=Sum("cost"))
+    )
+    starts = bucket_starts(since=since, until=until, bucket=bucket)
+    index = {start: i for i, start in enumerate(starts)}
+    values: dict[str, list[Decimal]] = {}
+    labels: dict[str, str] = {}
+    for row in rows:
+        key = row[field] or ""
+        labels.setdefault(key, _group_label(group_by, key, row.get("api_key__name")))
+        series = values.setdefault(key, [Decimal(0)] * len(starts))
+        slot = index.get(timezone.localtime(row["start"], dt.UTC))
+        if slot is not None:
+            series[slot] += row["spent"] or Decimal(0)
+    ranked = sorted(values, key=lambda k: (-sum(values[k], Decimal(0)), labels[k]))
+    groups = [SeriesGroup(key=k, label=labels[k], values=values[k]) for k in ranked[:limit]]
+    if len(ranked) > limit:
+        tail = [sum(column, Decimal(0)) for column in zip(*(values[k] for k in ranked[limit:]), strict=True)]
+        groups.append(SeriesGroup(key=OTHER, label=f"{len(ranked) - limit} others", values=tail))
+    return SpendSeries(group_by=group_by, bucket=bucket, starts=starts, groups=groups)
+
+
+def histogram_percentile(counts: list[int], fraction: float) -> float | None:
+    """Estimate a percentile from bucket counts over ``HISTOGRAM_EDGES_MS`` (linear within a bucket).
+
+    The last bucket is open-ended: a percentile landing there is reported as its lower edge, a floor.
+    """
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = fraction * total
+    seen = 0
+    for i, count in enumerate(counts):
+        if count and seen + count >= rank:
+            low = HISTOGRAM_EDGES_MS[i]
+            if i + 1 == len(HISTOGRAM_EDGES_MS):
+                return float(low)
+            high = HISTOGRAM_EDGES_MS[i + 1]
+            return low + (high - low) * (rank - seen) / count
+        seen += count
+    return float(HISTOGRAM_EDGES_MS[-1])
+
+
+@dataclass(frozen=True)
+class RollupSummary:
+    requests: int = 0
+    errors: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    counterfactual_cost: Decimal = Decimal(0)
+    latency_ms_sum: int = 0
+    ttft_ms_sum: int = 0
+    ttft_count: int = 0
+    latency_hist: tuple[int, ...] = ()
+    ttft_hist: tuple[int, ...] = ()
+
+    @property
+    def savings(self) -> Decimal:
+        return self.counterfactual_cost - self.cost
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return self.cache_hits / self.requests if self.requests else None
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.errors / self.requests if self.requests else None
+
+    @property
+    def latency_mean_ms(self) -> float | None:
+        return self.latency_ms_sum / self.requests if self.requests else None
+
+    @property
+    def ttft_mean_ms(self) -> float | None:
+        return self.ttft_ms_sum / self.ttft_count if self.ttft_count else None
+
+    @property
+    def latency_p50_ms(self) -> float | None:
+        return histogram_percentile(list(self.latency_hist), 0.50)
+
+    @property
+    def latency_p95_ms(self) -> float | None:
+        return histogram_percentile(list(self.latency_hist), 0.95)
+
+    @property
+    def ttft_p50_ms(self) -> float | None:
+        return histogram_percentile(list(self.ttft_hist), 0.50)
+
+    @property
+    def ttft_p95_ms(self) -> float | None:
+        return histogram_percentile(list(self.ttft_hist), 0.95)
+
+
+def rollup_summary(*, project_ids: Iterable[int], since: dt.datetime, until: dt.datetime) -> RollupSummary:
+    """Totals, cache hit rate and merged latency/TTFT histograms over the range, in one aggregate query."""
+    buckets = range(len(HISTOGRAM_EDGES_MS))
+    totals = rollups_in(project_ids=project_ids, since=since, until=until).aggregate(
+        t_requests=Sum("requests"),
+        t_errors=Sum("errors"),
+        t_cache_hits=Sum("cache_hits"),
+        t_prompt=Sum("prompt_tokens"),
+        t_cached=Sum("cached_tokens"),
+        t_completion=Sum("completion_tokens"),
+        t_cost=Sum("cost"),
+        t_counterfactual=Sum("counterfactual_cost"),
+        t_latency=Sum("latency_ms_sum"),
+        t_ttft=Sum("ttft_ms_sum"),
+        t_ttft_count=Sum("ttft_count"),
+        # ArrayField indexes are 0-based in Django and translated to SQL's 1-based subscripts.
+        **{f"lat{i}": Sum(f"latency_hist__{i}") for i in buckets},
+        **{f"ttft{i}": Sum(f"ttft_hist__{i}") for i in buckets},
+    )
+    return RollupSummary(
+        requests=totals["t_requests"] or 0,
+        errors=totals["t_errors"] or 0,
+        cache_hits=totals["t_cache_hits"] or 0,
+        prompt_tokens=totals["t_prompt"] or 0,
+        cached_tokens=totals["t_cached"] or 0,
+        completion_tokens=totals["t_completion"] or 0,
+        cost=totals["t_cost"] or Decimal(0),
+        counterfactual_cost=totals["t_counterfactual"] or Decimal(0),
+        latency_ms_sum=totals["t_latency"] or 0,
+        ttft_ms_sum=totals["t_ttft"] or 0,
+        ttft_count=totals["t_ttft_count"] or 0,
+        latency_hist=tuple(totals[f"lat{i}"] or 0 for i in buckets),
+        ttft_hist=tuple(totals[f"ttft{i}"] or 0 for i in buckets),
+    )
+
+
+@dataclass(frozen=True)
+class LeverTotals:
+    lever: str
+    requests: int
+    cost: Decimal
+    counterfactual_cost: Decimal
+    share: float  # of all requests in the range
+
+    @property
+    def label(self) -> str:
+        return Lever(self.lever).label
+
+    @property
+    def savings(self) -> Decimal:
+        return self.counterfactual_cost - self.cost
+
+
+def savings_by_lever(*, project_ids: Iterable[int], since: dt.datetime, until: dt.datetime) -> list[LeverTotals]:
+    """Requests, cost and savings (counterfactual − cost) per saving lever, biggest saving first, one query."""
+    rows = list(
+        rollups_in(project_ids=project_ids, since=since, until=until)
+        .values("lever")
+        .annotate(n=Sum("requests"), spent=Sum("cost"), would_have=Sum("counterfactual_cost"))
+    )
+    total = sum(row["n"] or 0 for row in rows)
+    levers = [
+        LeverTotals(
+            lever=row["lever"],
+            requests=row["n"] or 0,
+            cost=row["spent"] or Decimal(0),
+            counterfactual_cost=row["would_have"] or Decimal(0),
+            share=(row["n"] or 0) / total if total else 0.0,
+        )
+        for row in rows
+    ]
+    return sorted(levers, key=lambda lever: (-lever.savings, lever.lever))
+
+
+@dataclass(frozen=True)
+class TopRow:
+    key: str
+    label: str
+    requests: int
+    tokens: int
+    cost: Decimal
+    counterfactual_cost: Decimal
+
+    @property
+    def savings(self) -> Decimal:
+        return self.counterfactual_cost - self.cost
+
+
+def rollup_top(
+    *, project_ids: Iterable[int], since: dt.datetime, until: dt.datetime, group_by: str, limit: int = 10
+) -> list[TopRow]:
+    """The ``limit`` biggest spenders by ``group_by`` over the range, in one query."""
+    field = GROUP_BY_FIELDS[group_by]
+    rows = (
+        rollups_in(project_ids=project_ids, since=since, until=until)
+        .values(*_group_values(group_by))
+        .annotate(
+            n=Sum("requests"),
+            tokens=Sum(F("prompt_tokens") + F("completion_tokens")),
+            spent=Sum("cost"),
+            would_have=Sum("counterfactual_cost"),
+        )
+        .order_by("-spent", field)[:limit]
+    )
+    return [
+        TopRow(
+            key=row[field] or "",
+            label=_group_label(group_by, row[field] or "", row.get("api_key__name")),
+            requests=row["n"] or 0,
+            tokens=row["tokens"] or 0,
+            cost=row["spent"] or Decimal(0),
+            counterfactual_cost=row["would_have"] or Decimal(0),
+        )
+        for row in rows
+    ]

@@ -11,12 +11,13 @@ import orjson
 import redis
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Case, Count, Q, Sum, Value, When
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from apps.ledger.models import HourlyRollup, LedgerEntry, RollupWatermark
-from apps.ledger.stream import FIELD, GROUP, stream_name
+from apps.ledger.models import HISTOGRAM_EDGES_MS, HourlyRollup, LedgerEntry, Lever, RollupWatermark
+from apps.ledger.stream import FIELD, GROUP, read_batch, stream_name
+from apps.ledger.stream import ensure_group as stream_ensure_group
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +35,7 @@ def redis_client() -> redis.Redis:
 
 
 def ensure_group(client: redis.Redis) -> None:
-    try:
-        client.xgroup_create(stream_name(), GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
+    stream_ensure_group(client, stream_name())
 
 
 def _entry_from_event(event: dict[str, Any]) -> LedgerEntry:
@@ -70,21 +67,6 @@ def _entry_from_event(event: dict[str, Any]) -> LedgerEntry:
     )
 
 
-def _read(client: redis.Redis, consumer: str, count: int, block_ms: int, claim_idle_ms: int) -> list[tuple[bytes, Any]]:
-    """Entries to ingest next: our own unacknowledged ones, then a dead consumer's, then new ones."""
-    stream = stream_name()
-    own = client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count)
-    if own and own[0][1]:
-        return own[0][1]
-    _next, claimed, *_ = client.xautoclaim(
-        stream, GROUP, consumer, min_idle_time=claim_idle_ms, start_id="0-0", count=count
-    )
-    if claimed:
-        return claimed
-    fresh = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count, block=block_ms or None)
-    return fresh[0][1] if fresh else []
-
-
 def ledger_ingest_batch(
     *, client: redis.Redis, consumer: str, count: int = 500, block_ms: int = 1000, claim_idle_ms: int = 30_000
 ) -> int:
@@ -96,7 +78,7 @@ def ledger_ingest_batch(
     already exist, so a re-read never duplicates a row.
     """
     ensure_group(client)
-    entries = _read(client, consumer, count, block_ms, claim_idle_ms)
+    entries = read_batch(client, stream_name(), consumer, count=count, block_ms=block_ms, claim_idle_ms=claim_idle_ms)
     if not entries:
         return 0
     rows: list[LedgerEntry] = []
@@ -120,6 +102,53 @@ def ledger_ingest_batch(
     pipe.xdel(stream_name(), *ids)
     pipe.execute()
     return len(entries)
+
+
+def ledger_lever(route: str, cache_hit: str, endpoint: str) -> str:
+    """The saving lever a ledger row used, first match wins.
+
+    ``cache``   — the answer came from the exact or semantic cache (``cache_hit`` is set);
+    ``cascade`` — the routing decision mentions a cascade (``route`` contains "cascade");
+    ``routing`` — a routing rule or canary picked the model (``route`` starts with "route:" or "canary");
+    ``batch``   — the request went through the batch endpoint (``endpoint`` starts with "batch");
+    ``none``    — none of these.
+
+    ``LEVER_SQL`` is the same rule as a database expression; the roll-ups use that one.
+    """
+    if cache_hit:
+        return Lever.CACHE
+    if "cascade" in route:
+        return Lever.CASCADE
+    if route.startswith(("route:", "canary")):
+        return Lever.ROUTING
+    if endpoint.startswith("batch"):
+        return Lever.BATCH
+    return Lever.NONE
+
+
+LEVER_SQL = Case(
+    When(~Q(cache_hit=""), then=Value(Lever.CACHE.value)),
+    When(route__contains="cascade", then=Value(Lever.CASCADE.value)),
+    When(Q(route__startswith="route:") | Q(route__startswith="canary"), then=Value(Lever.ROUTING.value)),
+    When(endpoint__startswith="batch", then=Value(Lever.BATCH.value)),
+    default=Value(Lever.NONE.value),
+)
+
+
+def _histogram_counts(field: str) -> dict[str, Count]:
+    """One filtered COUNT per bucket of ``field``; rows where it is NULL count nowhere."""
+    counts = {}
+    bounds = [*HISTOGRAM_EDGES_MS[1:], None]
+    for i, (low, high) in enumerate(zip(HISTOGRAM_EDGES_MS, bounds, strict=True)):
+        q = Q(**{f"{field}__gte": low})
+        if high is not None:
+            q &= Q(**{f"{field}__lt": high})
+        counts[f"{field}_b{i}"] = Count("id", filter=q)
+    return counts
+
+
+def _histogram(row: Any, field: str) -> list[int]:
+    return [row[f"{field}_b{i}"] for i in range(len(HISTOGRAM_EDGES_MS))]
 
 
 def rollups_refresh() -> int:
@@ -150,7 +179,8 @@ def _rollup_hour(hour: dt.datetime) -> None:
     HourlyRollup.objects.filter(hour=hour).delete()
     slices = (
         LedgerEntry.objects.filter(created_at__gte=hour, created_at__lt=hour + dt.timedelta(hours=1))
-        .values("organization_id", "project_id", "api_key_id", "served_model", "feature")
+        .annotate(slice_lever=LEVER_SQL)
+        .values("organization_id", "project_id", "api_key_id", "served_model", "feature", "end_user", "slice_lever")
         .annotate(
             requests=Count("id"),
             errors=Count("id", filter=Q(status_code__gte=400)),
@@ -161,6 +191,10 @@ def _rollup_hour(hour: dt.datetime) -> None:
             total_cost=Sum("cost"),
             total_counterfactual=Sum("counterfactual_cost"),
             latency=Sum("latency_ms"),
+            ttft=Sum("ttft_ms"),
+            ttft_n=Count("ttft_ms"),
+            **_histogram_counts("latency_ms"),
+            **_histogram_counts("ttft_ms"),
         )
         .order_by()
     )
@@ -172,6 +206,8 @@ def _rollup_hour(hour: dt.datetime) -> None:
             api_key_id=s["api_key_id"],
             served_model=s["served_model"],
             feature=s["feature"],
+            end_user=s["end_user"],
+            lever=s["slice_lever"],
             requests=s["requests"],
             errors=s["errors"],
             cache_hits=s["cache_hits"],
@@ -181,6 +217,10 @@ def _rollup_hour(hour: dt.datetime) -> None:
             cost=s["total_cost"] or 0,
             counterfactual_cost=s["total_counterfactual"] or 0,
             latency_ms_sum=s["latency"] or 0,
+            latency_hist=_histogram(s, "latency_ms"),
+            ttft_ms_sum=s["ttft"] or 0,
+            ttft_count=s["ttft_n"],
+            ttft_hist=_histogram(s, "ttft_ms"),
         )
         for s in slices
     )

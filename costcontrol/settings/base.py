@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "apps.providers",
     "apps.ledger",
     "apps.budgets",
+    "apps.reports",
     "apps.cache",
     "apps.gateway",
     "apps.dashboard",

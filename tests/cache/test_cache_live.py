@@ -59,7 +59,9 @@ def test_cache_control_and_deny_list_bypass(gateway: str, tenant: Tenant) -> Non
     _policy(tenant, gateway, deny_patterns=["what is today", "re:\\bnews\\b"])
     client = sdk(gateway, tenant.key.plaintext)
     _chat(client, "Reset my password")
-    assert _chat(client, "Reset my password", extra_headers={"Cache-Control": "no-cache"}).headers["x-cache"] == "bypass"
+    assert (
+        _chat(client, "Reset my password", extra_headers={"Cache-Control": "no-cache"}).headers["x-cache"] == "bypass"
+    )
     _chat(client, "Close my account", extra_headers={"Cache-Control": "no-store"})
     assert _chat(client, "Close my account").headers["x-cache"] == "miss", "no-store answers are not kept"
     for text in ("What is today's exchange rate?", "Any news about the outage?"):
@@ -77,9 +79,10 @@ def test_identical_prompt_never_crosses_tenants(gateway: str, tenant: Tenant, up
     assert _chat(ours, "What does the Pro plan cost?").headers["x-cache"] == "hit-exact"
     assert _chat(theirs, "What does the Pro plan cost?").headers["x-cache"] == "miss"
     # Namespaces split one project's cache too.
-    assert _chat(ours, "What does the Pro plan cost?", extra_headers={"X-Cache-Namespace": "eu"}).headers[
-        "x-cache"
-    ] == "miss"
+    assert (
+        _chat(ours, "What does the Pro plan cost?", extra_headers={"X-Cache-Namespace": "eu"}).headers["x-cache"]
+        == "miss"
+    )
 
 
 def test_ttl_expiry(gateway: str, tenant: Tenant) -> None:
@@ -112,7 +115,9 @@ def test_errors_and_truncated_streams_are_not_cached(gateway: str, tenant: Tenan
         with pytest.raises(openai.InternalServerError):
             client.chat.completions.create(model="gpt-4o-mini", messages=_ask("Broken [[sim:500]]"))
     with pytest.raises(openai.APIError):
-        list(client.chat.completions.create(model="gpt-4o-mini", messages=_ask("Cut [[sim:fail_after=2]]"), stream=True))
+        list(
+            client.chat.completions.create(model="gpt-4o-mini", messages=_ask("Cut [[sim:fail_after=2]]"), stream=True)
+        )
     _ingest()
     assert not CacheEntry.objects.filter(project=tenant.project).exists()
     assert _chat(client, "Cut [[sim:fail_after=2]]").headers["x-cache"] == "miss"
@@ -149,6 +154,9 @@ def test_semantic_hit_on_paraphrase_not_on_other_platform(gateway: str, tenant: 
     _ingest()
     assert _chat(client, "Sync fails on Android, any fix?").headers["x-cache"] == "miss"
     # Different system prompt: a different compatibility fingerprint, never served across.
-    other_system = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "How do I reset my password?"}]
+    other_system = [
+        {"role": "system", "content": "You are a pirate."},
+        {"role": "user", "content": "How do I reset my password?"},
+    ]
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=other_system)
     assert raw.headers["x-cache"] == "miss"

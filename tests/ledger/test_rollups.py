@@ -9,8 +9,9 @@ from decimal import Decimal
 import pytest
 from django.db.models import Sum
 
-from apps.ledger.models import HourlyRollup, LedgerEntry
-from apps.ledger.services import rollups_refresh
+from apps.ledger.models import HourlyRollup, LedgerEntry, Lever
+from apps.ledger.selectors import histogram_percentile
+from apps.ledger.services import ledger_lever, rollups_refresh
 from tests.factories import tenant_make
 
 
@@ -54,3 +55,65 @@ def test_rollups_match_ledger_and_are_idempotent() -> None:
     _entry(tenant, base + dt.timedelta(minutes=30), "0.05")  # a late row in an old hour
     rollups_refresh()
     assert HourlyRollup.objects.get(hour=base, feature="a").cost == Decimal("0.15")
+
+
+@pytest.mark.django_db
+def test_lever_in_sql_agrees_with_ledger_lever() -> None:
+    """The roll-up's Case/When and ledger_lever() classify every combination the same way."""
+    tenant = tenant_make()
+    base = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
+    routes = ["", "route:cheap-first", "canary:gpt-4o-mini 10%", "cascade:mini→4o", "route:cascade", "default"]
+    cache_hits = ["", "exact", "semantic"]
+    endpoints = ["chat.completions", "batch", "embeddings"]
+    expected = {}
+    for i, (route, cache_hit, endpoint) in enumerate((r, c, e) for r in routes for c in cache_hits for e in endpoints):
+        # One feature per combination, so each lands in its own roll-up row.
+        entry = _entry(tenant, base + dt.timedelta(seconds=i), "0.01", feature=f"f{i}")
+        LedgerEntry.objects.filter(pk=entry.pk).update(route=route, cache_hit=cache_hit, endpoint=endpoint)
+        expected[f"f{i}"] = ledger_lever(route, cache_hit, endpoint)
+    rollups_refresh()
+    assert dict(HourlyRollup.objects.values_list("feature", "lever")) == expected
+    assert set(expected.values()) == {lever.value for lever in Lever}
+
+
+def test_ledger_lever_precedence() -> None:
+    assert ledger_lever("cascade:a→b", "exact", "batch") == "cache"
+    assert ledger_lever("route:x;cascade", "", "batch") == "cascade"
+    assert ledger_lever("canary:x", "", "batch") == "routing"
+    assert ledger_lever("default", "", "batch") == "batch"
+    assert ledger_lever("", "", "chat.completions") == "none"
+
+
+@pytest.mark.django_db
+def test_rollups_split_by_end_user_and_carry_latency_and_ttft_histograms() -> None:
+    tenant = tenant_make()
+    base = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
+    latencies = [(10, None), (30, 12), (60, 40), (90, None), (150, 80), (7000, 900)]
+    for i, (latency, ttft) in enumerate(latencies):
+        entry = _entry(tenant, base + dt.timedelta(minutes=i), "0.01")
+        LedgerEntry.objects.filter(pk=entry.pk).update(
+            latency_ms=latency, ttft_ms=ttft, end_user="alice" if i % 2 else "bob"
+        )
+    rollups_refresh()
+    rows = {row.end_user: row for row in HourlyRollup.objects.all()}
+    assert set(rows) == {"alice", "bob"}
+    merged = [a + b for a, b in zip(rows["alice"].latency_hist, rows["bob"].latency_hist, strict=True)]
+    # Buckets start at 0, 25, 50, 100, 200, …, 6400 ms.
+    assert merged == [1, 1, 2, 1, 0, 0, 0, 0, 0, 1]
+    assert sum(r.ttft_count for r in rows.values()) == 4
+    assert sum(r.ttft_ms_sum for r in rows.values()) == 12 + 40 + 80 + 900
+    ttft = [a + b for a, b in zip(rows["alice"].ttft_hist, rows["bob"].ttft_hist, strict=True)]
+    assert ttft == [1, 1, 1, 0, 0, 0, 1, 0, 0, 0]
+    assert sum(r.latency_ms_sum for r in rows.values()) == sum(lat for lat, _ in latencies)
+    rollups_refresh()
+    assert HourlyRollup.objects.count() == 2
+
+
+def test_histogram_percentile_interpolates_within_a_bucket() -> None:
+    # 100 requests, all in [100, 200): the median sits half-way through that bucket.
+    counts = [0, 0, 0, 100, 0, 0, 0, 0, 0, 0]
+    assert histogram_percentile(counts, 0.5) == 150
+    assert histogram_percentile(counts, 0.95) == 195
+    assert histogram_percentile([0] * 10, 0.5) is None
+    # Beyond the last edge the estimate is a floor.
+    assert histogram_percentile([0] * 9 + [3], 0.95) == 6400

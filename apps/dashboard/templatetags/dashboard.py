@@ -1,4 +1,4 @@
-"""Formatting for money and key states, and the organisations shown in the top nav."""
+"""Formatting for money, rates, durations and key states, and the organisations shown in the top nav."""
 
 from __future__ import annotations
 
@@ -29,3 +29,15 @@ def key_status(api_key: ApiKey) -> str:
 @register.simple_tag
 def nav_organizations(user: User | AnonymousUser) -> list[Organization]:
     return list(organizations_for(user=user))
+
+
+@register.filter
+def pct(value: float | None, places: int = 1) -> str:
+    """A fraction as a percentage; "—" when there is nothing to divide."""
+    return "—" if value is None else f"{value * 100:.{int(places)}f}%"
+
+
+@register.filter
+def ms(value: float | None) -> str:
+    """Milliseconds, rounded; "—" when unknown."""
+    return "—" if value is None else f"{value:,.0f} ms"

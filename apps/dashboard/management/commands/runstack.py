@@ -81,6 +81,7 @@ class Command(BaseCommand):
                 "--no-access-log",
             ],
             "ingest": [python, "manage.py", "ingest_ledger"],
+            "cache-ingest": [python, "manage.py", "ingest_cache"],
             "worker": [
                 python,
                 "-m",

@@ -15,6 +15,7 @@ PERIODIC_TASKS = {
     "Spend-rate anomalies": ("budgets.detect_anomalies", 60),
     "Budget period history": ("budgets.record_periods", 300),
     "Alert re-delivery": ("budgets.redeliver_alerts", 120),
+    "Cache expiry and eviction": ("cache.evict", 300),
 }
 
 

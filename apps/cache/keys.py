@@ -1,0 +1,157 @@
+"""What identifies a chat request to the cache.
+
+Three views of one ``/v1/chat/completions`` payload:
+
+- ``exact_key``: equal only for requests that would get the same answer from the
+  model: same model, same conversation, same output-changing parameters.
+- ``compatibility_fingerprint``: the parameters plus the system prompt, i.e.
+  everything but the conversation. A semantic hit must match it exactly; only
+  the conversation is compared by meaning.
+- ``semantic_text``: the conversation as the text that is embedded.
+
+Normalisation is deliberately narrow. Message text loses surrounding whitespace
+(clients differ in trailing newlines, the model does not care); numbers that are
+whole are written the same whether sent as ``1`` or ``1.0``; a parameter sent as
+``null`` counts as absent (the API treats it so). Defaults are NOT filled in: a
+missing ``temperature`` and ``temperature: 1`` stay different keys, because the
+gateway forwards to providers whose defaults differ. The one exception is
+``n``: one choice is the default everywhere, so a missing ``n`` and ``n: 1`` agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+# Fields that change how or where an answer is delivered, or what is recorded
+# about it, but not the answer itself. Everything else is assumed to change the
+# output (safe by default: an unknown parameter splits the key, never merges it).
+# Streaming and non-streaming requests share keys: a stored completion can be
+# replayed as a stream and a stream's assembled completion can be stored.
+DELIVERY_ONLY = frozenset(
+    {"stream", "stream_options", "user", "metadata", "store", "service_tier", "prompt_cache_key", "safety_identifier"}
+)
+SYSTEM_ROLES = frozenset({"system", "developer"})
+
+# Bounds of the conversation trace in semantic_text. The embedder reads 256
+# tokens (~1,000 characters of English); the trace is kept well under that so
+# the question itself is never pushed out of the window by its context.
+TRACE_CHARS = 400
+TURN_CHARS = 160
+
+
+def _canonical(value: Any) -> Any:
+    """The value with whole floats as ints (``1.0`` -> ``1``) and null dict entries dropped, recursively."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def _normalise_content(content: Any) -> Any:
+    if isinstance(content, str):
+        return content.strip()
+    if isinstance(content, list):
+        return [
+            {**part, "text": part["text"].strip()}
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+            else part
+            for part in content
+        ]
+    return content
+
+
+def _normalise_message(message: Any) -> Any:
+    if not isinstance(message, dict):
+        return message
+    normalised = dict(message)
+    if "content" in normalised:
+        normalised["content"] = _normalise_content(normalised["content"])
+    return _canonical(normalised)
+
+
+def _parameters(payload: dict[str, Any]) -> dict[str, Any]:
+    """Every output-changing field of the request except the messages, canonicalised."""
+    params = {k: v for k, v in payload.items() if k != "messages" and k not in DELIVERY_ONLY}
+    if params.get("n") == 1:
+        del params["n"]
+    return _canonical(params)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a message's content: the string itself, or its text parts joined by spaces."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def exact_key(payload: dict[str, Any]) -> str:
+    """sha256 hex of the canonical JSON of model, normalised messages and all output-changing parameters."""
+    messages = [_normalise_message(m) for m in payload.get("messages", [])]
+    return _digest({"messages": messages, "parameters": _parameters(payload)})
+
+
+def compatibility_fingerprint(payload: dict[str, Any]) -> str:
+    """sha256 hex of what a semantically similar request must share to reuse an answer.
+
+    That is every parameter ``exact_key`` covers (model, temperature exactly,
+    top_p, tools and tool_choice, response_format, max_tokens, n, seed, stop,
+    logprobs, penalties, and any other non-delivery field) plus the role and
+    stripped text of each system/developer message, in order.
+    """
+    system = [
+        [m.get("role"), message_text(m).strip()]
+        for m in payload.get("messages", [])
+        if isinstance(m, dict) and m.get("role") in SYSTEM_ROLES
+    ]
+    return _digest({"system": system, "parameters": _parameters(payload)})
+
+
+def _turn(message: dict[str, Any]) -> str:
+    parts = [message_text(message)]
+    for call in message.get("tool_calls") or []:
+        function = (call.get("function") or {}) if isinstance(call, dict) else {}
+        parts.append(f"{function.get('name', '')}({function.get('arguments', '')})")
+    text = " ".join(" ".join(parts).split())
+    return f"{message.get('role', '')}: {text[:TURN_CHARS]}"
+
+
+def semantic_text(messages: list[dict[str, Any]]) -> str:
+    """The text embedded for a semantic lookup: the last user message, then a trace of the other turns.
+
+    The last user message alone is unsafe: "and for Android?" means something
+    different after every conversation. So the other non-system turns follow it
+    as ``role: text`` (whitespace collapsed, each cut to TURN_CHARS, most recent
+    first, at most TRACE_CHARS in all), which pulls the vectors of the same
+    follow-up in different conversations apart while leaving a single-turn
+    request (the common case, and what calibrate_cache measures) as its bare
+    question. The question comes first so that it always falls inside the
+    embedder's 256-token window; system prompts are left out because the
+    compatibility fingerprint already has to match them exactly.
+    """
+    turns = [m for m in messages if isinstance(m, dict) and m.get("role") not in SYSTEM_ROLES]
+    last_user = next((i for i in range(len(turns) - 1, -1, -1) if turns[i].get("role") == "user"), None)
+    question = " ".join(message_text(turns[last_user]).split()) if last_user is not None else ""
+    trace: list[str] = []
+    used = 0
+    for i in range(len(turns) - 1, -1, -1):
+        if i == last_user:
+            continue
+        turn = _turn(turns[i])
+        if used + len(turn) > TRACE_CHARS:
+            break
+        trace.append(turn)
+        used += len(turn)
+    return "\n\n".join(part for part in (question, " | ".join(trace)) if part)

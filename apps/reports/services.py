@@ -1,0 +1,448 @@
+"""Writes for finance: importing OpenAI usage exports into the ledger, and running export jobs.
+
+Accepted import files (UTF-8 CSV, format detected from the header row):
+
+* **Usage** — OpenAI's usage export / Usage API completions buckets. Required:
+  a time column (``start_time`` as Unix seconds or ISO 8601, or ``date`` /
+  ``start_time_iso``), ``model``, ``input_tokens``, ``output_tokens``.
+  Optional: ``input_cached_tokens``, ``num_model_requests``, ``project_id``,
+  ``api_key_id``, ``user_id``, ``batch``, ``end_time``, and a cost column
+  (``amount.value``, ``amount_value``, ``cost`` or ``cost_usd``) with
+  ``amount.currency`` / ``currency``. ``input_tokens`` includes cached tokens,
+  as in OpenAI's API, which is also how the ledger counts prompt tokens.
+* **Costs** — OpenAI's cost export / Costs API buckets: a time column, a cost
+  column (``amount.value``…), optional ``amount.currency``, ``line_item``
+  (``"gpt-4o-mini-2024-07-18, input"``: the model is the part before the
+  comma) and ``project_id``. Rows carry cost and no tokens.
+
+Each file row becomes one ``LedgerEntry`` with ``source="imported"``, dated at
+the bucket's start, attributed to the chosen project. Cost comes from the file
+when it has one, else from the organisation's price for the model on that day
+(its OpenAI provider first, then any provider, then the public catalogue;
+batch rows at batch prices). Imported spend bypassed the gateway, so its
+counterfactual equals its cost: no savings are claimed for it. The request id
+is derived from the file's SHA-256 and the line number, so importing the same
+file again adds nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import logging
+import os
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+
+from apps.ledger.models import LedgerEntry, Source
+from apps.ledger.services import rollups_refresh
+from apps.providers.models import Provider, ProviderKind
+from apps.reports.models import ExportJob, ExportKind, ExportStatus
+from apps.reports.selectors import MTOK, ExportQuery, PriceBook, export_rows
+from apps.tenancy.models import Organization, Project
+
+logger = logging.getLogger(__name__)
+
+MAX_IMPORT_ROWS = 200_000
+MAX_TOKENS = 2**31 - 1  # the ledger's token columns are 32-bit
+EARLIEST = dt.datetime(2015, 1, 1, tzinfo=dt.UTC)
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "time": ("start_time", "start_time_iso", "date", "day", "bucket_start"),
+    "model": ("model", "model_name"),
+    "input": ("input_tokens",),
+    "cached": ("input_cached_tokens", "cached_tokens"),
+    "output": ("output_tokens",),
+    "requests": ("num_model_requests", "requests"),
+    "project": ("project_id",),
+    "key": ("api_key_id",),
+    "user": ("user_id",),
+    "batch": ("batch",),
+    "cost": ("amount.value", "amount_value", "cost", "cost_usd"),
+    "currency": ("amount.currency", "amount_currency", "currency"),
+    "line_item": ("line_item",),
+}
+
+
+class ImportFormat:
+    USAGE = "usage"
+    COSTS = "costs"
+
+
+@dataclass(frozen=True)
+class ImportProblem:
+    line: int
+    message: str
+
+
+class ImportRejected(Exception):
+    """The file had problems; nothing was written. ``errors`` lists every one with its line."""
+
+    def __init__(self, errors: list[ImportProblem]) -> None:
+        super().__init__(f"{len(errors)} problem(s) in the file")
+        self.errors = errors
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    format: str
+    rows: int
+    created: int
+    already_imported: int
+    cost: Decimal
+    hours_refreshed: int
+    earliest: dt.datetime
+
+
+def _header_map(header: list[str]) -> dict[str, int]:
+    normalized = [name.strip().lower().replace(" ", "_") for name in header]
+    found: dict[str, int] = {}
+    for field, names in _ALIASES.items():
+        for name in names:
+            if name in normalized:
+                found[field] = normalized.index(name)
+                break
+    return found
+
+
+def _parse_time(raw: str, now: dt.datetime) -> dt.datetime:
+    raw = raw.strip()
+    if not raw:
+        raise ValueError("the time is empty")
+    if raw.replace(".", "", 1).isdigit():
+        value = dt.datetime.fromtimestamp(float(raw), dt.UTC)
+    else:
+        try:
+            value = dt.datetime.fromisoformat(raw.replace(" UTC", "+00:00"))
+        except ValueError:
+            raise ValueError(f"“{raw}” is not a Unix time or an ISO 8601 date/time") from None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+    if not EARLIEST <= value <= now + dt.timedelta(days=1):
+        raise ValueError(f"{value:%Y-%m-%d %H:%M} is outside the plausible range")
+    return value
+
+
+def _parse_int(raw: str, name: str, *, required: bool) -> int:
+    raw = raw.strip()
+    if not raw:
+        if required:
+            raise ValueError(f"{name} is empty")
+        return 0
+    try:
+        value = int(Decimal(raw))
+    except (InvalidOperation, ValueError):
+        raise ValueError(f"{name} “{raw}” is not a whole number") from None
+    if value != Decimal(raw):
+        raise ValueError(f"{name} “{raw}” is not a whole number")
+    if value < 0:
+        raise ValueError(f"{name} is negative")
+    if value > MAX_TOKENS:
+        raise ValueError(f"{name} {value} is too large for one row; export smaller buckets")
+    return value
+
+
+def _parse_cost(raw: str) -> Decimal | None:
+    raw = raw.strip()
+    if not raw:
+        return None
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError(f"cost “{raw}” is not a number") from None
+    if not value.is_finite():
+        raise ValueError(f"cost “{raw}” is not a number")
+    if value < 0:
+        raise ValueError("negative amounts (credits, refunds) are not imported")
+    if value >= Decimal(10) ** 10:
+        raise ValueError(f"cost {value} is implausibly large")
+    return value.quantize(Decimal("0.00000001"))
+
+
+def _parse_bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("", "false", "0", "no", "none", "null"):
+        return False
+    if value in ("true", "1", "yes"):
+        return True
+    raise ValueError(f"batch “{raw}” is not true or false")
+
+
+def _openai_provider(organization: Organization) -> Provider | None:
+    return Provider.objects.filter(organization=organization, kind=ProviderKind.OPENAI).order_by("pk").first()
+
+
+def usage_import(
+    *,
+    organization: Organization,
+    project: Project,
+    content: bytes,
+    file_name: str = "",
+    now: dt.datetime | None = None,
+) -> ImportResult:
+    """Import an OpenAI usage or cost CSV into ``project``'s ledger, all rows or none.
+
+    Every row is checked before anything is written; any problem raises
+    ``ImportRejected`` listing every bad line. Then the rows are inserted
+    (ids already present are skipped) and the touched hours re-rolled up,
+    in one transaction.
+    """
+    if project.organization_id != organization.pk:
+        raise ValueError("the project belongs to another organisation")
+    now = now or timezone.now()
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ImportRejected([ImportProblem(1, "The file is not UTF-8 text; export it again as CSV.")]) from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if not header:
+        raise ImportRejected([ImportProblem(1, "The file is empty.")])
+    columns = _header_map(header)
+    if {"input", "output"} <= columns.keys():
+        kind = ImportFormat.USAGE
+        required = ("time", "model", "input", "output")
+    elif "cost" in columns:
+        kind = ImportFormat.COSTS
+        required = ("time", "cost")
+    else:
+        raise ImportRejected(
+            [
+                ImportProblem(
+                    1,
+                    "Unrecognised header: expected OpenAI usage columns (start_time, model, input_tokens, "
+                    "output_tokens, …) or cost columns (start_time, amount.value, line_item, …).",
+                )
+            ]
+        )
+    missing = [_ALIASES[field][0] for field in required if field not in columns]
+    if missing:
+        raise ImportRejected([ImportProblem(1, f"Missing column(s): {', '.join(missing)}.")])
+
+    digest = hashlib.sha256(content).hexdigest()[:32]
+    provider = _openai_provider(organization)
+    prices = PriceBook(organization)
+    entries: list[LedgerEntry] = []
+    errors: list[ImportProblem] = []
+    line = reader.line_num  # physical lines so far: a quoted cell may span several
+    for row in reader:
+        line_start, line = line + 1, reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(entries) + len(errors) >= MAX_IMPORT_ROWS:
+            errors.append(ImportProblem(line_start, f"More than {MAX_IMPORT_ROWS} rows; split the file."))
+            break
+        if len(row) != len(header):
+            errors.append(ImportProblem(line_start, f"Expected {len(header)} columns, found {len(row)}."))
+            continue
+        try:
+            entries.append(
+                _entry_from_row(
+                    row,
+                    columns,
+                    kind=kind,
+                    organization=organization,
+                    project=project,
+                    provider=provider,
+                    prices=prices,
+                    now=now,
+                    request_id=f"imp-{digest}-{line_start}",
+                    file_name=file_name,
+                )
+            )
+        except ValueError as exc:
+            errors.append(ImportProblem(line_start, str(exc)))
+    if errors:
+        raise ImportRejected(errors)
+    if not entries:
+        raise ImportRejected([ImportProblem(2, "The file has a header but no rows.")])
+
+    ids = [entry.request_id for entry in entries]
+    with transaction.atomic():
+        existing = sum(
+            LedgerEntry.objects.filter(request_id__in=ids[i : i + 5000]).count() for i in range(0, len(ids), 5000)
+        )
+        LedgerEntry.objects.bulk_create(entries, batch_size=2000, ignore_conflicts=True)
+        hours = rollups_refresh()
+    return ImportResult(
+        format=kind,
+        rows=len(entries),
+        created=len(entries) - existing,
+        already_imported=existing,
+        cost=sum((entry.cost for entry in entries), Decimal(0)),
+        hours_refreshed=hours,
+        earliest=min(entry.created_at for entry in entries),
+    )
+
+
+def _entry_from_row(
+    row: list[str],
+    columns: dict[str, int],
+    *,
+    kind: str,
+    organization: Organization,
+    project: Project,
+    provider: Provider | None,
+    prices: PriceBook,
+    now: dt.datetime,
+    request_id: str,
+    file_name: str,
+) -> LedgerEntry:
+    def cell(field: str) -> str:
+        return row[columns[field]] if field in columns else ""
+
+    problems: list[str] = []
+
+    def attempt(parse: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return parse(*args, **kwargs)
+        except ValueError as exc:
+            problems.append(str(exc))
+            return None
+
+    created_at = attempt(_parse_time, cell("time"), now)
+    cost = attempt(_parse_cost, cell("cost"))
+    currency = cell("currency").strip().lower()
+    if currency not in ("", "usd"):
+        problems.append(f"currency “{currency}” is not USD")
+    batch = attempt(_parse_bool, cell("batch")) or False
+    if kind == ImportFormat.USAGE:
+        model = cell("model").strip()
+        if not model:
+            problems.append("model is empty")
+        prompt = attempt(_parse_int, cell("input"), "input_tokens", required=True)
+        cached = attempt(_parse_int, cell("cached"), "input_cached_tokens", required=False)
+        completion = attempt(_parse_int, cell("output"), "output_tokens", required=True)
+        requests = attempt(_parse_int, cell("requests"), "num_model_requests", required=False)
+        if prompt is not None and cached is not None and cached > prompt:
+            problems.append("input_cached_tokens is larger than input_tokens")
+    else:
+        model = cell("line_item").split(",")[0].strip() or "unattributed"
+        prompt = cached = completion = requests = 0
+        if cost is None and not problems:
+            problems.append("the cost is empty")
+    if cost is None and not problems and created_at is not None:
+        price = prices.lookup(model=model, day=created_at.date(), provider_id=provider.pk if provider else None)
+        if price is None:
+            problems.append(f"no price known for model “{model}”: add one under Providers or include a cost column")
+        else:
+            in_rate, out_rate = (price.batch_input, price.batch_output) if batch else (price.input, price.output)
+            cost = (((prompt - cached) * in_rate + cached * price.cached + completion * out_rate) / MTOK).quantize(
+                Decimal("0.00000001")
+            )
+    if problems:
+        raise ValueError("; ".join(problems))
+    details = [f"imported from {file_name or 'an OpenAI export'}"]
+    if requests:
+        details.append(f"{requests} requests")
+    for field, label in (("project", "OpenAI project"), ("key", "OpenAI key")):
+        if cell(field).strip():
+            details.append(f"{label} {cell(field).strip()}")
+    if batch:
+        details.append("batch")
+    return LedgerEntry(
+        request_id=request_id,
+        created_at=created_at,
+        source=Source.IMPORTED,
+        organization=organization,
+        project=project,
+        provider=provider,
+        endpoint="imported",
+        end_user=cell("user").strip()[:200],
+        requested_model=model[:200],
+        served_model=model[:200],
+        prompt_tokens=prompt,
+        cached_tokens=cached,
+        completion_tokens=completion,
+        cost=cost,
+        counterfactual_cost=cost,
+        status_code=200,
+        route="; ".join(details)[:300],
+    )
+
+
+# Export jobs --------------------------------------------------------------------------------------
+
+PROGRESS_EVERY = 1000
+
+
+def export_dir() -> Path:
+    return Path(getattr(settings, "REPORTS_EXPORT_DIR", settings.BASE_DIR / "var" / "exports"))
+
+
+def export_job_path(job: ExportJob) -> Path:
+    return export_dir() / Path(job.file_name).name
+
+
+def export_job_create(
+    *, user: User, organization: Organization, kind: str, query: ExportQuery, enqueue: bool = True
+) -> ExportJob:
+    """Record an export and hand it to a worker once the row is committed."""
+    job = ExportJob(organization=organization, requested_by=user, kind=kind, params=query.to_params())
+    job.full_clean()
+    job.save()
+    if enqueue:
+        from apps.reports.tasks import export_job_run_task  # the task module imports this one
+
+        transaction.on_commit(lambda: export_job_run_task.delay(job.pk))
+    return job
+
+
+def export_job_run(*, job: ExportJob, progress_every: int = PROGRESS_EVERY) -> ExportJob:
+    """Write the job's CSV under the export directory, saving progress every ``progress_every`` rows.
+
+    Claims the job with an atomic update first, so a redelivered task never
+    runs it twice. The file is written beside its final name and renamed when
+    complete; a failure marks the job failed and leaves no partial file.
+    """
+    claimed = ExportJob.objects.filter(pk=job.pk, status=ExportStatus.PENDING).update(
+        status=ExportStatus.RUNNING, started_at=timezone.now()
+    )
+    job.refresh_from_db()
+    if not claimed:
+        return job
+    query = ExportQuery.from_params(job.params)
+    name = f"{job.pk}-{job.kind}-{job.organization.slug}-{query.since:%Y%m%d}-{query.until:%Y%m%d}.csv"
+    directory = export_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    final, partial = directory / name, directory / f"{name}.part"
+    try:
+        rows, sized = export_rows(kind=job.kind, user=job.requested_by, organization=job.organization, query=query)
+        estimate = sized.count() * (3 if job.kind == ExportKind.FOCUS else 1)
+        ExportJob.objects.filter(pk=job.pk).update(rows_total=estimate)
+        written = 0
+        with partial.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(next(rows))
+            for row in rows:
+                writer.writerow(row)
+                written += 1
+                if written % progress_every == 0:
+                    ExportJob.objects.filter(pk=job.pk).update(rows_written=written)
+        os.replace(partial, final)
+    except Exception as exc:
+        partial.unlink(missing_ok=True)
+        logger.exception("export job %s failed", job.pk)
+        ExportJob.objects.filter(pk=job.pk).update(
+            status=ExportStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
+        )
+        job.refresh_from_db()
+        return job
+    ExportJob.objects.filter(pk=job.pk).update(
+        status=ExportStatus.DONE,
+        file_name=name,
+        rows_written=written,
+        rows_total=written,
+        finished_at=timezone.now(),
+    )
+    job.refresh_from_db()
+    return job

@@ -1,0 +1,238 @@
+"""What must and must not change the exact key, the compatibility fingerprint and the embedded text."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from apps.cache.keys import TRACE_CHARS, compatibility_fingerprint, exact_key, semantic_text
+
+
+def request(**overrides: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "model": "gpt-4o-mini",
+        "messages": [
+            {"role": "system", "content": "You are a support agent for Acme."},
+            {"role": "user", "content": "How do I reset my password?"},
+        ],
+        "temperature": 0.7,
+    }
+    payload.update(overrides)
+    return payload
+
+
+def with_messages(*contents: tuple[str, Any]) -> dict[str, Any]:
+    return request(messages=[{"role": role, "content": content} for role, content in contents])
+
+
+# ---- exact_key ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        request(stream=True),
+        request(stream=True, stream_options={"include_usage": True}),
+        request(user="end-user-42"),
+        request(metadata={"feature": "chat"}, store=True),
+        request(service_tier="flex", prompt_cache_key="abc", safety_identifier="u1"),
+        request(temperature=0.70),
+        request(seed=None),
+        request(n=1),
+        with_messages(("system", "  You are a support agent for Acme.\n"), ("user", "\nHow do I reset my password?  ")),
+    ],
+)
+def test_exact_key_ignores_delivery_and_surrounding_whitespace(variant: dict[str, Any]) -> None:
+    assert exact_key(variant) == exact_key(request())
+
+
+def test_exact_key_strips_text_parts_too() -> None:
+    padded = with_messages(
+        ("user", [{"type": "text", "text": " Hi \n"}, {"type": "image_url", "image_url": {"url": "u"}}])
+    )
+    plain = with_messages(("user", [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {"url": "u"}}]))
+    other_image = with_messages(
+        ("user", [{"type": "text", "text": "Hi"}, {"type": "image_url", "image_url": {"url": "v"}}])
+    )
+    assert exact_key(padded) == exact_key(plain)
+    assert exact_key(other_image) != exact_key(plain)
+
+
+def test_exact_key_treats_whole_floats_as_ints() -> None:
+    assert exact_key(request(temperature=1)) == exact_key(request(temperature=1.0))
+    assert exact_key(request(max_tokens=100)) == exact_key(request(max_tokens=100.0))
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        request(model="gpt-4o"),
+        request(temperature=0.71),
+        request(temperature=0),
+        request(top_p=0.9),
+        request(max_tokens=50),
+        request(max_completion_tokens=50),
+        request(n=2),
+        request(seed=7),
+        request(stop=["\n"]),
+        request(logprobs=True),
+        request(logprobs=True, top_logprobs=3),
+        request(presence_penalty=0.5),
+        request(frequency_penalty=0.5),
+        request(logit_bias={"50256": -100}),
+        request(response_format={"type": "json_object"}),
+        request(tools=[{"type": "function", "function": {"name": "lookup", "parameters": {}}}]),
+        request(tool_choice="none"),
+        request(parallel_tool_calls=False),
+        request(reasoning_effort="high"),
+        request(some_future_parameter="x"),
+        with_messages(("system", "You are a support agent for Acme."), ("user", "How do I reset my Password?")),
+        with_messages(("system", "You are a support agent for Acme."), ("user", "How do I  reset my password?")),
+        with_messages(("system", "You are terse."), ("user", "How do I reset my password?")),
+        with_messages(("user", "How do I reset my password?")),
+        with_messages(
+            ("system", "You are a support agent for Acme."),
+            ("user", "Hi"),
+            ("assistant", "Hello!"),
+            ("user", "How do I reset my password?"),
+        ),
+    ],
+)
+def test_exact_key_changes_with_anything_that_changes_the_answer(variant: dict[str, Any]) -> None:
+    assert exact_key(variant) != exact_key(request())
+
+
+def test_missing_temperature_is_not_assumed_to_be_the_default() -> None:
+    without = request()
+    del without["temperature"]
+    assert exact_key(without) != exact_key(request(temperature=1))
+
+
+def test_exact_key_does_not_mutate_the_payload() -> None:
+    payload = with_messages(("user", "  padded  "))
+    before = copy.deepcopy(payload)
+    exact_key(payload)
+    compatibility_fingerprint(payload)
+    semantic_text(payload["messages"])
+    assert payload == before
+
+
+def test_exact_key_is_sha256_hex() -> None:
+    key = exact_key(request())
+    assert len(key) == 64
+    int(key, 16)
+
+
+# ---- compatibility_fingerprint -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        with_messages(("system", "You are a support agent for Acme."), ("user", "I forgot my password, help")),
+        with_messages(
+            ("system", "You are a support agent for Acme."),
+            ("user", "Hi"),
+            ("assistant", "Hello! How can I help?"),
+            ("user", "Password reset?"),
+        ),
+        with_messages(("system", " You are a support agent for Acme. "), ("user", "x")),
+        request(stream=True, user="someone-else", metadata={"a": "b"}),
+    ],
+)
+def test_fingerprint_ignores_the_conversation_and_delivery(variant: dict[str, Any]) -> None:
+    base = compatibility_fingerprint(request())
+    variant.setdefault("temperature", 0.7)
+    assert compatibility_fingerprint(variant) == base
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        request(model="gpt-4o"),
+        request(temperature=0.71),
+        request(top_p=0.5),
+        request(tools=[{"type": "function", "function": {"name": "lookup", "parameters": {}}}]),
+        request(tool_choice="required"),
+        request(response_format={"type": "json_object"}),
+        request(max_tokens=10),
+        request(n=3),
+        request(seed=1),
+        request(stop="END"),
+        request(logprobs=True),
+        request(presence_penalty=1),
+        request(frequency_penalty=1),
+        with_messages(("system", "You are a pirate."), ("user", "How do I reset my password?")),
+        with_messages(("developer", "You are a support agent for Acme."), ("user", "How do I reset my password?")),
+        with_messages(("user", "How do I reset my password?")),
+    ],
+)
+def test_fingerprint_changes_with_parameters_and_system_prompt(variant: dict[str, Any]) -> None:
+    variant.setdefault("temperature", 0.7)
+    assert compatibility_fingerprint(variant) != compatibility_fingerprint(request())
+
+
+# ---- semantic_text -----------------------------------------------------------------------------
+
+
+def test_a_single_question_is_embedded_alone_without_the_system_prompt() -> None:
+    assert semantic_text(request()["messages"]) == "How do I reset my password?"
+
+
+def test_text_parts_are_joined_and_whitespace_collapsed() -> None:
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Sync\nfails"}, {"type": "image_url"},
+                                             {"type": "text", "text": "  on iOS "}]}]  # fmt: skip
+    assert semantic_text(messages) == "Sync fails on iOS"
+
+
+def test_the_same_follow_up_differs_after_different_conversations() -> None:
+    ios = [
+        {"role": "user", "content": "Sync fails on iOS"},
+        {"role": "assistant", "content": "Update the app, then sign out and back in."},
+        {"role": "user", "content": "and for Android?"},
+    ]
+    billing = [
+        {"role": "user", "content": "Can I pay by invoice?"},
+        {"role": "assistant", "content": "Yes, on the Team plan."},
+        {"role": "user", "content": "and for Android?"},
+    ]
+    assert semantic_text(ios) != semantic_text(billing)
+    assert semantic_text(ios).startswith("and for Android?")
+    # Most recent turn first.
+    assert semantic_text(ios).index("assistant: Update") < semantic_text(ios).index("user: Sync fails on iOS")
+
+
+def test_turns_after_the_last_user_message_are_in_the_trace() -> None:
+    call = {"name": "weather", "arguments": '{"city":"Paris"}'}
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "1", "type": "function", "function": call}]},
+        {"role": "tool", "tool_call_id": "1", "content": "18C, sunny"},
+    ]
+    text = semantic_text(messages)
+    assert text.startswith("Weather in Paris?")
+    assert "tool: 18C, sunny" in text
+    assert 'weather({"city":"Paris"})' in text
+
+
+def test_the_trace_is_bounded() -> None:
+    messages: list[dict[str, Any]] = []
+    for i in range(50):
+        messages += [
+            {"role": "user", "content": f"question {i} " * 30},
+            {"role": "assistant", "content": "answer " * 60},
+        ]
+    messages.append({"role": "user", "content": "final question"})
+    text = semantic_text(messages)
+    question, trace = text.split("\n\n", 1)
+    assert question == "final question"
+    assert len(trace) <= TRACE_CHARS + 3 * 10  # the turns plus their " | " separators
+    assert "question 49" in trace
+    assert "question 0 " not in trace
+
+
+def test_a_conversation_without_a_user_message_is_only_its_trace() -> None:
+    messages = [{"role": "system", "content": "x"}, {"role": "assistant", "content": "Hi there"}]
+    assert semantic_text(messages) == "assistant: Hi there"

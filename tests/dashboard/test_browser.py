@@ -1,0 +1,231 @@
+"""The dashboard in a real browser: headless Chromium (Debian's) driven by Playwright against a live server.
+
+Playwright never downloads a browser here; `make test` installs the system one (`make browser-deps`).
+Screenshots land in artifacts/screenshots/ for a person to look at.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import os
+import shutil
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db.models import Sum
+from django.utils import timezone
+
+from apps.budgets.models import Budget
+from apps.ledger.models import LedgerEntry
+from apps.ledger.services import rollups_refresh
+from tests.factories import PASSWORD, People, entry_make, people_make
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+SCREENSHOTS = Path(settings.BASE_DIR) / "artifacts" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser(django_db_setup: None) -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"No Chromium at {CHROMIUM}: run `make browser-deps` (apt-get install chromium).")
+    # Playwright's sync API keeps an asyncio loop in this thread while the browser lives; the ORM calls of
+    # these tests (and their database flush) are still plain synchronous ones.
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+            )
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors: {errors}"
+
+
+def _shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def _traffic(people: People) -> None:
+    """Five days of requests on two models and three features, some cached or routed; then roll up."""
+    tenant = people.tenant
+    today = timezone.now().replace(hour=10, minute=0, second=0, microsecond=0)
+    for day in range(5):
+        when = today - dt.timedelta(days=day)
+        for i in range(3 + day):
+            entry_make(tenant, created_at=when + dt.timedelta(minutes=i), requested_model="gpt-4o",
+                       served_model="gpt-4o", feature="support-chat", end_user=f"user-{i % 3}",
+                       cost=Decimal("0.0125") * (i + 1), counterfactual_cost=Decimal("0.0125") * (i + 1),
+                       latency_ms=300 + 40 * i, ttft_ms=90 + 5 * i, streamed=True)  # fmt: skip
+        entry_make(tenant, created_at=when + dt.timedelta(minutes=30), requested_model="gpt-4o",
+                   served_model="gpt-4o-mini", feature="search", end_user="user-1", cost=Decimal("0.0021"),
+                   counterfactual_cost=Decimal("0.0125"), latency_ms=140, route="route:cheap-first")  # fmt: skip
+        entry_make(tenant, created_at=when + dt.timedelta(minutes=45), requested_model="gpt-4o",
+                   served_model="gpt-4o", feature="summaries", end_user="user-2", cost=Decimal(0),
+                   counterfactual_cost=Decimal("0.0300"), latency_ms=8, cache_hit="semantic")  # fmt: skip
+    entry_make(people.other, cost=Decimal("9.99"))  # another organisation: must never show
+    rollups_refresh()
+
+
+def _log_in(page: Any, base: str, people: People) -> None:
+    page.goto(f"{base}/login/")
+    page.fill("#id_username", people.owner.username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button.primary")
+    page.wait_for_url(f"{base}/")
+    assert people.tenant.project.name in page.inner_text("main")
+
+
+def test_owner_budgets_overview_drilldown_and_export(page: Any, live_server: Any) -> None:
+    base = live_server.url
+    people = people_make()
+    _traffic(people)
+    tenant = people.tenant
+    _log_in(page, base, people)
+
+    # A budget, through the form.
+    page.goto(f"{base}/budgets/")
+    page.click("summary:has-text('New budget')")
+    form = page.locator("form[action='/budgets/new/']")
+    form.locator("[name=organization]").select_option(str(tenant.org.pk))
+    form.locator("[name=name]").fill("Support bot monthly")
+    form.locator("[name=scope]").select_option("project")
+    form.locator("[name=project]").select_option(str(tenant.project.pk))
+    form.locator("[name=amount_usd]").fill("25")
+    form.locator("[name=mode]").select_option("soft")
+    form.locator("button.primary").click()
+    page.wait_for_url(f"{base}/budgets/*/")
+    budget = Budget.objects.get(name="Support bot monthly")
+    assert budget.project_id == tenant.project.pk and budget.amount_usd == Decimal(25)
+    page.goto(f"{base}/budgets/")
+    assert "Support bot monthly" in page.inner_text("table.data")
+    _shot(page, "budgets")
+
+    # The overview: the chart's numbers are the ledger's.
+    page.goto(f"{base}/overview/?scope=project:{tenant.project.slug}")
+    page.wait_for_function("() => window.Chart && Chart.getChart('spend-chart') !== undefined")
+    chart = page.evaluate(
+        """() => {
+          const chart = Chart.getChart('spend-chart');
+          return {
+            labels: chart.data.labels,
+            datasets: chart.data.datasets.map(d => ({label: d.label, sum: d.data.reduce((a, b) => a + b, 0)})),
+            bars: chart.getDatasetMeta(0).data.filter(bar => bar.height > 0).length,
+          };
+        }"""
+    )
+    by_model = dict(
+        LedgerEntry.objects.filter(project=tenant.project).values_list("served_model").annotate(s=Sum("cost"))
+    )
+    assert {d["label"]: pytest.approx(d["sum"]) for d in chart["datasets"]} == {
+        model: float(total) for model, total in by_model.items()
+    }
+    assert len(chart["labels"]) == 7 and chart["bars"] == 5  # five days with spend, drawn
+    main = page.inner_text("main")
+    assert "Support bot monthly" in main and "projected" in main
+    assert "Semantic" not in main and "Cache" in main and "Routing" in main
+    _shot(page, "overview")
+
+    # Split by feature through the selector; the chart redraws with features.
+    page.select_option("#id_group_by", "feature")
+    page.click("#overview-form button.primary")
+    page.wait_for_url("**group_by=feature**")
+    labels = page.evaluate("() => Chart.getChart('spend-chart').data.datasets.map(d => d.label)")
+    assert set(labels) == {"support-chat", "search", "summaries"}
+
+    # Click today's support-chat bar: the ledger opens on that project, feature and day.
+    position = page.evaluate(
+        """() => {
+          const chart = Chart.getChart('spend-chart');
+          const i = chart.data.datasets.findIndex(d => d.label === 'support-chat');
+          const bar = chart.getDatasetMeta(i).data[chart.data.labels.length - 1];
+          return {x: bar.x, y: (bar.y + bar.base) / 2};
+        }"""
+    )
+    page.locator("#spend-chart").click(position=position)
+    page.wait_for_url("**/ledger/?**")
+    today = timezone.localdate().isoformat()
+    assert f"date_from={today}" in page.url and "feature=support-chat" in page.url
+    assert f"project={tenant.project.slug}" in page.url
+    rows = page.locator("table.ledger tbody tr")
+    expected = LedgerEntry.objects.filter(
+        project=tenant.project, feature="support-chat", created_at__date=timezone.localdate()
+    ).count()
+    assert rows.count() == expected == 3
+    _shot(page, "ledger")
+
+    # Export what the filter shows.
+    with page.expect_download() as download_info:
+        page.click("text=Export CSV")
+    download = download_info.value
+    text = Path(download.path()).read_text()
+    exported = list(csv.DictReader(io.StringIO(text)))
+    assert len(exported) == expected
+    assert {row["feature"] for row in exported} == {"support-chat"}
+    assert sum(Decimal(row["cost_usd"]) for row in exported) == sum(
+        LedgerEntry.objects.filter(
+            project=tenant.project, feature="support-chat", created_at__date=timezone.localdate()
+        ).values_list("cost", flat=True)
+    )
+    _show_export(page, download.suggested_filename, exported)
+    _shot(page, "export")
+
+
+def _show_export(page: Any, filename: str, rows: list[dict[str, str]]) -> None:
+    """Render the downloaded CSV as a table in the app's style, so the screenshot shows what was exported."""
+    columns = ["request_id", "created_at", "project", "feature", "served_model", "cost_usd", "latency_ms"]
+    head = "".join(f"<th>{c}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{row[c]}</td>" for c in columns) + "</tr>" for row in rows)
+    # Still on the ledger's URL, so the app's stylesheet resolves.
+    page.set_content(
+        f"<html><head><link rel='stylesheet' href='/static/css/app.css'></head><body><main class='page'>"
+        f"<h1>{filename}</h1><p class='muted'>{len(rows)} rows downloaded from the ledger's Export CSV</p>"
+        f"<section class='card flush'><table class='data ledger'><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table></section></main></body></html>"
+    )
+    page.wait_for_load_state("load")
+
+
+def test_outsider_sees_none_of_it(page: Any, live_server: Any) -> None:
+    base = live_server.url
+    people = people_make()
+    _traffic(people)
+    page.goto(f"{base}/login/")
+    page.fill("#id_username", people.outsider.username)
+    page.fill("#id_password", PASSWORD)
+    page.click("button.primary")
+    page.wait_for_url(f"{base}/")
+    response = page.goto(f"{base}/overview/?scope=project:{people.tenant.project.slug}")
+    assert response.status == 404
+    page.goto(f"{base}/overview/")
+    page.wait_for_function("() => window.Chart && Chart.getChart('spend-chart') !== undefined")
+    total = page.evaluate(
+        "() => Chart.getChart('spend-chart').data.datasets.reduce((s, d) => s + d.data.reduce((a, b) => a + b, 0), 0)"
+    )
+    assert total == pytest.approx(9.99)
