@@ -158,7 +158,7 @@ class ChannelKind(models.TextChoices):
     EMAIL = "email", "E-mail"
 
 
-class NotificationChannel(models.Model):
+class NotificationChannel(crypto.EncryptedSecret, models.Model):
     organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="channels")
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=10, choices=ChannelKind.choices)
@@ -171,14 +171,6 @@ class NotificationChannel(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-    @property
-    def secret(self) -> str:
-        return crypto.decrypt(self.secret_encrypted) if self.secret_encrypted else ""
-
-    @secret.setter
-    def secret(self, value: str) -> None:
-        self.secret_encrypted = crypto.encrypt(value) if value else ""
 
 
 class AlertKind(models.TextChoices):

@@ -290,27 +290,18 @@ def budget_periods_record(*, now: dt.datetime | None = None) -> int:
     for budget in Budget.objects.exclude(period=BudgetPeriod.ONE_OFF):
         start, end = period_bounds(budget.period, budget.timezone, now)
         previous_start, previous_end = period_bounds(budget.period, budget.timezone, start - dt.timedelta(seconds=1))
-        BudgetPeriodRecord.objects.update_or_create(
-            budget=budget,
-            period_start=previous_start,
-            defaults={
-                "period_end": previous_end,
-                "limit_usd": budget.amount_usd,
-                "spent_usd": budget_spent_usd(budget=budget, since=previous_start, until=previous_end),
-                "closed": True,
-            },
-        )
-        BudgetPeriodRecord.objects.update_or_create(
-            budget=budget,
-            period_start=start,
-            defaults={
-                "period_end": end,
-                "limit_usd": budget.amount_usd,
-                "spent_usd": budget_spent_usd(budget=budget, since=start, until=end),
-                "closed": False,
-            },
-        )
-        written += 2
+        for since, until, closed in ((previous_start, previous_end, True), (start, end, False)):
+            BudgetPeriodRecord.objects.update_or_create(
+                budget=budget,
+                period_start=since,
+                defaults={
+                    "period_end": until,
+                    "limit_usd": budget.amount_usd,
+                    "spent_usd": budget_spent_usd(budget=budget, since=since, until=until),
+                    "closed": closed,
+                },
+            )
+            written += 1
     return written
 
 

@@ -139,10 +139,15 @@ LEDGER_EXPORT_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
-def ledger_export_rows(*, entries: QuerySet[LedgerEntry], chunk_size: int = 2000) -> Iterator[tuple[Any, ...]]:
+def ledger_export_rows(
+    *,
+    entries: QuerySet[LedgerEntry],
+    chunk_size: int = 2000,
+    columns: tuple[tuple[str, str], ...] = LEDGER_EXPORT_COLUMNS,
+) -> Iterator[tuple[Any, ...]]:
     """A header, then one tuple per row, read in chunks so an export never holds the whole ledger."""
-    yield tuple(name for name, _ in LEDGER_EXPORT_COLUMNS)
-    fields = [field for _, field in LEDGER_EXPORT_COLUMNS]
+    yield tuple(name for name, _ in columns)
+    fields = [field for _, field in columns]
     yield from entries.values_list(*fields).iterator(chunk_size=chunk_size)
 
 

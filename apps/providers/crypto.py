@@ -25,3 +25,21 @@ def encrypt(plaintext: str) -> str:
 
 def decrypt(token: str) -> str:
     return _fernet().decrypt(token.encode()).decode()
+
+
+class EncryptedSecret:
+    """For models with a ``secret_encrypted`` text field: ``secret`` reads and writes it in plaintext."""
+
+    secret_encrypted: str
+
+    @property
+    def secret(self) -> str:
+        return decrypt(self.secret_encrypted) if self.secret_encrypted else ""
+
+    @secret.setter
+    def secret(self, value: str) -> None:
+        self.secret_encrypted = encrypt(value) if value else ""
+
+    @property
+    def has_secret(self) -> bool:
+        return bool(self.secret_encrypted)

@@ -29,7 +29,7 @@ class ProviderKind(models.TextChoices):
     SIMULATED = "simulated", "Simulated upstream (bundled)"
 
 
-class Provider(models.Model):
+class Provider(crypto.EncryptedSecret, models.Model):
     organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="providers")
     name = models.CharField(max_length=200)
     kind = models.CharField(max_length=30, choices=ProviderKind.choices)
@@ -47,18 +47,6 @@ class Provider(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-    @property
-    def secret(self) -> str:
-        return crypto.decrypt(self.secret_encrypted) if self.secret_encrypted else ""
-
-    @secret.setter
-    def secret(self, value: str) -> None:
-        self.secret_encrypted = crypto.encrypt(value) if value else ""
-
-    @property
-    def has_secret(self) -> bool:
-        return bool(self.secret_encrypted)
 
 
 MONEY = {"max_digits": 14, "decimal_places": 6}

@@ -21,6 +21,7 @@ from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Trunc, TruncHour
 
 from apps.ledger.models import HourlyRollup, LedgerEntry, Source
+from apps.ledger.selectors import ledger_export_rows
 from apps.providers.catalog import OPENAI_PRICES
 from apps.providers.models import Price
 from apps.reports.models import ExportJob
@@ -201,9 +202,9 @@ def ledger_csv_rows(
     *, entries: QuerySet[LedgerEntry], chunk_size: int = EXPORT_CHUNK_SIZE
 ) -> Iterator[tuple[Any, ...]]:
     """A header, then one tuple per ledger row, oldest first, read in chunks."""
-    yield tuple(name for name, _ in LEDGER_CSV_COLUMNS)
-    fields = [column for _, column in LEDGER_CSV_COLUMNS]
-    yield from entries.order_by("created_at", "id").values_list(*fields).iterator(chunk_size=chunk_size)
+    return ledger_export_rows(
+        entries=entries.order_by("created_at", "id"), chunk_size=chunk_size, columns=LEDGER_CSV_COLUMNS
+    )
 
 
 # Aggregated roll-ups ------------------------------------------------------------------------------

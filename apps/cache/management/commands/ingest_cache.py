@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 from typing import Any
 
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections
 
 from apps.cache.services import cache_ingest_batch
+from apps.ledger.consumer import consume_until_stopped
 from apps.ledger.services import redis_client
 
 
@@ -22,22 +21,10 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="Drain what is there now, then exit")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stopping = False
-
-        def stop(*_: Any) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
         client = redis_client()
-        total = 0
-        while not stopping:
-            handled = cache_ingest_batch(
-                client=client, consumer=options["consumer"], block_ms=0 if options["once"] else 1000
-            )
-            total += handled
-            close_old_connections()
-            if options["once"] and handled == 0:
-                break
+
+        def step(block_ms: int) -> int:
+            return cache_ingest_batch(client=client, consumer=options["consumer"], block_ms=block_ms)
+
+        total = consume_until_stopped(step, once=options["once"], block_ms=1000)
         self.stdout.write(f"ingested {total} cache events")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 from typing import Any
 
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections
 
+from apps.ledger.consumer import consume_until_stopped
 from apps.ledger.services import ledger_ingest_batch, redis_client
 
 
@@ -29,26 +28,16 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="Drain what is there now, then exit")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        stopping = False
-
-        def stop(*_: Any) -> None:
-            nonlocal stopping
-            stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
         client = redis_client()
-        total = 0
-        while not stopping:
-            handled = ledger_ingest_batch(
+
+        def step(block_ms: int) -> int:
+            return ledger_ingest_batch(
                 client=client,
                 consumer=options["consumer"],
                 count=options["batch_size"],
-                block_ms=0 if options["once"] else options["block_ms"],
+                block_ms=block_ms,
                 claim_idle_ms=options["claim_idle_ms"],
             )
-            total += handled
-            close_old_connections()
-            if options["once"] and handled == 0:
-                break
+
+        total = consume_until_stopped(step, once=options["once"], block_ms=options["block_ms"])
         self.stdout.write(f"ingested {total} ledger events")
