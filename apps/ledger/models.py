@@ -1,4 +1,4 @@
-"""The cost ledger: one row per request, and hourly roll-ups for charts."""
+"""The cost ledger: one row per request, and hourly roll-ups for charts and reports."""
 
 from __future__ import annotations
 
@@ -105,21 +105,8 @@ class LedgerEntry(models.Model):
         return self.counterfactual_cost - self.cost
 
 
-class HourlyRollup(models.Model):
-    """Ledger totals per hour and slice; charts read these, never the ledger."""
-
-    hour = models.DateTimeField()
-    organization = models.ForeignKey(
-        "tenancy.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
-    )
-    project = models.ForeignKey("tenancy.Project", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
-    api_key = models.ForeignKey(
-        "keys.ApiKey", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
-    )
-    served_model = models.CharField(max_length=200)
-    feature = models.CharField(max_length=100)
-    end_user = models.CharField(max_length=200, blank=True, default="")
-    lever = models.CharField(max_length=10, choices=Lever.choices, default=Lever.NONE)
+class RollupMeasures(models.Model):
+    """What every roll-up adds up over its slice of the ledger."""
 
     requests = models.PositiveIntegerField()
     errors = models.PositiveIntegerField()
@@ -129,6 +116,14 @@ class HourlyRollup(models.Model):
     completion_tokens = models.BigIntegerField()
     cost = models.DecimalField(**COST)
     counterfactual_cost = models.DecimalField(**COST)
+
+    class Meta:
+        abstract = True
+
+
+class LatencyMeasures(models.Model):
+    """Latency and TTFT sums and histograms, so percentiles can be estimated after merging rows."""
+
     latency_ms_sum = models.BigIntegerField()
     latency_hist = ArrayField(
         models.PositiveIntegerField(),
@@ -146,6 +141,31 @@ class HourlyRollup(models.Model):
     )
 
     class Meta:
+        abstract = True
+
+
+class HourlyRollup(RollupMeasures, LatencyMeasures):
+    """Ledger totals per hour and full slice (key, model, feature, end user, lever).
+
+    The finest roll-up: reports and exports group it any way they like. It is
+    nearly as many rows as the ledger has distinct end users per hour, so the
+    overview reads the narrower ``ProjectHourlyRollup`` and ``SliceHourlyRollup``.
+    """
+
+    hour = models.DateTimeField()
+    organization = models.ForeignKey(
+        "tenancy.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    project = models.ForeignKey("tenancy.Project", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    api_key = models.ForeignKey(
+        "keys.ApiKey", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
+    )
+    served_model = models.CharField(max_length=200)
+    feature = models.CharField(max_length=100)
+    end_user = models.CharField(max_length=200, blank=True, default="")
+    lever = models.CharField(max_length=10, choices=Lever.choices, default=Lever.NONE)
+
+    class Meta:
         constraints = [
             models.UniqueConstraint(
                 fields=["hour", "project", "api_key", "served_model", "feature", "end_user", "lever"],
@@ -160,6 +180,70 @@ class HourlyRollup(models.Model):
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H:00} {self.served_model} {self.feature or '-'} ${self.cost}"
+
+
+class ProjectHourlyRollup(RollupMeasures, LatencyMeasures):
+    """One project's totals for one hour: spend, summaries and latency percentiles read these."""
+
+    hour = models.DateTimeField()
+    organization = models.ForeignKey(
+        "tenancy.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    project = models.ForeignKey("tenancy.Project", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "hour"], name="project_rollup_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} project {self.project_id} ${self.cost}"
+
+
+class Dimension(models.TextChoices):
+    """What a ``SliceHourlyRollup`` row splits a project's hour by."""
+
+    MODEL = "model", "Model"
+    FEATURE = "feature", "Feature"
+    KEY = "key", "Key"
+    END_USER = "end_user", "End user"
+    LEVER = "lever", "Lever"
+
+
+class SliceHourlyRollup(RollupMeasures):
+    """One project's totals for one hour and one value of one dimension (a model, a feature, a key …).
+
+    Charts and top-N tables split by one dimension at a time, so each reads
+    only its own dimension's rows: a handful per hour, end users aside.
+    Key rows carry the key in ``api_key`` (``value`` stays empty); the others
+    carry the served model, feature, end user or lever in ``value``.
+    """
+
+    hour = models.DateTimeField()
+    organization = models.ForeignKey(
+        "tenancy.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    project = models.ForeignKey("tenancy.Project", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    dimension = models.CharField(max_length=10, choices=Dimension.choices)
+    value = models.CharField(max_length=200, blank=True)
+    api_key = models.ForeignKey(
+        "keys.ApiKey", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            # Leading (project, dimension, hour): the index every chart query filters by.
+            models.UniqueConstraint(
+                fields=["project", "dimension", "hour", "value", "api_key"],
+                name="slice_rollup_unique",
+                nulls_distinct=False,
+            ),
+            models.CheckConstraint(
+                condition=models.Q(dimension="key") | models.Q(api_key__isnull=True),
+                name="slice_rollup_key_only_on_key_rows",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.dimension}={self.value or self.api_key_id} ${self.cost}"
 
 
 class RollupWatermark(models.Model):

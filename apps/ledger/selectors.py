@@ -13,7 +13,14 @@ from django.db.models import Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
-from apps.ledger.models import HISTOGRAM_EDGES_MS, HourlyRollup, LedgerEntry, Lever
+from apps.ledger.models import (
+    HISTOGRAM_EDGES_MS,
+    Dimension,
+    LedgerEntry,
+    Lever,
+    ProjectHourlyRollup,
+    SliceHourlyRollup,
+)
 from apps.tenancy.selectors import projects_for
 
 
@@ -24,7 +31,7 @@ class ProjectSpend:
 
 
 def spend_by_project(*, project_ids: Iterable[int], now: dt.datetime | None = None) -> dict[int, ProjectSpend]:
-    """Today's and this month's spend (UTC) per project, from the hourly roll-ups, in one query."""
+    """Today's and this month's spend (UTC) per project, from the project roll-ups, in one query."""
     ids = list(project_ids)
     if not ids:
         return {}
@@ -32,7 +39,7 @@ def spend_by_project(*, project_ids: Iterable[int], now: dt.datetime | None = No
     day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     month_start = day_start.replace(day=1)
     rows = (
-        HourlyRollup.objects.filter(project_id__in=ids, hour__gte=month_start)
+        ProjectHourlyRollup.objects.filter(project_id__in=ids, hour__gte=month_start)
         .values("project_id")
         .annotate(month=Sum("cost"), today=Sum("cost", filter=Q(hour__gte=day_start)))
     )
@@ -152,9 +159,12 @@ def ledger_export_rows(
 
 
 # Charts and summaries ------------------------------------------------------------------------------
-# Everything below reads HourlyRollup only, never the ledger, so its cost grows with hours and slices,
-# not with requests. Callers pass project ids they already scoped with ``projects_for``.
+# Everything below reads the narrow roll-ups only, never the ledger nor the full HourlyRollup slices:
+# project totals per hour, and per hour one row per value of the one dimension a query splits by. Its
+# cost grows with hours and that dimension's values, not with requests. Callers pass project ids they
+# already scoped with ``projects_for``.
 
+# The ledger column a group is filtered by on the ledger page, per group_by (see ``LedgerFilters``).
 GROUP_BY_FIELDS: dict[str, str] = {
     "model": "served_model",
     "feature": "feature",
@@ -165,9 +175,27 @@ GROUP_BY_LABELS: dict[str, str] = {"model": "Model", "feature": "Feature", "key"
 BUCKETS = ("hour", "day")
 
 
-def rollups_in(*, project_ids: Iterable[int], since: dt.datetime, until: dt.datetime) -> QuerySet[HourlyRollup]:
-    """Roll-up rows of ``project_ids`` for hours in [since, until)."""
-    return HourlyRollup.objects.filter(project_id__in=list(project_ids), hour__gte=since, hour__lt=until).order_by()
+def project_rollups_in(
+    *, project_ids: Iterable[int], since: dt.datetime, until: dt.datetime
+) -> QuerySet[ProjectHourlyRollup]:
+    """Project totals of ``project_ids`` for hours in [since, until)."""
+    return ProjectHourlyRollup.objects.filter(
+        project_id__in=list(project_ids), hour__gte=since, hour__lt=until
+    ).order_by()
+
+
+def slice_rollups_in(
+    *, project_ids: Iterable[int], since: dt.datetime, until: dt.datetime, dimension: str
+) -> QuerySet[SliceHourlyRollup]:
+    """Totals per value of ``dimension`` (a ``Dimension``) of ``project_ids`` for hours in [since, until)."""
+    return SliceHourlyRollup.objects.filter(
+        project_id__in=list(project_ids), dimension=dimension, hour__gte=since, hour__lt=until
+    ).order_by()
+
+
+def _group_field(group_by: str) -> str:
+    """The ``SliceHourlyRollup`` column holding a group's key."""
+    return "api_key__lookup_id" if group_by == Dimension.KEY else "value"
 
 
 def _group_label(group_by: str, value: str, key_name: str | None) -> str:
@@ -177,8 +205,8 @@ def _group_label(group_by: str, value: str, key_name: str | None) -> str:
 
 
 def _group_values(group_by: str) -> list[str]:
-    field = GROUP_BY_FIELDS[group_by]
-    return [field, "api_key__name"] if group_by == "key" else [field]
+    field = _group_field(group_by)
+    return [field, "api_key__name"] if group_by == Dimension.KEY else [field]
 
 
 def bucket_starts(*, since: dt.datetime, until: dt.datetime, bucket: str) -> list[dt.datetime]:
@@ -234,9 +262,9 @@ def spend_series(
         raise ValueError(f"group_by must be one of {sorted(GROUP_BY_FIELDS)}")
     if bucket not in BUCKETS:
         raise ValueError(f"bucket must be one of {BUCKETS}")
-    field = GROUP_BY_FIELDS[group_by]
+    field = _group_field(group_by)
     rows = (
-        rollups_in(project_ids=project_ids, since=since, until=until)
+        slice_rollups_in(project_ids=project_ids, since=since, until=until, dimension=group_by)
         .annotate(start=Trunc("hour", bucket, tzinfo=dt.UTC))
         .values("start", *_group_values(group_by))
         .annotate(spent=Sum("cost"))
@@ -337,7 +365,7 @@ class RollupSummary:
 def rollup_summary(*, project_ids: Iterable[int], since: dt.datetime, until: dt.datetime) -> RollupSummary:
     """Totals, cache hit rate and merged latency/TTFT histograms over the range, in one aggregate query."""
     buckets = range(len(HISTOGRAM_EDGES_MS))
-    totals = rollups_in(project_ids=project_ids, since=since, until=until).aggregate(
+    totals = project_rollups_in(project_ids=project_ids, since=since, until=until).aggregate(
         t_requests=Sum("requests"),
         t_errors=Sum("errors"),
         t_cache_hits=Sum("cache_hits"),
@@ -390,14 +418,14 @@ class LeverTotals:
 def savings_by_lever(*, project_ids: Iterable[int], since: dt.datetime, until: dt.datetime) -> list[LeverTotals]:
     """Requests, cost and savings (counterfactual − cost) per saving lever, biggest saving first, one query."""
     rows = list(
-        rollups_in(project_ids=project_ids, since=since, until=until)
-        .values("lever")
+        slice_rollups_in(project_ids=project_ids, since=since, until=until, dimension=Dimension.LEVER)
+        .values("value")
         .annotate(n=Sum("requests"), spent=Sum("cost"), would_have=Sum("counterfactual_cost"))
     )
     total = sum(row["n"] or 0 for row in rows)
     levers = [
         LeverTotals(
-            lever=row["lever"],
+            lever=row["value"],
             requests=row["n"] or 0,
             cost=row["spent"] or Decimal(0),
             counterfactual_cost=row["would_have"] or Decimal(0),
@@ -426,9 +454,11 @@ def rollup_top(
     *, project_ids: Iterable[int], since: dt.datetime, until: dt.datetime, group_by: str, limit: int = 10
 ) -> list[TopRow]:
     """The ``limit`` biggest spenders by ``group_by`` over the range, in one query."""
-    field = GROUP_BY_FIELDS[group_by]
+    if group_by not in GROUP_BY_FIELDS:
+        raise ValueError(f"group_by must be one of {sorted(GROUP_BY_FIELDS)}")
+    field = _group_field(group_by)
     rows = (
-        rollups_in(project_ids=project_ids, since=since, until=until)
+        slice_rollups_in(project_ids=project_ids, since=since, until=until, dimension=group_by)
         .values(*_group_values(group_by))
         .annotate(
             n=Sum("requests"),

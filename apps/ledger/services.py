@@ -15,7 +15,17 @@ from django.db.models import Case, Count, Q, Sum, Value, When
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from apps.ledger.models import HISTOGRAM_EDGES_MS, HourlyRollup, LedgerEntry, Lever, RollupWatermark
+from apps.ledger.models import (
+    HISTOGRAM_EDGES_MS,
+    Dimension,
+    HourlyRollup,
+    LedgerEntry,
+    Lever,
+    ProjectHourlyRollup,
+    RollupWatermark,
+    SliceHourlyRollup,
+    histogram_empty,
+)
 from apps.ledger.stream import FIELD, GROUP, read_batch, stream_name
 from apps.ledger.stream import ensure_group as stream_ensure_group
 
@@ -152,8 +162,11 @@ def _histogram(row: Any, field: str) -> list[int]:
 
 
 def rollups_refresh() -> int:
-    """Recompute the hourly roll-ups of every hour that received ledger rows since the last run.
+    """Recompute the roll-ups of every hour that received ledger rows since the last run.
 
+    Each hour gets its full slices (``HourlyRollup``), its project totals
+    (``ProjectHourlyRollup``) and its totals per dimension value
+    (``SliceHourlyRollup``), all from one pass over that hour of the ledger.
     Whole hours are recomputed (delete + insert), so running it twice, or
     concurrently with ingest, never double counts. Returns the hours refreshed.
     """
@@ -175,8 +188,34 @@ def rollups_refresh() -> int:
     return len(hours)
 
 
+_MEASURES = ("requests", "errors", "cache_hits", "prompt_tokens", "cached_tokens", "completion_tokens")
+_MONEY = ("cost", "counterfactual_cost")
+_LATENCY = ("latency_ms_sum", "ttft_ms_sum", "ttft_count")
+_HISTOGRAMS = ("latency_hist", "ttft_hist")
+
+
+def _add(total: dict[str, Any], row: HourlyRollup, *, latency: bool) -> None:
+    for name in (*_MEASURES, *_MONEY, *(_LATENCY if latency else ())):
+        total[name] = total.get(name, 0) + getattr(row, name)
+    if latency:
+        for name in _HISTOGRAMS:
+            total[name] = [a + b for a, b in zip(total.get(name) or histogram_empty(), getattr(row, name), strict=True)]
+
+
+def _slice_values(row: HourlyRollup) -> tuple[tuple[str, str, int | None], ...]:
+    """The (dimension, value, api key id) of every ``SliceHourlyRollup`` row that ``row`` adds to."""
+    return (
+        (Dimension.MODEL, row.served_model, None),
+        (Dimension.FEATURE, row.feature, None),
+        (Dimension.KEY, "", row.api_key_id),
+        (Dimension.END_USER, row.end_user, None),
+        (Dimension.LEVER, row.lever, None),
+    )
+
+
 def _rollup_hour(hour: dt.datetime) -> None:
-    HourlyRollup.objects.filter(hour=hour).delete()
+    for model in (HourlyRollup, ProjectHourlyRollup, SliceHourlyRollup):
+        model.objects.filter(hour=hour).delete()
     slices = (
         LedgerEntry.objects.filter(created_at__gte=hour, created_at__lt=hour + dt.timedelta(hours=1))
         .annotate(slice_lever=LEVER_SQL)
@@ -198,7 +237,7 @@ def _rollup_hour(hour: dt.datetime) -> None:
         )
         .order_by()
     )
-    HourlyRollup.objects.bulk_create(
+    rows = [
         HourlyRollup(
             hour=hour,
             organization_id=s["organization_id"],
@@ -223,4 +262,28 @@ def _rollup_hour(hour: dt.datetime) -> None:
             ttft_hist=_histogram(s, "ttft_ms"),
         )
         for s in slices
+    ]
+    HourlyRollup.objects.bulk_create(rows, batch_size=2000)
+    # The narrower roll-ups are sums of the rows just computed: folded here, no second pass over the ledger.
+    projects: dict[int, dict[str, Any]] = {}
+    values: dict[tuple[int, str, str, int | None], dict[str, Any]] = {}
+    for row in rows:
+        _add(projects.setdefault(row.project_id, {"organization_id": row.organization_id}), row, latency=True)
+        for dimension, value, api_key_id in _slice_values(row):
+            total = values.setdefault(
+                (row.project_id, dimension, value, api_key_id), {"organization_id": row.organization_id}
+            )
+            _add(total, row, latency=False)
+    ProjectHourlyRollup.objects.bulk_create(
+        (ProjectHourlyRollup(hour=hour, project_id=project_id, **total) for project_id, total in projects.items()),
+        batch_size=2000,
+    )
+    SliceHourlyRollup.objects.bulk_create(
+        (
+            SliceHourlyRollup(
+                hour=hour, project_id=project_id, dimension=dimension, value=value, api_key_id=api_key_id, **total
+            )
+            for (project_id, dimension, value, api_key_id), total in values.items()
+        ),
+        batch_size=2000,
     )

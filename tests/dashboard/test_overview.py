@@ -16,7 +16,7 @@ from rest_framework.authtoken.models import Token
 
 from apps.budgets.models import Alert, AlertKind
 from apps.budgets.services import budget_create
-from apps.ledger.models import HourlyRollup, LedgerEntry
+from apps.ledger.models import LedgerEntry
 from apps.ledger.services import rollups_refresh
 from tests.factories import People, Tenant, entry_make, login
 
@@ -138,30 +138,43 @@ def test_overview_query_count_does_not_grow_with_rollups(
     now = timezone.now().replace(minute=0, second=0, microsecond=0)
     tenant = people.tenant
     for i in range(rows):
-        HourlyRollup.objects.create(
-            hour=now - dt.timedelta(hours=i),
-            organization=tenant.org,
-            project=tenant.project,
-            served_model=f"m{i % 12}",
-            feature=f"f{i % 7}",
-            end_user=f"u{i}",
-            requests=2,
-            errors=0,
-            cache_hits=1,
-            prompt_tokens=1,
-            cached_tokens=0,
-            completion_tokens=1,
-            cost=Decimal("0.10"),
-            counterfactual_cost=Decimal("0.20"),
-            latency_ms_sum=100,
-            latency_hist=[0, 0, 2, 0, 0, 0, 0, 0, 0, 0],
-        )
+        entry_make(tenant, created_at=now - dt.timedelta(hours=i), served_model=f"m{i % 12}", feature=f"f{i % 7}",
+                   end_user=f"u{i}", cost=Decimal("0.10"), counterfactual_cost=Decimal("0.20"),
+                   cache_hit="exact" if i % 2 else "", latency_ms=60)  # fmt: skip
+    rollups_refresh()
     budget_create(organization=tenant.org, name="cap", scope="organization", amount_usd=Decimal("10"))
     login(client, people.owner)
-    with django_assert_max_num_queries(18):
-        response = client.get(reverse("dashboard:overview"), {"scope": _scope(people)})
-    assert response.status_code == 200
-    assert sum(sum(ds["data"]) for ds in _chart(response)["datasets"]) == pytest.approx(0.10 * rows)
+    for group_by in ("model", "end_user", "key"):
+        with django_assert_max_num_queries(18):
+            response = client.get(reverse("dashboard:overview"), {"scope": _scope(people), "group_by": group_by})
+        assert response.status_code == 200
+        assert sum(sum(ds["data"]) for ds in _chart(response)["datasets"]) == pytest.approx(0.10 * rows)
+
+
+def test_overview_top_tables_and_chart_agree_with_the_ledger_per_dimension(client: Client, people: People) -> None:
+    """Each split is read from its own narrow roll-up; all of them add up to the same ledger."""
+    _traffic(people.tenant)
+    entry_make(people.tenant, api_key=None, served_model="gpt-4o", feature="chat", end_user="carol",
+               cost=Decimal("0.05"), counterfactual_cost=Decimal("0.05"))  # fmt: skip
+    rollups_refresh()
+    login(client, people.owner)
+    ledger = LedgerEntry.objects.filter(project=people.tenant.project)
+    expected = {
+        "model": dict(ledger.values_list("served_model").annotate(s=Sum("cost"))),
+        "feature": dict(ledger.values_list("feature").annotate(s=Sum("cost"))),
+        "end_user": dict(ledger.values_list("end_user").annotate(s=Sum("cost"))),
+    }
+    for group_by, totals in expected.items():
+        response = client.get(reverse("dashboard:overview"), {"scope": _scope(people), "group_by": group_by})
+        chart = {ds["key"]: sum(ds["data"]) for ds in _chart(response)["datasets"]}
+        assert chart == {key: pytest.approx(float(total)) for key, total in totals.items()}, group_by
+    response = client.get(reverse("dashboard:overview"), {"scope": _scope(people), "group_by": "key"})
+    by_key = {ds["key"]: sum(ds["data"]) for ds in _chart(response)["datasets"]}
+    assert by_key == {people.tenant.key.api_key.lookup_id: pytest.approx(0.96), "": pytest.approx(0.05)}
+    tops = {t["name"]: {row["row"].key: row["row"].cost for row in t["rows"]} for t in response.context["top"]}
+    assert tops["end_user"] == {"alice": Decimal("0.90"), "bob": Decimal("0.06"), "carol": Decimal("0.05")}
+    assert tops["model"] == {"gpt-4o": Decimal("0.95"), "gpt-4o-mini": Decimal("0.06")}
+    assert tops["key"] == {people.tenant.key.api_key.lookup_id: Decimal("0.96"), "": Decimal("0.05")}
 
 
 def test_overview_ignores_bad_input(client: Client, people: People) -> None:

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from apps.keys.models import ApiKey
 from apps.keys.services import hash_key, key_issue
-from apps.ledger.models import HourlyRollup
+from apps.ledger.services import rollups_refresh
 from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
 from apps.providers.services import provider_create
 from apps.tenancy.models import Project
@@ -89,20 +89,20 @@ def test_outsider_gets_404_on_project_provider_and_write_urls(client: Client, pe
 
 
 def test_home_shows_spend_from_rollups(client: Client, people: People) -> None:
-    now = timezone.now().replace(minute=0, second=0, microsecond=0)
+    now = timezone.now()
     tenant = people.tenant
-    common = {"organization": tenant.org, "project": tenant.project, "api_key": None, "served_model": "m",
-              "requests": 1, "errors": 0, "cache_hits": 0, "prompt_tokens": 1, "cached_tokens": 0,
-              "completion_tokens": 1, "counterfactual_cost": Decimal(0), "latency_ms_sum": 1}  # fmt: skip
-    HourlyRollup.objects.create(hour=now, feature="a", cost=Decimal("1.50"), **common)
-    month_start = now.replace(day=1, hour=0)
+    entry_make(tenant, created_at=now, feature="a", cost=Decimal("1.50"))
+    month_start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     earlier = month_start if month_start.date() != now.date() else None
     if earlier:
-        HourlyRollup.objects.create(hour=earlier, feature="b", cost=Decimal("2.00"), **common)
+        entry_make(tenant, created_at=earlier, feature="b", cost=Decimal("2.00"))
+    entry_make(tenant, created_at=month_start - dt.timedelta(hours=1), cost=Decimal("4.00"))  # last month
+    rollups_refresh()
     login(client, people.owner)
     html = client.get(reverse("dashboard:home")).content.decode()
     assert "$1.50" in html
     assert ("$3.50" if earlier else "$1.50") in html
+    assert "$7.50" not in html and "$5.50" not in html
 
 
 def test_home_query_count_does_not_grow_with_projects(

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 from django.db.models import Sum
 
-from apps.ledger.models import HourlyRollup, LedgerEntry, Lever
+from apps.ledger.models import Dimension, HourlyRollup, LedgerEntry, Lever, ProjectHourlyRollup, SliceHourlyRollup
 from apps.ledger.selectors import histogram_percentile
 from apps.ledger.services import ledger_lever, rollups_refresh
 from tests.factories import tenant_make
@@ -107,6 +107,67 @@ def test_rollups_split_by_end_user_and_carry_latency_and_ttft_histograms() -> No
     assert sum(r.latency_ms_sum for r in rows.values()) == sum(lat for lat, _ in latencies)
     rollups_refresh()
     assert HourlyRollup.objects.count() == 2
+
+
+def _narrow_rollups() -> tuple[dict, dict]:  # type: ignore[type-arg]
+    projects = {
+        (row.project_id, row.hour): (row.requests, row.errors, row.cache_hits, row.cost, row.counterfactual_cost,
+                                     row.latency_ms_sum, row.latency_hist, row.ttft_count)
+        for row in ProjectHourlyRollup.objects.all()
+    }  # fmt: skip
+    slices = {
+        (row.project_id, row.hour, row.dimension, row.value, row.api_key_id): (row.requests, row.cost)
+        for row in SliceHourlyRollup.objects.all()
+    }
+    return projects, slices
+
+
+@pytest.mark.django_db
+def test_project_and_dimension_rollups_equal_the_ledger_and_are_idempotent() -> None:
+    tenant, other = tenant_make(), tenant_make()
+    base = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
+    _entry(tenant, base + dt.timedelta(minutes=1), "0.10")
+    second = _entry(tenant, base + dt.timedelta(minutes=2), "0.20", feature="b", status=500)
+    LedgerEntry.objects.filter(pk=second.pk).update(
+        end_user="alice", served_model="gpt-4o-mini", api_key=None, cache_hit="exact", latency_ms=70, ttft_ms=30
+    )
+    _entry(tenant, base + dt.timedelta(hours=1, minutes=5), "0.40")
+    _entry(other, base + dt.timedelta(minutes=3), "1.00")
+    rollups_refresh()
+
+    projects, slices = _narrow_rollups()
+    latency_hist = [1, 0, 1, 0, 0, 0, 0, 0, 0, 0]  # 5 ms and 70 ms
+    assert projects[(tenant.project.pk, base)] == (2, 1, 1, Decimal("0.30"), Decimal("0.60"), 75, latency_hist, 1)
+    assert projects[(other.project.pk, base)][3] == Decimal("1.00")
+    assert projects[(tenant.project.pk, base + dt.timedelta(hours=1))][3] == Decimal("0.40")
+    key = tenant.key.api_key.pk
+    mine = {k[2:]: v for k, v in slices.items() if k[:2] == (tenant.project.pk, base)}
+    assert mine == {
+        (Dimension.MODEL, "gpt-4o", None): (1, Decimal("0.10")),
+        (Dimension.MODEL, "gpt-4o-mini", None): (1, Decimal("0.20")),
+        (Dimension.FEATURE, "a", None): (1, Decimal("0.10")),
+        (Dimension.FEATURE, "b", None): (1, Decimal("0.20")),
+        (Dimension.KEY, "", key): (1, Decimal("0.10")),
+        (Dimension.KEY, "", None): (1, Decimal("0.20")),
+        (Dimension.END_USER, "", None): (1, Decimal("0.10")),
+        (Dimension.END_USER, "alice", None): (1, Decimal("0.20")),
+        (Dimension.LEVER, Lever.NONE, None): (1, Decimal("0.10")),
+        (Dimension.LEVER, Lever.CACHE, None): (1, Decimal("0.20")),
+    }
+    assert slices[(other.project.pk, base, Dimension.MODEL, "gpt-4o", None)] == (1, Decimal("1.00"))
+    # Every dimension splits the same hour into parts that add up to the project's total.
+    for dimension in Dimension:
+        parts = SliceHourlyRollup.objects.filter(project=tenant.project, hour=base, dimension=dimension)
+        assert parts.aggregate(s=Sum("cost"))["s"] == Decimal("0.30"), dimension
+
+    rollups_refresh()
+    assert _narrow_rollups() == (projects, slices)
+    _entry(tenant, base + dt.timedelta(minutes=30), "0.05")  # a late row in an old hour
+    rollups_refresh()
+    assert ProjectHourlyRollup.objects.get(project=tenant.project, hour=base).cost == Decimal("0.35")
+    assert SliceHourlyRollup.objects.get(
+        project=tenant.project, hour=base, dimension=Dimension.FEATURE, value="a"
+    ).cost == Decimal("0.15")
 
 
 def test_histogram_percentile_interpolates_within_a_bucket() -> None:

@@ -20,7 +20,7 @@ from django.test import Client
 from django.urls import reverse
 
 from apps.keys.services import key_issue
-from apps.ledger.models import HourlyRollup
+from apps.ledger.models import HourlyRollup, ProjectHourlyRollup, SliceHourlyRollup
 from apps.ledger.services import rollups_refresh
 from apps.tenancy.models import Organization
 from apps.tenancy.services import organization_create, project_create
@@ -85,10 +85,11 @@ class Command(BaseCommand):
 
             started = time.perf_counter()
             hours = rollups_refresh()
-            slices = HourlyRollup.objects.filter(project=project).count()
-            self.stdout.write(
-                f"rolled up {hours} hours into {slices:,} roll-up rows in {time.perf_counter() - started:.1f} s"
+            counts = ", ".join(
+                f"{model.objects.filter(project=project).count():,} {model.__name__}"
+                for model in (HourlyRollup, ProjectHourlyRollup, SliceHourlyRollup)
             )
+            self.stdout.write(f"rolled up {hours} hours into {counts} rows in {time.perf_counter() - started:.1f} s")
 
             client = Client(SERVER_NAME="localhost")
             client.force_login(owner)
@@ -109,9 +110,11 @@ class Command(BaseCommand):
 
     def _clean_up(self, *, org_id: int, owner: User) -> None:
         """Remove everything the run made. Ledger rows and roll-ups have no FK constraint, so delete them first."""
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("DELETE FROM ledger_ledgerentry WHERE organization_id = %s", [org_id])
-            cursor.execute("DELETE FROM ledger_hourlyrollup WHERE organization_id = %s", [org_id])
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("DELETE FROM ledger_ledgerentry WHERE organization_id = %s", [org_id])
+            for model in (HourlyRollup, ProjectHourlyRollup, SliceHourlyRollup):
+                model.objects.filter(organization_id=org_id).delete()
         Organization.objects.filter(pk=org_id).delete()
         owner.delete()
         self.stdout.write("cleaned up")
