@@ -32,7 +32,8 @@ def upstream() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def gateway(django_db_setup: None, upstream: str) -> Iterator[str]:
     """Base URL (…/v1) of a gateway process serving costcontrol.asgi:application."""
-    process, url = live.start_gateway(GATEWAY_UPSTREAM_TIMEOUT_SECONDS="3")
+    # No retries by default here, so upstream errors reach tests at once; routing tests set a provider's retries.
+    process, url = live.start_gateway(GATEWAY_UPSTREAM_TIMEOUT_SECONDS="3", GATEWAY_RETRIES="0")
     yield url
     process.stop()
 

@@ -13,8 +13,10 @@ import datetime as dt
 import hashlib
 import hmac
 import logging
+import random
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -28,6 +30,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from apps.gateway import tokens
+from apps.gateway.breaker import Breakers, deployment
 from apps.gateway.cache import (
     CacheHit,
     CacheRequest,
@@ -47,6 +50,7 @@ from apps.gateway.fastredis import FastPipeline, FastRedis
 from apps.gateway.ledger_writer import LedgerWriter
 from apps.gateway.limits import DEFAULT_MAX_OUTPUT_TOKENS, Admission, Limiter
 from apps.gateway.policy import KeyPolicy, PolicyStore, PriceRow, ProjectPolicy, ProviderTarget, Snapshot
+from apps.gateway.shadow import ShadowJob, ShadowQueue, answer_text
 from apps.gateway.validation import (
     ENDPOINT_CHAT,
     ENDPOINT_COMPLETIONS,
@@ -58,6 +62,17 @@ from apps.gateway.validation import (
 from apps.keys.models import KEY_PREFIX
 from apps.ledger.stream import stream_name
 from apps.providers.catalog import MAX_OUTPUT_TOKENS
+from apps.routing.engine import (
+    CascadeView,
+    RequestFacts,
+    RuleView,
+    TargetView,
+    confidence,
+    first_match,
+    normalize_text,
+    split_order,
+)
+from apps.routing.stream import shadow_stream_name
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +89,8 @@ FORWARD_PATHS = {
 JSON_HEADERS = [(b"content-type", b"application/json")]
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 ZERO = Decimal(0)
+# Upstream answers worth another try (same target after a backoff, then the next target).
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 
 
 @dataclass(slots=True)
@@ -101,6 +118,9 @@ class Call:
     error_code: str = ""
     streamed: bool = False
     route: str = ""
+    rule_id: int | None = None
+    # Spent on this request besides its own answer (a cascade's cheap call): settled with it.
+    side_cost: Decimal = ZERO
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     admission: Admission | None = None
     cache: CacheRequest | None = None
@@ -132,16 +152,42 @@ class Call:
             "streamed": self.streamed,
             "cache_hit": self.cache_hit,
             "route": self.route,
+            "route_rule_id": self.rule_id,
         }
+
+    def route_header(self) -> tuple[bytes, bytes]:
+        return (b"x-route", self.route.encode("ascii", "replace"))
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
+    """One model on one provider, priced; ``counterfactual_price`` is what the app asked for would cost."""
+
     provider: ProviderTarget
     model: str
     price: PriceRow | None
     counterfactual_price: PriceRow | None
-    route: str
+
+
+@dataclass(slots=True)
+class Plan:
+    """Where a request goes: targets in order (the first, then fallbacks), plus a cascade and a shadow."""
+
+    targets: list[Target]
+    rule: RuleView | None = None
+    cheap: Target | None = None  # a cascade asks this one first
+    shadow: Target | None = None
+
+
+@dataclass(slots=True)
+class Answer:
+    """What one upstream attempt returned; ``response`` is an open stream (status 200) to relay."""
+
+    target: Target
+    status: int
+    body: bytes
+    retry_after: str | None
+    response: aiohttp.ClientResponse | None = None
 
 
 class Gateway:
@@ -155,6 +201,11 @@ class Gateway:
         self.limiter: Limiter | None = None
         self.cache: ResponseCache | None = None
         self.fast_redis: FastRedis | None = None
+        self.breakers: Breakers | None = None
+        self.shadows: ShadowQueue | None = None
+        self.shadow_writer: LedgerWriter | None = None
+        # Requests waiting on each deployment in this process (for least-in-flight balancing).
+        self.in_flight: Counter[str] = Counter()
         self._startup_lock = asyncio.Lock()
 
     # --- lifecycle -------------------------------------------------------
@@ -184,6 +235,25 @@ class Gateway:
             spool = Path(settings.BASE_DIR) / "var" / "spool" / target
             self.ledger = LedgerWriter(self.fast_redis, stream_name(), spool)
             self.ledger.start()
+            self.breakers = Breakers(
+                self.redis,
+                settings.REDIS_PREFIX,
+                failures=settings.GATEWAY_BREAKER_FAILURES,
+                window_seconds=settings.GATEWAY_BREAKER_WINDOW_SECONDS,
+                cooldown_seconds=settings.GATEWAY_BREAKER_COOLDOWN_SECONDS,
+                poll_seconds=settings.GATEWAY_POLICY_POLL_SECONDS,
+            )
+            await self.breakers.start()
+            # Shadow comparisons get their own stream (and spool): they are not ledger rows.
+            self.shadow_writer = LedgerWriter(self.fast_redis, shadow_stream_name(), spool / "shadow")
+            self.shadow_writer.start()
+            self.shadows = ShadowQueue(
+                self.http,
+                self.shadow_writer.write,
+                size=settings.GATEWAY_SHADOW_QUEUE,
+                workers=settings.GATEWAY_SHADOW_WORKERS,
+            )
+            self.shadows.start()
             policy = PolicyStore(self.redis, settings.GATEWAY_POLICY_POLL_SECONDS)
             await policy.start()
             self.policy = policy
@@ -191,6 +261,12 @@ class Gateway:
     async def shutdown(self) -> None:
         if self.policy:
             await self.policy.stop()
+        if self.shadows:
+            await self.shadows.stop()
+        if self.shadow_writer:
+            await self.shadow_writer.stop()
+        if self.breakers:
+            await self.breakers.stop()
         if self.ledger:
             await self.ledger.stop()
         if self.http:
@@ -288,12 +364,12 @@ class Gateway:
             call.requested_model = payload["model"]
             call.streamed = bool(payload.get("stream")) and endpoint != ENDPOINT_EMBEDDINGS
             _attribute(call, payload.get("user"))
-            target = self._resolve(snapshot, key, call.requested_model, call)
+            call.prompt_tokens = _estimate_prompt(endpoint, payload)
+            plan = self._plan(snapshot, call, endpoint, payload)
+            target = plan.targets[0]
             payload["model"] = target.model
             call.served_model = target.model
             call.provider_id = target.provider.id
-            call.route = target.route
-            call.prompt_tokens = _estimate_prompt(endpoint, payload)
             cache_headers: list[tuple[bytes, bytes]] = []
             if endpoint == ENDPOINT_CHAT:
                 call.cache = self._cache_plan(snapshot, call, payload, headers)
@@ -305,12 +381,14 @@ class Gateway:
                     cache_headers = [(b"x-cache", b"miss" if call.cache.read else b"bypass")]
                 elif snapshot.cache_policy(key.project_id, call.feature) is not None:
                     cache_headers = [(b"x-cache", b"bypass")]
-            call.admission = await self._admit(snapshot, call, target, endpoint, payload)
+            call.admission = await self._admit(snapshot, call, plan, endpoint, payload)
             call.extra_headers = [*call.admission.headers, *cache_headers]
+            if plan.cheap is not None and await self._cascade(send, call, plan, payload):
+                return
             if call.streamed:
-                await self._forward_stream(send, receive, call, target, endpoint, payload)
+                await self._forward_stream(send, receive, call, plan, endpoint, payload)
             else:
-                await self._forward(send, call, target, endpoint, payload)
+                await self._forward(send, call, plan, endpoint, payload)
         except GatewayError as exc:
             call.status_code = exc.status
             call.error_code = exc.code or exc.type
@@ -364,45 +442,37 @@ class Gateway:
         if hit.similarity is not None:
             headers.append((b"x-cache-similarity", f"{hit.similarity:.4f}".encode()))
         call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
-        if call.streamed:
-            include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
-            events = sse_from_completion(body, include_usage=include_usage, request_id=call.request_id)
-            await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
-            await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
-        else:
-            await send({"type": "http.response.start", "status": 200, "headers": [*JSON_HEADERS, *headers]})
-            await send({"type": "http.response.body", "body": orjson.dumps(body)})
+        await _send_completion(send, call, payload, body, headers)
         await self._record(call, cache_hit=hit)
 
     async def _admit(
-        self, snapshot: Snapshot, call: Call, target: Target, endpoint: str, payload: dict[str, Any]
+        self, snapshot: Snapshot, call: Call, plan: Plan, endpoint: str, payload: dict[str, Any]
     ) -> Admission:
-        """Reserve the worst case on every budget and rate limit that applies (one Redis round trip)."""
+        """Reserve the worst case on every budget and rate limit that applies (one Redis round trip).
+
+        The worst case is the dearest target the plan may end on, plus the cheap
+        call when a cascade asks one first.
+        """
         assert self.limiter is not None
         enforcement = snapshot.enforcement_for(call.key)
         budgets = enforcement.budgets(feature=call.feature, end_user=call.end_user)
         limits = list(enforcement.rate_limits)
         if not budgets and not limits:
             return Admission(request_id=call.request_id, second=int(call.created_at))
-        max_output = 0
-        if endpoint != ENDPOINT_EMBEDDINGS:
-            max_output = (
-                payload.get("max_completion_tokens")
-                or payload.get("max_tokens")
-                or MAX_OUTPUT_TOKENS.get(target.model, DEFAULT_MAX_OUTPUT_TOKENS)
-            ) * (payload.get("n") or 1)
-        worst_usd = (
-            target.price.cost(prompt_tokens=call.prompt_tokens, cached_tokens=0, completion_tokens=max_output)
-            if target.price is not None
-            else ZERO
-        )
+        worst_usd, worst_tokens = ZERO, call.prompt_tokens
+        for target in plan.targets:
+            usd, tokens_ = _worst_case(call, target, endpoint, payload)
+            worst_usd, worst_tokens = max(worst_usd, usd), max(worst_tokens, tokens_)
+        if plan.cheap is not None:
+            usd, tokens_ = _worst_case(call, plan.cheap, endpoint, payload)
+            worst_usd, worst_tokens = worst_usd + usd, worst_tokens + tokens_
         try:
             admission = await self.limiter.admit(
                 request_id=call.request_id,
                 budgets=budgets,
                 rate_limits=limits,
                 worst_case_usd=worst_usd,
-                worst_case_tokens=call.prompt_tokens + max_output,
+                worst_case_tokens=worst_tokens,
             )
         except (RedisError, OSError):
             if settings.GATEWAY_LIMITS_FAIL_OPEN:
@@ -440,49 +510,305 @@ class Gateway:
             raise invalid_api_key("This API key has expired.")
         return key
 
-    def _resolve(self, snapshot: Snapshot, key: KeyPolicy, requested: str, call: Call) -> Target:
+    # --- routing -------------------------------------------------------------
+
+    def _plan(self, snapshot: Snapshot, call: Call, endpoint: str, payload: dict[str, Any]) -> Plan:
+        """Apply the project's first matching routing rule, or serve the requested model."""
+        key, requested = call.key, call.requested_model
         if key.allowed_models and requested not in key.allowed_models:
             raise model_not_allowed(requested)
         project = snapshot.projects[key.project_id]
         today = dt.datetime.fromtimestamp(call.created_at, dt.UTC).date()
+        default = self._default_targets(snapshot, project, requested, today, call)
+        rules = snapshot.rules.get(project.id)
+        rule = None
+        if rules:
+            facts = RequestFacts(
+                model=requested,
+                feature=call.feature,
+                end_user=call.end_user,
+                api_key_id=key.id,
+                prompt_tokens=call.prompt_tokens,
+                payload=payload,
+            )
+            rule = first_match(rules, facts)
+        if rule is None:
+            if not default:
+                raise model_not_found(requested)
+            return Plan(targets=default)
+
+        # Without us the app would have paid for the model it asked for (if that is a model we price).
+        counterfactual = default[0].counterfactual_price if default else None
+
+        def priced(view: TargetView) -> Target:
+            provider = snapshot.providers[view.provider_id]
+            price = snapshot.price(provider.id, view.model, today)
+            return Target(provider, view.model, price, counterfactual or price)
+
+        call.rule_id = rule.id
+        call.route = f"route:{rule.id}:{rule.action}"
+        fallbacks = [priced(view) for view in rule.fallbacks]
+        plan = Plan(targets=[], rule=rule)
+        if rule.action == "split" and rule.primaries:
+            order = split_order(rule.primaries)
+            plan.targets = [priced(view) for view in order] + fallbacks
+            call.route += f":{order[0].model}"
+        elif rule.action == "cascade" and len(rule.primaries) >= 2:
+            plan.targets = [priced(rule.primaries[1]), *fallbacks]
+            if endpoint == ENDPOINT_CHAT:
+                plan.cheap = priced(rule.primaries[0])
+            else:
+                call.route += ":strong-only"  # confidence needs chat logprobs
+        elif rule.primaries:
+            plan.targets = [priced(rule.primaries[0]), *fallbacks]
+        else:
+            # A rule without its own model keeps the requested one (rules that only add fallbacks or a shadow).
+            plan.targets = [*default, *fallbacks]
+        if not plan.targets:
+            raise model_not_found(requested)
+        if rule.shadow is not None and rule.shadow_fraction > 0 and random.random() < rule.shadow_fraction:
+            plan.shadow = priced(rule.shadow)
+        return plan
+
+    def _default_targets(
+        self, snapshot: Snapshot, project: ProjectPolicy, requested: str, today: dt.date, call: Call
+    ) -> list[Target]:
+        """The requested model (or alias) on every provider that serves it: the first one, then fallbacks.
+
+        The project's default provider goes first; the other deployments follow, the
+        least busy in this process first.
+        """
         alias = project.aliases.get(requested)
         if alias is not None:
             provider = snapshot.providers.get(alias[0])
             if provider is None:
-                raise model_not_found(requested)
+                return []
             price = snapshot.price(provider.id, alias[1], today)
             # An alias names no model of its own: without us the app would have
             # paid for whatever it is pointed at.
-            return Target(provider, alias[1], price, price, f"alias:{requested}")
+            call.route = f"alias:{requested}"
+            return [Target(provider, alias[1], price, price)]
         provider_ids = snapshot.org_models.get(project.organization_id, {}).get(requested)
         if not provider_ids:
-            raise model_not_found(requested)
-        provider_id = project.default_provider_id if project.default_provider_id in provider_ids else provider_ids[0]
-        price = snapshot.price(provider_id, requested, today)
-        return Target(snapshot.providers[provider_id], requested, price, price, "direct")
+            return []
+        call.route = "direct"
+        ids = list(provider_ids)
+        if len(ids) > 1:
+            ids.sort(key=lambda pid: (pid != project.default_provider_id, self.in_flight[deployment(pid, requested)]))
+        targets = []
+        for provider_id in ids:
+            price = snapshot.price(provider_id, requested, today)
+            targets.append(Target(snapshot.providers[provider_id], requested, price, price))
+        return targets
 
-    async def _forward(self, send: Send, call: Call, target: Target, endpoint: str, payload: dict[str, Any]) -> None:
+    # --- upstream calls ------------------------------------------------------
+
+    async def _upstream(
+        self, call: Call, targets: list[Target], endpoint: str, payload: dict[str, Any], *, stream: bool
+    ) -> Answer:
+        """Try the targets in order, each with its provider's retries, skipping open circuits.
+
+        Returns the first answer that is not worth retrying (success or the app's
+        own error, e.g. a 400), else the last failure: the provider's error
+        response passed through, or a gateway 502/503/504. Each target that
+        failed is noted on the route.
+        """
+        assert self.breakers is not None
+        skipped: list[str] = []
+        last: Answer | GatewayError | None = None
+        for target in targets:
+            provider, model = target.provider, target.model
+            if not await self.breakers.allow(provider.id, model):
+                skipped.append(f"{model}@{provider.name}(circuit-open)")
+                last = last or upstream_unavailable(
+                    f"The provider {provider.name} keeps failing for {model}; it is paused (circuit open).",
+                    status=503,
+                    code="circuit_open",
+                )
+                continue
+            body = orjson.dumps({**payload, "model": model})
+            name = deployment(provider.id, model)
+            reason = ""
+            for attempt in range(provider.max_retries + 1):
+                retry_after = None
+                self.in_flight[name] += 1
+                try:
+                    answer = await self._attempt(target, endpoint, body, stream=stream)
+                except TimeoutError:
+                    reason = "timeout"
+                    last = upstream_unavailable(
+                        f"The provider {provider.name} did not answer in time.", status=504, code="upstream_timeout"
+                    )
+                except aiohttp.ClientError as exc:
+                    reason = "unreachable"
+                    last = upstream_unavailable(f"Could not reach the provider {provider.name}: {exc}.")
+                else:
+                    if answer.status not in RETRYABLE_STATUS:
+                        await self.breakers.success(provider.id, model)
+                        if skipped or attempt:
+                            call.route += "".join(f";failed:{note}" for note in skipped)
+                            call.route += f";retries={attempt}" if attempt else ""
+                        return answer
+                    reason, retry_after, last = str(answer.status), answer.retry_after, answer
+                finally:
+                    self.in_flight[name] -= 1
+                await self.breakers.failure(provider.id, model)
+                if attempt < provider.max_retries:
+                    delay = _backoff(attempt, retry_after)
+                    if delay is None:
+                        break  # the provider asks for a longer pause than we wait: try the next target
+                    await asyncio.sleep(delay)
+            skipped.append(f"{model}@{provider.name}({reason})")
+        call.route += "".join(f";failed:{note}" for note in skipped)
+        if isinstance(last, Answer):
+            return last
+        raise last or upstream_unavailable("No provider could take the request.")
+
+    async def _attempt(self, target: Target, endpoint: str, body: bytes, *, stream: bool) -> Answer:
         assert self.http is not None
+        provider = target.provider
+        url, headers = _upstream_url(provider, endpoint), _upstream_headers(provider)
+        if stream:
+            resp = await self.http.post(url, data=body, headers=headers, timeout=provider.timeout)
+            if resp.status == 200:
+                return Answer(target, 200, b"", None, resp)
+            try:
+                return Answer(target, resp.status, await resp.read(), resp.headers.get("retry-after"))
+            finally:
+                resp.release()
+        async with asyncio.timeout(provider.total_timeout):
+            async with self.http.post(url, data=body, headers=headers, timeout=provider.timeout) as resp:
+                return Answer(target, resp.status, await resp.read(), resp.headers.get("retry-after"))
+
+    async def _cascade(self, send: Send, call: Call, plan: Plan, payload: dict[str, Any]) -> bool:
+        """Ask the cheap model first; answer with it (True) when it is confident, else escalate (False).
+
+        The cheap call is always non-streamed (its confidence must be known before
+        the first byte reaches the app); a kept answer is sent as a stream when the
+        app asked for one. An escalated cheap call is its own ledger row.
+        """
+        assert plan.cheap is not None and plan.rule is not None and plan.rule.cascade is not None
+        cheap, cascade = plan.cheap, plan.rule.cascade
+        wants_logprobs = bool(payload.get("logprobs"))
+        request = {**payload, "logprobs": True, "stream": False}
+        request.pop("stream_options", None)
+        side = Call(
+            request_id=call.request_id + "-cheap",
+            endpoint=call.endpoint,
+            started=call.started,
+            created_at=call.created_at,
+            key=call.key,
+            feature=call.feature,
+            end_user=call.end_user,
+            requested_model=call.requested_model,
+            served_model=cheap.model,
+            provider_id=cheap.provider.id,
+            prompt_tokens=call.prompt_tokens,
+            route=call.route + ":cheap",
+            rule_id=call.rule_id,
+        )
+        reason = ""
+        data: dict[str, Any] = {}
         try:
-            async with self.http.post(
-                _upstream_url(target.provider, endpoint),
-                data=orjson.dumps(payload),
+            answer = await self._upstream(side, [cheap], ENDPOINT_CHAT, request, stream=False)
+        except GatewayError as exc:
+            side.status_code, side.error_code, reason = exc.status, exc.code or exc.type, "cheap-failed"
+        else:
+            side.status_code = answer.status
+            side.ttft_ms = int((time.perf_counter() - call.started) * 1000)
+            if answer.status != 200:
+                side.error_code, reason = _upstream_error_code(answer.body), "cheap-failed"
+            else:
+                data = _json_object(answer.body)
+                usage = data.get("usage")
+                _apply_usage(side, cheap, usage if isinstance(usage, dict) else None)
+                reason = await self._cascade_verdict(plan.rule.id, cascade, data)
+        if not reason.startswith("kept"):
+            call.route += f":escalated({reason})"
+            call.side_cost += side.cost
+            side.route += f":escalated({reason})"
+            side.counterfactual_cost = ZERO  # the app would not have made this call: its cost is the cascade's price
+            assert self.ledger is not None
+            await self.ledger.write(side.event())
+            return False
+
+        call.route = side.route[: -len(":cheap")] + f":{reason}"
+        call.served_model, call.provider_id, call.ttft_ms = cheap.model, cheap.provider.id, side.ttft_ms
+        call.prompt_tokens, call.cached_tokens = side.prompt_tokens, side.cached_tokens
+        call.completion_tokens, call.usage_estimated = side.completion_tokens, side.usage_estimated
+        call.cost, call.counterfactual_cost = side.cost, side.counterfactual_cost
+        if not wants_logprobs:
+            for choice in data.get("choices") or ():
+                choice["logprobs"] = None
+        headers = [(b"x-request-id", call.request_id.encode()), call.route_header(), *call.extra_headers]
+        await _send_completion(send, call, payload, data, headers)
+        store = data if call.cache is not None and call.cache.write and _cacheable(data) else None
+        await self._record(call, cache_store=store)
+        self._shadow(call, plan, payload, answer_text(data))
+        return True
+
+    async def _cascade_verdict(self, rule_id: int, cascade: CascadeView, data: dict[str, Any]) -> str:
+        """ "kept(…)" or why the cheap answer is escalated."""
+        confidence = _confidence(data, cascade)
+        if confidence is None:
+            return "no-logprobs"
+        if confidence < cascade.threshold:
+            return f"confidence={confidence:.3f}<{cascade.threshold:g}"
+        if cascade.escalate_new_labels:
+            label = normalize_text(answer_text(data))
+            if label not in cascade.labels and not await self._label_seen(rule_id, label):
+                return "new-label"
+        return f"kept(confidence={confidence:.3f})"
+
+    async def _label_seen(self, rule_id: int, label: str) -> bool:
+        assert self.redis is not None
+        return bool(await self.redis.sismember(_labels_key(rule_id), label))
+
+    async def _learn_label(self, rule_id: int, text: str) -> None:
+        """Remember the strong model's answer as a known label for the rule's cascade."""
+        assert self.redis is not None
+        label = normalize_text(text)
+        if label and len(label) <= 200:
+            await self.redis.sadd(_labels_key(rule_id), label)
+
+    def _shadow(self, call: Call, plan: Plan, payload: dict[str, Any], primary_text: str) -> None:
+        """Queue the shadow copy of an answered request (never waits)."""
+        if plan.shadow is None or plan.rule is None or call.status_code != 200 or self.shadows is None:
+            return
+        target = plan.shadow
+        request = {**payload, "model": target.model, "stream": False}
+        request.pop("stream_options", None)
+        self.shadows.offer(
+            ShadowJob(
+                request_id=call.request_id,
+                rule_id=plan.rule.id,
+                organization_id=call.key.organization_id,
+                project_id=call.key.project_id,
+                url=_upstream_url(target.provider, call.endpoint),
                 headers=_upstream_headers(target.provider),
-            ) as resp:
-                body = await resp.read()
-                status = resp.status
-                retry_after = resp.headers.get("retry-after")
-        except TimeoutError:
-            raise upstream_unavailable(
-                f"The provider {target.provider.name} did not answer in time.", status=504, code="upstream_timeout"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise upstream_unavailable(f"Could not reach the provider {target.provider.name}: {exc}.") from None
+                timeout=target.provider.timeout,
+                payload=request,
+                provider=target.provider,
+                price=target.price,
+                primary_model=call.served_model,
+                primary_text=primary_text,
+                primary_latency_ms=int((time.perf_counter() - call.started) * 1000),
+                primary_cost=call.cost,
+            )
+        )
+
+    # --- forwarding ------------------------------------------------------------
+
+    async def _forward(self, send: Send, call: Call, plan: Plan, endpoint: str, payload: dict[str, Any]) -> None:
+        answer = await self._upstream(call, plan.targets, endpoint, payload, stream=False)
+        target, status, body = answer.target, answer.status, answer.body
+        call.served_model, call.provider_id = target.model, target.provider.id
         call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
         call.status_code = status
-        extra = [(b"retry-after", retry_after.encode())] if retry_after else []
-        extra += call.extra_headers
+        extra = [(b"retry-after", answer.retry_after.encode())] if answer.retry_after else []
+        extra += [call.route_header(), *call.extra_headers]
         store = None
+        text = ""
         if status >= 400:
             call.error_code = _upstream_error_code(body)
         else:
@@ -494,77 +820,81 @@ class Gateway:
             _apply_usage(call, target, usage)
             if call.cache is not None and call.cache.write and _cacheable(data):
                 store = data
+            if plan.shadow is not None or plan.cheap is not None:
+                text = answer_text(data)
         await asyncio.gather(
             _send_json(send, status, body, call.request_id, extra), self._record(call, cache_store=store)
         )
+        await self._after_answer(call, plan, payload, text)
+
+    async def _after_answer(self, call: Call, plan: Plan, payload: dict[str, Any], text: str) -> None:
+        """Shadow the request and, after an escalation, learn the strong model's label."""
+        if call.status_code != 200:
+            return
+        self._shadow(call, plan, payload, text)
+        if plan.cheap is not None and plan.rule is not None and plan.rule.cascade is not None:
+            if plan.rule.cascade.escalate_new_labels and text:
+                await self._learn_label(plan.rule.id, text)
 
     async def _forward_stream(
-        self, send: Send, receive: Receive, call: Call, target: Target, endpoint: str, payload: dict[str, Any]
+        self, send: Send, receive: Receive, call: Call, plan: Plan, endpoint: str, payload: dict[str, Any]
     ) -> None:
-        assert self.http is not None
         stream_options = payload.get("stream_options") or {}
         client_wants_usage = bool(stream_options.get("include_usage"))
         # Always ask for the usage chunk: it is how streams get billed exactly.
         payload["stream_options"] = {**stream_options, "include_usage": True}
 
+        answer = await self._upstream(call, plan.targets, endpoint, payload, stream=True)
+        target = answer.target
+        call.served_model, call.provider_id = target.model, target.provider.id
+        if answer.response is None:
+            call.status_code = answer.status
+            call.error_code = _upstream_error_code(answer.body)
+            extra = [(b"retry-after", answer.retry_after.encode())] if answer.retry_after else []
+            await asyncio.gather(
+                _send_json(send, answer.status, answer.body, call.request_id, [*extra, call.route_header()]),
+                self._record(call),
+            )
+            return
+
         disconnected = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, disconnected))
         relay = _SseRelay(strip_usage_chunk=not client_wants_usage)
-        started_response = False
+        resp = answer.response
         try:
-            async with self.http.post(
-                _upstream_url(target.provider, endpoint),
-                data=orjson.dumps(payload),
-                headers=_upstream_headers(target.provider),
-            ) as resp:
-                if resp.status != 200:
-                    body = await resp.read()
-                    call.status_code = resp.status
-                    call.error_code = _upstream_error_code(body)
-                    retry_after = resp.headers.get("retry-after")
-                    extra = [(b"retry-after", retry_after.encode())] if retry_after else []
-                    await asyncio.gather(
-                        _send_json(send, resp.status, body, call.request_id, extra), self._record(call)
-                    )
-                    return
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        *SSE_HEADERS,
+                        (b"x-request-id", call.request_id.encode()),
+                        call.route_header(),
+                        *call.extra_headers,
+                    ],
+                }
+            )
+            try:
+                async for chunk in resp.content.iter_any():
+                    if call.ttft_ms is None:
+                        call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
+                    out = relay.feed(chunk)
+                    if out:
+                        await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if disconnected.is_set():
+                        call.status_code = 499
+                        call.error_code = "client_disconnected"
+                        break
+            except (TimeoutError, aiohttp.ClientError):
+                call.status_code = 502
+                call.error_code = "upstream_stream_truncated"
+                error = upstream_unavailable("The provider's stream ended early.", code="upstream_stream_truncated")
                 await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [*SSE_HEADERS, (b"x-request-id", call.request_id.encode()), *call.extra_headers],
-                    }
+                    {"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": True}
                 )
-                started_response = True
-                try:
-                    async for chunk in resp.content.iter_any():
-                        if call.ttft_ms is None:
-                            call.ttft_ms = int((time.perf_counter() - call.started) * 1000)
-                        out = relay.feed(chunk)
-                        if out:
-                            await send({"type": "http.response.body", "body": out, "more_body": True})
-                        if disconnected.is_set():
-                            call.status_code = 499
-                            call.error_code = "client_disconnected"
-                            break
-                except (TimeoutError, aiohttp.ClientError):
-                    call.status_code = 502
-                    call.error_code = "upstream_stream_truncated"
-                    error = upstream_unavailable("The provider's stream ended early.", code="upstream_stream_truncated")
-                    await send(
-                        {"type": "http.response.body", "body": b"data: " + error.body() + b"\n\n", "more_body": True}
-                    )
-        except TimeoutError:
-            if started_response:
-                raise
-            raise upstream_unavailable(
-                f"The provider {target.provider.name} did not answer in time.", status=504, code="upstream_timeout"
-            ) from None
-        except aiohttp.ClientError as exc:
-            if started_response:
-                raise
-            raise upstream_unavailable(f"Could not reach the provider {target.provider.name}: {exc}.") from None
         finally:
             watcher.cancel()
+            resp.release()
 
         tail = relay.flush()
         if call.status_code == 200 and not relay.done:
@@ -575,15 +905,17 @@ class Gateway:
         else:
             call.completion_tokens = relay.estimate_completion_tokens()
             _apply_usage(call, target, None)
-        store = None
-        if call.cache is not None and call.cache.write and call.status_code == 200 and relay.done:
-            store = relay.completion()
-            if store is not None and not _cacheable(store):
-                store = None
+        store, completion = None, None
+        if call.status_code == 200 and relay.done:
+            if call.cache is not None and call.cache.write or plan.shadow is not None or plan.cheap is not None:
+                completion = relay.completion()
+            if completion is not None and call.cache is not None and call.cache.write and _cacheable(completion):
+                store = completion
         await asyncio.gather(
             send({"type": "http.response.body", "body": tail, "more_body": False}),
             self._record(call, cache_store=store),
         )
+        await self._after_answer(call, plan, payload, answer_text(completion) if completion else "")
 
     async def _record(
         self, call: Call, *, cache_store: dict[str, Any] | None = None, cache_hit: CacheHit | None = None
@@ -602,7 +934,7 @@ class Gateway:
                 assert admission is not None
                 await limiter.settle(
                     admission,
-                    actual_usd=call.cost,
+                    actual_usd=call.cost + call.side_cost,
                     actual_tokens=call.prompt_tokens + call.completion_tokens,
                     pipeline=pipeline,
                 )
@@ -745,6 +1077,48 @@ def _attribute(call: Call, user: Any) -> None:
         call.feature = call.key.default_feature
 
 
+def _worst_case(call: Call, target: Target, endpoint: str, payload: dict[str, Any]) -> tuple[Decimal, int]:
+    """The most a request can cost (USD) and use (tokens) on ``target``."""
+    max_output = 0
+    if endpoint != ENDPOINT_EMBEDDINGS:
+        max_output = (
+            payload.get("max_completion_tokens")
+            or payload.get("max_tokens")
+            or MAX_OUTPUT_TOKENS.get(target.model, DEFAULT_MAX_OUTPUT_TOKENS)
+        ) * (payload.get("n") or 1)
+    usd = (
+        target.price.cost(prompt_tokens=call.prompt_tokens, cached_tokens=0, completion_tokens=max_output)
+        if target.price is not None
+        else ZERO
+    )
+    return usd, call.prompt_tokens + max_output
+
+
+def _backoff(attempt: int, retry_after: str | None) -> float | None:
+    """Seconds to wait before retry ``attempt + 1``: the provider's Retry-After when it gives one
+    we are willing to wait, else exponential backoff with full jitter; None means do not wait here."""
+    cap = settings.GATEWAY_RETRY_MAX_SECONDS
+    if retry_after:
+        try:
+            wanted = float(retry_after)
+        except ValueError:
+            wanted = -1.0  # an HTTP date: fall back to our own backoff
+        if wanted >= 0:
+            return wanted if wanted <= cap else None
+    return random.uniform(0, min(cap, settings.GATEWAY_RETRY_BASE_SECONDS * 2**attempt))
+
+
+def _confidence(data: dict[str, Any], cascade: CascadeView) -> float | None:
+    try:
+        return confidence(data, tokens=cascade.tokens, aggregate=cascade.aggregate)
+    except (KeyError, TypeError, ValueError):
+        return None  # malformed logprobs count as none
+
+
+def _labels_key(rule_id: int) -> str:
+    return f"{settings.REDIS_PREFIX}route:{rule_id}:labels"
+
+
 def _estimate_prompt(endpoint: str, payload: dict[str, Any]) -> int:
     if endpoint == ENDPOINT_CHAT:
         return tokens.estimate_messages(payload["messages"])
@@ -848,6 +1222,20 @@ async def _send_json(
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _send_completion(
+    send: Send, call: Call, payload: dict[str, Any], completion: dict[str, Any], headers: list[tuple[bytes, bytes]]
+) -> None:
+    """Send a whole chat completion we already hold, as JSON or, when the app asked to stream, as SSE."""
+    if call.streamed:
+        include_usage = bool((payload.get("stream_options") or {}).get("include_usage"))
+        events = sse_from_completion(completion, include_usage=include_usage, request_id=call.request_id)
+        await send({"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *headers]})
+        await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
+    else:
+        await send({"type": "http.response.start", "status": 200, "headers": [*JSON_HEADERS, *headers]})
+        await send({"type": "http.response.body", "body": orjson.dumps(completion)})
 
 
 async def _send_error(send: Send, exc: GatewayError, request_id: str) -> None:

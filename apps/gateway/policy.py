@@ -14,7 +14,9 @@ import logging
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
+import aiohttp
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
@@ -23,6 +25,7 @@ from django.db import models
 from apps.budgets.periods import period_bounds
 from apps.gateway.cache import CachePolicyView, policy_view
 from apps.gateway.limits import BudgetPolicy, RateLimitPolicy, to_nano
+from apps.routing.engine import CascadeView, RuleView, TargetView, normalize_text
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,10 @@ class ProviderTarget:
     kind: str
     base_url: str
     secret: str
+    max_retries: int = 0
+    # aiohttp's per-request timeout: connect, first byte / stream silence (sock_read); no total (streams).
+    timeout: aiohttp.ClientTimeout = aiohttp.ClientTimeout()
+    total_timeout: float = 600.0  # a whole non-streamed answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +114,7 @@ class Snapshot:
     cache_policies: dict[tuple[int, str], CachePolicyView] = field(default_factory=dict)  # (project, feature)
     project_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
     key_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
+    rules: dict[int, tuple[RuleView, ...]] = field(default_factory=dict)  # by project id, in evaluation order
 
     # Per-key enforcement lists, computed on first use (the snapshot is rebuilt on every change).
     _enforcement: dict[int, Enforcement] = field(default_factory=dict)
@@ -164,10 +172,7 @@ def build_snapshot(version: int) -> Snapshot:
             revoked=key.revoked_at is not None,
         )
 
-    providers = {
-        p.id: ProviderTarget(id=p.id, name=p.name, kind=p.kind, base_url=p.base_url.rstrip("/"), secret=p.secret)
-        for p in Provider.objects.filter(is_active=True)
-    }
+    providers = {p.id: _provider_target(p) for p in Provider.objects.filter(is_active=True)}
     provider_orgs = dict(Provider.objects.filter(is_active=True).values_list("id", "organization_id"))
 
     aliases: dict[int, dict[str, tuple[int, str]]] = {}
@@ -206,6 +211,7 @@ def build_snapshot(version: int) -> Snapshot:
         version=version,
         cache_policies=_build_cache_policies(),
         budgets=budgets,
+        rules=_build_rules(set(providers)),
         project_limits=project_limits,
         key_limits=key_limits,
         keys=keys,
@@ -214,6 +220,70 @@ def build_snapshot(version: int) -> Snapshot:
         org_models={org: {m: tuple(sorted(ids)) for m, ids in models.items()} for org, models in org_models.items()},
         prices={k: tuple(v) for k, v in prices.items()},
     )
+
+
+def _provider_target(provider: Any) -> ProviderTarget:
+    def seconds(value: float | None, default: float) -> float:
+        return value if value is not None else default
+
+    return ProviderTarget(
+        id=provider.id,
+        name=provider.name,
+        kind=provider.kind,
+        base_url=provider.base_url.rstrip("/"),
+        secret=provider.secret,
+        max_retries=provider.max_retries if provider.max_retries is not None else settings.GATEWAY_RETRIES,
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            connect=seconds(provider.connect_timeout_seconds, settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS),
+            sock_read=seconds(provider.first_byte_timeout_seconds, settings.GATEWAY_UPSTREAM_TIMEOUT_SECONDS),
+        ),
+        total_timeout=seconds(provider.total_timeout_seconds, settings.GATEWAY_UPSTREAM_TOTAL_TIMEOUT_SECONDS),
+    )
+
+
+def _build_rules(active_providers: set[int]) -> dict[int, tuple[RuleView, ...]]:
+    """Each project's active rules in order; targets on inactive providers are left out."""
+    import re
+
+    from apps.routing.models import RoutingRule, TargetRole
+
+    rules: dict[int, list[RuleView]] = {}
+    for rule in RoutingRule.objects.filter(is_active=True).prefetch_related("targets").order_by("position", "id"):
+        by_role: dict[str, list[TargetView]] = {role: [] for role in TargetRole.values}
+        for target in sorted(rule.targets.all(), key=lambda t: (t.position, t.id)):
+            if target.provider_id in active_providers:
+                by_role[target.role].append(TargetView(target.provider_id, target.model, target.weight))
+        shadows = by_role[TargetRole.SHADOW]
+        rules.setdefault(rule.project_id, []).append(
+            RuleView(
+                id=rule.id,
+                name=rule.name,
+                action=rule.action,
+                primaries=tuple(by_role[TargetRole.PRIMARY]),
+                fallbacks=tuple(by_role[TargetRole.FALLBACK]),
+                shadow=shadows[0] if shadows else None,
+                shadow_fraction=float(rule.shadow_percent) / 100,
+                cascade=CascadeView(
+                    threshold=float(rule.cascade_threshold),
+                    tokens=rule.cascade_tokens,
+                    aggregate=rule.cascade_aggregate,
+                    escalate_new_labels=rule.cascade_escalate_new_labels,
+                    labels=frozenset(normalize_text(label) for label in rule.cascade_labels),
+                )
+                if rule.action == "cascade"
+                else None,
+                models=frozenset(rule.match_models),
+                features=frozenset(rule.match_features),
+                end_users=frozenset(rule.match_end_users),
+                api_key_id=rule.match_api_key_id,
+                min_prompt_tokens=rule.min_prompt_tokens,
+                max_prompt_tokens=rule.max_prompt_tokens,
+                tools=rule.match_tools,
+                regex=re.compile(rule.match_regex) if rule.match_regex else None,
+            )
+        )
+    return {project: tuple(items) for project, items in rules.items()}
 
 
 def _build_limits() -> tuple[

@@ -30,8 +30,20 @@ def connect() -> None:
     from apps.cache.models import CachePolicy
     from apps.keys.models import ApiKey
     from apps.providers.models import ModelAlias, Price, Provider
+    from apps.routing.models import RoutingRule, RuleTarget
     from apps.tenancy.models import Project
 
-    for model in (ApiKey, Project, Provider, Price, ModelAlias, Budget, RateLimit, CachePolicy):
+    for model in (
+        ApiKey,
+        Project,
+        Provider,
+        Price,
+        ModelAlias,
+        Budget,
+        RateLimit,
+        CachePolicy,
+        RoutingRule,
+        RuleTarget,
+    ):
         post_save.connect(_announce, sender=model, dispatch_uid=f"policy-save-{model.__name__}")
         post_delete.connect(_announce, sender=model, dispatch_uid=f"policy-delete-{model.__name__}")

@@ -49,3 +49,11 @@ def read_batch(
         return claimed
     fresh = client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms or None)
     return fresh[0][1] if fresh else []
+
+
+def acknowledge(client: redis.Redis, stream: str, ids: list[bytes], group: str = GROUP) -> None:
+    """Mark handled entries done and drop them from the stream (call only after their rows committed)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.xack(stream, group, *ids)
+    pipe.xdel(stream, *ids)
+    pipe.execute()

@@ -37,11 +37,27 @@ class Provider(crypto.EncryptedSecret, models.Model):
     base_url = models.CharField(max_length=500, validators=[validate_base_url])
     secret_encrypted = models.TextField(blank=True)
     is_active = models.BooleanField(default=True)
+    # Resilience; empty means the gateway's defaults (GATEWAY_RETRIES, GATEWAY_UPSTREAM_*_TIMEOUT_SECONDS).
+    max_retries = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Retries before falling back")
+    connect_timeout_seconds = models.FloatField(null=True, blank=True)
+    first_byte_timeout_seconds = models.FloatField(
+        null=True, blank=True, help_text="Also the longest silence allowed inside a stream"
+    )
+    total_timeout_seconds = models.FloatField(null=True, blank=True, help_text="Whole non-streamed answer")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["organization", "name"], name="provider_name_unique_in_org"),
+            models.CheckConstraint(
+                condition=(Q(connect_timeout_seconds__isnull=True) | Q(connect_timeout_seconds__gt=0))
+                & (Q(first_byte_timeout_seconds__isnull=True) | Q(first_byte_timeout_seconds__gt=0))
+                & (Q(total_timeout_seconds__isnull=True) | Q(total_timeout_seconds__gt=0)),
+                name="provider_timeouts_positive",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_retries__isnull=True) | Q(max_retries__lte=10), name="provider_retries_at_most_10"
+            ),
             models.CheckConstraint(condition=Q(kind__in=ProviderKind.values), name="provider_kind_valid"),
         ]
 

@@ -48,6 +48,10 @@ Directives, written anywhere in a message's content, a prompt or an embedding in
 - ``[[sim:no_usage]]``: no ``usage`` in the response or stream.
 - ``[[sim:fail_after=N]]``: a stream drops the connection after N content chunks.
 
+Any directive can be scoped to one model as ``[[sim:MODEL/NAME=VALUE]]`` (``[[sim:gpt-4o-mini/500]]``,
+``[[sim:gpt-4o/answer=refund]]``): it applies only to requests for MODEL, which lets one prompt
+get different answers, confidences or failures from a cheap and a strong model.
+
 An unknown directive or a bad value is a 400, so a typo in a test fails loudly.
 """
 
@@ -124,7 +128,8 @@ _VOCABULARY = (
 ).split()
 
 _TOKEN_RE = re.compile(r"\s?\w+|\s?[^\w\s]|\s+")
-_DIRECTIVE_RE = re.compile(r"\[\[sim:([a-z_0-9]+)(?:=(.*?))?\]\]", re.S)
+# ``[[sim:NAME=VALUE]]``, or ``[[sim:MODEL/NAME=VALUE]]`` to apply only to requests for MODEL.
+_DIRECTIVE_RE = re.compile(r"\[\[sim:(?:([A-Za-z0-9._:-]+)/)?([a-z_0-9]+)(?:=(.*?))?\]\]", re.S)
 
 _JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 _STREAM_HEADERS: Headers = [
@@ -236,12 +241,14 @@ _DIRECTIVE_ERRORS: dict[str, Callable[[], _Reply]] = {
 }
 
 
-def _parse_directives(text: str) -> _Directives | None:
-    """The directives written in ``text``, or None when there are none (the common case)."""
+def _parse_directives(text: str, model: str) -> _Directives | None:
+    """The directives in ``text`` that apply to ``model``, or None when there are none (the common case)."""
     if "[[sim:" not in text:
         return None
     found = _Directives()
-    for name, value in _DIRECTIVE_RE.findall(text):
+    for scope, name, value in _DIRECTIVE_RE.findall(text):
+        if scope and scope != model:
+            continue
         try:
             if name in _DIRECTIVE_ERRORS:
                 found.status = found.status or int(name)
@@ -572,7 +579,7 @@ class _Simulator:
         top = _int_option(body, "top_logprobs", 0, 0, 20) or 0
         if top and not logprobs:
             raise _invalid("logprobs must be set to true if top_logprobs is used.", "top_logprobs")
-        directives = _parse_directives(text)
+        directives = _parse_directives(text, model)
         if directives is not None and directives.status is not None:
             reply = _DIRECTIVE_ERRORS[str(directives.status)]()
             reply.delay_s = directives.delay_s
@@ -698,7 +705,7 @@ class _Simulator:
         stream = _bool_option(body, "stream")
         include_usage = _include_usage(body, stream)
         logprobs = _int_option(body, "logprobs", None, 0, 5)
-        directives = _parse_directives("\n".join(text for _, text, _ in prompts))
+        directives = _parse_directives("\n".join(text for _, text, _ in prompts), model)
         if directives is not None and directives.status is not None:
             reply = _DIRECTIVE_ERRORS[str(directives.status)]()
             reply.delay_s = directives.delay_s
@@ -807,7 +814,7 @@ class _Simulator:
                 "invalid_value",
             )
         inputs = _embedding_inputs(body.get("input"))
-        directives = _parse_directives("\n".join(item for item in inputs if isinstance(item, str)))
+        directives = _parse_directives("\n".join(item for item in inputs if isinstance(item, str)), model)
         delay_s = directives.delay_s if directives is not None else 0.0
         if directives is not None and directives.status is not None:
             reply = _DIRECTIVE_ERRORS[str(directives.status)]()

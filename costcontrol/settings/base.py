@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "apps.budgets",
     "apps.reports",
     "apps.cache",
+    "apps.routing",
     "apps.gateway",
     "apps.dashboard",
     "apps.simulator",
@@ -128,6 +129,20 @@ FIELD_ENCRYPTION_KEY = env_str("COSTCONTROL_ENCRYPTION_KEY", "")
 GATEWAY_POLICY_POLL_SECONDS = float(env_str("GATEWAY_POLICY_POLL_SECONDS", "2"))
 GATEWAY_UPSTREAM_TIMEOUT_SECONDS = float(env_str("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", "600"))
 GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS = float(env_str("GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS", "10"))
+# Whole non-streamed answer; a provider's own timeouts (Provider model) override these three.
+GATEWAY_UPSTREAM_TOTAL_TIMEOUT_SECONDS = float(env_str("GATEWAY_UPSTREAM_TOTAL_TIMEOUT_SECONDS", "600"))
+# Retries of one target before falling back to the next: exponential backoff with full jitter,
+# capped at GATEWAY_RETRY_MAX_SECONDS; a Retry-After longer than the cap moves on instead of waiting.
+GATEWAY_RETRIES = env_int("GATEWAY_RETRIES", 1)
+GATEWAY_RETRY_BASE_SECONDS = float(env_str("GATEWAY_RETRY_BASE_SECONDS", "0.2"))
+GATEWAY_RETRY_MAX_SECONDS = float(env_str("GATEWAY_RETRY_MAX_SECONDS", "4"))
+# Circuit breaker per (provider, model), shared by all gateway processes through Redis.
+GATEWAY_BREAKER_FAILURES = env_int("GATEWAY_BREAKER_FAILURES", 5)
+GATEWAY_BREAKER_WINDOW_SECONDS = float(env_str("GATEWAY_BREAKER_WINDOW_SECONDS", "30"))
+GATEWAY_BREAKER_COOLDOWN_SECONDS = float(env_str("GATEWAY_BREAKER_COOLDOWN_SECONDS", "30"))
+# Shadow traffic: a bounded in-process queue (full = the sample is dropped, never waited for).
+GATEWAY_SHADOW_QUEUE = env_int("GATEWAY_SHADOW_QUEUE", 1000)
+GATEWAY_SHADOW_WORKERS = env_int("GATEWAY_SHADOW_WORKERS", 4)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
 # Redis down: refuse with 503 (default) or serve unchecked and let the ledger catch budgets up.
 GATEWAY_LIMITS_FAIL_OPEN = env_bool("GATEWAY_LIMITS_FAIL_OPEN", False)

@@ -1,0 +1,155 @@
+"""Circuit breakers per deployment (provider, model), shared by every gateway process.
+
+closed → ``failures`` failures within ``window`` seconds → open (requests skip the
+deployment) → after ``cooldown`` seconds half-open: one request, claimed across
+processes, probes it → success closes, failure opens it again.
+
+Redis holds the truth: a failure counter per deployment (expiring with the
+window) and one hash of open breakers, ``deployment -> open until``. Each
+process keeps a copy of that hash, reloaded when a process announces a change
+on pub/sub and polled as a safety net, so a request checks a dict and only a
+failure, or the half-open probe, talks to Redis. Counting failures in a window
+instead of in a row means a success costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import redis.asyncio as aioredis
+
+logger = logging.getLogger(__name__)
+
+# KEYS: failure counter, open hash, probe claim. ARGV: field, now, window ms, failures, cool-down s.
+# Returns 1 when this failure opened (or re-opened) the breaker.
+_FAILURE_LUA = """
+local open_until = redis.call('HGET', KEYS[2], ARGV[1])
+local now = tonumber(ARGV[2])
+if open_until then
+  if now < tonumber(open_until) then
+    return 0
+  end
+  redis.call('HSET', KEYS[2], ARGV[1], tostring(now + tonumber(ARGV[5])))
+  redis.call('DEL', KEYS[3])
+  return 1
+end
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+if n >= tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[2], ARGV[1], tostring(now + tonumber(ARGV[5])))
+  redis.call('DEL', KEYS[1], KEYS[3])
+  return 1
+end
+return 0
+"""
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+def deployment(provider_id: int, model: str) -> str:
+    return f"{provider_id}:{model}"
+
+
+class Breakers:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        *,
+        failures: int,
+        window_seconds: float,
+        cooldown_seconds: float,
+        poll_seconds: float,
+    ) -> None:
+        self._redis = client
+        self._prefix = prefix + "breaker:"
+        self._hash = self._prefix + "open"
+        self._channel = self._prefix + "changed"
+        self._failures = max(failures, 1)
+        self._window_ms = int(window_seconds * 1000)
+        self._cooldown = cooldown_seconds
+        self._poll_seconds = poll_seconds
+        self._script = client.register_script(_FAILURE_LUA)
+        self._open: dict[str, float] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.reload()
+        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def state(self, provider_id: int, model: str) -> str:
+        until = self._open.get(deployment(provider_id, model))
+        if until is None:
+            return CLOSED
+        return OPEN if time.time() < until else HALF_OPEN
+
+    async def allow(self, provider_id: int, model: str) -> bool:
+        """May a request go to this deployment now? Half-open lets exactly one probe through."""
+        name = deployment(provider_id, model)
+        until = self._open.get(name)
+        if until is None:
+            return True
+        if time.time() < until:
+            return False
+        claim_seconds = max(int(self._cooldown), 5)
+        return bool(await self._redis.set(self._prefix + "probe:" + name, b"1", nx=True, ex=claim_seconds))
+
+    async def failure(self, provider_id: int, model: str) -> None:
+        name = deployment(provider_id, model)
+        keys = [self._prefix + "fails:" + name, self._hash, self._prefix + "probe:" + name]
+        args = [name, time.time(), self._window_ms, self._failures, self._cooldown]
+        if await self._script(keys=keys, args=args):
+            logger.warning("circuit opened for %s", name)
+            await self._announce()
+
+    async def success(self, provider_id: int, model: str) -> None:
+        """Close a half-open breaker after its probe answered; free for closed breakers."""
+        name = deployment(provider_id, model)
+        if name not in self._open:
+            return
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(self._hash, name)
+        pipe.delete(self._prefix + "probe:" + name, self._prefix + "fails:" + name)
+        await pipe.execute()
+        logger.info("circuit closed for %s", name)
+        await self._announce()
+
+    async def reload(self) -> None:
+        raw = await self._redis.hgetall(self._hash)
+        self._open = {key.decode(): float(value) for key, value in raw.items()}
+
+    async def _announce(self) -> None:
+        await self.reload()
+        await self._redis.publish(self._channel, b"changed")
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                await pubsub.subscribe(self._channel)
+                async for _message in pubsub.listen():
+                    await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("breaker listener failed; reconnecting")
+                await asyncio.sleep(0.5)
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_seconds)
+            try:
+                await self.reload()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("breaker poll failed")

@@ -1,0 +1,168 @@
+"""Rule evaluation for the data plane: plain data, no I/O.
+
+The gateway holds each project's active rules (as ``RuleView``) in its policy
+snapshot and calls ``first_match`` per request; everything here is in-memory
+and cheap. The regex condition reads the last user message only when a rule
+that gets that far has one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TargetView:
+    provider_id: int
+    model: str
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CascadeView:
+    threshold: float
+    tokens: int
+    aggregate: str  # "min" | "mean" | "joint"
+    escalate_new_labels: bool
+    labels: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleView:
+    id: int
+    name: str
+    action: str  # "route" | "split" | "cascade"
+    primaries: tuple[TargetView, ...]
+    fallbacks: tuple[TargetView, ...] = ()
+    shadow: TargetView | None = None
+    shadow_fraction: float = 0.0
+    cascade: CascadeView | None = None
+    models: frozenset[str] = frozenset()
+    features: frozenset[str] = frozenset()
+    end_users: frozenset[str] = frozenset()
+    api_key_id: int | None = None
+    min_prompt_tokens: int | None = None
+    max_prompt_tokens: int | None = None
+    tools: str = "any"  # "any" | "with" | "without"
+    regex: re.Pattern[str] | None = None
+
+    def matches(self, facts: RequestFacts) -> bool:
+        if self.models and facts.model not in self.models:
+            return False
+        if self.features and facts.feature not in self.features:
+            return False
+        if self.end_users and facts.end_user not in self.end_users:
+            return False
+        if self.api_key_id is not None and facts.api_key_id != self.api_key_id:
+            return False
+        if self.min_prompt_tokens is not None and facts.prompt_tokens < self.min_prompt_tokens:
+            return False
+        if self.max_prompt_tokens is not None and facts.prompt_tokens > self.max_prompt_tokens:
+            return False
+        if self.tools != "any" and facts.has_tools != (self.tools == "with"):
+            return False
+        return self.regex is None or self.regex.search(facts.last_user_text()) is not None
+
+
+class RequestFacts:
+    """What rules can match on, taken from one request."""
+
+    __slots__ = ("model", "feature", "end_user", "api_key_id", "prompt_tokens", "has_tools", "_payload", "_last")
+
+    def __init__(
+        self, *, model: str, feature: str, end_user: str, api_key_id: int, prompt_tokens: int, payload: dict[str, Any]
+    ) -> None:
+        self.model = model
+        self.feature = feature
+        self.end_user = end_user
+        self.api_key_id = api_key_id
+        self.prompt_tokens = prompt_tokens
+        self.has_tools = bool(payload.get("tools") or payload.get("functions"))
+        self._payload = payload
+        self._last: str | None = None
+
+    def last_user_text(self) -> str:
+        if self._last is None:
+            self._last = last_user_text(self._payload)
+        return self._last
+
+
+def last_user_text(payload: dict[str, Any]) -> str:
+    """The last user message's text (chat), or the prompt (legacy completions), or the input (embeddings)."""
+    messages = payload.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return _text(message.get("content"))
+        return ""
+    for field in ("prompt", "input"):
+        if field in payload:
+            return _text(payload[field])
+    return ""
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+        return "\n".join(parts)
+    return ""
+
+
+def first_match(rules: Iterable[RuleView], facts: RequestFacts) -> RuleView | None:
+    for rule in rules:
+        if rule.matches(facts):
+            return rule
+    return None
+
+
+def split_order(targets: Sequence[TargetView], rng: random.Random | None = None) -> list[TargetView]:
+    """The targets of a split: one drawn by weight first, the others after it by weight (as fallbacks)."""
+    draw = (rng or random).random() * sum(t.weight for t in targets)
+    for index, target in enumerate(targets):
+        draw -= target.weight
+        if draw < 0:
+            rest = sorted((t for i, t in enumerate(targets) if i != index), key=lambda t: -t.weight)
+            return [target, *rest]
+    return list(targets)  # all weights zero: keep the written order
+
+
+def confidence(completion: dict[str, Any], *, tokens: int, aggregate: str) -> float | None:
+    """Confidence of a chat completion from its logprobs, lowest over its choices; None without logprobs.
+
+    Per choice: the probabilities of the first ``tokens`` answer tokens, combined
+    as their minimum, mean or product (joint probability).
+    """
+    lowest: float | None = None
+    for choice in completion.get("choices") or ():
+        content = ((choice or {}).get("logprobs") or {}).get("content")
+        if not content:
+            return None
+        probabilities = [math.exp(float(entry["logprob"])) for entry in content[:tokens]]
+        if aggregate == "mean":
+            value = sum(probabilities) / len(probabilities)
+        elif aggregate == "joint":
+            value = math.prod(probabilities)
+        else:
+            value = min(probabilities)
+        lowest = value if lowest is None else min(lowest, value)
+    return lowest
+
+
+_PUNCTUATION = str.maketrans("", "", ".,!?;:'\"`()[]{}")
+
+
+def normalize_text(text: str) -> str:
+    """Text compared loosely: case-folded, punctuation dropped, whitespace collapsed."""
+    return " ".join(text.casefold().translate(_PUNCTUATION).split())

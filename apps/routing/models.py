@@ -1,0 +1,175 @@
+"""Routing rules: which model serves a request, what happens on failure, and what is shadowed.
+
+Rules belong to a project and are evaluated in ``position`` order by the data
+plane (from its policy snapshot); the first rule whose conditions all match
+decides. Conditions left empty match everything.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+def validate_regex(value: str) -> None:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValidationError(f"Not a valid regular expression: {exc}.") from None
+
+
+class RuleAction(models.TextChoices):
+    ROUTE = "route", "Route to a model (first target; the rest are fallbacks)"
+    SPLIT = "split", "Split traffic by weight (canary)"
+    CASCADE = "cascade", "Cascade: cheap model first, escalate on low confidence"
+
+
+class ToolsMatch(models.TextChoices):
+    ANY = "any", "With or without tools"
+    WITH = "with", "Only requests with tools"
+    WITHOUT = "without", "Only requests without tools"
+
+
+class ConfidenceAggregate(models.TextChoices):
+    """How the first N answer tokens' probabilities become one confidence."""
+
+    MIN = "min", "Lowest token probability"
+    MEAN = "mean", "Mean token probability"
+    JOINT = "joint", "Joint probability (product)"
+
+
+class RoutingRule(models.Model):
+    project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="routing_rules")
+    name = models.CharField(max_length=100)
+    position = models.PositiveIntegerField(default=0, help_text="Rules are tried in ascending order")
+    is_active = models.BooleanField(default=True)
+
+    match_models = ArrayField(models.CharField(max_length=200), default=list, blank=True)
+    match_features = ArrayField(models.CharField(max_length=100), default=list, blank=True)
+    match_end_users = ArrayField(models.CharField(max_length=200), default=list, blank=True)
+    match_api_key = models.ForeignKey("keys.ApiKey", null=True, blank=True, on_delete=models.CASCADE)
+    min_prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    max_prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    match_tools = models.CharField(max_length=10, choices=ToolsMatch.choices, default=ToolsMatch.ANY)
+    match_regex = models.CharField(
+        max_length=500, blank=True, validators=[validate_regex], help_text="Searched in the last user message"
+    )
+
+    action = models.CharField(max_length=10, choices=RuleAction.choices, default=RuleAction.ROUTE)
+    cascade_threshold = models.DecimalField(
+        max_digits=4,
+        decimal_places=3,
+        default=Decimal("0.700"),
+        validators=[MinValueValidator(0), MaxValueValidator(1)],
+        help_text="Escalate when the cheap answer's confidence (0–1) is below this",
+    )
+    cascade_tokens = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(50)],
+        help_text="Answer tokens the confidence looks at",
+    )
+    cascade_aggregate = models.CharField(
+        max_length=10, choices=ConfidenceAggregate.choices, default=ConfidenceAggregate.MIN
+    )
+    cascade_escalate_new_labels = models.BooleanField(
+        default=False, help_text="Also escalate when the cheap answer is not one of the known labels"
+    )
+    cascade_labels = ArrayField(models.CharField(max_length=200), default=list, blank=True)
+    shadow_percent = models.DecimalField(
+        max_digits=5,
+        decimal_places=2,
+        default=Decimal("0"),
+        validators=[MinValueValidator(0), MaxValueValidator(100)],
+        help_text="Percent of matched requests also sent to the shadow model",
+    )
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["project", "position", "id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(action__in=RuleAction.values), name="rule_action_valid"),
+            models.CheckConstraint(condition=Q(match_tools__in=ToolsMatch.values), name="rule_tools_valid"),
+            models.CheckConstraint(
+                condition=Q(cascade_threshold__gte=0) & Q(cascade_threshold__lte=1), name="rule_threshold_0_1"
+            ),
+            models.CheckConstraint(
+                condition=Q(cascade_tokens__gte=1) & Q(cascade_tokens__lte=50), name="rule_cascade_tokens_1_50"
+            ),
+            models.CheckConstraint(
+                condition=Q(shadow_percent__gte=0) & Q(shadow_percent__lte=100), name="rule_shadow_percent_0_100"
+            ),
+            models.CheckConstraint(
+                condition=Q(min_prompt_tokens__isnull=True)
+                | Q(max_prompt_tokens__isnull=True)
+                | Q(min_prompt_tokens__lte=models.F("max_prompt_tokens")),
+                name="rule_prompt_tokens_range",
+                violation_error_message="The minimum prompt tokens cannot be above the maximum.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TargetRole(models.TextChoices):
+    PRIMARY = "primary", "Primary"
+    FALLBACK = "fallback", "Fallback"
+    SHADOW = "shadow", "Shadow"
+
+
+class RuleTarget(models.Model):
+    """A model on a provider that a rule sends to.
+
+    Primary targets: the one model of a route rule, the weighted models of a
+    split, the cheap then the strong model of a cascade. Fallbacks are tried in
+    order when the primary fails; the shadow target gets a sampled copy.
+    """
+
+    rule = models.ForeignKey(RoutingRule, on_delete=models.CASCADE, related_name="targets")
+    role = models.CharField(max_length=10, choices=TargetRole.choices)
+    position = models.PositiveSmallIntegerField(default=0)
+    provider = models.ForeignKey("providers.Provider", on_delete=models.CASCADE, related_name="rule_targets")
+    model = models.CharField(max_length=200)
+    weight = models.PositiveIntegerField(default=1, help_text="Share of a split, relative to the other primaries")
+
+    class Meta:
+        ordering = ["rule", "role", "position", "id"]
+        constraints = [models.CheckConstraint(condition=Q(role__in=TargetRole.values), name="target_role_valid")]
+
+    def __str__(self) -> str:
+        return f"{self.model} @ {self.provider_id}"
+
+
+class ShadowComparison(models.Model):
+    """One shadowed request: the app's answer and the shadow model's, side by side."""
+
+    request_id = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField()
+    rule = models.ForeignKey(RoutingRule, on_delete=models.CASCADE, related_name="shadow_comparisons")
+    project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="+")
+    primary_model = models.CharField(max_length=200)
+    shadow_model = models.CharField(max_length=200)
+    primary_latency_ms = models.PositiveIntegerField()
+    shadow_latency_ms = models.PositiveIntegerField()
+    primary_cost = models.DecimalField(max_digits=18, decimal_places=10)
+    shadow_cost = models.DecimalField(max_digits=18, decimal_places=10)
+    shadow_status = models.PositiveSmallIntegerField()
+    exact_match = models.BooleanField()
+    normalized_match = models.BooleanField()
+    similarity = models.FloatField(null=True, blank=True, help_text="Cosine similarity of the two answers' embeddings")
+    primary_text = models.TextField(blank=True)
+    shadow_text = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["rule", "created_at"], name="shadow_rule_time")]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}: {self.primary_model} vs {self.shadow_model}"

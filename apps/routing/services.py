@@ -1,0 +1,204 @@
+"""Writes for routing: rules and their targets, and the shadow comparisons the gateway reports."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import redis
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Max
+
+from apps.ledger.stream import FIELD, acknowledge, ensure_group, read_batch
+from apps.providers.models import Price, Provider
+from apps.routing.models import RoutingRule, RuleAction, RuleTarget, ShadowComparison, TargetRole
+from apps.routing.stream import shadow_stream_name
+from apps.tenancy.models import Project
+
+logger = logging.getLogger(__name__)
+
+
+# --- targets as people write them ---------------------------------------------
+
+# "gpt-4o-mini", "gpt-4o-mini @ openai", "gpt-4o-mini @ openai 90" (weight, for splits; "90%" works too)
+_TARGET_LINE = re.compile(r"^(?P<model>[^\s@]+)(?:\s*@\s*(?P<provider>.+?))?(?:\s+(?P<weight>\d+)\s*%?)?$")
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    provider: Provider
+    model: str
+    weight: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.model} @ {self.provider.name} {self.weight}"
+
+
+def targets_parse(*, project: Project, text: str) -> list[TargetSpec]:
+    """Read one target per line. Without ``@ provider`` the project's default provider is used,
+    else the organisation's first provider with a price for the model."""
+    specs = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        found = _TARGET_LINE.match(line)
+        if found is None:
+            raise ValidationError(f"Line {number}: write 'model', 'model @ provider' or 'model @ provider 90'.")
+        model, provider_name = found["model"], (found["provider"] or "").strip()
+        priced = Price.objects.filter(provider__organization_id=project.organization_id, model=model)
+        if provider_name:
+            provider = Provider.objects.filter(organization_id=project.organization_id, name=provider_name).first()
+            if provider is None:
+                raise ValidationError(f"Line {number}: no provider named '{provider_name}' in this organisation.")
+            if not priced.filter(provider=provider).exists():
+                raise ValidationError(f"Line {number}: {provider_name} has no price for '{model}'; add one first.")
+        else:
+            on_default = priced.filter(provider_id=project.default_provider_id).first()
+            price = on_default or priced.order_by("provider_id").first()
+            if price is None:
+                raise ValidationError(f"Line {number}: no provider of this organisation prices '{model}'.")
+            provider = price.provider
+        specs.append(TargetSpec(provider=provider, model=model, weight=int(found["weight"] or 1)))
+    return specs
+
+
+def targets_text(targets: list[RuleTarget]) -> str:
+    """The lines ``targets_parse`` reads back, for editing."""
+    return "\n".join(f"{t.model} @ {t.provider.name}" + (f" {t.weight}" if t.weight != 1 else "") for t in targets)
+
+
+# --- rules --------------------------------------------------------------------
+
+
+def _check_targets(
+    *, action: str, primaries: list[TargetSpec], shadow: list[TargetSpec], shadow_percent: Decimal
+) -> None:
+    errors: dict[str, str] = {}
+    if action == RuleAction.SPLIT and len(primaries) < 2:
+        errors["primaries"] = "A split needs at least two models, each with a weight."
+    if action == RuleAction.SPLIT and primaries and sum(p.weight for p in primaries) == 0:
+        errors["primaries"] = "At least one weight must be above zero."
+    if action == RuleAction.CASCADE and len(primaries) != 2:
+        errors["primaries"] = "A cascade needs exactly two models: the cheap one first, then the strong one."
+    if action == RuleAction.ROUTE and len(primaries) > 1:
+        errors["primaries"] = "A route rule sends to one model; list the others as fallbacks."
+    if len(shadow) > 1:
+        errors["shadow"] = "One shadow model per rule."
+    if shadow_percent > 0 and not shadow:
+        errors["shadow"] = "Name the shadow model, or set the shadow share to 0."
+    if errors:
+        raise ValidationError(errors)
+
+
+@transaction.atomic
+def rule_save(
+    *,
+    project: Project,
+    rule: RoutingRule | None = None,
+    fields: dict[str, Any],
+    primaries: list[TargetSpec],
+    fallbacks: list[TargetSpec],
+    shadow: list[TargetSpec],
+) -> RoutingRule:
+    """Create a rule (appended after the project's last one) or update ``rule``, replacing its targets."""
+    _check_targets(
+        action=fields.get("action", RuleAction.ROUTE),
+        primaries=primaries,
+        shadow=shadow,
+        shadow_percent=Decimal(fields.get("shadow_percent") or 0),
+    )
+    if rule is None:
+        last = RoutingRule.objects.filter(project=project).aggregate(last=Max("position"))["last"]
+        rule = RoutingRule(project=project, position=0 if last is None else last + 1)
+    for name, value in fields.items():
+        setattr(rule, name, value)
+    rule.full_clean()
+    rule.save()
+    rule.targets.all().delete()
+    by_role = {TargetRole.PRIMARY: primaries, TargetRole.FALLBACK: fallbacks, TargetRole.SHADOW: shadow}
+    rows = [
+        RuleTarget(rule=rule, role=role, position=i, provider=spec.provider, model=spec.model, weight=spec.weight)
+        for role, specs in by_role.items()
+        for i, spec in enumerate(specs)
+    ]
+    for row in rows:
+        row.full_clean()
+    RuleTarget.objects.bulk_create(rows)
+    # bulk_create sends no post_save: announce the new targets to the gateways through the rule.
+    rule.save(update_fields=["updated_at"])
+    return rule
+
+
+@transaction.atomic
+def rule_move(*, rule: RoutingRule, offset: int) -> None:
+    """Move a rule up (-1) or down (+1) in its project's order, renumbering 0..n-1."""
+    rules = list(RoutingRule.objects.select_for_update().filter(project_id=rule.project_id).order_by("position", "id"))
+    index = next(i for i, r in enumerate(rules) if r.pk == rule.pk)
+    other = index + offset
+    if 0 <= other < len(rules):
+        rules[index], rules[other] = rules[other], rules[index]
+    for position, item in enumerate(rules):
+        if item.position != position:
+            item.position = position
+            item.save(update_fields=["position", "updated_at"])
+
+
+def rule_delete(*, rule: RoutingRule) -> None:
+    rule.delete()
+
+
+# --- shadow comparisons -----------------------------------------------------------
+
+
+def _comparison(event: dict[str, Any]) -> ShadowComparison:
+    return ShadowComparison(
+        request_id=event["request_id"],
+        created_at=dt.datetime.fromtimestamp(float(event["created_at"]), dt.UTC),
+        rule_id=int(event["rule_id"]),
+        project_id=int(event["project_id"]),
+        primary_model=str(event["primary_model"])[:200],
+        shadow_model=str(event["shadow_model"])[:200],
+        primary_latency_ms=int(event["primary_latency_ms"]),
+        shadow_latency_ms=int(event["shadow_latency_ms"]),
+        primary_cost=Decimal(event["primary_cost"]),
+        shadow_cost=Decimal(event["shadow_cost"]),
+        shadow_status=int(event["shadow_status"]),
+        exact_match=bool(event["exact_match"]),
+        normalized_match=bool(event["normalized_match"]),
+        similarity=event.get("similarity"),
+        primary_text=str(event.get("primary_text") or ""),
+        shadow_text=str(event.get("shadow_text") or ""),
+    )
+
+
+def shadow_ingest_batch(*, client: redis.Redis, consumer: str, count: int = 500, block_ms: int = 0) -> int:
+    """Store up to ``count`` shadow comparisons from the gateway's stream; returns how many were handled.
+
+    Acknowledged only after the insert committed; request ids are unique, so a
+    re-read never duplicates. Events for rules deleted since are dropped.
+    """
+    stream = shadow_stream_name()
+    ensure_group(client, stream)
+    entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=30_000)
+    if not entries:
+        return 0
+    rows = []
+    for entry_id, fields in entries:
+        if not fields:
+            continue
+        try:
+            rows.append(_comparison(orjson.loads(fields[FIELD])))
+        except (KeyError, ValueError, TypeError, ArithmeticError):
+            logger.error("shadow event %s could not be read; dropped", entry_id)
+    live_rules = set(RoutingRule.objects.filter(id__in={r.rule_id for r in rows}).values_list("id", flat=True))
+    with transaction.atomic():
+        ShadowComparison.objects.bulk_create([r for r in rows if r.rule_id in live_rules], ignore_conflicts=True)
+    acknowledge(client, stream, [entry_id for entry_id, _fields in entries])
+    return len(entries)
