@@ -20,9 +20,16 @@ the bucket's start, attributed to the chosen project. Cost comes from the file
 when it has one, else from the organisation's price for the model on that day
 (its OpenAI provider first, then any provider, then the public catalogue;
 batch rows at batch prices). Imported spend bypassed the gateway, so its
-counterfactual equals its cost: no savings are claimed for it. The request id
-is derived from the file's SHA-256 and the line number, so importing the same
-file again adds nothing.
+counterfactual equals its cost: no savings are claimed for it.
+
+A row's request id is derived from what identifies its bucket, not from the
+file: the organisation, the format, the bucket's start and every column that
+is not a measure (model, project_id, api_key_id, user_id, batch, line_item,
+and any column we do not know). Importing the same file again, the same rows
+in another order, or a later export that overlaps an earlier one therefore
+replaces those buckets' rows instead of adding to them: the file imported last wins,
+which also corrects a bucket that was still filling when it was first exported.
+Two rows of one file with the same identity are reported as a bad line.
 """
 
 from __future__ import annotations
@@ -71,6 +78,11 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "currency": ("amount.currency", "amount_currency", "currency"),
     "line_item": ("line_item",),
 }
+# Columns that say nothing about which bucket a row is: its measures and the time columns (the
+# parsed bucket start stands for them). Every other column is part of the row's identity.
+_NOT_IDENTITY = frozenset(
+    name for field in ("time", "input", "cached", "output", "requests", "cost", "currency") for name in _ALIASES[field]
+) | {"end_time", "end_time_iso"}
 
 
 class ImportFormat:
@@ -97,14 +109,18 @@ class ImportResult:
     format: str
     rows: int
     created: int
-    already_imported: int
+    replaced: int  # rows that an earlier import had written for the same buckets
     cost: Decimal
     hours_refreshed: int
     earliest: dt.datetime
 
 
+def _normalized(header: list[str]) -> list[str]:
+    return [name.strip().lower().replace(" ", "_") for name in header]
+
+
 def _header_map(header: list[str]) -> dict[str, int]:
-    normalized = [name.strip().lower().replace(" ", "_") for name in header]
+    normalized = _normalized(header)
     found: dict[str, int] = {}
     for field, names in _ALIASES.items():
         for name in names:
@@ -192,9 +208,9 @@ def usage_import(
     """Import an OpenAI usage or cost CSV into ``project``'s ledger, all rows or none.
 
     Every row is checked before anything is written; any problem raises
-    ``ImportRejected`` listing every bad line. Then the rows are inserted
-    (ids already present are skipped) and the touched hours re-rolled up,
-    in one transaction.
+    ``ImportRejected`` listing every bad line. Then the rows are inserted,
+    replacing those an earlier import wrote for the same buckets, and the
+    touched hours re-rolled up, in one transaction.
     """
     if project.organization_id != organization.pk:
         raise ValueError("the project belongs to another organisation")
@@ -228,7 +244,10 @@ def usage_import(
     if missing:
         raise ImportRejected([ImportProblem(1, f"Missing column(s): {', '.join(missing)}.")])
 
-    digest = hashlib.sha256(content).hexdigest()[:32]
+    identity_columns = sorted(
+        (name, index) for index, name in enumerate(_normalized(header)) if name and name not in _NOT_IDENTITY
+    )
+    first_line: dict[str, int] = {}
     provider = _openai_provider(organization)
     prices = PriceBook(organization)
     entries: list[LedgerEntry] = []
@@ -245,22 +264,33 @@ def usage_import(
             errors.append(ImportProblem(line_start, f"Expected {len(header)} columns, found {len(row)}."))
             continue
         try:
-            entries.append(
-                _entry_from_row(
-                    row,
-                    columns,
-                    kind=kind,
-                    organization=organization,
-                    project=project,
-                    provider=provider,
-                    prices=prices,
-                    now=now,
-                    request_id=f"imp-{digest}-{line_start}",
-                    file_name=file_name,
-                )
+            entry = _entry_from_row(
+                row,
+                columns,
+                kind=kind,
+                organization=organization,
+                project=project,
+                provider=provider,
+                prices=prices,
+                now=now,
+                file_name=file_name,
             )
         except ValueError as exc:
             errors.append(ImportProblem(line_start, str(exc)))
+            continue
+        entry.request_id = _import_request_id(
+            organization=organization,
+            kind=kind,
+            bucket=entry.created_at,
+            cells=[(name, _identity_cell(name, row[index])) for name, index in identity_columns],
+        )
+        if entry.request_id in first_line:
+            errors.append(
+                ImportProblem(line_start, f"the same bucket and columns as line {first_line[entry.request_id]}")
+            )
+            continue
+        first_line[entry.request_id] = line_start
+        entries.append(entry)
     if errors:
         raise ImportRejected(errors)
     if not entries:
@@ -271,17 +301,57 @@ def usage_import(
         existing = sum(
             LedgerEntry.objects.filter(request_id__in=ids[i : i + 5000]).count() for i in range(0, len(ids), 5000)
         )
-        LedgerEntry.objects.bulk_create(entries, batch_size=2000, ignore_conflicts=True)
+        # An earlier import's row for the same bucket is overwritten, ingested_at included, so the
+        # roll-up refresh below recomputes its hour (and the hour it left, if the bucket moved project).
+        LedgerEntry.objects.bulk_create(
+            entries,
+            batch_size=2000,
+            update_conflicts=True,
+            unique_fields=["request_id"],
+            update_fields=_REIMPORT_FIELDS,
+        )
         hours = rollups_refresh()
     return ImportResult(
         format=kind,
         rows=len(entries),
         created=len(entries) - existing,
-        already_imported=existing,
+        replaced=existing,
         cost=sum((entry.cost for entry in entries), Decimal(0)),
         hours_refreshed=hours,
         earliest=min(entry.created_at for entry in entries),
     )
+
+
+_REIMPORT_FIELDS = [
+    "ingested_at",
+    "project",
+    "provider",
+    "end_user",
+    "requested_model",
+    "served_model",
+    "prompt_tokens",
+    "cached_tokens",
+    "completion_tokens",
+    "cost",
+    "counterfactual_cost",
+    "route",
+]
+
+
+def _identity_cell(name: str, raw: str) -> str:
+    """A cell as it identifies a bucket: ``batch`` by its truth value, the rest stripped."""
+    if name in _ALIASES["batch"]:
+        return "true" if _parse_bool(raw) else "false"
+    return raw.strip()
+
+
+def _import_request_id(
+    *, organization: Organization, kind: str, bucket: dt.datetime, cells: list[tuple[str, str]]
+) -> str:
+    """The ledger request id of an imported row: the same for the same bucket whichever file brings it."""
+    identity = [str(organization.pk), kind, bucket.astimezone(dt.UTC).isoformat()]
+    identity.extend(f"{name}={value}" for name, value in cells)
+    return "imp-" + hashlib.sha256("\x1f".join(identity).encode()).hexdigest()[:40]
 
 
 def _entry_from_row(
@@ -294,9 +364,10 @@ def _entry_from_row(
     provider: Provider | None,
     prices: PriceBook,
     now: dt.datetime,
-    request_id: str,
     file_name: str,
 ) -> LedgerEntry:
+    """The row as an imported ledger entry, without its request id; ``ValueError`` lists its problems."""
+
     def cell(field: str) -> str:
         return row[columns[field]] if field in columns else ""
 
@@ -350,7 +421,6 @@ def _entry_from_row(
     if batch:
         details.append("batch")
     return LedgerEntry(
-        request_id=request_id,
         created_at=created_at,
         source=Source.IMPORTED,
         organization=organization,

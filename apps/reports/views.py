@@ -245,8 +245,8 @@ def usage_import(request: HttpRequest) -> HttpResponse:
                 request,
                 f"Imported {result.created} row(s) ({result.format} format, ${result.cost:,.2f})"
                 + (
-                    f"; {result.already_imported} were already imported and skipped."
-                    if result.already_imported
+                    f"; {result.replaced} replaced the rows of an earlier import for the same buckets."
+                    if result.replaced
                     else "."
                 ),
             )

@@ -7,10 +7,11 @@ from decimal import Decimal
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db.models import Sum
 from django.test import Client
 from django.urls import reverse
 
-from apps.ledger.models import HourlyRollup, LedgerEntry, Source
+from apps.ledger.models import HourlyRollup, LedgerEntry, ProjectHourlyRollup, Source
 from apps.reports.services import ImportRejected, usage_import
 from tests.factories import People, entry_make, login
 from tests.reports.helpers import at
@@ -71,8 +72,80 @@ def test_reimporting_the_same_file_is_idempotent(client: Client, people: People)
     assert response.status_code == 302  # type: ignore[attr-defined]
     assert (LedgerEntry.objects.count(), sum(e.cost for e in LedgerEntry.objects.all())) == before
     report = client.get(response["Location"]).content.decode()  # type: ignore[index]
-    assert "Imported 0 row(s)" in report and "3 were already imported" in report
+    assert "Imported 0 row(s)" in report and "3 replaced the rows of an earlier import" in report
     assert HourlyRollup.objects.filter(hour=dt.datetime(2025, 9, 1, tzinfo=dt.UTC)).count() == 1
+
+
+def _imported_cost_by_day(people: People) -> dict[dt.date, Decimal]:
+    totals: dict[dt.date, Decimal] = {}
+    for entry in LedgerEntry.objects.filter(organization=people.tenant.org, source=Source.IMPORTED):
+        day = entry.created_at.date()
+        totals[day] = totals.get(day, Decimal(0)) + entry.cost
+    return totals
+
+
+def test_overlapping_exports_replace_the_shared_buckets_instead_of_adding_them(people: People) -> None:
+    header = "start_time,end_time,project_id,model,input_tokens,output_tokens,num_model_requests,amount.value\n"
+    first_half = header + (
+        "2025-09-01T00:00:00Z,2025-09-02T00:00:00Z,proj_abc,gpt-4o-mini,1000,100,4,1.00\n"
+        "2025-09-02T00:00:00Z,2025-09-03T00:00:00Z,proj_abc,gpt-4o-mini,500,50,2,0.50\n"  # Sep 2 still filling
+        "2025-09-02T00:00:00Z,2025-09-03T00:00:00Z,proj_xyz,gpt-4o-mini,700,70,3,0.70\n"
+    )
+    # A later export: Sep 2 complete, Sep 3 new; rows in another order, times as Unix seconds.
+    second_half = header + (
+        "1756857600,1756944000,proj_abc,gpt-4o-mini,3000,300,9,3.00\n"  # Sep 3
+        "1756771200,1756857600,proj_abc,gpt-4o-mini,2000,200,8,2.00\n"  # Sep 2, final
+        "1756771200,1756857600,proj_xyz,gpt-4o-mini,700,70,3,0.70\n"
+    )
+    org, project = people.tenant.org, people.tenant.project
+    first = usage_import(organization=org, project=project, content=first_half.encode(), file_name="aug-sep.csv")
+    assert (first.created, first.replaced) == (3, 0)
+
+    second = usage_import(organization=org, project=project, content=second_half.encode(), file_name="sep.csv")
+
+    assert (second.created, second.replaced) == (1, 2)
+    assert _imported_cost_by_day(people) == {
+        dt.date(2025, 9, 1): Decimal("1.00"),
+        dt.date(2025, 9, 2): Decimal("2.70"),  # 2.00 (final, replacing 0.50) + 0.70 (unchanged)
+        dt.date(2025, 9, 3): Decimal("3.00"),
+    }
+    sep_2 = LedgerEntry.objects.get(created_at=dt.datetime(2025, 9, 2, tzinfo=dt.UTC), route__contains="proj_abc")
+    assert (sep_2.prompt_tokens, sep_2.completion_tokens) == (2000, 200) and "sep.csv" in sep_2.route
+    # The roll-ups followed the replaced rows: the hour of Sep 2 holds the final figures only.
+    assert ProjectHourlyRollup.objects.get(hour=dt.datetime(2025, 9, 2, tzinfo=dt.UTC)).cost == Decimal("2.70")
+    assert HourlyRollup.objects.aggregate(s=Sum("cost"))["s"] == Decimal("6.70")
+
+    # One file holding the same bucket twice cannot say which figure is right: those lines are refused.
+    both = first_half + second_half[len(header) :]
+    with pytest.raises(ImportRejected) as rejected:
+        usage_import(organization=org, project=project, content=both.encode())
+    assert [(p.line, p.message) for p in rejected.value.errors] == [
+        (6, "the same bucket and columns as line 3"),
+        (7, "the same bucket and columns as line 4"),
+    ]
+    assert sum(_imported_cost_by_day(people).values()) == Decimal("6.70")
+
+
+def test_the_same_export_imported_by_two_organisations_counts_once_in_each(people: People) -> None:
+    for tenant in (people.tenant, people.other):
+        result = usage_import(organization=tenant.org, project=tenant.project, content=USAGE_CSV.encode())
+        assert (result.created, result.replaced) == (3, 0)
+    for tenant in (people.tenant, people.other):
+        rows = LedgerEntry.objects.filter(organization=tenant.org, source=Source.IMPORTED)
+        assert rows.count() == 3 and rows.aggregate(s=Sum("cost"))["s"] == Decimal("8.27")
+
+
+def test_reimporting_into_another_project_moves_the_buckets(people: People) -> None:
+    from apps.tenancy.services import project_create
+
+    org, first = people.tenant.org, people.tenant.project
+    second = project_create(organization=org, name="Imported spend", slug="imported-spend")
+    usage_import(organization=org, project=first, content=USAGE_CSV.encode())
+    result = usage_import(organization=org, project=second, content=USAGE_CSV.encode())
+    assert (result.created, result.replaced) == (0, 3)
+    assert set(LedgerEntry.objects.filter(source=Source.IMPORTED).values_list("project", flat=True)) == {second.pk}
+    by_project = dict(ProjectHourlyRollup.objects.values_list("project").annotate(s=Sum("cost")))
+    assert by_project == {second.pk: Decimal("8.27")}
 
 
 def test_malformed_file_reports_every_bad_line_and_writes_nothing(client: Client, people: People) -> None:
