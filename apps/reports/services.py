@@ -48,6 +48,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.ledger.models import LedgerEntry, Source
@@ -443,10 +444,17 @@ def _entry_from_row(
 # Export jobs --------------------------------------------------------------------------------------
 
 PROGRESS_EVERY = 1000
+EXPORT_KEEP = dt.timedelta(days=7)
 
 
 def export_dir() -> Path:
     return Path(getattr(settings, "REPORTS_EXPORT_DIR", settings.BASE_DIR / "var" / "exports"))
+
+
+def export_keep() -> dt.timedelta:
+    """How long an export job and its file are kept after it finished."""
+    keep: dt.timedelta = getattr(settings, "REPORTS_EXPORT_KEEP", EXPORT_KEEP)
+    return keep
 
 
 def export_job_path(job: ExportJob) -> Path:
@@ -516,3 +524,30 @@ def export_job_run(*, job: ExportJob, progress_every: int = PROGRESS_EVERY) -> E
     )
     job.refresh_from_db()
     return job
+
+
+def export_jobs_expire(*, now: dt.datetime | None = None) -> int:
+    """Delete export jobs that finished more than ``export_keep()`` ago, with their files; returns how many.
+
+    Jobs that never finished (a worker that died) go once they are as old. Then
+    any file in the export directory that no job names and that is older than
+    the keep period goes too: ``.part`` files of a killed worker, files of jobs
+    deleted with their user or organisation. A file being written is minutes
+    old, so it is never touched. Safe to run concurrently and repeatedly.
+    """
+    cutoff = (now or timezone.now()) - export_keep()
+    expired = ExportJob.objects.filter(
+        Q(finished_at__lt=cutoff) | Q(finished_at__isnull=True, created_at__lt=cutoff)
+    ).values_list("pk", "file_name")
+    jobs = list(expired)
+    ExportJob.objects.filter(pk__in=[pk for pk, _ in jobs]).delete()
+    directory = export_dir()
+    for _, name in jobs:
+        if name:
+            (directory / Path(name).name).unlink(missing_ok=True)
+    if directory.is_dir():
+        named = set(ExportJob.objects.exclude(file_name="").values_list("file_name", flat=True))
+        for path in directory.iterdir():
+            if path.is_file() and path.name not in named and path.stat().st_mtime < cutoff.timestamp():
+                path.unlink(missing_ok=True)
+    return len(jobs)

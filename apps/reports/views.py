@@ -192,7 +192,8 @@ def _job_state(job: ExportJob) -> dict[str, Any]:
 @require_GET
 def export_job(request: HttpRequest, pk: int) -> HttpResponse:
     job = _own_job(request, pk)
-    return render(request, "reports/export_job.html", {"job": job, "state": _job_state(job)})
+    context = {"job": job, "state": _job_state(job), "keep_days": services.export_keep().days}
+    return render(request, "reports/export_job.html", context)
 
 
 @login_required

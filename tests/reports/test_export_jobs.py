@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import io
+import os
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from django.db.models import Sum
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
 from apps.ledger.models import LedgerEntry
 from apps.reports import services
 from apps.reports.models import ExportJob, ExportStatus
 from apps.reports.selectors import ExportQuery
-from apps.reports.tasks import export_job_run_task
+from apps.reports.tasks import export_job_run_task, export_jobs_expire_task
 from tests.factories import People, entry_make, login
 from tests.reports.helpers import SINCE, UNTIL, at, ledger_mix, other_team_project, read_csv, total
 
@@ -136,3 +142,60 @@ def test_job_scope_is_the_requesters_projects(people: People) -> None:
     services.export_job_run(job=job)
     lines = services.export_job_path(job).read_text().splitlines()
     assert len(lines) == 2 and hidden.slug not in lines[1]
+
+
+# Expiry -------------------------------------------------------------------------------------------
+
+
+def _finished_job(people: People) -> ExportJob:
+    job = services.export_job_create(
+        user=people.finance, organization=people.tenant.org, kind="ledger",
+        query=ExportQuery.from_params({"since": "2025-09-01T00:00:00+00:00", "until": "2025-10-01T00:00:00+00:00"}),
+        enqueue=False,
+    )  # fmt: skip
+    return services.export_job_run(job=job)
+
+
+def _age(path: Path, days: float) -> None:
+    then = (timezone.now() - dt.timedelta(days=days)).timestamp()
+    os.utime(path, (then, then))
+
+
+def test_expired_jobs_and_stray_files_are_deleted_recent_ones_kept(
+    client: Client, people: People, tmp_path: Path
+) -> None:
+    ledger_mix(people)
+    old, recent = _finished_job(people), _finished_job(people)
+    old_file, recent_file = services.export_job_path(old), services.export_job_path(recent)
+    eight_days_ago = timezone.now() - dt.timedelta(days=8)
+    ExportJob.objects.filter(pk=old.pk).update(created_at=eight_days_ago, finished_at=eight_days_ago)
+    _age(old_file, 8)
+    stuck = services.export_job_create(
+        user=people.finance, organization=people.tenant.org, kind="focus",
+        query=ExportQuery.from_params({"since": "2025-09-01T00:00:00+00:00", "until": "2025-10-01T00:00:00+00:00"}),
+        enqueue=False,
+    )  # fmt: skip
+    ExportJob.objects.filter(pk=stuck.pk).update(created_at=eight_days_ago)  # its worker died long ago
+    killed = tmp_path / "99-ledger-x-20250901-20251001.csv.part"  # a worker killed mid-write
+    killed.write_text("request_id\n")
+    _age(killed, 8)
+    writing = tmp_path / "100-ledger-x-20250901-20251001.csv.part"  # a job being written now
+    writing.write_text("request_id\n")
+
+    assert export_jobs_expire_task() == 2
+
+    assert set(ExportJob.objects.values_list("pk", flat=True)) == {recent.pk}
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([recent_file.name, writing.name])
+    login(client, people.finance)
+    assert client.get(reverse("reports:job-download", kwargs={"pk": old.pk})).status_code == 404
+    page = client.get(reverse("reports:job", kwargs={"pk": recent.pk}))
+    assert b"deleted 7 days after they finish" in page.content
+    assert client.get(reverse("reports:job-download", kwargs={"pk": recent.pk})).status_code == 200
+    assert services.export_jobs_expire() == 0  # nothing left to expire; running again changes nothing
+    assert recent_file.is_file()
+
+
+def test_export_expiry_is_a_periodic_task() -> None:
+    call_command("setup_periodic_tasks", stdout=io.StringIO())
+    task = PeriodicTask.objects.get(task="reports.export_jobs_expire")
+    assert task.enabled and task.interval is not None and task.interval.every == 3600
