@@ -10,8 +10,10 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/", include("apps.budgets.api_urls")),
     path("api/", include("apps.dashboard.api_urls")),
+    path("api/", include("apps.routing.api_urls")),
     path("", include("apps.budgets.urls")),
     path("", include("apps.cache.urls")),
+    path("", include("apps.routing.urls")),
     path("", include("apps.reports.urls")),
     path("", include("apps.dashboard.urls")),
 ]

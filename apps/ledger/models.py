@@ -87,11 +87,20 @@ class LedgerEntry(models.Model):
     streamed = models.BooleanField(default=False)
     cache_hit = models.CharField(max_length=10, choices=CacheHit.choices, blank=True, default=CacheHit.NONE)
     route = models.CharField(max_length=300, blank=True, help_text="Routing decision and its reason")
+    route_rule = models.ForeignKey(
+        "routing.RoutingRule", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
+    )
 
     class Meta:
         indexes = [
             models.Index(fields=["project", "created_at"], name="ledger_project_time"),
             models.Index(fields=["organization", "created_at"], name="ledger_org_time"),
+            # Per-rule traffic and savings (routing pages); only routed rows are indexed.
+            models.Index(
+                fields=["route_rule", "created_at"],
+                name="ledger_rule_time",
+                condition=models.Q(route_rule__isnull=False),
+            ),
         ]
         constraints = [
             models.CheckConstraint(condition=models.Q(cost__gte=0), name="ledger_cost_not_negative"),

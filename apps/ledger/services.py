@@ -74,6 +74,7 @@ def _entry_from_event(event: dict[str, Any]) -> LedgerEntry:
         streamed=bool(event.get("streamed")),
         cache_hit=event.get("cache_hit") or "",
         route=(event.get("route") or "")[:300],
+        route_rule_id=event.get("route_rule_id"),
     )
 
 

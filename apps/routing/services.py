@@ -108,11 +108,12 @@ def rule_save(
     shadow: list[TargetSpec],
 ) -> RoutingRule:
     """Create a rule (appended after the project's last one) or update ``rule``, replacing its targets."""
+    current = rule or RoutingRule()  # fields not given (a partial update) keep the rule's values
     _check_targets(
-        action=fields.get("action", RuleAction.ROUTE),
+        action=fields.get("action", current.action),
         primaries=primaries,
         shadow=shadow,
-        shadow_percent=Decimal(fields.get("shadow_percent") or 0),
+        shadow_percent=Decimal(fields.get("shadow_percent", current.shadow_percent) or 0),
     )
     if rule is None:
         last = RoutingRule.objects.filter(project=project).aggregate(last=Max("position"))["last"]

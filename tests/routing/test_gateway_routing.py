@@ -111,7 +111,7 @@ def test_cascade_escalates_exactly_below_the_threshold(
     assert answer.choices[0].logprobs is None  # the app did not ask for logprobs
     request_id = headers["x-request-id"]
     final = ledger_row(request_id)
-    assert final.route.startswith(f"route:{rule.id}:cascade:")
+    assert final.route.startswith(f"route:{rule.id}:cascade:") and final.route_rule_id == rule.id
     cheap = LedgerEntry.objects.filter(request_id=request_id + "-cheap").first()
     if escalated:
         assert f"escalated(confidence={float(confidence):.3f}<0.7)" in final.route
@@ -211,6 +211,7 @@ def test_a_model_on_two_providers_fails_over_without_a_rule(gateway: str, tenant
 
 def test_shadow_never_changes_the_answer_or_the_bill(gateway: str, tenant: Tenant) -> None:
     text = "Explain the invoice [[sim:gpt-4.1/latency=1500]]"
+    wait_policy(gateway, tenant.key.plaintext)
     plain, _ = _chat(gateway, tenant, text)
     rule = rule_make(tenant, name="shadow gpt-4.1", shadow="gpt-4.1", shadow_percent=Decimal("100"))
     wait_policy(gateway, tenant.key.plaintext)

@@ -15,6 +15,7 @@ from django.db import transaction
 from apps.keys.services import key_issue
 from apps.providers.models import Provider, ProviderKind
 from apps.providers.services import alias_set, provider_create, provider_update
+from apps.routing.services import rule_save, targets_parse
 from apps.tenancy.models import Organization, Project, Role
 from apps.tenancy.services import (
     membership_set,
@@ -68,6 +69,8 @@ class Command(BaseCommand):
             )
             project_set_default_provider(project=project, provider=provider)
             alias_set(project=project, alias="default-chat", provider=provider, model="gpt-4o-mini")
+            if not project.routing_rules.exists():
+                _seed_rules(project)
             issued = key_issue(project=project, name="demo key", default_feature="demo")
         self.stderr.write(
             f"Demo ready: org 'demo', project 'demo', provider at {upstream}.\n"
@@ -75,3 +78,21 @@ class Command(BaseCommand):
             f"API key for project 'demo' (shown once):"
         )
         self.stdout.write(issued.plaintext)
+
+
+def _seed_rules(project: Project) -> None:
+    """Two example rules: a confidence cascade for the "triage" feature and a 20% shadow of gpt-4o."""
+    rule_save(
+        project=project,
+        fields={"name": "Triage: cheap model first", "match_features": ["triage"], "action": "cascade"},
+        primaries=targets_parse(project=project, text="gpt-4o-mini\ngpt-4o"),
+        fallbacks=[],
+        shadow=[],
+    )
+    rule_save(
+        project=project,
+        fields={"name": "Try gpt-4.1 beside gpt-4o", "match_models": ["gpt-4o"], "shadow_percent": 20},
+        primaries=[],
+        fallbacks=targets_parse(project=project, text="gpt-4o-mini"),
+        shadow=targets_parse(project=project, text="gpt-4.1"),
+    )

@@ -16,6 +16,7 @@ PERIODIC_TASKS = {
     "Budget period history": ("budgets.record_periods", 300),
     "Alert re-delivery": ("budgets.redeliver_alerts", 120),
     "Cache expiry and eviction": ("cache.evict", 300),
+    "Shadow comparisons": ("routing.ingest_shadow", 10),
     "Expired exports": ("reports.export_jobs_expire", 3600),
 }
 

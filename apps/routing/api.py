@@ -1,0 +1,167 @@
+"""DRF API for routing rules: the same rules, targets and figures as the pages.
+
+Rules are scoped to the caller's projects (another tenant's rule is a 404);
+writes need an owner or team-lead role in the rule's organisation. Targets are
+lists of the lines the form takes: ``"gpt-4o-mini @ openai 90"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import QuerySet
+from rest_framework import generics, permissions, serializers
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apps.keys.models import ApiKey
+from apps.routing.models import RoutingRule, TargetRole
+from apps.routing.selectors import rule_stats, shadow_summary_by_day, stats_window
+from apps.routing.services import rule_delete, rule_save, targets_parse, targets_text
+from apps.tenancy.models import Project
+from apps.tenancy.selectors import can_manage_project, projects_for
+
+
+def _errors(exc: DjangoValidationError) -> Any:
+    return exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+
+
+class _ProjectField(serializers.SlugRelatedField):
+    def get_queryset(self) -> QuerySet[Project]:
+        return projects_for(user=self.context["request"].user)
+
+
+class _KeyField(serializers.SlugRelatedField):
+    def get_queryset(self) -> QuerySet[ApiKey]:
+        return ApiKey.objects.filter(project__in=projects_for(user=self.context["request"].user))
+
+
+_TARGETS = {"primaries": TargetRole.PRIMARY, "fallbacks": TargetRole.FALLBACK, "shadow": TargetRole.SHADOW}
+
+
+class RuleSerializer(serializers.ModelSerializer):
+    project = _ProjectField(slug_field="slug")
+    match_api_key = _KeyField(slug_field="lookup_id", required=False, allow_null=True)
+    primaries = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    fallbacks = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    shadow = serializers.ListField(child=serializers.CharField(), required=False, default=list, max_length=1)
+
+    class Meta:
+        model = RoutingRule
+        fields = [
+            "id", "project", "name", "position", "is_active", "match_models", "match_features", "match_end_users",
+            "match_api_key", "min_prompt_tokens", "max_prompt_tokens", "match_tools", "match_regex", "action",
+            "cascade_threshold", "cascade_tokens", "cascade_aggregate", "cascade_escalate_new_labels",
+            "cascade_labels", "shadow_percent", "primaries", "fallbacks", "shadow", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["id", "position", "created_at", "updated_at"]
+
+    def to_representation(self, rule: RoutingRule) -> dict[str, Any]:
+        data = super().to_representation(rule)
+        targets = list(rule.targets.all())
+        for name, role in _TARGETS.items():
+            data[name] = [line for line in targets_text([t for t in targets if t.role == role]).splitlines()]
+        return data
+
+    def _save(self, validated: dict[str, Any], rule: RoutingRule | None) -> RoutingRule:
+        project: Project = rule.project if rule is not None else validated["project"]
+        if not can_manage_project(user=self.context["request"].user, project=project):
+            raise serializers.ValidationError({"project": "Only owners and team leads change routing rules."})
+        validated.pop("project", None)  # a rule never moves between projects
+        key = validated.get("match_api_key")
+        if key is not None and key.project_id != project.id:
+            raise serializers.ValidationError({"match_api_key": "Pick a key of the rule's project."})
+        try:
+            specs = {}
+            for name in _TARGETS:
+                lines = validated.pop(name, None)
+                if lines is None and rule is not None:  # partial update: keep the rule's targets
+                    lines = targets_text([t for t in rule.targets.all() if t.role == _TARGETS[name]]).splitlines()
+                try:
+                    specs[name] = targets_parse(project=project, text="\n".join(lines or ()))
+                except DjangoValidationError as exc:
+                    raise serializers.ValidationError({name: exc.messages}) from None
+            return rule_save(project=project, rule=rule, fields=validated, **specs)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(_errors(exc)) from None
+
+    def create(self, validated: dict[str, Any]) -> RoutingRule:
+        return self._save(validated, None)
+
+    def update(self, instance: RoutingRule, validated: dict[str, Any]) -> RoutingRule:
+        if self.partial:
+            for name in _TARGETS:
+                if name not in self.initial_data:
+                    validated.pop(name, None)
+        return self._save(validated, instance)
+
+
+def _rules(request: Request) -> QuerySet[RoutingRule]:
+    return (
+        RoutingRule.objects.filter(project__in=projects_for(user=request.user))
+        .select_related("project", "match_api_key")
+        .prefetch_related("targets__provider")
+        .order_by("project_id", "position", "id")
+    )
+
+
+class RuleList(generics.ListCreateAPIView):
+    serializer_class = RuleSerializer
+    permission_classes = [permissions.IsAuthenticated]
+
+    def get_queryset(self) -> QuerySet[RoutingRule]:
+        return _rules(self.request)
+
+
+class RuleDetail(generics.RetrieveUpdateDestroyAPIView):
+    serializer_class = RuleSerializer
+    permission_classes = [permissions.IsAuthenticated]
+
+    def get_queryset(self) -> QuerySet[RoutingRule]:
+        return _rules(self.request)
+
+    def perform_destroy(self, instance: RoutingRule) -> None:
+        if not can_manage_project(user=self.request.user, project=instance.project):
+            raise PermissionDenied("Only owners and team leads change routing rules.")
+        rule_delete(rule=instance)
+
+
+class RuleStatsView(APIView):
+    """What a rule did in the last 30 days, and its shadow comparison per day."""
+
+    def get(self, request: Request, pk: int) -> Response:
+        rule = generics.get_object_or_404(_rules(request), pk=pk)
+        since = stats_window()
+        stats = rule_stats(project=rule.project, since=since).get(rule.id)
+        days = shadow_summary_by_day(rule=rule, since=since)
+        return Response(
+            {
+                "rule": rule.id,
+                "since": since,
+                "requests": stats.requests if stats else 0,
+                "cost_usd": str(stats.cost) if stats else "0",
+                "saved_usd": str(stats.saved) if stats else "0",
+                "escalations": stats.escalations if stats else 0,
+                "escalation_rate_percent": stats.escalation_rate if stats else None,
+                "fallbacks": stats.fallbacks if stats else 0,
+                "errors": stats.errors if stats else 0,
+                "shadow_by_day": [
+                    {
+                        "day": d["day"].date().isoformat(),
+                        "samples": d["samples"],
+                        "agreement_percent": round(d["agreement"], 2),
+                        "exact_matches": d["exact"],
+                        "mean_similarity": d["similarity"],
+                        "primary_latency_ms": d["primary_latency"],
+                        "shadow_latency_ms": d["shadow_latency"],
+                        "primary_cost_usd": str(d["primary_cost"]),
+                        "shadow_cost_usd": str(d["shadow_cost"]),
+                        "shadow_errors": d["failed"],
+                    }
+                    for d in days
+                ],
+            }
+        )
