@@ -103,7 +103,7 @@ def shadow_summary_by_day(*, rule: RoutingRule, since: dt.datetime) -> list[dict
     return days
 
 
-def shadow_samples(*, rule: RoutingRule, limit: int = 20) -> QuerySet[ShadowComparison]:
+def shadow_samples(*, rule: RoutingRule, limit: int = 10) -> QuerySet[ShadowComparison]:
     """The latest comparisons that disagree, to read side by side."""
     return ShadowComparison.objects.filter(rule=rule, normalized_match=False).order_by("-created_at")[:limit]
 

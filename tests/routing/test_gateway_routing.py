@@ -238,3 +238,25 @@ def test_shadow_never_changes_the_answer_or_the_bill(gateway: str, tenant: Tenan
     ingest_all()
     rows = LedgerEntry.objects.filter(project=tenant.project, request_id__startswith=request_id)
     assert [r.served_model for r in rows] == ["gpt-4o"]  # one row, the app's; the shadow call is not billed
+
+
+def test_streams_fall_back_and_escalate_before_the_first_byte(gateway: str, tenant: Tenant) -> None:
+    rule_make(tenant, name="fallback", match_features=["fb"], primaries="gpt-4o-mini", fallbacks="gpt-4.1-mini")
+    rule_make(tenant, name="tiers", action="cascade", primaries="gpt-4o-mini\ngpt-4o", cascade_threshold=Decimal("0.9"))
+    wait_policy(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+
+    def streamed(text: str, **kwargs: Any) -> tuple[str, str]:
+        chunks = list(client.chat.completions.create(model="gpt-4o", messages=ask(text), stream=True, **kwargs))
+        return chunks[0].model, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    model, text = streamed("hello [[sim:gpt-4o-mini/503]]", extra_headers={"X-Feature": "fb"})
+    assert model == "gpt-4.1-mini" and text
+    model, text = streamed("classify [[sim:gpt-4o-mini/confidence=0.2]]")
+    assert model == "gpt-4o"
+    assert (
+        text
+        == client.chat.completions.create(model="gpt-4o", messages=ask("classify [[sim:gpt-4o-mini/confidence=0.2]]"))
+        .choices[0]
+        .message.content
+    )

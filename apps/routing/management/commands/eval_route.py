@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0, help="Seed for split draws")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # The SDK's HTTP client logs every request at INFO; the report is what matters here.
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         rule = RoutingRule.objects.select_related("project").filter(pk=options["rule"]).first()
         if rule is None:
             raise CommandError(f"No routing rule {options['rule']}.")

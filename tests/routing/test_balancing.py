@@ -1,0 +1,50 @@
+"""Deployments of one model: the project's default provider first, then the least busy in this process."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from apps.gateway.app import Call, Gateway
+from apps.gateway.breaker import deployment
+from apps.gateway.policy import KeyPolicy, ProjectPolicy, ProviderTarget, Snapshot
+
+KEY = KeyPolicy(
+    id=1, lookup_id="abcdefgh", key_hash=b"", project_id=10, organization_id=100, allowed_models=frozenset(),
+    default_feature="", expires_at=None, revoked=False,
+)  # fmt: skip
+
+
+def _snapshot(default_provider: int | None) -> Snapshot:
+    providers = {
+        pid: ProviderTarget(id=pid, name=f"p{pid}", kind="simulated", base_url="", secret="") for pid in (1, 2, 3)
+    }
+    project = ProjectPolicy(
+        id=10, organization_id=100, team_id=None, slug="p", default_provider_id=default_provider, aliases={}
+    )
+    return Snapshot(
+        version=1, keys={KEY.lookup_id: KEY}, projects={10: project}, providers=providers,
+        org_models={100: {"gpt-4o": (1, 2, 3)}},
+    )  # fmt: skip
+
+
+def _order(gateway: Gateway, snapshot: Snapshot) -> list[int]:
+    call = Call(request_id="r", endpoint="chat.completions", started=0.0, created_at=0.0, key=KEY)
+    targets = gateway._default_targets(snapshot, snapshot.projects[10], "gpt-4o", dt.date.today(), call)
+    assert call.route == "direct"
+    return [t.provider.id for t in targets]
+
+
+def test_least_busy_deployment_first_and_the_others_as_fallbacks() -> None:
+    gateway = Gateway()
+    gateway.in_flight[deployment(1, "gpt-4o")] = 5
+    gateway.in_flight[deployment(2, "gpt-4o")] = 1
+    gateway.in_flight[deployment(3, "gpt-4o")] = 3
+    assert _order(gateway, _snapshot(None)) == [2, 3, 1]
+    gateway.in_flight[deployment(2, "gpt-4o")] = 9
+    assert _order(gateway, _snapshot(None)) == [3, 1, 2]
+
+
+def test_the_projects_default_provider_goes_first_however_busy() -> None:
+    gateway = Gateway()
+    gateway.in_flight[deployment(1, "gpt-4o")] = 50
+    assert _order(gateway, _snapshot(1)) == [1, 2, 3]
