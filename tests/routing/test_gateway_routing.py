@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from decimal import Decimal
 from typing import Any
@@ -260,3 +261,17 @@ def test_streams_fall_back_and_escalate_before_the_first_byte(gateway: str, tena
         .choices[0]
         .message.content
     )
+
+
+def test_retry_after_is_honoured_before_the_retry(gateway: str, tenant: Tenant) -> None:
+    tenant.provider.max_retries = 1
+    tenant.provider.save()
+    rule_make(tenant, name="retry then fall back", primaries="gpt-4o-mini", fallbacks="gpt-4.1-mini")
+    wait_policy(gateway, tenant.key.plaintext)
+    started = time.monotonic()
+    answer, headers = _chat(gateway, tenant, "[[sim:gpt-4o-mini/429]]")  # the simulator sends Retry-After: 1
+    waited = time.monotonic() - started
+    assert answer.model == "gpt-4.1-mini" and headers["x-route"].endswith(";failed:gpt-4o-mini@sim(429)")
+    client = redis_lib.Redis.from_url(settings.REDIS_URL)
+    assert int(client.get(f"{settings.REDIS_PREFIX}breaker:fails:{tenant.provider.id}:gpt-4o-mini")) == 2
+    assert waited >= 1.0  # the retry waited for the provider's Retry-After (a lower bound, not a speed target)
