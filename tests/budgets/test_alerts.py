@@ -135,3 +135,40 @@ def test_failed_delivery_is_recorded_and_raises_for_retry() -> None:
         alert_deliver(delivery=delivery)
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 1 and delivery.last_error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_spike_in_live_gateway_traffic_alerts_once_per_channel(receiver, gateway: str, tenant: Tenant) -> None:  # type: ignore[no-untyped-def]
+    """The spike is real traffic: SDK → gateway → simulated upstream → ledger stream → ingest."""
+    from tests.gateway.helpers import ingest_all, sdk, wait_key_live
+
+    url, received = receiver
+    channel_create(organization=tenant.org, name="hooks", kind=ChannelKind.WEBHOOK, target=f"{url}/hook", secret=SECRET)
+    channel_create(organization=tenant.org, name="slack", kind=ChannelKind.SLACK, target=f"{url}/slack")
+    now = timezone.now()
+    for hours_ago in range(2, 26):  # the baseline has to be in the past, so it is written as ledger rows
+        for minute in (5, 25, 45):
+            _row(tenant, now - dt.timedelta(hours=hours_ago, minutes=-minute), "0.002", feature="")
+    rollups_refresh()
+    assert anomalies_detect(now=now) == 0
+
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    long_prompt = "Summarise this contract clause by clause. " * 250  # ~2,000 tokens of gpt-4o input each
+    for i in range(40):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": f"{i} {long_prompt}"}])
+    ingest_all()
+    spent = sum(r.cost for r in LedgerEntry.objects.filter(project=tenant.project, created_at__gte=now))
+    assert spent > Decimal("0.1"), "the spike is real, priced traffic"
+
+    detected_at = timezone.now()
+    assert anomalies_detect(now=detected_at) >= 1
+    assert anomalies_detect(now=detected_at) == 0, "the same spike is not alerted twice"
+    alert = Alert.objects.get(kind=AlertKind.SPEND_ANOMALY, project=tenant.project, data__feature="")
+    _deliver_all()
+    _deliver_all()
+    deliveries = [r for r in received if alert.title in r[2].decode() or json.loads(r[2]).get("id") == alert.id]
+    assert sorted(path for path, _h, _b in deliveries) == ["/hook", "/slack"]
+    _path, headers, body = next(r for r in deliveries if r[0] == "/hook")
+    expected = webhook_signature(secret=SECRET, timestamp=headers[TIMESTAMP_HEADER.lower()], body=body)
+    assert hmac.compare_digest(headers[SIGNATURE_HEADER.lower()], expected)
