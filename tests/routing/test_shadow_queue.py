@@ -1,0 +1,50 @@
+"""The shadow queue never makes a request wait: past its bound, samples are dropped and counted."""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+
+from apps.gateway.policy import ProviderTarget
+from apps.gateway.shadow import ShadowJob, ShadowQueue
+
+
+def _job(n: int) -> ShadowJob:
+    provider = ProviderTarget(id=1, name="p", kind="simulated", base_url="http://127.0.0.1:9/v1", secret="")
+    return ShadowJob(
+        request_id=f"r{n}", rule_id=1, organization_id=1, project_id=1, url=provider.base_url, headers={},
+        timeout=aiohttp.ClientTimeout(total=1), payload={"model": "m"}, provider=provider, price=None,
+        primary_model="m", primary_text="a", primary_latency_ms=1, primary_cost=Decimal(0),
+    )  # fmt: skip
+
+
+def test_a_full_queue_drops_samples_instead_of_waiting() -> None:
+    async def scenario() -> tuple[int, list[dict[str, Any]]]:
+        written: list[dict[str, Any]] = []
+        both = asyncio.Event()
+
+        async def write(event: dict[str, Any]) -> None:
+            written.append(event)
+            if len(written) == 2:
+                both.set()
+
+        async with aiohttp.ClientSession() as http:
+            queue = ShadowQueue(http, write, size=2, workers=1)
+            for n in range(5):  # workers not started yet: the queue fills
+                queue.offer(_job(n))
+            dropped = queue.dropped
+            queue.start()
+            await asyncio.wait_for(both.wait(), timeout=10)
+            await queue.stop()
+        return dropped, written
+
+    dropped, written = asyncio.run(scenario())
+    assert dropped == 3
+    # Nothing listens on port 9: the comparison is still recorded, as a failed shadow call.
+    assert [(e["request_id"], e["shadow_status"], e["exact_match"]) for e in written] == [
+        ("r0", 504, False),
+        ("r1", 504, False),
+    ]
