@@ -196,6 +196,18 @@ def test_owner_budgets_overview_drilldown_and_export(page: Any, live_server: Any
     _show_export(page, download.suggested_filename, exported)
     _shot(page, "export")
 
+    # Finance's monthly report page, where the exports live: the FOCUS file's BilledCost adds up to the ledger.
+    page.goto(f"{base}/reports/")
+    assert "FOCUS 1.2 cost and usage" in page.inner_text("main")
+    _shot(page, "reports")
+    with page.expect_download() as download_info:
+        page.locator("tr", has_text="FOCUS 1.2 cost and usage").locator("text=Download CSV").click()
+    focus = list(csv.DictReader(io.StringIO(Path(download_info.value.path()).read_text())))
+    month_start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    assert sum(Decimal(row["BilledCost"]) for row in focus) == sum(
+        LedgerEntry.objects.filter(organization=tenant.org, created_at__gte=month_start).values_list("cost", flat=True)
+    )
+
 
 def _show_export(page: Any, filename: str, rows: list[dict[str, str]]) -> None:
     """Render the downloaded CSV as a table in the app's style, so the screenshot shows what was exported."""
