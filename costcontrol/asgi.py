@@ -20,11 +20,14 @@ from apps.gateway.app import Gateway  # noqa: E402  (needs Django set up first)
 
 gateway = Gateway()
 
+# Files and batches are uploads and polling, not the request hot path: Django serves them (apps/batches).
+DJANGO_V1 = ("/v1/files", "/v1/batches")
+
 
 async def application(scope, receive, send):  # type: ignore[no-untyped-def]
     if scope["type"] == "lifespan":
         await gateway(scope, receive, send)
-    elif scope["type"] == "http" and scope["path"].startswith("/v1/"):
+    elif scope["type"] == "http" and scope["path"].startswith("/v1/") and not scope["path"].startswith(DJANGO_V1):
         await gateway(scope, receive, send)
     else:
         await django_application(scope, receive, send)

@@ -8,6 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", include("apps.batches.urls")),
     path("api/", include("apps.budgets.api_urls")),
     path("api/", include("apps.dashboard.api_urls")),
     path("api/", include("apps.routing.api_urls")),

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "apps.reports",
     "apps.cache",
     "apps.routing",
+    "apps.batches",
     "apps.gateway",
     "apps.dashboard",
     "apps.simulator",
@@ -143,6 +144,12 @@ GATEWAY_BREAKER_COOLDOWN_SECONDS = float(env_str("GATEWAY_BREAKER_COOLDOWN_SECON
 # Shadow traffic: a bounded in-process queue (full = the sample is dropped, never waited for).
 GATEWAY_SHADOW_QUEUE = env_int("GATEWAY_SHADOW_QUEUE", 1000)
 GATEWAY_SHADOW_WORKERS = env_int("GATEWAY_SHADOW_WORKERS", 4)
+# Batches (Files + Batch API): biggest upload, lines run at once per worker, and how long a claimed
+# line stays with a worker that stopped answering before another worker takes it over.
+BATCH_MAX_FILE_BYTES = env_int("BATCH_MAX_FILE_BYTES", 50 * 1024 * 1024)
+BATCH_MAX_LINES = env_int("BATCH_MAX_LINES", 50_000)
+BATCH_SYNC_CONCURRENCY = env_int("BATCH_SYNC_CONCURRENCY", 4)
+BATCH_LEASE_SECONDS = env_int("BATCH_LEASE_SECONDS", 300)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
 # Redis down: refuse with 503 (default) or serve unchecked and let the ledger catch budgets up.
 GATEWAY_LIMITS_FAIL_OPEN = env_bool("GATEWAY_LIMITS_FAIL_OPEN", False)

@@ -15,8 +15,8 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
-    "apps.batches.*": {"queue": "batch"},
-    "apps.deployments.*": {"queue": "gpu"},
+    "batches.*": {"queue": "batch"},
+    "deployments.*": {"queue": "gpu"},
 }
 CELERY_TASK_TIME_LIMIT = 15 * 60
 CELERY_TASK_SOFT_TIME_LIMIT = 14 * 60

@@ -17,6 +17,7 @@ PERIODIC_TASKS = {
     "Alert re-delivery": ("budgets.redeliver_alerts", 120),
     "Cache expiry and eviction": ("cache.evict", 300),
     "Shadow comparisons": ("routing.ingest_shadow", 10),
+    "Batches with unclaimed lines": ("batches.resume", 60),
     "Expired exports": ("reports.export_jobs_expire", 3600),
 }
 

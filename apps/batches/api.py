@@ -1,0 +1,183 @@
+"""/v1/files and /v1/batches in OpenAI's shapes, authenticated with our keys.
+
+These are not on the request hot path (an app uploads a file and polls a
+batch), so they are plain Django views; ``costcontrol/asgi.py`` sends these
+paths here instead of to the lean data plane. Errors use OpenAI's JSON shape,
+so the official SDK raises its usual exception classes. Every lookup is scoped
+to the key's project: another project's file or batch is a 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from apps.batches.models import Batch, BatchFile
+from apps.batches.services import BatchInputError, batch_cancel, batch_create, file_upload
+from apps.gateway.errors import GatewayError, invalid_api_key
+from apps.keys.models import KEY_PREFIX, ApiKey
+
+LOOKUP_ID_LENGTH = 8
+View = Callable[..., HttpResponse]
+
+
+def _error(exc: GatewayError) -> JsonResponse:
+    return JsonResponse(json.loads(exc.body()), status=exc.status)
+
+
+def _owned(queryset: QuerySet[Any], key: ApiKey, object_id: str) -> Any:
+    """The key's project's object with this id; any other project's is a 404, like a missing one."""
+    found = queryset.filter(project=key.project, pk=object_id).first()
+    if found is None:
+        kind = queryset.model._meta.verbose_name
+        raise GatewayError(404, f"No such {kind}: '{object_id}'.", param="id", code=None)
+    return found
+
+
+def _authenticate(request: HttpRequest) -> ApiKey:
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token.startswith(KEY_PREFIX):
+        raise invalid_api_key("You didn't provide an API key. Send it as 'Authorization: Bearer cc_live_...'.")
+    lookup_id = token[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_ID_LENGTH]
+    key = ApiKey.objects.select_related("project").filter(lookup_id=lookup_id).first()
+    if key is None or not hmac.compare_digest(key.key_hash, hashlib.sha256(token.encode()).hexdigest()):
+        raise invalid_api_key()
+    if key.revoked_at is not None:
+        raise invalid_api_key("This API key has been revoked.")
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        raise invalid_api_key("This API key has expired.")
+    return key
+
+
+def keyed(*methods: str) -> Callable[[View], View]:
+    """Authenticate the key, allow ``methods``, and turn our errors into OpenAI-shaped responses."""
+
+    def decorate(view: View) -> View:
+        @csrf_exempt
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                if request.method not in methods:
+                    raise GatewayError(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")
+                return view(request, _authenticate(request), *args, **kwargs)
+            except GatewayError as exc:
+                return _error(exc)
+            except BatchInputError as exc:
+                return _error(GatewayError(400, exc.message, param=exc.param))
+
+        return wrapper
+
+    return decorate
+
+
+def _ts(value: Any) -> int | None:
+    return int(value.timestamp()) if value else None
+
+
+def file_object(f: BatchFile) -> dict[str, Any]:
+    return {
+        "id": f.id, "object": "file", "bytes": f.bytes, "created_at": _ts(f.created_at), "filename": f.filename,
+        "purpose": f.purpose, "status": "processed", "expires_at": None, "status_details": None,
+    }  # fmt: skip
+
+
+def batch_object(b: Batch) -> dict[str, Any]:
+    return {
+        "id": b.id, "object": "batch", "endpoint": b.endpoint, "errors": b.errors, "input_file_id": b.input_file_id,
+        "completion_window": b.completion_window, "status": b.status, "output_file_id": b.output_file_id,
+        "error_file_id": b.error_file_id, "created_at": _ts(b.created_at), "in_progress_at": _ts(b.in_progress_at),
+        "expires_at": _ts(b.expires_at), "finalizing_at": _ts(b.finalizing_at), "completed_at": _ts(b.completed_at),
+        "failed_at": _ts(b.failed_at), "expired_at": None, "cancelling_at": _ts(b.cancelling_at),
+        "cancelled_at": _ts(b.cancelled_at),
+        "request_counts": {"total": b.total, "completed": b.completed, "failed": b.failed},
+        "metadata": b.metadata,
+    }  # fmt: skip
+
+
+def _page(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "object": "list", "data": items, "has_more": False,
+        "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None,
+    }  # fmt: skip
+
+
+@keyed("GET", "POST")
+def files(request: HttpRequest, key: ApiKey) -> HttpResponse:
+    if request.method == "GET":
+        rows = BatchFile.objects.filter(project=key.project).defer("content").order_by("-created_at")[:100]
+        return JsonResponse(_page([file_object(f) for f in rows]))
+    upload = request.FILES.get("file")
+    if upload is None:
+        raise GatewayError(400, "Send the file as multipart form field 'file'.", param="file")
+    created = file_upload(
+        project=key.project,
+        api_key=key,
+        purpose=request.POST.get("purpose", ""),
+        filename=upload.name or "upload.jsonl",
+        content=upload.read(),
+    )
+    return JsonResponse(file_object(created))
+
+
+@keyed("GET", "DELETE")
+def file_detail(request: HttpRequest, key: ApiKey, file_id: str) -> HttpResponse:
+    found = _owned(BatchFile.objects.defer("content"), key, file_id)
+    if request.method == "DELETE":
+        if Batch.objects.filter(input_file=found).exists():
+            raise GatewayError(400, "This file is the input of a batch and cannot be deleted.", param="file_id")
+        found.delete()
+        return JsonResponse({"id": file_id, "object": "file", "deleted": True})
+    return JsonResponse(file_object(found))
+
+
+@keyed("GET")
+def file_content(request: HttpRequest, key: ApiKey, file_id: str) -> HttpResponse:
+    found = _owned(BatchFile.objects.all(), key, file_id)
+    return HttpResponse(bytes(found.content), content_type="application/jsonl")
+
+
+@keyed("GET", "POST")
+def batches(request: HttpRequest, key: ApiKey) -> HttpResponse:
+    if request.method == "GET":
+        rows = Batch.objects.filter(project=key.project).order_by("-created_at")[:100]
+        return JsonResponse(_page([batch_object(b) for b in rows]))
+    try:
+        payload = json.loads(request.body or b"{}")
+    except json.JSONDecodeError:
+        raise GatewayError(400, "The body is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise GatewayError(400, "The body must be a JSON object.")
+    metadata = payload.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise GatewayError(400, "metadata must be an object of strings.", param="metadata")
+    batch = batch_create(
+        project=key.project,
+        api_key=key,
+        input_file_id=str(payload.get("input_file_id") or ""),
+        endpoint=str(payload.get("endpoint") or ""),
+        completion_window=str(payload.get("completion_window") or "24h"),
+        metadata=metadata,
+    )
+    return JsonResponse(batch_object(batch))
+
+
+@keyed("GET")
+def batch_detail(request: HttpRequest, key: ApiKey, batch_id: str) -> HttpResponse:
+    found = _owned(Batch.objects.all(), key, batch_id)
+    return JsonResponse(batch_object(found))
+
+
+@keyed("POST")
+def batch_cancel_view(request: HttpRequest, key: ApiKey, batch_id: str) -> HttpResponse:
+    found = _owned(Batch.objects.all(), key, batch_id)
+    return JsonResponse(batch_object(batch_cancel(batch=found)))

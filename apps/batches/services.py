@@ -1,0 +1,446 @@
+"""Files and batches: upload, validate, run every line exactly once into the ledger, finalize.
+
+Lines run on the sync path: a worker claims a chunk of pending lines (a lease,
+so a dead worker's lines are taken over), sends them to the provider with a
+concurrency cap (``BATCH_SYNC_CONCURRENCY``) so live traffic keeps its share
+of the provider's rate limits, and marks them done in the same transaction
+that writes their ledger rows. A line's ledger row has the request id
+``<batch id>-<line>``, so a line re-run after a crash can never be billed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+from psycopg import sql
+
+from apps.batches.models import Batch, BatchFile, BatchLine, BatchStatus, FilePurpose, LineStatus
+from apps.keys.models import ApiKey
+from apps.ledger.models import LedgerEntry
+from apps.providers.models import ModelAlias, Price, Provider
+from apps.tenancy.models import Project
+
+logger = logging.getLogger(__name__)
+
+ENDPOINTS = {
+    "/v1/chat/completions": "chat.completions",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
+FINAL = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
+MILLION = Decimal(1_000_000)
+MAX_REPORTED_ERRORS = 100
+
+
+class BatchInputError(Exception):
+    """The request itself is wrong (unknown file, wrong purpose…): a 400 for the app."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+# --- files --------------------------------------------------------------------
+
+
+def file_upload(*, project: Project, api_key: ApiKey | None, purpose: str, filename: str, content: bytes) -> BatchFile:
+    if purpose != FilePurpose.BATCH:
+        raise BatchInputError("Only purpose 'batch' is supported here.", param="purpose")
+    if len(content) > settings.BATCH_MAX_FILE_BYTES:
+        raise BatchInputError(f"The file is larger than {settings.BATCH_MAX_FILE_BYTES} bytes.", param="file")
+    if not content.strip():
+        raise BatchInputError("The file is empty.", param="file")
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BatchInputError("The file must be UTF-8 encoded JSONL.", param="file") from None
+    return BatchFile.objects.create(
+        project=project, api_key=api_key, purpose=purpose, filename=filename[:255], bytes=len(content), content=content
+    )
+
+
+# --- creating a batch ---------------------------------------------------------------
+
+
+def _validate_lines(content: bytes, endpoint: str) -> tuple[list[BatchLine], list[dict[str, Any]]]:
+    """Parse every line; return the lines, or the errors by line number (OpenAI's batch ``errors`` shape)."""
+    lines: list[BatchLine] = []
+    errors: list[dict[str, Any]] = []
+    seen: set[str] = set()
+
+    def error(number: int, message: str, param: str | None) -> None:
+        errors.append({"code": "invalid_request", "message": message, "param": param, "line": number})
+
+    for number, raw in enumerate(content.decode("utf-8").splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            item = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            error(number, f"Line {number} is not valid JSON: {exc.msg}.", None)
+            continue
+        if not isinstance(item, dict):
+            error(number, f"Line {number} must be a JSON object.", None)
+            continue
+        custom_id, body = item.get("custom_id"), item.get("body")
+        if not isinstance(custom_id, str) or not custom_id:
+            error(number, f"Line {number} needs a custom_id string.", "custom_id")
+        elif custom_id in seen:
+            error(number, f"Line {number}: custom_id '{custom_id[:100]}' is used twice in this file.", "custom_id")
+        if item.get("method") != "POST":
+            error(number, f"Line {number}: method must be POST.", "method")
+        if item.get("url") != endpoint:
+            error(number, f"Line {number}: url must be {endpoint}, the batch's endpoint.", "url")
+        if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+            error(number, f"Line {number}: body must be an object with a model.", "body")
+        elif body.get("stream"):
+            error(number, f"Line {number}: batch requests cannot stream.", "body.stream")
+        if not errors or errors[-1]["line"] != number:
+            seen.add(custom_id)
+            lines.append(BatchLine(line=number, custom_id=custom_id, body=body))
+    if len(lines) > settings.BATCH_MAX_LINES:
+        error(0, f"A batch holds at most {settings.BATCH_MAX_LINES} requests.", None)
+    return lines, errors
+
+
+def batch_create(
+    *,
+    project: Project,
+    api_key: ApiKey | None,
+    input_file_id: str,
+    endpoint: str,
+    completion_window: str = "24h",
+    metadata: dict[str, str] | None = None,
+) -> Batch:
+    """Validate every line; a valid batch is queued for the batch workers, an invalid one is ``failed``."""
+    if endpoint not in ENDPOINTS:
+        raise BatchInputError(f"endpoint must be one of {', '.join(ENDPOINTS)}.", param="endpoint")
+    if completion_window != "24h":
+        raise BatchInputError("completion_window must be '24h'.", param="completion_window")
+    source = BatchFile.objects.filter(project=project, pk=input_file_id, purpose=FilePurpose.BATCH).first()
+    if source is None:
+        raise BatchInputError(f"No batch file with id '{input_file_id}' in this project.", param="input_file_id")
+    lines, errors = _validate_lines(bytes(source.content), endpoint)
+    now = timezone.now()
+    with transaction.atomic():
+        batch = Batch.objects.create(
+            project=project,
+            api_key=api_key,
+            endpoint=endpoint,
+            completion_window=completion_window,
+            input_file=source,
+            metadata=metadata,
+            expires_at=now + dt.timedelta(hours=24),
+        )
+        if errors:
+            batch.status, batch.failed_at = BatchStatus.FAILED, now
+            batch.errors = {"object": "list", "data": errors[:MAX_REPORTED_ERRORS]}
+            batch.save(update_fields=["status", "failed_at", "errors"])
+            return batch
+        for line in lines:
+            line.batch = batch
+        BatchLine.objects.bulk_create(lines, batch_size=2000)
+        batch.status, batch.in_progress_at, batch.total = BatchStatus.IN_PROGRESS, now, len(lines)
+        batch.save(update_fields=["status", "in_progress_at", "total"])
+        transaction.on_commit(lambda: _enqueue(batch.id))
+    return batch
+
+
+def _enqueue(batch_id: str) -> None:
+    from apps.batches.tasks import batch_run_task
+
+    batch_run_task.delay(batch_id)
+
+
+def batch_cancel(*, batch: Batch) -> Batch:
+    """Stop taking new lines; the running ones finish, then the batch is finalized as cancelled."""
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().get(pk=batch.pk)
+        if batch.status in (BatchStatus.IN_PROGRESS, BatchStatus.VALIDATING):
+            batch.status, batch.cancelling_at = BatchStatus.CANCELLING, timezone.now()
+            batch.save(update_fields=["status", "cancelling_at"])
+            BatchLine.objects.filter(batch=batch, status=LineStatus.PENDING).update(status=LineStatus.CANCELLED)
+    if (
+        batch.status == BatchStatus.CANCELLING
+        and not BatchLine.objects.filter(batch=batch, status=LineStatus.RUNNING).exists()
+    ):
+        batch_finalize(batch_id=batch.pk)
+        batch.refresh_from_db()
+    return batch
+
+
+# --- running ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Target:
+    provider: Provider | None
+    model: str
+    price: Price | None
+
+
+class _Resolver:
+    """The model a line names, as the gateway would serve it without rules: alias, else the default provider."""
+
+    def __init__(self, project: Project) -> None:
+        self._project = project
+        self._cache: dict[str, _Target] = {}
+
+    def __call__(self, model: str) -> _Target:
+        if model not in self._cache:
+            self._cache[model] = self._resolve(model)
+        return self._cache[model]
+
+    def _resolve(self, model: str) -> _Target:
+        project = self._project
+        alias = ModelAlias.objects.select_related("provider").filter(project=project, alias=model).first()
+        if alias is not None:
+            provider, served = alias.provider, alias.model
+            prices = Price.objects.filter(provider=provider, model=served)
+        else:
+            served = model
+            prices = Price.objects.filter(
+                provider__organization_id=project.organization_id, provider__is_active=True, model=model
+            )
+        today = timezone.now().date()
+        candidates = list(
+            prices.filter(effective_from__lte=today).select_related("provider").order_by("-effective_from")
+        )
+        if not candidates:
+            return _Target(None, served, None)
+        default = [p for p in candidates if p.provider_id == project.default_provider_id]
+        price = (default or sorted(candidates, key=lambda p: (p.provider_id, -p.effective_from.toordinal())))[0]
+        return _Target(price.provider, served, price)
+
+
+_CLAIM_SQL = sql.SQL(
+    """
+    UPDATE {lines} SET status = %s, claimed_by = %s, claimed_at = now(), attempts = attempts + 1
+    WHERE id IN (
+        SELECT id FROM {lines}
+        WHERE batch_id = %s AND (status = %s OR (status = %s AND claimed_at < now() - %s * interval '1 second'))
+        ORDER BY line LIMIT %s FOR UPDATE SKIP LOCKED)
+    RETURNING id, line, custom_id, body
+    """
+).format(lines=sql.Identifier(BatchLine._meta.db_table))
+
+
+def _claim(batch_id: str, worker: str, count: int) -> list[tuple[int, int, str, dict[str, Any]]]:
+    """Take up to ``count`` lines: pending ones, or running ones whose worker's lease ran out."""
+    params = [
+        LineStatus.RUNNING, worker, batch_id, LineStatus.PENDING, LineStatus.RUNNING,
+        settings.BATCH_LEASE_SECONDS, count,
+    ]  # fmt: skip
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, params)
+        rows = cursor.fetchall()
+    return [(row[0], row[1], row[2], row[3] if isinstance(row[3], dict) else json.loads(row[3])) for row in rows]
+
+
+@dataclass
+class _Result:
+    line_id: int
+    line: int
+    custom_id: str
+    target: _Target
+    status: int
+    body: dict[str, Any]
+    latency_ms: int
+    cost: Decimal = Decimal(0)
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+
+async def _send(
+    http: aiohttp.ClientSession, endpoint: str, target: _Target, claimed: tuple[int, int, str, dict[str, Any]]
+) -> _Result:
+    line_id, number, custom_id, body = claimed
+    started = time.perf_counter()
+    if target.provider is None:
+        error = {"message": f"The model `{body.get('model')}` does not exist or you do not have access to it.",
+                 "type": "invalid_request_error", "param": "model", "code": "model_not_found"}  # fmt: skip
+        return _Result(line_id, number, custom_id, target, 404, {"error": error}, 0)
+    provider = target.provider
+    headers = {"Authorization": f"Bearer {provider.secret}"} if provider.secret else {}
+    try:
+        url = f"{provider.base_url.rstrip('/')}{endpoint[3:]}"
+        async with http.post(url, json={**body, "model": target.model}, headers=headers) as response:
+            status, data = response.status, await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        status, data = 502, {"error": {"message": f"Could not reach the provider: {exc}.", "type": "api_error",
+                                       "param": None, "code": "upstream_unavailable"}}  # fmt: skip
+    latency = int((time.perf_counter() - started) * 1000)
+    result = _Result(line_id, number, custom_id, target, status, data if isinstance(data, dict) else {}, latency)
+    usage = result.body.get("usage") if status == 200 else None
+    if isinstance(usage, dict) and target.price is not None:
+        price = target.price
+        result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        result.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        result.completion_tokens = int(usage.get("completion_tokens") or 0)
+        result.cost = (
+            (result.prompt_tokens - result.cached_tokens) * price.input_per_mtok
+            + result.cached_tokens * price.cached_input_per_mtok
+            + result.completion_tokens * price.output_per_mtok
+        ) / MILLION
+    return result
+
+
+async def _send_all(
+    endpoint: str, targets: list[_Target], claimed: list[tuple[int, int, str, dict[str, Any]]]
+) -> list[_Result]:
+    """Send a chunk of lines, at most ``BATCH_SYNC_CONCURRENCY`` at a time."""
+    gate = asyncio.Semaphore(max(settings.BATCH_SYNC_CONCURRENCY, 1))
+    timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=settings.GATEWAY_UPSTREAM_TIMEOUT_SECONDS)
+
+    async def one(http: aiohttp.ClientSession, target: _Target, line: tuple[int, int, str, dict[str, Any]]) -> _Result:
+        async with gate:
+            return await _send(http, endpoint, target, line)
+
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        return list(await asyncio.gather(*(one(http, t, c) for t, c in zip(targets, claimed, strict=True))))
+
+
+def _commit(batch: Batch, worker: str, results: list[_Result]) -> None:
+    """Mark the lines this worker still holds done, with their ledger rows, in one transaction."""
+    now = timezone.now()
+    with transaction.atomic():
+        kept = []
+        for r in results:
+            owned = BatchLine.objects.filter(pk=r.line_id, status=LineStatus.RUNNING, claimed_by=worker).update(
+                status=LineStatus.DONE if r.status < 400 else LineStatus.FAILED,
+                status_code=r.status,
+                response=r.body,
+                cost=r.cost,
+            )
+            if owned:  # else the lease ran out and another worker took the line over: it records it
+                kept.append(r)
+        key = batch.api_key
+        LedgerEntry.objects.bulk_create(
+            [
+                LedgerEntry(
+                    request_id=f"{batch.id}-{r.line}",
+                    created_at=now,
+                    organization_id=batch.project.organization_id,
+                    project_id=batch.project_id,
+                    api_key_id=batch.api_key_id,
+                    provider_id=r.target.provider.id if r.target.provider else None,
+                    endpoint=ENDPOINTS[batch.endpoint],
+                    feature=key.default_feature if key else "",
+                    requested_model=str(r.target.model),
+                    served_model=r.target.model,
+                    prompt_tokens=r.prompt_tokens,
+                    cached_tokens=r.cached_tokens,
+                    completion_tokens=r.completion_tokens,
+                    cost=r.cost,
+                    counterfactual_cost=r.cost,  # the sync path pays list price: no saving
+                    latency_ms=r.latency_ms,
+                    status_code=r.status,
+                    error_code=str((r.body.get("error") or {}).get("code") or "")[:100] if r.status >= 400 else "",
+                    route=f"batch:{batch.id}:{batch.backend}",
+                )
+                for r in kept
+            ],
+            ignore_conflicts=True,
+        )
+        Batch.objects.filter(pk=batch.pk).update(
+            completed=F("completed") + sum(r.status < 400 for r in kept),
+            failed=F("failed") + sum(r.status >= 400 for r in kept),
+            cost=F("cost") + sum((r.cost for r in kept), Decimal(0)),
+        )
+
+
+def batch_run(*, batch_id: str, worker: str, chunk: int = 64) -> int:
+    """Run the batch's lines until none is left to claim; returns how many lines this call ran."""
+    batch = Batch.objects.select_related("project", "api_key").get(pk=batch_id)
+    if batch.status not in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
+        return 0
+    resolve = _Resolver(batch.project)
+    handled = 0
+    while True:
+        if Batch.objects.filter(pk=batch_id, status=BatchStatus.CANCELLING).exists():
+            break
+        claimed = _claim(batch_id, worker, chunk)
+        if not claimed:
+            break
+        targets = [resolve(str(c[3].get("model"))) for c in claimed]  # SQL stays outside the event loop
+        results = asyncio.run(_send_all(batch.endpoint, targets, claimed))
+        _commit(batch, worker, results)
+        handled += len(results)
+    if not BatchLine.objects.filter(batch_id=batch_id, status__in=(LineStatus.PENDING, LineStatus.RUNNING)).exists():
+        batch_finalize(batch_id=batch_id)
+    return handled
+
+
+def batch_finalize(*, batch_id: str) -> None:
+    """Write the output and error files and close the batch (once, whoever gets here first)."""
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update().get(pk=batch_id)
+        if batch.status in FINAL:
+            return
+        cancelled = batch.status == BatchStatus.CANCELLING
+        output, errors = [], []
+        for line in BatchLine.objects.filter(batch=batch, status__in=(LineStatus.DONE, LineStatus.FAILED)).order_by(
+            "line"
+        ):
+            record = {
+                "id": f"batch_req_{secrets.token_hex(12)}",
+                "custom_id": line.custom_id,
+                "response": {
+                    "status_code": line.status_code,
+                    "request_id": f"{batch.id}-{line.line}",
+                    "body": line.response,
+                },
+                "error": None,
+            }
+            (output if line.status == LineStatus.DONE else errors).append(json.dumps(record))
+        now = timezone.now()
+        batch.finalizing_at = batch.finalizing_at or now
+        for lines, field in ((output, "output_file"), (errors, "error_file")):
+            if lines:
+                content = ("\n".join(lines) + "\n").encode()
+                setattr(batch, field, BatchFile.objects.create(
+                    project=batch.project, api_key=batch.api_key, purpose=FilePurpose.BATCH_OUTPUT,
+                    filename=f"{batch.id}_{field}.jsonl", bytes=len(content), content=content,
+                ))  # fmt: skip
+        if cancelled:
+            batch.status, batch.cancelled_at = BatchStatus.CANCELLED, now
+        else:
+            batch.status, batch.completed_at = BatchStatus.COMPLETED, now
+        batch.save()
+
+
+def batches_resume() -> int:
+    """Queue a run for every unfinished batch that has lines nobody holds (new, or a dead worker's)."""
+    stale = timezone.now() - dt.timedelta(seconds=settings.BATCH_LEASE_SECONDS)
+    waiting = (
+        BatchLine.objects.filter(batch__status__in=(BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING))
+        .filter(Q(status=LineStatus.PENDING) | Q(status=LineStatus.RUNNING, claimed_at__lt=stale))
+        .values_list("batch_id", flat=True)
+        .distinct()
+    )
+    ids = list(waiting)
+    for batch_id in ids:
+        _enqueue(batch_id)
+    # Cancelled batches whose last running lines finished elsewhere still need closing.
+    for batch_id in (
+        Batch.objects.filter(status=BatchStatus.CANCELLING)
+        .exclude(lines__status=LineStatus.RUNNING)
+        .values_list("id", flat=True)
+    ):
+        batch_finalize(batch_id=batch_id)
+    return len(ids)

@@ -1,0 +1,150 @@
+"""The Batch API through the gateway with the official SDK; lines run by a real worker process."""
+
+from __future__ import annotations
+
+import json
+import signal
+from decimal import Decimal
+
+import openai
+import pytest
+
+from apps.batches.models import Batch, BatchLine
+from apps.ledger.models import LedgerEntry
+from tests import live
+from tests.factories import Tenant, tenant_make
+from tests.gateway.helpers import sdk, wait_key_live
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _jsonl(n: int, *, model: str = "gpt-4o-mini", start: int = 0) -> bytes:
+    lines = []
+    for i in range(start, start + n):
+        body = {"model": model, "messages": [{"role": "user", "content": f"Summarise ticket {i}"}], "max_tokens": 40}
+        lines.append(json.dumps({"custom_id": f"t-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _create(client: openai.OpenAI, content: bytes) -> openai.types.Batch:
+    uploaded = client.files.create(file=("input.jsonl", content), purpose="batch")
+    assert uploaded.purpose == "batch" and uploaded.bytes == len(content)
+    return client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+
+def test_ten_thousand_lines_survive_a_killed_worker(gateway: str, tenant: Tenant) -> None:
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    batch = _create(client, _jsonl(10_000))
+    assert (batch.status, batch.request_counts.total) == ("in_progress", 10_000)
+
+    env = {"BATCH_SYNC_CONCURRENCY": "16", "BATCH_LEASE_SECONDS": "1"}
+    first = live.start_manage("run_batch", batch.id, "--chunk", "200", name="batch worker", **env)
+    live.wait_until(lambda: Batch.objects.get(pk=batch.id).completed >= 2_000, timeout=60, interval=0.05)
+    first.kill(signal.SIGKILL)  # mid-run: it holds claimed lines that it never finishes
+    first.proc.wait(timeout=10)
+    done_at_kill = Batch.objects.get(pk=batch.id).completed
+    left_running = BatchLine.objects.filter(batch_id=batch.id, status="running").count()
+    assert 2_000 <= done_at_kill < 10_000
+
+    second = live.start_manage("run_batch", batch.id, "--chunk", "200", name="batch worker 2", **env)
+    assert second.proc.wait(timeout=120) == 0, second.output()
+
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed"
+    assert (done.request_counts.completed, done.request_counts.failed) == (10_000, 0)
+    output = client.files.content(done.output_file_id).text.splitlines()
+    assert sorted(json.loads(line)["custom_id"] for line in output) == sorted(f"t-{i}" for i in range(10_000))
+    assert all(json.loads(line)["response"]["status_code"] == 200 for line in output)
+
+    rows = LedgerEntry.objects.filter(project=tenant.project, request_id__startswith=f"{batch.id}-")
+    assert rows.count() == rows.values("request_id").distinct().count() == 10_000  # none lost, none billed twice
+    lines_cost = sum(BatchLine.objects.filter(batch_id=batch.id).values_list("cost", flat=True))
+    ledger_cost = sum(rows.values_list("cost", flat=True))
+    assert ledger_cost == lines_cost == Batch.objects.get(pk=batch.id).cost > 0
+    if left_running:
+        # The killed worker's claimed lines were taken over after its lease ran out.
+        assert BatchLine.objects.filter(batch_id=batch.id, attempts__gt=1).exists()
+
+
+def test_invalid_lines_fail_the_batch_with_line_numbers(gateway: str, tenant: Tenant) -> None:
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    good = _jsonl(2).decode().splitlines()
+    bad = [
+        good[0],
+        "{not json",
+        json.dumps({"custom_id": "t-0", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "m"}}),
+        json.dumps({"custom_id": "x", "method": "GET", "url": "/v1/embeddings", "body": {}}),
+        good[1],
+    ]
+    batch = _create(client, ("\n".join(bad) + "\n").encode())
+    assert batch.status == "failed"
+    by_line = {e.line: e for e in batch.errors.data}
+    assert sorted({e.line for e in batch.errors.data}) == [2, 3, 4]
+    assert "not valid JSON" in by_line[2].message and "used twice" in by_line[3].message
+    assert {e.param for e in batch.errors.data if e.line == 4} == {"method", "url", "body"}
+    assert not BatchLine.objects.filter(batch_id=batch.id).exists()
+
+
+def test_cancel_keeps_what_ran_and_stops_the_rest(gateway: str, tenant: Tenant) -> None:
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    batch = _create(client, _jsonl(50))
+    cancelled = client.batches.cancel(batch.id)
+    assert cancelled.status == "cancelled" and cancelled.output_file_id is None
+    worker = live.start_manage("run_batch", batch.id, name="late worker")
+    assert worker.proc.wait(timeout=60) == 0
+    assert not LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-").exists()
+    assert client.batches.retrieve(batch.id).status == "cancelled"
+
+
+def test_other_projects_files_and_batches_are_invisible(gateway: str, tenant: Tenant, upstream: str) -> None:
+    other = tenant_make(upstream_url=upstream)
+    wait_key_live(gateway, tenant.key.plaintext)
+    wait_key_live(gateway, other.key.plaintext)
+    mine = sdk(gateway, tenant.key.plaintext)
+    theirs = sdk(gateway, other.key.plaintext)
+    batch = _create(mine, _jsonl(3))
+    with pytest.raises(openai.NotFoundError):
+        theirs.batches.retrieve(batch.id)
+    with pytest.raises(openai.NotFoundError):
+        theirs.files.content(batch.input_file_id)
+    with pytest.raises(openai.NotFoundError):
+        theirs.batches.cancel(batch.id)
+    assert [b.id for b in theirs.batches.list()] == []
+    with pytest.raises(openai.BadRequestError, match="No batch file"):
+        theirs.batches.create(
+            input_file_id=batch.input_file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+
+
+def test_bad_requests_get_openai_errors(gateway: str, tenant: Tenant) -> None:
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        client.files.create(file=("x.jsonl", _jsonl(1)), purpose="fine-tune")
+    uploaded = client.files.create(file=("x.jsonl", _jsonl(1)), purpose="batch")
+    with pytest.raises(openai.BadRequestError, match="endpoint"):
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/images", completion_window="24h")  # type: ignore[arg-type]
+    with pytest.raises(openai.AuthenticationError):
+        sdk(gateway, "cc_live_nope").batches.list()
+    assert Decimal(0) == sum(LedgerEntry.objects.filter(project=tenant.project).values_list("cost", flat=True))
+
+
+def test_batches_page_shows_progress_to_members_only(gateway: str, tenant: Tenant) -> None:
+    from django.test import Client
+
+    from apps.batches.services import batch_run
+    from tests.factories import login, tenant_make
+
+    wait_key_live(gateway, tenant.key.plaintext)
+    batch = _create(sdk(gateway, tenant.key.plaintext), _jsonl(20))
+    batch_run(batch_id=batch.id, worker="test", chunk=5)
+    page = login(Client(), tenant.owner).get(f"/projects/{tenant.project.slug}/batches/")
+    assert page.status_code == 200
+    assert (
+        batch.id.encode() in page.content and b"20 / 0 / 20" in page.content and b'aria-valuenow="100"' in page.content
+    )
+    outsider = tenant_make().owner
+    assert login(Client(), outsider).get(f"/projects/{tenant.project.slug}/batches/").status_code == 404
