@@ -4,10 +4,17 @@ A pair is two prompts and whether one's answer may be served for the other.
 For each candidate threshold, a pair "hits" when its cosine similarity reaches
 it; precision (hits that were right) is what a user of the cache feels, hit
 rate is what it saves. ``calibrate_cache`` prints the sweep and recommends.
+
+The gateway serves a semantic hit only when the prompts also agree on numbers
+and names (apps/cache/guard.py), so the sweep can count a pair as a hit only
+when it passes that check as well. Part of the pairs can be held out: the
+threshold is chosen on the rest and then measured on the held-out part, which
+shows how much of the precision is fitted to the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -53,16 +60,43 @@ def parse_pairs(lines: Iterable[str]) -> list[Pair]:
     return pairs
 
 
-def sweep(pairs: Sequence[Pair], cosines: Sequence[float], thresholds: Iterable[float]) -> list[Row]:
-    """One Row per threshold, in the order given; a pair hits when its cosine is >= the threshold."""
+def split_holdout(pairs: Sequence[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
+    """(calibration, held out): about ``fraction`` of the pairs held out, chosen by a hash of their text.
+
+    The same pair always lands on the same side, whatever the file's order or other lines.
+    """
+    cut = round(fraction * 1000)
+
+    def held_out(pair: Pair) -> bool:
+        return int(hashlib.sha256(f"{pair.a}\0{pair.b}".encode()).hexdigest(), 16) % 1000 < cut
+
+    return [p for p in pairs if not held_out(p)], [p for p in pairs if held_out(p)]
+
+
+def sweep(
+    pairs: Sequence[Pair],
+    cosines: Sequence[float],
+    thresholds: Iterable[float],
+    agreements: Sequence[bool] | None = None,
+) -> list[Row]:
+    """One Row per threshold, in the order given.
+
+    A pair hits when its cosine is >= the threshold and, with ``agreements``,
+    its entry there is True (the prompts passed the guard).
+    """
     if len(pairs) != len(cosines):
         raise ValueError(f"{len(pairs)} pairs but {len(cosines)} cosines")
+    if agreements is None:
+        agreements = [True] * len(pairs)
+    elif len(agreements) != len(pairs):
+        raise ValueError(f"{len(pairs)} pairs but {len(agreements)} agreements")
     positives = sum(p.same for p in pairs)
     negatives = len(pairs) - positives
+    scored = list(zip(pairs, cosines, agreements, strict=True))
     rows = []
     for threshold in thresholds:
-        true_hits = sum(1 for p, c in zip(pairs, cosines, strict=True) if c >= threshold and p.same)
-        false_hits = sum(1 for p, c in zip(pairs, cosines, strict=True) if c >= threshold and not p.same)
+        true_hits = sum(1 for p, c, ok in scored if ok and c >= threshold and p.same)
+        false_hits = sum(1 for p, c, ok in scored if ok and c >= threshold and not p.same)
         hits = true_hits + false_hits
         rows.append(
             Row(

@@ -81,7 +81,11 @@ def _store_entries(stores: dict[tuple[int, str, str], tuple[dict[str, Any], dict
     if semantic:
         from apps.cache.embedding import local_embedder
 
-        embedded = local_embedder().embed([stores[key][0]["text"] for key in semantic])
+        embedder = local_embedder()
+        # Text past the embedder's window is never looked up semantically (lookup_vector), so it is not
+        # indexed either: such an entry serves exact hits only.
+        semantic = [key for key in semantic if embedder.fits(stores[key][0]["text"])]
+        embedded = embedder.embed([stores[key][0]["text"] for key in semantic])
         vectors = dict(zip(semantic, embedded, strict=True))
     rows = []
     for key, (event, body) in stores.items():

@@ -160,3 +160,28 @@ def test_semantic_hit_on_paraphrase_not_on_other_platform(gateway: str, tenant: 
     ]
     raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=other_system)
     assert raw.headers["x-cache"] == "miss"
+
+
+def test_semantic_hit_needs_the_same_numbers_and_names(gateway: str, tenant: Tenant) -> None:
+    _policy(tenant, gateway, semantic_enabled=True, similarity_threshold=Decimal("0.80"))
+    client = sdk(gateway, tenant.key.plaintext)
+    _chat(client, "Find me a plane ticket from Paris to Berlin for 21 April")
+    _ingest()
+    # Cosine 0.96 with the stored prompt, far above the threshold; only the month differs.
+    assert _chat(client, "Find me a plane ticket from Paris to Berlin for 21 October").headers["x-cache"] == "miss"
+    hit = _chat(client, "Find me a plane ticket from Paris to Berlin on 21 April, please")
+    assert hit.headers["x-cache"] == "hit-semantic"
+
+
+def test_prompt_longer_than_the_embedder_window_gets_exact_caching_only(gateway: str, tenant: Tenant) -> None:
+    _policy(tenant, gateway, semantic_enabled=True, similarity_threshold=Decimal("0.80"))
+    client = sdk(gateway, tenant.key.plaintext)
+    document = "Summarise this contract clause by clause. " + "The supplier shall deliver the goods. " * 60
+    first = document + "Answer in English."
+    _chat(client, first)
+    _ingest()
+    entry = CacheEntry.objects.get(project=tenant.project)
+    assert entry.embedding is None, "text past the 256-token window is not indexed"
+    # Identical for the first 256 tokens, so its embedding would score 1.0: it must not be served.
+    assert _chat(client, document + "Answer in German.").headers["x-cache"] == "miss"
+    assert _chat(client, first).headers["x-cache"] == "hit-exact"

@@ -10,7 +10,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from apps.cache.calibration import DEFAULT_THRESHOLDS, Pair, parse_pairs, recommend, sweep
+from apps.cache.calibration import DEFAULT_THRESHOLDS, Pair, parse_pairs, recommend, split_holdout, sweep
 
 # Four same-pairs and four different-pairs with cosines chosen so each threshold's counts are easy to read.
 PAIRS = [Pair("a", "b", True)] * 4 + [Pair("a", "c", False)] * 4
@@ -36,6 +36,26 @@ def test_sweep_counts_hits_at_or_above_each_threshold() -> None:
     assert (rows[0.90].hits, rows[0.90].precision, rows[0.90].recall) == (3, 2 / 3, 2 / 4)
     assert (rows[0.94].hits, rows[0.94].precision, rows[0.94].false_hit_rate) == (1, 1.0, 0.0)
     assert (rows[0.99].hits, rows[0.99].precision, rows[0.99].hit_rate) == (0, None, 0.0)
+
+
+def test_sweep_with_agreements_counts_only_pairs_that_pass_the_guard() -> None:
+    # The guard turns the different-pair at 0.93 and the same-pair at 0.95 into misses.
+    agreements = [False, True, True, True, False, True, True, True]
+    row = sweep(PAIRS, COSINES, [0.90], agreements)[0]
+    assert (row.hits, row.precision, row.false_hit_rate, row.recall) == (1, 1.0, 0.0, 1 / 4)
+    with pytest.raises(ValueError, match="8 pairs but 2 agreements"):
+        sweep(PAIRS, COSINES, [0.9], [True, False])
+
+
+def test_split_holdout_is_by_pair_not_by_position() -> None:
+    pairs = [Pair(f"question {i}", f"other {i}", i % 2 == 0) for i in range(400)]
+    calibration, holdout = split_holdout(pairs, 0.3)
+    assert len(calibration) + len(holdout) == 400
+    assert 0.2 < len(holdout) / 400 < 0.4
+    assert not set(calibration) & set(holdout)
+    again_calibration, again_holdout = split_holdout(list(reversed(pairs)), 0.3)
+    assert set(again_holdout) == set(holdout)
+    assert split_holdout(pairs, 0.0) == (pairs, [])
 
 
 def test_recommend_takes_the_lowest_threshold_that_is_precise_enough() -> None:
@@ -113,6 +133,20 @@ def test_command_says_so_when_no_threshold_reaches_the_target(tmp_path: Path) ->
     out = StringIO()
     call_command("calibrate_cache", str(path), stdout=out)
     assert "No threshold from 0.70 to 0.99 reaches precision 97.0%" in out.getvalue()
+
+
+def test_command_holds_out_pairs_and_measures_the_choice_on_them() -> None:
+    path = Path(__file__).resolve().parents[2] / "apps" / "cache" / "data" / "pairs.jsonl"
+    out = StringIO()
+    call_command("calibrate_cache", str(path), "--holdout", "0.3", stdout=out)
+    text = out.getvalue()
+    assert "held out)" in text and "held-out pairs:" in text
+    assert "with the numbers-and-names guard" in text
+    # Two tables of 30 thresholds: the calibration part and the held-out part.
+    assert sum(1 for line in text.splitlines() if line.strip().startswith(("0.7", "0.8", "0.9"))) == 60
+    # What the closing note and README report for the shipped file.
+    assert "Recommended threshold: 0.82" in text
+    assert "At 0.82 the held-out pairs get guarded precision 100.0%" in text
 
 
 def test_command_rejects_a_malformed_file(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
-"""The local MiniLM embedder against numbers measured with sentence-transformers, and the remote one."""
+"""The local MiniLM embedder against sentence-transformers' vectors, and the remote one."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +20,19 @@ TEXTS = [
     "Ünïcödé, emoji 🎉 and 中文 in one prompt",
     "def square(x):\n    return x ** 2",
 ]
+
+
+# Reference vectors: see its "source". They are what the cache was calibrated on, so the
+# embedder must reproduce them to float32 rounding, not merely approximately.
+REFERENCE = json.loads((Path(__file__).parent / "data" / "minilm_reference.json").read_text())
+PARITY_ATOL = 1e-5  # per component; measured: 2e-7
+
+
+def test_vectors_match_the_reference_one_by_one_and_as_a_padded_batch() -> None:
+    expected = np.array(REFERENCE["vectors"], dtype=np.float32)
+    singles = np.stack([local_embedder().embed([text])[0] for text in REFERENCE["texts"]])
+    np.testing.assert_allclose(singles, expected, atol=PARITY_ATOL)
+    np.testing.assert_allclose(local_embedder().embed(REFERENCE["texts"]), expected, atol=PARITY_ATOL)
 
 
 def cosine(a: str, b: str) -> float:
@@ -80,6 +95,16 @@ def test_text_past_256_tokens_is_ignored_as_sentence_transformers_does() -> None
     long = "billing " * 300
     vectors = local_embedder().embed([long, long + "completely different ending about iOS sync"])
     np.testing.assert_array_equal(vectors[0], vectors[1])
+
+
+def test_fits_says_whether_anything_would_be_cut() -> None:
+    embedder = local_embedder()
+    assert embedder.window_tokens == 256
+    assert embedder.fits("How do I reset my password?")
+    assert embedder.fits("")
+    # [CLS] + 254 words + [SEP] is exactly the window; one word more is cut.
+    assert embedder.fits("billing " * 254)
+    assert not embedder.fits("billing " * 255)
 
 
 def test_no_texts_no_rows() -> None:

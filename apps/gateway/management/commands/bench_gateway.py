@@ -3,7 +3,10 @@
 Starts the simulated upstream (1 worker), a gateway (uvicorn, 1 worker) with
 key auth and the ledger on, and a ledger consumer; then runs wrk against the
 upstream directly and through the gateway at each concurrency, and prints
-requests/s and p50/p99 latency, with the gateway's added latency.
+requests/s and p50/p99 latency, with the gateway's added latency. With
+``--cache`` it also turns the exact cache on for the bench project and runs the
+same request through the gateway once more, so that every request is an exact
+hit answered from Redis without calling the upstream.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.budgets.models import Budget, BudgetScope, RateLimit
 from apps.budgets.services import budget_create, rate_limit_set
+from apps.cache.models import CachePolicy
+from apps.cache.services import cache_purge
 from apps.gateway.policy import version_key
 from apps.keys.services import IssuedKey, key_issue
 from apps.ledger.models import LedgerEntry
@@ -100,12 +105,17 @@ def _wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, fl
     }
 
 
+def _cells(run: dict[str, float]) -> str:
+    return f"{run['rps']:>9.0f} {run['p50']:>8.2f} {run['p99']:>8.2f} {run['errors']:>8.0f}"
+
+
 class Command(BaseCommand):
     help = "Benchmark the data plane against a direct call to the simulated upstream (needs wrk)."
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--seconds", type=int, default=10)
         parser.add_argument("--connections", default="1,16")
+        parser.add_argument("--cache", action="store_true", help="also measure exact-cache hits through the gateway")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if shutil.which("wrk") is None:
@@ -149,6 +159,8 @@ class Command(BaseCommand):
             ),
             subprocess.Popen([python, "manage.py", "ingest_ledger"], env=env, stdout=subprocess.DEVNULL),
         ]
+        if options["cache"]:  # indexes stores and counts hits, as beside a real gateway
+            procs.append(subprocess.Popen([python, "manage.py", "ingest_cache"], env=env, stdout=subprocess.DEVNULL))
         try:
             _wait(f"http://127.0.0.1:{up_port}/health", 200, procs[0])
             _wait(f"http://127.0.0.1:{gw_port}/v1/models", 401, procs[1])
@@ -160,6 +172,7 @@ class Command(BaseCommand):
                 # Warm both paths (connection pools, snapshot) before measuring.
                 sent = int(_wrk(gateway_url, gateway_lua, 4, 2)["requests"])
                 rows = []
+                cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 for connections in [int(c) for c in options["connections"].split(",")]:
                     direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
                     self._limits(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
@@ -168,9 +181,18 @@ class Command(BaseCommand):
                     limited = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
                     sent += int(gateway["requests"] + limited["requests"])
                     rows.append((connections, direct, gateway, limited))
+                    if options["cache"]:
+                        self._limits(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
+                        self._exact_cache(issued, on=True, gateway=f"http://127.0.0.1:{gw_port}/v1")
+                        hits = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
+                        self._exact_cache(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
+                        sent += int(hits["requests"]) + 1  # + the miss that stored the entry
+                        cached.append((connections, direct, gateway, hits))
                 self._limits(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
             self._report(rows, options["seconds"])
             self._check_ledger(issued.api_key.id, sent)
+            if cached:
+                self._report_cache(cached, issued.api_key.id)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -205,6 +227,28 @@ class Command(BaseCommand):
             rate_limit_set(
                 project=project, requests_per_minute=10**8, tokens_per_minute=2 * 10**9, max_concurrent=10**5
             )
+        self._await_policy(issued, gateway)
+
+    def _exact_cache(self, issued: IssuedKey, *, on: bool, gateway: str) -> None:
+        """Exact caching on the bench project on (and the bench request stored) or off and emptied."""
+        project = issued.api_key.project
+        if on:
+            CachePolicy.objects.update_or_create(
+                project=project, feature="", defaults={"exact_enabled": True, "semantic_enabled": False}
+            )
+            self._await_policy(issued, gateway)
+            request = Request(f"{gateway}/chat/completions", data=BODY.encode(), method="POST", headers={
+                "Authorization": f"Bearer {issued.plaintext}", "Content-Type": "application/json"})  # fmt: skip
+            with urlopen(request, timeout=5) as response:  # noqa: S310 (loopback)
+                if response.headers["x-cache"] != "miss":
+                    raise CommandError(f"expected the first cached request to miss, got {response.headers['x-cache']}")
+        else:
+            CachePolicy.objects.filter(project=project).delete()
+            cache_purge(client=redis.Redis.from_url(settings.REDIS_URL), project=project)
+            self._await_policy(issued, gateway)
+
+    def _await_policy(self, issued: IssuedKey, gateway: str) -> None:
+        """Wait until the gateway runs on the policy version the control plane last published."""
         wanted = int(redis.Redis.from_url(settings.REDIS_URL).get(version_key()) or 0)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -226,14 +270,32 @@ class Command(BaseCommand):
         w(f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
         for connections, direct, gateway, limited in rows:
             for name, r in (("direct", direct), ("gateway", gateway), ("gateway+limits", limited)):
-                row = f"{r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['errors']:>8.0f}"
-                w(f"{connections:>4}  {name:<15} {row}")
+                w(f"{connections:>4}  {name:<15} {_cells(r)}")
             added, added_limited = gateway["p50"] - direct["p50"], limited["p50"] - direct["p50"]
             w(
                 f"      added p50 {added:+.2f} ms (with limits {added_limited:+.2f} ms); gateway at "
                 f"{gateway['rps'] / direct['rps']:.0%} of direct throughput; budgets + rate limits cost "
                 f"{1 - limited['rps'] / gateway['rps']:.1%} of gateway throughput"
             )
+
+    def _report_cache(
+        self, rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]], api_key_id: int
+    ) -> None:
+        """Exact-cache hits vs the upstream called directly and the gateway forwarding, same run."""
+        w = self.stdout.write
+        w("\nexact-cache hits (same request every time, answered from Redis; no budgets or limits)")
+        w(f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        for connections, direct, gateway, hits in rows:
+            for name, r in (("direct", direct), ("gateway", gateway), ("gateway, hit", hits)):
+                w(f"{connections:>4}  {name:<15} {_cells(r)}")
+            w(
+                f"      hit p50 {hits['p50'] - direct['p50']:+.2f} ms vs direct, "
+                f"{hits['p50'] - gateway['p50']:+.2f} ms vs forwarding; "
+                f"hits at {hits['rps'] / direct['rps']:.0%} of direct and "
+                f"{hits['rps'] / gateway['rps']:.0%} of forwarded throughput"
+            )
+        served = LedgerEntry.objects.filter(api_key_id=api_key_id, cache_hit="exact").count()
+        w(f"ledger: {served} of those rows recorded as exact hits")
 
     def _check_ledger(self, api_key_id: int, sent: int) -> None:
         """Every request wrk saw answered must be in the ledger (wrk drops in-flight ones at the end)."""

@@ -1,0 +1,108 @@
+"""The check a semantic hit must pass besides similarity: the prompts agree on their details.
+
+Sentence embeddings place "flight to Berlin on 21 April" next to "… 21 October"
+and "Sync fails on iOS" next to "… on Android": the sentences are alike and
+only a detail differs, and that detail is what the answer is about. No
+threshold separates those pairs from real paraphrases (calibrate_cache shows
+it), so before a semantic hit is served the two prompts must also agree on:
+
+- numbers: the same numeric values in the same order ("2,500" = "2500",
+  "10th" = "10", number words one to twelve = their digits), so "one license
+  on two computers" is not "two licenses on one computer" (nor, strictly,
+  "a single license on 2 machines");
+- names: every name in one prompt occurs as a word in the other, and the
+  names they share occur in the same order ("25 GBP in USD" is not "25 USD in
+  GBP"). A name is a capitalised word that does not start a sentence, an
+  all-caps or mixed-case word (CSV, iOS), a month or weekday, or a currency
+  ("$", "dollars" and "USD" are one currency).
+
+The check only ever turns a hit into a miss. It errs that way too: "to Berlin
+from Paris" against "from Paris to Berlin" is a miss, a paraphrase lost, never
+a wrong answer served.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_NUMBER_WORDS = {
+    word: str(value)
+    for value, word in enumerate(
+        ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"), start=1
+    )
+}
+_CALENDAR = frozenset(
+    "january february march april may june july august september october november december "
+    "monday tuesday wednesday thursday friday saturday sunday".split()
+)
+_CURRENCIES = {
+    **dict.fromkeys(("$", "usd", "dollar", "dollars"), "usd"),
+    **dict.fromkeys(("€", "eur", "euro", "euros"), "eur"),
+    **dict.fromkeys(("£", "gbp", "pound", "pounds"), "gbp"),
+    **dict.fromkeys(("¥", "jpy", "yen"), "jpy"),
+}
+# A number (digits with thousands separators and decimals), a currency sign, or a word.
+_TOKEN = re.compile(r"(?P<number>\d[\d,]*(?:\.\d+)?)|(?P<sign>[$€£¥])|(?P<word>[^\W\d_][\w'’+#-]*)")
+_SENTENCE_END = re.compile(r"[.!?:;\n]")
+
+
+@dataclass(frozen=True, slots=True)
+class Details:
+    numbers: tuple[str, ...]  # canonical, in order of first occurrence
+    names: tuple[str, ...]  # lower-cased, in order of first occurrence
+    words: frozenset[str]  # every word, lower-cased, currencies canonical
+
+
+def details(text: str) -> Details:
+    """The numbers, names and words of ``text``, as compared by :func:`agree`."""
+    numbers: list[str] = []
+    names: list[str] = []
+    words: set[str] = set()
+    previous_end = 0
+    for match in _TOKEN.finditer(text):
+        sentence_start = previous_end == 0 or bool(_SENTENCE_END.search(text, previous_end, match.start()))
+        previous_end = match.end()
+        number, sign, word = match.group("number", "sign", "word")
+        if number is not None:
+            _add_once(numbers, _canonical_number(number))
+            continue
+        token = sign or word
+        lowered = token.lower()
+        canonical = _CURRENCIES.get(lowered, lowered)
+        if lowered in _NUMBER_WORDS:
+            _add_once(numbers, _NUMBER_WORDS[lowered])
+        words.add(canonical)
+        if _is_name(token, lowered, sentence_start):
+            _add_once(names, canonical)
+    return Details(tuple(numbers), tuple(names), frozenset(words))
+
+
+def _add_once(items: list[str], item: str) -> None:
+    if item not in items:
+        items.append(item)
+
+
+def _canonical_number(number: str) -> str:
+    number = number.replace(",", "")
+    return number.rstrip("0").rstrip(".") if "." in number else number.lstrip("0") or "0"
+
+
+def _is_name(token: str, lowered: str, sentence_start: bool) -> bool:
+    if lowered in _CURRENCIES or lowered in _CALENDAR:
+        return True
+    if any(c.isupper() for c in token[1:]):  # CSV, iOS, macOS
+        return True
+    return token[0].isupper() and not sentence_start and token != "I"
+
+
+def agree(a: str, b: str) -> bool:
+    """Whether prompts ``a`` and ``b`` agree on numbers and names (see the module docstring)."""
+    first, second = details(a), details(b)
+    if first.numbers != second.numbers:
+        return False
+    if not set(first.names) <= second.words or not set(second.names) <= first.words:
+        return False
+    shared_first = [n for n in first.names if n in second.names]
+    shared_second = [n for n in second.names if n in first.names]
+    return shared_first == shared_second

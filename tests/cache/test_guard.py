@@ -1,0 +1,52 @@
+"""The numbers-and-names check a semantic hit must pass besides similarity."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.cache.guard import agree, details
+
+
+def test_numbers_are_compared_by_value_in_order() -> None:
+    assert details("Can I move 2,500 dollars on the 10th? Order #0042").numbers == ("2500", "10", "42")
+    assert details("Is 1.50 the same as 1.5?").numbers == ("1.5",)
+    assert details("one license on two computers").numbers == ("1", "2")
+
+
+def test_names_skip_sentence_starts_and_fold_currencies() -> None:
+    found = details("How do I sync iOS with Slack? Then export as CSV for $5 in July.")
+    assert found.names == ("ios", "slack", "csv", "usd", "july")
+    assert details("I can't find my key").names == ()
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("I need a flight Rome to Berlin, June 23", "I need a flight Rome to Berlin, February 23"),
+        ("The API returns 429 after 3000 requests per minute", "The API returns 429 after 1000 requests per minute"),
+        ("Sync fails on iOS, any fix?", "Sync fails on Android, any fix?"),
+        ("Can I transfer 200 euros to savings?", "Can I transfer 200 dollars to savings?"),
+        ("What is 25 GBP in USD?", "How much is 25 USD in GBP?"),
+        ("Can I use two licenses on one computer?", "Can I use one license on two computers?"),
+        ("How big can uploaded files be on the Free plan?", "How big can uploaded files be on the Team plan?"),
+    ],
+)
+def test_prompts_that_differ_in_a_detail_disagree(a: str, b: str) -> None:
+    assert not agree(a, b)
+    assert not agree(b, a)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How do I reset my password?", "I forgot my password, how can I reset it?"),
+        ("Has someone reserved the meeting room on 13 January?", "is the meeting room taken on january 13"),
+        ("slack integration setup steps", "What's the setup for the Slack integration?"),
+        ("Can I transfer 500 dollars to my savings account today?", "I want to send $500 to my savings, can I?"),
+        ("Sync fails on iOS, any fix?", "iOS: sync is broken for me, any workaround?"),
+        ("I'm still waiting on order number 90021", "My order #90021 hasn't arrived yet"),
+    ],
+)
+def test_paraphrases_agree(a: str, b: str) -> None:
+    assert agree(a, b)
+    assert agree(b, a)
