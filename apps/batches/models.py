@@ -54,6 +54,11 @@ class BatchStatus(models.TextChoices):
     CANCELLED = "cancelled"
 
 
+class BatchBackend(models.TextChoices):
+    SYNC = "sync", "Sync path, under a concurrency cap (list prices)"
+    PROVIDER = "provider", "The provider's Batch API (batch prices)"
+
+
 class Batch(models.Model):
     id = models.CharField(primary_key=True, max_length=40, default=new_batch_id, editable=False)
     project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="batches")
@@ -64,7 +69,12 @@ class Batch(models.Model):
     output_file = models.ForeignKey(BatchFile, null=True, on_delete=models.SET_NULL, related_name="+")
     error_file = models.ForeignKey(BatchFile, null=True, on_delete=models.SET_NULL, related_name="+")
     status = models.CharField(max_length=20, choices=BatchStatus.choices, default=BatchStatus.VALIDATING)
-    backend = models.CharField(max_length=20, default="sync", help_text="Where the lines run: the sync path")
+    backend = models.CharField(max_length=20, choices=BatchBackend.choices, default=BatchBackend.SYNC)
+    # The provider's own batch, when the lines run on its Batch API (``backend=provider``).
+    provider = models.ForeignKey(
+        "providers.Provider", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    provider_batch_id = models.CharField(max_length=100, blank=True)
     errors = models.JSONField(null=True, blank=True, help_text="Validation errors, by line")
     metadata = models.JSONField(null=True, blank=True)
     total = models.PositiveIntegerField(default=0)
@@ -94,6 +104,7 @@ class Batch(models.Model):
 class LineStatus(models.TextChoices):
     PENDING = "pending"
     RUNNING = "running"
+    SUBMITTED = "submitted"  # in the provider's batch
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"

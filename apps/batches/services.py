@@ -21,16 +21,17 @@ from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import openai
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from psycopg import sql
 
-from apps.batches.models import Batch, BatchFile, BatchLine, BatchStatus, FilePurpose, LineStatus
+from apps.batches.models import Batch, BatchBackend, BatchFile, BatchLine, BatchStatus, FilePurpose, LineStatus
 from apps.keys.models import ApiKey
 from apps.ledger.models import LedgerEntry
-from apps.providers.models import ModelAlias, Price, Provider
+from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
 from apps.tenancy.models import Project
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ ENDPOINTS = {
 FINAL = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
 MILLION = Decimal(1_000_000)
 MAX_REPORTED_ERRORS = 100
+BATCH_API_KINDS = (ProviderKind.OPENAI, ProviderKind.SIMULATED)
 
 
 class BatchInputError(Exception):
@@ -154,10 +156,34 @@ def batch_create(
         for line in lines:
             line.batch = batch
         BatchLine.objects.bulk_create(lines, batch_size=2000)
+        batch.provider = _provider_batch_target(project, lines)
+        batch.backend = BatchBackend.PROVIDER if batch.provider else BatchBackend.SYNC
         batch.status, batch.in_progress_at, batch.total = BatchStatus.IN_PROGRESS, now, len(lines)
-        batch.save(update_fields=["status", "in_progress_at", "total"])
+        batch.save(update_fields=["status", "in_progress_at", "total", "provider", "backend"])
         transaction.on_commit(lambda: _enqueue(batch.id))
     return batch
+
+
+def _provider_batch_target(project: Project, lines: list[BatchLine]) -> Provider | None:
+    """The provider whose own Batch API can take every line (batch prices), or None for the sync path.
+
+    That is when all lines resolve to one provider that has a Batch API (OpenAI, or the simulator's)
+    and a batch price for each model.
+    """
+    if not settings.BATCH_PROVIDER_BACKEND:
+        return None
+    resolve = _Resolver(project)
+    targets = {resolve(str(line.body.get("model"))) for line in lines}
+    providers = {t.provider.pk if t.provider else None for t in targets}
+    if len(providers) != 1 or None in providers:
+        return None
+    provider = next(iter(targets)).provider
+    assert provider is not None
+    if provider.kind not in BATCH_API_KINDS or any(
+        t.price is None or not t.price.batch_input_per_mtok for t in targets
+    ):
+        return None
+    return provider
 
 
 def _enqueue(batch_id: str) -> None:
@@ -174,10 +200,11 @@ def batch_cancel(*, batch: Batch) -> Batch:
             batch.status, batch.cancelling_at = BatchStatus.CANCELLING, timezone.now()
             batch.save(update_fields=["status", "cancelling_at"])
             BatchLine.objects.filter(batch=batch, status=LineStatus.PENDING).update(status=LineStatus.CANCELLED)
-    if (
-        batch.status == BatchStatus.CANCELLING
-        and not BatchLine.objects.filter(batch=batch, status=LineStatus.RUNNING).exists()
-    ):
+    if batch.status == BatchStatus.CANCELLING and batch.provider_batch_id:
+        batch_poll(batch_id=batch.pk)  # cancels the provider's batch and keeps what it finished
+        batch.refresh_from_db()
+    in_flight = BatchLine.objects.filter(batch=batch, status__in=(LineStatus.RUNNING, LineStatus.SUBMITTED))
+    if batch.status == BatchStatus.CANCELLING and not in_flight.exists():
         batch_finalize(batch_id=batch.pk)
         batch.refresh_from_db()
     return batch
@@ -261,9 +288,33 @@ class _Result:
     body: dict[str, Any]
     latency_ms: int
     cost: Decimal = Decimal(0)
+    counterfactual: Decimal = Decimal(0)  # the same tokens at the sync price
     prompt_tokens: int = 0
     cached_tokens: int = 0
     completion_tokens: int = 0
+
+    def price(self, *, batch_prices: bool) -> None:
+        """Take the tokens from the answer's usage and price them (batch or sync prices)."""
+        usage = self.body.get("usage") if self.status == 200 else None
+        price = self.target.price
+        if not isinstance(usage, dict) or price is None:
+            return
+        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        self.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+        self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        uncached = self.prompt_tokens - self.cached_tokens
+        self.counterfactual = (
+            uncached * price.input_per_mtok
+            + self.cached_tokens * price.cached_input_per_mtok
+            + self.completion_tokens * price.output_per_mtok
+        ) / MILLION
+        if batch_prices:
+            # Batch APIs price cached input like the rest of the input.
+            self.cost = (
+                self.prompt_tokens * price.batch_input_per_mtok + self.completion_tokens * price.batch_output_per_mtok
+            ) / MILLION
+        else:
+            self.cost = self.counterfactual
 
 
 async def _send(
@@ -286,17 +337,7 @@ async def _send(
                                        "param": None, "code": "upstream_unavailable"}}  # fmt: skip
     latency = int((time.perf_counter() - started) * 1000)
     result = _Result(line_id, number, custom_id, target, status, data if isinstance(data, dict) else {}, latency)
-    usage = result.body.get("usage") if status == 200 else None
-    if isinstance(usage, dict) and target.price is not None:
-        price = target.price
-        result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        result.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-        result.completion_tokens = int(usage.get("completion_tokens") or 0)
-        result.cost = (
-            (result.prompt_tokens - result.cached_tokens) * price.input_per_mtok
-            + result.cached_tokens * price.cached_input_per_mtok
-            + result.completion_tokens * price.output_per_mtok
-        ) / MILLION
+    result.price(batch_prices=False)
     return result
 
 
@@ -315,13 +356,14 @@ async def _send_all(
         return list(await asyncio.gather(*(one(http, t, c) for t, c in zip(targets, claimed, strict=True))))
 
 
-def _commit(batch: Batch, worker: str, results: list[_Result]) -> None:
-    """Mark the lines this worker still holds done, with their ledger rows, in one transaction."""
+def _commit(batch: Batch, held: Q, results: list[_Result], backend: str) -> None:
+    """Mark the lines still ``held`` (by this worker, or in the provider's batch) done, with their
+    ledger rows, in one transaction."""
     now = timezone.now()
     with transaction.atomic():
         kept = []
         for r in results:
-            owned = BatchLine.objects.filter(pk=r.line_id, status=LineStatus.RUNNING, claimed_by=worker).update(
+            owned = BatchLine.objects.filter(held, pk=r.line_id).update(
                 status=LineStatus.DONE if r.status < 400 else LineStatus.FAILED,
                 status_code=r.status,
                 response=r.body,
@@ -339,7 +381,7 @@ def _commit(batch: Batch, worker: str, results: list[_Result]) -> None:
                     project_id=batch.project_id,
                     api_key_id=batch.api_key_id,
                     provider_id=r.target.provider.id if r.target.provider else None,
-                    endpoint=ENDPOINTS[batch.endpoint],
+                    endpoint="batch." + ENDPOINTS[batch.endpoint],
                     feature=key.default_feature if key else "",
                     requested_model=str(r.target.model),
                     served_model=r.target.model,
@@ -347,11 +389,11 @@ def _commit(batch: Batch, worker: str, results: list[_Result]) -> None:
                     cached_tokens=r.cached_tokens,
                     completion_tokens=r.completion_tokens,
                     cost=r.cost,
-                    counterfactual_cost=r.cost,  # the sync path pays list price: no saving
+                    counterfactual_cost=r.counterfactual,
                     latency_ms=r.latency_ms,
                     status_code=r.status,
                     error_code=str((r.body.get("error") or {}).get("code") or "")[:100] if r.status >= 400 else "",
-                    route=f"batch:{batch.id}:{batch.backend}",
+                    route=f"batch:{batch.id}:{backend}",
                 )
                 for r in kept
             ],
@@ -369,6 +411,11 @@ def batch_run(*, batch_id: str, worker: str, chunk: int = 64) -> int:
     batch = Batch.objects.select_related("project", "api_key").get(pk=batch_id)
     if batch.status not in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
         return 0
+    if batch.backend == BatchBackend.PROVIDER:
+        if not batch.provider_batch_id:
+            batch_submit(batch_id=batch_id)
+        batch_poll(batch_id=batch_id)
+        return 0
     resolve = _Resolver(batch.project)
     handled = 0
     while True:
@@ -379,7 +426,7 @@ def batch_run(*, batch_id: str, worker: str, chunk: int = 64) -> int:
             break
         targets = [resolve(str(c[3].get("model"))) for c in claimed]  # SQL stays outside the event loop
         results = asyncio.run(_send_all(batch.endpoint, targets, claimed))
-        _commit(batch, worker, results)
+        _commit(batch, Q(status=LineStatus.RUNNING, claimed_by=worker), results, BatchBackend.SYNC)
         handled += len(results)
     if not BatchLine.objects.filter(batch_id=batch_id, status__in=(LineStatus.PENDING, LineStatus.RUNNING)).exists():
         batch_finalize(batch_id=batch_id)
@@ -443,4 +490,123 @@ def batches_resume() -> int:
         .values_list("id", flat=True)
     ):
         batch_finalize(batch_id=batch_id)
+    return len(ids)
+
+
+# --- the provider's own Batch API ----------------------------------------------------
+
+
+def _provider_client(provider: Provider) -> openai.OpenAI:
+    return openai.OpenAI(base_url=provider.base_url, api_key=provider.secret or "none", max_retries=2, timeout=120)
+
+
+def batch_submit(*, batch_id: str) -> None:
+    """Send the pending lines to the provider's Batch API as one batch (once: the row is locked meanwhile)."""
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update(of=("self",)).select_related("provider", "project").get(pk=batch_id)
+        if batch.provider_batch_id or batch.provider is None or batch.status != BatchStatus.IN_PROGRESS:
+            return
+        resolve = _Resolver(batch.project)
+        pending = list(BatchLine.objects.filter(batch=batch, status=LineStatus.PENDING).order_by("line"))
+        rows = [
+            json.dumps({
+                "custom_id": str(line.line), "method": "POST", "url": batch.endpoint,
+                "body": {**line.body, "model": resolve(str(line.body.get("model"))).model},
+            })
+            for line in pending
+        ]  # fmt: skip
+        client = _provider_client(batch.provider)
+        uploaded = client.files.create(file=(f"{batch.id}.jsonl", ("\n".join(rows) + "\n").encode()), purpose="batch")
+        remote = client.batches.create(
+            input_file_id=uploaded.id,
+            endpoint=batch.endpoint,  # type: ignore[arg-type]
+            completion_window="24h",
+            metadata={**(batch.metadata or {}), "costcontrol_batch": batch.id},
+        )
+        batch.provider_batch_id = remote.id
+        batch.save(update_fields=["provider_batch_id"])
+        BatchLine.objects.filter(pk__in=[line.pk for line in pending]).update(status=LineStatus.SUBMITTED)
+
+
+def _fall_back_to_sync(batch: Batch) -> None:
+    """Lines the provider did not finish go back to our sync path."""
+    BatchLine.objects.filter(batch=batch, status=LineStatus.SUBMITTED).update(status=LineStatus.PENDING)
+    Batch.objects.filter(pk=batch.pk).update(backend=BatchBackend.SYNC)
+    transaction.on_commit(lambda: _enqueue(batch.pk))
+
+
+def batch_poll(*, batch_id: str, now: dt.datetime | None = None) -> str:
+    """Check the provider's batch: take in its results, cancel it, or hand the rest to the sync path.
+
+    When the deadline (``expires_at`` minus ``BATCH_DEADLINE_MARGIN_SECONDS``) comes with lines still
+    at the provider, the provider's batch is cancelled and those lines run on the sync path.
+    Returns the provider batch's status as seen.
+    """
+    now = now or timezone.now()
+    batch = Batch.objects.select_related("provider", "project", "api_key").get(pk=batch_id)
+    if not batch.provider_batch_id or batch.provider is None or batch.status in FINAL:
+        return ""
+    if not BatchLine.objects.filter(batch=batch, status=LineStatus.SUBMITTED).exists():
+        return "taken"  # results already in, or handed to the sync path
+    client = _provider_client(batch.provider)
+    remote = client.batches.retrieve(batch.provider_batch_id)
+    if remote.status in ("completed", "expired", "cancelled", "failed"):
+        _take_results(batch, client, remote)
+        with transaction.atomic():
+            if batch.status == BatchStatus.CANCELLING:
+                BatchLine.objects.filter(batch=batch, status=LineStatus.SUBMITTED).update(status=LineStatus.CANCELLED)
+            elif BatchLine.objects.filter(batch=batch, status=LineStatus.SUBMITTED).exists():
+                _fall_back_to_sync(batch)
+    elif batch.status == BatchStatus.CANCELLING:
+        remote = client.batches.cancel(batch.provider_batch_id)
+        BatchLine.objects.filter(batch=batch, status=LineStatus.SUBMITTED).update(status=LineStatus.CANCELLED)
+    elif now >= batch.expires_at - dt.timedelta(seconds=settings.BATCH_DEADLINE_MARGIN_SECONDS):
+        logger.warning("batch %s: provider batch %s not done near the deadline", batch.pk, batch.provider_batch_id)
+        client.batches.cancel(batch.provider_batch_id)
+        with transaction.atomic():
+            _fall_back_to_sync(batch)
+    if not BatchLine.objects.filter(
+        batch=batch, status__in=(LineStatus.PENDING, LineStatus.RUNNING, LineStatus.SUBMITTED)
+    ).exists():
+        batch_finalize(batch_id=batch.pk)
+    return str(remote.status)
+
+
+def _take_results(batch: Batch, client: openai.OpenAI, remote: Any) -> None:
+    resolve = _Resolver(batch.project)
+    by_line = {line.line: line for line in BatchLine.objects.filter(batch=batch, status=LineStatus.SUBMITTED)}
+    results = []
+    for file_id in (remote.output_file_id, remote.error_file_id):
+        if not file_id:
+            continue
+        for raw in client.files.content(file_id).text.splitlines():
+            if not raw.strip():
+                continue
+            record = json.loads(raw)
+            line = by_line.get(int(record.get("custom_id") or 0))
+            if line is None:
+                continue
+            response = record.get("response") or {}
+            body = response.get("body") if isinstance(response.get("body"), dict) else {"error": record.get("error")}
+            result = _Result(
+                line.pk, line.line, line.custom_id, resolve(str(line.body.get("model"))),
+                int(response.get("status_code") or 500), body, 0,
+            )  # fmt: skip
+            result.price(batch_prices=True)
+            results.append(result)
+    _commit(batch, Q(status=LineStatus.SUBMITTED), results, BatchBackend.PROVIDER)
+
+
+def batches_poll() -> int:
+    """Poll every unfinished provider batch (a periodic task)."""
+    ids = list(
+        Batch.objects.filter(status__in=(BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING))
+        .exclude(provider_batch_id="")
+        .values_list("id", flat=True)
+    )
+    for batch_id in ids:
+        try:
+            batch_poll(batch_id=batch_id)
+        except openai.OpenAIError:
+            logger.exception("could not poll the provider for batch %s", batch_id)
     return len(ids)

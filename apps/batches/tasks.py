@@ -7,7 +7,7 @@ import socket
 
 from celery import shared_task
 
-from apps.batches.services import batch_run, batches_resume
+from apps.batches.services import batch_run, batches_poll, batches_resume
 
 
 @shared_task(name="batches.run", acks_late=True, time_limit=6 * 3600, soft_time_limit=6 * 3600 - 60)
@@ -19,3 +19,9 @@ def batch_run_task(batch_id: str) -> int:
 def batches_resume_task() -> int:
     """Re-queue batches with unclaimed lines, or lines whose worker's lease ran out (it died)."""
     return batches_resume()
+
+
+@shared_task(name="batches.poll", time_limit=600, soft_time_limit=570)
+def batches_poll_task() -> int:
+    """Take in results of the batches running on a provider's Batch API; apply the deadline fallback."""
+    return batches_poll()

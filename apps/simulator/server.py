@@ -14,6 +14,7 @@ Endpoints (OpenAI request and response shapes):
   list or a list of token lists; ``stream``, ``n``, ``max_tokens``, ``logprobs`` 0-5).
 - ``POST /v1/embeddings`` (``input`` as OpenAI takes it; ``dimensions``;
   ``encoding_format`` ``float`` or ``base64``).
+- ``/v1/files`` and ``/v1/batches``: a small Batch API (see ``apps/simulator/batch_api.py``).
 
 Behaviour:
 
@@ -59,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import math
 import os
@@ -74,6 +76,8 @@ from itertools import count
 from typing import Any
 
 import orjson
+
+from apps.simulator.batch_api import BatchEmulator
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -931,9 +935,27 @@ def build_app(config: SimConfig) -> ASGIApp:
         "/v1/embeddings": simulator.embeddings,
     }
 
+    def answer(handler: Callable[[dict[str, Any]], _Reply], body: dict[str, Any]) -> _Reply:
+        try:
+            return handler(body)
+        except _Rejected as rejected:
+            return rejected.reply
+
+    batch_api = BatchEmulator(
+        {path: functools.partial(answer, handler) for path, handler in handlers.items()},
+        _error,
+        lambda status, body, headers=None: _Reply(status, body, headers or _JSON_HEADERS),
+    )
+
     async def route(scope: Scope, receive: Receive) -> _Reply:
         path: str = scope["path"]
         method: str = scope["method"]
+        if path.startswith(("/v1/files", "/v1/batches")):
+            if not _authorized(scope):
+                return _MISSING_KEY
+            content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+            reply: _Reply = batch_api.handle(method, path, content_type, await _read_body(receive))
+            return reply
         handler = handlers.get(path)
         if handler is not None:
             allowed = "POST"
@@ -958,10 +980,7 @@ def build_app(config: SimConfig) -> ASGIApp:
             return _error(400, "We could not parse the JSON body of your request. (simulated)")
         if not isinstance(body, dict):
             return _error(400, "The request body must be a JSON object.")
-        try:
-            return handler(body)
-        except _Rejected as rejected:
-            return rejected.reply
+        return answer(handler, body)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

@@ -11,6 +11,7 @@ import pytest
 
 from apps.batches.models import Batch, BatchLine
 from apps.ledger.models import LedgerEntry
+from apps.providers.models import ProviderKind
 from tests import live
 from tests.factories import Tenant, tenant_make
 from tests.gateway.helpers import sdk, wait_key_live
@@ -32,7 +33,14 @@ def _create(client: openai.OpenAI, content: bytes) -> openai.types.Batch:
     return client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
 
 
+def _sync_only(tenant: Tenant) -> None:
+    """A provider without a Batch API of its own: lines run on our sync path."""
+    tenant.provider.kind = ProviderKind.OPENAI_COMPATIBLE
+    tenant.provider.save(update_fields=["kind"])
+
+
 def test_ten_thousand_lines_survive_a_killed_worker(gateway: str, tenant: Tenant) -> None:
+    _sync_only(tenant)
     wait_key_live(gateway, tenant.key.plaintext)
     client = sdk(gateway, tenant.key.plaintext)
     batch = _create(client, _jsonl(10_000))
@@ -88,6 +96,7 @@ def test_invalid_lines_fail_the_batch_with_line_numbers(gateway: str, tenant: Te
 
 
 def test_cancel_keeps_what_ran_and_stops_the_rest(gateway: str, tenant: Tenant) -> None:
+    _sync_only(tenant)
     wait_key_live(gateway, tenant.key.plaintext)
     client = sdk(gateway, tenant.key.plaintext)
     batch = _create(client, _jsonl(50))
@@ -138,6 +147,7 @@ def test_batches_page_shows_progress_to_members_only(gateway: str, tenant: Tenan
     from apps.batches.services import batch_run
     from tests.factories import login, tenant_make
 
+    _sync_only(tenant)
     wait_key_live(gateway, tenant.key.plaintext)
     batch = _create(sdk(gateway, tenant.key.plaintext), _jsonl(20))
     batch_run(batch_id=batch.id, worker="test", chunk=5)
@@ -148,3 +158,63 @@ def test_batches_page_shows_progress_to_members_only(gateway: str, tenant: Tenan
     )
     outsider = tenant_make().owner
     assert login(Client(), outsider).get(f"/projects/{tenant.project.slug}/batches/").status_code == 404
+
+
+def test_provider_batch_api_runs_at_batch_prices(gateway: str, tenant: Tenant) -> None:
+    from apps.batches.services import batch_run
+
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    batch = _create(client, _jsonl(30))
+    row = Batch.objects.get(pk=batch.id)
+    assert (row.backend, row.provider_id) == ("provider", tenant.provider.id)  # the simulator has a Batch API
+    batch_run(batch_id=batch.id, worker="test")  # submits to the provider, then takes in its results
+    done = client.batches.retrieve(batch.id)
+    assert (done.status, done.request_counts.completed) == ("completed", 30)
+    output = [json.loads(line) for line in client.files.content(done.output_file_id).text.splitlines()]
+    assert sorted(o["custom_id"] for o in output) == sorted(f"t-{i}" for i in range(30))
+    rows = list(LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-"))
+    assert len(rows) == 30 and all(r.route == f"batch:{batch.id}:provider" for r in rows)
+    # gpt-4o-mini's batch prices are half its list prices: the saving is recorded.
+    assert all(r.counterfactual_cost == 2 * r.cost > 0 for r in rows)
+
+
+def test_deadline_moves_unfinished_provider_lines_to_the_sync_path(gateway: str, tenant: Tenant) -> None:
+    from apps.batches.services import batch_poll, batch_run
+
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    uploaded = client.files.create(file=("in.jsonl", _jsonl(12)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+        metadata={"sim_hold": "true"},  # the simulated provider keeps this batch in progress
+    )  # fmt: skip
+    batch_run(batch_id=batch.id, worker="test")
+    row = Batch.objects.get(pk=batch.id)
+    assert row.provider_batch_id and BatchLine.objects.filter(batch=row, status="submitted").count() == 12
+    assert batch_poll(batch_id=batch.id) == "in_progress"  # a day before the deadline: keep waiting
+
+    batch_poll(batch_id=batch.id, now=row.expires_at)  # simulated clock: the deadline has come
+    row.refresh_from_db()
+    assert row.backend == "sync" and BatchLine.objects.filter(batch=row, status="pending").count() == 12
+    batch_run(batch_id=batch.id, worker="test")
+    done = client.batches.retrieve(batch.id)
+    assert (done.status, done.request_counts.completed) == ("completed", 12)
+    rows = LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-")
+    assert rows.count() == 12 and {r.route for r in rows} == {f"batch:{batch.id}:sync"}
+
+
+def test_cancelling_a_provider_batch_cancels_it_there(gateway: str, tenant: Tenant) -> None:
+    from apps.batches.services import batch_run
+
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    uploaded = client.files.create(file=("in.jsonl", _jsonl(5)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+        metadata={"sim_hold": "true"},
+    )  # fmt: skip
+    batch_run(batch_id=batch.id, worker="test")
+    assert client.batches.cancel(batch.id).status == "cancelled"
+    assert not LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-").exists()
+    assert set(BatchLine.objects.filter(batch_id=batch.id).values_list("status", flat=True)) == {"cancelled"}

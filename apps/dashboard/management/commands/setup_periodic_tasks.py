@@ -17,7 +17,9 @@ PERIODIC_TASKS = {
     "Alert re-delivery": ("budgets.redeliver_alerts", 120),
     "Cache expiry and eviction": ("cache.evict", 300),
     "Shadow comparisons": ("routing.ingest_shadow", 10),
+    "Self-hosted deployments health": ("deployments.supervise", 30),
     "Batches with unclaimed lines": ("batches.resume", 60),
+    "Provider batches": ("batches.poll", 30),
     "Expired exports": ("reports.export_jobs_expire", 3600),
 }
 
