@@ -5,7 +5,9 @@ Every request costs one or two Redis round trips (limits, then ledger + settle
 gateway spends on everything else, so the hot path uses this instead: one
 connection, commands written straight to the transport, replies parsed by
 hiredis and matched to waiters in order (Redis answers in order on a
-connection), no pool, no locks. Pub/sub and the control plane keep redis-py.
+connection), no pool, no locks. Commands issued in the same event-loop turn
+(concurrent requests) go out in one write. Pub/sub and the control plane keep
+redis-py.
 
 Replies come back as hiredis returns them; Redis errors as ``ResponseError``.
 A lost connection fails the commands in flight with ``ConnectionError`` and the
@@ -30,6 +32,23 @@ class _Protocol(asyncio.Protocol):
         self.waiters: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        # Commands queued during one turn of the event loop, written together at its end.
+        self.pending: list[bytes] = []
+
+    def queue(self, data: bytes) -> None:
+        """Write ``data`` at the end of this loop turn, with whatever else concurrent requests queued.
+
+        Under concurrency this turns many small writes (a syscall each, and a read each on the
+        Redis side) into one; a lone request pays only a ``call_soon``.
+        """
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.pending.append(data)
+
+    def flush(self) -> None:
+        data, self.pending = b"".join(self.pending), []
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -90,7 +109,7 @@ class FastRedis:
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
         protocol.waiters.extend(futures)
-        protocol.transport.write(b"".join(hiredis.pack_command(command) for command in commands))
+        protocol.queue(b"".join(hiredis.pack_command(command) for command in commands))
         return [await future for future in futures]
 
     async def execute(self, *command: Any) -> Any:
