@@ -111,7 +111,7 @@ def _validate_lines(content: bytes, endpoint: str) -> tuple[list[BatchLine], lis
             error(number, f"Line {number}: body must be an object with a model.", "body")
         elif body.get("stream"):
             error(number, f"Line {number}: batch requests cannot stream.", "body.stream")
-        if not errors or errors[-1]["line"] != number:
+        if isinstance(custom_id, str) and (not errors or errors[-1]["line"] != number):
             seen.add(custom_id)
             lines.append(BatchLine(line=number, custom_id=custom_id, body=body))
     if len(lines) > settings.BATCH_MAX_LINES:
@@ -268,7 +268,7 @@ _CLAIM_SQL = sql.SQL(
 
 def _claim(batch_id: str, worker: str, count: int) -> list[tuple[int, int, str, dict[str, Any]]]:
     """Take up to ``count`` lines: pending ones, or running ones whose worker's lease ran out."""
-    params = [
+    params: list[str | int] = [
         LineStatus.RUNNING, worker, batch_id, LineStatus.PENDING, LineStatus.RUNNING,
         settings.BATCH_LEASE_SECONDS, count,
     ]  # fmt: skip
@@ -440,7 +440,8 @@ def batch_finalize(*, batch_id: str) -> None:
         if batch.status in FINAL:
             return
         cancelled = batch.status == BatchStatus.CANCELLING
-        output, errors = [], []
+        output: list[str] = []
+        errors: list[str] = []
         for line in BatchLine.objects.filter(batch=batch, status__in=(LineStatus.DONE, LineStatus.FAILED)).order_by(
             "line"
         ):
@@ -587,7 +588,9 @@ def _take_results(batch: Batch, client: openai.OpenAI, remote: Any) -> None:
             if line is None:
                 continue
             response = record.get("response") or {}
-            body = response.get("body") if isinstance(response.get("body"), dict) else {"error": record.get("error")}
+            body: dict[str, Any] = (
+                response["body"] if isinstance(response.get("body"), dict) else {"error": record.get("error")}
+            )
             result = _Result(
                 line.pk, line.line, line.custom_id, resolve(str(line.body.get("model"))),
                 int(response.get("status_code") or 500), body, 0,

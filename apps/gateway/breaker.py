@@ -106,7 +106,7 @@ class Breakers:
     async def failure(self, provider_id: int, model: str) -> None:
         name = deployment(provider_id, model)
         keys = [self._prefix + "fails:" + name, self._hash, self._prefix + "probe:" + name]
-        args = [name, time.time(), self._window_ms, self._failures, self._cooldown]
+        args: list[str | int | float] = [name, time.time(), self._window_ms, self._failures, self._cooldown]
         if await self._script(keys=keys, args=args):
             logger.warning("circuit opened for %s", name)
             await self._announce()
@@ -125,7 +125,7 @@ class Breakers:
 
     async def reload(self) -> None:
         raw = await self._redis.hgetall(self._hash)
-        self._open = {key.decode(): float(value) for key, value in raw.items()}
+        self._open = {_text(key): float(value) for key, value in raw.items()}
 
     async def _announce(self) -> None:
         await self.reload()
@@ -153,3 +153,7 @@ class Breakers:
                 raise
             except Exception:
                 logger.exception("breaker poll failed")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

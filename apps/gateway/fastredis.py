@@ -81,9 +81,9 @@ class FastRedis:
         self._connecting: asyncio.Lock | None = None
 
     async def _connection(self) -> _Protocol:
-        protocol = self._protocol
-        if protocol is not None and not protocol.closed:
-            return protocol
+        current = self._protocol
+        if current is not None and not current.closed:
+            return current
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:

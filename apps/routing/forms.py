@@ -53,7 +53,9 @@ class RuleForm(forms.ModelForm):
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.project = project
-        self.fields["match_api_key"].queryset = ApiKey.objects.filter(project=project, revoked_at__isnull=True)
+        key_field = self.fields["match_api_key"]
+        assert isinstance(key_field, forms.ModelChoiceField)
+        key_field.queryset = ApiKey.objects.filter(project=project, revoked_at__isnull=True)
         if self.instance.pk and not self.is_bound:
             targets = list(self.instance.targets.select_related("provider"))
             for role, name in ((TargetRole.PRIMARY, "primaries"), (TargetRole.FALLBACK, "fallbacks")):
@@ -69,7 +71,7 @@ class RuleForm(forms.ModelForm):
             return []
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         self.targets = {name: self._targets(name) for name in ("primaries", "fallbacks", "shadow")}
         return data
 

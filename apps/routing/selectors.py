@@ -98,9 +98,7 @@ def shadow_summary_by_day(*, rule: RoutingRule, since: dt.datetime) -> list[dict
         )
         .order_by("-day")
     )
-    for day in days:
-        day["agreement"] = 100 * day["normalized"] / day["samples"]
-    return days
+    return [{**dict(day), "agreement": 100 * day["normalized"] / day["samples"]} for day in days]
 
 
 def shadow_samples(*, rule: RoutingRule, limit: int = 10) -> QuerySet[ShadowComparison]:

@@ -60,7 +60,9 @@ def targets_parse(*, project: Project, text: str) -> list[TargetSpec]:
             if not priced.filter(provider=provider).exists():
                 raise ValidationError(f"Line {number}: {provider_name} has no price for '{model}'; add one first.")
         else:
-            on_default = priced.filter(provider_id=project.default_provider_id).first()
+            on_default = (
+                priced.filter(provider=project.default_provider).first() if project.default_provider_id else None
+            )
             price = on_default or priced.order_by("provider_id").first()
             if price is None:
                 raise ValidationError(f"Line {number}: no provider of this organisation prices '{model}'.")

@@ -63,7 +63,7 @@ def _wait(url: str, ok: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise CommandError(f"{proc.args} exited with {proc.returncode}")
+            raise CommandError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             with urlopen(url, timeout=1) as response:  # noqa: S310 (loopback)
                 if response.status == ok:
