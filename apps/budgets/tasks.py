@@ -16,27 +16,28 @@ from apps.budgets.models import AlertDelivery
     retry_jitter=True,
     max_retries=5,
     time_limit=60,
+    soft_time_limit=50,
 )
 def alert_deliver_task(delivery_id: int) -> str:
     delivery = AlertDelivery.objects.select_related("alert", "channel").get(id=delivery_id)
     return services.alert_deliver(delivery=delivery).status
 
 
-@shared_task(name="budgets.check_thresholds", time_limit=120)
+@shared_task(name="budgets.check_thresholds", time_limit=120, soft_time_limit=110)
 def budgets_check_thresholds_task() -> int:
     return services.budgets_check_thresholds()
 
 
-@shared_task(name="budgets.detect_anomalies", time_limit=120)
+@shared_task(name="budgets.detect_anomalies", time_limit=120, soft_time_limit=110)
 def anomalies_detect_task() -> int:
     return services.anomalies_detect()
 
 
-@shared_task(name="budgets.record_periods", time_limit=300)
+@shared_task(name="budgets.record_periods", time_limit=300, soft_time_limit=280)
 def budget_periods_record_task() -> int:
     return services.budget_periods_record()
 
 
-@shared_task(name="budgets.redeliver_alerts", time_limit=60)
+@shared_task(name="budgets.redeliver_alerts", time_limit=60, soft_time_limit=50)
 def alerts_redeliver_task() -> int:
     return services.alerts_redeliver()
