@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("apps.budgets.urls")),
     path("", include("apps.cache.urls")),
     path("", include("apps.routing.urls")),
+    path("", include("apps.deployments.urls")),
     path("", include("apps.reports.urls")),
     path("", include("apps.dashboard.urls")),
 ]

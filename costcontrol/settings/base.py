@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "apps.reports",
     "apps.cache",
     "apps.routing",
+    "apps.deployments",
     "apps.batches",
     "apps.gateway",
     "apps.dashboard",
