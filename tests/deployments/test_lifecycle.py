@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import socket
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from django.utils import timezone
 from apps.deployments.models import Deployment, DeploymentRun, DeploymentStatus
 from apps.deployments.services import deployment_request_start, deployment_request_stop, deployments_supervise
 from apps.deployments.tasks import deployment_start_task, deployment_stop_task, deployments_supervise_task
-from apps.deployments.vllm import health_ok, process_alive
+from apps.deployments.vllm import health_ok, process_alive, process_terminate
 from apps.keys.services import key_issue
 from apps.providers.models import Price, ProviderKind
 from apps.tenancy.services import organization_create, project_create
@@ -34,11 +36,16 @@ MODEL = "gpt-4.1-mini"
 
 
 @pytest.fixture(autouse=True)
-def _gpu_worker(settings: object, tmp_path: Path) -> None:
+def _gpu_worker(settings: object, tmp_path: Path) -> Iterator[None]:
     settings.VLLM_LOG_DIR = str(tmp_path / "logs")  # type: ignore[attr-defined]
     settings.VLLM_BIND_HOST = "127.0.0.1"  # type: ignore[attr-defined]
     settings.VLLM_HEALTH_INTERVAL_SECONDS = "0.1"  # type: ignore[attr-defined]
     settings.VLLM_STARTUP_TIMEOUT_SECONDS = "30"  # type: ignore[attr-defined]
+    yield
+    # A test that failed half-way must not leave its server running.
+    here = Deployment.objects.filter(pid__isnull=False, worker_host=socket.gethostname())
+    for pid in here.values_list("pid", flat=True):
+        process_terminate(pid, grace_seconds=5)
 
 
 def _start(deployment: Deployment) -> Deployment:
