@@ -408,7 +408,10 @@ def _commit(batch: Batch, held: Q, results: list[_Result], backend: str) -> None
 
 def batch_run(*, batch_id: str, worker: str, chunk: int = 64) -> int:
     """Run the batch's lines until none is left to claim; returns how many lines this call ran."""
-    batch = Batch.objects.select_related("project", "api_key").get(pk=batch_id)
+    batch = Batch.objects.select_related("project", "api_key").filter(pk=batch_id).first()
+    if batch is None:
+        logger.warning("batch %s does not exist (deleted with its project?); nothing to run", batch_id)
+        return 0
     if batch.status not in (BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING):
         return 0
     if batch.backend == BatchBackend.PROVIDER:

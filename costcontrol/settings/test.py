@@ -24,3 +24,7 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed: t
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
 
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405  (WhiteNoise warns when it is missing)
+
+# Tasks the tests enqueue (on commit of a batch or deployment) stay under the run's prefix, so they
+# are removed with its keys and never reach a developer's worker on the same Redis.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": REDIS_PREFIX}  # noqa: F405
