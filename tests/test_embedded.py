@@ -31,6 +31,17 @@ def _settings_in_subprocess(env: dict[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _stop_database(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from costcontrol import embedded; embedded.stop_database()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_unset_urls_start_embedded_postgres_with_pgvector_and_redis(tmp_path: Path) -> None:
     redis_port = free_port()  # nothing listens here, so a redis-server must be started
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
@@ -50,13 +61,12 @@ def test_unset_urls_start_embedded_postgres_with_pgvector_and_redis(tmp_path: Pa
 
         # A second start finds both servers running and reuses them.
         assert _settings_in_subprocess(env) == shown
+
+        stopped = _stop_database(env)
+        assert stopped.returncode == 0, stopped.stderr
+        assert not (tmp_path / "pgdata" / "postmaster.pid").exists()
     finally:
-        subprocess.run(
-            [sys.executable, "-c", "from costcontrol import embedded; embedded.stop_database()"],
-            cwd=ROOT,
-            env=env,
-            check=False,
-        )
+        _stop_database(env)
         pid_file = tmp_path / "redis" / "redis.pid"
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), 15)

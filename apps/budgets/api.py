@@ -56,7 +56,7 @@ class _ScopedRelated(serializers.SlugRelatedField):
 
     def get_queryset(self) -> QuerySet[Any]:
         user = self.context["request"].user
-        model = self.queryset.model  # type: ignore[union-attr]
+        model = self.queryset.model
         if model is Organization:
             return organizations_for(user=user)
         if model is Project:
@@ -121,7 +121,7 @@ class BudgetDetail(generics.RetrieveUpdateDestroyAPIView):
     permission_classes = [permissions.IsAuthenticated, IsManagerForWrites]
 
     def get_queryset(self) -> QuerySet[Budget]:
-        return BudgetList.get_queryset(self)  # type: ignore[arg-type]
+        return BudgetList.get_queryset(self)
 
 
 class BudgetStatusView(APIView):

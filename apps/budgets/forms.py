@@ -6,14 +6,16 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth.models import User
+from django.db.models import QuerySet
 
 from apps.budgets.models import Budget, ChannelKind, NotificationChannel, RateLimit
 from apps.keys.models import ApiKey
 from apps.tenancy.models import MANAGER_ROLES, Organization, Team
 from apps.tenancy.selectors import projects_for
+from costcontrol.forms import form_field
 
 
-def managed_organizations(user: User) -> Any:
+def managed_organizations(user: User) -> QuerySet[Organization]:
     return Organization.objects.filter(memberships__user=user, memberships__role__in=MANAGER_ROLES).order_by("name")
 
 
@@ -35,10 +37,12 @@ class BudgetForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         orgs = managed_organizations(user)
         projects = projects_for(user=user).filter(organization__in=orgs)
-        self.fields["organization"].queryset = orgs
-        self.fields["team"].queryset = Team.objects.filter(organization__in=orgs)
-        self.fields["project"].queryset = projects
-        self.fields["api_key"].queryset = ApiKey.objects.filter(project__in=projects, revoked_at__isnull=True)
+        form_field(self, "organization", forms.ModelChoiceField).queryset = orgs
+        form_field(self, "team", forms.ModelChoiceField).queryset = Team.objects.filter(organization__in=orgs)
+        form_field(self, "project", forms.ModelChoiceField).queryset = projects
+        form_field(self, "api_key", forms.ModelChoiceField).queryset = ApiKey.objects.filter(
+            project__in=projects, revoked_at__isnull=True
+        )
         self.fields["project"].help_text = "Required for a project budget; narrows feature / end-user budgets"
 
     def clean_alert_thresholds(self) -> list[int]:
@@ -52,7 +56,8 @@ class BudgetForm(forms.ModelForm):
         return values
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         org = data.get("organization")
         for field in ("team", "project"):
             ref = data.get(field)
@@ -73,13 +78,16 @@ class RateLimitForm(forms.ModelForm):
     def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         projects = projects_for(user=user).filter(organization__in=managed_organizations(user))
-        self.fields["project"].queryset = projects
-        self.fields["api_key"].queryset = ApiKey.objects.filter(project__in=projects, revoked_at__isnull=True)
+        form_field(self, "project", forms.ModelChoiceField).queryset = projects
+        form_field(self, "api_key", forms.ModelChoiceField).queryset = ApiKey.objects.filter(
+            project__in=projects, revoked_at__isnull=True
+        )
         # The service upserts per (project, key); the model's unique check would refuse an update.
         self.validate_unique = lambda: None  # type: ignore[method-assign]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         key, project = data.get("api_key"), data.get("project")
         if key is not None and project is not None and key.project_id != project.id:
             self.add_error("api_key", "That key belongs to another project.")
@@ -100,10 +108,11 @@ class ChannelForm(forms.ModelForm):
 
     def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["organization"].queryset = managed_organizations(user)
+        form_field(self, "organization", forms.ModelChoiceField).queryset = managed_organizations(user)
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         kind, target = data.get("kind"), (data.get("target") or "").strip()
         if kind in (ChannelKind.SLACK, ChannelKind.WEBHOOK) and not target.startswith(("http://", "https://")):
             self.add_error("target", "A webhook needs an http(s) URL.")

@@ -100,7 +100,7 @@ class Budget(models.Model):
         return self.name
 
     def clean(self) -> None:
-        required = {
+        required: dict[str, tuple[str, str | int | None]] = {
             BudgetScope.TEAM: ("team", self.team_id),
             BudgetScope.PROJECT: ("project", self.project_id),
             BudgetScope.KEY: ("api_key", self.api_key_id),

@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 from urllib.request import Request, urlopen
@@ -346,6 +347,7 @@ def anomalies_detect(*, now: dt.datetime | None = None) -> int:
             continue
         multiple = rule.multiple if rule else Decimal(2)
         floor = rule.min_usd_per_hour if rule else Decimal("0.01")
+        base: Mapping[str, Any] | None
         if feature:
             base = baseline.get((project_id, feature))
         else:

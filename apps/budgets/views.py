@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_POST
@@ -16,39 +15,41 @@ from apps.budgets import services
 from apps.budgets.forms import BudgetForm, ChannelForm, RateLimitForm, managed_organizations
 from apps.budgets.models import Alert, Budget, NotificationChannel, RateLimit
 from apps.budgets.selectors import budget_statuses
+from apps.tenancy.auth import signed_in_user
 from apps.tenancy.models import MANAGER_ROLES
 from apps.tenancy.selectors import organizations_for, projects_for
 
 
-def _visible_budgets(request: HttpRequest) -> Any:
+def _visible_budgets(request: HttpRequest) -> QuerySet[Budget]:
     return Budget.objects.filter(organization__in=organizations_for(user=request.user)).select_related(
         "organization", "team", "project", "api_key"
     )
 
 
 def _is_manager(request: HttpRequest) -> bool:
-    return managed_organizations(request.user).exists()
+    return managed_organizations(signed_in_user(request)).exists()
 
 
 def _page(request: HttpRequest, *, budget_form: BudgetForm | None = None, limit_form: RateLimitForm | None = None,
           channel_form: ChannelForm | None = None, status: int = 200) -> HttpResponse:  # fmt: skip
+    user = signed_in_user(request)
     budgets = list(_visible_budgets(request).order_by("organization__name", "name"))
     manager = _is_manager(request)
     context = {
         "statuses": budget_statuses(budgets=budgets),
-        "limits": RateLimit.objects.filter(project__in=projects_for(user=request.user))
+        "limits": RateLimit.objects.filter(project__in=projects_for(user=user))
         .select_related("project", "api_key")
         .order_by("project__name"),
-        "channels": NotificationChannel.objects.filter(organization__in=organizations_for(user=request.user))
+        "channels": NotificationChannel.objects.filter(organization__in=organizations_for(user=user))
         .select_related("organization")
         .order_by("name"),
-        "alerts": Alert.objects.filter(organization__in=organizations_for(user=request.user))
+        "alerts": Alert.objects.filter(organization__in=organizations_for(user=user))
         .select_related("project")
         .order_by("-created_at")[:10],
         "manager": manager,
-        "budget_form": budget_form or (BudgetForm(user=request.user) if manager else None),
-        "limit_form": limit_form or (RateLimitForm(user=request.user) if manager else None),
-        "channel_form": channel_form or (ChannelForm(user=request.user) if manager else None),
+        "budget_form": budget_form or (BudgetForm(user=user) if manager else None),
+        "limit_form": limit_form or (RateLimitForm(user=user) if manager else None),
+        "channel_form": channel_form or (ChannelForm(user=user) if manager else None),
     }
     return render(request, "budgets/budgets.html", context, status=status)
 
@@ -68,7 +69,7 @@ def _require_manager(request: HttpRequest) -> None:
 @require_POST
 def budget_new(request: HttpRequest) -> HttpResponse:
     _require_manager(request)
-    form = BudgetForm(request.POST, user=request.user)
+    form = BudgetForm(request.POST, user=signed_in_user(request))
     if not form.is_valid():
         return _page(request, budget_form=form, status=400)
     data = dict(form.cleaned_data)
@@ -88,7 +89,7 @@ def budget_new(request: HttpRequest) -> HttpResponse:
 def budget_detail(request: HttpRequest, pk: int) -> HttpResponse:
     budget = get_object_or_404(_visible_budgets(request), pk=pk)
     [status] = budget_statuses(budgets=[budget])
-    can_edit = budget.organization.memberships.filter(user=request.user, role__in=MANAGER_ROLES).exists()
+    can_edit = budget.organization.memberships.filter(user=signed_in_user(request), role__in=MANAGER_ROLES).exists()
     return render(
         request,
         "budgets/budget_detail.html",
@@ -106,7 +107,7 @@ def budget_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def budget_toggle(request: HttpRequest, pk: int) -> HttpResponse:
     budget = get_object_or_404(_visible_budgets(request), pk=pk)
-    if not budget.organization.memberships.filter(user=request.user, role__in=MANAGER_ROLES).exists():
+    if not budget.organization.memberships.filter(user=signed_in_user(request), role__in=MANAGER_ROLES).exists():
         raise PermissionDenied("Only owners and team leads change budgets.")
     budget.is_active = not budget.is_active
     budget.save(update_fields=["is_active"])
@@ -118,7 +119,7 @@ def budget_toggle(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def rate_limit_new(request: HttpRequest) -> HttpResponse:
     _require_manager(request)
-    form = RateLimitForm(request.POST, user=request.user)
+    form = RateLimitForm(request.POST, user=signed_in_user(request))
     if not form.is_valid():
         return _page(request, limit_form=form, status=400)
     services.rate_limit_set(**form.cleaned_data)
@@ -130,7 +131,7 @@ def rate_limit_new(request: HttpRequest) -> HttpResponse:
 @require_POST
 def channel_new(request: HttpRequest) -> HttpResponse:
     _require_manager(request)
-    form = ChannelForm(request.POST, user=request.user)
+    form = ChannelForm(request.POST, user=signed_in_user(request))
     if not form.is_valid():
         return _page(request, channel_form=form, status=400)
     services.channel_create(**form.cleaned_data)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay
@@ -24,7 +24,13 @@ def cache_entries(*, project: Project, search: str = "", namespace: str | None =
     return entries.order_by("-hit_count", "-created_at")
 
 
-def cache_namespaces(*, project: Project) -> list[dict[str, Any]]:
+class NamespaceStats(TypedDict):
+    namespace: str
+    entries: int
+    hits: int
+
+
+def cache_namespaces(*, project: Project) -> list[NamespaceStats]:
     return list(
         CacheEntry.objects.filter(project=project)
         .values("namespace")

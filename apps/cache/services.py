@@ -12,7 +12,7 @@ import orjson
 import redis
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, OrderBy
 from django.utils import timezone
 
 from apps.cache.models import CacheEntry, CachePolicy, Eviction
@@ -149,6 +149,7 @@ def cache_evict(*, client: redis.Redis, now: dt.datetime | None = None) -> int:
         surplus = entries.count() - policy.max_entries
         if surplus <= 0:
             continue
+        order: list[OrderBy | str]
         if policy.eviction == Eviction.LFU:
             order = [F("hit_count").asc(), F("last_hit_at").asc(nulls_first=True), "created_at"]
         else:

@@ -11,10 +11,18 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.ledger.selectors import GROUP_BY_LABELS, LedgerFilters
-from apps.providers.models import Provider, ProviderKind, validate_base_url
+from apps.providers.models import MONEY as PRICE_MONEY
+from apps.providers.models import DecimalSpec, Provider, ProviderKind, validate_base_url
 from apps.tenancy.models import Project, Team
+from costcontrol.forms import form_field
 
-MONEY = {"max_digits": 14, "decimal_places": 6, "min_value": Decimal(0)}
+
+class _PriceInput(DecimalSpec):
+    min_value: Decimal
+
+
+# The model's precision, so a price that validates here also fits the column.
+MONEY: _PriceInput = {**PRICE_MONEY, "min_value": Decimal(0)}
 
 
 class DateTimeLocalInput(forms.DateTimeInput):
@@ -38,7 +46,7 @@ class ProjectCreateForm(forms.Form):
 
     def __init__(self, *args: Any, teams: QuerySet[Team], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["team"].queryset = teams  # type: ignore[attr-defined]
+        form_field(self, "team", forms.ModelChoiceField).queryset = teams
 
 
 class KeyIssueForm(forms.Form):
@@ -69,7 +77,7 @@ class AliasForm(forms.Form):
 
     def __init__(self, *args: Any, providers: QuerySet[Provider], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["provider"].queryset = providers  # type: ignore[attr-defined]
+        form_field(self, "provider", forms.ModelChoiceField).queryset = providers
 
 
 class DefaultProviderForm(forms.Form):
@@ -77,7 +85,7 @@ class DefaultProviderForm(forms.Form):
 
     def __init__(self, *args: Any, providers: QuerySet[Provider], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["default_provider"].queryset = providers  # type: ignore[attr-defined]
+        form_field(self, "default_provider", forms.ModelChoiceField).queryset = providers
 
 
 class ProviderCreateForm(forms.Form):
@@ -108,25 +116,25 @@ class ProviderUpdateForm(forms.Form):
 
 class PriceForm(forms.Form):
     model = forms.CharField(max_length=200)
-    input_per_mtok = forms.DecimalField(label="Input", **MONEY)  # type: ignore[arg-type]
+    input_per_mtok = forms.DecimalField(label="Input", **MONEY)
     cached_input_per_mtok = forms.DecimalField(
         label="Cached input",
         required=False,
         help_text="Blank: same as input",
-        **MONEY,  # type: ignore[arg-type]
+        **MONEY,
     )
-    output_per_mtok = forms.DecimalField(label="Output", **MONEY)  # type: ignore[arg-type]
+    output_per_mtok = forms.DecimalField(label="Output", **MONEY)
     batch_input_per_mtok = forms.DecimalField(
         label="Batch input",
         required=False,
         help_text="Blank: same as input",
-        **MONEY,  # type: ignore[arg-type]
+        **MONEY,
     )
     batch_output_per_mtok = forms.DecimalField(
         label="Batch output",
         required=False,
         help_text="Blank: same as output",
-        **MONEY,  # type: ignore[arg-type]
+        **MONEY,
     )
     effective_from = forms.DateField(widget=DateInput(), initial=dt.date.today)
 
@@ -146,7 +154,7 @@ class LedgerFilterForm(forms.Form):
 
     def __init__(self, *args: Any, projects: list[Project], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["project"].choices = [("", "all projects")] + [  # type: ignore[attr-defined]
+        form_field(self, "project", forms.ChoiceField).choices = [("", "all projects")] + [
             (p.slug, f"{p.organization.name} / {p.name}") for p in projects
         ]
 
@@ -187,7 +195,7 @@ class OverviewForm(forms.Form):
 
     def __init__(self, *args: Any, scopes: list[tuple[str, str]], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["scope"].choices = scopes  # type: ignore[attr-defined]
+        form_field(self, "scope", forms.ChoiceField).choices = scopes
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

@@ -53,6 +53,7 @@ from apps.ledger.selectors import (
 from apps.providers.models import Provider
 from apps.providers.selectors import aliases_for, providers_with_prices
 from apps.providers.services import alias_set, price_set, provider_create, provider_update
+from apps.tenancy.auth import signed_in_user
 from apps.tenancy.models import MANAGER_ROLES, Organization, Project
 from apps.tenancy.selectors import (
     can_issue_keys,
@@ -185,7 +186,7 @@ def key_new(request: HttpRequest, slug: str) -> HttpResponse:
         issued = key_issue(
             project=project,
             name=form.cleaned_data["name"],
-            created_by=request.user,  # type: ignore[arg-type]
+            created_by=signed_in_user(request),
             allowed_models=form.cleaned_data["allowed_models"],
             default_feature=form.cleaned_data["default_feature"],
             expires_at=form.cleaned_data["expires_at"],
@@ -488,7 +489,7 @@ def overview(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def account_token(request: HttpRequest) -> HttpResponse:
     """The user's API token for /api/: created or replaced here, shown in full only in that response."""
-    user: Any = request.user
+    user = signed_in_user(request)
     if request.method == "POST":
         if request.POST.get("action") == "revoke":
             api_token_revoke(user=user)

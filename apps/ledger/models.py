@@ -7,6 +7,8 @@ from decimal import Decimal
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
+from apps.providers.models import DecimalSpec
+
 
 class CacheHit(models.TextChoices):
     NONE = "", "Miss / not cached"
@@ -29,7 +31,7 @@ class Lever(models.TextChoices):
     NONE = "none", "None"
 
 
-COST = {"max_digits": 18, "decimal_places": 8}
+COST: DecimalSpec = {"max_digits": 18, "decimal_places": 8}
 
 # Lower edges (ms) of the latency and TTFT histogram buckets; the last bucket is open-ended.
 # Doubling widths keep the p50/p95 estimate within one bucket's width of the true value.

@@ -14,6 +14,7 @@ from django.db import transaction
 from django.db.models import Case, Count, Q, Sum, Value, When
 from django.db.models.functions import TruncHour
 from django.utils import timezone
+from redis.typing import EncodableT, FieldT
 
 from apps.ledger.models import (
     HISTOGRAM_EDGES_MS,
@@ -93,7 +94,8 @@ def ledger_ingest_batch(
     if not entries:
         return 0
     rows: list[LedgerEntry] = []
-    unreadable: list[tuple[bytes, dict[bytes, bytes]]] = []
+    # Typed as XADD takes them (its Dict parameter is invariant), so a dead letter goes back as read.
+    unreadable: list[tuple[bytes, dict[FieldT, EncodableT]]] = []
     for entry_id, fields in entries:
         if not fields:  # deleted from the stream while pending; nothing to keep
             continue

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from redis.typing import XReadGroupResponse
 
 GROUP = "ingest"
 FIELD = b"e"  # each entry holds one field: the event as JSON
@@ -39,16 +40,23 @@ def read_batch(
     group: str = GROUP,
 ) -> list[tuple[bytes, Any]]:
     """Entries to handle next: our own unacknowledged ones, then a dead consumer's, then new ones."""
-    own = client.xreadgroup(group, consumer, {stream: "0"}, count=count)
-    if own and own[0][1]:
-        return own[0][1]
+    own = _stream_entries(client.xreadgroup(group, consumer, {stream: "0"}, count=count))
+    if own:
+        return own
     _next, claimed, *_ = client.xautoclaim(
         stream, group, consumer, min_idle_time=claim_idle_ms, start_id="0-0", count=count
     )
     if claimed:
         return claimed
-    fresh = client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms or None)
-    return fresh[0][1] if fresh else []
+    return _stream_entries(client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms or None))
+
+
+def _stream_entries(reply: XReadGroupResponse) -> list[tuple[bytes, Any]]:
+    """The entries of a one-stream XREADGROUP reply: ``[[stream, entries]]``, or empty."""
+    # Our clients speak RESP2, where the reply is that list; RESP3 would answer with a dict.
+    if not isinstance(reply, list):
+        raise TypeError(f"expected a RESP2 XREADGROUP reply, got {type(reply).__name__}")
+    return reply[0][1] if reply else []
 
 
 def acknowledge(client: redis.Redis, stream: str, ids: list[bytes], group: str = GROUP) -> None:

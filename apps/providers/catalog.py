@@ -14,11 +14,14 @@ from decimal import Decimal
 CATALOG_EFFECTIVE_FROM = dt.date(2025, 8, 7)
 
 
-def _row(*values: str) -> tuple[Decimal, ...]:
-    return tuple(Decimal(v) for v in values)
+CatalogRow = tuple[Decimal, Decimal, Decimal, Decimal, Decimal]
 
 
-OPENAI_PRICES: dict[str, tuple[Decimal, ...]] = {
+def _row(input_: str, cached: str, output: str, batch_input: str, batch_output: str) -> CatalogRow:
+    return Decimal(input_), Decimal(cached), Decimal(output), Decimal(batch_input), Decimal(batch_output)
+
+
+OPENAI_PRICES: dict[str, CatalogRow] = {
     "gpt-5": _row("1.25", "0.125", "10.00", "0.625", "5.00"),
     "gpt-5-mini": _row("0.25", "0.025", "2.00", "0.125", "1.00"),
     "gpt-5-nano": _row("0.05", "0.005", "0.40", "0.025", "0.20"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 from django.core.exceptions import ValidationError
@@ -65,7 +66,14 @@ class Provider(crypto.EncryptedSecret, models.Model):
         return self.name
 
 
-MONEY = {"max_digits": 14, "decimal_places": 6}
+class DecimalSpec(TypedDict):
+    """Precision for a ``DecimalField``, shared by every field that holds the same kind of amount."""
+
+    max_digits: int
+    decimal_places: int
+
+
+MONEY: DecimalSpec = {"max_digits": 14, "decimal_places": 6}
 
 
 class Price(models.Model):

@@ -13,6 +13,7 @@ from django.utils import timezone
 from apps.reports.selectors import BUCKETS, GROUPINGS, ExportQuery, month_bounds
 from apps.tenancy.models import Organization, Project, Role
 from apps.tenancy.selectors import organizations_for, projects_for
+from costcontrol.forms import form_field
 
 # Finance reconciles spend that bypassed the gateway; managers own the projects.
 # Developers may not: an import changes every report of the organisation.
@@ -22,6 +23,8 @@ MAX_IMPORT_BYTES = 50 * 1024 * 1024
 
 
 def import_organizations(user: User | AnonymousUser) -> QuerySet[Organization]:
+    if not user.is_authenticated:
+        return Organization.objects.none()
     return organizations_for(user=user).filter(memberships__user=user, memberships__role__in=IMPORT_ROLES)
 
 
@@ -44,7 +47,7 @@ class ReportForm(forms.Form):
 
     def __init__(self, *args: Any, organizations: list[Organization], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["org"].choices = [(org.slug, org.name) for org in organizations]  # type: ignore[attr-defined]
+        form_field(self, "org", forms.ChoiceField).choices = [(org.slug, org.name) for org in organizations]
         month = _current_month()
         months = []
         for _ in range(24):
@@ -53,7 +56,10 @@ class ReportForm(forms.Form):
         asked = (self.data.get("month") or "") if self.is_bound else ""
         if asked and asked not in dict(months):
             months.insert(0, (asked, asked))
-        self.fields["month"].widget.choices = months  # type: ignore[attr-defined]
+        month_widget = self.fields["month"].widget
+        # Declared as forms.Select above; only the widget knows the months, the field stays free text.
+        assert isinstance(month_widget, forms.Select)
+        month_widget.choices = months
 
     def clean_month(self) -> dt.date:
         raw = (self.cleaned_data.get("month") or "").strip()
@@ -84,7 +90,8 @@ class ExportQueryForm(forms.Form):
         return names
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         default_since, default_until = month_bounds(_current_month())
         since = _parse_moment(data["since"], "since") if data.get("since") else default_since
         until = _parse_moment(data["until"], "until") if data.get("until") else default_until
@@ -104,9 +111,14 @@ class ExportQueryForm(forms.Form):
         )
 
 
+class _ProjectChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Project) -> str:
+        return f"{obj.organization.name} / {obj.name}"
+
+
 class UsageImportForm(forms.Form):
     organization = forms.ModelChoiceField(queryset=Organization.objects.none(), label="Organisation")
-    project = forms.ModelChoiceField(
+    project = _ProjectChoiceField(
         queryset=Project.objects.none(), help_text="The imported spend is attributed to this project."
     )
     file = forms.FileField(help_text="CSV exported from OpenAI's usage page (activity or cost view), or the API.")
@@ -114,12 +126,14 @@ class UsageImportForm(forms.Form):
     def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         orgs = import_organizations(user)
-        self.fields["organization"].queryset = orgs  # type: ignore[attr-defined]
-        self.fields["project"].queryset = projects_for(user=user).filter(organization__in=orgs.values("pk"))  # type: ignore[attr-defined]
-        self.fields["project"].label_from_instance = lambda p: f"{p.organization.name} / {p.name}"  # type: ignore[attr-defined]
+        organization = form_field(self, "organization", forms.ModelChoiceField)
+        organization.queryset = orgs
+        form_field(self, "project", forms.ModelChoiceField).queryset = projects_for(user=user).filter(
+            organization__in=orgs.values("pk")
+        )
         if len(importable := list(orgs)) == 1:
-            self.fields["organization"].initial = importable[0].pk
-            self.fields["organization"].empty_label = None  # type: ignore[attr-defined]
+            organization.initial = importable[0].pk
+            organization.empty_label = None
 
     def clean_file(self) -> Any:
         upload = self.cleaned_data["file"]
@@ -128,7 +142,8 @@ class UsageImportForm(forms.Form):
         return upload
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        super().clean()
+        data = self.cleaned_data
         org, project = data.get("organization"), data.get("project")
         if org is not None and project is not None and project.organization_id != org.pk:
             self.add_error("project", "Pick a project of the chosen organisation.")

@@ -13,11 +13,11 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 from django.contrib.auth.models import AnonymousUser, User
-from django.db.models import Count, F, Q, QuerySet, Sum
+from django.db.models import Aggregate, Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Trunc, TruncHour
 
 from apps.ledger.models import HourlyRollup, LedgerEntry, Source
@@ -248,7 +248,7 @@ def rollup_groups(
     if "end_user" in group_by:
         source: QuerySet[Any] = ledger_range(organization=organization, projects=projects, since=since, until=until)
         time_field, fields = "created_at", _LEDGER_FIELDS
-        measures = {
+        measures: dict[str, Aggregate] = {
             "m_requests": Count("id"),
             "m_errors": Count("id", filter=Q(status_code__gte=400)),
             "m_cache_hits": Count("id", filter=~Q(cache_hit="")),
@@ -410,7 +410,7 @@ class PriceBook:
                     )
             if name in OPENAI_PRICES:
                 values = OPENAI_PRICES[name]
-                return UnitPrices(*values[:5], ref="catalog")
+                return UnitPrices(*values, ref="catalog")
         return None
 
 
@@ -586,12 +586,26 @@ class ExportQuery:
         )
 
 
+class _ExportScope(TypedDict):
+    """The arguments every export's selector shares."""
+
+    organization: Organization
+    projects: QuerySet[Project]
+    since: dt.datetime
+    until: dt.datetime
+
+
 def export_rows(
     *, kind: str, user: User | AnonymousUser, organization: Organization, query: ExportQuery
 ) -> tuple[Iterator[tuple[Any, ...]], QuerySet[Any]]:
     """The CSV rows (header first) of one export, and the queryset whose count sizes it."""
     projects = visible_projects(user=user, organization=organization, project_slug=query.project)
-    scope = {"organization": organization, "projects": projects, "since": query.since, "until": query.until}
+    scope: _ExportScope = {
+        "organization": organization,
+        "projects": projects,
+        "since": query.since,
+        "until": query.until,
+    }
     if kind == "ledger":
         entries = ledger_range(**scope)
         return ledger_csv_rows(entries=entries), entries

@@ -225,6 +225,7 @@ def usage_import(
     if not header:
         raise ImportRejected([ImportProblem(1, "The file is empty.")])
     columns = _header_map(header)
+    required: tuple[str, ...]
     if {"input", "output"} <= columns.keys():
         kind = ImportFormat.USAGE
         required = ("time", "model", "input", "output")

@@ -11,13 +11,21 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    QueryDict,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import urlencode
@@ -27,6 +35,7 @@ from apps.reports import services
 from apps.reports.forms import IMPORT_ROLES, ExportQueryForm, ReportForm, UsageImportForm, import_organizations
 from apps.reports.models import ExportJob, ExportKind, ExportStatus
 from apps.reports.selectors import ExportQuery, export_rows, monthly_report, recent_export_jobs, visible_projects
+from apps.tenancy.auth import signed_in_user
 from apps.tenancy.models import Organization
 from apps.tenancy.selectors import membership_in, organizations_for
 
@@ -65,24 +74,21 @@ def report(request: HttpRequest) -> HttpResponse:
     summary = monthly_report(organization=org, projects=projects, month=month)
     query = {"org": org.slug, "since": summary.since.date().isoformat(), "until": summary.until.date().isoformat()}
     exports = [
-        {"kind": ExportKind.LEDGER, "label": "Ledger rows", "url": "reports:export-ledger", "extra": {}},
-        {
-            "kind": ExportKind.ROLLUPS,
-            "label": "Daily spend by project and model",
-            "url": "reports:export-rollups",
-            "extra": {"group_by": "project,model", "bucket": "day"},
-        },
-        {
-            "kind": ExportKind.ROLLUPS,
-            "label": "Monthly spend by project, feature and key",
-            "url": "reports:export-rollups",
-            "extra": {"group_by": "project,feature,key", "bucket": "month"},
-        },
-        {"kind": ExportKind.FOCUS, "label": "FOCUS 1.2 cost and usage", "url": "reports:export-focus", "extra": {}},
+        _export_link(ExportKind.LEDGER, "Ledger rows", "reports:export-ledger", query),
+        _export_link(
+            ExportKind.ROLLUPS,
+            "Daily spend by project and model",
+            "reports:export-rollups",
+            {**query, "group_by": "project,model", "bucket": "day"},
+        ),
+        _export_link(
+            ExportKind.ROLLUPS,
+            "Monthly spend by project, feature and key",
+            "reports:export-rollups",
+            {**query, "group_by": "project,feature,key", "bucket": "month"},
+        ),
+        _export_link(ExportKind.FOCUS, "FOCUS 1.2 cost and usage", "reports:export-focus", query),
     ]
-    for export in exports:
-        export["params"] = {**query, **export["extra"]}
-        export["href"] = f"{reverse(export['url'])}?{urlencode(export['params'])}"
     context = {
         "form": form,
         "org": org,
@@ -100,6 +106,19 @@ def report(request: HttpRequest) -> HttpResponse:
 # Exports ------------------------------------------------------------------------------------------
 
 
+class ExportLink(TypedDict):
+    """One row of the report's export table: a direct download and the fields of a background job."""
+
+    kind: str
+    label: str
+    params: dict[str, str]
+    href: str
+
+
+def _export_link(kind: str, label: str, url_name: str, params: dict[str, str]) -> ExportLink:
+    return {"kind": kind, "label": label, "params": params, "href": f"{reverse(url_name)}?{urlencode(params)}"}
+
+
 class _Echo:
     """A file-like object whose write returns the line, so csv.writer can feed a stream."""
 
@@ -107,12 +126,12 @@ class _Echo:
         return value
 
 
-def _export_query(request: HttpRequest, data: Any) -> tuple[Organization, ExportQuery] | HttpResponse:
+def _export_query(request: HttpRequest, data: QueryDict) -> tuple[Organization, ExportQuery] | HttpResponse:
     form = ExportQueryForm(data)
     if not form.is_valid():
         if "org" in form.errors:
             raise Http404
-        errors = "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in form.errors.items())
+        errors = "; ".join(f"{field}: {' '.join(map(str, msgs))}" for field, msgs in form.errors.items())
         return HttpResponse(errors, status=400, content_type="text/plain; charset=utf-8")
     org = _visible_org(request, form.cleaned_data["org"])
     query = form.to_query()
@@ -121,7 +140,7 @@ def _export_query(request: HttpRequest, data: Any) -> tuple[Organization, Export
     return org, query
 
 
-def _stream(request: HttpRequest, kind: str) -> HttpResponse:
+def _stream(request: HttpRequest, kind: str) -> HttpResponse | StreamingHttpResponse:
     parsed = _export_query(request, request.GET)
     if isinstance(parsed, HttpResponse):
         return parsed
@@ -141,19 +160,19 @@ def _stream(request: HttpRequest, kind: str) -> HttpResponse:
 
 @login_required
 @require_GET
-def export_ledger(request: HttpRequest) -> HttpResponse:
+def export_ledger(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     return _stream(request, ExportKind.LEDGER)
 
 
 @login_required
 @require_GET
-def export_rollups(request: HttpRequest) -> HttpResponse:
+def export_rollups(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     return _stream(request, ExportKind.ROLLUPS)
 
 
 @login_required
 @require_GET
-def export_focus(request: HttpRequest) -> HttpResponse:
+def export_focus(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     return _stream(request, ExportKind.FOCUS)
 
 
@@ -167,7 +186,7 @@ def export_job_new(request: HttpRequest) -> HttpResponse:
     if isinstance(parsed, HttpResponse):
         return parsed
     org, query = parsed
-    job = services.export_job_create(user=request.user, organization=org, kind=kind, query=query)  # type: ignore[arg-type]
+    job = services.export_job_create(user=signed_in_user(request), organization=org, kind=kind, query=query)
     return redirect("reports:job", pk=job.pk)
 
 
@@ -227,7 +246,7 @@ def usage_import(request: HttpRequest) -> HttpResponse:
             raise PermissionDenied
     elif not import_organizations(request.user).exists():
         raise PermissionDenied
-    form = UsageImportForm(request.POST or None, request.FILES or None, user=request.user)  # type: ignore[arg-type]
+    form = UsageImportForm(request.POST or None, request.FILES or None, user=signed_in_user(request))
     problems: list[services.ImportProblem] = []
     status = 200
     if request.method == "POST" and form.is_valid():

@@ -67,7 +67,7 @@ class BatchEmulator:
         }  # fmt: skip
 
     def _store(self, content: bytes, filename: str, purpose: str) -> dict[str, Any]:
-        record = {
+        record: dict[str, Any] = {
             "id": "file-sim" + secrets.token_hex(8),
             "content": content,
             "filename": filename,
@@ -113,7 +113,8 @@ class BatchEmulator:
         if batch["status"] != "in_progress" or held:
             return
         handler = self._handlers[batch["endpoint"]]
-        output, errors = [], []
+        output: list[bytes] = []
+        errors: list[bytes] = []
         for line in self.files[batch["input_file_id"]]["content"].splitlines():
             if not line.strip():
                 continue

@@ -115,6 +115,8 @@ class Command(BaseCommand):
         try:
             for i in range(len(planted)):
                 vector = lookup_vector(f"ticket {i}: {QUESTIONS[i % len(QUESTIONS)].lower()}")
+                # Every bench question is far inside the embedder's window, so it always gets a vector.
+                assert vector is not None
                 found = await nearest_entry(conn, vector=vector, project_id=project.id, namespace="",
                                             fingerprint="bench")  # fmt: skip
                 params = {"vector": vector, "project": project.id, "namespace": "", "fingerprint": "bench"}
