@@ -76,7 +76,7 @@ DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int
 DATABASES["default"]["ATOMIC_REQUESTS"] = False  # it breaks async views (STYLE.md 6)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env_str("REDIS_URL", "") or embedded.redis_url()
+REDIS_URL: str = env_str("REDIS_URL", "") or embedded.redis_url()
 # Every key, stream and channel the product uses starts with this, so test runs
 # and several installs can share one Redis without touching each other.
 REDIS_PREFIX = env_str("COSTCONTROL_REDIS_PREFIX", "cc:")

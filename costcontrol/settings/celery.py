@@ -7,8 +7,7 @@ from costcontrol.env import env_str
 # base.py imports this module at its end, so REDIS_URL is known by then.
 from costcontrol.settings.base import REDIS_URL  # noqa: E402
 
-# mypy cannot infer REDIS_URL across the base <-> celery import cycle; annotating it in base.py would.
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "") or REDIS_URL  # type: ignore[has-type]
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "") or REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
