@@ -97,7 +97,7 @@ def batch_object(b: Batch) -> dict[str, Any]:
         "completion_window": b.completion_window, "status": b.status, "output_file_id": b.output_file_id,
         "error_file_id": b.error_file_id, "created_at": _ts(b.created_at), "in_progress_at": _ts(b.in_progress_at),
         "expires_at": _ts(b.expires_at), "finalizing_at": _ts(b.finalizing_at), "completed_at": _ts(b.completed_at),
-        "failed_at": _ts(b.failed_at), "expired_at": None, "cancelling_at": _ts(b.cancelling_at),
+        "failed_at": _ts(b.failed_at), "expired_at": _ts(b.expired_at), "cancelling_at": _ts(b.cancelling_at),
         "cancelled_at": _ts(b.cancelled_at),
         "request_counts": {"total": b.total, "completed": b.completed, "failed": b.failed},
         "metadata": b.metadata,

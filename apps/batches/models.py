@@ -88,6 +88,7 @@ class Batch(models.Model):
     failed_at = models.DateTimeField(null=True, blank=True)
     cancelling_at = models.DateTimeField(null=True, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
     expires_at = models.DateTimeField()
 
     class Meta:
@@ -105,6 +106,7 @@ class LineStatus(models.TextChoices):
     PENDING = "pending"
     RUNNING = "running"
     SUBMITTED = "submitted"  # in the provider's batch
+    EXPIRED = "expired"  # not run within the batch's window
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -422,8 +422,9 @@ def batch_run(*, batch_id: str, worker: str, chunk: int = 64) -> int:
     resolve = _Resolver(batch.project)
     handled = 0
     while True:
-        if Batch.objects.filter(pk=batch_id, status=BatchStatus.CANCELLING).exists():
-            break
+        closing = Q(status=BatchStatus.CANCELLING) | Q(expires_at__lte=timezone.now())
+        if Batch.objects.filter(closing, pk=batch_id).exists():
+            break  # cancelled, or past its window: batches_expire closes it
         claimed = _claim(batch_id, worker, chunk)
         if not claimed:
             break
@@ -459,6 +460,13 @@ def batch_finalize(*, batch_id: str) -> None:
                 "error": None,
             }
             (output if line.status == LineStatus.DONE else errors).append(json.dumps(record))
+        expired = BatchLine.objects.filter(batch=batch, status=LineStatus.EXPIRED).order_by("line")
+        for line in expired:
+            errors.append(json.dumps({
+                "id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id, "response": None,
+                "error": {"code": "batch_expired",
+                          "message": "This request could not be executed before the completion window expired."},
+            }))  # fmt: skip
         now = timezone.now()
         batch.finalizing_at = batch.finalizing_at or now
         for lines, field in ((output, "output_file"), (errors, "error_file")):
@@ -470,13 +478,38 @@ def batch_finalize(*, batch_id: str) -> None:
                 ))  # fmt: skip
         if cancelled:
             batch.status, batch.cancelled_at = BatchStatus.CANCELLED, now
+        elif expired.exists():
+            batch.status, batch.expired_at = BatchStatus.EXPIRED, now
         else:
             batch.status, batch.completed_at = BatchStatus.COMPLETED, now
         batch.save()
 
 
+def batches_expire(*, now: dt.datetime | None = None) -> int:
+    """Close the batches whose 24 h window has passed: lines not run yet expire (as OpenAI's do), the
+    finished ones keep their results. Returns how many batches expired."""
+    now = now or timezone.now()
+    stale = now - dt.timedelta(seconds=settings.BATCH_LEASE_SECONDS)
+    expired = 0
+    due = Batch.objects.filter(status=BatchStatus.IN_PROGRESS, expires_at__lte=now).values_list("id", flat=True)
+    for batch_id in list(due):
+        with transaction.atomic():
+            left = BatchLine.objects.filter(batch_id=batch_id).filter(
+                Q(status=LineStatus.PENDING) | Q(status=LineStatus.RUNNING, claimed_at__lt=stale)
+            )
+            count = left.update(status=LineStatus.EXPIRED)
+            Batch.objects.filter(pk=batch_id).update(failed=F("failed") + count)
+        in_flight = (LineStatus.RUNNING, LineStatus.SUBMITTED)
+        if not BatchLine.objects.filter(batch_id=batch_id, status__in=in_flight).exists():
+            batch_finalize(batch_id=batch_id)
+            expired += 1
+    return expired
+
+
 def batches_resume() -> int:
-    """Queue a run for every unfinished batch that has lines nobody holds (new, or a dead worker's)."""
+    """Expire batches past their window, then queue a run for every unfinished batch that has lines
+    nobody holds (new, or a dead worker's)."""
+    batches_expire()
     stale = timezone.now() - dt.timedelta(seconds=settings.BATCH_LEASE_SECONDS)
     waiting = (
         BatchLine.objects.filter(batch__status__in=(BatchStatus.IN_PROGRESS, BatchStatus.CANCELLING))

@@ -15,7 +15,9 @@ from apps.tenancy.selectors import projects_for
 @require_GET
 def batches_page(request: HttpRequest, slug: str) -> HttpResponse:
     project = get_object_or_404(projects_for(user=request.user), slug=slug)
-    batches = list(Batch.objects.filter(project=project).select_related("api_key", "provider").order_by("-created_at")[:100])
+    batches = list(
+        Batch.objects.filter(project=project).select_related("api_key", "provider").order_by("-created_at")[:100]
+    )
     for batch in batches:
         batch.percent = 100 * (batch.completed + batch.failed) // batch.total if batch.total else 0  # type: ignore[attr-defined]
     return render(request, "batches/batches.html", {"project": project, "batches": batches})

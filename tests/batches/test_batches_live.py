@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 from decimal import Decimal
@@ -218,3 +219,24 @@ def test_cancelling_a_provider_batch_cancels_it_there(gateway: str, tenant: Tena
     assert client.batches.cancel(batch.id).status == "cancelled"
     assert not LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-").exists()
     assert set(BatchLine.objects.filter(batch_id=batch.id).values_list("status", flat=True)) == {"cancelled"}
+
+
+def test_a_batch_past_its_window_expires_with_its_unrun_lines(gateway: str, tenant: Tenant) -> None:
+    from apps.batches.services import batch_run, batches_expire
+
+    _sync_only(tenant)
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    batch = _create(client, _jsonl(6))
+    row = Batch.objects.get(pk=batch.id)
+    assert batches_expire(now=row.expires_at - dt.timedelta(seconds=1)) == 0  # still inside its window
+    assert batches_expire(now=row.expires_at) == 1  # simulated clock: 24 h later, no worker ever came
+    assert batch_run(batch_id=batch.id, worker="late") == 0
+
+    expired = client.batches.retrieve(batch.id)
+    assert (expired.status, expired.request_counts.failed, expired.output_file_id) == ("expired", 6, None)
+    assert expired.expired_at is not None
+    errors = [json.loads(line) for line in client.files.content(expired.error_file_id).text.splitlines()]
+    assert sorted(e["custom_id"] for e in errors) == sorted(f"t-{i}" for i in range(6))
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+    assert not LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-").exists()
