@@ -57,6 +57,7 @@ class BatchStatus(models.TextChoices):
 class BatchBackend(models.TextChoices):
     SYNC = "sync", "Sync path, under a concurrency cap (list prices)"
     PROVIDER = "provider", "The provider's Batch API (batch prices)"
+    VLLM = "vllm", "vLLM run-batch on a stopped self-hosted deployment"
 
 
 class Batch(models.Model):
@@ -75,6 +76,10 @@ class Batch(models.Model):
         "providers.Provider", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     provider_batch_id = models.CharField(max_length=100, blank=True)
+    # The self-hosted deployment whose model runs the lines offline (``backend=vllm``).
+    deployment = models.ForeignKey(
+        "deployments.Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     errors = models.JSONField(null=True, blank=True, help_text="Validation errors, by line")
     metadata = models.JSONField(null=True, blank=True)
     total = models.PositiveIntegerField(default=0)

@@ -15,9 +15,12 @@ import datetime as dt
 import json
 import logging
 import secrets
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -29,6 +32,10 @@ from django.utils import timezone
 from psycopg import sql
 
 from apps.batches.models import Batch, BatchBackend, BatchFile, BatchLine, BatchStatus, FilePurpose, LineStatus
+from apps.deployments import conf as deployments_conf
+from apps.deployments import vllm
+from apps.deployments.models import Deployment, DeploymentRun, DeploymentStatus
+from apps.deployments.services import price_per_mtok
 from apps.keys.models import ApiKey
 from apps.ledger.models import LedgerEntry
 from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
@@ -43,6 +50,7 @@ ENDPOINTS = {
 }
 FINAL = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
 MILLION = Decimal(1_000_000)
+MICRO = Decimal("0.000001")
 MAX_REPORTED_ERRORS = 100
 BATCH_API_KINDS = (ProviderKind.OPENAI, ProviderKind.SIMULATED)
 
@@ -157,9 +165,12 @@ def batch_create(
             line.batch = batch
         BatchLine.objects.bulk_create(lines, batch_size=2000)
         batch.provider = _provider_batch_target(project, lines)
-        batch.backend = BatchBackend.PROVIDER if batch.provider else BatchBackend.SYNC
+        batch.deployment = None if batch.provider else _stopped_deployment(project, lines)
+        batch.backend = (
+            BatchBackend.PROVIDER if batch.provider else BatchBackend.VLLM if batch.deployment else BatchBackend.SYNC
+        )
         batch.status, batch.in_progress_at, batch.total = BatchStatus.IN_PROGRESS, now, len(lines)
-        batch.save(update_fields=["status", "in_progress_at", "total", "provider", "backend"])
+        batch.save(update_fields=["status", "in_progress_at", "total", "provider", "deployment", "backend"])
         transaction.on_commit(lambda: _enqueue(batch.id))
     return batch
 
@@ -187,9 +198,12 @@ def _provider_batch_target(project: Project, lines: list[BatchLine]) -> Provider
 
 
 def _enqueue(batch_id: str) -> None:
-    from apps.batches.tasks import batch_run_task
+    from apps.batches.tasks import batch_run_task, batch_run_vllm_task
 
-    batch_run_task.delay(batch_id)
+    if Batch.objects.filter(pk=batch_id, backend=BatchBackend.VLLM).exists():
+        batch_run_vllm_task.apply_async((batch_id,), queue="gpu")  # on a GPU host
+    else:
+        batch_run_task.delay(batch_id)
 
 
 def batch_cancel(*, batch: Batch) -> Batch:
@@ -623,17 +637,19 @@ def _take_results(batch: Batch, client: openai.OpenAI, remote: Any) -> None:
             line = by_line.get(int(record.get("custom_id") or 0))
             if line is None:
                 continue
-            response = record.get("response") or {}
-            body: dict[str, Any] = (
-                response["body"] if isinstance(response.get("body"), dict) else {"error": record.get("error")}
-            )
-            result = _Result(
-                line.pk, line.line, line.custom_id, resolve(str(line.body.get("model"))),
-                int(response.get("status_code") or 500), body, 0,
-            )  # fmt: skip
+            result = _from_record(line, resolve(str(line.body.get("model"))), record)
             result.price(batch_prices=True)
             results.append(result)
     _commit(batch, Q(status=LineStatus.SUBMITTED), results, BatchBackend.PROVIDER)
+
+
+def _from_record(line: BatchLine, target: _Target, record: dict[str, Any]) -> _Result:
+    """A line's result from one record of a Batch API output or error file."""
+    response = record.get("response") or {}
+    body = response.get("body")
+    if not isinstance(body, dict):
+        body = {"error": record.get("error")}
+    return _Result(line.pk, line.line, line.custom_id, target, int(response.get("status_code") or 500), body, 0)
 
 
 def batches_poll() -> int:
@@ -649,3 +665,88 @@ def batches_poll() -> int:
         except openai.OpenAIError:
             logger.exception("could not poll the provider for batch %s", batch_id)
     return len(ids)
+
+
+# --- a stopped self-hosted deployment: vLLM's offline batch runner ---------------------------
+
+
+def _stopped_deployment(project: Project, lines: list[BatchLine]) -> Deployment | None:
+    """The organisation's stopped vLLM deployment serving the one model every line names, if no running
+    provider serves it: then the lines run offline with ``vllm run-batch`` on its GPU host."""
+    models = {str(line.body.get("model")) for line in lines}
+    if len(models) != 1 or _Resolver(project)(next(iter(models))).provider is not None:
+        return None
+    return Deployment.objects.filter(
+        organization_id=project.organization_id, served_model_name=next(iter(models)), status=DeploymentStatus.STOPPED
+    ).first()
+
+
+def batch_run_vllm(*, batch_id: str) -> int:
+    """Run the batch's lines through ``vllm run-batch`` on this (GPU) host; returns the lines answered.
+
+    Lines are marked submitted first; a run that dies leaves them submitted, and the next attempt (a
+    redelivered task) runs them again: their ledger rows are keyed by line, so nothing is billed twice.
+    Each line is billed at the deployment's price per output token (hourly cost / throughput), and the
+    GPU time is recorded as a run of the deployment.
+    """
+    batch = Batch.objects.select_related("project", "api_key", "deployment").filter(pk=batch_id).first()
+    if batch is None or batch.deployment is None or batch.status != BatchStatus.IN_PROGRESS:
+        return 0
+    deployment = batch.deployment
+    with transaction.atomic():
+        BatchLine.objects.filter(batch=batch, status=LineStatus.PENDING).update(
+            status=LineStatus.SUBMITTED, claimed_by="vllm-run-batch", claimed_at=timezone.now()
+        )
+        lines = {line.line: line for line in BatchLine.objects.filter(batch=batch, status=LineStatus.SUBMITTED)}
+    if not lines:
+        return 0
+    price = price_per_mtok(
+        hourly_cost_usd=deployment.hourly_cost_usd, throughput_tokens_per_s=deployment.throughput_tokens_per_s
+    )
+    target = _Target(deployment.provider, deployment.served_model_name, None)
+    with tempfile.TemporaryDirectory(prefix=f"{batch.id}-") as folder:
+        source, output = Path(folder) / "input.jsonl", Path(folder) / "output.jsonl"
+        source.write_text("".join(
+            json.dumps({"custom_id": str(n), "method": "POST", "url": batch.endpoint,
+                        "body": {**line.body, "model": deployment.served_model_name}}) + "\n"
+            for n, line in sorted(lines.items())
+        ))  # fmt: skip
+        command = vllm.run_batch_command(
+            deployment=deployment, executable=deployments_conf.vllm_executable(), source=source, target=output
+        )
+        started = timezone.now()
+        try:
+            finished = subprocess.run(  # noqa: S603 (our own argument vector, no shell)
+                command, capture_output=True, text=True, timeout=settings.BATCH_VLLM_TIMEOUT_SECONDS, check=False
+            )
+            problem = "" if finished.returncode == 0 else (finished.stderr or finished.stdout)[-2000:]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            problem = str(exc)
+        ended = timezone.now()
+        records = [json.loads(raw) for raw in output.read_text().splitlines() if raw.strip()] if output.exists() else []
+    hours = Decimal((ended - started).total_seconds()) / 3600
+    DeploymentRun.objects.create(
+        deployment=deployment, started_at=started, ended_at=ended, gpu_count=deployment.gpu_count,
+        hourly_cost_usd=deployment.hourly_cost_usd, gpu_hours=(hours * deployment.gpu_count).quantize(MICRO),
+        cost=(hours * deployment.hourly_cost_usd).quantize(MICRO), outcome=DeploymentStatus.STOPPED,
+    )  # fmt: skip
+    results = []
+    for record in records:
+        line = lines.pop(int(record.get("custom_id") or 0), None)
+        if line is None:
+            continue
+        result = _from_record(line, target, record)
+        usage = result.body.get("usage") if result.status == 200 else None
+        if isinstance(usage, dict):
+            result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            result.completion_tokens = int(usage.get("completion_tokens") or 0)
+            result.cost = result.counterfactual = result.completion_tokens * price / MILLION
+        results.append(result)
+    failure = {"message": f"vllm run-batch gave no answer for this line. {problem}".strip(), "type": "api_error",
+               "param": None, "code": "vllm_run_batch_failed"}  # fmt: skip
+    results += [
+        _Result(line.pk, line.line, line.custom_id, target, 502, {"error": failure}, 0) for line in lines.values()
+    ]
+    _commit(batch, Q(status=LineStatus.SUBMITTED), results, BatchBackend.VLLM)
+    batch_finalize(batch_id=batch.pk)
+    return sum(r.status == 200 for r in results)

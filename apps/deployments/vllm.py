@@ -19,23 +19,37 @@ from urllib.request import urlopen
 from apps.deployments.models import Deployment, Quantization
 
 
-def serve_command(*, deployment: Deployment, executable: list[str], host: str) -> list[str]:
-    """The argument vector that serves ``deployment`` with vLLM on ``host``."""
-    command = [
-        *executable,
-        "serve",
-        deployment.model_path,
+def _engine_flags(deployment: Deployment) -> list[str]:
+    """The engine arguments ``vllm serve`` and ``vllm run-batch`` share."""
+    flags = [
         "--served-model-name",
         deployment.served_model_name,
         "--tensor-parallel-size",
         str(deployment.tensor_parallel_size),
     ]
     if deployment.pipeline_parallel_size > 1:
-        command += ["--pipeline-parallel-size", str(deployment.pipeline_parallel_size)]
-    command += ["--max-model-len", str(deployment.max_model_len)]
+        flags += ["--pipeline-parallel-size", str(deployment.pipeline_parallel_size)]
+    flags += ["--max-model-len", str(deployment.max_model_len)]
     if deployment.quantization != Quantization.NONE:
-        command += ["--quantization", deployment.quantization]
-    return [*command, "--host", host, "--port", str(deployment.port)]
+        flags += ["--quantization", deployment.quantization]
+    return flags
+
+
+def serve_command(*, deployment: Deployment, executable: list[str], host: str) -> list[str]:
+    """The argument vector that serves ``deployment`` with vLLM on ``host``."""
+    return [
+        *executable, "serve", deployment.model_path, *_engine_flags(deployment),
+        "--host", host, "--port", str(deployment.port),
+    ]  # fmt: skip
+
+
+def run_batch_command(*, deployment: Deployment, executable: list[str], source: Path, target: Path) -> list[str]:
+    """The argument vector that runs an OpenAI Batch JSONL file through ``deployment``'s model offline
+    (``vllm run-batch``: the engine starts, runs every line, writes the output file and exits)."""
+    return [
+        *executable, "run-batch", "-i", str(source), "-o", str(target), "--model", deployment.model_path,
+        *_engine_flags(deployment),
+    ]  # fmt: skip
 
 
 def server_launch(*, command: list[str], log_path: Path, api_key: str) -> subprocess.Popen[bytes]:
