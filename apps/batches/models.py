@@ -76,6 +76,8 @@ class Batch(models.Model):
         "providers.Provider", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     provider_batch_id = models.CharField(max_length=100, blank=True)
+    # The budget reservation for all lines sent at once (provider or vLLM backends), settled when they end.
+    reservation = models.JSONField(null=True, blank=True)
     # The self-hosted deployment whose model runs the lines offline (``backend=vllm``).
     deployment = models.ForeignKey(
         "deployments.Deployment", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

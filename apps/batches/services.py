@@ -18,6 +18,8 @@ import secrets
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -31,6 +33,8 @@ from django.db.models import F, Q
 from django.utils import timezone
 from psycopg import sql
 
+from apps.batches import budget
+from apps.batches.budget import BatchBudgets
 from apps.batches.models import Batch, BatchBackend, BatchFile, BatchLine, BatchStatus, FilePurpose, LineStatus
 from apps.deployments import conf as deployments_conf
 from apps.deployments import vllm
@@ -197,6 +201,63 @@ def _provider_batch_target(project: Project, lines: list[BatchLine]) -> Provider
     return provider
 
 
+def _budgets(batch: Batch) -> BatchBudgets:
+    project = batch.project
+    return BatchBudgets(
+        organization_id=project.organization_id, project_id=project.pk, team_id=project.team_id, key=batch.api_key
+    )
+
+
+def _reserve_whole(
+    batch: Batch, lines: list[BatchLine], prices: Callable[[BatchLine], tuple[Decimal, Decimal, str]]
+) -> bool:
+    """Reserve the worst case of all ``lines`` at once (provider or vLLM backends); False when a hard budget
+    has no room for it. The reservation is kept on the batch and settled by ``_settle_whole``."""
+    budgets = _budgets(batch)
+    if not budgets.any:
+        return True
+    total, tokens_total, applying = Decimal(0), 0, {}
+    for line in lines:
+        input_per_mtok, output_per_mtok, model = prices(line)
+        usd, tokens_ = budget.worst_case(
+            line.body, model=model, input_per_mtok=input_per_mtok, output_per_mtok=output_per_mtok
+        )
+        total, tokens_total = total + usd, tokens_total + tokens_
+        applying.update({b.id: b for b in budgets.applying(line.body)})
+    if not applying:
+        return True
+
+    async def run() -> Any:
+        async with budget.limiter() as limit:
+            return await budget.reserve(
+                limit, request_id=batch.pk, budgets=list(applying.values()), usd=total, tokens_=tokens_total
+            )
+
+    reserved = asyncio.run(run())
+    if isinstance(reserved, dict):
+        return False
+    Batch.objects.filter(pk=batch.pk).update(reservation=budget.admission_state(reserved))
+    batch.reservation = budget.admission_state(reserved)
+    return True
+
+
+def _settle_whole(batch_id: str) -> None:
+    """Settle a whole-batch reservation to what its lines really cost (once)."""
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update(of=("self",)).get(pk=batch_id)
+        state, batch.reservation = batch.reservation, None
+        if not state:
+            return
+        batch.save(update_fields=["reservation"])
+        spent = sum(BatchLine.objects.filter(batch=batch).values_list("cost", flat=True), Decimal(0))
+
+    async def run() -> None:
+        async with budget.limiter() as limit:
+            await limit.settle(budget.admission_from(state), actual_usd=spent, actual_tokens=0)
+
+    asyncio.run(run())
+
+
 def _enqueue(batch_id: str) -> None:
     from apps.batches.tasks import batch_run_task, batch_run_vllm_task
 
@@ -356,17 +417,42 @@ async def _send(
 
 
 async def _send_all(
-    endpoint: str, targets: list[_Target], claimed: list[tuple[int, int, str, dict[str, Any]]]
+    batch_id: str,
+    endpoint: str,
+    targets: list[_Target],
+    claimed: list[tuple[int, int, str, dict[str, Any]]],
+    budgets: BatchBudgets,
 ) -> list[_Result]:
-    """Send a chunk of lines, at most ``BATCH_SYNC_CONCURRENCY`` at a time."""
+    """Send a chunk of lines, at most ``BATCH_SYNC_CONCURRENCY`` at a time, each within the hard budgets."""
     gate = asyncio.Semaphore(max(settings.BATCH_SYNC_CONCURRENCY, 1))
     timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=settings.GATEWAY_UPSTREAM_TIMEOUT_SECONDS)
 
     async def one(http: aiohttp.ClientSession, target: _Target, line: tuple[int, int, str, dict[str, Any]]) -> _Result:
         async with gate:
-            return await _send(http, endpoint, target, line)
+            applying = budgets.applying(line[3]) if limit is not None and target.price is not None else []
+            if not applying or target.price is None or limit is None:
+                return await _send(http, endpoint, target, line)
+            usd, tokens_ = budget.worst_case(
+                line[3],
+                model=target.model,
+                input_per_mtok=target.price.input_per_mtok,
+                output_per_mtok=target.price.output_per_mtok,
+            )
+            reserved = await budget.reserve(
+                limit, request_id=f"{batch_id}-{line[1]}", budgets=applying, usd=usd, tokens_=tokens_
+            )
+            if isinstance(reserved, dict):  # a hard budget has no room left: refused like a live request
+                return _Result(line[0], line[1], line[2], target, 429, reserved, 0)
+            result = await _send(http, endpoint, target, line)
+            await limit.settle(
+                reserved, actual_usd=result.cost, actual_tokens=result.prompt_tokens + result.completion_tokens
+            )
+            return result
 
-    async with aiohttp.ClientSession(timeout=timeout) as http:
+    async with (
+        budget.limiter() if budgets.any else nullcontext() as limit,
+        aiohttp.ClientSession(timeout=timeout) as http,
+    ):
         return list(await asyncio.gather(*(one(http, t, c) for t, c in zip(targets, claimed, strict=True))))
 
 
@@ -434,6 +520,7 @@ def batch_run(*, batch_id: str, worker: str, chunk: int = 64) -> int:
         batch_poll(batch_id=batch_id)
         return 0
     resolve = _Resolver(batch.project)
+    budgets = _budgets(batch)
     handled = 0
     while True:
         closing = Q(status=BatchStatus.CANCELLING) | Q(expires_at__lte=timezone.now())
@@ -443,7 +530,7 @@ def batch_run(*, batch_id: str, worker: str, chunk: int = 64) -> int:
         if not claimed:
             break
         targets = [resolve(str(c[3].get("model"))) for c in claimed]  # SQL stays outside the event loop
-        results = asyncio.run(_send_all(batch.endpoint, targets, claimed))
+        results = asyncio.run(_send_all(batch_id, batch.endpoint, targets, claimed, budgets))
         _commit(batch, Q(status=LineStatus.RUNNING, claimed_by=worker), results, BatchBackend.SYNC)
         handled += len(results)
     if not BatchLine.objects.filter(batch_id=batch_id, status__in=(LineStatus.PENDING, LineStatus.RUNNING)).exists():
@@ -559,6 +646,18 @@ def batch_submit(*, batch_id: str) -> None:
             return
         resolve = _Resolver(batch.project)
         pending = list(BatchLine.objects.filter(batch=batch, status=LineStatus.PENDING).order_by("line"))
+
+        def batch_prices(line: BatchLine) -> tuple[Decimal, Decimal, str]:
+            target = resolve(str(line.body.get("model")))
+            assert target.price is not None  # a provider batch is chosen only when every model has batch prices
+            return target.price.batch_input_per_mtok, target.price.batch_output_per_mtok, target.model
+
+        if not _reserve_whole(batch, pending, batch_prices):
+            # The whole batch does not fit a hard budget: run it line by line, each line within the budget.
+            batch.backend = BatchBackend.SYNC
+            batch.save(update_fields=["backend"])
+            transaction.on_commit(lambda: _enqueue(batch.pk))
+            return
         rows = [
             json.dumps({
                 "custom_id": str(line.line), "method": "POST", "url": batch.endpoint,
@@ -616,6 +715,8 @@ def batch_poll(*, batch_id: str, now: dt.datetime | None = None) -> str:
         client.batches.cancel(batch.provider_batch_id)
         with transaction.atomic():
             _fall_back_to_sync(batch)
+    if not BatchLine.objects.filter(batch=batch, status=LineStatus.SUBMITTED).exists():
+        _settle_whole(batch.pk)  # nothing left at the provider: its share of the budget is what it cost
     if not BatchLine.objects.filter(
         batch=batch, status__in=(LineStatus.PENDING, LineStatus.RUNNING, LineStatus.SUBMITTED)
     ).exists():
@@ -704,6 +805,17 @@ def batch_run_vllm(*, batch_id: str) -> int:
         hourly_cost_usd=deployment.hourly_cost_usd, throughput_tokens_per_s=deployment.throughput_tokens_per_s
     )
     target = _Target(deployment.provider, deployment.served_model_name, None)
+    if not batch.reservation and not _reserve_whole(
+        batch, list(lines.values()), lambda line: (Decimal(0), price, deployment.served_model_name)
+    ):
+        refused = {"message": "A hard budget has no room for this batch on the self-hosted deployment.",
+                   "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}  # fmt: skip
+        refusals = [
+            _Result(line.pk, line.line, line.custom_id, target, 429, {"error": refused}, 0) for line in lines.values()
+        ]
+        _commit(batch, Q(status=LineStatus.SUBMITTED), refusals, BatchBackend.VLLM)
+        batch_finalize(batch_id=batch.pk)
+        return 0
     with tempfile.TemporaryDirectory(prefix=f"{batch.id}-") as folder:
         source, output = Path(folder) / "input.jsonl", Path(folder) / "output.jsonl"
         source.write_text("".join(
@@ -748,5 +860,6 @@ def batch_run_vllm(*, batch_id: str) -> int:
         _Result(line.pk, line.line, line.custom_id, target, 502, {"error": failure}, 0) for line in lines.values()
     ]
     _commit(batch, Q(status=LineStatus.SUBMITTED), results, BatchBackend.VLLM)
+    _settle_whole(batch.pk)
     batch_finalize(batch_id=batch.pk)
     return sum(r.status == 200 for r in results)

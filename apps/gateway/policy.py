@@ -286,17 +286,15 @@ def _build_rules(active_providers: set[int]) -> dict[int, tuple[RuleView, ...]]:
     return {project: tuple(items) for project, items in rules.items()}
 
 
-def _build_limits() -> tuple[
-    dict[int, tuple[BudgetPolicy, ...]], dict[int, RateLimitPolicy], dict[int, RateLimitPolicy]
-]:
-    from apps.budgets.models import Budget, RateLimit
+def budget_policies(queryset: Any) -> list[BudgetPolicy]:
+    """The enforcement view of ``Budget`` rows, seeded with the spend the ledger shows for their current period."""
     from apps.budgets.selectors import budget_spent_usd
 
     now = dt.datetime.now(dt.UTC)
-    budgets: dict[int, list[BudgetPolicy]] = {}
-    for budget in Budget.objects.filter(is_active=True):
+    policies = []
+    for budget in queryset:
         start, _end = period_bounds(budget.period, budget.timezone, now, budget.starts_at)
-        budgets.setdefault(budget.organization_id, []).append(
+        policies.append(
             BudgetPolicy(
                 id=budget.id,
                 name=budget.name,
@@ -317,6 +315,17 @@ def _build_limits() -> tuple[
                 seed_nano=to_nano(budget_spent_usd(budget=budget, since=start)),
             )
         )
+    return policies
+
+
+def _build_limits() -> tuple[
+    dict[int, tuple[BudgetPolicy, ...]], dict[int, RateLimitPolicy], dict[int, RateLimitPolicy]
+]:
+    from apps.budgets.models import Budget, RateLimit
+
+    budgets: dict[int, list[BudgetPolicy]] = {}
+    for policy_ in budget_policies(Budget.objects.filter(is_active=True)):
+        budgets.setdefault(policy_.organization_id, []).append(policy_)
     project_limits: dict[int, RateLimitPolicy] = {}
     key_limits: dict[int, RateLimitPolicy] = {}
     for limit in RateLimit.objects.all():

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import signal
 from decimal import Decimal
+from typing import Any
 
 import openai
 import pytest
@@ -240,3 +241,81 @@ def test_a_batch_past_its_window_expires_with_its_unrun_lines(gateway: str, tena
     assert sorted(e["custom_id"] for e in errors) == sorted(f"t-{i}" for i in range(6))
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
     assert not LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-").exists()
+
+
+def _hard_budget(tenant: Tenant, amount: str) -> Any:
+    from apps.budgets.models import BudgetScope
+    from apps.budgets.services import budget_create
+
+    return budget_create(
+        organization=tenant.org, name="batch cap", scope=BudgetScope.PROJECT, project=tenant.project,
+        amount_usd=Decimal(amount), mode="hard",
+    )  # fmt: skip
+
+
+def _worst_line_usd() -> Decimal:
+    """One line of ``_jsonl`` at most: its prompt estimate and 40 output tokens at gpt-4o-mini's list price."""
+    from apps.batches.budget import worst_case
+
+    body = json.loads(_jsonl(1).decode())["body"]
+    usd, _ = worst_case(body, model="gpt-4o-mini", input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60"))
+    return usd
+
+
+def test_batch_lines_stop_at_a_hard_budget(gateway: str, tenant: Tenant) -> None:
+    from apps.batches.services import batch_run
+
+    _sync_only(tenant)
+    _hard_budget(tenant, "0.0005")  # room for a few dozen of these lines
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    batch = _create(client, _jsonl(100))
+    batch_run(batch_id=batch.id, worker="test", chunk=10)
+
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed"
+    assert 0 < done.request_counts.completed < 100 and done.request_counts.failed == 100 - done.request_counts.completed
+    errors = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
+    assert {e["response"]["status_code"] for e in errors} == {429}
+    assert {e["response"]["body"]["error"]["code"] for e in errors} == {"insufficient_quota"}
+    spent = sum(LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-").values_list("cost", flat=True))
+    assert 0 < spent <= Decimal("0.0005") + _worst_line_usd()  # never more than one line's worth over
+
+
+def test_a_batch_too_big_for_the_budget_leaves_the_provider_batch_api_for_line_by_line(
+    gateway: str, tenant: Tenant
+) -> None:
+    from apps.batches.services import batch_run
+
+    _hard_budget(tenant, "0.0004")  # less than the 100 lines' worst case, even at batch prices
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    batch = _create(client, _jsonl(100))
+    assert Batch.objects.get(pk=batch.id).backend == "provider"
+    batch_run(batch_id=batch.id, worker="test")  # the whole-batch reservation does not fit
+    row = Batch.objects.get(pk=batch.id)
+    assert (row.backend, row.provider_batch_id) == ("sync", "")
+    batch_run(batch_id=batch.id, worker="test")
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed" and 0 < done.request_counts.completed < 100
+    spent = sum(LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-").values_list("cost", flat=True))
+    assert spent <= Decimal("0.0004") + _worst_line_usd()
+
+
+def test_a_provider_batch_reserves_its_worst_case_and_settles_to_its_cost(gateway: str, tenant: Tenant) -> None:
+    import redis as redis_lib
+    from django.conf import settings
+
+    from apps.batches.services import batch_run
+
+    budget = _hard_budget(tenant, "5.00")
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    batch = _create(client, _jsonl(20))
+    batch_run(batch_id=batch.id, worker="test")
+    row = Batch.objects.get(pk=batch.id)
+    assert (row.status, row.backend, row.reservation) == ("completed", "provider", None)  # settled
+    counters = redis_lib.Redis.from_url(settings.REDIS_URL)
+    [key] = list(counters.scan_iter(match=f"{settings.REDIS_PREFIX}budget:{budget.id}:*"))
+    spent_nano = int(counters.get(key))
+    assert spent_nano == int(row.cost * 1_000_000_000)  # the reservation became exactly what the lines cost

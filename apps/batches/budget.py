@@ -1,0 +1,118 @@
+"""Hard budgets for batch lines: the same reservations as live requests (``apps/gateway/limits.py``).
+
+On the sync path every line reserves its worst case (prompt estimate + max output at the price it
+will pay) on the budgets that apply before it is sent, and settles to its real cost after, so a batch
+can never spend past a hard budget by more than one line's worth, even beside live traffic. A batch
+sent whole to a provider's Batch API or to vLLM's offline runner reserves the worst case of all its
+lines at once; if that does not fit, the batch runs on the sync path instead, where lines are checked
+one by one and refused (``insufficient_quota``) once the budget is spent.
+
+Rate limits are not applied to batch lines: the sync path has its own concurrency cap so live traffic
+keeps its share of the provider's limits.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+
+from apps.budgets.models import Budget
+from apps.gateway import tokens
+from apps.gateway.errors import GatewayError
+from apps.gateway.fastredis import FastRedis
+from apps.gateway.limits import DEFAULT_MAX_OUTPUT_TOKENS, Admission, BudgetPolicy, Limiter
+from apps.gateway.policy import budget_policies
+from apps.providers.catalog import MAX_OUTPUT_TOKENS
+
+MILLION = Decimal(1_000_000)
+
+
+class BatchBudgets:
+    """The budgets that apply to one batch's lines, and a limiter to reserve on them."""
+
+    def __init__(self, *, organization_id: int, project_id: int, team_id: int | None, key: Any) -> None:
+        self._project_id, self._team_id = project_id, team_id
+        self._key_id = key.pk if key is not None else None
+        self._feature = key.default_feature if key is not None else ""
+        self._budgets = budget_policies(Budget.objects.filter(is_active=True, organization_id=organization_id))
+
+    def applying(self, body: dict[str, Any]) -> list[BudgetPolicy]:
+        end_user, _, feature = str(body.get("user") or "").partition(":")
+        return [
+            b
+            for b in self._budgets
+            if b.applies(
+                project_id=self._project_id,
+                team_id=self._team_id,
+                key_id=self._key_id or -1,
+                feature=self._feature or feature,
+                end_user=end_user,
+            )
+        ]
+
+    @property
+    def any(self) -> bool:
+        return bool(self._budgets)
+
+
+def worst_case(
+    body: dict[str, Any], *, model: str, input_per_mtok: Decimal, output_per_mtok: Decimal
+) -> tuple[Decimal, int]:
+    """The most a line can cost (USD) and use (tokens) at these prices."""
+    if isinstance(body.get("messages"), list):
+        prompt = tokens.estimate_messages(body["messages"])
+    else:
+        prompt = tokens.estimate_prompt(body.get("prompt", body.get("input", "")))
+    output = 0
+    if "input" not in body:  # embeddings have no output
+        limit = body.get("max_completion_tokens") or body.get("max_tokens") or MAX_OUTPUT_TOKENS.get(model)
+        output = int(limit or DEFAULT_MAX_OUTPUT_TOKENS) * int(body.get("n") or 1)
+    return (prompt * input_per_mtok + output * output_per_mtok) / MILLION, prompt + output
+
+
+@asynccontextmanager
+async def limiter() -> AsyncIterator[Limiter]:
+    """The gateway's limiter on its own Redis connection, for one batch step."""
+    redis = FastRedis(settings.REDIS_URL)
+    try:
+        result = Limiter(redis, settings.REDIS_PREFIX)
+        await result.load()
+        yield result
+    finally:
+        await redis.close()
+
+
+async def reserve(
+    limit: Limiter, *, request_id: str, budgets: list[BudgetPolicy], usd: Decimal, tokens_: int
+) -> Admission | dict[str, Any]:
+    """Reserve on ``budgets``; the OpenAI-shaped error body when a hard budget has no room."""
+    try:
+        return await limit.admit(
+            request_id=request_id, budgets=budgets, rate_limits=[], worst_case_usd=usd, worst_case_tokens=tokens_
+        )
+    except GatewayError as exc:
+        return dict(json.loads(exc.body()))
+
+
+def admission_state(admission: Admission) -> dict[str, Any]:
+    """What must be kept to settle a reservation from another process later."""
+    return {
+        "request_id": admission.request_id,
+        "second": admission.second,
+        "budget_keys": admission.budget_keys,
+        "budget_reserved": admission.budget_reserved,
+    }
+
+
+def admission_from(state: dict[str, Any]) -> Admission:
+    return Admission(
+        request_id=state["request_id"],
+        second=state["second"],
+        budget_keys=list(state["budget_keys"]),
+        budget_reserved=[int(n) for n in state["budget_reserved"]],
+    )
