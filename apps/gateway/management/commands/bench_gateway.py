@@ -171,16 +171,18 @@ class Command(BaseCommand):
                 gateway_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
                 # Warm both paths (connection pools, snapshot) before measuring.
                 sent = int(_wrk(gateway_url, gateway_lua, 4, 2)["requests"])
-                rows = []
+                rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float]]] = []
                 cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 for connections in [int(c) for c in options["connections"].split(",")]:
                     direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
                     self._limits(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
                     gateway = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
+                    self._limits(issued, on=True, rate_limits=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
+                    budgeted = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
                     self._limits(issued, on=True, gateway=f"http://127.0.0.1:{gw_port}/v1")
                     limited = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
-                    sent += int(gateway["requests"] + limited["requests"])
-                    rows.append((connections, direct, gateway, limited))
+                    sent += int(gateway["requests"] + budgeted["requests"] + limited["requests"])
+                    rows.append((connections, direct, gateway, budgeted, limited))
                     if options["cache"]:
                         self._limits(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
                         self._exact_cache(issued, on=True, gateway=f"http://127.0.0.1:{gw_port}/v1")
@@ -214,8 +216,8 @@ class Command(BaseCommand):
         project_set_default_provider(project=project, provider=provider)
         return key_issue(project=project, name=f"bench {time.strftime('%Y-%m-%d %H:%M:%S')}")
 
-    def _limits(self, issued: IssuedKey, *, on: bool, gateway: str) -> None:
-        """Turn a never-reached budget and rate limit on the bench project on or off; wait for the gateway."""
+    def _limits(self, issued: IssuedKey, *, on: bool, gateway: str, rate_limits: bool = True) -> None:
+        """Turn a never-reached budget (and rate limit) on the bench project on or off; wait for the gateway."""
         project = issued.api_key.project
         Budget.objects.filter(project=project).delete()
         RateLimit.objects.filter(project=project).delete()
@@ -224,9 +226,10 @@ class Command(BaseCommand):
                 organization=project.organization, name="bench budget", scope=BudgetScope.PROJECT,
                 project=project, amount_usd=Decimal("1000000"),
             )  # fmt: skip
-            rate_limit_set(
-                project=project, requests_per_minute=10**8, tokens_per_minute=2 * 10**9, max_concurrent=10**5
-            )
+            if rate_limits:
+                rate_limit_set(
+                    project=project, requests_per_minute=10**8, tokens_per_minute=2 * 10**9, max_concurrent=10**5
+                )
         self._await_policy(issued, gateway)
 
     def _exact_cache(self, issued: IssuedKey, *, on: bool, gateway: str) -> None:
@@ -260,21 +263,31 @@ class Command(BaseCommand):
         raise CommandError("the gateway did not pick up the policy change")
 
     def _report(
-        self, rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]], seconds: int
+        self,
+        rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float]]],
+        seconds: int,
     ) -> None:
         w = self.stdout.write
         w(
             f"\nCostControl gateway benchmark — {os.cpu_count()} CPUs, wrk -t1, {seconds}s per run, "
-            "1 gateway worker, key auth + ledger on, simulated upstream (1 worker, no added latency)\n"
+            "1 gateway worker, key auth + ledger on, simulated upstream (1 worker, no added latency); "
+            "gateway+budget: one project budget; gateway+limits: that budget plus RPM, TPM and concurrency limits\n"
         )
         w(f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-        for connections, direct, gateway, limited in rows:
-            for name, r in (("direct", direct), ("gateway", gateway), ("gateway+limits", limited)):
+        for connections, direct, gateway, budgeted, limited in rows:
+            paths = (
+                ("direct", direct),
+                ("gateway", gateway),
+                ("gateway+budget", budgeted),
+                ("gateway+limits", limited),
+            )
+            for name, r in paths:
                 w(f"{connections:>4}  {name:<15} {_cells(r)}")
             added, added_limited = gateway["p50"] - direct["p50"], limited["p50"] - direct["p50"]
             w(
                 f"      added p50 {added:+.2f} ms (with limits {added_limited:+.2f} ms); gateway at "
-                f"{gateway['rps'] / direct['rps']:.0%} of direct throughput; budgets + rate limits cost "
+                f"{gateway['rps'] / direct['rps']:.0%} of direct throughput; a budget alone costs "
+                f"{1 - budgeted['rps'] / gateway['rps']:.1%}, budget + rate limits (RPM, TPM, concurrency) "
                 f"{1 - limited['rps'] / gateway['rps']:.1%} of gateway throughput"
             )
 
