@@ -19,7 +19,9 @@ from apps.budgets.models import AlertDelivery
     soft_time_limit=50,
 )
 def alert_deliver_task(delivery_id: int) -> str:
-    delivery = AlertDelivery.objects.select_related("alert", "channel").get(id=delivery_id)
+    delivery = AlertDelivery.objects.select_related("alert", "channel").filter(id=delivery_id).first()
+    if delivery is None:
+        return "gone"  # its alert or channel was deleted since: nothing to send, nothing to retry
     return services.alert_deliver(delivery=delivery).status
 
 
