@@ -121,7 +121,12 @@ def deployment_action_view(request: HttpRequest, slug: str, pk: int, action: str
 
 def break_even_for(*, project: Project, params: QueryDict) -> tuple[BreakEvenForm, BreakEven | None, dict[str, Any]]:
     """The assumptions form, the comparison when the assumptions are complete, and the window's usage."""
-    form = BreakEvenForm(params, deployments=deployments_for(organization=project.organization))
+    deployments = deployments_for(organization=project.organization)
+    data: Any = params
+    if not params:  # a first visit compares with the organisation's first deployment that has a throughput
+        measured = deployments.filter(throughput_tokens_per_s__isnull=False).first()
+        data = {"deployment": str(measured.pk)} if measured is not None else params
+    form = BreakEvenForm(data, deployments=deployments)
     form.is_valid()
     days = form.cleaned_data.get("days") or 30
     until = timezone.now().replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)

@@ -131,3 +131,12 @@ def test_the_page_shows_the_table_and_the_verdict(client: Client, people: People
     # A replica at $0.10/h costs $73 a month: gpt-4o crosses over at $73 / ($52.50 / 3M) = 4,171,428.6 output
     # tokens a month, gpt-4o-mini at $73 / ($0.90 / 1M) = 81,111,111.1.
     assert "$157.50" in html and "$160.20" in html and "4,171,429" in html and "81,111,111" in html
+
+
+def test_a_first_visit_compares_with_the_organisations_measured_deployment(client: Client, people: People) -> None:
+    url = reverse("deployments:break-even", kwargs={"slug": people.tenant.project.slug})
+    login(client, people.member)
+    assert "Monthly cost" not in client.get(url).content.decode()  # nothing to compare with yet
+    deployment_make(people.tenant.org, name="measured", hourly_cost_usd=Decimal("0.10"))
+    html = client.get(url).content.decode()
+    assert "Monthly cost" in html and "Pick a deployment" not in html
