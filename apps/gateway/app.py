@@ -436,6 +436,7 @@ class Gateway:
             )
         call.cache_hit = hit.kind
         call.route = f"cache:{hit.kind}"
+        call.rule_id = None  # the cache answered, not the rule's model: the rule's figures stay about routing
         call.provider_id = None
         call.served_model = str(body.get("model") or target.model)
         headers = [(b"x-request-id", call.request_id.encode()), (b"x-cache", f"hit-{hit.kind}".encode())]

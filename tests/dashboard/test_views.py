@@ -479,3 +479,11 @@ def test_csv_export_streams_header_and_filtered_rows(client: Client, people: Peo
     by_id = {row[0]: dict(zip(header, row, strict=True)) for row in body}
     assert Decimal(by_id["keep-1"]["cost_usd"]) == Decimal("0.000111")
     assert by_id["keep-1"]["project"] == people.tenant.project.slug
+
+
+def test_usd_puts_the_sign_before_the_dollar() -> None:
+    from decimal import Decimal
+
+    from apps.dashboard.templatetags.dashboard import usd
+
+    assert (usd(Decimal("-0.00621"), 4), usd(Decimal("1234.5"), 2), usd(None, 2)) == ("-$0.0062", "$1,234.50", "$0.00")

@@ -275,3 +275,36 @@ def test_retry_after_is_honoured_before_the_retry(gateway: str, tenant: Tenant) 
     client = redis_lib.Redis.from_url(settings.REDIS_URL)
     assert int(client.get(f"{settings.REDIS_PREFIX}breaker:fails:{tenant.provider.id}:gpt-4o-mini")) == 2
     assert waited >= 1.0  # the retry waited for the provider's Retry-After (a lower bound, not a speed target)
+
+
+def test_shadow_samples_the_share_the_rule_asks_for(gateway: str, tenant: Tenant) -> None:
+    rule = rule_make(tenant, name="20% shadow", shadow="gpt-4.1-nano", shadow_percent=Decimal("20"))
+    wait_policy(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    for i in range(600):
+        client.chat.completions.create(model="gpt-4o", messages=ask(f"sample {i}"))
+    redis = redis_lib.Redis.from_url(settings.REDIS_URL)
+
+    def settled() -> int | None:
+        before = ShadowComparison.objects.filter(rule=rule).count()
+        while shadow_ingest_batch(client=redis, consumer="tests"):
+            pass
+        after = ShadowComparison.objects.filter(rule=rule).count()
+        return after if after == before and after else None
+
+    sampled = wait_until(settled, timeout=15, interval=0.5)
+    assert abs(sampled / 600 - 0.20) <= 0.05  # ±5 points is over 3 standard deviations at n=600
+
+
+def test_a_cache_hit_is_not_counted_as_the_rules_traffic(gateway: str, tenant: Tenant) -> None:
+    from apps.cache.models import CachePolicy
+
+    CachePolicy.objects.create(project=tenant.project, exact_enabled=True)
+    rule = rule_make(tenant, name="mini", primaries="gpt-4o-mini")
+    wait_policy(gateway, tenant.key.plaintext)
+    _, first = _chat(gateway, tenant, "the same question")
+    _, second = _chat(gateway, tenant, "the same question")
+    assert first["x-cache"] == "miss"
+    assert second["x-cache"] == "hit-exact"
+    assert ledger_row(first["x-request-id"]).route_rule_id == rule.id
+    assert ledger_row(second["x-request-id"]).route_rule_id is None

@@ -17,8 +17,11 @@ register = template.Library()
 
 @register.filter
 def usd(value: Decimal | None, places: int = 6) -> str:
-    """Dollars with a fixed number of decimals; ledger costs are tiny, so 6 by default."""
-    return f"${Decimal(value or 0):,.{int(places)}f}"
+    """Dollars with a fixed number of decimals; ledger costs are tiny, so 6 by default. A negative amount
+    (a saving that cost money, like a cascade's escalated cheap calls) reads "-$0.0062", not "$-0.0062"."""
+    amount = Decimal(value or 0)
+    sign = "-" if amount < 0 else ""
+    return f"{sign}${abs(amount):,.{int(places)}f}"
 
 
 @register.filter
