@@ -1,10 +1,11 @@
-"""Typed access to the fields of a built form."""
+"""Helpers shared by the pages' forms and the API: typed field access, and services' validation errors."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from django import forms
+from django.core.exceptions import ValidationError
 
 _Field = TypeVar("_Field", bound=forms.Field)
 
@@ -20,3 +21,18 @@ def form_field(form: forms.BaseForm, name: str, kind: type[_Field]) -> _Field:
     if not isinstance(field, kind):
         raise TypeError(f"{type(form).__name__}.{name} is a {type(field).__name__}, not a {kind.__name__}")
     return field
+
+
+def service_error_detail(exc: ValidationError) -> Any:
+    """A service's ``ValidationError`` as field -> messages (a model's ``full_clean``) or a list of messages."""
+    return exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+
+
+def add_service_errors(form: forms.BaseForm, exc: ValidationError) -> None:
+    """Show a service's validation errors on the form, instead of a 500.
+
+    Errors about fields the form does not have become form-wide errors.
+    """
+    errors = exc.message_dict if hasattr(exc, "error_dict") else {None: exc.messages}
+    for field, messages in errors.items():
+        form.add_error(field if field in form.fields else None, messages)

@@ -22,6 +22,7 @@ from apps.budgets.selectors import budget_status
 from apps.keys.models import ApiKey
 from apps.tenancy.models import MANAGER_ROLES, Organization, Project, Team
 from apps.tenancy.selectors import organizations_for, projects_for
+from costcontrol.forms import service_error_detail
 
 MICRO = Decimal("0.000001")
 
@@ -40,10 +41,6 @@ class IsManagerForWrites(permissions.BasePermission):
         if request.method in permissions.SAFE_METHODS:
             return True
         return request.user.memberships.filter(organization_id=obj.organization_id, role__in=MANAGER_ROLES).exists()
-
-
-def _messages(exc: DjangoValidationError) -> Any:
-    return exc.message_dict if hasattr(exc, "error_dict") else exc.messages
 
 
 def _manager_org(user: Any, organization: Organization) -> None:
@@ -86,7 +83,7 @@ class BudgetSerializer(serializers.ModelSerializer):
         try:
             budget = services.budget_create(timezone_name=validated.pop("timezone", "UTC"), **validated)
         except DjangoValidationError as exc:
-            raise serializers.ValidationError(_messages(exc)) from None
+            raise serializers.ValidationError(service_error_detail(exc)) from None
         if not is_active:
             budget.is_active = False
             budget.save(update_fields=["is_active"])
@@ -99,7 +96,7 @@ class BudgetSerializer(serializers.ModelSerializer):
         try:
             instance.full_clean()
         except DjangoValidationError as exc:
-            raise serializers.ValidationError(_messages(exc)) from None
+            raise serializers.ValidationError(service_error_detail(exc)) from None
         instance.save()
         return instance
 
@@ -159,7 +156,7 @@ class RateLimitSerializer(serializers.ModelSerializer):
         try:
             return services.rate_limit_set(**validated)
         except DjangoValidationError as exc:
-            raise serializers.ValidationError(_messages(exc)) from None
+            raise serializers.ValidationError(service_error_detail(exc)) from None
 
 
 class RateLimitList(generics.ListCreateAPIView):
@@ -193,7 +190,7 @@ class ChannelSerializer(serializers.ModelSerializer):
         try:
             return services.channel_create(**validated)
         except DjangoValidationError as exc:
-            raise serializers.ValidationError(_messages(exc)) from None
+            raise serializers.ValidationError(service_error_detail(exc)) from None
 
 
 class ChannelList(generics.ListCreateAPIView):

@@ -18,6 +18,7 @@ from apps.budgets.selectors import budget_statuses
 from apps.tenancy.auth import signed_in_user
 from apps.tenancy.models import MANAGER_ROLES
 from apps.tenancy.selectors import organizations_for, projects_for
+from costcontrol.forms import add_service_errors
 
 
 def _visible_budgets(request: HttpRequest) -> QuerySet[Budget]:
@@ -76,9 +77,7 @@ def budget_new(request: HttpRequest) -> HttpResponse:
     try:
         budget = services.budget_create(timezone_name=data.pop("timezone"), **data)
     except DjangoValidationError as exc:
-        for field, errors in getattr(exc, "error_dict", {"__all__": exc.error_list}).items():
-            for error in errors:
-                form.add_error(None if field == "__all__" else field, error)
+        add_service_errors(form, exc)
         return _page(request, budget_form=form, status=400)
     messages.success(request, f"Budget '{budget.name}' created; gateways enforce it within a second.")
     return redirect("budgets:detail", pk=budget.pk)

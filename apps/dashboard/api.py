@@ -38,6 +38,7 @@ from apps.providers.models import Price, Provider
 from apps.providers.selectors import prices_for, providers_for
 from apps.tenancy.models import Project
 from apps.tenancy.selectors import can_issue_keys, projects_for
+from costcontrol.forms import service_error_detail
 
 
 def key_status(api_key: ApiKey) -> str:
@@ -154,7 +155,7 @@ class ProjectKeys(generics.ListAPIView):
         try:
             issued = key_issue(project=project, created_by=request.user, **payload.validated_data)
         except DjangoValidationError as exc:
-            raise ApiValidationError(exc.message_dict if hasattr(exc, "error_dict") else exc.messages) from None
+            raise ApiValidationError(service_error_detail(exc)) from None
         body = {**KeySerializer(issued.api_key).data, "key": issued.plaintext}
         return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
 

@@ -64,6 +64,7 @@ from apps.tenancy.selectors import (
     projects_for,
 )
 from apps.tenancy.services import project_create, project_set_default_provider
+from costcontrol.forms import add_service_errors
 
 LEDGER_PAGE_SIZE = 50
 
@@ -74,15 +75,6 @@ def _visible_project(request: HttpRequest, slug: str) -> Project:
 
 def _visible_org(request: HttpRequest, slug: str) -> Organization:
     return get_object_or_404(organizations_for(user=request.user), slug=slug)
-
-
-def _add_service_errors(form: Any, exc: DjangoValidationError) -> None:
-    """Show a model's validation errors on the form instead of a 500."""
-    if hasattr(exc, "error_dict"):
-        for field, errors in exc.message_dict.items():
-            form.add_error(field if field in form.fields else None, errors)
-    else:
-        form.add_error(None, exc.messages)
 
 
 # Home ---------------------------------------------------------------------------------------------
@@ -127,7 +119,7 @@ def project_new(request: HttpRequest, org_slug: str) -> HttpResponse:
                 team=form.cleaned_data["team"],
             )
         except DjangoValidationError as exc:
-            _add_service_errors(form, exc)
+            add_service_errors(form, exc)
         else:
             messages.success(request, f"Project “{project.name}” created.")
             return redirect("dashboard:project", slug=project.slug)
@@ -192,7 +184,7 @@ def key_new(request: HttpRequest, slug: str) -> HttpResponse:
             expires_at=form.cleaned_data["expires_at"],
         )
     except DjangoValidationError as exc:
-        _add_service_errors(form, exc)
+        add_service_errors(form, exc)
         return _project_page(request, project, key_form=form)
     # Rendered in the POST response, not after a redirect: the plaintext is never stored anywhere to redirect to.
     response = render(
@@ -232,7 +224,7 @@ def alias_new(request: HttpRequest, slug: str) -> HttpResponse:
         try:
             alias_set(project=project, **form.cleaned_data)
         except DjangoValidationError as exc:
-            _add_service_errors(form, exc)
+            add_service_errors(form, exc)
         else:
             messages.success(request, f"Alias “{form.cleaned_data['alias']}” saved.")
             return redirect("dashboard:project", slug=project.slug)
@@ -298,7 +290,7 @@ def providers(request: HttpRequest, org_slug: str) -> HttpResponse:
         try:
             provider = provider_create(organization=org, **form.cleaned_data)
         except DjangoValidationError as exc:
-            _add_service_errors(form, exc)
+            add_service_errors(form, exc)
         else:
             messages.success(request, f"Provider “{provider.name}” registered.")
             return redirect("dashboard:providers", org_slug=org.slug)
@@ -318,7 +310,7 @@ def provider_edit(request: HttpRequest, org_slug: str, pk: int) -> HttpResponse:
             try:
                 provider_update(provider=provider, **form.cleaned_data)
             except DjangoValidationError as exc:
-                _add_service_errors(form, exc)
+                add_service_errors(form, exc)
             else:
                 messages.success(request, f"Provider “{provider.name}” saved.")
                 return redirect("dashboard:providers", org_slug=org.slug)
@@ -341,7 +333,7 @@ def price_new(request: HttpRequest, org_slug: str, pk: int) -> HttpResponse:
         try:
             price = price_set(provider=provider, **form.cleaned_data)
         except DjangoValidationError as exc:
-            _add_service_errors(form, exc)
+            add_service_errors(form, exc)
         else:
             messages.success(request, f"Price for {price.model} from {price.effective_from} saved.")
             url = reverse("dashboard:providers", kwargs={"org_slug": org.slug})

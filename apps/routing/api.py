@@ -23,10 +23,7 @@ from apps.routing.selectors import rule_stats, shadow_summary_by_day, stats_wind
 from apps.routing.services import rule_delete, rule_save, targets_parse, targets_text
 from apps.tenancy.models import Project
 from apps.tenancy.selectors import can_manage_project, projects_for
-
-
-def _errors(exc: DjangoValidationError) -> Any:
-    return exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+from costcontrol.forms import service_error_detail
 
 
 class _ProjectField(serializers.SlugRelatedField):
@@ -86,7 +83,7 @@ class RuleSerializer(serializers.ModelSerializer):
                     raise serializers.ValidationError({name: exc.messages}) from None
             return rule_save(project=project, rule=rule, fields=validated, **specs)
         except DjangoValidationError as exc:
-            raise serializers.ValidationError(_errors(exc)) from None
+            raise serializers.ValidationError(service_error_detail(exc)) from None
 
     def create(self, validated: dict[str, Any]) -> RoutingRule:
         return self._save(validated, None)

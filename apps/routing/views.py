@@ -16,6 +16,7 @@ from apps.routing.selectors import rule_stats, rules_for_project, shadow_samples
 from apps.routing.services import rule_delete, rule_move, rule_save
 from apps.tenancy.models import Project
 from apps.tenancy.selectors import can_manage_project, projects_for
+from costcontrol.forms import add_service_errors
 
 
 def _project(request: HttpRequest, slug: str) -> Project:
@@ -48,9 +49,7 @@ def _save(request: HttpRequest, project: Project, form: RuleForm, rule: RoutingR
             shadow=form.targets["shadow"],
         )
     except DjangoValidationError as exc:
-        errors = exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
-        for field, messages_ in errors.items():
-            form.add_error(field if field in form.fields else None, messages_)
+        add_service_errors(form, exc)
         return None
 
 
