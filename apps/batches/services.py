@@ -377,19 +377,14 @@ class _Result:
         self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         self.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
         self.completion_tokens = int(usage.get("completion_tokens") or 0)
-        uncached = self.prompt_tokens - self.cached_tokens
-        self.counterfactual = (
-            uncached * price.input_per_mtok
-            + self.cached_tokens * price.cached_input_per_mtok
-            + self.completion_tokens * price.output_per_mtok
-        ) / MILLION
-        if batch_prices:
-            # Batch APIs price cached input like the rest of the input.
-            self.cost = (
-                self.prompt_tokens * price.batch_input_per_mtok + self.completion_tokens * price.batch_output_per_mtok
-            ) / MILLION
-        else:
-            self.cost = self.counterfactual
+        self.counterfactual = price.cost(
+            prompt_tokens=self.prompt_tokens, cached_tokens=self.cached_tokens, completion_tokens=self.completion_tokens
+        )
+        self.cost = (
+            price.batch_cost(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens)
+            if batch_prices
+            else self.counterfactual
+        )
 
 
 async def _send(

@@ -73,6 +73,7 @@ class DecimalSpec(TypedDict):
     decimal_places: int
 
 
+PER_MTOK = Decimal(1_000_000)
 MONEY: DecimalSpec = {"max_digits": 14, "decimal_places": 6}
 
 
@@ -107,6 +108,22 @@ class Price(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model} @ {self.provider} from {self.effective_from}"
+
+    def cost(self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> Decimal:
+        """USD at list prices, cached prompt tokens at the cached-input price.
+
+        (The gateway prices from its snapshot's ``PriceRow``, per-token figures divided once.)
+        """
+        uncached = prompt_tokens - cached_tokens
+        return (
+            uncached * self.input_per_mtok
+            + cached_tokens * self.cached_input_per_mtok
+            + completion_tokens * self.output_per_mtok
+        ) / PER_MTOK
+
+    def batch_cost(self, *, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        """USD at batch prices; Batch APIs price cached input like the rest of the input."""
+        return (prompt_tokens * self.batch_input_per_mtok + completion_tokens * self.batch_output_per_mtok) / PER_MTOK
 
 
 class ModelAlias(models.Model):

@@ -25,7 +25,6 @@ from apps.routing.models import RoutingRule, RuleAction, TargetRole
 from apps.routing.services import TargetSpec
 
 ZERO = Decimal(0)
-MILLION = Decimal(1_000_000)
 
 
 @dataclass
@@ -78,13 +77,11 @@ class _Caller:
         price = self._prices[key]
         if price is None:
             return ZERO
-        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-        prompt = int(usage.get("prompt_tokens") or 0)
-        return (
-            (prompt - cached) * price.input_per_mtok
-            + cached * price.cached_input_per_mtok
-            + int(usage.get("completion_tokens") or 0) * price.output_per_mtok
-        ) / MILLION
+        return price.cost(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
 
 
 def _text(data: dict[str, Any]) -> str:
