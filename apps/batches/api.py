@@ -9,7 +9,6 @@ to the key's project: another project's file or batch is a 404.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from collections.abc import Callable
@@ -24,9 +23,9 @@ from django.views.decorators.csrf import csrf_exempt
 from apps.batches.models import Batch, BatchFile
 from apps.batches.services import BatchInputError, batch_cancel, batch_create, file_upload
 from apps.gateway.errors import GatewayError, invalid_api_key
-from apps.keys.models import KEY_PREFIX, ApiKey
+from apps.keys.models import ApiKey, bearer_key
+from apps.keys.services import hash_key
 
-LOOKUP_ID_LENGTH = 8
 View = Callable[..., HttpResponse]
 
 
@@ -44,13 +43,12 @@ def _owned(queryset: QuerySet[Any], key: ApiKey, object_id: str) -> Any:
 
 
 def _authenticate(request: HttpRequest) -> ApiKey:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token.startswith(KEY_PREFIX):
+    parsed = bearer_key(request.headers.get("Authorization", ""))
+    if parsed is None:
         raise invalid_api_key("You didn't provide an API key. Send it as 'Authorization: Bearer cc_live_...'.")
-    lookup_id = token[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_ID_LENGTH]
+    token, lookup_id = parsed
     key = ApiKey.objects.select_related("project").filter(lookup_id=lookup_id).first()
-    if key is None or not hmac.compare_digest(key.key_hash, hashlib.sha256(token.encode()).hexdigest()):
+    if key is None or not hmac.compare_digest(key.key_hash, hash_key(token)):
         raise invalid_api_key()
     if key.revoked_at is not None:
         raise invalid_api_key("This API key has been revoked.")

@@ -59,7 +59,7 @@ from apps.gateway.validation import (
     too_large,
     validate,
 )
-from apps.keys.models import KEY_PREFIX
+from apps.keys.models import bearer_key
 from apps.ledger.stream import stream_name
 from apps.providers.catalog import MAX_OUTPUT_TOKENS
 from apps.routing.engine import (
@@ -80,7 +80,6 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-LOOKUP_ID_LENGTH = 8
 FORWARD_PATHS = {
     "/v1/chat/completions": ENDPOINT_CHAT,
     "/v1/completions": ENDPOINT_COMPLETIONS,
@@ -497,11 +496,10 @@ class Gateway:
     def _authenticate(self, snapshot: Snapshot, authorization: bytes | None) -> KeyPolicy:
         if not authorization:
             raise invalid_api_key("You didn't provide an API key. Send it as 'Authorization: Bearer cc_live_...'.")
-        scheme, _, token = authorization.decode("latin-1").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token.startswith(KEY_PREFIX):
+        parsed = bearer_key(authorization.decode("latin-1"))
+        if parsed is None:
             raise invalid_api_key()
-        lookup_id = token[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_ID_LENGTH]
+        token, lookup_id = parsed
         key = snapshot.keys.get(lookup_id)
         if key is None or not hmac.compare_digest(key.key_hash, hashlib.sha256(token.encode()).digest()):
             raise invalid_api_key()

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from django.contrib.auth.models import User
 from django.db import transaction
 
-from apps.keys.models import KEY_PREFIX, ApiKey
+from apps.keys.models import KEY_PREFIX, LOOKUP_ID_LENGTH, ApiKey
 from apps.tenancy.models import Project
 
 _LOOKUP_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no look-alikes (l/1, o/0)
-LOOKUP_ID_LENGTH = 8
 
 
 @dataclass(frozen=True)
