@@ -16,7 +16,7 @@ from django.db.models import F, OrderBy
 from django.utils import timezone
 
 from apps.cache.models import CacheEntry, CachePolicy, Eviction
-from apps.ledger.stream import GROUP, ensure_group, read_batch
+from apps.ledger.stream import acknowledge, ensure_group, read_batch
 from apps.tenancy.models import Project
 
 logger = logging.getLogger(__name__)
@@ -65,11 +65,7 @@ def cache_ingest_batch(
             CacheEntry.objects.filter(project_id=key[0], namespace=key[1], exact_key=key[2]).update(
                 hit_count=F("hit_count") + n, last_hit_at=dt.datetime.fromtimestamp(last_hit[key], dt.UTC)
             )
-    ids = [entry_id for entry_id, _ in entries]
-    pipe = client.pipeline(transaction=True)
-    pipe.xack(stream, GROUP, *ids)
-    pipe.xdel(stream, *ids)
-    pipe.execute()
+    acknowledge(client, stream, [entry_id for entry_id, _ in entries])
     return len(entries)
 
 

@@ -27,7 +27,7 @@ from apps.ledger.models import (
     SliceHourlyRollup,
     histogram_empty,
 )
-from apps.ledger.stream import FIELD, GROUP, read_batch, stream_name
+from apps.ledger.stream import FIELD, acknowledge, read_batch, stream_name
 from apps.ledger.stream import ensure_group as stream_ensure_group
 
 logger = logging.getLogger(__name__)
@@ -105,15 +105,15 @@ def ledger_ingest_batch(
             unreadable.append((entry_id, fields))
     with transaction.atomic():
         LedgerEntry.objects.bulk_create(rows, ignore_conflicts=True)
-    ids = [entry_id for entry_id, _fields in entries]
-    pipe = client.pipeline(transaction=True)
-    for entry_id, fields in unreadable:
-        # Kept, not dropped: a person can inspect and replay these.
-        pipe.xadd(dead_letter_stream(), {**fields, b"id": entry_id})
+    for entry_id, _fields in unreadable:
         logger.error("ledger event %s could not be read; moved to %s", entry_id, dead_letter_stream())
-    pipe.xack(stream_name(), GROUP, *ids)
-    pipe.xdel(stream_name(), *ids)
-    pipe.execute()
+    acknowledge(
+        client,
+        stream_name(),
+        [entry_id for entry_id, _fields in entries],
+        dead_letters=unreadable,
+        dead_letter_stream=dead_letter_stream(),
+    )
     return len(entries)
 
 

@@ -7,6 +7,7 @@ the insert committed. No ORM here: the data plane imports this module.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -59,9 +60,23 @@ def _stream_entries(reply: XReadGroupResponse) -> list[tuple[bytes, Any]]:
     return reply[0][1] if reply else []
 
 
-def acknowledge(client: redis.Redis, stream: str, ids: list[bytes], group: str = GROUP) -> None:
-    """Mark handled entries done and drop them from the stream (call only after their rows committed)."""
+def acknowledge(
+    client: redis.Redis,
+    stream: str,
+    ids: list[bytes],
+    group: str = GROUP,
+    *,
+    dead_letters: Sequence[tuple[bytes, Any]] = (),
+    dead_letter_stream: str = "",
+) -> None:
+    """Mark handled entries done and drop them from the stream (call only after their rows committed).
+
+    ``dead_letters`` (entry id, fields) are copied to ``dead_letter_stream`` in the same transaction first,
+    so an entry nobody could read is kept for a person to inspect, never lost.
+    """
     pipe = client.pipeline(transaction=True)
+    for entry_id, fields in dead_letters:
+        pipe.xadd(dead_letter_stream, {**fields, b"id": entry_id})
     pipe.xack(stream, group, *ids)
     pipe.xdel(stream, *ids)
     pipe.execute()
