@@ -25,9 +25,8 @@ from apps.budgets.models import Budget
 from apps.gateway import tokens
 from apps.gateway.errors import GatewayError
 from apps.gateway.fastredis import FastRedis
-from apps.gateway.limits import DEFAULT_MAX_OUTPUT_TOKENS, Admission, BudgetPolicy, Limiter
+from apps.gateway.limits import Admission, BudgetPolicy, Limiter, max_output_tokens
 from apps.gateway.policy import budget_policies
-from apps.providers.catalog import MAX_OUTPUT_TOKENS
 
 MILLION = Decimal(1_000_000)
 
@@ -68,10 +67,7 @@ def worst_case(
         prompt = tokens.estimate_messages(body["messages"])
     else:
         prompt = tokens.estimate_prompt(body.get("prompt", body.get("input", "")))
-    output = 0
-    if "input" not in body:  # embeddings have no output
-        limit = body.get("max_completion_tokens") or body.get("max_tokens") or MAX_OUTPUT_TOKENS.get(model)
-        output = int(limit or DEFAULT_MAX_OUTPUT_TOKENS) * int(body.get("n") or 1)
+    output = 0 if "input" in body else max_output_tokens(body, model)  # embeddings have no output
     return (prompt * input_per_mtok + output * output_per_mtok) / MILLION, prompt + output
 
 

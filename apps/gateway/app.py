@@ -48,7 +48,7 @@ from apps.gateway.errors import (
 )
 from apps.gateway.fastredis import FastPipeline, FastRedis
 from apps.gateway.ledger_writer import LedgerWriter
-from apps.gateway.limits import DEFAULT_MAX_OUTPUT_TOKENS, Admission, Limiter
+from apps.gateway.limits import Admission, Limiter, max_output_tokens
 from apps.gateway.policy import KeyPolicy, PolicyStore, PriceRow, ProjectPolicy, ProviderTarget, Snapshot
 from apps.gateway.shadow import ShadowJob, ShadowQueue, answer_text
 from apps.gateway.validation import (
@@ -61,7 +61,6 @@ from apps.gateway.validation import (
 )
 from apps.keys.models import bearer_key
 from apps.ledger.stream import stream_name
-from apps.providers.catalog import MAX_OUTPUT_TOKENS
 from apps.routing.engine import (
     CascadeView,
     RequestFacts,
@@ -1078,13 +1077,7 @@ def _attribute(call: Call, user: Any) -> None:
 
 def _worst_case(call: Call, target: Target, endpoint: str, payload: dict[str, Any]) -> tuple[Decimal, int]:
     """The most a request can cost (USD) and use (tokens) on ``target``."""
-    max_output = 0
-    if endpoint != ENDPOINT_EMBEDDINGS:
-        max_output = (
-            payload.get("max_completion_tokens")
-            or payload.get("max_tokens")
-            or MAX_OUTPUT_TOKENS.get(target.model, DEFAULT_MAX_OUTPUT_TOKENS)
-        ) * (payload.get("n") or 1)
+    max_output = 0 if endpoint == ENDPOINT_EMBEDDINGS else max_output_tokens(payload, target.model)
     usd = (
         target.price.cost(prompt_tokens=call.prompt_tokens, cached_tokens=0, completion_tokens=max_output)
         if target.price is not None

@@ -27,6 +27,7 @@ from redis.exceptions import ResponseError
 from apps.budgets.periods import period_bounds
 from apps.gateway.errors import GatewayError
 from apps.gateway.fastredis import FastPipeline, FastRedis
+from apps.providers.catalog import MAX_OUTPUT_TOKENS
 
 NANO = Decimal(1_000_000_000)
 WINDOW_SECONDS = 60
@@ -253,6 +254,16 @@ class Admission:
     @property
     def reserved(self) -> bool:
         return bool(self.budget_keys or self.token_keys or self.concurrency_keys)
+
+
+def max_output_tokens(payload: dict[str, Any], model: str) -> int:
+    """The most output a completion request can produce: its own cap, else the model's, times ``n``."""
+    limit = (
+        payload.get("max_completion_tokens")
+        or payload.get("max_tokens")
+        or MAX_OUTPUT_TOKENS.get(model, DEFAULT_MAX_OUTPUT_TOKENS)
+    )
+    return int(limit) * int(payload.get("n") or 1)
 
 
 def to_nano(usd: Decimal) -> int:
