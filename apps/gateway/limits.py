@@ -10,6 +10,9 @@ disconnect) a second script settles each reservation to what was really used.
 
 Money in Redis is integer nano-dollars. Windows are 60 one-second buckets in a
 hash per scope, so "per minute" means the last 60 seconds, not a fixed minute.
+The scripts are written for the fewest Redis calls per request (`make bench`
+shows what they cost): with a budget and RPM, TPM and concurrency limits an
+admission is seven calls and a settle six.
 """
 
 from __future__ import annotations
@@ -35,57 +38,52 @@ DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
 STATUS_OK, STATUS_BUDGET, STATUS_RPM, STATUS_TPM, STATUS_CONCURRENCY = range(5)
 
-# KEYS: budget counters (nb), then per rate scope: requests hash, tokens hash, in-flight zset.
-# ARGV: now (seconds, float), request id, nb, then per budget: limit, reserve, seed, mode, ttl;
-#       then nr, then per rate scope: rpm limit, tpm limit, concurrency limit, tokens to reserve
-#       (a limit of 0 means none).
-# Returns {status, index, retry_after_ms, shadow_blocked_csv, remaining_requests, remaining_tokens}.
-# Sliding 60 s windows: a hash per scope with one field per second, plus "sum" (the
-# window's total) and "from" (the oldest second not yet subtracted). Expired
-# seconds are subtracted as time passes, so a check reads two fields instead of
-# scanning the window.
+# Sliding 60 s windows: one hash per rate scope holding both counts, one field per
+# second for each ("r<second>" requests, "t<second>" tokens), their window totals
+# ("rsum", "tsum") and "from", the oldest second not yet subtracted. Expired
+# seconds are subtracted as time passes, so a check is one HMGET and an admission
+# one HSET, whatever the rate. The TTL is set when the hash is made and renewed
+# each time the window slides (at most once a second), not on every request.
 WINDOW_LUA = """
+-- The window's totals and this second's counts: {rsum, tsum, r_now, t_now, fresh}.
 local function window(key, now_s)
-  local meta = redis.call('HMGET', key, 'sum', 'from')
-  local total, from = tonumber(meta[1]), tonumber(meta[2])
-  if total == nil then return 0 end
+  local m = redis.call('HMGET', key, 'rsum', 'tsum', 'from', 'r' .. now_s, 't' .. now_s)
+  local rsum, tsum, from = tonumber(m[1]), tonumber(m[2]), tonumber(m[3])
+  if rsum == nil then return {0, 0, 0, 0, true} end
   if from <= now_s - 60 then
     if from < now_s - 120 then
       redis.call('DEL', key)
-      return 0
+      return {0, 0, 0, 0, true}
     end
     for sec = from, now_s - 60 do
-      local v = tonumber(redis.call('HGET', key, sec))
-      if v then
-        total = total - v
-        redis.call('HDEL', key, sec)
-      end
+      local old = redis.call('HMGET', key, 'r' .. sec, 't' .. sec)
+      rsum = rsum - (tonumber(old[1]) or 0)
+      tsum = tsum - (tonumber(old[2]) or 0)
+      redis.call('HDEL', key, 'r' .. sec, 't' .. sec)
     end
-    redis.call('HSET', key, 'sum', total, 'from', now_s - 59)
+    redis.call('HSET', key, 'rsum', rsum, 'tsum', tsum, 'from', now_s - 59)
+    redis.call('EXPIRE', key, 180)
   end
-  return total
+  return {rsum, tsum, tonumber(m[4]) or 0, tonumber(m[5]) or 0, false}
 end
 
-local function window_add(key, now_s, n)
-  redis.call('HINCRBY', key, now_s, n)
-  redis.call('HINCRBY', key, 'sum', n)
-  redis.call('HSETNX', key, 'from', now_s)
-  redis.call('EXPIRE', key, 180)
-end
-
--- Seconds until enough of the window expires for `need` more under `limit` (refusals only).
-local function wait_for(key, now, total, need, limit)
+-- Seconds until enough of the window (field kind 'r' or 't') expires for `need` more
+-- under `limit` (refusals only).
+local function wait_for(key, kind, now, total, need, limit)
   local now_s = math.floor(now)
+  local fields = {}
+  for sec = now_s - 59, now_s do fields[#fields + 1] = kind .. sec end
+  local counts = redis.call('HMGET', key, unpack(fields))
   local freed = 0
-  for sec = now_s - 59, now_s do
-    freed = freed + (tonumber(redis.call('HGET', key, sec)) or 0)
-    if total - freed + need <= limit then return sec + 60 - now end
+  for i = 1, #counts do
+    freed = freed + (tonumber(counts[i]) or 0)
+    if total - freed + need <= limit then return now_s - 60 + i + 60 - now end
   end
   return 60
 end
 """
 
-# KEYS: budget counters (nb), then per rate scope: requests window, tokens window, in-flight zset.
+# KEYS: budget counters (nb), then per rate scope: window hash, in-flight zset.
 # ARGV: now (seconds, float), request id, nb, then per budget: limit, reserve, seed, mode, ttl;
 #       then nr, then per rate scope: rpm limit, tpm limit, concurrency limit, tokens to reserve
 #       (a limit of 0 means none).
@@ -127,32 +125,34 @@ for j = 1, nr do
   local rpm, tpm, conc, tokens =
     tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
   a = a + 4
-  local k = nb + (j - 1) * 3
-  local req_key, tok_key, conc_key = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-  if rpm > 0 then
-    local used = window(req_key, now_s)
-    if used + 1 > rpm then
-      return {2, j, math.ceil(wait_for(req_key, now, used, 1, rpm) * 1000), '', 0, -1}
+  local win_key, conc_key = KEYS[nb + 2 * j - 1], KEYS[nb + 2 * j]
+  if tpm == 0 then tokens = 0 end
+  local w = nil
+  if rpm > 0 or tpm > 0 then
+    w = window(win_key, now_s)
+    if rpm > 0 then
+      if w[1] + 1 > rpm then
+        return {2, j, math.ceil(wait_for(win_key, 'r', now, w[1], 1, rpm) * 1000), '', 0, -1}
+      end
+      local left = rpm - w[1] - 1
+      if remaining_requests < 0 or left < remaining_requests then remaining_requests = left end
     end
-    local left = rpm - used - 1
-    if remaining_requests < 0 or left < remaining_requests then remaining_requests = left end
-  end
-  if tpm > 0 then
-    local used = window(tok_key, now_s)
-    if used + tokens > tpm then
-      local wait = 60
-      if tokens <= tpm then wait = wait_for(tok_key, now, used, tokens, tpm) end
-      return {3, j, math.ceil(wait * 1000), '', -1, math.max(tpm - used, 0)}
+    if tpm > 0 then
+      if w[2] + tokens > tpm then
+        local wait = 60
+        if tokens <= tpm then wait = wait_for(win_key, 't', now, w[2], tokens, tpm) end
+        return {3, j, math.ceil(wait * 1000), '', -1, math.max(tpm - w[2], 0)}
+      end
+      local left = tpm - w[2] - tokens
+      if remaining_tokens < 0 or left < remaining_tokens then remaining_tokens = left end
     end
-    local left = tpm - used - tokens
-    if remaining_tokens < 0 or left < remaining_tokens then remaining_tokens = left end
   end
-  if conc > 0 then
-    -- Slots older than 15 minutes belong to requests whose gateway died: let them go.
+  if conc > 0 and redis.call('ZCARD', conc_key) >= conc then
+    -- Slots older than 15 minutes belong to requests whose gateway died: let them go, then look again.
     redis.call('ZREMRANGEBYSCORE', conc_key, '-inf', now - 900)
     if redis.call('ZCARD', conc_key) >= conc then return {4, j, 1000, '', -1, -1} end
   end
-  scopes[j] = {req_key, tok_key, conc_key, rpm, tpm, conc, tokens}
+  scopes[j] = {win_key, conc_key, w, conc, tokens}
 end
 
 for i = 1, nb do
@@ -160,15 +160,23 @@ for i = 1, nb do
 end
 for j = 1, nr do
   local s = scopes[j]
-  if s[4] > 0 then window_add(s[1], now_s, 1) end
-  if s[5] > 0 then window_add(s[2], now_s, s[7]) end
-  if s[6] > 0 then redis.call('ZADD', s[3], now, request_id); redis.call('EXPIRE', s[3], 900) end
+  local w = s[3]
+  if w ~= nil then
+    local r_field, t_field = 'r' .. now_s, 't' .. now_s
+    if w[5] then
+      redis.call('HSET', s[1], r_field, 1, t_field, s[5], 'rsum', 1, 'tsum', s[5], 'from', now_s)
+      redis.call('EXPIRE', s[1], 180)
+    else
+      redis.call('HSET', s[1], r_field, w[3] + 1, t_field, w[4] + s[5], 'rsum', w[1] + 1, 'tsum', w[2] + s[5])
+    end
+  end
+  if s[4] > 0 then redis.call('ZADD', s[2], now, request_id); redis.call('EXPIRE', s[2], 900) end
 end
 return {0, 0, 0, table.concat(shadow, ','), remaining_requests, remaining_tokens}
 """
 )
 
-# KEYS: budget counters, then token windows, then in-flight zsets.
+# KEYS: budget counters, then window hashes (of scopes with a token limit), then in-flight zsets.
 # ARGV: nb, nt, nc, request id, admitted second, now second, then budget deltas, then the token delta.
 SETTLE_LUA = """
 local nb, nt, nc = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -177,12 +185,15 @@ for i = 1, nb do
   if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('INCRBY', KEYS[i], ARGV[6 + i]) end
 end
 local token_delta = tonumber(ARGV[7 + nb])
-for i = 1, nt do
-  local key = KEYS[nb + i]
+if token_delta ~= 0 and second > now_s - 60 then
   -- Only while the admitted second is still in the window; after that it no longer counts.
-  if token_delta ~= 0 and second > now_s - 60 and redis.call('HEXISTS', key, second) == 1 then
-    redis.call('HINCRBY', key, second, token_delta)
-    redis.call('HINCRBY', key, 'sum', token_delta)
+  local field = 't' .. second
+  for i = 1, nt do
+    local key = KEYS[nb + i]
+    if redis.call('HEXISTS', key, field) == 1 then
+      redis.call('HINCRBY', key, field, token_delta)
+      redis.call('HINCRBY', key, 'tsum', token_delta)
+    end
   end
 end
 for i = 1, nc do
@@ -277,6 +288,7 @@ class Limiter:
         self._admit_sha = hashlib.sha1(ADMIT_LUA.encode()).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
         self._settle_sha = hashlib.sha1(SETTLE_LUA.encode()).hexdigest()  # noqa: S324
         self._periods: dict[tuple[str, str, dt.datetime | None], tuple[float, float]] = {}
+        self._scopes: dict[str, tuple[str, str]] = {}
 
     async def load(self) -> None:
         """Load both scripts into Redis (EVALSHA in pipelines needs them there)."""
@@ -291,6 +303,14 @@ class Limiter:
                 raise
             # Redis restarted and forgot the script: EVAL loads it again.
             return await self._redis.execute("EVAL", script, len(keys), *keys, *args)
+
+    def _scope_keys(self, scope_name: str) -> tuple[str, str]:
+        """The window hash and in-flight zset of a rate-limit scope, built once per scope."""
+        keys = self._scopes.get(scope_name)
+        if keys is None:
+            base = f"{self._prefix}rl:{scope_name}"
+            keys = self._scopes[scope_name] = (base + ":win", base + ":inflight")
+        return keys
 
     def _period(self, budget: BudgetPolicy, now: float) -> tuple[float, float]:
         """The budget's current period as epoch seconds, cached until it ends."""
@@ -334,13 +354,13 @@ class Limiter:
             admission.budget_reserved.append(reserve)
         args.append(len(rate_limits))
         for limit in rate_limits:
-            base = f"{self._prefix}rl:{limit.scope_name}"
-            keys += [base + ":req", base + ":tok", base + ":inflight"]
+            window_key, inflight_key = self._scope_keys(limit.scope_name)
+            keys += [window_key, inflight_key]
             args += [limit.requests_per_minute, limit.tokens_per_minute, limit.max_concurrent, worst_case_tokens]
             if limit.tokens_per_minute:
-                admission.token_keys.append(base + ":tok")
+                admission.token_keys.append(window_key)
             if limit.max_concurrent:
-                admission.concurrency_keys.append(base + ":inflight")
+                admission.concurrency_keys.append(inflight_key)
         admission.tokens_reserved = worst_case_tokens
         status, index, retry_ms, shadow_csv, left_requests, left_tokens = await self._run(
             self._admit_sha, ADMIT_LUA, keys, args

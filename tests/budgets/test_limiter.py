@@ -116,6 +116,42 @@ def test_concurrency_slots_are_freed_on_settle() -> None:
     run(scenario())
 
 
+def test_requests_and_tokens_of_one_scope_share_a_window_without_mixing() -> None:
+    async def scenario() -> None:
+        limiter, client = _limiter()
+        both = _limit(rpm=3, tpm=250)
+        first = await _admit(limiter, T0, rate_limits=[both], worst_case_tokens=100)
+        await _admit(limiter, T0 + 1, rate_limits=[both], worst_case_tokens=100)
+        with pytest.raises(GatewayError, match="250 tokens per minute"):
+            await _admit(limiter, T0 + 2, rate_limits=[both], worst_case_tokens=100)
+        # The first used 10 of its 100 tokens: 90 come back, enough for one more request...
+        await limiter.settle(first, actual_usd=Decimal(0), actual_tokens=10, now=T0 + 2)
+        await _admit(limiter, T0 + 2, rate_limits=[both], worst_case_tokens=100)
+        # ...which is the third in the minute: the fourth is refused by requests, not tokens.
+        with pytest.raises(GatewayError, match="3 requests per minute"):
+            await _admit(limiter, T0 + 3, rate_limits=[both], worst_case_tokens=1)
+        # A minute after the first, its request and its 10 tokens have left the window.
+        await _admit(limiter, T0 + 60.5, rate_limits=[both], worst_case_tokens=30)
+        await client.close()
+
+    run(scenario())
+
+
+def test_a_slot_left_by_a_dead_gateway_is_reclaimed_after_15_minutes() -> None:
+    async def scenario() -> None:
+        limiter, client = _limiter()
+        await _admit(limiter, T0, rate_limits=[_limit(conc=1)])  # never settled: its gateway died
+        with pytest.raises(GatewayError, match="1 concurrent requests"):
+            await _admit(limiter, T0 + 899, rate_limits=[_limit(conc=1)])
+        admitted = await _admit(limiter, T0 + 901, rate_limits=[_limit(conc=1)])
+        assert admitted.concurrency_keys
+        with pytest.raises(GatewayError, match="1 concurrent requests"):
+            await _admit(limiter, T0 + 902, rate_limits=[_limit(conc=1)])
+        await client.close()
+
+    run(scenario())
+
+
 def test_hard_budget_reserves_worst_case_and_settles_to_actual() -> None:
     async def scenario() -> int:
         limiter, client = _limiter()

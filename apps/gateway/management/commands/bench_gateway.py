@@ -15,10 +15,13 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -106,14 +109,66 @@ def _wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, fl
 
 
 def _cells(run: dict[str, float]) -> str:
-    return f"{run['rps']:>9.0f} {run['p50']:>8.2f} {run['p99']:>8.2f} {run['errors']:>8.0f}"
+    cells = f"{run['rps']:>9.0f} {run['p50']:>8.2f} {run['p99']:>8.2f} {run['errors']:>8.0f}"
+    if "gateway_cpu_us" in run:
+        cells += f" {run['gateway_cpu_us']:>9.0f} {run['redis_cpu_us']:>9.1f}"
+    return cells
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds (figure by figure, so p99 is the median p99)."""
+    return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
+
+
+class _CpuMeter:
+    """CPU seconds the gateway process and the Redis server spent during one wrk run.
+
+    Throughput on this shared 2-core box moves with whatever else runs; CPU per
+    request is what one more budget check really costs, and it decides how many
+    requests a gateway core can carry.
+    """
+
+    def __init__(self, gateway_pid: int, client: redis.Redis) -> None:
+        self._stat = Path(f"/proc/{gateway_pid}/stat")
+        self._redis = client
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def _gateway_seconds(self) -> float:
+        # Fields after the command name: utime and stime are the 12th and 13th (man 5 proc).
+        fields = self._stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / self._ticks
+
+    def _redis_seconds(self) -> float:
+        info = self._redis.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    @contextmanager
+    def measure(self) -> Iterator[_CpuSpent]:
+        spent = _CpuSpent()
+        gateway, server = self._gateway_seconds(), self._redis_seconds()
+        yield spent
+        spent.gateway, spent.redis = self._gateway_seconds() - gateway, self._redis_seconds() - server
+
+
+class _CpuSpent:
+    gateway = 0.0
+    redis = 0.0
+
+    def per_request(self, requests: float) -> dict[str, float]:
+        return {
+            "gateway_cpu_us": self.gateway / max(requests, 1) * 1e6,
+            "redis_cpu_us": self.redis / max(requests, 1) * 1e6,
+        }
 
 
 class Command(BaseCommand):
     help = "Benchmark the data plane against a direct call to the simulated upstream (needs wrk)."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--seconds", type=int, default=10)
+        parser.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+        parser.add_argument(
+            "--rounds", type=int, default=3, help="interleaved rounds of gateway / +budget / +limits (medians shown)"
+        )
         parser.add_argument("--connections", default="1,16")
         parser.add_argument("--cache", action="store_true", help="also measure exact-cache hits through the gateway")
 
@@ -173,25 +228,33 @@ class Command(BaseCommand):
                 sent = int(_wrk(gateway_url, gateway_lua, 4, 2)["requests"])
                 rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float]]] = []
                 cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
+                meter = _CpuMeter(procs[1].pid, redis.Redis.from_url(settings.REDIS_URL))
+                gateway_v1 = f"http://127.0.0.1:{gw_port}/v1"
                 for connections in [int(c) for c in options["connections"].split(",")]:
                     direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
-                    self._limits(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
-                    gateway = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
-                    self._limits(issued, on=True, rate_limits=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
-                    budgeted = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
-                    self._limits(issued, on=True, gateway=f"http://127.0.0.1:{gw_port}/v1")
-                    limited = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
-                    sent += int(gateway["requests"] + budgeted["requests"] + limited["requests"])
+                    # Rounds interleave the three set-ups so that a slow spell on this shared box
+                    # (the ledger consumer's commits, Postgres) lands on all of them alike; medians are reported.
+                    runs: dict[str, list[dict[str, float]]] = {"gateway": [], "budget": [], "limits": []}
+                    for _round in range(options["rounds"]):
+                        for name, on, rate_limits in (("gateway", False, False), ("budget", True, False),
+                                                      ("limits", True, True)):  # fmt: skip
+                            self._limits(issued, on=on, rate_limits=rate_limits, gateway=gateway_v1)
+                            with meter.measure() as cpu:
+                                result = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
+                            result.update(cpu.per_request(result["requests"]))
+                            runs[name].append(result)
+                            sent += int(result["requests"])
+                    gateway, budgeted, limited = (_median(runs[name]) for name in ("gateway", "budget", "limits"))
                     rows.append((connections, direct, gateway, budgeted, limited))
                     if options["cache"]:
-                        self._limits(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
-                        self._exact_cache(issued, on=True, gateway=f"http://127.0.0.1:{gw_port}/v1")
+                        self._limits(issued, on=False, gateway=gateway_v1)
+                        self._exact_cache(issued, on=True, gateway=gateway_v1)
                         hits = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
-                        self._exact_cache(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
+                        self._exact_cache(issued, on=False, gateway=gateway_v1)
                         sent += int(hits["requests"]) + 1  # + the miss that stored the entry
                         cached.append((connections, direct, gateway, hits))
                 self._limits(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
-            self._report(rows, options["seconds"])
+            self._report(rows, options["seconds"], options["rounds"])
             self._check_ledger(issued.api_key.id, sent)
             if cached:
                 self._report_cache(cached, issued.api_key.id)
@@ -266,14 +329,20 @@ class Command(BaseCommand):
         self,
         rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float]]],
         seconds: int,
+        rounds: int,
     ) -> None:
         w = self.stdout.write
         w(
             f"\nCostControl gateway benchmark — {os.cpu_count()} CPUs, wrk -t1, {seconds}s per run, "
-            "1 gateway worker, key auth + ledger on, simulated upstream (1 worker, no added latency); "
-            "gateway+budget: one project budget; gateway+limits: that budget plus RPM, TPM and concurrency limits\n"
+            f"gateway rows are medians of {rounds} interleaved rounds; 1 gateway worker, key auth + ledger on, "
+            "simulated upstream (1 worker, no added latency); gateway+budget: one project budget; "
+            "gateway+limits: that budget plus RPM, TPM and concurrency limits; "
+            "cpu µs/req: CPU time of the gateway process and of the Redis server per answered request\n"
         )
-        w(f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        w(
+            f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+            f"{'gw cpu µs':>9} {'redis µs':>9}"
+        )
         for connections, direct, gateway, budgeted, limited in rows:
             paths = (
                 ("direct", direct),
@@ -286,10 +355,15 @@ class Command(BaseCommand):
             added, added_limited = gateway["p50"] - direct["p50"], limited["p50"] - direct["p50"]
             w(
                 f"      added p50 {added:+.2f} ms (with limits {added_limited:+.2f} ms); gateway at "
-                f"{gateway['rps'] / direct['rps']:.0%} of direct throughput; a budget alone costs "
-                f"{1 - budgeted['rps'] / gateway['rps']:.1%}, budget + rate limits (RPM, TPM, concurrency) "
-                f"{1 - limited['rps'] / gateway['rps']:.1%} of gateway throughput"
+                f"{gateway['rps'] / direct['rps']:.0%} of direct throughput"
             )
+            for label, run in (("a budget alone", budgeted), ("budget + RPM, TPM and concurrency limits", limited)):
+                w(
+                    f"      {label}: {1 - run['rps'] / gateway['rps']:.1%} of gateway throughput; "
+                    f"{run['gateway_cpu_us'] - gateway['gateway_cpu_us']:+.0f} µs gateway CPU per request "
+                    f"({1 - gateway['gateway_cpu_us'] / run['gateway_cpu_us']:.1%} of what one gateway core "
+                    f"carries), {run['redis_cpu_us'] - gateway['redis_cpu_us']:+.1f} µs Redis CPU"
+                )
 
     def _report_cache(
         self, rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]], api_key_id: int
