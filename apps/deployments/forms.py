@@ -41,9 +41,13 @@ class BreakEvenForm(forms.Form):
     )  # fmt: skip
 
     def __init__(self, data: Any, *, deployments: QuerySet[Deployment]) -> None:
-        values = {name: field.initial for name, field in self.base_fields.items() if field.initial is not None}
-        values.update({k: v for k, v in data.items() if v not in ("", None)})
-        super().__init__(values)
+        """``data=None``: a first visit with nothing to compare with yet, shown empty rather than in error."""
+        if data is None:
+            super().__init__()
+        else:
+            values = {name: field.initial for name, field in self.base_fields.items() if field.initial is not None}
+            values.update({k: v for k, v in data.items() if v not in ("", None)})
+            super().__init__(values)
         field = self.fields["deployment"]
         assert isinstance(field, forms.ModelChoiceField)
         field.queryset = deployments

@@ -119,20 +119,29 @@ def deployment_action_view(request: HttpRequest, slug: str, pk: int, action: str
     return redirect("deployments:detail", slug=project.slug, pk=deployment.pk)
 
 
-def break_even_for(*, project: Project, params: QueryDict) -> tuple[BreakEvenForm, BreakEven | None, dict[str, Any]]:
-    """The assumptions form, the comparison when the assumptions are complete, and the window's usage."""
+def break_even_for(
+    *, project: Project, params: QueryDict, blank_first_visit: bool = False
+) -> tuple[BreakEvenForm, BreakEven | None, dict[str, Any]]:
+    """The assumptions form, the comparison when the assumptions are complete, and the window's usage.
+
+    ``blank_first_visit`` (the page): no parameters and no measured deployment give an empty form
+    instead of one in error; the API still answers which assumptions are missing.
+    """
     deployments = deployments_for(organization=project.organization)
     data: Any = params
     if not params:  # a first visit compares with the organisation's first deployment that has a throughput
         measured = deployments.filter(throughput_tokens_per_s__isnull=False).first()
-        data = {"deployment": str(measured.pk)} if measured is not None else params
+        if measured is not None:
+            data = {"deployment": str(measured.pk)}
+        elif blank_first_visit:
+            data = None
     form = BreakEvenForm(data, deployments=deployments)
-    form.is_valid()
-    days = form.cleaned_data.get("days") or 30
+    valid = form.is_valid()  # an unbound form is not valid and has no cleaned_data
+    days = (form.cleaned_data.get("days") if form.is_bound else None) or 30
     until = timezone.now().replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
     since = until - dt.timedelta(days=days)
     usage = model_usage(project=project, since=since, until=until)
-    result = break_even(usage=usage, assumptions=form.assumptions()) if form.is_valid() else None
+    result = break_even(usage=usage, assumptions=form.assumptions()) if valid else None
     return form, result, {"since": since, "until": until, "days": days, "usage": usage}
 
 
@@ -140,6 +149,6 @@ def break_even_for(*, project: Project, params: QueryDict) -> tuple[BreakEvenFor
 @require_GET
 def break_even_page(request: HttpRequest, slug: str) -> HttpResponse:
     project = _project(request, slug)
-    form, result, window = break_even_for(project=project, params=request.GET)
+    form, result, window = break_even_for(project=project, params=request.GET, blank_first_visit=True)
     context = {"project": project, "form": form, "result": result, **window}
     return render(request, "deployments/break_even.html", context)

@@ -136,7 +136,9 @@ def test_the_page_shows_the_table_and_the_verdict(client: Client, people: People
 def test_a_first_visit_compares_with_the_organisations_measured_deployment(client: Client, people: People) -> None:
     url = reverse("deployments:break-even", kwargs={"slug": people.tenant.project.slug})
     login(client, people.member)
-    assert "Monthly cost" not in client.get(url).content.decode()  # nothing to compare with yet
+    empty = client.get(url).content.decode()
+    # Nothing to compare with yet: the empty form and the traffic, not two form errors.
+    assert "Monthly cost" not in empty and "Pick a deployment" not in empty and "Traffic by model" in empty
     deployment_make(people.tenant.org, name="measured", hourly_cost_usd=Decimal("0.10"))
     html = client.get(url).content.decode()
     assert "Monthly cost" in html and "Pick a deployment" not in html
