@@ -33,7 +33,6 @@ from apps.gateway.fastredis import FastPipeline, FastRedis
 from apps.providers.catalog import MAX_OUTPUT_TOKENS
 
 NANO = Decimal(1_000_000_000)
-WINDOW_SECONDS = 60
 DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
 STATUS_OK, STATUS_BUDGET, STATUS_RPM, STATUS_TPM, STATUS_CONCURRENCY = range(5)

@@ -218,18 +218,18 @@ class Command(BaseCommand):
             procs.append(subprocess.Popen([python, "manage.py", "ingest_cache"], env=env, stdout=subprocess.DEVNULL))
         try:
             _wait(f"http://127.0.0.1:{up_port}/health", 200, procs[0])
-            _wait(f"http://127.0.0.1:{gw_port}/v1/models", 401, procs[1])
+            gateway_v1 = f"http://127.0.0.1:{gw_port}/v1"
+            _wait(f"{gateway_v1}/models", 401, procs[1])
             with tempfile.TemporaryDirectory() as tmp:
                 direct_lua, gateway_lua = Path(tmp, "direct.lua"), Path(tmp, "gateway.lua")
                 direct_lua.write_text(LUA % (BODY, "sim"))
                 gateway_lua.write_text(LUA % (BODY, key))
-                gateway_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
+                gateway_url = f"{gateway_v1}/chat/completions"
                 # Warm both paths (connection pools, snapshot) before measuring.
                 sent = int(_wrk(gateway_url, gateway_lua, 4, 2)["requests"])
                 rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float]]] = []
                 cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 meter = _CpuMeter(procs[1].pid, redis.Redis.from_url(settings.REDIS_URL))
-                gateway_v1 = f"http://127.0.0.1:{gw_port}/v1"
                 for connections in [int(c) for c in options["connections"].split(",")]:
                     direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
                     # Rounds interleave the three set-ups so that a slow spell on this shared box
@@ -253,7 +253,7 @@ class Command(BaseCommand):
                         self._exact_cache(issued, on=False, gateway=gateway_v1)
                         sent += int(hits["requests"]) + 1  # + the miss that stored the entry
                         cached.append((connections, direct, gateway, hits))
-                self._limits(issued, on=False, gateway=f"http://127.0.0.1:{gw_port}/v1")
+                self._limits(issued, on=False, gateway=gateway_v1)
             self._report(rows, options["seconds"], options["rounds"])
             self._check_ledger(issued.api_key.id, sent)
             if cached:
