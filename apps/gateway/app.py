@@ -227,8 +227,9 @@ class Gateway:
             # Per-request commands go through the lean client; pub/sub (policy) keeps redis-py.
             self.fast_redis = FastRedis(settings.REDIS_URL)
             self.cache = ResponseCache(self.fast_redis, settings.DATABASE_URL)
-            self.limiter = Limiter(self.fast_redis, settings.REDIS_PREFIX)
+            self.limiter = Limiter(self.fast_redis, settings.REDIS_PREFIX, leases=settings.GATEWAY_LIMIT_LEASES)
             await self.limiter.load()
+            self.limiter.start()
             # One spool folder per Redis server and prefix: a re-send must reach the stream it was meant for.
             target = hashlib.sha256(f"{settings.REDIS_URL}|{settings.REDIS_PREFIX}".encode()).hexdigest()[:16]
             spool = Path(settings.BASE_DIR) / "var" / "spool" / target
@@ -272,6 +273,8 @@ class Gateway:
             await self.shadow_writer.stop()
         if self.breakers:
             await self.breakers.stop()
+        if self.limiter:
+            await self.limiter.stop()
         if self.ledger:
             await self.ledger.stop()
         if self.http:

@@ -80,6 +80,11 @@ class FastRedis:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (False before the first command and after a loss)."""
+        return self._protocol is not None and not self._protocol.closed
+
     async def _connection(self) -> _Protocol:
         current = self._protocol
         if current is not None and not current.closed:

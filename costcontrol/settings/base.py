@@ -159,6 +159,9 @@ BATCH_VLLM_TIMEOUT_SECONDS = env_int("BATCH_VLLM_TIMEOUT_SECONDS", 11 * 3600)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
 # Redis down: refuse with 503 (default) or serve unchecked and let the ledger catch budgets up.
 GATEWAY_LIMITS_FAIL_OPEN = env_bool("GATEWAY_LIMITS_FAIL_OPEN", False)
+# Admit most requests from short per-process leases on budgets and limits instead of a Redis round
+# trip each (apps/gateway/leases.py); off: every request runs the admission script.
+GATEWAY_LIMIT_LEASES = env_bool("GATEWAY_LIMIT_LEASES", True)
 SIMULATED_UPSTREAM_URL = env_str("SIMULATED_UPSTREAM_URL", "http://127.0.0.1:9100/v1")
 
 LOGGING = {

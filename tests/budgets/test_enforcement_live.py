@@ -8,10 +8,15 @@ from decimal import Decimal
 
 import openai
 import pytest
+import redis
+from django.conf import settings
 from django.db.models import Sum
+from django.utils import timezone
 
-from apps.budgets.models import BudgetScope
+from apps.budgets.models import Budget, BudgetScope
+from apps.budgets.periods import period_bounds
 from apps.budgets.services import budget_create, rate_limit_set
+from apps.gateway.limits import to_nano
 from apps.ledger.models import LedgerEntry
 from apps.providers.catalog import OPENAI_PRICES
 from tests import live
@@ -31,16 +36,26 @@ def second_gateway(gateway: str) -> Iterator[str]:
     process.stop()
 
 
-def test_200_concurrent_requests_on_two_gateways_never_overspend(
-    gateway: str, second_gateway: str, tenant: Tenant
+@pytest.mark.parametrize(
+    ("amount", "requests"),
+    [
+        # Too small for leases: every request is admitted by the script.
+        ("0.05", 200),
+        # Big enough that both gateways admit from leases until the budget nears its end.
+        ("0.30", 1000),
+    ],
+)
+def test_concurrent_requests_on_two_gateways_never_overspend(
+    gateway: str, second_gateway: str, tenant: Tenant, amount: str, requests: int
 ) -> None:
     budget = budget_create(
         organization=tenant.org, name="tight", scope=BudgetScope.PROJECT, project=tenant.project,
-        amount_usd=Decimal("0.05"),
+        amount_usd=Decimal(amount),
     )  # fmt: skip
     for url in (gateway, second_gateway):
         wait_policy(url, tenant.key.plaintext)
     clients = [sdk(url, tenant.key.plaintext) for url in (gateway, second_gateway)]
+    leases_given_back = _redis_calls("decrby")
 
     def one(i: int) -> str:
         try:
@@ -55,7 +70,7 @@ def test_200_concurrent_requests_on_two_gateways_never_overspend(
             return "refused"
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
-        outcomes = list(pool.map(one, range(200)))
+        outcomes = list(pool.map(one, range(requests)))
 
     ingest_all()
     rows = LedgerEntry.objects.filter(project=tenant.project)
@@ -67,6 +82,25 @@ def test_200_concurrent_requests_on_two_gateways_never_overspend(
     assert outcomes.count("ok") == served.count() > 0
     assert outcomes.count("refused") == rows.filter(status_code=429, error_code="insufficient_quota").count() > 0
     assert spent <= budget.amount_usd + one_request_max, f"spent {spent} against a {budget.amount_usd} budget"
+    # Once every lease has gone back, the shared counter holds exactly what was spent: nothing
+    # leased or reserved is left over (each request rounds to a whole nano-dollar).
+    live.wait_until(lambda: abs(_budget_counter(budget) - to_nano(spent)) <= served.count(), timeout=5)
+    if budget.amount_usd >= Decimal("0.30"):
+        assert _redis_calls("decrby") > leases_given_back, "no lease was given back: leases were not in play"
+
+
+def _budget_counter(budget: Budget) -> int:
+    start, _end = period_bounds(budget.period, budget.timezone, timezone.now(), budget.starts_at)
+    value = redis.Redis.from_url(settings.REDIS_URL).get(
+        f"{settings.REDIS_PREFIX}budget:{budget.id}:{int(start.timestamp())}"
+    )
+    return int(value or 0)
+
+
+def _redis_calls(command: str) -> int:
+    """How often Redis has run ``command`` (scripts' calls included) since it started."""
+    stats = redis.Redis.from_url(settings.REDIS_URL).info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
 
 
 def test_rate_limit_headers_and_429_through_the_sdk(gateway: str, tenant: Tenant) -> None:

@@ -171,6 +171,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--connections", default="1,16")
         parser.add_argument("--cache", action="store_true", help="also measure exact-cache hits through the gateway")
+        parser.add_argument(
+            "--no-leases", action="store_true", help="gateway without limit leases: every request runs the admission"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if shutil.which("wrk") is None:
@@ -188,6 +191,7 @@ class Command(BaseCommand):
             "PYTHONUNBUFFERED": "1",
         }
         env.setdefault("DJANGO_SETTINGS_MODULE", "costcontrol.settings.dev")
+        env["GATEWAY_LIMIT_LEASES"] = "0" if options["no_leases"] else "1"
         procs = [
             subprocess.Popen([python, "-m", "apps.simulator", "--host", "127.0.0.1", "--port", str(up_port)], env=env),
             subprocess.Popen(
@@ -254,7 +258,7 @@ class Command(BaseCommand):
                         sent += int(hits["requests"]) + 1  # + the miss that stored the entry
                         cached.append((connections, direct, gateway, hits))
                 self._limits(issued, on=False, gateway=gateway_v1)
-            self._report(rows, options["seconds"], options["rounds"])
+            self._report(rows, options["seconds"], options["rounds"], leases=not options["no_leases"])
             self._check_ledger(issued.api_key.id, sent)
             if cached:
                 self._report_cache(cached, issued.api_key.id)
@@ -330,6 +334,8 @@ class Command(BaseCommand):
         rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float]]],
         seconds: int,
         rounds: int,
+        *,
+        leases: bool,
     ) -> None:
         w = self.stdout.write
         w(
@@ -337,6 +343,7 @@ class Command(BaseCommand):
             f"gateway rows are medians of {rounds} interleaved rounds; 1 gateway worker, key auth + ledger on, "
             "simulated upstream (1 worker, no added latency); gateway+budget: one project budget; "
             "gateway+limits: that budget plus RPM, TPM and concurrency limits; "
+            f"limit leases {'on' if leases else 'off (--no-leases: every request runs the admission script)'}; "
             "cpu µs/req: CPU time of the gateway process and of the Redis server per answered request\n"
         )
         w(
