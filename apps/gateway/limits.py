@@ -1,4 +1,4 @@
-"""Budgets and rate limits, enforced in one Redis round trip per request.
+"""Budgets and rate limits, enforced in at most one Redis round trip per request.
 
 Before forwarding, one Lua script checks every rate limit (requests/min,
 tokens/min, concurrent requests) and every budget that applies, and only if
@@ -12,7 +12,8 @@ Money in Redis is integer nano-dollars. Windows are 60 one-second buckets in a
 hash per scope, so "per minute" means the last 60 seconds, not a fixed minute.
 The scripts are written for the fewest Redis calls per request (`make bench`
 shows what they cost): with a budget and RPM, TPM and concurrency limits an
-admission is seven calls and a settle six.
+admission is seven calls and a settle six. In the gateway, most requests run
+neither: they are admitted from the process's leases (``apps.gateway.leases``).
 """
 
 from __future__ import annotations
@@ -395,7 +396,7 @@ class Limiter:
         try:
             await self.expire_leases(now=math.inf)
         except (RedisError, OSError):
-            logger.warning("could not give %d leases back on shutdown", len(self._returns))
+            logger.warning("could not give leases back on shutdown; they stay reserved", exc_info=True)
 
     async def _expire_forever(self) -> None:
         while True:
@@ -414,7 +415,7 @@ class Limiter:
             for name in [name for name, lease in leases.items() if now >= lease.expires]:
                 self._close(leases.pop(name), now)
         if self._returns:
-            replies = await self._send(self._take_returns())
+            replies = await self._redis.execute_many(self._take_returns())
             self._check_returns(replies)
 
     def _close(self, lease: BudgetLease | ScopeLease, now: float) -> None:
@@ -433,26 +434,23 @@ class Limiter:
             self._returns.append(("EVALSHA", self._return_scope_sha, len(keys), *keys, *args))
 
     def _take_returns(self) -> list[tuple[Any, ...]]:
+        """The queued lease returns, to send now. They are taken for good: a return whose round trip
+        fails is not sent again, because Redis may have applied it before the connection broke and
+        applying it twice would under-count. Dropped, a lease stays reserved, which errs toward refusing."""
         commands, self._returns = self._returns, []
         return commands
-
-    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """One round trip; on a lost connection the lease returns in it are kept for the next one."""
-        try:
-            return await self._redis.execute_many(commands)
-        except (RedisError, OSError):
-            self._returns[:0] = [c for c in commands if c[1] in (self._return_budget_sha, self._return_scope_sha)]
-            raise
 
     def _check_returns(self, replies: list[Any]) -> None:
         for reply in replies:
             if isinstance(reply, ResponseError):
                 # NOSCRIPT after a Redis restart: the counters went with it, so nothing is left to give back.
-                logger.error("giving a lease back failed: %r", reply)
+                logger.warning("giving a lease back failed: %s", reply)
 
     async def _run(self, sha: str, keys: list[str], args: list[Any]) -> Any:
         """Run a script, with any lease returns waiting ahead of it in the same round trip."""
-        *returns, reply = await self._send([*self._take_returns(), ("EVALSHA", sha, len(keys), *keys, *args)])
+        *returns, reply = await self._redis.execute_many(
+            [*self._take_returns(), ("EVALSHA", sha, len(keys), *keys, *args)]
+        )
         self._check_returns(returns)
         if isinstance(reply, ResponseError):
             if not str(reply).startswith("NOSCRIPT"):
@@ -779,7 +777,7 @@ class Limiter:
         if not commands:
             return
         if pipeline is None:
-            *returns, reply = await self._send(commands)
+            *returns, reply = await self._redis.execute_many(commands)
             self._check_returns(returns)
             if isinstance(reply, ResponseError):
                 raise reply
