@@ -36,7 +36,8 @@ LEASE_HEADROOM = 8
 MIN_LEASE = 8  # requests' worth
 MAX_LEASE = 2048
 MAX_LEASE_SLOTS = 64
-# Every lease older than LEASE_SECONDS is back in Redis this long after it was granted.
+# Any lease is back in Redis at most this long after it was granted (it expires after LEASE_SECONDS and
+# the expirer looks every LEASE_SECONDS / 2), with a margin: how long a refusal caused by leases waits.
 RETRY_AFTER_LEASES = LEASE_SECONDS * 1.5 + 0.05
 
 # KEYS: budget counter, its ":leased" total. ARGV: unused nano-dollars, the lease's grant.
