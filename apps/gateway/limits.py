@@ -481,8 +481,9 @@ class Limiter:
         self._periods[cache_key] = bounds
         return bounds
 
-    def _budget_key(self, budget: BudgetPolicy, now: float) -> str:
-        return f"{self._prefix}budget:{budget.id}:{int(self._period(budget, now)[0])}"
+    def _budget_key(self, budget: BudgetPolicy, period_start: float) -> str:
+        """The budget's counter for the period starting at ``period_start`` (epoch seconds)."""
+        return f"{self._prefix}budget:{budget.id}:{int(period_start)}"
 
     async def admit(
         self,
@@ -511,7 +512,7 @@ class Limiter:
         wanted_budgets: list[int] = []
         for budget in budgets:
             start_ts, end_ts = self._period(budget, now)
-            key = f"{self._prefix}budget:{budget.id}:{int(start_ts)}"
+            key = self._budget_key(budget, start_ts)
             seed = budget.seed_nano if budget.seed_period_start == start_ts else 0
             ttl = int(min(end_ts - now, 400 * 86400)) + 2 * 86400
             want = self._budget_want(key, budget, reserve, now) if self._leasing and not _retried else 0
@@ -666,7 +667,7 @@ class Limiter:
         """Admit from this process's leases if every budget and scope has one that can take it, else None."""
         budget_leases = []
         for budget in budgets:
-            lease = self._budget_leases.get(self._budget_key(budget, now))
+            lease = self._budget_leases.get(self._budget_key(budget, self._period(budget, now)[0]))
             if lease is None or not _budget_lease_serves(lease, budget, reserve, now):
                 return None
             budget_leases.append(lease)
