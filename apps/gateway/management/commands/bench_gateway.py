@@ -1,9 +1,12 @@
-"""`make bench`: gateway throughput and added latency vs. the upstream, same run.
+"""`make bench`: gateway throughput and added latency vs. the upstream and a bare proxy, same run.
 
-Starts the simulated upstream (1 worker), a gateway (uvicorn, 1 worker) with
-key auth and the ledger on, and a ledger consumer; then runs wrk against the
-upstream directly and through the gateway at each concurrency, and prints
-requests/s and p50/p99 latency, with the gateway's added latency. With
+Starts the simulated upstream (1 worker), the bare-proxy reference
+(``apps/gateway/management/bare_proxy.py``: parse, forward, read usage, return;
+same server and flags as the gateway), a gateway (uvicorn, 1 worker) with key
+auth and the ledger on, and a ledger consumer; then runs wrk against the
+upstream directly, through the bare proxy and through the gateway at each
+concurrency, and prints requests/s and p50/p99 latency, with the latency each
+proxy adds and the gateway's share of the bare proxy's throughput. With
 ``--cache`` it also turns the exact cache on for the bench project and runs the
 same request through the gateway once more, so that every request is an exact
 hit answered from Redis without calling the upstream.
@@ -54,6 +57,9 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %s"
 """
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+Run = dict[str, float]
+# One concurrency's runs: direct, bare proxy, gateway, gateway+budget, gateway+limits.
+Row = tuple[int, Run, Run, Run, Run, Run]
 
 
 def _free_port() -> int:
@@ -161,6 +167,12 @@ class _CpuSpent:
         }
 
 
+def _uvicorn(python: str, app: str, port: int) -> list[str]:
+    """The server command line the gateway and the bare proxy share, so they are measured alike."""
+    return [python, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]  # fmt: skip
+
+
 class Command(BaseCommand):
     help = "Benchmark the data plane against a direct call to the simulated upstream (needs wrk)."
 
@@ -179,7 +191,7 @@ class Command(BaseCommand):
         if shutil.which("wrk") is None:
             raise CommandError("wrk is not installed (Debian: apt-get install wrk)")
         python = sys.executable
-        up_port, gw_port = _free_port(), _free_port()
+        up_port, gw_port, bare_port = _free_port(), _free_port(), _free_port()
         upstream_url = f"http://127.0.0.1:{up_port}/v1"
         issued = self._bench_key(upstream_url)
         key = issued.plaintext
@@ -194,29 +206,12 @@ class Command(BaseCommand):
         env["GATEWAY_LIMIT_LEASES"] = "0" if options["no_leases"] else "1"
         procs = [
             subprocess.Popen([python, "-m", "apps.simulator", "--host", "127.0.0.1", "--port", str(up_port)], env=env),
-            subprocess.Popen(
-                [
-                    python,
-                    "-m",
-                    "uvicorn",
-                    "costcontrol.asgi:application",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(gw_port),
-                    "--workers",
-                    "1",
-                    "--loop",
-                    "uvloop",
-                    "--http",
-                    "httptools",
-                    "--no-access-log",
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-            ),
+            subprocess.Popen(_uvicorn(python, "costcontrol.asgi:application", gw_port), env=env),
             subprocess.Popen([python, "manage.py", "ingest_ledger"], env=env, stdout=subprocess.DEVNULL),
+            subprocess.Popen(
+                _uvicorn(python, "apps.gateway.management.bare_proxy:app", bare_port),
+                env={**env, "BARE_PROXY_UPSTREAM": upstream_url},
+            ),
         ]
         if options["cache"]:  # indexes stores and counts hits, as beside a real gateway
             procs.append(subprocess.Popen([python, "manage.py", "ingest_cache"], env=env, stdout=subprocess.DEVNULL))
@@ -224,6 +219,7 @@ class Command(BaseCommand):
             _wait(f"http://127.0.0.1:{up_port}/health", 200, procs[0])
             gateway_v1 = f"http://127.0.0.1:{gw_port}/v1"
             _wait(f"{gateway_v1}/models", 401, procs[1])
+            bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
             with tempfile.TemporaryDirectory() as tmp:
                 direct_lua, gateway_lua = Path(tmp, "direct.lua"), Path(tmp, "gateway.lua")
                 direct_lua.write_text(LUA % (BODY, "sim"))
@@ -231,11 +227,14 @@ class Command(BaseCommand):
                 gateway_url = f"{gateway_v1}/chat/completions"
                 # Warm both paths (connection pools, snapshot) before measuring.
                 sent = int(_wrk(gateway_url, gateway_lua, 4, 2)["requests"])
-                rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float]]] = []
+                rows: list[
+                    tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float], dict[str, float]]
+                ] = []
                 cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 meter = _CpuMeter(procs[1].pid, redis.Redis.from_url(settings.REDIS_URL))
                 for connections in [int(c) for c in options["connections"].split(",")]:
                     direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
+                    bare = _wrk(bare_url, direct_lua, connections, options["seconds"])
                     # Rounds interleave the three set-ups so that a slow spell on this shared box
                     # (the ledger consumer's commits, Postgres) lands on all of them alike; medians are reported.
                     runs: dict[str, list[dict[str, float]]] = {"gateway": [], "budget": [], "limits": []}
@@ -249,7 +248,7 @@ class Command(BaseCommand):
                             runs[name].append(result)
                             sent += int(result["requests"])
                     gateway, budgeted, limited = (_median(runs[name]) for name in ("gateway", "budget", "limits"))
-                    rows.append((connections, direct, gateway, budgeted, limited))
+                    rows.append((connections, direct, bare, gateway, budgeted, limited))
                     if options["cache"]:
                         self._limits(issued, on=False, gateway=gateway_v1)
                         self._exact_cache(issued, on=True, gateway=gateway_v1)
@@ -331,7 +330,9 @@ class Command(BaseCommand):
 
     def _report(
         self,
-        rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float]]],
+        rows: list[
+            tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float], dict[str, float]]
+        ],
         seconds: int,
         rounds: int,
         *,
@@ -350,9 +351,10 @@ class Command(BaseCommand):
             f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
             f"{'gw cpu µs':>9} {'redis µs':>9}"
         )
-        for connections, direct, gateway, budgeted, limited in rows:
+        for connections, direct, bare, gateway, budgeted, limited in rows:
             paths = (
                 ("direct", direct),
+                ("bare proxy", bare),
                 ("gateway", gateway),
                 ("gateway+budget", budgeted),
                 ("gateway+limits", limited),
@@ -360,9 +362,16 @@ class Command(BaseCommand):
             for name, r in paths:
                 w(f"{connections:>4}  {name:<15} {_cells(r)}")
             added, added_limited = gateway["p50"] - direct["p50"], limited["p50"] - direct["p50"]
+            added_bare = bare["p50"] - direct["p50"]
             w(
-                f"      added p50 {added:+.2f} ms (with limits {added_limited:+.2f} ms); gateway at "
-                f"{gateway['rps'] / direct['rps']:.0%} of direct throughput"
+                f"      added p50: bare proxy {added_bare:+.2f} ms, gateway {added:+.2f} ms, with limits "
+                f"{added_limited:+.2f} ms ({added_limited - added_bare:+.2f} ms over the bare proxy); "
+                f"gateway at {gateway['rps'] / direct['rps']:.0%} of direct throughput"
+            )
+            w(
+                f"      share of the bare proxy's throughput: gateway {gateway['rps'] / bare['rps']:.0%}, "
+                f"with budget {budgeted['rps'] / bare['rps']:.0%}, "
+                f"with budget + limits {limited['rps'] / bare['rps']:.0%}"
             )
             for label, run in (("a budget alone", budgeted), ("budget + RPM, TPM and concurrency limits", limited)):
                 w(
