@@ -49,6 +49,17 @@ Directives, written anywhere in a message's content, a prompt or an embedding in
 - ``[[sim:no_usage]]``: no ``usage`` in the response or stream.
 - ``[[sim:fail_after=N]]``: a stream drops the connection after N content chunks.
 
+Hostile directives, for fuzzing what the gateway does with a broken or malicious provider:
+
+- ``[[sim:usage=JSON]]``: the answer's (or stream's) ``usage`` is exactly that JSON value
+  (``"x"``, ``-5``, ``[1]``, ``{"prompt_tokens": 1e30}``…); a stream gets a usage chunk even unasked.
+- ``[[sim:logprob=X]]``: the first answer token's logprob is exactly X (710 overflows ``exp``).
+- ``[[sim:garbage=N]]``: variant N of a 200 answer that is not what OpenAI sends (non-JSON data
+  lines, wrong-typed choices and usage, bytes that are not UTF-8, events without ``data``).
+- ``[[sim:huge=BYTES]]``: the answer's content is BYTES long (streams: in 64 KiB events).
+- ``[[sim:unframed=BYTES]]``: a stream of BYTES that never has a blank line (no event boundary).
+- ``[[sim:drip=MS]]``: the response goes out a few bytes at a time, MS milliseconds apart.
+
 Any directive can be scoped to one model as ``[[sim:MODEL/NAME=VALUE]]`` (``[[sim:gpt-4o-mini/500]]``,
 ``[[sim:gpt-4o/answer=refund]]``): it applies only to requests for MODEL, which lets one prompt
 get different answers, confidences or failures from a cheap and a strong model.
@@ -179,6 +190,7 @@ class _Reply:
     chunks: list[bytes] | None = None
     cut: int | None = None
     delay_s: float = 0.0
+    drip_s: float | None = None  # pause between chunks, instead of the configured one
 
 
 class _Rejected(Exception):
@@ -190,6 +202,18 @@ class _Rejected(Exception):
 
 
 @dataclass(slots=True)
+class _Hostile:
+    """What a hostile directive does to an otherwise normal answer (see the module docstring)."""
+
+    usage: bytes | None = None  # the raw JSON value
+    logprob: float | None = None
+    garbage: int | None = None
+    huge: int = 0
+    unframed: int = 0
+    drip_ms: float = 0.0
+
+
+@dataclass(slots=True)
 class _Directives:
     status: int | None = None
     delay_s: float = 0.0
@@ -197,6 +221,7 @@ class _Directives:
     answer: str | None = None
     no_usage: bool = False
     fail_after: int | None = None
+    hostile: _Hostile | None = None
 
 
 def _error(
@@ -272,11 +297,127 @@ def _parse_directives(text: str, model: str) -> _Directives | None:
                 found.fail_after = int(value)
                 if found.fail_after < 0:
                     raise ValueError(value)
+            elif name in _HOSTILE:
+                found.hostile = found.hostile or _Hostile()
+                _HOSTILE[name](found.hostile, value)
             else:
                 raise ValueError(name)
         except ValueError:
             raise _invalid(f"Invalid simulator directive [[sim:{name}={value}]].") from None
     return found
+
+
+def _hostile_usage(hostile: _Hostile, value: str) -> None:
+    orjson.loads(value)  # a typo must fail loudly (JSONDecodeError is a ValueError)
+    hostile.usage = value.encode()
+
+
+def _hostile_size(value: str) -> int:
+    size = int(value)
+    if not 0 <= size <= 256 * 1024 * 1024:
+        raise ValueError(value)
+    return size
+
+
+def _set_logprob(hostile: _Hostile, value: str) -> None:
+    hostile.logprob = float(value)
+
+
+def _set_garbage(hostile: _Hostile, value: str) -> None:
+    hostile.garbage = int(value or 0)
+
+
+def _set_huge(hostile: _Hostile, value: str) -> None:
+    hostile.huge = _hostile_size(value)
+
+
+def _set_unframed(hostile: _Hostile, value: str) -> None:
+    hostile.unframed = _hostile_size(value)
+
+
+def _set_drip(hostile: _Hostile, value: str) -> None:
+    hostile.drip_ms = max(float(value), 0.0)
+
+
+_HOSTILE: dict[str, Callable[[_Hostile, str], None]] = {
+    "usage": _hostile_usage,
+    "logprob": _set_logprob,
+    "garbage": _set_garbage,
+    "huge": _set_huge,
+    "unframed": _set_unframed,
+    "drip": _set_drip,
+}
+
+# Streams no provider should send: each list is one variant of [[sim:garbage=N]] (after a normal role chunk).
+_GARBAGE_STREAMS: tuple[tuple[bytes, ...], ...] = (
+    (b"data: {not json\n\n", b"data: [1, 2]\n\n", b'data: {"choices": 5}\n\n', _DONE),
+    (b'data: {"choices": ["x", {"delta": "y"}, {"delta": {"content": 7}, "index": "0"}]}\n\n', _DONE),
+    (b'data: {"choices": [], "usage": "lots"}\n\n', b'data: {"choices": [], "usage": [1, 2]}\n\n', _DONE),
+    (b'data: {"choices": [], "usage": {"prompt_tokens": -9, "completion_tokens": 1e30}}\n\n', _DONE),
+    (b"event: message\nid: 7\n\n", b": a comment\n\n", b"\xff\xfe\x00\n\n", b"data:\n\n", _DONE),
+    (b'data: {"choices": [{"delta": {"content": "cut"}}]}\n\n',),  # never says [DONE]
+)
+# Whole answers no provider should send, for [[sim:garbage=N]] without streaming.
+_GARBAGE_BODIES: tuple[bytes, ...] = (
+    b"{not json",
+    b"[1, 2, 3]",
+    b'{"choices": "nope", "usage": [1]}',
+    b'{"choices": [5, {"message": "x"}], "usage": {"prompt_tokens": "12", "completion_tokens": -4}}',
+    b'{"choices": [{"message": {"content": 7}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 1e300}}',
+    b"\xff\xfe\x00",
+)
+
+
+def _make_hostile(reply: _Reply, hostile: _Hostile, stream: bool, model: str) -> _Reply:
+    """Turn a normal answer into what the hostile directive asks for."""
+    if hostile.usage is not None or hostile.logprob is not None:
+        if stream and reply.chunks is not None:
+            usage = b'{"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "' + model.encode()
+            usage += b'", "choices": [], "usage": ' + (hostile.usage or b"null") + b"}"
+            kept = [c for c in reply.chunks if b'"choices":[]' not in c and c != _DONE]
+            reply.chunks = kept + ([b"data: " + usage + b"\n\n"] if hostile.usage is not None else []) + [_DONE]
+        elif reply.chunks is None and reply.status == 200:
+            body = orjson.loads(reply.body)
+            if hostile.usage is not None:
+                body["usage"] = orjson.loads(hostile.usage)
+            if hostile.logprob is not None:
+                for choice in body.get("choices") or ():
+                    content = (choice.get("logprobs") or {}).get("content") or []
+                    if content:
+                        content[0]["logprob"] = hostile.logprob
+            reply.body = orjson.dumps(body)
+    if hostile.garbage is not None:
+        if stream:
+            role = b'data: {"choices": [{"index": 0, "delta": {"role": "assistant"}}]}\n\n'
+            reply = _Reply(200, headers=_STREAM_HEADERS, chunks=[role, *_GARBAGE_STREAMS[hostile.garbage % 6]])
+        else:
+            reply = _Reply(200, _GARBAGE_BODIES[hostile.garbage % len(_GARBAGE_BODIES)])
+    if hostile.huge:
+        reply = _huge_reply(hostile.huge, stream, model)
+    if hostile.unframed and stream:
+        line = b"data: " + b"x" * 65_530 + b"\n"
+        reply = _Reply(200, headers=_STREAM_HEADERS, chunks=[line] * max(hostile.unframed // len(line), 1))
+    if hostile.drip_ms:
+        data = b"".join(reply.chunks) if reply.chunks is not None else reply.body
+        headers = reply.headers if reply.chunks is not None else _JSON_HEADERS
+        reply = _Reply(reply.status, headers=headers, chunks=[data[i : i + 8] for i in range(0, len(data), 8)] or [b""])
+        reply.drip_s = hostile.drip_ms / 1000
+    return reply
+
+
+def _huge_reply(size: int, stream: bool, model: str) -> _Reply:
+    usage = _chat_usage(10, size // 4)
+    if not stream:
+        message = {"role": "assistant", "content": "a" * size}
+        body = {"id": "chatcmpl-huge", "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage}  # fmt: skip
+        return _Reply(200, orjson.dumps(body))
+    piece = {"id": "chatcmpl-huge", "object": "chat.completion.chunk", "created": 0, "model": model,
+             "choices": [{"index": 0, "delta": {"content": "a" * 65_536}, "finish_reason": None}]}  # fmt: skip
+    chunks = [_sse(piece)] * max(size // 65_536, 1)
+    end = {**piece, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    chunks += [_sse(end), _sse({**piece, "choices": [], "usage": usage}), _DONE]
+    return _Reply(200, headers=_STREAM_HEADERS, chunks=chunks)
 
 
 def tokenize(text: str) -> list[str]:
@@ -602,8 +743,10 @@ class _Simulator:
         delay_s = directives.delay_s if directives is not None else 0.0
         created = int(time.time())
         completion_id = self._new_id("chatcmpl")
+        hostile = directives.hostile if directives is not None else None
         if stream:
-            return self._chat_stream(completion_id, created, model, choices, usage, include_usage, directives, delay_s)
+            reply = self._chat_stream(completion_id, created, model, choices, usage, include_usage, directives, delay_s)
+            return reply if hostile is None else _make_hostile(reply, hostile, True, model)
         response: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion",
@@ -623,7 +766,8 @@ class _Simulator:
         }
         if usage is not None:
             response["usage"] = usage
-        return _Reply(200, orjson.dumps(response), delay_s=delay_s)
+        reply = _Reply(200, orjson.dumps(response), delay_s=delay_s)
+        return reply if hostile is None else _make_hostile(reply, hostile, False, model)
 
     @staticmethod
     def _chat_stream(
@@ -746,11 +890,13 @@ class _Simulator:
             "model": model,
             "system_fingerprint": "fp_sim",
         }
+        hostile = directives.hostile if directives is not None else None
         if not stream:
             response: dict[str, Any] = {**base, "choices": choices}
             if usage is not None:
                 response["usage"] = usage
-            return _Reply(200, orjson.dumps(response), delay_s=delay_s)
+            reply = _Reply(200, orjson.dumps(response), delay_s=delay_s)
+            return reply if hostile is None else _make_hostile(reply, hostile, False, model)
         fail_after = directives.fail_after if directives is not None else None
         chunks: list[bytes] = []
         fail_at: int | None = None
@@ -802,7 +948,8 @@ class _Simulator:
         if include_usage and usage is not None:
             chunks.append(_sse({**base, "choices": [], "usage": usage}))
         chunks.append(_DONE)
-        return _stream_reply(chunks, fail_at, delay_s)
+        reply = _stream_reply(chunks, fail_at, delay_s)
+        return reply if hostile is None else _make_hostile(reply, hostile, True, model)
 
     def embeddings(self, body: dict[str, Any]) -> _Reply:
         model = _model(body, (EMBEDDING,), "v1/embeddings")
@@ -1004,8 +1151,9 @@ def build_app(config: SimConfig) -> ASGIApp:
             if position == reply.cut:
                 # Returning mid-body makes the server drop the connection: a truncated stream.
                 return
-            if position and chunk_delay_s:
-                await asyncio.sleep(chunk_delay_s)
+            pause = reply.drip_s if reply.drip_s is not None else chunk_delay_s
+            if position and pause:
+                await asyncio.sleep(pause)
             await send({"type": "http.response.body", "body": chunk, "more_body": position != last})
 
     return app
