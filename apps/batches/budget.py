@@ -22,10 +22,10 @@ from typing import Any
 from django.conf import settings
 
 from apps.budgets.models import Budget
-from apps.gateway import tokens
-from apps.gateway.errors import GatewayError
+from apps.core.errors import GatewayError
+from apps.core.request import attribution
 from apps.gateway.fastredis import FastRedis
-from apps.gateway.limits import Admission, BudgetPolicy, Limiter, max_output_tokens
+from apps.gateway.limits import Admission, BudgetPolicy, Limiter, request_worst_case
 from apps.gateway.policy import budget_policies
 
 MILLION = Decimal(1_000_000)
@@ -40,8 +40,12 @@ class BatchBudgets:
         self._feature = key.default_feature if key is not None else ""
         self._budgets = budget_policies(Budget.objects.filter(is_active=True, organization_id=organization_id))
 
+    def attribution(self, body: dict[str, Any]) -> tuple[str, str]:
+        """(feature, end user) of a line: the live rule (``apps.core.request.attribution``) without headers."""
+        return attribution(feature="", end_user="", user=body.get("user"), default_feature=self._feature)
+
     def applying(self, body: dict[str, Any]) -> list[BudgetPolicy]:
-        end_user, _, feature = str(body.get("user") or "").partition(":")
+        feature, end_user = self.attribution(body)
         return [
             b
             for b in self._budgets
@@ -49,7 +53,7 @@ class BatchBudgets:
                 project_id=self._project_id,
                 team_id=self._team_id,
                 key_id=self._key_id or -1,
-                feature=self._feature or feature,
+                feature=feature,
                 end_user=end_user,
             )
         ]
@@ -60,21 +64,20 @@ class BatchBudgets:
 
 
 def worst_case(
-    body: dict[str, Any], *, model: str, input_per_mtok: Decimal, output_per_mtok: Decimal
+    endpoint: str, body: dict[str, Any], *, model: str, input_per_mtok: Decimal, output_per_mtok: Decimal
 ) -> tuple[Decimal, int]:
-    """The most a line can cost (USD) and use (tokens) at these prices."""
-    if isinstance(body.get("messages"), list):
-        prompt = tokens.estimate_messages(body["messages"])
-    else:
-        prompt = tokens.estimate_prompt(body.get("prompt", body.get("input", "")))
-    output = 0 if "input" in body else max_output_tokens(body, model)  # embeddings have no output
-    return (prompt * input_per_mtok + output * output_per_mtok) / MILLION, prompt + output
+    """The most a (validated) line can cost (USD) and use (tokens) at these prices: the live rule."""
+    worst = request_worst_case(
+        endpoint, body, model, unknown_model_max_output=settings.GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS
+    )
+    usd = (worst.prompt_tokens * input_per_mtok + worst.output_tokens * output_per_mtok) / MILLION
+    return usd, worst.tokens
 
 
 @asynccontextmanager
 async def limiter() -> AsyncIterator[Limiter]:
     """The gateway's limiter on its own Redis connection, for one batch step."""
-    redis = FastRedis(settings.REDIS_URL)
+    redis = FastRedis(settings.REDIS_URL, command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS)
     try:
         result = Limiter(redis, settings.REDIS_PREFIX)
         await result.load()

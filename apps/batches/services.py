@@ -36,6 +36,9 @@ from psycopg import sql
 from apps.batches import budget
 from apps.batches.budget import BatchBudgets
 from apps.batches.models import Batch, BatchBackend, BatchFile, BatchLine, BatchStatus, FilePurpose, LineStatus
+from apps.core.errors import GatewayError, model_not_allowed
+from apps.core.events import ERROR_CODE_MAX, MODEL_MAX, clean_count, clean_text
+from apps.core.request import attribution, error_for_line, validate
 from apps.deployments import conf as deployments_conf
 from apps.deployments import vllm
 from apps.deployments.models import Deployment, DeploymentRun, DeploymentStatus
@@ -90,8 +93,14 @@ def file_upload(*, project: Project, api_key: ApiKey | None, purpose: str, filen
 # --- creating a batch ---------------------------------------------------------------
 
 
-def _validate_lines(content: bytes, endpoint: str) -> tuple[list[BatchLine], list[dict[str, Any]]]:
-    """Parse every line; return the lines, or the errors by line number (OpenAI's batch ``errors`` shape)."""
+def _validate_lines(
+    content: bytes, endpoint: str, allowed_models: list[str]
+) -> tuple[list[BatchLine], list[dict[str, Any]]]:
+    """Parse every line; return the lines, or the errors by line number (OpenAI's batch ``errors`` shape).
+
+    Each body is checked by the same contract as a live request (``apps.core.request.validate``), and its
+    model against the key's allowed models: a line a live request would get a 400 or 403 for is an error here.
+    """
     lines: list[BatchLine] = []
     errors: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -123,6 +132,14 @@ def _validate_lines(content: bytes, endpoint: str) -> tuple[list[BatchLine], lis
             error(number, f"Line {number}: body must be an object with a model.", "body")
         elif body.get("stream"):
             error(number, f"Line {number}: batch requests cannot stream.", "body.stream")
+        else:
+            try:
+                validate(ENDPOINTS[endpoint], body)
+            except GatewayError as exc:
+                errors.append(error_for_line(exc, number))
+            else:
+                if allowed_models and body["model"] not in allowed_models:
+                    errors.append(error_for_line(model_not_allowed(body["model"]), number))
         if isinstance(custom_id, str) and (not errors or errors[-1]["line"] != number):
             seen.add(custom_id)
             lines.append(BatchLine(line=number, custom_id=custom_id, body=body))
@@ -148,7 +165,7 @@ def batch_create(
     source = BatchFile.objects.filter(project=project, pk=input_file_id, purpose=FilePurpose.BATCH).first()
     if source is None:
         raise BatchInputError(f"No batch file with id '{input_file_id}' in this project.", param="input_file_id")
-    lines, errors = _validate_lines(bytes(source.content), endpoint)
+    lines, errors = _validate_lines(bytes(source.content), endpoint, api_key.allowed_models if api_key else [])
     now = timezone.now()
     with transaction.atomic():
         batch = Batch.objects.create(
@@ -220,8 +237,9 @@ def _reserve_whole(
     for line in lines:
         input_per_mtok, output_per_mtok, model = prices(line)
         usd, tokens_ = budget.worst_case(
-            line.body, model=model, input_per_mtok=input_per_mtok, output_per_mtok=output_per_mtok
-        )
+            ENDPOINTS[batch.endpoint], line.body, model=model, input_per_mtok=input_per_mtok,
+            output_per_mtok=output_per_mtok,
+        )  # fmt: skip
         total, tokens_total = total + usd, tokens_total + tokens_
         applying.update({b.id: b for b in budgets.applying(line.body)})
     if not applying:
@@ -250,6 +268,11 @@ def _settle_whole(batch_id: str) -> None:
             return
         batch.save(update_fields=["reservation"])
         spent = sum(BatchLine.objects.filter(batch=batch).values_list("cost", flat=True), Decimal(0))
+    _settle_state(state, spent)
+
+
+def _settle_state(state: dict[str, Any], spent: Decimal) -> None:
+    """Settle a whole-batch reservation (as kept on the batch) to ``spent``."""
 
     async def run() -> None:
         async with budget.limiter() as limit:
@@ -374,9 +397,10 @@ class _Result:
         price = self.target.price
         if not isinstance(usage, dict) or price is None:
             return
-        self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        self.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-        self.completion_tokens = int(usage.get("completion_tokens") or 0)
+        details = usage.get("prompt_tokens_details")
+        self.prompt_tokens = clean_count(usage.get("prompt_tokens"))
+        self.cached_tokens = clean_count(details.get("cached_tokens") if isinstance(details, dict) else 0)
+        self.completion_tokens = clean_count(usage.get("completion_tokens"))
         self.counterfactual = price.cost(
             prompt_tokens=self.prompt_tokens, cached_tokens=self.cached_tokens, completion_tokens=self.completion_tokens
         )
@@ -424,10 +448,17 @@ async def _send_all(
 
     async def one(http: aiohttp.ClientSession, target: _Target, line: tuple[int, int, str, dict[str, Any]]) -> _Result:
         async with gate:
+            try:
+                # Lines are checked when the batch is made; a line stored before that check existed is
+                # answered as a live request would be, never sent (nor left to stop its chunk).
+                validate(ENDPOINTS[endpoint], line[3])
+            except GatewayError as exc:
+                return _Result(line[0], line[1], line[2], target, exc.status, json.loads(exc.body()), 0)
             applying = budgets.applying(line[3]) if limit is not None and target.price is not None else []
             if not applying or target.price is None or limit is None:
                 return await _send(http, endpoint, target, line)
             usd, tokens_ = budget.worst_case(
+                ENDPOINTS[endpoint],
                 line[3],
                 model=target.model,
                 input_per_mtok=target.price.input_per_mtok,
@@ -467,6 +498,14 @@ def _commit(batch: Batch, held: Q, results: list[_Result], backend: str) -> None
             if owned:  # else the lease ran out and another worker took the line over: it records it
                 kept.append(r)
         key = batch.api_key
+        default_feature = key.default_feature if key else ""
+        # Attributed by the live rule, so a line's row counts under the feature and end user its
+        # reservation was made for.
+        users = dict(BatchLine.objects.filter(pk__in=[r.line_id for r in kept]).values_list("pk", "body__user"))
+        who = {
+            r.line_id: attribution(feature="", end_user="", user=users.get(r.line_id), default_feature=default_feature)
+            for r in kept
+        }
         LedgerEntry.objects.bulk_create(
             [
                 LedgerEntry(
@@ -477,9 +516,10 @@ def _commit(batch: Batch, held: Q, results: list[_Result], backend: str) -> None
                     api_key_id=batch.api_key_id,
                     provider_id=r.target.provider.id if r.target.provider else None,
                     endpoint="batch." + ENDPOINTS[batch.endpoint],
-                    feature=key.default_feature if key else "",
-                    requested_model=str(r.target.model),
-                    served_model=r.target.model,
+                    feature=who[r.line_id][0],
+                    end_user=who[r.line_id][1],
+                    requested_model=clean_text(r.target.model, MODEL_MAX),
+                    served_model=clean_text(r.target.model, MODEL_MAX),
                     prompt_tokens=r.prompt_tokens,
                     cached_tokens=r.cached_tokens,
                     completion_tokens=r.completion_tokens,
@@ -487,7 +527,7 @@ def _commit(batch: Batch, held: Q, results: list[_Result], backend: str) -> None
                     counterfactual_cost=r.counterfactual,
                     latency_ms=r.latency_ms,
                     status_code=r.status,
-                    error_code=str((r.body.get("error") or {}).get("code") or "")[:100] if r.status >= 400 else "",
+                    error_code=_error_code(r) if r.status >= 400 else "",
                     route=f"batch:{batch.id}:{backend}",
                 )
                 for r in kept
@@ -499,6 +539,12 @@ def _commit(batch: Batch, held: Q, results: list[_Result], backend: str) -> None
             failed=F("failed") + sum(r.status >= 400 for r in kept),
             cost=F("cost") + sum((r.cost for r in kept), Decimal(0)),
         )
+
+
+def _error_code(result: _Result) -> str:
+    error = result.body.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return clean_text(code or "", ERROR_CODE_MAX)
 
 
 def batch_run(*, batch_id: str, worker: str, chunk: int = 64) -> int:
@@ -661,13 +707,22 @@ def batch_submit(*, batch_id: str) -> None:
             for line in pending
         ]  # fmt: skip
         client = _provider_client(batch.provider)
-        uploaded = client.files.create(file=(f"{batch.id}.jsonl", ("\n".join(rows) + "\n").encode()), purpose="batch")
-        remote = client.batches.create(
-            input_file_id=uploaded.id,
-            endpoint=batch.endpoint,  # type: ignore[arg-type]
-            completion_window="24h",
-            metadata={**(batch.metadata or {}), "costcontrol_batch": batch.id},
-        )
+        try:
+            uploaded = client.files.create(
+                file=(f"{batch.id}.jsonl", ("\n".join(rows) + "\n").encode()), purpose="batch"
+            )
+            remote = client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint=batch.endpoint,  # type: ignore[arg-type]
+                completion_window="24h",
+                metadata={**(batch.metadata or {}), "costcontrol_batch": batch.id},
+            )
+        except Exception:
+            # No batch at the provider: give the reservation back now. This transaction rolls back,
+            # so the next try (batches.resume, every minute) reserves again; kept, it would add up.
+            if batch.reservation:
+                _settle_state(batch.reservation, Decimal(0))
+            raise
         batch.provider_batch_id = remote.id
         batch.save(update_fields=["provider_batch_id"])
         BatchLine.objects.filter(pk__in=[line.pk for line in pending]).update(status=LineStatus.SUBMITTED)
@@ -845,8 +900,8 @@ def batch_run_vllm(*, batch_id: str) -> int:
         result = _from_record(line, target, record)
         usage = result.body.get("usage") if result.status == 200 else None
         if isinstance(usage, dict):
-            result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-            result.completion_tokens = int(usage.get("completion_tokens") or 0)
+            result.prompt_tokens = clean_count(usage.get("prompt_tokens"))
+            result.completion_tokens = clean_count(usage.get("completion_tokens"))
             result.cost = result.counterfactual = result.completion_tokens * price / MILLION
         results.append(result)
     failure = {"message": f"vllm run-batch gave no answer for this line. {problem}".strip(), "type": "api_error",

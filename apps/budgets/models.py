@@ -177,6 +177,7 @@ class AlertKind(models.TextChoices):
     BUDGET_THRESHOLD = "budget_threshold", "Budget threshold"
     SPEND_ANOMALY = "spend_anomaly", "Spend-rate anomaly"
     WOULD_BLOCK = "would_block", "Shadow budget would have blocked"
+    DEAD_LETTER = "dead_letter", "Events that could not be stored"
 
 
 class Alert(models.Model):

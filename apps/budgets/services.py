@@ -163,6 +163,35 @@ def alert_raise(
     return alert, True
 
 
+def dead_letters_alert(*, organization_id: int, stream: str, count: int, error: str, day: dt.date) -> Alert | None:
+    """Alert an organisation (once a day) that ``count`` of its events could not be stored; later ones add up.
+
+    The events are kept in ``<stream>:dead`` in Redis for an operator to inspect; the alert
+    carries the running count per day (``data["count"]``) and the last error.
+    """
+    if not Organization.objects.filter(id=organization_id).exists():
+        return None  # the organisation is gone: nobody left to tell
+    kind = stream.rsplit(":", 1)[-1]
+    alert, new = alert_raise(
+        organization_id=organization_id,
+        kind=AlertKind.DEAD_LETTER,
+        dedup_key=f"dead-letter:{organization_id}:{day.isoformat()}",
+        title=f"Some {kind} events could not be stored ({day.isoformat()})",
+        message=(
+            "The ingest could not store some of this organisation's events; they are kept in the "
+            f"dead-letter stream {stream}:dead for an operator to inspect. Last error: {error[:300]}"
+        ),
+        link="/ledger/",
+        data={"count": count, "stream": stream, "last_error": error[:300]},
+    )
+    if not new:
+        with transaction.atomic():
+            alert = Alert.objects.select_for_update().get(pk=alert.pk)
+            alert.data = {**alert.data, "count": int(alert.data.get("count") or 0) + count, "last_error": error[:300]}
+            alert.save(update_fields=["data"])
+    return alert
+
+
 def _enqueue_deliveries(delivery_ids: list[int]) -> None:
     from apps.budgets.tasks import alert_deliver_task
 

@@ -11,6 +11,8 @@ from django.db import models
 from django.db.models import Q
 from pgvector.django import HnswIndex, VectorField
 
+from apps.core.events import CACHE_KEY_MAX, LEDGER_COST_DIGITS, LEDGER_COST_PLACES, MODEL_MAX, NAMESPACE_MAX
+
 EMBEDDING_DIMENSIONS = 384  # all-MiniLM-L6-v2
 
 
@@ -67,16 +69,16 @@ class CacheEntry(models.Model):
     """One cached answer. Redis serves exact hits; this row is for semantic search, listing and eviction."""
 
     project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="+")
-    namespace = models.CharField(max_length=100, blank=True)
-    exact_key = models.CharField(max_length=64)
-    fingerprint = models.CharField(max_length=64, help_text="What must match for an answer to be reusable")
-    model = models.CharField(max_length=200)
+    namespace = models.CharField(max_length=NAMESPACE_MAX, blank=True)
+    exact_key = models.CharField(max_length=CACHE_KEY_MAX)
+    fingerprint = models.CharField(max_length=CACHE_KEY_MAX, help_text="What must match for an answer to be reusable")
+    model = models.CharField(max_length=MODEL_MAX)
     prompt_text = models.TextField(help_text="The text that was embedded")
     embedding = VectorField(dimensions=EMBEDDING_DIMENSIONS, null=True)
     response = models.JSONField()
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
-    cost = models.DecimalField(max_digits=18, decimal_places=8, default=0)
+    cost = models.DecimalField(max_digits=LEDGER_COST_DIGITS, decimal_places=LEDGER_COST_PLACES, default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(db_index=True)
     last_hit_at = models.DateTimeField(null=True, blank=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -16,6 +17,8 @@ from django.db.models import F, OrderBy
 from django.utils import timezone
 
 from apps.cache.models import CacheEntry, CachePolicy, Eviction
+from apps.core.events import cache_event_clean, clean_count
+from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
 from apps.ledger.stream import acknowledge, ensure_group, read_batch
 from apps.tenancy.models import Project
 
@@ -37,42 +40,64 @@ def cache_redis_key(*, project_id: int, namespace: str, exact_key: str) -> str:
 def cache_ingest_batch(
     *, client: redis.Redis, consumer: str, count: int = 200, block_ms: int = 1000, claim_idle_ms: int = 30_000
 ) -> int:
-    """Index stored answers (embedding them when semantic) and count hits; ack after commit."""
+    """Index stored answers (embedding them when semantic) and count hits; ack after commit.
+
+    An event that cannot be read or stored goes to the dead-letter stream (a cache miss
+    later, never wrong data); the others are stored.
+    """
     stream = cache_stream()
     ensure_group(client, stream)
     entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=claim_idle_ms)
     if not entries:
         return 0
-    stores: dict[tuple[int, str, str], tuple[dict[str, Any], dict[str, Any]]] = {}
+    stores: dict[tuple[int, str, str], _Store] = {}
     hits: Counter[tuple[int, str, str]] = Counter()
     last_hit: dict[tuple[int, str, str], float] = {}
-    for _entry_id, fields in entries:
+    dead: list[DeadLetter] = []
+    for entry_id, fields in entries:
         if not fields:
             continue
         try:
             event = orjson.loads(fields[EVENT_FIELD])
+            if not isinstance(event, dict):
+                raise TypeError("a cache event is a JSON object")
             key = (int(event["project_id"]), str(event["namespace"]), str(event["exact_key"]))
+            cache_event_clean(event)
             if event["type"] == "store":
-                stores[key] = (event, orjson.loads(fields[BODY_FIELD]))
+                body = orjson.loads(fields[BODY_FIELD])
+                if not isinstance(body, dict):
+                    raise TypeError("a cached answer is a JSON object")
+                # A later store of the same key supersedes an earlier one in this batch.
+                stores[key] = _Store(entry_id, fields, event, body)
             elif event["type"] == "hit":
                 hits[key] += 1
                 last_hit[key] = max(last_hit.get(key, 0.0), float(event["at"]))
-        except (KeyError, ValueError, TypeError):
-            logger.error("unreadable cache event dropped: %r", fields)  # a cache miss later, never wrong data
-    _store_entries(stores)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
+    dead += _store_entries(stores)
     with transaction.atomic():
         for key, n in hits.items():
             CacheEntry.objects.filter(project_id=key[0], namespace=key[1], exact_key=key[2]).update(
                 hit_count=F("hit_count") + n, last_hit_at=dt.datetime.fromtimestamp(last_hit[key], dt.UTC)
             )
-    acknowledge(client, stream, [entry_id for entry_id, _ in entries])
+    dead_letters_report(stream=stream, dead=dead, field=EVENT_FIELD)
+    acknowledge(client, stream, [entry_id for entry_id, _ in entries], dead_letters=dead)
     return len(entries)
 
 
-def _store_entries(stores: dict[tuple[int, str, str], tuple[dict[str, Any], dict[str, Any]]]) -> None:
+@dataclass(frozen=True, slots=True)
+class _Store:
+    entry_id: bytes
+    fields: dict[Any, Any]
+    event: dict[str, Any]
+    body: dict[str, Any]
+
+
+def _store_entries(stores: dict[tuple[int, str, str], _Store]) -> list[DeadLetter]:
+    """Insert (or refresh) the stored answers' rows; returns the stores that could not be."""
     if not stores:
-        return
-    semantic = [key for key, (event, _body) in stores.items() if event.get("semantic") and event.get("text")]
+        return []
+    semantic = [key for key, store in stores.items() if store.event.get("semantic") and store.event.get("text")]
     vectors: dict[tuple[int, str, str], Any] = {}
     if semantic:
         from apps.cache.embedding import local_embedder
@@ -80,15 +105,18 @@ def _store_entries(stores: dict[tuple[int, str, str], tuple[dict[str, Any], dict
         embedder = local_embedder()
         # Text past the embedder's window is never looked up semantically (lookup_vector), so it is not
         # indexed either: such an entry serves exact hits only.
-        semantic = [key for key in semantic if embedder.fits(stores[key][0]["text"])]
-        embedded = embedder.embed([stores[key][0]["text"] for key in semantic])
+        semantic = [key for key in semantic if embedder.fits(stores[key].event["text"])]
+        embedded = embedder.embed([stores[key].event["text"] for key in semantic])
         vectors = dict(zip(semantic, embedded, strict=True))
-    rows = []
-    for key, (event, body) in stores.items():
-        usage = body.get("usage") or {}
-        stored_at = dt.datetime.fromtimestamp(float(event["at"]), dt.UTC)
-        rows.append(
-            CacheEntry(
+    rows: list[tuple[_Store, CacheEntry]] = []
+    dead: list[DeadLetter] = []
+    for key, store in stores.items():
+        event, body = store.event, store.body
+        try:
+            usage = body.get("usage")
+            usage = usage if isinstance(usage, dict) else {}
+            stored_at = dt.datetime.fromtimestamp(float(event["at"]), dt.UTC)
+            row = CacheEntry(
                 project_id=key[0],
                 namespace=key[1],
                 exact_key=key[2],
@@ -97,29 +125,29 @@ def _store_entries(stores: dict[tuple[int, str, str], tuple[dict[str, Any], dict
                 prompt_text=event.get("text") or "",
                 embedding=vectors.get(key),
                 response=body,
-                prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                completion_tokens=int(usage.get("completion_tokens") or 0),
+                prompt_tokens=clean_count(usage.get("prompt_tokens")),
+                completion_tokens=clean_count(usage.get("completion_tokens")),
                 cost=Decimal(event.get("cost") or "0"),
                 expires_at=stored_at + dt.timedelta(seconds=int(event["ttl"])),
             )
-        )
-    existing = set(Project.objects.filter(id__in={r.project_id for r in rows}).values_list("id", flat=True))
-    CacheEntry.objects.bulk_create(
-        [r for r in rows if r.project_id in existing],  # a project deleted meanwhile has no cache
-        update_conflicts=True,
-        unique_fields=["project", "namespace", "exact_key"],
-        update_fields=[
-            "fingerprint",
-            "model",
-            "prompt_text",
-            "embedding",
-            "response",
-            "prompt_tokens",
-            "completion_tokens",
-            "cost",
-            "expires_at",
-        ],  # fmt: skip
-    )
+        except (KeyError, ValueError, TypeError, ArithmeticError, OverflowError) as exc:
+            dead.append((store.entry_id, store.fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
+            continue
+        rows.append((store, row))
+    existing = set(Project.objects.filter(id__in={r.project_id for _s, r in rows}).values_list("id", flat=True))
+    refused = store_or_bisect(
+        [(store, row) for store, row in rows if row.project_id in existing],  # a project deleted meanwhile has no cache
+        lambda chunk: CacheEntry.objects.bulk_create(
+            [row for _store, row in chunk],
+            update_conflicts=True,
+            unique_fields=["project", "namespace", "exact_key"],
+            update_fields=[
+                "fingerprint", "model", "prompt_text", "embedding", "response", "prompt_tokens",
+                "completion_tokens", "cost", "expires_at",
+            ],
+        ),
+    )  # fmt: skip
+    return dead + [(store.entry_id, store.fields, error) for (store, _row), error in refused]
 
 
 def cache_entries_delete(client: redis.Redis, entries: list[tuple[int, int, str, str]]) -> int:

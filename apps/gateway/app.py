@@ -9,6 +9,7 @@ No Django request handling, no ORM, no blocking call on the event loop.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import gc
 import hashlib
@@ -30,6 +31,16 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from apps.core.events import clean_count, ledger_event_clean
+from apps.core.request import (
+    ENDPOINT_CHAT,
+    ENDPOINT_COMPLETIONS,
+    ENDPOINT_EMBEDDINGS,
+    WorstCase,
+    attribution,
+    prompt_estimate,
+    validate,
+)
 from apps.gateway import tokens
 from apps.gateway.breaker import Breakers, deployment
 from apps.gateway.cache import (
@@ -49,17 +60,10 @@ from apps.gateway.errors import (
 )
 from apps.gateway.fastredis import FastPipeline, FastRedis
 from apps.gateway.ledger_writer import LedgerWriter
-from apps.gateway.limits import Admission, Limiter, max_output_tokens
+from apps.gateway.limits import Admission, Limiter, request_worst_case
 from apps.gateway.policy import KeyPolicy, PolicyStore, PriceRow, ProjectPolicy, ProviderTarget, Snapshot
 from apps.gateway.shadow import ShadowJob, ShadowQueue, answer_text
-from apps.gateway.validation import (
-    ENDPOINT_CHAT,
-    ENDPOINT_COMPLETIONS,
-    ENDPOINT_EMBEDDINGS,
-    parse_body,
-    too_large,
-    validate,
-)
+from apps.gateway.validation import parse_body, too_large
 from apps.keys.models import bearer_key
 from apps.ledger.stream import stream_name
 from apps.routing.engine import (
@@ -110,6 +114,8 @@ class Call:
     cached_tokens: int = 0
     completion_tokens: int = 0
     usage_estimated: bool = False
+    # An attempt the provider may bill although we got no answer (a timeout after the request was sent).
+    possibly_billed: bool = False
     cost: Decimal = ZERO
     counterfactual_cost: Decimal = ZERO
     ttft_ms: int | None = None
@@ -124,35 +130,40 @@ class Call:
     admission: Admission | None = None
     cache: CacheRequest | None = None
     cache_hit: str = ""
+    attempts: int = 0  # attempts recorded as possibly billed (their rows are <request id>-t<n>)
 
     def event(self) -> dict[str, Any]:
-        return {
-            "request_id": self.request_id,
-            "created_at": self.created_at,
-            "organization_id": self.key.organization_id,
-            "project_id": self.key.project_id,
-            "api_key_id": self.key.id,
-            "provider_id": self.provider_id,
-            "endpoint": self.endpoint,
-            "feature": self.feature,
-            "end_user": self.end_user,
-            "requested_model": self.requested_model,
-            "served_model": self.served_model,
-            "prompt_tokens": self.prompt_tokens,
-            "cached_tokens": self.cached_tokens,
-            "completion_tokens": self.completion_tokens,
-            "usage_estimated": self.usage_estimated,
-            "cost": str(self.cost),
-            "counterfactual_cost": str(self.counterfactual_cost),
-            "latency_ms": int((time.perf_counter() - self.started) * 1000),
-            "ttft_ms": self.ttft_ms,
-            "status_code": self.status_code,
-            "error_code": self.error_code,
-            "streamed": self.streamed,
-            "cache_hit": self.cache_hit,
-            "route": self.route,
-            "route_rule_id": self.rule_id,
-        }
+        """The ledger event, every field fitted to its column (one bad value must not stop the ingest)."""
+        return ledger_event_clean(
+            {
+                "request_id": self.request_id,
+                "created_at": self.created_at,
+                "organization_id": self.key.organization_id,
+                "project_id": self.key.project_id,
+                "api_key_id": self.key.id,
+                "provider_id": self.provider_id,
+                "endpoint": self.endpoint,
+                "feature": self.feature,
+                "end_user": self.end_user,
+                "requested_model": self.requested_model,
+                "served_model": self.served_model,
+                "prompt_tokens": self.prompt_tokens,
+                "cached_tokens": self.cached_tokens,
+                "completion_tokens": self.completion_tokens,
+                "usage_estimated": self.usage_estimated,
+                "cost": str(self.cost),
+                "counterfactual_cost": str(self.counterfactual_cost),
+                "latency_ms": int((time.perf_counter() - self.started) * 1000),
+                "ttft_ms": self.ttft_ms,
+                "status_code": self.status_code,
+                "error_code": self.error_code,
+                "streamed": self.streamed,
+                "cache_hit": self.cache_hit,
+                "route": self.route,
+                "route_rule_id": self.rule_id,
+                "possibly_billed": self.possibly_billed,
+            }
+        )
 
     def route_header(self) -> tuple[bytes, bytes]:
         return (b"x-route", self.route.encode("ascii", "replace"))
@@ -225,7 +236,7 @@ class Gateway:
                 skip_auto_headers=("User-Agent",),
             )
             # Per-request commands go through the lean client; pub/sub (policy) keeps redis-py.
-            self.fast_redis = FastRedis(settings.REDIS_URL)
+            self.fast_redis = FastRedis(settings.REDIS_URL, command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS)
             self.cache = ResponseCache(self.fast_redis, settings.DATABASE_URL)
             self.limiter = Limiter(self.fast_redis, settings.REDIS_PREFIX, leases=settings.GATEWAY_LIMIT_LEASES)
             await self.limiter.load()
@@ -363,16 +374,23 @@ class Gateway:
             started=time.perf_counter(),
             created_at=time.time(),
             key=key,
-            feature=headers.get(b"x-feature", b"").decode("utf-8", "replace")[:100],
-            end_user=headers.get(b"x-end-user", b"").decode("utf-8", "replace")[:200],
+        )
+        feature = headers.get(b"x-feature", b"").decode("utf-8", "replace")
+        end_user = headers.get(b"x-end-user", b"").decode("utf-8", "replace")
+        call.feature, call.end_user = attribution(
+            feature=feature, end_user=end_user, user=None, default_feature=key.default_feature
         )
         try:
             payload = parse_body(await _read_body(receive))
+            user = payload.get("user")
+            if user:
+                call.feature, call.end_user = attribution(
+                    feature=feature, end_user=end_user, user=user, default_feature=key.default_feature
+                )
             validate(endpoint, payload)
             call.requested_model = payload["model"]
             call.streamed = bool(payload.get("stream")) and endpoint != ENDPOINT_EMBEDDINGS
-            _attribute(call, payload.get("user"))
-            call.prompt_tokens = _estimate_prompt(endpoint, payload)
+            call.prompt_tokens = prompt_estimate(endpoint, payload)
             plan = self._plan(snapshot, call, endpoint, payload)
             target = plan.targets[0]
             payload["model"] = target.model
@@ -434,9 +452,10 @@ class Gateway:
         self, send: Send, call: Call, target: Target, payload: dict[str, Any], hit: CacheHit
     ) -> None:
         body = {**hit.body, "id": "chatcmpl-" + call.request_id[4:], "created": int(time.time())}
-        usage = body.get("usage") or {}
-        call.prompt_tokens = int(usage.get("prompt_tokens") or call.prompt_tokens)
-        call.completion_tokens = int(usage.get("completion_tokens") or 0)
+        usage = body.get("usage")
+        if isinstance(usage, dict):
+            call.prompt_tokens = clean_count(usage.get("prompt_tokens")) or call.prompt_tokens
+            call.completion_tokens = clean_count(usage.get("completion_tokens"))
         call.cost = ZERO
         if target.counterfactual_price is not None:
             call.counterfactual_cost = target.counterfactual_price.cost(
@@ -470,11 +489,11 @@ class Gateway:
             return Admission(request_id=call.request_id, second=int(call.created_at))
         worst_usd, worst_tokens = ZERO, call.prompt_tokens
         for target in plan.targets:
-            usd, tokens_ = _worst_case(call, target, endpoint, payload)
-            worst_usd, worst_tokens = max(worst_usd, usd), max(worst_tokens, tokens_)
+            usd, worst = _worst_case(target, endpoint, payload)
+            worst_usd, worst_tokens = max(worst_usd, usd), max(worst_tokens, worst.tokens)
         if plan.cheap is not None:
-            usd, tokens_ = _worst_case(call, plan.cheap, endpoint, payload)
-            worst_usd, worst_tokens = worst_usd + usd, worst_tokens + tokens_
+            usd, worst = _worst_case(plan.cheap, endpoint, payload)
+            worst_usd, worst_tokens = worst_usd + usd, worst_tokens + worst.tokens
         try:
             admission = await self.limiter.admit(
                 request_id=call.request_id,
@@ -642,11 +661,17 @@ class Gateway:
                 self.in_flight[name] += 1
                 try:
                     answer = await self._attempt(target, endpoint, body, stream=stream)
-                except TimeoutError:
+                except TimeoutError as exc:
                     reason = "timeout"
                     last = upstream_unavailable(
                         f"The provider {provider.name} did not answer in time.", status=504, code="upstream_timeout"
                     )
+                    if not isinstance(exc, aiohttp.ConnectionTimeoutError):
+                        # The request reached the provider, which may still answer it and bill us.
+                        await self._possibly_billed(call, target, endpoint, payload, last)
+                except _UpstreamTooLarge as exc:
+                    await self._possibly_billed(call, target, endpoint, payload, exc.error)
+                    raise exc.error from None
                 except aiohttp.ClientError as exc:
                     reason = "unreachable"
                     last = upstream_unavailable(f"Could not reach the provider {provider.name}: {exc}.")
@@ -672,6 +697,37 @@ class Gateway:
             return last
         raise last or upstream_unavailable("No provider could take the request.")
 
+    async def _possibly_billed(
+        self, call: Call, target: Target, endpoint: str, payload: dict[str, Any], error: GatewayError
+    ) -> None:
+        """Record an attempt we gave up on that the provider may bill: its own ledger row, marked possibly
+        billed, at the request's worst case on ``target`` (we cannot know how far the provider got). Its
+        cost stays counted against the request's budgets (settled with the request)."""
+        assert self.ledger is not None
+        usd, worst = _worst_case(target, endpoint, payload)
+        call.attempts += 1
+        row = dataclasses.replace(
+            call,
+            request_id=f"{call.request_id}-t{call.attempts}",
+            served_model=target.model,
+            provider_id=target.provider.id,
+            prompt_tokens=worst.prompt_tokens,
+            cached_tokens=0,
+            completion_tokens=worst.output_tokens,
+            usage_estimated=True,
+            possibly_billed=True,
+            cost=usd,
+            counterfactual_cost=ZERO,
+            status_code=error.status,
+            error_code=error.code or error.type,
+            route=call.route + ":attempt",
+            admission=None,
+            cache=None,
+            extra_headers=[],
+        )
+        call.side_cost += usd
+        await self.ledger.write(row.event())
+
     async def _attempt(self, target: Target, endpoint: str, body: bytes, *, stream: bool) -> Answer:
         assert self.http is not None
         provider = target.provider
@@ -681,12 +737,12 @@ class Gateway:
             if resp.status == 200:
                 return Answer(target, 200, b"", None, resp)
             try:
-                return Answer(target, resp.status, await resp.read(), resp.headers.get("retry-after"))
+                return Answer(target, resp.status, await _read_bounded(resp), resp.headers.get("retry-after"))
             finally:
                 resp.release()
         async with asyncio.timeout(provider.total_timeout):
             async with self.http.post(url, data=body, headers=headers, timeout=provider.timeout) as resp:
-                return Answer(target, resp.status, await resp.read(), resp.headers.get("retry-after"))
+                return Answer(target, resp.status, await _read_bounded(resp), resp.headers.get("retry-after"))
 
     async def _cascade(self, send: Send, call: Call, plan: Plan, payload: dict[str, Any]) -> bool:
         """Ask the cheap model first; answer with it (True) when it is confident, else escalate (False).
@@ -731,6 +787,9 @@ class Gateway:
                 usage = data.get("usage")
                 _apply_usage(side, cheap, usage if isinstance(usage, dict) else None)
                 reason = await self._cascade_verdict(plan.rule.id, cascade, data)
+        # Timed-out attempts of the cheap call the provider may bill are the request's to carry.
+        call.side_cost += side.side_cost
+        call.attempts += side.attempts
         if not reason.startswith("kept"):
             call.route += f":escalated({reason})"
             call.side_cost += side.cost
@@ -867,7 +926,9 @@ class Gateway:
 
         disconnected = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, disconnected))
-        relay = _SseRelay(strip_usage_chunk=not client_wants_usage)
+        relay = _SseRelay(
+            strip_usage_chunk=not client_wants_usage, max_event_bytes=settings.GATEWAY_MAX_SSE_EVENT_BYTES
+        )
         resp = answer.response
         try:
             await send(
@@ -889,6 +950,18 @@ class Gateway:
                     out = relay.feed(chunk)
                     if out:
                         await send({"type": "http.response.body", "body": out, "more_body": True})
+                    if relay.overflowed:
+                        # No event boundary within the bound: never buffer an upstream without end.
+                        call.status_code = 502
+                        call.error_code = "upstream_stream_truncated"
+                        error = upstream_unavailable(
+                            f"The provider's stream sent more than {settings.GATEWAY_MAX_SSE_EVENT_BYTES} bytes "
+                            "without an event boundary; it was cut off.",
+                            code="upstream_stream_truncated",
+                        )
+                        event = b"data: " + error.body() + b"\n\n"
+                        await send({"type": "http.response.body", "body": event, "more_body": True})
+                        break
                     if disconnected.is_set():
                         call.status_code = 499
                         call.error_code = "client_disconnected"
@@ -908,11 +981,11 @@ class Gateway:
         if call.status_code == 200 and not relay.done:
             call.status_code = 502
             call.error_code = "upstream_stream_truncated"
-        if relay.usage is not None:
-            _apply_usage(call, target, relay.usage)
-        else:
+        if relay.usage is None:
+            # No usage chunk (a disconnect, a truncated or cut-off stream, a provider that omits it):
+            # bill what we saw, estimated, never $0.
             call.completion_tokens = relay.estimate_completion_tokens()
-            _apply_usage(call, target, None)
+        _apply_usage(call, target, relay.usage)
         store, completion = None, None
         if call.status_code == 200 and relay.done:
             if call.cache is not None and call.cache.write or plan.shadow is not None or plan.cheap is not None:
@@ -961,24 +1034,38 @@ class _SseRelay:
 
     Only whole events are forwarded, so the usage-only chunk (``choices: []``)
     we forced upstream can be removed when the app did not ask for it. Events
-    are kept so completion tokens can be counted if the provider sends no usage.
+    are kept so completion tokens can be counted if the provider sends no usage,
+    up to ``max_event_bytes`` x 8 of them (past that only their size is counted).
+    An upstream that sends ``max_event_bytes`` without an event boundary sets
+    ``overflowed``: the caller cuts the stream off, and nothing more is buffered.
     """
 
-    def __init__(self, *, strip_usage_chunk: bool) -> None:
+    def __init__(self, *, strip_usage_chunk: bool, max_event_bytes: int) -> None:
         self._strip = strip_usage_chunk
+        self._max_event = max_event_bytes
+        self._max_kept = 8 * max_event_bytes
         self._buffer = b""
         self._events: list[bytes] = []
+        self._kept = 0  # bytes in _events
+        self._unkept = 0  # bytes of events passed on but not kept (past _max_kept)
         self.usage: dict[str, Any] | None = None
         self.done = False
+        self.overflowed = False
 
     def feed(self, chunk: bytes) -> bytes:
         self._buffer += chunk
         cut = self._buffer.rfind(b"\n\n")
         if cut < 0:
+            if len(self._buffer) > self._max_event:
+                self.overflowed = True
+                self._buffer = b""
             return b""
         complete, self._buffer = self._buffer[: cut + 2], self._buffer[cut + 2 :]
+        if len(self._buffer) > self._max_event:
+            self.overflowed = True
+            self._buffer = b""
         if b'"usage"' not in complete and b"[DONE]" not in complete:
-            self._events.append(complete)
+            self._keep(complete)
             return complete
         kept = []
         for event in complete.split(b"\n\n"):
@@ -988,13 +1075,21 @@ class _SseRelay:
                 self.done = True
             elif b'"usage"' in event and b'"usage":null' not in event and b'"usage": null' not in event:
                 data = _event_json(event)
-                if data is not None and data.get("usage"):
-                    self.usage = data["usage"]
-                    if self._strip and not data.get("choices"):
+                usage = data.get("usage") if data is not None else None
+                if isinstance(usage, dict) and usage:
+                    self.usage = usage
+                    if self._strip and not data.get("choices"):  # type: ignore[union-attr]
                         continue
-            self._events.append(event)
+            self._keep(event)
             kept.append(event + b"\n\n")
         return b"".join(kept)
+
+    def _keep(self, events: bytes) -> None:
+        if self._kept + len(events) <= self._max_kept:
+            self._events.append(events)
+            self._kept += len(events)
+        else:
+            self._unkept += len(events)
 
     def flush(self) -> bytes:
         rest, self._buffer = self._buffer, b""
@@ -1002,6 +1097,8 @@ class _SseRelay:
 
     def completion(self) -> dict[str, Any] | None:
         """The finished stream as one chat.completion (for the cache), or None if it cannot be rebuilt."""
+        if self._unkept:
+            return None
         recorder = StreamRecorder()
         for blob in self._events:
             for event in blob.split(b"\n\n"):
@@ -1011,14 +1108,15 @@ class _SseRelay:
         return recorder.completion(self.usage)
 
     def estimate_completion_tokens(self) -> int:
-        parts = []
+        parts: list[str] = []
         for blob in self._events:
             for event in blob.split(b"\n\n"):
                 data = _event_json(event)
-                for choice in (data or {}).get("choices") or ():
-                    delta = choice.get("delta") or {}
-                    parts.append(delta.get("content") or choice.get("text") or "")
-        return tokens.estimate_text("".join(parts))
+                choices = data.get("choices") if data is not None else None
+                if isinstance(choices, list):
+                    parts.extend(_choice_text(choice, "delta") for choice in choices)
+        # Events past what we keep count by their size: more than their text, never less.
+        return tokens.estimate_text("".join(parts)) + self._unkept // 4
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:
@@ -1065,6 +1163,30 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
+class _UpstreamTooLarge(Exception):
+    """A provider's answer past GATEWAY_MAX_UPSTREAM_BODY_BYTES; ``error`` is the 502 the app gets."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.error = upstream_unavailable(
+            f"The provider's answer is larger than {limit} bytes; it was not read.", code="upstream_response_too_large"
+        )
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body of a non-streamed answer, refusing one past the configured size."""
+    limit = settings.GATEWAY_MAX_UPSTREAM_BODY_BYTES
+    if resp.content_length is not None and resp.content_length > limit:
+        raise _UpstreamTooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise _UpstreamTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _watch_disconnect(receive: Receive, flag: asyncio.Event) -> None:
     while True:
         message = await receive()
@@ -1073,27 +1195,17 @@ async def _watch_disconnect(receive: Receive, flag: asyncio.Event) -> None:
             return
 
 
-def _attribute(call: Call, user: Any) -> None:
-    """Feature tag and end user: headers first, then `user` ("enduser:feature"), then the key's default."""
-    if isinstance(user, str) and user:
-        end_user, _, feature = user.partition(":")
-        if not call.end_user:
-            call.end_user = end_user[:200]
-        if not call.feature and feature:
-            call.feature = feature[:100]
-    if not call.feature:
-        call.feature = call.key.default_feature
-
-
-def _worst_case(call: Call, target: Target, endpoint: str, payload: dict[str, Any]) -> tuple[Decimal, int]:
-    """The most a request can cost (USD) and use (tokens) on ``target``."""
-    max_output = 0 if endpoint == ENDPOINT_EMBEDDINGS else max_output_tokens(payload, target.model)
+def _worst_case(target: Target, endpoint: str, payload: dict[str, Any]) -> tuple[Decimal, WorstCase]:
+    """The most a request can cost (USD) and use (tokens) on ``target`` (the shared rule)."""
+    worst = request_worst_case(
+        endpoint, payload, target.model, unknown_model_max_output=settings.GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS
+    )
     usd = (
-        target.price.cost(prompt_tokens=call.prompt_tokens, cached_tokens=0, completion_tokens=max_output)
+        target.price.cost(prompt_tokens=worst.prompt_tokens, cached_tokens=0, completion_tokens=worst.output_tokens)
         if target.price is not None
         else ZERO
     )
-    return usd, call.prompt_tokens + max_output
+    return usd, worst
 
 
 def _backoff(attempt: int, retry_after: str | None) -> float | None:
@@ -1113,20 +1225,12 @@ def _backoff(attempt: int, retry_after: str | None) -> float | None:
 def _confidence(data: dict[str, Any], cascade: CascadeView) -> float | None:
     try:
         return confidence(data, tokens=cascade.tokens, aggregate=cascade.aggregate)
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
         return None  # malformed logprobs count as none
 
 
 def _labels_key(rule_id: int) -> str:
     return f"{settings.REDIS_PREFIX}route:{rule_id}:labels"
-
-
-def _estimate_prompt(endpoint: str, payload: dict[str, Any]) -> int:
-    if endpoint == ENDPOINT_CHAT:
-        return tokens.estimate_messages(payload["messages"])
-    if endpoint == ENDPOINT_COMPLETIONS:
-        return tokens.estimate_prompt(payload["prompt"])
-    return tokens.estimate_prompt(payload["input"])
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -1139,21 +1243,37 @@ def _json_object(body: bytes) -> dict[str, Any]:
 
 def _estimate_completion(data: dict[str, Any]) -> int:
     """Completion tokens of a non-streamed answer whose provider reported no usage."""
-    parts = []
-    for choice in data.get("choices") or ():
-        if isinstance(choice, dict):
-            message = choice.get("message") or {}
-            parts.append(message.get("content") or choice.get("text") or "")
+    choices = data.get("choices")
+    parts = [_choice_text(choice, "message") for choice in choices] if isinstance(choices, list) else []
     return tokens.estimate_text("".join(parts))
 
 
-def _apply_usage(call: Call, target: Target, usage: dict[str, Any] | None) -> None:
-    """Take the provider's token counts (or keep our estimates) and price them."""
-    if usage is not None:
-        call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        call.completion_tokens = int(usage.get("completion_tokens") or 0)
-        details = usage.get("prompt_tokens_details") or {}
-        call.cached_tokens = int(details.get("cached_tokens") or 0)
+def _choice_text(choice: Any, field: str) -> str:
+    """The text of one choice (its ``message`` or stream ``delta``, else legacy ``text``); "" when malformed."""
+    if not isinstance(choice, dict):
+        return ""
+    inner = choice.get(field)
+    content = inner.get("content") if isinstance(inner, dict) else None
+    if not isinstance(content, str) or not content:
+        content = choice.get("text")
+    return content if isinstance(content, str) else ""
+
+
+def _apply_usage(call: Call, target: Target, usage: Any) -> None:
+    """Take the provider's token counts (or keep our estimates) and price them.
+
+    Usage is believed only when it is an object whose prompt and completion counts are
+    non-negative integers (past the ledger's column they are capped); anything else
+    from an upstream keeps our estimates and marks the row ``usage_estimated``.
+    """
+    prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+    completion = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0:
+        assert isinstance(usage, dict)
+        call.prompt_tokens, call.completion_tokens = clean_count(prompt), clean_count(completion)
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
+        call.cached_tokens = min(clean_count(cached), call.prompt_tokens)
     else:
         call.usage_estimated = True
     counts = {
@@ -1170,13 +1290,18 @@ def _apply_usage(call: Call, target: Target, usage: dict[str, Any] | None) -> No
 
 
 def _cacheable(completion: dict[str, Any]) -> bool:
-    """Only whole, unfiltered answers are cached: no refusals, no content-filter stops."""
-    choices = completion.get("choices") or []
-    if not choices:
+    """Only whole, unfiltered, well-formed answers are cached: no refusals, no content-filter stops."""
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices:
         return False
     for choice in choices:
-        message = choice.get("message") or {}
-        if choice.get("finish_reason") not in ("stop", "length", "tool_calls") or message.get("refusal"):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("content"), (str, type(None)))
+            or choice.get("finish_reason") not in ("stop", "length", "tool_calls")
+            or message.get("refusal")
+        ):
             return False
     return True
 
@@ -1185,7 +1310,7 @@ def _upstream_error_code(body: bytes) -> str:
     try:
         error = orjson.loads(body).get("error") or {}
         return str(error.get("code") or error.get("type") or "upstream_error")[:100]
-    except (orjson.JSONDecodeError, AttributeError):
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
         return "upstream_error"
 
 

@@ -21,6 +21,7 @@ import orjson
 
 from apps.cache.guard import agree
 from apps.cache.services import BODY_FIELD, EVENT_FIELD, cache_redis_key, cache_stream
+from apps.core.events import cache_event_clean
 from apps.gateway.fastredis import FastPipeline, FastRedis
 
 
@@ -221,8 +222,13 @@ class ResponseCache:
         return self._pool
 
     def queue_store(self, pipe: Any, request: CacheRequest, *, body: dict[str, Any], model: str, cost: str) -> None:
-        """Queue (in the ledger's pipeline) the exact entry and the event that indexes it in Postgres."""
+        """Queue (in the ledger's pipeline) the exact entry and the event that indexes it in Postgres.
+
+        An answer with a NUL character is not cached: Postgres could not index it (jsonb refuses it).
+        """
         encoded = orjson.dumps(body)
+        if b"\\u0000" in encoded:
+            return
         if request.policy.exact:
             pipe.set(self.redis_key(request), encoded, ex=request.policy.ttl_seconds)
         event = {
@@ -238,12 +244,12 @@ class ResponseCache:
             "cost": cost,
             "at": time.time(),
         }
-        pipe.xadd(self.stream, {EVENT_FIELD: orjson.dumps(event), BODY_FIELD: encoded})
+        pipe.xadd(self.stream, {EVENT_FIELD: orjson.dumps(cache_event_clean(event)), BODY_FIELD: encoded})
 
     def queue_hit(self, pipe: FastPipeline, request: CacheRequest, hit: CacheHit) -> None:
         event = {"type": "hit", "project_id": request.project_id, "namespace": request.namespace,
                  "exact_key": hit.entry_key, "kind": hit.kind, "at": time.time()}  # fmt: skip
-        pipe.xadd(self.stream, {EVENT_FIELD: orjson.dumps(event)})
+        pipe.xadd(self.stream, {EVENT_FIELD: orjson.dumps(cache_event_clean(event))})
 
 
 def sse_from_completion(body: dict[str, Any], *, include_usage: bool, request_id: str) -> list[bytes]:
@@ -289,17 +295,28 @@ class StreamRecorder:
     def add(self, chunk: dict[str, Any]) -> None:
         if not self.meta:
             self.meta = {k: chunk.get(k) for k in ("id", "model", "created", "system_fingerprint")}
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        if choices is not None and not isinstance(choices, list):
+            self.cacheable = False  # a malformed stream is never cached
+            return
+        for choice in choices or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if not isinstance(delta, dict):
+                self.cacheable = False
+                continue
             if choice.get("index", 0) != 0:
                 self.cacheable = False  # n > 1 streams are not cached
                 continue
-            delta = choice.get("delta") or {}
             if delta.get("tool_calls") or delta.get("function_call"):
                 self.cacheable = False  # tool-call deltas are fragments; not reassembled here
-            if delta.get("content"):
-                self.content.append(delta["content"])
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
+            content = delta.get("content")
+            if isinstance(content, str):
+                self.content.append(content)
+            elif content is not None:
+                self.cacheable = False
+            finish_reason = choice.get("finish_reason")
+            if isinstance(finish_reason, str):
+                self.finish_reason = finish_reason
 
     def completion(self, usage: dict[str, Any] | None) -> dict[str, Any] | None:
         if not self.cacheable or self.finish_reason not in ("stop", "length"):

@@ -1,66 +1,21 @@
-"""Errors in OpenAI's JSON shape, so the official SDK raises the right class.
-
-Status → SDK exception: 400 BadRequestError, 401 AuthenticationError,
-403 PermissionDeniedError, 404 NotFoundError, 413/other 4xx APIStatusError,
-429 RateLimitError, 5xx InternalServerError.
-"""
+"""The gateway's errors: OpenAI's JSON shape, defined once in ``apps.core.errors``."""
 
 from __future__ import annotations
 
-import orjson
+from apps.core.errors import (
+    GatewayError,
+    bad_request,
+    invalid_api_key,
+    model_not_allowed,
+    model_not_found,
+    upstream_unavailable,
+)
 
-
-class GatewayError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        code: str | None = None,
-        param: str | None = None,
-        headers: list[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.headers = headers or []
-
-    def body(self) -> bytes:
-        return orjson.dumps(
-            {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        )
-
-
-def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> GatewayError:
-    return GatewayError(400, message, param=param, code=code)
-
-
-def invalid_api_key(message: str = "Incorrect API key provided.") -> GatewayError:
-    return GatewayError(401, message, code="invalid_api_key")
-
-
-def model_not_found(model: str) -> GatewayError:
-    return GatewayError(
-        404,
-        f"The model `{model}` does not exist or you do not have access to it.",
-        param="model",
-        code="model_not_found",
-    )
-
-
-def model_not_allowed(model: str) -> GatewayError:
-    return GatewayError(
-        403,
-        f"This API key is not allowed to use the model `{model}`.",
-        type="permission_error",
-        param="model",
-        code="model_not_allowed",
-    )
-
-
-def upstream_unavailable(message: str, *, status: int = 502, code: str = "upstream_unavailable") -> GatewayError:
-    return GatewayError(status, message, type="api_error", code=code)
+__all__ = [
+    "GatewayError",
+    "bad_request",
+    "invalid_api_key",
+    "model_not_allowed",
+    "model_not_found",
+    "upstream_unavailable",
+]

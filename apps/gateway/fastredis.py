@@ -11,7 +11,10 @@ redis-py.
 
 Replies come back as hiredis returns them; Redis errors as ``ResponseError``.
 A lost connection fails the commands in flight with ``ConnectionError`` and the
-next command reconnects.
+next command reconnects. With ``command_timeout``, a command not answered in
+time raises ``TimeoutError`` (redis-py's) and drops the connection with
+everything in flight on it: replies are matched to waiters by order, so once
+one is missing no later reply could be trusted.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class _Protocol(asyncio.Protocol):
@@ -61,15 +65,21 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError(f"Redis connection lost: {exc or 'closed'}"))
+
+    def fail(self, error: Exception) -> None:
+        """Give up on this connection: every command in flight fails with ``error``."""
         self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(RedisConnectionError(f"Redis connection lost: {exc or 'closed'}"))
+                waiter.set_exception(error)
 
 
 class FastRedis:
-    def __init__(self, url: str, *, connect_timeout: float = 2.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 2.0, command_timeout: float | None = None) -> None:
         parts = urlsplit(url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 6379
@@ -77,6 +87,7 @@ class FastRedis:
         self._username = unquote(parts.username) if parts.username else None
         self._db = int(parts.path.lstrip("/") or 0)
         self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
 
@@ -115,7 +126,15 @@ class FastRedis:
         futures = [loop.create_future() for _ in commands]
         protocol.waiters.extend(futures)
         protocol.queue(b"".join(hiredis.pack_command(command) for command in commands))
-        return [await future for future in futures]
+        if self._command_timeout is None:
+            return [await future for future in futures]
+        try:
+            async with asyncio.timeout(self._command_timeout):
+                return [await future for future in futures]
+        except TimeoutError:
+            error = RedisTimeoutError(f"Redis at {self._host}:{self._port} did not answer in {self._command_timeout}s")
+            protocol.fail(error)
+            raise error from None
 
     async def execute(self, *command: Any) -> Any:
         """Run one command; a Redis error reply is raised."""

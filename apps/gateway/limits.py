@@ -34,7 +34,8 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from apps.budgets.periods import period_bounds
-from apps.gateway.errors import GatewayError
+from apps.core.errors import GatewayError
+from apps.core.request import WorstCase, worst_case
 from apps.gateway.fastredis import FastPipeline, FastRedis
 from apps.gateway.leases import (
     LEASE_HEADROOM,
@@ -56,7 +57,6 @@ from apps.providers.catalog import MAX_OUTPUT_TOKENS
 logger = logging.getLogger(__name__)
 
 NANO = Decimal(1_000_000_000)
-DEFAULT_MAX_OUTPUT_TOKENS = 4096
 
 STATUS_OK, STATUS_BUDGET, STATUS_RPM, STATUS_TPM, STATUS_CONCURRENCY, STATUS_LEASED = range(6)
 
@@ -116,6 +116,12 @@ end
 ADMIT_LUA = (
     WINDOW_LUA
     + """
+-- Defence in depth: a reservation is a whole, non-negative number. A negative one would lower
+-- every budget it touches; callers never send one, and if one ever did, nothing is admitted.
+local function whole(value)
+  return value ~= nil and value >= 0 and value == math.floor(value) and value < 2 ^ 53
+end
+
 local now = tonumber(ARGV[1])
 local now_s = math.floor(now)
 local request_id = ARGV[2]
@@ -130,6 +136,9 @@ for i = 1, nb do
     tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3], tonumber(ARGV[a + 4]),
     tonumber(ARGV[a + 5])
   a = a + 6
+  if not whole(reserve) or not whole(want) then
+    return redis.error_reply('ERR invalid reservation: ' .. tostring(ARGV[a - 5]))
+  end
   local key = KEYS[i]
   local spent = tonumber(redis.call('GET', key))
   if spent == nil then
@@ -160,6 +169,9 @@ for j = 1, nr do
     tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]),
     tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6]), ARGV[a + 7]
   a = a + 8
+  if not whole(tokens) or not whole(want_t) then
+    return redis.error_reply('ERR invalid token reservation: ' .. tostring(ARGV[a - 5]))
+  end
   local win_key, conc_key = KEYS[nb + 2 * j - 1], KEYS[nb + 2 * j]
   if tpm == 0 then tokens = 0 end
   local w = nil
@@ -333,14 +345,16 @@ class Admission:
         return bool(self.budget_keys or self.token_keys or self.concurrency_keys)
 
 
-def max_output_tokens(payload: dict[str, Any], model: str) -> int:
-    """The most output a completion request can produce: its own cap, else the model's, times ``n``."""
-    limit = (
-        payload.get("max_completion_tokens")
-        or payload.get("max_tokens")
-        or MAX_OUTPUT_TOKENS.get(model, DEFAULT_MAX_OUTPUT_TOKENS)
+def request_worst_case(
+    endpoint: str, payload: dict[str, Any], model: str, *, unknown_model_max_output: int
+) -> WorstCase:
+    """What ``payload`` may use on ``model`` (the shared rule), with the catalogue's output limit for it."""
+    return worst_case(
+        endpoint,
+        payload,
+        model_max_output=MAX_OUTPUT_TOKENS.get(model),
+        unknown_model_max_output=unknown_model_max_output,
     )
-    return int(limit) * int(payload.get("n") or 1)
 
 
 def to_nano(usd: Decimal) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from apps.core.events import clean_count, shadow_event_clean
 from apps.gateway.policy import PriceRow, ProviderTarget
 from apps.routing.engine import normalize_text
 
@@ -100,15 +101,17 @@ class ShadowQueue:
             ) as resp:
                 status = resp.status
                 body = await resp.read()
-            if status == 200:
-                data = orjson.loads(body)
+            data = orjson.loads(body) if status == 200 else None
+            if isinstance(data, dict):
                 text = answer_text(data)
-                usage = data.get("usage") or {}
+                usage = data.get("usage")
+                usage = usage if isinstance(usage, dict) else {}
+                details = usage.get("prompt_tokens_details")
                 if job.price is not None:
                     cost = job.price.cost(
-                        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                        cached_tokens=int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0),
-                        completion_tokens=int(usage.get("completion_tokens") or 0),
+                        prompt_tokens=clean_count(usage.get("prompt_tokens")),
+                        cached_tokens=clean_count(details.get("cached_tokens") if isinstance(details, dict) else 0),
+                        completion_tokens=clean_count(usage.get("completion_tokens")),
                     )
         except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, AttributeError):
             status = status or 504
@@ -116,34 +119,40 @@ class ShadowQueue:
         primary, shadow = job.primary_text[:MAX_TEXT], text[:MAX_TEXT]
         answered = status == 200
         similarity = await _similarity(primary, shadow) if answered and primary and shadow else None
-        return {
-            "kind": "shadow",
-            "request_id": job.request_id,
-            "created_at": time.time(),
-            "rule_id": job.rule_id,
-            "organization_id": job.organization_id,
-            "project_id": job.project_id,
-            "primary_model": job.primary_model,
-            "shadow_model": job.payload["model"],
-            "primary_latency_ms": job.primary_latency_ms,
-            "shadow_latency_ms": latency_ms,
-            "primary_cost": str(job.primary_cost),
-            "shadow_cost": str(cost),
-            "shadow_status": status,
-            "exact_match": answered and primary.strip() == shadow.strip(),
-            "normalized_match": answered and normalize_text(primary) == normalize_text(shadow),
-            "similarity": similarity,
-            "primary_text": primary,
-            "shadow_text": shadow,
-        }
+        return shadow_event_clean(
+            {
+                "kind": "shadow",
+                "request_id": job.request_id,
+                "created_at": time.time(),
+                "rule_id": job.rule_id,
+                "organization_id": job.organization_id,
+                "project_id": job.project_id,
+                "primary_model": job.primary_model,
+                "shadow_model": job.payload["model"],
+                "primary_latency_ms": job.primary_latency_ms,
+                "shadow_latency_ms": latency_ms,
+                "primary_cost": str(job.primary_cost),
+                "shadow_cost": str(cost),
+                "shadow_status": status,
+                "exact_match": answered and primary.strip() == shadow.strip(),
+                "normalized_match": answered and normalize_text(primary) == normalize_text(shadow),
+                "similarity": similarity,
+                "primary_text": primary,
+                "shadow_text": shadow,
+            }
+        )
 
 
 def answer_text(completion: dict[str, Any]) -> str:
-    """The first choice's text of a chat or legacy completion."""
-    choices = completion.get("choices") or [{}]
-    first = choices[0] or {}
-    message = first.get("message") or {}
-    return str(message.get("content") or first.get("text") or "")
+    """The first choice's text of a chat or legacy completion ("" when the answer is malformed)."""
+    choices = completion.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else None
+    if not isinstance(first, dict):
+        return ""
+    message = first.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
+    text = content or first.get("text") or ""
+    return text if isinstance(text, str) else ""
 
 
 async def _similarity(a: str, b: str) -> float | None:

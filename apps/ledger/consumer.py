@@ -1,12 +1,37 @@
-"""The loop shared by the stream consumers (ledger and cache ingest commands)."""
+"""What the stream consumers (ledger, cache and shadow ingest) share: the loop, and never stopping for one entry.
+
+A consumer reads a batch of entries, turns each into a row and inserts the rows
+in bulk. An entry that cannot be read, or whose row the database refuses (too
+long, out of range, a NUL, a broken reference), must not stop the consumer: it
+would re-read the same batch forever and every tenant's events would pile up
+behind it. So the batch is bisected until the bad entries stand alone; the good
+ones are inserted, the bad ones go to the stream's dead-letter stream with their
+error, and each one's organisation gets an alert (once a day, with a count).
+"""
 
 from __future__ import annotations
 
+import logging
 import signal
-from collections.abc import Callable
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from django.db import close_old_connections
+import orjson
+from django.db import DataError, IntegrityError, close_old_connections, transaction
+from django.utils import timezone
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# What a bad entry can make the database (or the adapter before it) raise. Anything else, e.g. a
+# connection lost (OperationalError), is not the entry's fault: it propagates and the batch stays
+# pending, to be read again.
+ENTRY_ERRORS: tuple[type[Exception], ...] = (DataError, IntegrityError, ValueError, TypeError, ArithmeticError)
+
+# (entry id, fields as read, why it could not be stored)
+DeadLetter = tuple[bytes, dict[Any, Any], str]
 
 
 def consume_until_stopped(step: Callable[[int], int], *, once: bool, block_ms: int) -> int:
@@ -31,3 +56,62 @@ def consume_until_stopped(step: Callable[[int], int], *, once: bool, block_ms: i
         if once and handled == 0:
             break
     return total
+
+
+def store_or_bisect(items: Sequence[T], insert: Callable[[Sequence[T]], object]) -> list[tuple[T, str]]:
+    """Insert ``items`` in one transaction; when the database refuses them, split in halves and try each.
+
+    Returns the items that fail on their own, each with its error. Errors that are not a bad
+    item's (``ENTRY_ERRORS``) propagate.
+    """
+    if not items:
+        return []
+    try:
+        with transaction.atomic():
+            insert(items)
+        return []
+    except ENTRY_ERRORS as exc:
+        if len(items) == 1:
+            return [(items[0], f"{type(exc).__name__}: {exc}"[:1000])]
+    middle = len(items) // 2
+    return store_or_bisect(items[:middle], insert) + store_or_bisect(items[middle:], insert)
+
+
+def dead_letters_report(*, stream: str, dead: Sequence[DeadLetter], field: bytes) -> None:
+    """Log each dead letter and raise (or add to) one alert per organisation and day.
+
+    The organisation comes from the entry's ``organization_id``, else its project's; an entry
+    too broken to name either is only logged (and kept in the dead-letter stream).
+    """
+    if not dead:
+        return
+    from apps.budgets.services import dead_letters_alert
+    from apps.tenancy.models import Project
+
+    orgs: Counter[int] = Counter()
+    errors: dict[int, str] = {}
+    projects: dict[int, list[str]] = {}
+    for entry_id, fields, error in dead:
+        logger.error("%s entry %r could not be stored (%s); moved to %s:dead", stream, entry_id, error, stream)
+        event = _event(fields, field)
+        org_id, project_id = event.get("organization_id"), event.get("project_id")
+        if type(org_id) is int:
+            orgs[org_id] += 1
+            errors[org_id] = error
+        elif type(project_id) is int:
+            projects.setdefault(project_id, []).append(error)
+    for project_id, org_id in Project.objects.filter(id__in=projects).values_list("id", "organization_id"):
+        orgs[org_id] += len(projects[project_id])
+        errors[org_id] = projects[project_id][-1]
+    for org_id, count in orgs.items():
+        dead_letters_alert(
+            organization_id=org_id, stream=stream, count=count, error=errors[org_id], day=timezone.now().date()
+        )
+
+
+def _event(fields: dict[Any, Any], field: bytes) -> dict[str, Any]:
+    try:
+        event = orjson.loads(fields[field])
+    except (KeyError, TypeError, orjson.JSONDecodeError):
+        return {}
+    return event if isinstance(event, dict) else {}

@@ -7,6 +7,18 @@ from decimal import Decimal
 from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
+from apps.core.events import (
+    CACHE_HIT_MAX,
+    END_USER_MAX,
+    ENDPOINT_MAX,
+    ERROR_CODE_MAX,
+    FEATURE_MAX,
+    LEDGER_COST_DIGITS,
+    LEDGER_COST_PLACES,
+    MODEL_MAX,
+    REQUEST_ID_MAX,
+    ROUTE_MAX,
+)
 from apps.providers.models import DecimalSpec
 
 
@@ -31,7 +43,7 @@ class Lever(models.TextChoices):
     NONE = "none", "None"
 
 
-COST: DecimalSpec = {"max_digits": 18, "decimal_places": 8}
+COST: DecimalSpec = {"max_digits": LEDGER_COST_DIGITS, "decimal_places": LEDGER_COST_PLACES}
 
 # Lower edges (ms) of the latency and TTFT histogram buckets; the last bucket is open-ended.
 # Doubling widths keep the p50/p95 estimate within one bucket's width of the true value.
@@ -50,7 +62,7 @@ class LedgerEntry(models.Model):
     between the request and the ingest. Rows are append-only.
     """
 
-    request_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=REQUEST_ID_MAX, unique=True)
     created_at = models.DateTimeField(db_index=True, help_text="When the request arrived")
     ingested_at = models.DateTimeField(auto_now_add=True, db_index=True)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.GATEWAY)
@@ -66,16 +78,21 @@ class LedgerEntry(models.Model):
         "providers.Provider", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
     )
 
-    endpoint = models.CharField(max_length=40)
-    feature = models.CharField(max_length=100, blank=True)
-    end_user = models.CharField(max_length=200, blank=True)
-    requested_model = models.CharField(max_length=200)
-    served_model = models.CharField(max_length=200, blank=True)
+    endpoint = models.CharField(max_length=ENDPOINT_MAX)
+    feature = models.CharField(max_length=FEATURE_MAX, blank=True)
+    end_user = models.CharField(max_length=END_USER_MAX, blank=True)
+    requested_model = models.CharField(max_length=MODEL_MAX)
+    served_model = models.CharField(max_length=MODEL_MAX, blank=True)
 
     prompt_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
     usage_estimated = models.BooleanField(default=False, help_text="Counted by us: the provider reported no usage")
+    possibly_billed = models.BooleanField(
+        default=False,
+        help_text="An attempt we gave up on (e.g. timed out) that the provider may still bill; "
+        "its cost is the request's worst case, estimated",
+    )
 
     cost = models.DecimalField(**COST, default=0)
     counterfactual_cost = models.DecimalField(
@@ -85,10 +102,10 @@ class LedgerEntry(models.Model):
     latency_ms = models.PositiveIntegerField(default=0)
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     status_code = models.PositiveSmallIntegerField()
-    error_code = models.CharField(max_length=100, blank=True)
+    error_code = models.CharField(max_length=ERROR_CODE_MAX, blank=True)
     streamed = models.BooleanField(default=False)
-    cache_hit = models.CharField(max_length=10, choices=CacheHit.choices, blank=True, default=CacheHit.NONE)
-    route = models.CharField(max_length=300, blank=True, help_text="Routing decision and its reason")
+    cache_hit = models.CharField(max_length=CACHE_HIT_MAX, choices=CacheHit.choices, blank=True, default=CacheHit.NONE)
+    route = models.CharField(max_length=ROUTE_MAX, blank=True, help_text="Routing decision and its reason")
     route_rule = models.ForeignKey(
         "routing.RoutingRule", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
     )

@@ -14,8 +14,9 @@ from django.db import transaction
 from django.db.models import Case, Count, Q, Sum, Value, When
 from django.db.models.functions import TruncHour
 from django.utils import timezone
-from redis.typing import EncodableT, FieldT
 
+from apps.core.events import ledger_event_clean
+from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
 from apps.ledger.models import (
     HISTOGRAM_EDGES_MS,
     Dimension,
@@ -27,7 +28,7 @@ from apps.ledger.models import (
     SliceHourlyRollup,
     histogram_empty,
 )
-from apps.ledger.stream import FIELD, acknowledge, read_batch, stream_name
+from apps.ledger.stream import FIELD, acknowledge, dead_letter_name, read_batch, stream_name
 from apps.ledger.stream import ensure_group as stream_ensure_group
 
 logger = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ ROLLUP_OVERLAP = dt.timedelta(minutes=5)
 
 
 def dead_letter_stream() -> str:
-    return stream_name() + ":dead"
+    return dead_letter_name(stream_name())
 
 
 def redis_client() -> redis.Redis:
@@ -49,7 +50,13 @@ def ensure_group(client: redis.Redis) -> None:
     stream_ensure_group(client, stream_name())
 
 
-def _entry_from_event(event: dict[str, Any]) -> LedgerEntry:
+def _entry_from_event(raw: Any) -> LedgerEntry:
+    """The row for one event, cleaned again here (defence in depth: the gateway cleans it before the XADD)."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"a ledger event is a JSON object, not {type(raw).__name__}")
+    if not isinstance(raw.get("request_id"), str) or not raw["request_id"]:
+        raise KeyError("request_id")
+    event = ledger_event_clean(raw)
     return LedgerEntry(
         request_id=event["request_id"],
         created_at=dt.datetime.fromtimestamp(float(event["created_at"]), dt.UTC),
@@ -74,8 +81,9 @@ def _entry_from_event(event: dict[str, Any]) -> LedgerEntry:
         error_code=event.get("error_code") or "",
         streamed=bool(event.get("streamed")),
         cache_hit=event.get("cache_hit") or "",
-        route=(event.get("route") or "")[:300],
+        route=event["route"],
         route_rule_id=event.get("route_rule_id"),
+        possibly_billed=event["possibly_billed"],
     )
 
 
@@ -87,33 +95,29 @@ def ledger_ingest_batch(
     Entries are acknowledged only after the insert committed. If this process
     dies first they stay pending and are re-read (by us on restart, or by any
     consumer once idle for ``claim_idle_ms``). Inserts ignore request ids that
-    already exist, so a re-read never duplicates a row.
+    already exist, so a re-read never duplicates a row. An entry that cannot be
+    read or stored goes to the dead-letter stream; the others are stored.
     """
     ensure_group(client)
-    entries = read_batch(client, stream_name(), consumer, count=count, block_ms=block_ms, claim_idle_ms=claim_idle_ms)
+    stream = stream_name()
+    entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=claim_idle_ms)
     if not entries:
         return 0
-    rows: list[LedgerEntry] = []
-    # Typed as XADD takes them (its Dict parameter is invariant), so a dead letter goes back as read.
-    unreadable: list[tuple[bytes, dict[FieldT, EncodableT]]] = []
+    rows: list[tuple[bytes, dict[Any, Any], LedgerEntry]] = []
+    dead: list[DeadLetter] = []
     for entry_id, fields in entries:
         if not fields:  # deleted from the stream while pending; nothing to keep
             continue
         try:
-            rows.append(_entry_from_event(orjson.loads(fields[FIELD])))
-        except (KeyError, ValueError, TypeError, ArithmeticError):
-            unreadable.append((entry_id, fields))
-    with transaction.atomic():
-        LedgerEntry.objects.bulk_create(rows, ignore_conflicts=True)
-    for entry_id, _fields in unreadable:
-        logger.error("ledger event %s could not be read; moved to %s", entry_id, dead_letter_stream())
-    acknowledge(
-        client,
-        stream_name(),
-        [entry_id for entry_id, _fields in entries],
-        dead_letters=unreadable,
-        dead_letter_stream=dead_letter_stream(),
+            rows.append((entry_id, fields, _entry_from_event(orjson.loads(fields[FIELD]))))
+        except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
+            dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
+    refused = store_or_bisect(
+        rows, lambda chunk: LedgerEntry.objects.bulk_create([row for _id, _f, row in chunk], ignore_conflicts=True)
     )
+    dead += [(entry_id, fields, error) for (entry_id, fields, _row), error in refused]
+    dead_letters_report(stream=stream, dead=dead, field=FIELD)
+    acknowledge(client, stream, [entry_id for entry_id, _fields in entries], dead_letters=dead)
     return len(entries)
 
 

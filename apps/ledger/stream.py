@@ -16,6 +16,7 @@ from redis.typing import XReadGroupResponse
 
 GROUP = "ingest"
 FIELD = b"e"  # each entry holds one field: the event as JSON
+DEAD_LETTER_MAXLEN = 100_000  # a flood of bad events cannot fill Redis
 
 
 def stream_name() -> str:
@@ -60,23 +61,34 @@ def _stream_entries(reply: XReadGroupResponse) -> list[tuple[bytes, Any]]:
     return reply[0][1] if reply else []
 
 
+def dead_letter_name(stream: str) -> str:
+    """Where a stream's entries that could not be stored are kept for a person to inspect."""
+    return stream + ":dead"
+
+
 def acknowledge(
     client: redis.Redis,
     stream: str,
     ids: list[bytes],
     group: str = GROUP,
     *,
-    dead_letters: Sequence[tuple[bytes, Any]] = (),
-    dead_letter_stream: str = "",
+    dead_letters: Sequence[tuple[bytes, Any, str]] = (),
 ) -> None:
     """Mark handled entries done and drop them from the stream (call only after their rows committed).
 
-    ``dead_letters`` (entry id, fields) are copied to ``dead_letter_stream`` in the same transaction first,
-    so an entry nobody could read is kept for a person to inspect, never lost.
+    ``dead_letters`` (entry id, fields, error) are copied to the stream's dead-letter stream
+    (``dead_letter_name``) in the same transaction first, with the entry id and the error, so an
+    entry that could not be stored is kept for a person to inspect, never lost. That stream keeps
+    about ``DEAD_LETTER_MAXLEN`` entries.
     """
     pipe = client.pipeline(transaction=True)
-    for entry_id, fields in dead_letters:
-        pipe.xadd(dead_letter_stream, {**fields, b"id": entry_id})
+    for entry_id, fields, error in dead_letters:
+        pipe.xadd(
+            dead_letter_name(stream),
+            {**fields, b"id": entry_id, b"error": error.encode("utf-8", "replace")},
+            maxlen=DEAD_LETTER_MAXLEN,
+            approximate=True,
+        )
     pipe.xack(stream, group, *ids)
     pipe.xdel(stream, *ids)
     pipe.execute()

@@ -149,7 +149,7 @@ def confidence(completion: dict[str, Any], *, tokens: int, aggregate: str) -> fl
         content = ((choice or {}).get("logprobs") or {}).get("content")
         if not content:
             return None
-        probabilities = [math.exp(float(entry["logprob"])) for entry in content[:tokens]]
+        probabilities = [_probability(entry["logprob"]) for entry in content[:tokens]]
         if aggregate == "mean":
             value = sum(probabilities) / len(probabilities)
         elif aggregate == "joint":
@@ -158,6 +158,15 @@ def confidence(completion: dict[str, Any], *, tokens: int, aggregate: str) -> fl
             value = min(probabilities)
         lowest = value if lowest is None else min(lowest, value)
     return lowest
+
+
+def _probability(logprob: Any) -> float:
+    """exp(logprob) for a real log-probability (<= 0); anything else, e.g. 710 (past exp's range) or NaN,
+    is a malformed answer (ValueError), never a confident one."""
+    value = float(logprob)
+    if not value <= 0.0:
+        raise ValueError(f"not a log-probability: {logprob!r}")
+    return math.exp(value)
 
 
 _PUNCTUATION = str.maketrans("", "", ".,!?;:'\"`()[]{}")

@@ -16,6 +16,8 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
+from apps.core.events import MODEL_MAX, REQUEST_ID_MAX, SHADOW_COST_DIGITS, SHADOW_COST_PLACES
+
 
 def validate_regex(value: str) -> None:
     try:
@@ -151,16 +153,16 @@ class RuleTarget(models.Model):
 class ShadowComparison(models.Model):
     """One shadowed request: the app's answer and the shadow model's, side by side."""
 
-    request_id = models.CharField(max_length=64, unique=True)
+    request_id = models.CharField(max_length=REQUEST_ID_MAX, unique=True)
     created_at = models.DateTimeField()
     rule = models.ForeignKey(RoutingRule, on_delete=models.CASCADE, related_name="shadow_comparisons")
     project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="+")
-    primary_model = models.CharField(max_length=200)
-    shadow_model = models.CharField(max_length=200)
+    primary_model = models.CharField(max_length=MODEL_MAX)
+    shadow_model = models.CharField(max_length=MODEL_MAX)
     primary_latency_ms = models.PositiveIntegerField()
     shadow_latency_ms = models.PositiveIntegerField()
-    primary_cost = models.DecimalField(max_digits=18, decimal_places=10)
-    shadow_cost = models.DecimalField(max_digits=18, decimal_places=10)
+    primary_cost = models.DecimalField(max_digits=SHADOW_COST_DIGITS, decimal_places=SHADOW_COST_PLACES)
+    shadow_cost = models.DecimalField(max_digits=SHADOW_COST_DIGITS, decimal_places=SHADOW_COST_PLACES)
     shadow_status = models.PositiveSmallIntegerField()
     exact_match = models.BooleanField()
     normalized_match = models.BooleanField()

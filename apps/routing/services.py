@@ -15,6 +15,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 
+from apps.core.events import shadow_event_clean
+from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
 from apps.ledger.stream import FIELD, acknowledge, ensure_group, read_batch
 from apps.providers.models import Price, Provider
 from apps.routing.models import RoutingRule, RuleAction, RuleTarget, ShadowComparison, TargetRole
@@ -160,14 +162,18 @@ def rule_delete(*, rule: RoutingRule) -> None:
 # --- shadow comparisons -----------------------------------------------------------
 
 
-def _comparison(event: dict[str, Any]) -> ShadowComparison:
+def _comparison(raw: Any) -> ShadowComparison:
+    """The row for one shadow event, cleaned again here (the gateway cleans it before the XADD)."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("request_id"), str) or not raw["request_id"]:
+        raise TypeError("a shadow event is a JSON object with a request_id")
+    event = shadow_event_clean(raw)
     return ShadowComparison(
         request_id=event["request_id"],
         created_at=dt.datetime.fromtimestamp(float(event["created_at"]), dt.UTC),
         rule_id=int(event["rule_id"]),
         project_id=int(event["project_id"]),
-        primary_model=str(event["primary_model"])[:200],
-        shadow_model=str(event["shadow_model"])[:200],
+        primary_model=event["primary_model"],
+        shadow_model=event["shadow_model"],
         primary_latency_ms=int(event["primary_latency_ms"]),
         shadow_latency_ms=int(event["shadow_latency_ms"]),
         primary_cost=Decimal(event["primary_cost"]),
@@ -176,8 +182,8 @@ def _comparison(event: dict[str, Any]) -> ShadowComparison:
         exact_match=bool(event["exact_match"]),
         normalized_match=bool(event["normalized_match"]),
         similarity=event.get("similarity"),
-        primary_text=str(event.get("primary_text") or ""),
-        shadow_text=str(event.get("shadow_text") or ""),
+        primary_text=event["primary_text"],
+        shadow_text=event["shadow_text"],
     )
 
 
@@ -185,23 +191,29 @@ def shadow_ingest_batch(*, client: redis.Redis, consumer: str, count: int = 500,
     """Store up to ``count`` shadow comparisons from the gateway's stream; returns how many were handled.
 
     Acknowledged only after the insert committed; request ids are unique, so a
-    re-read never duplicates. Events for rules deleted since are dropped.
+    re-read never duplicates. Events for rules deleted since are dropped. An event
+    that cannot be read or stored goes to the dead-letter stream; the others are stored.
     """
     stream = shadow_stream_name()
     ensure_group(client, stream)
     entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=30_000)
     if not entries:
         return 0
-    rows = []
+    rows: list[tuple[bytes, dict[Any, Any], ShadowComparison]] = []
+    dead: list[DeadLetter] = []
     for entry_id, fields in entries:
         if not fields:
             continue
         try:
-            rows.append(_comparison(orjson.loads(fields[FIELD])))
-        except (KeyError, ValueError, TypeError, ArithmeticError):
-            logger.error("shadow event %s could not be read; dropped", entry_id)
-    live_rules = set(RoutingRule.objects.filter(id__in={r.rule_id for r in rows}).values_list("id", flat=True))
-    with transaction.atomic():
-        ShadowComparison.objects.bulk_create([r for r in rows if r.rule_id in live_rules], ignore_conflicts=True)
-    acknowledge(client, stream, [entry_id for entry_id, _fields in entries])
+            rows.append((entry_id, fields, _comparison(orjson.loads(fields[FIELD]))))
+        except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
+            dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
+    live_rules = set(RoutingRule.objects.filter(id__in={r.rule_id for _i, _f, r in rows}).values_list("id", flat=True))
+    refused = store_or_bisect(
+        [row for row in rows if row[2].rule_id in live_rules],
+        lambda chunk: ShadowComparison.objects.bulk_create([r for _i, _f, r in chunk], ignore_conflicts=True),
+    )
+    dead += [(entry_id, fields, error) for (entry_id, fields, _row), error in refused]
+    dead_letters_report(stream=stream, dead=dead, field=FIELD)
+    acknowledge(client, stream, [entry_id for entry_id, _fields in entries], dead_letters=dead)
     return len(entries)

@@ -162,6 +162,17 @@ GATEWAY_LIMITS_FAIL_OPEN = env_bool("GATEWAY_LIMITS_FAIL_OPEN", False)
 # Admit most requests from short per-process leases on budgets and limits instead of a Redis round
 # trip each (apps/gateway/leases.py); off: every request runs the admission script.
 GATEWAY_LIMIT_LEASES = env_bool("GATEWAY_LIMIT_LEASES", True)
+# Output tokens a budget reserves for a model whose output limit the price catalogue does not know
+# (apps/providers/catalog.py MAX_OUTPUT_TOKENS) and a request that sets no max_tokens. It must be at
+# least what such a model can generate, or a hard budget could be overspent; lower max_tokens lowers it.
+GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS = env_int("GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS", 128_000)
+# Seconds a per-request Redis command (limits, ledger, cache) may take before the request gets
+# 503 limits_unavailable (or fails open, see above): a Redis that stops answering must not hang requests.
+GATEWAY_REDIS_TIMEOUT_SECONDS = float(env_str("GATEWAY_REDIS_TIMEOUT_SECONDS", "2"))
+# Largest SSE event the stream relay holds while waiting for its blank line, and largest non-streamed
+# answer read from a provider: an upstream past either is cut off (502), so memory stays bounded.
+GATEWAY_MAX_SSE_EVENT_BYTES = env_int("GATEWAY_MAX_SSE_EVENT_BYTES", 1024 * 1024)
+GATEWAY_MAX_UPSTREAM_BODY_BYTES = env_int("GATEWAY_MAX_UPSTREAM_BODY_BYTES", 64 * 1024 * 1024)
 SIMULATED_UPSTREAM_URL = env_str("SIMULATED_UPSTREAM_URL", "http://127.0.0.1:9100/v1")
 
 LOGGING = {

@@ -1,0 +1,176 @@
+"""Stream events clean at the source: every field fits its column before it is written.
+
+The gateway writes ledger, cache and shadow events to Redis streams; consumers
+bulk-insert them into Postgres. A value a column refuses (too long, a NUL
+character, a count past ``integer``) would fail the insert of its whole batch,
+so each event is cleaned here before the XADD, and again by the consumer
+(defence in depth). The column limits are the constants below; the Django
+models use the same constants, so the two cannot drift apart.
+
+Cleaning is cheap on the hot path: strings that are short and printable (the
+usual case) pass through after one length check and one ``isprintable``.
+"""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+# --- column limits (the models import these) -------------------------------------------
+
+REQUEST_ID_MAX = 64
+ENDPOINT_MAX = 40
+FEATURE_MAX = 100
+END_USER_MAX = 200
+MODEL_MAX = 200
+ERROR_CODE_MAX = 100
+CACHE_HIT_MAX = 10
+ROUTE_MAX = 300
+NAMESPACE_MAX = 100
+CACHE_KEY_MAX = 64  # exact keys and fingerprints are hex SHA-256 digests
+# Postgres ``integer`` (PositiveIntegerField): token counts and milliseconds.
+INT_MAX = 2_147_483_647
+# Postgres ``smallint`` (PositiveSmallIntegerField): HTTP status codes.
+SMALLINT_MAX = 32_767
+# Ledger money columns: numeric(18, 8).
+LEDGER_COST_DIGITS, LEDGER_COST_PLACES = 18, 8
+# Shadow comparison money columns: numeric(18, 10).
+SHADOW_COST_DIGITS, SHADOW_COST_PLACES = 18, 10
+
+# C0 and C1 control characters and DEL. Postgres refuses NUL in text; the others
+# have no place in a tag, a model name or a route, and break CSV and terminals.
+_CONTROL = dict.fromkeys([*range(32), 127, *range(128, 160)])
+
+
+def clean_text(value: Any, limit: int | None) -> str:
+    """``value`` as a string without control characters, cut to ``limit`` characters (None: no cut)."""
+    if not isinstance(value, str):
+        value = "" if value is None else str(value)
+    if not value.isprintable():
+        # isprintable() is also False for non-ASCII spaces and the like: only controls are removed.
+        value = value.translate(_CONTROL)
+    return value if limit is None or len(value) <= limit else value[:limit]
+
+
+def clean_multiline(value: Any) -> str:
+    """Free text (answers, prompts) keeps its newlines and tabs; only NUL, which Postgres refuses, goes."""
+    if not isinstance(value, str):
+        value = "" if value is None else str(value)
+    return value.replace("\x00", "") if "\x00" in value else value
+
+
+def clean_count(value: Any, limit: int = INT_MAX) -> int:
+    """A count from anywhere (an upstream's usage, an event) as an int in ``0..limit``; garbage is 0."""
+    if type(value) is int:  # the usual case; bool is not a count
+        return value if 0 <= value <= limit else (0 if value < 0 else limit)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return limit if value == math.inf else 0
+        return min(max(int(value), 0), limit)
+    if isinstance(value, str):
+        try:
+            return clean_count(float(value), limit) if value.strip() else 0
+        except ValueError:
+            return 0
+    return 0
+
+
+def clean_optional_count(value: Any, limit: int = INT_MAX) -> int | None:
+    return None if value is None else clean_count(value, limit)
+
+
+def clean_money(value: Any, *, digits: int = LEDGER_COST_DIGITS, places: int = LEDGER_COST_PLACES) -> str:
+    """A non-negative amount that fits ``numeric(digits, places)``, as a string; garbage is "0"."""
+    try:
+        amount = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    except (InvalidOperation, ValueError):
+        return "0"
+    if not amount.is_finite() or amount <= 0:
+        return "0"
+    ceiling = Decimal(10) ** (digits - places) - Decimal(10) ** -places
+    amount = min(amount, ceiling)
+    return format(amount.quantize(Decimal(10) ** -places), "f")
+
+
+def _optional_id(value: Any) -> int | None:
+    return value if type(value) is int and 0 < value <= 2**63 - 1 else None
+
+
+def _timestamp(value: Any) -> float:
+    try:
+        stamp = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    # Postgres timestamps end in the year 294276; the ledger's do long before.
+    return stamp if math.isfinite(stamp) and 0 <= stamp < 253_402_300_800 else 0.0
+
+
+def ledger_event_clean(event: dict[str, Any]) -> dict[str, Any]:
+    """Fit a ledger event to ``LedgerEntry``'s columns, in place; returns it.
+
+    Identity fields (request id, organisation, project) are not invented: an event
+    without them is still refused by the consumer and dead-lettered.
+    """
+    event["request_id"] = clean_text(event.get("request_id"), REQUEST_ID_MAX)
+    event["created_at"] = _timestamp(event.get("created_at"))
+    event["endpoint"] = clean_text(event.get("endpoint"), ENDPOINT_MAX)
+    for name, limit in (
+        ("feature", FEATURE_MAX),
+        ("end_user", END_USER_MAX),
+        ("requested_model", MODEL_MAX),
+        ("served_model", MODEL_MAX),
+        ("error_code", ERROR_CODE_MAX),
+        ("cache_hit", CACHE_HIT_MAX),
+        ("route", ROUTE_MAX),
+    ):
+        event[name] = clean_text(event.get(name), limit)
+    for name in ("prompt_tokens", "cached_tokens", "completion_tokens", "latency_ms"):
+        event[name] = clean_count(event.get(name))
+    event["ttft_ms"] = clean_optional_count(event.get("ttft_ms"))
+    event["status_code"] = clean_count(event.get("status_code"), SMALLINT_MAX)
+    event["cost"] = clean_money(event.get("cost"))
+    event["counterfactual_cost"] = clean_money(event.get("counterfactual_cost"))
+    for name in ("api_key_id", "provider_id", "route_rule_id"):
+        event[name] = _optional_id(event.get(name))
+    for name in ("usage_estimated", "streamed", "possibly_billed"):
+        event[name] = event.get(name) is True
+    return event
+
+
+def shadow_event_clean(event: dict[str, Any]) -> dict[str, Any]:
+    """Fit a shadow comparison to ``ShadowComparison``'s columns, in place; returns it."""
+    event["request_id"] = clean_text(event.get("request_id"), REQUEST_ID_MAX)
+    event["created_at"] = _timestamp(event.get("created_at"))
+    for name in ("primary_model", "shadow_model"):
+        event[name] = clean_text(event.get(name), MODEL_MAX)
+    for name in ("primary_latency_ms", "shadow_latency_ms"):
+        event[name] = clean_count(event.get(name))
+    event["shadow_status"] = clean_count(event.get("shadow_status"), SMALLINT_MAX)
+    for name in ("primary_cost", "shadow_cost"):
+        event[name] = clean_money(event.get(name), digits=SHADOW_COST_DIGITS, places=SHADOW_COST_PLACES)
+    for name in ("primary_text", "shadow_text"):
+        event[name] = clean_multiline(event.get(name))
+    similarity = event.get("similarity")
+    event["similarity"] = similarity if isinstance(similarity, float) and math.isfinite(similarity) else None
+    for name in ("exact_match", "normalized_match"):
+        event[name] = event.get(name) is True
+    return event
+
+
+def cache_event_clean(event: dict[str, Any]) -> dict[str, Any]:
+    """Fit a cache event (store or hit) to ``CacheEntry``'s columns, in place; returns it."""
+    event["namespace"] = clean_text(event.get("namespace"), NAMESPACE_MAX)
+    for name in ("exact_key", "fingerprint"):
+        if name in event:
+            event[name] = clean_text(event.get(name), CACHE_KEY_MAX)
+    if "model" in event:
+        event["model"] = clean_text(event.get("model"), MODEL_MAX)
+    if "text" in event:
+        event["text"] = clean_multiline(event.get("text"))
+    if "cost" in event:
+        event["cost"] = clean_money(event.get("cost"))
+    if "ttl" in event:
+        event["ttl"] = clean_count(event.get("ttl"))
+    event["at"] = _timestamp(event.get("at"))
+    return event
