@@ -785,7 +785,9 @@ class Gateway:
             else:
                 data = _json_object(answer.body)
                 usage = data.get("usage")
-                _apply_usage(side, cheap, usage if isinstance(usage, dict) else None)
+                if not _believable(usage):
+                    side.completion_tokens = _estimate_completion(data)
+                _apply_usage(side, cheap, usage)
                 reason = await self._cascade_verdict(plan.rule.id, cascade, data)
         # Timed-out attempts of the cheap call the provider may bill are the request's to carry.
         call.side_cost += side.side_cost
@@ -881,8 +883,7 @@ class Gateway:
         else:
             data = _json_object(body)
             usage = data.get("usage")
-            if not isinstance(usage, dict):
-                usage = None
+            if not _believable(usage):
                 call.completion_tokens = _estimate_completion(data)
             _apply_usage(call, target, usage)
             if call.cache is not None and call.cache.write and _cacheable(data):
@@ -981,9 +982,9 @@ class Gateway:
         if call.status_code == 200 and not relay.done:
             call.status_code = 502
             call.error_code = "upstream_stream_truncated"
-        if relay.usage is None:
-            # No usage chunk (a disconnect, a truncated or cut-off stream, a provider that omits it):
-            # bill what we saw, estimated, never $0.
+        if not _believable(relay.usage):
+            # No usable usage chunk (a disconnect, a truncated or cut-off stream, a provider that omits it
+            # or garbles it): bill what we saw, estimated, never $0.
             call.completion_tokens = relay.estimate_completion_tokens()
         _apply_usage(call, target, relay.usage)
         store, completion = None, None
@@ -1241,6 +1242,14 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _believable(usage: Any) -> bool:
+    """Whether a provider's ``usage`` is an object with non-negative integer prompt and completion counts."""
+    if not isinstance(usage, dict):
+        return False
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0
+
+
 def _estimate_completion(data: dict[str, Any]) -> int:
     """Completion tokens of a non-streamed answer whose provider reported no usage."""
     choices = data.get("choices")
@@ -1266,11 +1275,9 @@ def _apply_usage(call: Call, target: Target, usage: Any) -> None:
     non-negative integers (past the ledger's column they are capped); anything else
     from an upstream keeps our estimates and marks the row ``usage_estimated``.
     """
-    prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-    completion = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    if type(prompt) is int and type(completion) is int and prompt >= 0 and completion >= 0:
-        assert isinstance(usage, dict)
-        call.prompt_tokens, call.completion_tokens = clean_count(prompt), clean_count(completion)
+    if _believable(usage):
+        call.prompt_tokens = clean_count(usage["prompt_tokens"])
+        call.completion_tokens = clean_count(usage["completion_tokens"])
         details = usage.get("prompt_tokens_details")
         cached = details.get("cached_tokens") if isinstance(details, dict) else 0
         call.cached_tokens = min(clean_count(cached), call.prompt_tokens)
