@@ -17,7 +17,7 @@ from django.db.models import F, OrderBy
 from django.utils import timezone
 
 from apps.cache.models import CacheEntry, CachePolicy, Eviction
-from apps.core.events import cache_event_clean, clean_count
+from apps.core.events import cache_event_clean, clean_count, clean_id
 from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
 from apps.ledger.stream import acknowledge, ensure_group, read_batch
 from apps.tenancy.models import Project
@@ -61,7 +61,10 @@ def cache_ingest_batch(
             event = orjson.loads(fields[EVENT_FIELD])
             if not isinstance(event, dict):
                 raise TypeError("a cache event is a JSON object")
-            key = (int(event["project_id"]), str(event["namespace"]), str(event["exact_key"]))
+            project_id = clean_id(event["project_id"])
+            if project_id is None:
+                raise ValueError(f"not a project id: {event['project_id']!r}")
+            key = (project_id, str(event["namespace"]), str(event["exact_key"]))
             cache_event_clean(event)
             if event["type"] == "store":
                 body = orjson.loads(fields[BODY_FIELD])

@@ -93,7 +93,8 @@ def clean_money(value: Any, *, digits: int = LEDGER_COST_DIGITS, places: int = L
     return format(amount.quantize(Decimal(10) ** -places), "f")
 
 
-def _optional_id(value: Any) -> int | None:
+def clean_id(value: Any) -> int | None:
+    """``value`` if it can be a row id (a positive ``bigint``), else None."""
     return value if type(value) is int and 0 < value <= 2**63 - 1 else None
 
 
@@ -132,7 +133,7 @@ def ledger_event_clean(event: dict[str, Any]) -> dict[str, Any]:
     event["cost"] = clean_money(event.get("cost"))
     event["counterfactual_cost"] = clean_money(event.get("counterfactual_cost"))
     for name in ("api_key_id", "provider_id", "route_rule_id"):
-        event[name] = _optional_id(event.get(name))
+        event[name] = clean_id(event.get(name))
     for name in ("usage_estimated", "streamed", "possibly_billed"):
         event[name] = event.get(name) is True
     return event

@@ -96,7 +96,7 @@ class LedgerEntrySerializer(serializers.ModelSerializer):
         fields = [
             "request_id", "created_at", "project", "key", "endpoint", "feature", "end_user",
             "requested_model", "served_model", "prompt_tokens", "cached_tokens", "completion_tokens",
-            "usage_estimated", "cost", "counterfactual_cost", "savings", "latency_ms", "ttft_ms",
+            "usage_estimated", "possibly_billed", "cost", "counterfactual_cost", "savings", "latency_ms", "ttft_ms",
             "status_code", "error_code", "streamed", "cache_hit", "route",
         ]  # fmt: skip
 

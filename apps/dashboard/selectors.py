@@ -10,7 +10,7 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q
 
-from apps.budgets.models import Alert, Budget, BudgetScope
+from apps.budgets.models import Alert, AlertKind, Budget, BudgetScope
 from apps.budgets.selectors import BudgetStatus, budget_statuses
 from apps.ledger.selectors import (
     GROUP_BY_FIELDS,
@@ -81,6 +81,7 @@ class Overview:
     spend_month: Decimal
     budgets: list[BudgetStatus]
     alerts: list[Alert]
+    dead_letters: int  # the organisation's events the ingest could not store, in the period (see Alert data)
 
     @property
     def savings(self) -> Decimal:
@@ -105,6 +106,17 @@ def _alerts_for(scope: OverviewScope) -> list[Alert]:
     return list(alerts.select_related("project").order_by("-created_at")[:LATEST_ALERTS])
 
 
+def _dead_letters_for(scope: OverviewScope, since: dt.datetime, until: dt.datetime) -> int:
+    """How many of the organisation's events went to a dead-letter stream in the period (one alert a day)."""
+    counts = Alert.objects.filter(
+        organization=scope.organization,
+        kind=AlertKind.DEAD_LETTER,
+        created_at__gte=since - dt.timedelta(days=1),
+        created_at__lt=until,
+    ).values_list("data", flat=True)
+    return sum(int(data.get("count") or 0) for data in counts if isinstance(data, dict))
+
+
 def overview_for(*, scope: OverviewScope, since: dt.datetime, until: dt.datetime, group_by: str) -> Overview:
     """Everything the overview shows, in a fixed number of queries whatever the traffic."""
     ids = scope.project_ids
@@ -123,4 +135,5 @@ def overview_for(*, scope: OverviewScope, since: dt.datetime, until: dt.datetime
         spend_month=sum((s.month for s in spend), Decimal(0)),
         budgets=budget_statuses(budgets=_budgets_for(scope)),
         alerts=_alerts_for(scope),
+        dead_letters=_dead_letters_for(scope, since, until),
     )

@@ -21,6 +21,8 @@ import orjson
 from django.db import DataError, IntegrityError, close_old_connections, transaction
 from django.utils import timezone
 
+from apps.core.events import clean_id
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -94,11 +96,11 @@ def dead_letters_report(*, stream: str, dead: Sequence[DeadLetter], field: bytes
     for entry_id, fields, error in dead:
         logger.error("%s entry %r could not be stored (%s); moved to %s:dead", stream, entry_id, error, stream)
         event = _event(fields, field)
-        org_id, project_id = event.get("organization_id"), event.get("project_id")
-        if type(org_id) is int:
+        org_id, project_id = clean_id(event.get("organization_id")), clean_id(event.get("project_id"))
+        if org_id is not None:
             orgs[org_id] += 1
             errors[org_id] = error
-        elif type(project_id) is int:
+        elif project_id is not None:
             projects.setdefault(project_id, []).append(error)
     for project_id, org_id in Project.objects.filter(id__in=projects).values_list("id", "organization_id"):
         orgs[org_id] += len(projects[project_id])

@@ -143,6 +143,8 @@ LEDGER_EXPORT_COLUMNS: tuple[tuple[str, str], ...] = (
     ("status_code", "status_code"),
     ("cache_hit", "cache_hit"),
     ("route", "route"),
+    ("usage_estimated", "usage_estimated"),
+    ("possibly_billed", "possibly_billed"),
 )
 
 

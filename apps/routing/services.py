@@ -15,7 +15,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 
-from apps.core.events import shadow_event_clean
+from apps.core.events import clean_id, shadow_event_clean
 from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
 from apps.ledger.stream import FIELD, acknowledge, ensure_group, read_batch
 from apps.providers.models import Price, Provider
@@ -170,8 +170,8 @@ def _comparison(raw: Any) -> ShadowComparison:
     return ShadowComparison(
         request_id=event["request_id"],
         created_at=dt.datetime.fromtimestamp(float(event["created_at"]), dt.UTC),
-        rule_id=int(event["rule_id"]),
-        project_id=int(event["project_id"]),
+        rule_id=_row_id(event["rule_id"]),
+        project_id=_row_id(event["project_id"]),
         primary_model=event["primary_model"],
         shadow_model=event["shadow_model"],
         primary_latency_ms=int(event["primary_latency_ms"]),
@@ -185,6 +185,13 @@ def _comparison(raw: Any) -> ShadowComparison:
         primary_text=event["primary_text"],
         shadow_text=event["shadow_text"],
     )
+
+
+def _row_id(value: Any) -> int:
+    found = clean_id(value)
+    if found is None:
+        raise ValueError(f"not a row id: {value!r}")
+    return found
 
 
 def shadow_ingest_batch(*, client: redis.Redis, consumer: str, count: int = 500, block_ms: int = 0) -> int:

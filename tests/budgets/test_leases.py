@@ -17,7 +17,7 @@ import pytest
 from django.conf import settings
 
 from apps.budgets.periods import period_bounds
-from apps.gateway.errors import GatewayError
+from apps.core.errors import GatewayError
 from apps.gateway.fastredis import FastRedis
 from apps.gateway.leases import LEASE_SECONDS, MIN_LEASE
 from apps.gateway.limits import Admission, BudgetPolicy, Limiter, RateLimitPolicy, to_nano

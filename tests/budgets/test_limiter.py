@@ -14,7 +14,7 @@ import pytest
 from django.conf import settings
 
 from apps.budgets.periods import period_bounds
-from apps.gateway.errors import GatewayError
+from apps.core.errors import GatewayError
 from apps.gateway.fastredis import FastRedis
 from apps.gateway.limits import Admission, BudgetPolicy, Limiter, RateLimitPolicy, to_nano
 
@@ -201,3 +201,36 @@ def test_lost_counter_is_reseeded_from_the_ledger_value() -> None:
         await client.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize(("usd", "tokens"), [(Decimal("-1"), 10), (Decimal("0.001"), -5)])
+def test_the_admission_script_refuses_a_negative_reservation(usd: Decimal, tokens: int) -> None:
+    """Defence in depth: a negative reservation would lower every budget it touches; the script refuses it."""
+    from redis.exceptions import ResponseError
+
+    async def scenario() -> None:
+        limiter, client = _limiter()
+        await limiter.load()
+        try:
+            with pytest.raises(ResponseError, match="invalid"):
+                await _admit(limiter, T0, budgets=[_budget("10")], rate_limits=[_limit(tpm=1000)],
+                             worst_case_usd=usd, worst_case_tokens=tokens)  # fmt: skip
+        finally:
+            await client.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("reserve", ["-5", "1.5", "nan", "inf", "1e300"])
+def test_the_admission_script_refuses_a_non_integer_reservation(reserve: str) -> None:
+    """What the limiter sends is an integer; the script itself refuses anything else, before any counter moves."""
+    import redis
+
+    from apps.gateway.limits import ADMIT_LUA
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    key = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:budget:1:0"
+    # ARGV: now, request id, lease headroom, one budget (limit, reserve, seed, mode, ttl, lease), no scopes.
+    with pytest.raises(redis.ResponseError, match="invalid reservation"):
+        client.eval(ADMIT_LUA, 1, key, T0, "r1", 8, 1, 10**12, reserve, 0, "hard", 3600, 0, 0)
+    assert client.get(key) is None, "nothing was reserved"

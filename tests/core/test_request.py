@@ -113,7 +113,8 @@ def test_deep_nesting_is_refused_before_anything_recurses() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["text", ["a", "b"], [1, 2, 3], [[1, 2], [3]]],
+    "value",
+    ["text", ["a", "b"], [1, 2, 3], [[1, 2], [3]]],
 )
 def test_prompt_and_input_take_the_shapes_openai_takes(value: Any) -> None:
     validate(ENDPOINT_COMPLETIONS, {"model": "m", "prompt": value})
@@ -151,7 +152,9 @@ def test_output_is_the_larger_cap_within_the_models_limit_times_copies() -> None
     def output(model_max: int | None, **fields: Any) -> int:
         body = _chat(**fields)
         validate(ENDPOINT_CHAT, body)
-        return worst_case(ENDPOINT_CHAT, body, model_max_output=model_max, unknown_model_max_output=128_000).output_tokens
+        return worst_case(
+            ENDPOINT_CHAT, body, model_max_output=model_max, unknown_model_max_output=128_000
+        ).output_tokens
 
     assert output(16_384) == 16_384
     assert output(16_384, max_tokens=30_000, max_completion_tokens=100) == 16_384

@@ -84,9 +84,7 @@ def test_poison_pills_are_answered_and_the_ledger_keeps_ingesting(
         (12345, "messages[0].content"),
     ],
 )
-def test_malformed_content_is_a_400_not_a_500_nor_forwarded(
-    client: openai.OpenAI, content: Any, param: str
-) -> None:
+def test_malformed_content_is_a_400_not_a_500_nor_forwarded(client: openai.OpenAI, content: Any, param: str) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": content}])
     assert refused.value.param == param and refused.value.code == "invalid_type"
@@ -97,7 +95,10 @@ def test_malformed_content_is_a_400_not_a_500_nor_forwarded(
 def test_completions_stream_options_of_the_wrong_type_is_a_400(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.completions.create(
-            model="gpt-3.5-turbo-instruct", prompt="hi", stream=True, stream_options="x"  # type: ignore[arg-type]
+            model="gpt-3.5-turbo-instruct",
+            prompt="hi",
+            stream=True,
+            stream_options="x",  # type: ignore[arg-type]
         )
     assert refused.value.param == "stream_options"
 
@@ -142,9 +143,7 @@ def test_huge_and_negative_token_counts_from_upstream_are_bounded(client: openai
 def test_a_cascade_logprob_past_exp_range_escalates_instead_of_failing(
     gateway: str, client: openai.OpenAI, tenant: Tenant
 ) -> None:
-    rule_make(
-        tenant, name="tiers", action="cascade", primaries="gpt-4o-mini\ngpt-4o", cascade_threshold=Decimal("0.7")
-    )
+    rule_make(tenant, name="tiers", action="cascade", primaries="gpt-4o-mini\ngpt-4o", cascade_threshold=Decimal("0.7"))
     wait_policy(gateway, tenant.key.plaintext)
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o", messages=ask("Classify [[sim:gpt-4o-mini/logprob=710]]")
