@@ -132,7 +132,7 @@ def _validate_lines(
             error(number, f"Line {number}: body must be an object with a model.", "body")
         elif body.get("stream"):
             error(number, f"Line {number}: batch requests cannot stream.", "body.stream")
-        else:
+        if isinstance(body, dict) and not (errors and errors[-1]["line"] == number):
             try:
                 validate(ENDPOINTS[endpoint], body)
             except GatewayError as exc:
