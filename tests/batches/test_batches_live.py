@@ -258,7 +258,8 @@ def _worst_line_usd() -> Decimal:
     from apps.batches.budget import worst_case
 
     body = json.loads(_jsonl(1).decode())["body"]
-    usd, _ = worst_case("chat.completions", body, model="gpt-4o-mini", input_per_mtok=Decimal("0.15"), output_per_mtok=Decimal("0.60"))
+    prices = {"input_per_mtok": Decimal("0.15"), "output_per_mtok": Decimal("0.60")}
+    usd, _ = worst_case("chat.completions", body, model="gpt-4o-mini", **prices)
     return usd
 
 

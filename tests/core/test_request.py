@@ -175,8 +175,8 @@ def test_prompt_estimate_counts_tools_schemas_images_and_files() -> None:
     assert with_tools - plain >= text_tokens(str(tool)) // 2
     schema = {"type": "json_schema", "json_schema": {"name": "s", "schema": tool["function"]["parameters"]}}
     assert prompt_estimate(ENDPOINT_CHAT, _chat(response_format=schema)) > plain + 200
-    image = {"role": "user", "content": [{"type": "text", "text": "what is this?"},
-                                         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}  # fmt: skip
+    picture = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    image = {"role": "user", "content": [{"type": "text", "text": "what is this?"}, picture]}
     assert prompt_estimate(ENDPOINT_CHAT, _chat(messages=[image])) >= IMAGE_WORST_CASE_TOKENS
     pdf = {"role": "user", "content": [{"type": "file", "file": {"file_id": "file-1"}}]}
     assert prompt_estimate(ENDPOINT_CHAT, _chat(messages=[pdf])) >= FILE_WORST_CASE_TOKENS

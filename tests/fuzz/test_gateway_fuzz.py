@@ -1,0 +1,203 @@
+"""Property-based fuzzing of the /v1 surface over real HTTP, against a live gateway and a hostile upstream.
+
+Properties, for every input:
+- no 5xx from our own code (a 5xx may only relay an upstream failure: the provider's own error, or one
+  of our upstream codes such as ``upstream_timeout``);
+- every error has OpenAI's shape: ``{"error": {"message": str, "type": str, "param": …, "code": …}}``;
+- afterwards, a normal request's ledger row lands within seconds (nothing the fuzzer sent stopped ingest).
+
+``make test`` runs ``FUZZ_EXAMPLES`` inputs per property (default 150, the same ones every run: about
+half a minute on two cores); ``make fuzz`` runs a long campaign of fresh random inputs and prints how
+many were tried and how they were answered; hypothesis prints the smallest failing input it found.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests import live
+from tests.factories import Tenant
+from tests.gateway.helpers import ledger_row, sdk, wait_key_live
+
+pytestmark = pytest.mark.live
+
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
+CAMPAIGN = os.environ.get("FUZZ_CAMPAIGN") == "1"  # make fuzz: new random inputs each run
+# Our 5xx codes that only say what an upstream did (it failed, timed out, truncated, sent too much).
+UPSTREAM_CODES = {"upstream_unavailable", "upstream_timeout", "circuit_open", "upstream_stream_truncated",
+                  "upstream_response_too_large"}  # fmt: skip
+PATHS = ["/chat/completions", "/completions", "/embeddings"]
+MODELS = ["gpt-4o-mini", "gpt-3.5-turbo-instruct", "text-embedding-3-small", "", "m" * 300, "no-such-model"]
+
+TALLY: Counter[str] = Counter()
+
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=not CAMPAIGN,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+# JSON values of every type, nested a little; plus the edge numbers buggy clients send.
+edge_numbers = st.sampled_from([0, -1, 1, 2**31, 2**53, 10**18, -(10**9), 1.5, 1e300, -0.0])
+json_leaf = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | edge_numbers | st.text(max_size=20)
+json_value = st.recursive(
+    json_leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=15,
+)  # fmt: skip
+part_type = st.sampled_from(["text", "image_url", "file", "input_audio", "weird"])
+text_part = st.fixed_dictionaries(
+    {"type": part_type}, optional={"text": json_value, "image_url": json_value, "file": json_value}
+)
+content = st.text(max_size=50) | json_value | st.lists(text_part | json_value, max_size=3)
+message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "system", "assistant", "tool", "developer"]) | json_value},
+    optional={"content": content, "name": json_value, "tool_calls": json_value},
+)
+body = st.fixed_dictionaries(
+    {"model": st.sampled_from(MODELS) | json_value},
+    optional={
+        "messages": st.lists(message, max_size=3) | json_value,
+        "prompt": st.text(max_size=30) | json_value,
+        "input": st.text(max_size=30) | json_value,
+        "max_tokens": edge_numbers | json_value,
+        "max_completion_tokens": edge_numbers | json_value,
+        "n": edge_numbers | json_value,
+        "best_of": edge_numbers | json_value,
+        "stream": st.booleans() | json_value,
+        "stream_options": json_value,
+        "tools": json_value,
+        "response_format": json_value,
+        "user": st.text(max_size=30) | json_value,
+        "temperature": json_value,
+        "logprobs": json_value,
+    },
+)
+# Header values as bytes the HTTP parser lets through (it refuses other C0 controls and DEL itself).
+header_value = st.binary(max_size=300).map(lambda raw: bytes(b for b in raw if b == 9 or 32 <= b < 127 or b >= 128))
+headers = st.fixed_dictionaries(
+    {}, optional={"X-Feature": header_value, "X-End-User": header_value, "Cache-Control": header_value,
+                  "X-Cache-Namespace": header_value},
+)  # fmt: skip
+raw_body = st.one_of(
+    body.map(lambda b: json.dumps(b).encode()),
+    st.binary(max_size=200),
+    json_value.map(lambda v: json.dumps(v).encode()),
+)
+
+
+def _usage_json(value: Any) -> str:
+    # A directive's value ends at the first "]]".
+    text = json.dumps(value)
+    while "]]" in text:
+        text = text.replace("]]", "] ]")
+    return text
+
+
+hostile_directive = st.one_of(
+    json_value.map(lambda v: f"[[sim:usage={_usage_json(v)}]]"),
+    st.integers(0, 11).map(lambda n: f"[[sim:garbage={n}]]"),
+    st.integers(0, 2_000_000).map(lambda n: f"[[sim:huge={n}]]"),
+    st.integers(0, 3_000_000).map(lambda n: f"[[sim:unframed={n}]]"),
+    st.sampled_from(["[[sim:drip=1]] [[sim:answer=ok]]", "[[sim:500]]", "[[sim:503]]", "[[sim:429]]",
+                     "[[sim:no_usage]]", "[[sim:fail_after=1]]"]),
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def fuzz_gateway(django_db_setup: None, upstream: str) -> Iterator[str]:
+    """A gateway of its own whose circuit breaker never opens: the fuzzer's upstream failures must not turn
+    the rest of the campaign into 503 circuit_open (which would hide what later inputs do)."""
+    process, url = live.start_gateway(
+        GATEWAY_UPSTREAM_TIMEOUT_SECONDS="3", GATEWAY_RETRIES="0", GATEWAY_BREAKER_FAILURES="1000000000"
+    )
+    yield url
+    process.stop()
+
+
+@pytest.fixture
+def fuzz_target(fuzz_gateway: str, tenant: Tenant) -> Iterator[tuple[str, str]]:
+    gateway = fuzz_gateway
+    wait_key_live(gateway, tenant.key.plaintext)
+    yield gateway, tenant.key.plaintext
+    # Whatever was sent, the ledger still ingests: a normal request's row lands within seconds.
+    raw = sdk(gateway, tenant.key.plaintext).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "still there?"}]
+    )
+    assert ledger_row(raw.headers["x-request-id"]).status_code == 200
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report() -> Iterator[None]:
+    yield
+    print(f"\nfuzz: {TALLY['inputs']} inputs tried; statuses {dict(sorted(TALLY.items()))}")
+
+
+def _post(target: tuple[str, str], path: str, payload: bytes, extra: dict[str, bytes]) -> tuple[int, bytes]:
+    base, key = target
+    parts = urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        connection.putrequest("POST", parts.path + path)
+        connection.putheader("Authorization", f"Bearer {key}")
+        connection.putheader("Content-Type", "application/json")
+        connection.putheader("Content-Length", str(len(payload)))
+        for name, value in extra.items():
+            connection.putheader(name, value)
+        connection.endheaders(payload)
+        response = connection.getresponse()
+        return response.status, response.read(8 * 1024 * 1024)
+    finally:
+        connection.close()
+
+
+def _check(status: int, answer: bytes) -> None:
+    TALLY["inputs"] += 1
+    TALLY[str(status)] += 1
+    if status < 400:
+        return
+    error = json.loads(answer)["error"]  # every error is OpenAI-shaped JSON
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["type"], str) and "param" in error and "code" in error
+    if status >= 500:
+        relayed = error["type"] == "server_error" or error.get("code") in UPSTREAM_CODES
+        assert relayed, f"a {status} from our own code: {error}"
+
+
+@FUZZ
+@given(path=st.sampled_from(PATHS), payload=raw_body, extra=headers)
+def test_any_request_gets_an_answer_or_an_openai_error(
+    fuzz_target: tuple[str, str], path: str, payload: bytes, extra: dict[str, bytes]
+) -> None:
+    _check(*_post(fuzz_target, path, payload, extra))
+
+
+@FUZZ
+@given(directive=hostile_directive, stream=st.booleans(), max_tokens=st.none() | st.integers(1, 50))
+def test_a_hostile_upstream_never_makes_our_code_fail(
+    fuzz_target: tuple[str, str], directive: str, stream: bool, max_tokens: int | None
+) -> None:
+    request: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hi {directive}"}],
+                               "stream": stream}  # fmt: skip
+    if max_tokens is not None:
+        request["max_tokens"] = max_tokens
+    _check(*_post(fuzz_target, "/chat/completions", json.dumps(request).encode(), {}))
+
+
+def test_the_sdk_sees_its_own_error_classes(fuzz_target: tuple[str, str]) -> None:
+    """The shape the fuzzer checks is the one the official SDK turns into its exception classes."""
+    client = sdk(*fuzz_target)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": 5}])  # type: ignore[misc]
