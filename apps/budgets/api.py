@@ -1,7 +1,8 @@
 """DRF API for budgets, rate limits, notification channels and alerts.
 
-Every queryset is scoped to the organisations the caller belongs to, so a row
-of another tenant is a 404. Writes need an owner or team-lead role.
+Every queryset is scoped to what the caller may see (the role matrix in
+apps/tenancy/permissions.py), so another tenant's row, or another team's, is a
+404; writes the caller's role does not allow on the row are a 403.
 """
 
 from __future__ import annotations
@@ -12,40 +13,28 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
 from rest_framework import generics, permissions, serializers
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.budgets import services
 from apps.budgets.models import Alert, Budget, NotificationChannel, RateLimit
-from apps.budgets.selectors import budget_status
+from apps.budgets.selectors import alerts_visible, budget_status, budgets_visible, channels_visible
 from apps.keys.models import ApiKey
-from apps.tenancy.models import MANAGER_ROLES, Organization, Project, Team
+from apps.tenancy.drf import writes_need
+from apps.tenancy.models import Organization, Project, Team
+from apps.tenancy.permissions import Action, can, shown
 from apps.tenancy.selectors import organizations_for, projects_for
 from costcontrol.forms import service_error_detail
 
 MICRO = Decimal("0.000001")
 
 
-class IsManagerForWrites(permissions.BasePermission):
-    """Reads for any member; writes for owners and team leads of the object's organisation."""
-
-    message = "Only owners and team leads can change budgets, limits and channels."
-
-    def has_permission(self, request: Request, view: Any) -> bool:
-        if request.method in permissions.SAFE_METHODS:
-            return True
-        return request.user.memberships.filter(role__in=MANAGER_ROLES).exists()
-
-    def has_object_permission(self, request: Request, view: Any, obj: Any) -> bool:
-        if request.method in permissions.SAFE_METHODS:
-            return True
-        return request.user.memberships.filter(organization_id=obj.organization_id, role__in=MANAGER_ROLES).exists()
-
-
-def _manager_org(user: Any, organization: Organization) -> None:
-    if not user.memberships.filter(organization=organization, role__in=MANAGER_ROLES).exists():
-        raise serializers.ValidationError({"organization": "You cannot manage this organisation."})
+def _require(serializer: serializers.Serializer, action: Action, obj: Any) -> None:
+    """A 403 when the caller's role does not allow ``action`` on the row as it would be saved."""
+    if not can(serializer.context["request"].user, action, obj):
+        raise PermissionDenied(f"Your role does not allow {action.value} here.")
 
 
 class _ScopedRelated(serializers.SlugRelatedField):
@@ -78,7 +67,7 @@ class BudgetSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
     def create(self, validated: dict[str, Any]) -> Budget:
-        _manager_org(self.context["request"].user, validated["organization"])
+        _require(self, Action.BUDGET_MANAGE, Budget(**validated))
         is_active = validated.pop("is_active", True)
         try:
             budget = services.budget_create(timezone_name=validated.pop("timezone", "UTC"), **validated)
@@ -93,6 +82,7 @@ class BudgetSerializer(serializers.ModelSerializer):
         validated.pop("organization", None)  # a budget never moves between organisations
         for field, value in validated.items():
             setattr(instance, field, value)
+        _require(self, Action.BUDGET_MANAGE, instance)  # e.g. a lead turning a project budget into a team one
         try:
             instance.full_clean()
         except DjangoValidationError as exc:
@@ -103,19 +93,15 @@ class BudgetSerializer(serializers.ModelSerializer):
 
 class BudgetList(generics.ListCreateAPIView):
     serializer_class = BudgetSerializer
-    permission_classes = [permissions.IsAuthenticated, IsManagerForWrites]
+    permission_classes = [permissions.IsAuthenticated, writes_need(Action.BUDGET_MANAGE)]
 
     def get_queryset(self) -> QuerySet[Budget]:
-        return (
-            Budget.objects.filter(organization__in=organizations_for(user=self.request.user))
-            .select_related("organization", "team", "project", "api_key")
-            .order_by("id")
-        )
+        return budgets_visible(user=self.request.user).order_by("id")
 
 
 class BudgetDetail(generics.RetrieveUpdateDestroyAPIView):
     serializer_class = BudgetSerializer
-    permission_classes = [permissions.IsAuthenticated, IsManagerForWrites]
+    permission_classes = [permissions.IsAuthenticated, writes_need(Action.BUDGET_MANAGE)]
 
     def get_queryset(self) -> QuerySet[Budget]:
         return BudgetList.get_queryset(self)
@@ -123,9 +109,7 @@ class BudgetDetail(generics.RetrieveUpdateDestroyAPIView):
 
 class BudgetStatusView(APIView):
     def get(self, request: Request, pk: int) -> Response:
-        budget = generics.get_object_or_404(
-            Budget.objects.filter(organization__in=organizations_for(user=request.user)), pk=pk
-        )
+        budget = generics.get_object_or_404(budgets_visible(user=request.user), pk=pk)
         status = budget_status(budget=budget)
         return Response(
             {
@@ -152,7 +136,7 @@ class RateLimitSerializer(serializers.ModelSerializer):
         validators: list[Any] = []  # the service upserts one row per (project, key)
 
     def create(self, validated: dict[str, Any]) -> RateLimit:
-        _manager_org(self.context["request"].user, validated["project"].organization)
+        _require(self, Action.PROJECT_MANAGE, validated["project"])
         try:
             return services.rate_limit_set(**validated)
         except DjangoValidationError as exc:
@@ -161,7 +145,7 @@ class RateLimitSerializer(serializers.ModelSerializer):
 
 class RateLimitList(generics.ListCreateAPIView):
     serializer_class = RateLimitSerializer
-    permission_classes = [permissions.IsAuthenticated, IsManagerForWrites]
+    permission_classes = [permissions.IsAuthenticated, writes_need(Action.PROJECT_MANAGE)]
 
     def get_queryset(self) -> QuerySet[RateLimit]:
         return (
@@ -184,8 +168,13 @@ class ChannelSerializer(serializers.ModelSerializer):
     def get_has_secret(self, obj: NotificationChannel) -> bool:
         return bool(obj.secret_encrypted)
 
+    def to_representation(self, obj: NotificationChannel) -> dict[str, Any]:
+        data = super().to_representation(obj)
+        data["target"] = shown(self.context["request"].user, obj.target, obj)  # a webhook URL works as a password
+        return data
+
     def create(self, validated: dict[str, Any]) -> NotificationChannel:
-        _manager_org(self.context["request"].user, validated["organization"])
+        _require(self, Action.ORG_MANAGE, validated["organization"])
         validated.pop("is_active", None)
         try:
             return services.channel_create(**validated)
@@ -195,14 +184,10 @@ class ChannelSerializer(serializers.ModelSerializer):
 
 class ChannelList(generics.ListCreateAPIView):
     serializer_class = ChannelSerializer
-    permission_classes = [permissions.IsAuthenticated, IsManagerForWrites]
+    permission_classes = [permissions.IsAuthenticated, writes_need(Action.ORG_MANAGE)]
 
     def get_queryset(self) -> QuerySet[NotificationChannel]:
-        return (
-            NotificationChannel.objects.filter(organization__in=organizations_for(user=self.request.user))
-            .select_related("organization")
-            .order_by("id")
-        )
+        return channels_visible(user=self.request.user).order_by("id")
 
 
 class AlertSerializer(serializers.ModelSerializer):
@@ -220,8 +205,4 @@ class AlertList(generics.ListAPIView):
     serializer_class = AlertSerializer
 
     def get_queryset(self) -> QuerySet[Alert]:
-        return (
-            Alert.objects.filter(organization__in=organizations_for(user=self.request.user))
-            .prefetch_related("deliveries__channel")
-            .order_by("-created_at")
-        )
+        return alerts_visible(user=self.request.user).prefetch_related("deliveries__channel").order_by("-created_at")

@@ -6,17 +6,13 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth.models import User
-from django.db.models import QuerySet
 
 from apps.budgets.models import Budget, ChannelKind, NotificationChannel, RateLimit
 from apps.keys.models import ApiKey
-from apps.tenancy.models import MANAGER_ROLES, Organization, Team
-from apps.tenancy.selectors import projects_for
+from apps.tenancy.models import Team
+from apps.tenancy.permissions import Action
+from apps.tenancy.selectors import organizations_where, projects_where
 from costcontrol.forms import form_field
-
-
-def managed_organizations(user: User) -> QuerySet[Organization]:
-    return Organization.objects.filter(memberships__user=user, memberships__role__in=MANAGER_ROLES).order_by("name")
 
 
 class BudgetForm(forms.ModelForm):
@@ -35,8 +31,10 @@ class BudgetForm(forms.ModelForm):
 
     def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        orgs = managed_organizations(user)
-        projects = projects_for(user=user).filter(organization__in=orgs)
+        # Choices are what the user may budget on; which scope their role allows is checked on the
+        # budget itself (a team lead picking "organisation" gets a 403, not a silent choice).
+        orgs = organizations_where(user=user, action=Action.BUDGET_MANAGE)
+        projects = projects_where(user=user, action=Action.BUDGET_MANAGE)
         form_field(self, "organization", forms.ModelChoiceField).queryset = orgs
         form_field(self, "team", forms.ModelChoiceField).queryset = Team.objects.filter(organization__in=orgs)
         form_field(self, "project", forms.ModelChoiceField).queryset = projects
@@ -77,7 +75,7 @@ class RateLimitForm(forms.ModelForm):
 
     def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        projects = projects_for(user=user).filter(organization__in=managed_organizations(user))
+        projects = projects_where(user=user, action=Action.PROJECT_MANAGE)
         form_field(self, "project", forms.ModelChoiceField).queryset = projects
         form_field(self, "api_key", forms.ModelChoiceField).queryset = ApiKey.objects.filter(
             project__in=projects, revoked_at__isnull=True
@@ -108,7 +106,9 @@ class ChannelForm(forms.ModelForm):
 
     def __init__(self, *args: Any, user: User, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        form_field(self, "organization", forms.ModelChoiceField).queryset = managed_organizations(user)
+        form_field(self, "organization", forms.ModelChoiceField).queryset = organizations_where(
+            user=user, action=Action.ORG_MANAGE
+        )
 
     def clean(self) -> dict[str, Any]:
         super().clean()

@@ -6,12 +6,15 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
-from apps.budgets.models import Budget, BudgetScope
+from apps.budgets.models import Alert, Budget, BudgetScope, NotificationChannel
 from apps.budgets.periods import FOREVER, period_bounds
 from apps.ledger.models import LedgerEntry
+from apps.tenancy.permissions import Action
+from apps.tenancy.selectors import organizations_for, reach_q
 
 
 def budget_ledger_filter(*, budget: Budget) -> Q:
@@ -91,9 +94,51 @@ def _status(budget: Budget, bounds: tuple[dt.datetime, dt.datetime], spent: Deci
     )
 
 
-def budgets_for_organizations(*, organization_ids: list[int]) -> QuerySet[Budget]:
+_PROJECT_SCOPES = (BudgetScope.PROJECT, BudgetScope.FEATURE, BudgetScope.END_USER)
+
+
+def _budget_in_team(team_id: int, prefix: str = "") -> Q:
+    """Budgets placed in a team (apps/tenancy/permissions.py): on it, or on one of its projects or keys."""
     return (
-        Budget.objects.filter(organization_id__in=organization_ids)
-        .select_related("organization", "team", "project", "api_key")
-        .order_by("organization__name", "name")
+        Q(**{f"{prefix}scope": BudgetScope.TEAM, f"{prefix}team_id": team_id})
+        | Q(**{f"{prefix}scope__in": _PROJECT_SCOPES, f"{prefix}project__team_id": team_id})
+        | Q(**{f"{prefix}scope": BudgetScope.KEY, f"{prefix}api_key__project__team_id": team_id})
+    )
+
+
+def _budget_below_org(prefix: str = "") -> Q:
+    """Budgets that are not organisation-level: what members without a team reach."""
+    return Q(**{f"{prefix}scope__in": (BudgetScope.TEAM, BudgetScope.KEY)}) | Q(
+        **{f"{prefix}scope__in": _PROJECT_SCOPES, f"{prefix}project__isnull": False}
+    )
+
+
+def budgets_visible(*, user: User | AnonymousUser) -> QuerySet[Budget]:
+    """Budgets ``user`` may read: the organisation's for owners and finance, their team's for others."""
+    visible = reach_q(
+        user=user, action=Action.BUDGET_VIEW, org="organization_id", team=_budget_in_team, teamless=_budget_below_org()
+    )
+    if visible is None:
+        return Budget.objects.none()
+    return Budget.objects.filter(visible).select_related("organization", "team", "project", "api_key")
+
+
+def alerts_visible(*, user: User | AnonymousUser) -> QuerySet[Alert]:
+    """Alerts ``user`` may read: as their budgets, and for alerts about a project, as that project."""
+    visible = reach_q(
+        user=user,
+        action=Action.BUDGET_VIEW,
+        org="organization_id",
+        team=lambda t: Q(project__team_id=t) | Q(project__isnull=True) & _budget_in_team(t, "budget__"),
+        teamless=Q(project__isnull=False) | Q(project__isnull=True) & _budget_below_org("budget__"),
+    )
+    if visible is None:
+        return Alert.objects.none()
+    return Alert.objects.filter(visible)
+
+
+def channels_visible(*, user: User | AnonymousUser) -> QuerySet[NotificationChannel]:
+    """Channels of the user's organisations; their targets are shown masked to all but owners."""
+    return NotificationChannel.objects.filter(organization__in=organizations_for(user=user)).select_related(
+        "organization"
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -17,29 +16,27 @@ from apps.cache.selectors import cache_entries, cache_namespaces, cache_savings_
 from apps.cache.services import cache_entries_delete, cache_purge
 from apps.ledger.services import redis_client
 from apps.tenancy.models import Project
-from apps.tenancy.selectors import can_manage_project, projects_for
+from apps.tenancy.permissions import Action, can, require
+from apps.tenancy.selectors import projects_for
 
 
 def _project(request: HttpRequest, slug: str) -> Project:
     return get_object_or_404(projects_for(user=request.user), slug=slug)
 
 
-def _require_manager(request: HttpRequest, project: Project) -> None:
-    if not can_manage_project(user=request.user, project=project):
-        raise PermissionDenied("Only owners and team leads change the cache.")
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def cache_page(request: HttpRequest, slug: str) -> HttpResponse:
     project = _project(request, slug)
-    may_manage = can_manage_project(user=request.user, project=project)
+    may_manage = can(request.user, Action.PROJECT_MANAGE, project)
+    # Cached prompts and answers are what end users typed and got: only who manages the project reads them.
+    may_read_entries = can(request.user, Action.CACHE_CONTENT_VIEW, project)
     feature = request.POST.get("feature", "") if request.method == "POST" else ""
     policy = CachePolicy.objects.filter(project=project, feature=feature).first()
     form = CachePolicyForm(instance=policy) if may_manage else None
     status = 200
     if request.method == "POST":
-        _require_manager(request, project)
+        require(request.user, Action.PROJECT_MANAGE, project)
         form = CachePolicyForm(request.POST, instance=policy or CachePolicy(project=project))
         if form.is_valid():
             try:
@@ -52,9 +49,8 @@ def cache_page(request: HttpRequest, slug: str) -> HttpResponse:
         status = 400
     search = request.GET.get("q", "").strip()
     namespace = request.GET.get("ns")
-    page = Paginator(cache_entries(project=project, search=search, namespace=namespace), 50).get_page(
-        request.GET.get("page")
-    )
+    entries = cache_entries(project=project, search=search, namespace=namespace) if may_read_entries else None
+    page = Paginator(entries, 50).get_page(request.GET.get("page")) if entries is not None else None
     context = {
         "project": project,
         "policies": CachePolicy.objects.filter(project=project).order_by("feature"),
@@ -65,6 +61,7 @@ def cache_page(request: HttpRequest, slug: str) -> HttpResponse:
         "namespaces": cache_namespaces(project=project),
         "days": cache_savings_by_day(project=project),
         "may_manage": may_manage,
+        "may_read_entries": may_read_entries,
     }
     return render(request, "cache/cache.html", context, status=status)
 
@@ -73,6 +70,7 @@ def cache_page(request: HttpRequest, slug: str) -> HttpResponse:
 @require_GET
 def entry_detail(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     project = _project(request, slug)
+    require(request.user, Action.CACHE_CONTENT_VIEW, project)
     entry = get_object_or_404(CacheEntry.objects.defer("embedding"), project=project, pk=pk)
     return render(request, "cache/entry.html", {"project": project, "entry": entry})
 
@@ -81,7 +79,7 @@ def entry_detail(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
 @require_POST
 def entry_delete(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     project = _project(request, slug)
-    _require_manager(request, project)
+    require(request.user, Action.PROJECT_MANAGE, project)
     entry = get_object_or_404(CacheEntry, project=project, pk=pk)
     cache_entries_delete(redis_client(), [(entry.id, entry.project_id, entry.namespace, entry.exact_key)])
     messages.success(request, "Entry deleted.")
@@ -92,7 +90,7 @@ def entry_delete(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
 @require_POST
 def purge(request: HttpRequest, slug: str) -> HttpResponse:
     project = _project(request, slug)
-    _require_manager(request, project)
+    require(request.user, Action.PROJECT_MANAGE, project)
     namespace = request.POST.get("namespace")
     removed = cache_purge(client=redis_client(), project=project, namespace=namespace)
     where = f"namespace '{namespace or '(default)'}'" if namespace is not None else "all namespaces"

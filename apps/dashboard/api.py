@@ -16,7 +16,6 @@ from django.db.models import QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from rest_framework import generics, serializers, status
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.exceptions import ValidationError as ApiValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -37,7 +36,8 @@ from apps.ledger.selectors import (
 from apps.providers.models import Price, Provider
 from apps.providers.selectors import prices_for, providers_for
 from apps.tenancy.models import Project
-from apps.tenancy.selectors import can_issue_keys, projects_for
+from apps.tenancy.permissions import Action, require, shown
+from apps.tenancy.selectors import projects_for
 from costcontrol.forms import service_error_detail
 
 
@@ -102,13 +102,17 @@ class LedgerEntrySerializer(serializers.ModelSerializer):
 
 
 class ProviderSerializer(serializers.ModelSerializer):
-    """Never the secret: only whether one is stored."""
+    """Never the secret: only whether one is stored. The base URL is masked for all but owners."""
 
     organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    base_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Provider
         fields = ["id", "organization", "name", "kind", "base_url", "is_active", "has_secret", "created_at"]
+
+    def get_base_url(self, obj: Provider) -> str:
+        return shown(self.context["request"].user, obj.base_url, obj)
 
 
 class PriceSerializer(serializers.ModelSerializer):
@@ -148,8 +152,7 @@ class ProjectKeys(generics.ListAPIView):
 
     def post(self, request: Request, slug: str) -> Response:
         project = self.project()
-        if not can_issue_keys(user=request.user, project=project):
-            raise PermissionDenied("You cannot issue keys for this project.")
+        require(request.user, Action.KEY_ISSUE, project)
         payload = KeyIssueSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         try:
@@ -166,8 +169,7 @@ class KeyRevoke(APIView):
             ApiKey.objects.filter(project__in=projects_for(user=request.user).values("pk")).select_related("project"),
             lookup_id=lookup_id,
         )
-        if not can_issue_keys(user=request.user, project=api_key.project):
-            raise PermissionDenied("You cannot revoke keys of this project.")
+        require(request.user, Action.KEY_REVOKE, api_key)
         key_revoke(api_key=api_key)
         return Response(KeySerializer(api_key).data)
 

@@ -11,7 +11,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q
 
 from apps.budgets.models import Alert, AlertKind, Budget, BudgetScope
-from apps.budgets.selectors import BudgetStatus, budget_statuses
+from apps.budgets.selectors import BudgetStatus, alerts_visible, budget_statuses, budgets_visible
 from apps.ledger.selectors import (
     GROUP_BY_FIELDS,
     LeverTotals,
@@ -88,9 +88,10 @@ class Overview:
         return sum((lever.savings for lever in self.levers), Decimal(0))
 
 
-def _budgets_for(scope: OverviewScope) -> list[Budget]:
-    """Active budgets that count spend of the scope: the whole org's, or those covering the project."""
-    budgets = Budget.objects.filter(organization=scope.organization, is_active=True)
+def _budgets_for(user: User | AnonymousUser, scope: OverviewScope) -> list[Budget]:
+    """Active budgets the user may read that count spend of the scope: the whole org's, or those covering
+    the project."""
+    budgets = budgets_visible(user=user).filter(organization=scope.organization, is_active=True)
     if scope.project is not None:
         covers = Q(scope=BudgetScope.ORGANIZATION) | Q(project=scope.project)
         if scope.project.team_id is not None:
@@ -99,8 +100,8 @@ def _budgets_for(scope: OverviewScope) -> list[Budget]:
     return list(budgets.select_related("organization", "team", "project", "api_key").order_by("name"))
 
 
-def _alerts_for(scope: OverviewScope) -> list[Alert]:
-    alerts = Alert.objects.filter(organization=scope.organization)
+def _alerts_for(user: User | AnonymousUser, scope: OverviewScope) -> list[Alert]:
+    alerts = alerts_visible(user=user).filter(organization=scope.organization)
     if scope.project is not None:
         alerts = alerts.filter(Q(project=scope.project) | Q(project__isnull=True))
     return list(alerts.select_related("project").order_by("-created_at")[:LATEST_ALERTS])
@@ -117,7 +118,9 @@ def _dead_letters_for(scope: OverviewScope, since: dt.datetime, until: dt.dateti
     return sum(int(data.get("count") or 0) for data in counts if isinstance(data, dict))
 
 
-def overview_for(*, scope: OverviewScope, since: dt.datetime, until: dt.datetime, group_by: str) -> Overview:
+def overview_for(
+    *, user: User | AnonymousUser, scope: OverviewScope, since: dt.datetime, until: dt.datetime, group_by: str
+) -> Overview:
     """Everything the overview shows, in a fixed number of queries whatever the traffic."""
     ids = scope.project_ids
     window: dict[str, Any] = {"project_ids": ids, "since": since, "until": until}
@@ -133,7 +136,7 @@ def overview_for(*, scope: OverviewScope, since: dt.datetime, until: dt.datetime
         top={name: rollup_top(**window, group_by=name, limit=TOP_N) for name in GROUP_BY_FIELDS},
         spend_today=sum((s.today for s in spend), Decimal(0)),
         spend_month=sum((s.month for s in spend), Decimal(0)),
-        budgets=budget_statuses(budgets=_budgets_for(scope)),
-        alerts=_alerts_for(scope),
+        budgets=budget_statuses(budgets=_budgets_for(user, scope)),
+        alerts=_alerts_for(user, scope),
         dead_letters=_dead_letters_for(scope, since, until),
     )

@@ -8,9 +8,7 @@ thing but not change it (finance, developers on manager-only settings) gets a
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
@@ -54,17 +52,12 @@ from apps.providers.models import Provider
 from apps.providers.selectors import aliases_for, providers_with_prices
 from apps.providers.services import alias_set, price_set, provider_create, provider_update
 from apps.tenancy.auth import signed_in_user
-from apps.tenancy.models import MANAGER_ROLES, Organization, Project
-from apps.tenancy.selectors import (
-    can_issue_keys,
-    can_manage_organization,
-    can_manage_project,
-    memberships_for,
-    organizations_for,
-    projects_for,
-)
+from apps.tenancy.models import Organization, Project, Team
+from apps.tenancy.permissions import Action, can, can_anywhere, require, shown
+from apps.tenancy.selectors import memberships_for, organizations_for, projects_for
 from apps.tenancy.services import project_create, project_set_default_provider
 from costcontrol.forms import add_service_errors
+from costcontrol.spreadsheet import csv_lines
 
 LEDGER_PAGE_SIZE = 50
 
@@ -81,7 +74,11 @@ def _visible_org(request: HttpRequest, slug: str) -> Organization:
 
 
 def _home(
-    request: HttpRequest, *, bound_form: ProjectCreateForm | None = None, bound_org_id: int | None = None
+    request: HttpRequest,
+    *,
+    bound_form: ProjectCreateForm | None = None,
+    bound_org_id: int | None = None,
+    status: int = 200,
 ) -> HttpResponse:
     memberships = list(memberships_for(user=request.user).order_by("organization__name"))
     projects = list(projects_for(user=request.user))
@@ -91,10 +88,10 @@ def _home(
         org = membership.organization
         org_projects = [{"project": p, "spend": spend.get(p.pk)} for p in projects if p.organization_id == org.pk]
         form = None
-        if membership.role in MANAGER_ROLES:
-            form = bound_form if bound_org_id == org.pk else ProjectCreateForm(teams=org.teams.order_by("name"))
+        if can_anywhere(request.user, Action.PROJECT_CREATE, org):
+            form = bound_form if bound_org_id == org.pk else _project_form(request, org)
         orgs.append({"org": org, "membership": membership, "projects": org_projects, "form": form})
-    return render(request, "dashboard/home.html", {"orgs": orgs})
+    return render(request, "dashboard/home.html", {"orgs": orgs}, status=status)
 
 
 @login_required
@@ -103,14 +100,22 @@ def home(request: HttpRequest) -> HttpResponse:
     return _home(request)
 
 
+def _project_form(request: HttpRequest, org: Organization, data: Any = None) -> ProjectCreateForm:
+    """The new-project form, its teams narrowed to those the user may create projects in."""
+    teams = [t for t in org.teams.order_by("name") if can(request.user, Action.PROJECT_CREATE, t)]
+    return ProjectCreateForm(data, teams=Team.objects.filter(pk__in=[t.pk for t in teams]).order_by("name"))
+
+
 @login_required
 @require_POST
 def project_new(request: HttpRequest, org_slug: str) -> HttpResponse:
     org = _visible_org(request, org_slug)
-    if not can_manage_organization(user=request.user, organization_id=org.pk):
+    if not can_anywhere(request.user, Action.PROJECT_CREATE, org):
         raise PermissionDenied
-    form = ProjectCreateForm(request.POST, teams=org.teams.order_by("name"))
+    form = _project_form(request, org, request.POST)
     if form.is_valid():
+        # A project without a team is organisation-wide: only who may create there may leave it out.
+        require(request.user, Action.PROJECT_CREATE, form.cleaned_data["team"] or org)
         try:
             project = project_create(
                 organization=org,
@@ -123,7 +128,7 @@ def project_new(request: HttpRequest, org_slug: str) -> HttpResponse:
         else:
             messages.success(request, f"Project “{project.name}” created.")
             return redirect("dashboard:project", slug=project.slug)
-    return _home(request, bound_form=form, bound_org_id=org.pk)
+    return _home(request, bound_form=form, bound_org_id=org.pk, status=400)
 
 
 # Project ------------------------------------------------------------------------------------------
@@ -137,12 +142,14 @@ def _project_page(
     alias_form: AliasForm | None = None,
     default_form: DefaultProviderForm | None = None,
 ) -> HttpResponse:
-    may_issue = can_issue_keys(user=request.user, project=project)
-    may_manage = can_manage_project(user=request.user, project=project)
+    may_issue = can(request.user, Action.KEY_ISSUE, project)
+    may_manage = can(request.user, Action.PROJECT_MANAGE, project)
     providers = Provider.objects.filter(organization_id=project.organization_id).order_by("name")
+    keys = list(project.api_keys.order_by("-created_at"))
     context = {
         "project": project,
-        "keys": project.api_keys.order_by("-created_at"),
+        "keys": [{"key": key, "may_revoke": can(request.user, Action.KEY_REVOKE, key)} for key in keys],
+        "may_revoke_any": any(can(request.user, Action.KEY_REVOKE, key) for key in keys),
         "aliases": aliases_for(project=project),
         "spend": spend_by_project(project_ids=[project.pk]).get(project.pk),
         "may_issue": may_issue,
@@ -169,8 +176,7 @@ def project_detail(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def key_new(request: HttpRequest, slug: str) -> HttpResponse:
     project = _visible_project(request, slug)
-    if not can_issue_keys(user=request.user, project=project):
-        raise PermissionDenied
+    require(request.user, Action.KEY_ISSUE, project)
     form = KeyIssueForm(request.POST)
     if not form.is_valid():
         return _project_page(request, project, key_form=form)
@@ -205,8 +211,7 @@ def key_new(request: HttpRequest, slug: str) -> HttpResponse:
 def key_revoke_view(request: HttpRequest, slug: str, lookup_id: str) -> HttpResponse:
     project = _visible_project(request, slug)
     api_key = get_object_or_404(ApiKey, project=project, lookup_id=lookup_id)
-    if not can_issue_keys(user=request.user, project=project):
-        raise PermissionDenied
+    require(request.user, Action.KEY_REVOKE, api_key)
     key_revoke(api_key=api_key)
     messages.success(request, f"Key {api_key.display_prefix} revoked.")
     return redirect("dashboard:project", slug=project.slug)
@@ -216,8 +221,7 @@ def key_revoke_view(request: HttpRequest, slug: str, lookup_id: str) -> HttpResp
 @require_POST
 def alias_new(request: HttpRequest, slug: str) -> HttpResponse:
     project = _visible_project(request, slug)
-    if not can_manage_project(user=request.user, project=project):
-        raise PermissionDenied
+    require(request.user, Action.PROJECT_MANAGE, project)
     providers = Provider.objects.filter(organization_id=project.organization_id).order_by("name")
     form = AliasForm(request.POST, providers=providers)
     if form.is_valid():
@@ -235,8 +239,7 @@ def alias_new(request: HttpRequest, slug: str) -> HttpResponse:
 @require_POST
 def default_provider_set(request: HttpRequest, slug: str) -> HttpResponse:
     project = _visible_project(request, slug)
-    if not can_manage_project(user=request.user, project=project):
-        raise PermissionDenied
+    require(request.user, Action.PROJECT_MANAGE, project)
     providers = Provider.objects.filter(organization_id=project.organization_id).order_by("name")
     form = DefaultProviderForm(request.POST, providers=providers)
     if not form.is_valid():
@@ -257,11 +260,12 @@ def _providers_page(
     price_form: PriceForm | None = None,
     price_provider_id: int | None = None,
 ) -> HttpResponse:
-    may_manage = can_manage_organization(user=request.user, organization_id=org.pk)
+    may_manage = can(request.user, Action.ORG_MANAGE, org)
     providers = list(providers_with_prices(organization=org))
     rows = [
         {
             "provider": provider,
+            "base_url": shown(request.user, provider.base_url, provider),
             "price_form": (price_form if price_provider_id == provider.pk else PriceForm(prefix=f"p{provider.pk}"))
             if may_manage
             else None,
@@ -283,8 +287,7 @@ def providers(request: HttpRequest, org_slug: str) -> HttpResponse:
     org = _visible_org(request, org_slug)
     if request.method == "GET":
         return _providers_page(request, org)
-    if not can_manage_organization(user=request.user, organization_id=org.pk):
-        raise PermissionDenied
+    require(request.user, Action.ORG_MANAGE, org)
     form = ProviderCreateForm(request.POST)
     if form.is_valid():
         try:
@@ -302,8 +305,7 @@ def providers(request: HttpRequest, org_slug: str) -> HttpResponse:
 def provider_edit(request: HttpRequest, org_slug: str, pk: int) -> HttpResponse:
     org = _visible_org(request, org_slug)
     provider = get_object_or_404(Provider, organization=org, pk=pk)
-    if not can_manage_organization(user=request.user, organization_id=org.pk):
-        raise PermissionDenied
+    require(request.user, Action.ORG_MANAGE, provider)
     if request.method == "POST":
         form = ProviderUpdateForm(request.POST)
         if form.is_valid():
@@ -326,8 +328,7 @@ def provider_edit(request: HttpRequest, org_slug: str, pk: int) -> HttpResponse:
 def price_new(request: HttpRequest, org_slug: str, pk: int) -> HttpResponse:
     org = _visible_org(request, org_slug)
     provider = get_object_or_404(Provider, organization=org, pk=pk)
-    if not can_manage_organization(user=request.user, organization_id=org.pk):
-        raise PermissionDenied
+    require(request.user, Action.ORG_MANAGE, provider)
     form = PriceForm(request.POST, prefix=f"p{provider.pk}")
     if form.is_valid():
         try:
@@ -360,25 +361,14 @@ def ledger(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/ledger.html", context)
 
 
-class _Echo:
-    """A file-like object whose write returns the line, so csv.writer can feed a stream."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
 @login_required
 @require_GET
 def ledger_export(request: HttpRequest) -> StreamingHttpResponse:
     form = _ledger_filter_form(request)
     entries = ledger_entries(user=request.user, filters=form.to_filters())
-    writer = csv.writer(_Echo())
-
-    def lines() -> Iterator[str]:
-        for row in ledger_export_rows(entries=entries):
-            yield writer.writerow(row)
-
-    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response = StreamingHttpResponse(
+        csv_lines(ledger_export_rows(entries=entries)), content_type="text/csv; charset=utf-8"
+    )
     response["Content-Disposition"] = 'attachment; filename="ledger.csv"'
     return response
 
@@ -450,7 +440,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     tz = timezone.get_current_timezone()
     since = dt.datetime.combine(day_from, dt.time.min, tzinfo=tz)
     until = dt.datetime.combine(day_to + dt.timedelta(days=1), dt.time.min, tzinfo=tz)
-    data = overview_for(scope=scope, since=since, until=until, group_by=group_by)
+    data = overview_for(user=request.user, scope=scope, since=since, until=until, group_by=group_by)
     top = [
         {
             "name": name,

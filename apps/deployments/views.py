@@ -1,7 +1,8 @@
 """Deployment pages (list, create, start/stop, runs) and the break-even page, per project.
 
 Deployments belong to the project's organisation: anyone who sees the project reads them;
-owners and team leads who manage it create, start and stop them; outsiders get 404.
+they are organisation-wide objects, so only owners create, start and stop them (others get a 403,
+outsiders a 404).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
@@ -31,27 +31,23 @@ from apps.deployments.services import (
     price_per_mtok,
 )
 from apps.tenancy.models import Project
-from apps.tenancy.selectors import can_manage_project, projects_for
+from apps.tenancy.permissions import Action, can, require
+from apps.tenancy.selectors import projects_for
 
 
 def _project(request: HttpRequest, slug: str) -> Project:
     return get_object_or_404(projects_for(user=request.user), slug=slug)
 
 
-def _require_manager(request: HttpRequest, project: Project) -> None:
-    if not can_manage_project(user=request.user, project=project):
-        raise PermissionDenied("Only owners and team leads manage deployments.")
-
-
 @login_required
 @require_http_methods(["GET", "POST"])
 def deployments_page(request: HttpRequest, slug: str) -> HttpResponse:
     project = _project(request, slug)
-    may_manage = can_manage_project(user=request.user, project=project)
+    may_manage = can(request.user, Action.ORG_MANAGE, project.organization)
     form = DeploymentForm() if may_manage else None
     status = 200
     if request.method == "POST":
-        _require_manager(request, project)
+        require(request.user, Action.ORG_MANAGE, project.organization)
         form = DeploymentForm(request.POST)
         if form.is_valid():
             try:
@@ -91,7 +87,7 @@ def deployment_page(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
         "price_per_mtok": price_per_mtok(
             hourly_cost_usd=deployment.hourly_cost_usd, throughput_tokens_per_s=deployment.throughput_tokens_per_s
         ),
-        "may_manage": can_manage_project(user=request.user, project=project),
+        "may_manage": can(request.user, Action.ORG_MANAGE, deployment),
     }
     return render(request, "deployments/deployment.html", context)
 
@@ -107,8 +103,8 @@ _ACTIONS = {
 def deployment_action_view(request: HttpRequest, slug: str, pk: int, action: str) -> HttpResponse:
     """Start or stop: the row changes at once, a gpu worker does the rest."""
     project = _project(request, slug)
-    _require_manager(request, project)
     deployment = _deployment(project, pk)
+    require(request.user, Action.ORG_MANAGE, deployment)
     service, done = _ACTIONS[action]
     try:
         service(deployment=deployment)

@@ -11,21 +11,17 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 from apps.reports.selectors import BUCKETS, GROUPINGS, ExportQuery, month_bounds
-from apps.tenancy.models import Organization, Project, Role
-from apps.tenancy.selectors import organizations_for, projects_for
+from apps.tenancy.models import Organization, Project
+from apps.tenancy.permissions import Action
+from apps.tenancy.selectors import organizations_where, projects_where
 from costcontrol.forms import form_field
-
-# Finance reconciles spend that bypassed the gateway; managers own the projects.
-# Developers may not: an import changes every report of the organisation.
-IMPORT_ROLES = frozenset({Role.OWNER, Role.TEAM_LEAD, Role.FINANCE})
 
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
 
 
 def import_organizations(user: User | AnonymousUser) -> QuerySet[Organization]:
-    if not user.is_authenticated:
-        return Organization.objects.none()
-    return organizations_for(user=user).filter(memberships__user=user, memberships__role__in=IMPORT_ROLES)
+    """Where the user may import usage: owners their organisation, team leads their team's projects."""
+    return organizations_where(user=user, action=Action.USAGE_IMPORT)
 
 
 def _parse_moment(raw: str, field: str) -> dt.datetime:
@@ -128,8 +124,8 @@ class UsageImportForm(forms.Form):
         orgs = import_organizations(user)
         organization = form_field(self, "organization", forms.ModelChoiceField)
         organization.queryset = orgs
-        form_field(self, "project", forms.ModelChoiceField).queryset = projects_for(user=user).filter(
-            organization__in=orgs.values("pk")
+        form_field(self, "project", forms.ModelChoiceField).queryset = projects_where(
+            user=user, action=Action.USAGE_IMPORT
         )
         if len(importable := list(orgs)) == 1:
             organization.initial = importable[0].pk

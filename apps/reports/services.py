@@ -57,6 +57,7 @@ from apps.providers.models import Provider, ProviderKind
 from apps.reports.models import ExportJob, ExportKind, ExportStatus
 from apps.reports.selectors import MTOK, ExportQuery, PriceBook, export_rows
 from apps.tenancy.models import Organization, Project
+from costcontrol.spreadsheet import csv_lines
 
 logger = logging.getLogger(__name__)
 
@@ -500,10 +501,10 @@ def export_job_run(*, job: ExportJob, progress_every: int = PROGRESS_EVERY) -> E
         ExportJob.objects.filter(pk=job.pk).update(rows_total=estimate)
         written = 0
         with partial.open("w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(next(rows))
-            for row in rows:
-                writer.writerow(row)
+            lines = csv_lines(rows)
+            handle.write(next(lines))  # the header
+            for line in lines:
+                handle.write(line)
                 written += 1
                 if written % progress_every == 0:
                     ExportJob.objects.filter(pk=job.pk).update(rows_written=written)

@@ -3,14 +3,14 @@
 Scoping follows the dashboard: an organisation is looked up among the user's,
 so outsiders get a 404; inside it every read is narrowed to the projects the
 user sees (``projects_for``), so developers get their team's projects and
-finance and owners the whole organisation. Imports are for owners, team
-leads and finance (``IMPORT_ROLES``); developers get a 403.
+finance and owners the whole organisation. An import books spend to a
+project, so it is a write: owners anywhere in their organisation, team leads
+on their team's projects (the role matrix, apps/tenancy/permissions.py);
+finance and developers get a 403.
 """
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterator
 from typing import Any, TypedDict
 
 from django.conf import settings
@@ -32,12 +32,14 @@ from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.reports import services
-from apps.reports.forms import IMPORT_ROLES, ExportQueryForm, ReportForm, UsageImportForm, import_organizations
+from apps.reports.forms import ExportQueryForm, ReportForm, UsageImportForm, import_organizations
 from apps.reports.models import ExportJob, ExportKind, ExportStatus
 from apps.reports.selectors import ExportQuery, export_rows, monthly_report, recent_export_jobs, visible_projects
 from apps.tenancy.auth import signed_in_user
 from apps.tenancy.models import Organization
-from apps.tenancy.selectors import membership_in, organizations_for
+from apps.tenancy.permissions import Action, can_anywhere, require
+from apps.tenancy.selectors import organizations_for
+from costcontrol.spreadsheet import csv_lines
 
 # Above this many ledger rows in the range, the report offers a background export first.
 DIRECT_EXPORT_MAX_ROWS = 50_000
@@ -119,13 +121,6 @@ def _export_link(kind: str, label: str, url_name: str, params: dict[str, str]) -
     return {"kind": kind, "label": label, "params": params, "href": f"{reverse(url_name)}?{urlencode(params)}"}
 
 
-class _Echo:
-    """A file-like object whose write returns the line, so csv.writer can feed a stream."""
-
-    def write(self, value: str) -> str:
-        return value
-
-
 def _export_query(request: HttpRequest, data: QueryDict) -> tuple[Organization, ExportQuery] | HttpResponse:
     form = ExportQueryForm(data)
     if not form.is_valid():
@@ -146,14 +141,8 @@ def _stream(request: HttpRequest, kind: str) -> HttpResponse | StreamingHttpResp
         return parsed
     org, query = parsed
     rows, _sized = export_rows(kind=kind, user=request.user, organization=org, query=query)
-    writer = csv.writer(_Echo())
-
-    def lines() -> Iterator[str]:
-        for row in rows:
-            yield writer.writerow(row)
-
     name = f"{kind}-{org.slug}-{query.since:%Y%m%d}-{query.until:%Y%m%d}.csv"
-    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    response = StreamingHttpResponse(csv_lines(rows), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
 
@@ -241,8 +230,7 @@ def export_job_download(request: HttpRequest, pk: int) -> FileResponse:
 def usage_import(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and request.POST.get("organization", "").isdigit():
         org = get_object_or_404(organizations_for(user=request.user), pk=int(request.POST["organization"]))
-        membership = membership_in(user=request.user, organization_id=org.pk)
-        if membership is None or membership.role not in IMPORT_ROLES:
+        if not can_anywhere(request.user, Action.USAGE_IMPORT, org):
             raise PermissionDenied
     elif not import_organizations(request.user).exists():
         raise PermissionDenied
@@ -250,6 +238,7 @@ def usage_import(request: HttpRequest) -> HttpResponse:
     problems: list[services.ImportProblem] = []
     status = 200
     if request.method == "POST" and form.is_valid():
+        require(request.user, Action.USAGE_IMPORT, form.cleaned_data["project"])
         upload = form.cleaned_data["file"]
         try:
             result = services.usage_import(

@@ -1,7 +1,8 @@
 """DRF API for routing rules: the same rules, targets and figures as the pages.
 
 Rules are scoped to the caller's projects (another tenant's rule is a 404);
-writes need an owner or team-lead role in the rule's organisation. Targets are
+writes follow the role matrix (apps/tenancy/permissions.py: owners, and team
+leads on their team's projects; others get a 403). Targets are
 lists of the lines the form takes: ``"gpt-4o-mini @ openai 90"``.
 """
 
@@ -21,8 +22,10 @@ from apps.keys.models import ApiKey
 from apps.routing.models import RoutingRule, TargetRole
 from apps.routing.selectors import rule_stats, shadow_summary_by_day, stats_window
 from apps.routing.services import rule_delete, rule_save, targets_parse, targets_text
+from apps.tenancy.drf import writes_need
 from apps.tenancy.models import Project
-from apps.tenancy.selectors import can_manage_project, projects_for
+from apps.tenancy.permissions import Action, can
+from apps.tenancy.selectors import projects_for
 from costcontrol.forms import service_error_detail
 
 
@@ -65,8 +68,8 @@ class RuleSerializer(serializers.ModelSerializer):
 
     def _save(self, validated: dict[str, Any], rule: RoutingRule | None) -> RoutingRule:
         project: Project = rule.project if rule is not None else validated["project"]
-        if not can_manage_project(user=self.context["request"].user, project=project):
-            raise serializers.ValidationError({"project": "Only owners and team leads change routing rules."})
+        if not can(self.context["request"].user, Action.PROJECT_MANAGE, project):
+            raise PermissionDenied("Your role does not allow changing this project's routing rules.")
         validated.pop("project", None)  # a rule never moves between projects
         key = validated.get("match_api_key")
         if key is not None and key.project_id != project.id:
@@ -107,7 +110,7 @@ def _rules(request: Request) -> QuerySet[RoutingRule]:
 
 class RuleList(generics.ListCreateAPIView):
     serializer_class = RuleSerializer
-    permission_classes = [permissions.IsAuthenticated]
+    permission_classes = [permissions.IsAuthenticated, writes_need(Action.PROJECT_MANAGE)]
 
     def get_queryset(self) -> QuerySet[RoutingRule]:
         return _rules(self.request)
@@ -115,14 +118,12 @@ class RuleList(generics.ListCreateAPIView):
 
 class RuleDetail(generics.RetrieveUpdateDestroyAPIView):
     serializer_class = RuleSerializer
-    permission_classes = [permissions.IsAuthenticated]
+    permission_classes = [permissions.IsAuthenticated, writes_need(Action.PROJECT_MANAGE)]
 
     def get_queryset(self) -> QuerySet[RoutingRule]:
         return _rules(self.request)
 
     def perform_destroy(self, instance: RoutingRule) -> None:
-        if not can_manage_project(user=self.request.user, project=instance.project):
-            raise PermissionDenied("Only owners and team leads change routing rules.")
         rule_delete(rule=instance)
 
 

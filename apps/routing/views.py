@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -15,7 +14,8 @@ from apps.routing.models import RoutingRule
 from apps.routing.selectors import rule_stats, rules_for_project, shadow_samples, shadow_summary_by_day, stats_window
 from apps.routing.services import rule_delete, rule_move, rule_save
 from apps.tenancy.models import Project
-from apps.tenancy.selectors import can_manage_project, projects_for
+from apps.tenancy.permissions import Action, can, require
+from apps.tenancy.selectors import projects_for
 from costcontrol.forms import add_service_errors
 
 
@@ -23,15 +23,10 @@ def _project(request: HttpRequest, slug: str) -> Project:
     return get_object_or_404(projects_for(user=request.user), slug=slug)
 
 
-def _require_manager(request: HttpRequest, project: Project) -> None:
-    if not can_manage_project(user=request.user, project=project):
-        raise PermissionDenied("Only owners and team leads change routing rules.")
-
-
 def _managed_rule(request: HttpRequest, slug: str, pk: int) -> RoutingRule:
     """A rule of a project the user sees (else 404) and may change (else 403)."""
     project = _project(request, slug)
-    _require_manager(request, project)
+    require(request.user, Action.PROJECT_MANAGE, project)
     return get_object_or_404(RoutingRule, project=project, pk=pk)
 
 
@@ -57,11 +52,11 @@ def _save(request: HttpRequest, project: Project, form: RuleForm, rule: RoutingR
 @require_http_methods(["GET", "POST"])
 def rules_page(request: HttpRequest, slug: str) -> HttpResponse:
     project = _project(request, slug)
-    may_manage = can_manage_project(user=request.user, project=project)
+    may_manage = can(request.user, Action.PROJECT_MANAGE, project)
     form = RuleForm(project=project) if may_manage else None
     status = 200
     if request.method == "POST":
-        _require_manager(request, project)
+        require(request.user, Action.PROJECT_MANAGE, project)
         form = RuleForm(request.POST, project=project)
         rule = _save(request, project, form, None)
         if rule is not None:
@@ -80,11 +75,11 @@ def rules_page(request: HttpRequest, slug: str) -> HttpResponse:
 def rule_page(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     project = _project(request, slug)
     rule = get_object_or_404(rules_for_project(project=project), pk=pk)
-    may_manage = can_manage_project(user=request.user, project=project)
+    may_manage = can(request.user, Action.PROJECT_MANAGE, project)
     form = RuleForm(instance=rule, project=project) if may_manage else None
     status = 200
     if request.method == "POST":
-        _require_manager(request, project)
+        require(request.user, Action.PROJECT_MANAGE, project)
         form = RuleForm(request.POST, instance=rule, project=project)
         if _save(request, project, form, rule) is not None:
             messages.success(request, "Rule saved; gateways use it within a second.")

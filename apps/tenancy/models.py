@@ -13,10 +13,6 @@ class Role(models.TextChoices):
     FINANCE = "finance", "Finance viewer"
 
 
-# Roles that may change configuration (projects, keys, providers, prices).
-MANAGER_ROLES = frozenset({Role.OWNER, Role.TEAM_LEAD})
-
-
 class Organization(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=80, unique=True)
@@ -69,7 +65,3 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} in {self.organization} as {self.role}"
-
-    @property
-    def can_manage(self) -> bool:
-        return self.role in MANAGER_ROLES

@@ -129,7 +129,7 @@ def test_manager_creates_project_and_sees_field_errors(client: Client, people: P
     assert response.status_code == 302 and response["Location"] == "/projects/search-app/"
     assert Project.objects.get(slug="search-app").team == people.tenant.team
     duplicate = client.post(url, {"name": "Again", "slug": "search-app"})
-    assert duplicate.status_code == 200
+    assert duplicate.status_code == 400
     assert "already exists" in duplicate.content.decode()
 
 
@@ -173,7 +173,11 @@ def test_revoke_key_and_status_column(client: Client, people: People) -> None:
     project = people.tenant.project
     expired = key_issue(project=project, name="old", expires_at=timezone.now() + dt.timedelta(seconds=1))
     ApiKey.objects.filter(pk=expired.api_key.pk).update(expires_at=timezone.now() - dt.timedelta(hours=1))
-    api_key = people.tenant.key.api_key
+    # A developer revokes the keys they issued, not their colleagues'.
+    others = people.tenant.key.api_key
+    url = reverse("dashboard:key-revoke", kwargs={"slug": project.slug, "lookup_id": others.lookup_id})
+    assert client.post(url).status_code == 403
+    api_key = key_issue(project=project, name="mine", created_by=people.member).api_key
     response = client.post(
         reverse("dashboard:key-revoke", kwargs={"slug": project.slug, "lookup_id": api_key.lookup_id})
     )

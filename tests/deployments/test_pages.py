@@ -36,7 +36,8 @@ def _who(people: People, role: str) -> User:
 
 
 READS = [("owner", 200), ("team_lead", 200), ("member", 200), ("finance", 200), ("outsider", 404)]
-WRITES = [("owner", 302), ("team_lead", 302), ("member", 403), ("finance", 403), ("outsider", 404)]
+# Deployments are organisation-wide objects: a team lead reads them but only the owner changes them.
+WRITES = [("owner", 302), ("team_lead", 403), ("member", 403), ("finance", 403), ("outsider", 404)]
 
 
 @pytest.mark.parametrize(("role", "status"), READS)

@@ -39,7 +39,7 @@ def _post(client: Client, people: People, content: str, name: str = "usage.csv")
 
 def test_clean_usage_import_creates_imported_rows_and_rollups(client: Client, people: People) -> None:
     entry_make(people.tenant, created_at=at(1, 10), cost=Decimal("0.5"))  # gateway spend in the same hour
-    login(client, people.finance)
+    login(client, people.owner)
 
     response = _post(client, people, USAGE_CSV)
 
@@ -161,7 +161,7 @@ def test_malformed_file_reports_every_bad_line_and_writes_nothing(client: Client
         "1756684800,mystery-model,100,10,0,0.25\n"  # line 9: fine: cost given
         "1756684800,gpt-4o-mini,100\n"  # line 10: short row
     )
-    login(client, people.finance)
+    login(client, people.owner)
 
     response = _post(client, people, bad)
 
@@ -211,9 +211,14 @@ def test_import_permissions(client: Client, people: People) -> None:
     login(client, people.outsider)
     assert client.get(reverse("reports:import")).status_code == 200  # they own their own organisation
     assert _post(client, people, USAGE_CSV).status_code == 404  # type: ignore[attr-defined]
-    # Finance may: and only into projects of the chosen organisation.
+    # Finance reads and exports but writes nothing, and an import writes: 403 too.
     client.logout()
     login(client, people.finance)
+    assert client.get(reverse("reports:import")).status_code == 403
+    assert _post(client, people, USAGE_CSV).status_code == 403  # type: ignore[attr-defined]
+    # The owner may: and only into projects of the chosen organisation.
+    client.logout()
+    login(client, people.owner)
     assert client.get(reverse("reports:import")).status_code == 200
     wrong = client.post(
         reverse("reports:import"),

@@ -48,7 +48,7 @@ def test_finance_sees_the_whole_organisation_with_sources_and_savings(client: Cl
     assert "$7.25" in page  # imported
     assert "$36.25" in page and "$7.50" in page  # without CostControl (4 + 25 + 7.25) and saved
     assert "invoices" in page and "<code>gpt-4.1</code>" in page
-    assert "Import OpenAI usage" in page
+    assert "Import OpenAI usage" not in page  # an import is a write: owners and team leads only
     assert "focus.csv?org=" in page and "since=2025-09-01&amp;until=2025-10-01" in page
 
 
