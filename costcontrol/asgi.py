@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from django.conf import settings
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costcontrol.settings.dev")
@@ -17,6 +18,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costcontrol.settings.dev")
 django_application = get_asgi_application()
 
 from apps.gateway.app import Gateway  # noqa: E402  (needs Django set up first)
+from costcontrol.loopback import loopback_only  # noqa: E402
 
 gateway = Gateway()
 
@@ -31,3 +33,7 @@ async def application(scope, receive, send):  # type: ignore[no-untyped-def]
         await gateway(scope, receive, send)
     else:
         await django_application(scope, receive, send)
+
+
+if settings.LOOPBACK_ONLY:  # the development settings: never served to another machine
+    application = loopback_only(application)  # type: ignore[assignment]

@@ -63,7 +63,7 @@ def stop_database() -> None:
         subprocess.run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(pgdata), "-w", "stop"], user=user, check=False)
 
 
-def _redis_answers(host: str, port: int) -> bool:
+def redis_answers(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.3) as conn:
             conn.sendall(b"PING\r\n")
@@ -72,7 +72,7 @@ def _redis_answers(host: str, port: int) -> bool:
         return False
 
 
-def _redis_server_binary() -> str:
+def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
@@ -86,12 +86,12 @@ def _redis_server_binary() -> str:
 def redis_url() -> str:
     """Return the URL of a local Redis, starting one when nothing listens."""
     port = int(os.environ.get("COSTCONTROL_REDIS_PORT") or 6379)
-    if not _redis_answers("127.0.0.1", port):
+    if not redis_answers("127.0.0.1", port):
         data = var_dir() / "redis"
         data.mkdir(exist_ok=True)
         subprocess.run(
             [
-                _redis_server_binary(),
+                redis_server_binary(),
                 "--port",
                 str(port),
                 "--bind",
@@ -110,7 +110,7 @@ def redis_url() -> str:
             check=True,
         )
         deadline = time.monotonic() + 10
-        while not _redis_answers("127.0.0.1", port):
+        while not redis_answers("127.0.0.1", port):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start; see {data / 'redis.log'}")
             time.sleep(0.05)

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import User
+from django.http import HttpRequest
 from django.test import Client
 from django.utils import timezone
 
@@ -89,7 +90,11 @@ def people_make() -> People:
 
 
 def login(client: Client, user: User) -> Client:
-    assert client.login(username=user.username, password=PASSWORD)
+    """A real password login. django-axes (login throttling) needs a request to count attempts against;
+    the test Client's login() passes none of its own."""
+    request = HttpRequest()
+    request.META["REMOTE_ADDR"] = "127.0.0.1"
+    assert client.login(request=request, username=user.username, password=PASSWORD)
     return client
 
 

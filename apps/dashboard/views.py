@@ -25,6 +25,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from rest_framework.authtoken.models import Token
 
+from apps.dashboard.auth import token_expires_at
 from apps.dashboard.forms import (
     AliasForm,
     DefaultProviderForm,
@@ -478,8 +479,17 @@ def account_token(request: HttpRequest) -> HttpResponse:
             messages.success(request, "API token revoked.")
             return redirect("dashboard:account-token")
         token = api_token_rotate(user=user)
-        response = render(request, "dashboard/account_token.html", {"token": token, "plaintext": token.key})
+        response = render(request, "dashboard/account_token.html", {**_token_state(token), "plaintext": token.key})
         response["Cache-Control"] = "no-store"
         return response
     token = Token.objects.filter(user=user).first()
-    return render(request, "dashboard/account_token.html", {"token": token, "plaintext": None})
+    return render(request, "dashboard/account_token.html", {**_token_state(token), "plaintext": None})
+
+
+def _token_state(token: Token | None) -> dict[str, Any]:
+    expires_at = token_expires_at(token) if token is not None else None
+    return {
+        "token": token,
+        "expires_at": expires_at,
+        "expired": expires_at is not None and expires_at <= timezone.now(),
+    }

@@ -5,6 +5,8 @@ from __future__ import annotations
 from costcontrol.settings.base import *  # noqa: F403
 
 DEBUG = env_bool("DJANGO_DEBUG", True)  # noqa: F405
+# DEBUG pages and the published SECRET_KEY must never face a network: serve on loopback only.
+LOOPBACK_ONLY = True
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405  (WhiteNoise warns when it is missing)

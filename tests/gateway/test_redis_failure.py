@@ -14,7 +14,7 @@ from apps.budgets.models import BudgetScope
 from apps.budgets.services import budget_create
 from apps.ledger.models import LedgerEntry
 from apps.ledger.services import ledger_ingest_batch
-from costcontrol.embedded import _redis_server_binary
+from costcontrol.embedded import redis_server_binary
 from tests import live
 from tests.factories import Tenant
 from tests.gateway.helpers import sdk
@@ -34,7 +34,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [_redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no"],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip

@@ -18,8 +18,11 @@ from urllib.error import HTTPError, URLError
 from urllib.request import urlopen
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+
+from costcontrol.loopback import require_loopback
 
 UPSTREAM_PORT = 9100
 
@@ -46,6 +49,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         host, port = options["host"], options["port"]
+        try:
+            require_loopback(host, what="runstack --host")
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
         upstream_url = f"http://127.0.0.1:{options['upstream_port']}/v1"
         env = {**os.environ, "SIMULATED_UPSTREAM_URL": upstream_url, "PYTHONUNBUFFERED": "1"}
         env.setdefault("DJANGO_SETTINGS_MODULE", "costcontrol.settings.dev")

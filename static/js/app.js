@@ -1,0 +1,32 @@
+// Behaviour the pages declare with data- attributes, so no page needs an inline script, handler or
+// style attribute: the Content-Security-Policy allows scripts and styles from our own files only.
+(function () {
+  "use strict";
+
+  // <span data-width="42"> inside a .bar: the filled share, in percent (0-100).
+  function sizeBars(root) {
+    root.querySelectorAll("[data-width]").forEach(function (el) {
+      var value = Math.max(0, Math.min(100, parseFloat(el.dataset.width) || 0));
+      el.style.width = value + "%";
+    });
+  }
+
+  // <form data-confirm="Delete this rule?">: ask before submitting.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (form instanceof HTMLFormElement && form.dataset.confirm && !window.confirm(form.dataset.confirm)) {
+      event.preventDefault();
+    }
+  });
+
+  // <input data-select-on-click>: a secret shown once is selected whole for copying.
+  document.addEventListener("click", function (event) {
+    var el = event.target;
+    if (el instanceof HTMLInputElement && el.hasAttribute("data-select-on-click")) {
+      el.select();
+    }
+  });
+
+  window.costcontrol = {sizeBars: sizeBars};
+  document.addEventListener("DOMContentLoaded", function () { sizeBars(document); });
+})();
