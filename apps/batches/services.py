@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 import secrets
 import subprocess
 import tempfile
@@ -36,6 +37,7 @@ from psycopg import sql
 from apps.batches import budget
 from apps.batches.budget import BatchBudgets
 from apps.batches.models import Batch, BatchBackend, BatchFile, BatchLine, BatchStatus, FilePurpose, LineStatus
+from apps.core.egress_http import EgressConnector
 from apps.core.errors import GatewayError, model_not_allowed
 from apps.core.events import ERROR_CODE_MAX, MODEL_MAX, clean_count, clean_text
 from apps.core.request import attribution, error_for_line, validate
@@ -47,6 +49,7 @@ from apps.keys.models import ApiKey
 from apps.ledger.models import LedgerEntry
 from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
 from apps.tenancy.models import Project
+from costcontrol.egress import egress_http_client, egress_policy
 
 logger = logging.getLogger(__name__)
 
@@ -424,7 +427,11 @@ async def _send(
     headers = {"Authorization": f"Bearer {provider.secret}"} if provider.secret else {}
     try:
         url = f"{provider.base_url.rstrip('/')}{endpoint[3:]}"
-        async with http.post(url, json={**body, "model": target.model}, headers=headers) as response:
+        async with http.post(
+            url, json={**body, "model": target.model}, headers=headers, allow_redirects=False
+        ) as response:
+            if 300 <= response.status < 400:
+                raise aiohttp.ClientError(f"it answered {response.status} (a redirect), and redirects are not followed")
             status, data = response.status, await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         status, data = 502, {"error": {"message": f"Could not reach the provider: {exc}.", "type": "api_error",
@@ -477,7 +484,7 @@ async def _send_all(
 
     async with (
         budget.limiter() if budgets.any else nullcontext() as limit,
-        aiohttp.ClientSession(timeout=timeout) as http,
+        aiohttp.ClientSession(timeout=timeout, connector=EgressConnector(egress_policy())) as http,
     ):
         return list(await asyncio.gather(*(one(http, t, c) for t, c in zip(targets, claimed, strict=True))))
 
@@ -676,7 +683,14 @@ def batches_resume() -> int:
 
 
 def _provider_client(provider: Provider) -> openai.OpenAI:
-    return openai.OpenAI(base_url=provider.base_url, api_key=provider.secret or "none", max_retries=2, timeout=120)
+    """The SDK for the provider's Files and Batch APIs, over a client that obeys the egress policy."""
+    return openai.OpenAI(
+        base_url=provider.base_url,
+        api_key=provider.secret or "none",
+        max_retries=2,
+        timeout=120,
+        http_client=egress_http_client(timeout=120),
+    )
 
 
 def batch_submit(*, batch_id: str) -> None:
@@ -879,7 +893,12 @@ def batch_run_vllm(*, batch_id: str) -> int:
         started = timezone.now()
         try:
             finished = subprocess.run(  # noqa: S603 (our own argument vector, no shell)
-                command, capture_output=True, text=True, timeout=settings.BATCH_VLLM_TIMEOUT_SECONDS, check=False
+                command,
+                capture_output=True,
+                text=True,
+                timeout=settings.BATCH_VLLM_TIMEOUT_SECONDS,
+                check=False,
+                env=vllm.server_environment(os.environ),
             )
             problem = "" if finished.returncode == 0 else (finished.stderr or finished.stdout)[-2000:]
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -190,6 +190,43 @@ class ChannelList(generics.ListCreateAPIView):
         return channels_visible(user=self.request.user).order_by("id")
 
 
+class ChannelUpdateSerializer(serializers.Serializer):
+    """What a PATCH may change; a blank or missing ``secret`` keeps the stored one."""
+
+    name = serializers.CharField(max_length=200, required=False)
+    target = serializers.CharField(max_length=1000, required=False)
+    secret = serializers.CharField(write_only=True, required=False, allow_blank=True)
+    is_active = serializers.BooleanField(required=False)
+
+
+class ChannelDetail(generics.RetrieveUpdateAPIView):
+    """``PATCH /api/channels/<id>/``: rename, re-target, re-key or pause a channel."""
+
+    serializer_class = ChannelSerializer
+    permission_classes = [permissions.IsAuthenticated, IsManagerForWrites]
+    http_method_names = ["get", "patch", "head", "options"]
+
+    def get_queryset(self) -> QuerySet[NotificationChannel]:
+        return NotificationChannel.objects.filter(organization__in=organizations_for(user=self.request.user))
+
+    def patch(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        channel = self.get_object()
+        payload = ChannelUpdateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        try:
+            services.channel_update(
+                channel=channel,
+                name=data.get("name", channel.name),
+                target=data.get("target", channel.target),
+                secret=data.get("secret") or None,
+                is_active=data.get("is_active", channel.is_active),
+            )
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(service_error_detail(exc)) from None
+        return Response(ChannelSerializer(channel, context={"request": request}).data)
+
+
 class AlertSerializer(serializers.ModelSerializer):
     deliveries = serializers.SerializerMethodField()
 

@@ -11,7 +11,6 @@ import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
-from urllib.request import Request, urlopen
 
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
@@ -34,9 +33,11 @@ from apps.budgets.models import (
 )
 from apps.budgets.periods import period_bounds
 from apps.budgets.selectors import budget_ledger_filter, budget_spent_usd, budget_status
+from apps.core.egress import url_origin
 from apps.keys.models import ApiKey
 from apps.ledger.models import HourlyRollup, LedgerEntry
 from apps.tenancy.models import Organization, Project, Team
+from costcontrol.egress import egress_check, egress_http_client
 
 logger = logging.getLogger(__name__)
 
@@ -113,12 +114,44 @@ def rate_limit_set(
     return limit
 
 
+def _check_channel_target(channel: NotificationChannel) -> None:
+    """Webhook URLs pass the egress policy (they are fetched from inside our network)."""
+    if channel.kind in (ChannelKind.SLACK, ChannelKind.WEBHOOK):
+        try:
+            egress_check(channel.target)
+        except ValidationError as exc:
+            raise ValidationError({"target": exc.messages}) from None
+
+
 def channel_create(
     *, organization: Organization, name: str, kind: str, target: str, secret: str = ""
 ) -> NotificationChannel:
-    channel = NotificationChannel(organization=organization, name=name, kind=kind, target=target)
+    channel = NotificationChannel(organization=organization, name=name, kind=kind, target=target.strip())
     channel.secret = secret
     channel.full_clean()
+    _check_channel_target(channel)
+    channel.save()
+    return channel
+
+
+def channel_update(
+    *, channel: NotificationChannel, name: str, target: str, secret: str | None, is_active: bool
+) -> NotificationChannel:
+    """Change a channel; ``secret=None`` keeps the stored signing secret.
+
+    Like a provider's, a webhook's secret is bound to its URL's origin: pointing a channel that has
+    one at another scheme, host or port without entering the secret again is refused.
+    """
+    target = target.strip()
+    moved = target != channel.target
+    if moved and secret is None and channel.has_secret and url_origin(target) != url_origin(channel.target):
+        raise ValidationError({"secret": "The URL now points at another host: enter the signing secret again for it."})
+    channel.name, channel.target, channel.is_active = name, target, is_active
+    if secret is not None:
+        channel.secret = secret
+    channel.full_clean()
+    if moved:
+        _check_channel_target(channel)
     channel.save()
     return channel
 
@@ -224,10 +257,11 @@ def webhook_signature(*, secret: str, timestamp: str, body: bytes) -> str:
 
 
 def _post_json(url: str, body: bytes, headers: dict[str, str]) -> None:
-    request = Request(url, data=body, headers={"Content-Type": "application/json", **headers}, method="POST")
-    with urlopen(request, timeout=10) as response:  # noqa: S310 (URL set by the org's managers)
-        if response.status >= 300:
-            raise RuntimeError(f"webhook answered {response.status}")
+    """POST to a tenant-set URL: checked addresses only, and a redirect is a failure, never followed."""
+    with egress_http_client(timeout=10) as client:
+        response = client.post(url, content=body, headers={"Content-Type": "application/json", **headers})
+    if response.status_code >= 300:
+        raise RuntimeError(f"webhook answered {response.status_code}")
 
 
 def alert_deliver(*, delivery: AlertDelivery) -> AlertDelivery:

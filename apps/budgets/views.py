@@ -118,7 +118,11 @@ def channel_new(request: HttpRequest) -> HttpResponse:
     form = ChannelForm(request.POST, user=signed_in_user(request))
     if not form.is_valid():
         return _page(request, channel_form=form, status=400)
-    services.channel_create(**form.cleaned_data)
+    try:
+        services.channel_create(**form.cleaned_data)
+    except DjangoValidationError as exc:
+        add_service_errors(form, exc)
+        return _page(request, channel_form=form, status=400)
     messages.success(request, "Channel added; new alerts are delivered to it.")
     return redirect("budgets:list")
 

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from apps.core.egress_http import EgressConnector
 from apps.core.events import clean_count, ledger_event_clean
 from apps.core.request import (
     ENDPOINT_CHAT,
@@ -77,6 +78,7 @@ from apps.routing.engine import (
     split_order,
 )
 from apps.routing.stream import shadow_stream_name
+from costcontrol.egress import egress_policy
 
 logger = logging.getLogger(__name__)
 
@@ -225,8 +227,9 @@ class Gateway:
             if self.policy is not None:
                 return
             self.redis = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=512)
+            # Every upstream URL is tenant-set: connect only to addresses the egress policy admits.
             self.http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300),
+                connector=EgressConnector(egress_policy(), limit=0, keepalive_timeout=60, ttl_dns_cache=300),
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     connect=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS,
@@ -437,6 +440,7 @@ class Gateway:
             payload=payload,
             cache_control=headers.get(b"cache-control", b"").decode("latin-1"),
             namespace=headers.get(b"x-cache-namespace", b"").decode("utf-8", "replace"),
+            end_user=call.end_user,
         )
 
     async def _cache_lookup(self, request: CacheRequest) -> CacheHit | None:
@@ -733,15 +737,21 @@ class Gateway:
         provider = target.provider
         url, headers = _upstream_url(provider, endpoint), _upstream_headers(provider)
         if stream:
-            resp = await self.http.post(url, data=body, headers=headers, timeout=provider.timeout)
+            resp = await self.http.post(
+                url, data=body, headers=headers, timeout=provider.timeout, allow_redirects=False
+            )
             if resp.status == 200:
                 return Answer(target, 200, b"", None, resp)
             try:
+                _refuse_redirect(resp)
                 return Answer(target, resp.status, await _read_bounded(resp), resp.headers.get("retry-after"))
             finally:
                 resp.release()
         async with asyncio.timeout(provider.total_timeout):
-            async with self.http.post(url, data=body, headers=headers, timeout=provider.timeout) as resp:
+            async with self.http.post(
+                url, data=body, headers=headers, timeout=provider.timeout, allow_redirects=False
+            ) as resp:
+                _refuse_redirect(resp)
                 return Answer(target, resp.status, await _read_bounded(resp), resp.headers.get("retry-after"))
 
     async def _cascade(self, send: Send, call: Call, plan: Plan, payload: dict[str, Any]) -> bool:
@@ -1319,6 +1329,15 @@ def _upstream_error_code(body: bytes) -> str:
         return str(error.get("code") or error.get("type") or "upstream_error")[:100]
     except (orjson.JSONDecodeError, AttributeError, TypeError):
         return "upstream_error"
+
+
+class UpstreamRedirect(aiohttp.ClientError):
+    """A provider answered with a redirect: never followed (it could point inside our network)."""
+
+
+def _refuse_redirect(resp: aiohttp.ClientResponse) -> None:
+    if 300 <= resp.status < 400:
+        raise UpstreamRedirect(f"it answered {resp.status} (a redirect), and redirects are not followed")
 
 
 def _upstream_url(provider: ProviderTarget, endpoint: str) -> str:

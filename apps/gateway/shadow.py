@@ -97,7 +97,7 @@ class ShadowQueue:
         status, text, cost = 0, "", Decimal(0)
         try:
             async with self._http.post(
-                job.url, data=orjson.dumps(job.payload), headers=job.headers, timeout=job.timeout
+                job.url, data=orjson.dumps(job.payload), headers=job.headers, timeout=job.timeout, allow_redirects=False
             ) as resp:
                 status = resp.status
                 body = await resp.read()

@@ -23,6 +23,7 @@ from apps.providers.models import Price
 from apps.routing.engine import confidence, normalize_text, split_order
 from apps.routing.models import RoutingRule, RuleAction, TargetRole
 from apps.routing.services import TargetSpec
+from costcontrol.egress import egress_http_client
 
 ZERO = Decimal(0)
 
@@ -60,7 +61,12 @@ class _Caller:
         provider = target.provider
         client = self._clients.get(provider.id)
         if client is None:
-            client = openai.OpenAI(base_url=provider.base_url, api_key=provider.secret or "none", max_retries=2)
+            client = openai.OpenAI(
+                base_url=provider.base_url,
+                api_key=provider.secret or "none",
+                max_retries=2,
+                http_client=egress_http_client(timeout=600),
+            )
             self._clients[provider.id] = client
         completion = client.chat.completions.create(model=target.model, messages=messages, **extra)  # type: ignore[arg-type]
         data = completion.model_dump()

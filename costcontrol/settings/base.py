@@ -171,9 +171,18 @@ REST_FRAMEWORK = {
 # API tokens (from /account/token/) stop working this many days after they were made.
 API_TOKEN_LIFETIME_DAYS = env_int("API_TOKEN_LIFETIME_DAYS", 30)
 
-# Fernet key for provider secrets at rest. Development derives one from SECRET_KEY;
-# production requires its own (see production.py).
-FIELD_ENCRYPTION_KEY = env_str("COSTCONTROL_ENCRYPTION_KEY", "")
+# Hosts, addresses and networks that tenant-set URLs (providers, webhooks, deployments, batch
+# backends) may reach although they are not public: "vllm.internal", "localhost:9100", "10.0.0.0/8",
+# "[fd00::5]:8000". Empty (production's default): public addresses only. See apps/core/egress.py.
+COSTCONTROL_EGRESS_ALLOW = env_list("COSTCONTROL_EGRESS_ALLOW", [])
+# What dev and test allow by default: the simulated upstream and local vLLM live on loopback.
+LOOPBACK_EGRESS = ["127.0.0.0/8", "::1", "localhost"]
+
+# Fernet keys for provider and channel secrets at rest, newest first (apps/providers/crypto.py:
+# rotate by putting a new key first, then `manage.py reencrypt_secrets`). Development derives one
+# from SECRET_KEY when none is set; production requires them (see production.py).
+# COSTCONTROL_ENCRYPTION_KEY (one key) is still read when the list is not set.
+FIELD_ENCRYPTION_KEYS = env_list("COSTCONTROL_ENCRYPTION_KEYS", []) or env_list("COSTCONTROL_ENCRYPTION_KEY", [])
 
 # The data plane's knobs.
 GATEWAY_POLICY_POLL_SECONDS = float(env_str("GATEWAY_POLICY_POLL_SECONDS", "2"))

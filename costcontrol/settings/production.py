@@ -17,7 +17,9 @@ if SECRET_KEY == DEV_SECRET_KEY or len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) 
         "DJANGO_SECRET_KEY must be this installation's own: at least 50 characters, not the development key "
         '(e.g. python -c "import secrets; print(secrets.token_urlsafe(50))")'
     )
-FIELD_ENCRYPTION_KEY = env_str("COSTCONTROL_ENCRYPTION_KEY")
+# Fernet keys for secrets at rest, newest first (apps/providers/crypto.py); no derived fallback here.
+if not FIELD_ENCRYPTION_KEYS:  # noqa: F405
+    raise MissingSetting("environment variable COSTCONTROL_ENCRYPTION_KEYS is required (Fernet keys, newest first)")
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", [])
 if not ALLOWED_HOSTS:
     raise MissingSetting("environment variable DJANGO_ALLOWED_HOSTS is required (comma-separated host names)")

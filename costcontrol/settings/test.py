@@ -22,6 +22,7 @@ DATABASES["default"]["TEST"] = {"NAME": f"test_costcontrol_{RUN_ID}"}  # noqa: F
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed: tests create many users
 EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+COSTCONTROL_EGRESS_ALLOW = env_list("COSTCONTROL_EGRESS_ALLOW", LOOPBACK_EGRESS)  # noqa: F405
 
 STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405  (WhiteNoise warns when it is missing)
 

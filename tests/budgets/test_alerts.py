@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx2
 import pytest
 from django.utils import timezone
 
@@ -131,7 +132,7 @@ def test_failed_delivery_is_recorded_and_raises_for_retry() -> None:
     _row(tenant, timezone.now(), "0.02")
     budgets_check_thresholds()
     delivery = AlertDelivery.objects.get(alert__budget=budget)
-    with pytest.raises(OSError):
+    with pytest.raises(httpx2.ConnectError):
         alert_deliver(delivery=delivery)
     delivery.refresh_from_db()
     assert delivery.status == DeliveryStatus.FAILED and delivery.attempts == 1 and delivery.last_error

@@ -91,9 +91,15 @@ def test_rate_limit_and_channel_forms(client: Client, people: People) -> None:
         {"organization": people.tenant.org.id, "name": "ops", "kind": "email", "target": "not-an-address"},
     )
     assert bad.status_code == 400 and "target" in bad.context["channel_form"].errors
+    inward = client.post(
+        "/budgets/channels/new/",
+        {"organization": people.tenant.org.id, "name": "meta", "kind": "webhook",
+         "target": "http://169.254.169.254/latest/meta-data/"},
+    )  # fmt: skip
+    assert inward.status_code == 400 and "link-local" in str(inward.context["channel_form"].errors["target"])
     good = client.post(
         "/budgets/channels/new/",
-        {"organization": people.tenant.org.id, "name": "hook", "kind": "webhook", "target": "https://hooks.invalid/x",
+        {"organization": people.tenant.org.id, "name": "hook", "kind": "webhook", "target": "http://127.0.0.1:9/x",
          "secret": "topsecret"},
     )  # fmt: skip
     assert good.status_code == 302

@@ -6,6 +6,7 @@ import csv
 import datetime as dt
 import io
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.test import Client
@@ -243,7 +244,8 @@ def test_developer_does_not_see_other_teams_projects(client: Client, people: Peo
     assert "Hidden" not in client.get(reverse("dashboard:home")).content.decode()
 
 
-def test_manager_sets_alias_and_default_provider(client: Client, people: People) -> None:
+def test_manager_sets_alias_and_default_provider(client: Client, people: People, settings: Any) -> None:
+    settings.COSTCONTROL_EGRESS_ALLOW = [*settings.COSTCONTROL_EGRESS_ALLOW, "gpu.internal"]  # a private GPU host
     login(client, people.owner)
     tenant = people.tenant
     second = provider_create(
@@ -277,7 +279,9 @@ def test_manager_sets_alias_and_default_provider(client: Client, people: People)
     assert "default-chat" in html and "llama" in html
 
 
-def test_provider_secret_is_write_only(client: Client, people: People) -> None:
+def test_provider_secret_is_write_only(client: Client, people: People, settings: Any) -> None:
+    # No DNS in tests: the operator's allow-list names the host, so it is not resolved when saved.
+    settings.COSTCONTROL_EGRESS_ALLOW = [*settings.COSTCONTROL_EGRESS_ALLOW, "api.openai.com"]
     login(client, people.owner)
     org = people.tenant.org
     secret = "sk-very-secret-value-123"
@@ -314,7 +318,7 @@ def test_provider_secret_is_write_only(client: Client, people: People) -> None:
     assert provider.secret == "sk-new" and provider.is_active is False
 
 
-def test_provider_form_errors(client: Client, people: People) -> None:
+def test_provider_form_errors(client: Client, people: People, settings: Any) -> None:
     login(client, people.owner)
     response = client.post(
         reverse("dashboard:providers", kwargs={"org_slug": people.tenant.org.slug}),
@@ -323,7 +327,12 @@ def test_provider_form_errors(client: Client, people: People) -> None:
     html = response.content.decode()
     assert response.status_code == 200 and "Enter an http:// or https:// URL with a host" in html
     assert not Provider.objects.filter(name="bad url").exists()
-    # A single-label host, as vLLM runs in a compose network, is a valid provider URL.
+    # A single-label host, as vLLM runs in a compose network, is a valid provider URL once the
+    # operator allows it (it is not public): refused before, accepted after.
+    data = {"name": "vllm", "kind": ProviderKind.OPENAI_COMPATIBLE, "base_url": "http://vllm:8000/v1"}
+    refused = client.post(reverse("dashboard:providers", kwargs={"org_slug": people.tenant.org.slug}), data)
+    assert refused.status_code == 200 and "This URL cannot be used" in refused.content.decode()
+    settings.COSTCONTROL_EGRESS_ALLOW = [*settings.COSTCONTROL_EGRESS_ALLOW, "vllm:8000"]
     client.post(
         reverse("dashboard:providers", kwargs={"org_slug": people.tenant.org.slug}),
         {"name": "vllm", "kind": ProviderKind.OPENAI_COMPATIBLE, "base_url": "http://vllm:8000/v1"},
@@ -362,7 +371,10 @@ def test_providers_page_query_count_bounded(client: Client, people: People, djan
         client.get(url)
     for n in range(5):
         provider_create(
-            organization=people.tenant.org, name=f"extra {n}", kind=ProviderKind.SIMULATED, base_url="http://x.test/v1"
+            organization=people.tenant.org,
+            name=f"extra {n}",
+            kind=ProviderKind.SIMULATED,
+            base_url=f"http://127.0.0.1:{9000 + n}/v1",
         )
     with django_assert_max_num_queries(12):
         assert client.get(url).status_code == 200

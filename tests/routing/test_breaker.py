@@ -68,7 +68,7 @@ def test_breaker_opens_half_opens_and_closes(gateways: tuple[str, str], tenant: 
     live.wait_until(lambda: skipped(first) and skipped(second), timeout=3)
 
     # The provider recovers while the circuit is open; requests still skip it until the cool-down ends.
-    provider_update(provider=flaky, name="flaky", base_url=upstream, secret=None, is_active=True)
+    provider_update(provider=flaky, name="flaky", base_url=upstream, secret="sk-simulated", is_active=True)
     wait_policy(first, tenant.key.plaintext)
     wait_policy(second, tenant.key.plaintext)
     assert skipped(first)

@@ -61,7 +61,7 @@ class Command(BaseCommand):
                     provider=provider,
                     name=provider.name,
                     base_url=upstream,
-                    secret=None if provider.has_secret else "sk-simulated",
+                    secret="sk-simulated",  # the upstream may have moved: a secret is bound to its host
                     is_active=True,
                 )
             project = Project.objects.filter(slug="demo").first() or project_create(

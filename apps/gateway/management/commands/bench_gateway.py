@@ -275,7 +275,9 @@ class Command(BaseCommand):
                 organization=org, name="bench upstream", kind=ProviderKind.SIMULATED, base_url=upstream_url
             )
         else:
-            provider_update(provider=provider, name=provider.name, base_url=upstream_url, secret=None, is_active=True)
+            provider_update(
+                provider=provider, name=provider.name, base_url=upstream_url, secret="sk-simulated", is_active=True
+            )
         project = Project.objects.filter(slug="bench").first() or project_create(
             organization=org, name="Bench", slug="bench"
         )
