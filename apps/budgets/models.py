@@ -178,6 +178,7 @@ class AlertKind(models.TextChoices):
     SPEND_ANOMALY = "spend_anomaly", "Spend-rate anomaly"
     WOULD_BLOCK = "would_block", "Shadow budget would have blocked"
     DEAD_LETTER = "dead_letter", "Events that could not be stored"
+    SECRET_UNREADABLE = "secret_unreadable", "A stored secret cannot be decrypted"
 
 
 class Alert(models.Model):

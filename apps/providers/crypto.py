@@ -1,4 +1,11 @@
-"""Encryption at rest for provider secrets (Fernet: AES-128-CBC + HMAC)."""
+"""Encryption at rest for provider and channel secrets (Fernet: AES-128-CBC + HMAC), with key rotation.
+
+``COSTCONTROL_ENCRYPTION_KEYS`` is a list of Fernet keys, newest first: new secrets are encrypted
+with the first, and a secret encrypted with any of them still decrypts (MultiFernet). To rotate:
+put a new key first, keep the old ones after it, run ``manage.py reencrypt_secrets`` (every stored
+secret is re-encrypted with the first key), then drop the old keys. Development without keys derives
+one from SECRET_KEY; production requires the list (production.py).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +13,32 @@ import base64
 import hashlib
 from functools import cache
 
-from cryptography.fernet import Fernet
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+__all__ = ["InvalidToken", "decrypt", "encrypt", "reencrypt", "EncryptedSecret"]
 
 
 @cache
-def _fernet() -> Fernet:
-    key = settings.FIELD_ENCRYPTION_KEY
-    if not key:
-        # Development only: production.py requires COSTCONTROL_ENCRYPTION_KEY.
-        key = base64.urlsafe_b64encode(hashlib.sha256(settings.SECRET_KEY.encode()).digest()).decode()
-    return Fernet(key)
+def _multi_fernet(keys: tuple[str, ...], secret_key: str) -> MultiFernet:
+    if not keys:
+        keys = (base64.urlsafe_b64encode(hashlib.sha256(secret_key.encode()).digest()).decode(),)
+    fernets = []
+    for position, key in enumerate(keys, start=1):
+        try:
+            fernets.append(Fernet(key))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"COSTCONTROL_ENCRYPTION_KEYS: key {position} is not a Fernet key (32 url-safe base64-encoded "
+                "bytes; make one with `python -c 'from cryptography.fernet import Fernet; "
+                "print(Fernet.generate_key().decode())'`)"
+            ) from None
+    return MultiFernet(fernets)
+
+
+def _fernet() -> MultiFernet:
+    return _multi_fernet(tuple(settings.FIELD_ENCRYPTION_KEYS), settings.SECRET_KEY)
 
 
 def encrypt(plaintext: str) -> str:
@@ -24,7 +46,13 @@ def encrypt(plaintext: str) -> str:
 
 
 def decrypt(token: str) -> str:
+    """The plaintext; ``InvalidToken`` when no configured key can decrypt it."""
     return _fernet().decrypt(token.encode()).decode()
+
+
+def reencrypt(token: str) -> str:
+    """``token`` encrypted again with the first key (``InvalidToken`` when no key decrypts it)."""
+    return _fernet().rotate(token.encode()).decode()
 
 
 class EncryptedSecret:

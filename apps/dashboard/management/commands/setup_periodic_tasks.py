@@ -21,6 +21,7 @@ PERIODIC_TASKS = {
     "Batches with unclaimed lines": ("batches.resume", 60),
     "Provider batches": ("batches.poll", 30),
     "Expired exports": ("reports.export_jobs_expire", 3600),
+    "Undecryptable secrets": ("providers.check_secrets", 300),
 }
 
 
