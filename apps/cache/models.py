@@ -12,6 +12,7 @@ from django.db.models import Q
 from pgvector.django import HnswIndex, VectorField
 
 from apps.core.events import CACHE_KEY_MAX, LEDGER_COST_DIGITS, LEDGER_COST_PLACES, MODEL_MAX, NAMESPACE_MAX
+from apps.core.patterns import Pattern, PatternError
 
 EMBEDDING_DIMENSIONS = 384  # all-MiniLM-L6-v2
 
@@ -22,13 +23,12 @@ class Eviction(models.TextChoices):
 
 
 def _validate_patterns(patterns: list[str]) -> None:
-    import re
-
+    """``re:`` patterns use RE2 syntax (linear-time matching, see apps/core/patterns.py)."""
     for pattern in patterns:
         if pattern.startswith("re:"):
             try:
-                re.compile(pattern[3:])
-            except re.error as exc:
+                Pattern(pattern[3:], ignore_case=True)
+            except PatternError as exc:
                 raise ValidationError(f"{pattern!r} is not a valid regular expression: {exc}") from None
 
 
@@ -47,6 +47,11 @@ class CachePolicy(models.Model):
     ttl_seconds = models.PositiveIntegerField(default=3600, validators=[MinValueValidator(1)])
     max_entries = models.PositiveIntegerField(default=10_000, validators=[MinValueValidator(1)])
     eviction = models.CharField(max_length=3, choices=Eviction.choices, default=Eviction.LFU)
+    share_across_users = models.BooleanField(
+        default=False,
+        help_text="Off: an answer is served only to the end user (X-End-User or `user`) it was stored for. "
+        "Turn on only where prompts carry no personal context.",
+    )
     deny_patterns = ArrayField(
         models.CharField(max_length=500), default=list, blank=True, validators=[_validate_patterns],
         help_text="Prompts starting with one of these (case-insensitive), or matching 're:REGEX', bypass the cache",

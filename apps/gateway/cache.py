@@ -22,6 +22,7 @@ import orjson
 from apps.cache.guard import agree
 from apps.cache.services import BODY_FIELD, EVENT_FIELD, cache_redis_key, cache_stream
 from apps.core.events import cache_event_clean
+from apps.core.patterns import SCAN_CHARS, Pattern
 from apps.gateway.fastredis import FastPipeline, FastRedis
 
 
@@ -32,21 +33,26 @@ class CachePolicyView:
     threshold: float
     ttl_seconds: int
     deny_prefixes: tuple[str, ...]  # lower-cased
-    deny_regexes: tuple[re.Pattern[str], ...]
+    deny_regexes: tuple[Pattern, ...]  # RE2, case-insensitive, search the first SCAN_CHARS characters
+    share_across_users: bool = False  # off: an answer is served only to the end user it was stored for
 
     def denies(self, text: str) -> bool:
-        lowered = text.lstrip().lower()
+        lowered = text.lstrip()[:SCAN_CHARS].lower()
         return any(lowered.startswith(p) for p in self.deny_prefixes) or any(r.search(text) for r in self.deny_regexes)
 
 
-def policy_view(*, exact: bool, semantic: bool, threshold: float, ttl: int, patterns: list[str]) -> CachePolicyView:
+def policy_view(
+    *, exact: bool, semantic: bool, threshold: float, ttl: int, patterns: list[str], share_across_users: bool = False
+) -> CachePolicyView:
+    """The policy as the gateway reads it; ``PatternError`` if a ``re:`` pattern is not valid RE2."""
     return CachePolicyView(
         exact=exact,
         semantic=semantic,
         threshold=threshold,
         ttl_seconds=ttl,
         deny_prefixes=tuple(p.lower() for p in patterns if not p.startswith("re:")),
-        deny_regexes=tuple(re.compile(p[3:], re.IGNORECASE) for p in patterns if p.startswith("re:")),
+        deny_regexes=tuple(Pattern(p[3:], ignore_case=True) for p in patterns if p.startswith("re:")),
+        share_across_users=share_across_users,
     )
 
 
@@ -84,9 +90,20 @@ def last_user_text(messages: list[Any]) -> str:
 
 
 def cache_request(
-    *, project_id: int, policy: CachePolicyView, payload: dict[str, Any], cache_control: str, namespace: str
+    *,
+    project_id: int,
+    policy: CachePolicyView,
+    payload: dict[str, Any],
+    cache_control: str,
+    namespace: str,
+    end_user: str = "",
 ) -> CacheRequest | None:
-    """The cache plan for this request, or None when it bypasses the cache entirely."""
+    """The cache plan for this request, or None when it bypasses the cache entirely.
+
+    Unless the policy shares answers across end users, the end user (``X-End-User`` or ``user``)
+    is part of the exact key and the fingerprint: one end user's answer is never served to another.
+    Requests that name no end user share with each other (there is nothing to tell them apart).
+    """
     from apps.cache.keys import compatibility_fingerprint, exact_key, semantic_text
 
     directives = {d.strip().lower() for d in cache_control.split(",")} if cache_control else set()
@@ -95,12 +112,13 @@ def cache_request(
     messages = payload["messages"]
     if policy.denies(last_user_text(messages)):
         return None
+    scope = "" if policy.share_across_users else end_user
     return CacheRequest(
         project_id=project_id,
         namespace=namespace[:100],
         policy=policy,
-        exact_key=exact_key(payload),
-        fingerprint=compatibility_fingerprint(payload),
+        exact_key=exact_key(payload, end_user=scope),
+        fingerprint=compatibility_fingerprint(payload, end_user=scope),
         text=semantic_text(messages),
         read="no-cache" not in directives and "no-store" not in directives,
         write="no-store" not in directives,

@@ -23,6 +23,7 @@ from django.conf import settings
 from django.db import models
 
 from apps.budgets.periods import period_bounds
+from apps.core.patterns import Pattern, PatternError
 from apps.gateway.cache import CachePolicyView, policy_view
 from apps.gateway.limits import BudgetPolicy, RateLimitPolicy, to_nano
 from apps.routing.engine import CascadeView, RuleView, TargetView, normalize_text
@@ -115,6 +116,7 @@ class Snapshot:
     project_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
     key_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
     rules: dict[int, tuple[RuleView, ...]] = field(default_factory=dict)  # by project id, in evaluation order
+    unusable_providers: frozenset[int] = frozenset()  # secrets that cannot be decrypted: left out
 
     # Per-key enforcement lists, computed on first use (the snapshot is rebuilt on every change).
     _enforcement: dict[int, Enforcement] = field(default_factory=dict)
@@ -172,11 +174,14 @@ def build_snapshot(version: int) -> Snapshot:
             revoked=key.revoked_at is not None,
         )
 
-    providers = {p.id: _provider_target(p) for p in Provider.objects.filter(is_active=True)}
-    provider_orgs = dict(Provider.objects.filter(is_active=True).values_list("id", "organization_id"))
+    providers, unusable = _provider_targets(Provider.objects.filter(is_active=True))
+    provider_orgs = {
+        pid: org for pid, org in Provider.objects.filter(is_active=True).values_list("id", "organization_id")
+        if pid in providers
+    }  # fmt: skip
 
     aliases: dict[int, dict[str, tuple[int, str]]] = {}
-    for alias in ModelAlias.objects.filter(provider__is_active=True):
+    for alias in ModelAlias.objects.filter(provider__is_active=True).exclude(provider_id__in=unusable):
         aliases.setdefault(alias.project_id, {})[alias.alias] = (alias.provider_id, alias.model)
 
     projects = {
@@ -193,7 +198,11 @@ def build_snapshot(version: int) -> Snapshot:
 
     prices: dict[tuple[int, str], list[PriceRow]] = {}
     org_models: dict[int, dict[str, list[int]]] = {}
-    for price in Price.objects.filter(provider__is_active=True).order_by("provider_id", "model", "-effective_from"):
+    for price in (
+        Price.objects.filter(provider__is_active=True)
+        .exclude(provider_id__in=unusable)
+        .order_by("provider_id", "model", "-effective_from")
+    ):
         prices.setdefault((price.provider_id, price.model), []).append(
             PriceRow(
                 effective_from=price.effective_from,
@@ -219,7 +228,32 @@ def build_snapshot(version: int) -> Snapshot:
         providers=providers,
         org_models={org: {m: tuple(sorted(ids)) for m, ids in models.items()} for org, models in org_models.items()},
         prices={k: tuple(v) for k, v in prices.items()},
+        unusable_providers=unusable,
     )
+
+
+def _provider_targets(queryset: Any) -> tuple[dict[int, ProviderTarget], frozenset[int]]:
+    """Each provider's target, and the ids of those left out because their secret cannot be decrypted.
+
+    One provider whose secret no configured key decrypts (a key dropped from
+    COSTCONTROL_ENCRYPTION_KEYS too early) must not stop the whole snapshot: revocations and every
+    other change keep arriving; that provider is unusable (its models are not served) until its
+    secret is entered again. The control plane alerts its organisation (providers.check_secrets).
+    """
+    from apps.providers.crypto import InvalidToken
+
+    targets, unusable = {}, set()
+    for provider in queryset:
+        try:
+            targets[provider.id] = _provider_target(provider)
+        except InvalidToken:
+            unusable.add(provider.id)
+            logger.error(
+                "provider %s (%s, organisation %s): its secret cannot be decrypted with COSTCONTROL_ENCRYPTION_KEYS; "
+                "left out of the policy snapshot until the secret is entered again",
+                provider.id, provider.name, provider.organization_id,
+            )  # fmt: skip
+    return targets, frozenset(unusable)
 
 
 def _provider_target(provider: Any) -> ProviderTarget:
@@ -243,13 +277,21 @@ def _provider_target(provider: Any) -> ProviderTarget:
 
 
 def _build_rules(active_providers: set[int]) -> dict[int, tuple[RuleView, ...]]:
-    """Each project's active rules in order; targets on inactive providers are left out."""
-    import re
+    """Each project's active rules in order; targets on inactive providers are left out.
 
+    A rule whose regex RE2 cannot compile (saved before patterns were checked as RE2) is left out
+    and logged: it never matches, and the rest of the snapshot is built.
+    """
     from apps.routing.models import RoutingRule, TargetRole
 
     rules: dict[int, list[RuleView]] = {}
     for rule in RoutingRule.objects.filter(is_active=True).prefetch_related("targets").order_by("position", "id"):
+        try:
+            regex = Pattern(rule.match_regex) if rule.match_regex else None
+        except PatternError as exc:
+            logger.error("routing rule %s (project %s) left out: its regex is not valid RE2: %s",
+                         rule.id, rule.project_id, exc)  # fmt: skip
+            continue
         by_role: dict[str, list[TargetView]] = {role: [] for role in TargetRole.values}
         for target in sorted(rule.targets.all(), key=lambda t: (t.position, t.id)):
             if target.provider_id in active_providers:
@@ -280,7 +322,7 @@ def _build_rules(active_providers: set[int]) -> dict[int, tuple[RuleView, ...]]:
                 min_prompt_tokens=rule.min_prompt_tokens,
                 max_prompt_tokens=rule.max_prompt_tokens,
                 tools=rule.match_tools,
-                regex=re.compile(rule.match_regex) if rule.match_regex else None,
+                regex=regex,
             )
         )
     return {project: tuple(items) for project, items in rules.items()}
@@ -343,18 +385,26 @@ def _build_limits() -> tuple[
 
 
 def _build_cache_policies() -> dict[tuple[int, str], CachePolicyView]:
+    """Each project's (and feature's) cache policy; one whose deny-list RE2 cannot compile (saved
+    before patterns were checked as RE2) is left out and logged: no caching there, rather than
+    caching what the lead meant to exclude."""
     from apps.cache.models import CachePolicy
 
-    return {
-        (p.project_id, p.feature): policy_view(
-            exact=p.exact_enabled,
-            semantic=p.semantic_enabled,
-            threshold=float(p.similarity_threshold),
-            ttl=p.ttl_seconds,
-            patterns=list(p.deny_patterns),
-        )
-        for p in CachePolicy.objects.filter(models.Q(exact_enabled=True) | models.Q(semantic_enabled=True))
-    }
+    views = {}
+    for p in CachePolicy.objects.filter(models.Q(exact_enabled=True) | models.Q(semantic_enabled=True)):
+        try:
+            views[(p.project_id, p.feature)] = policy_view(
+                exact=p.exact_enabled,
+                semantic=p.semantic_enabled,
+                threshold=float(p.similarity_threshold),
+                ttl=p.ttl_seconds,
+                patterns=list(p.deny_patterns),
+                share_across_users=p.share_across_users,
+            )
+        except PatternError as exc:
+            logger.error("cache policy %s (project %s) left out: a deny pattern is not valid RE2: %s",
+                         p.id, p.project_id, exc)  # fmt: skip
+    return views
 
 
 def publish_policy_change() -> None:
@@ -399,7 +449,15 @@ class PolicyStore:
             # bumps it again and the next poll rebuilds.
             version = int(await self._redis.get(version_key()) or 0)
             loop = asyncio.get_running_loop()
-            self.current = await loop.run_in_executor(None, _build_in_thread, version)
+            try:
+                self.current = await loop.run_in_executor(None, _build_in_thread, version)
+            except Exception:
+                logger.critical(
+                    "policy snapshot build FAILED: this process keeps serving policy version %s, built %.0f s ago; "
+                    "key revocations and policy changes are NOT applied here until a build succeeds",
+                    self.current.version, time.monotonic() - self._built_at, exc_info=True,
+                )  # fmt: skip
+                raise
             self._built_at = time.monotonic()
 
     async def _listen(self) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from apps.core.patterns import Pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +50,7 @@ class RuleView:
     min_prompt_tokens: int | None = None
     max_prompt_tokens: int | None = None
     tools: str = "any"  # "any" | "with" | "without"
-    regex: re.Pattern[str] | None = None
+    regex: Pattern | None = None  # RE2, searches the first SCAN_CHARS characters
 
     def matches(self, facts: RequestFacts) -> bool:
         if self.models and facts.model not in self.models:
@@ -66,7 +67,7 @@ class RuleView:
             return False
         if self.tools != "any" and facts.has_tools != (self.tools == "with"):
             return False
-        return self.regex is None or self.regex.search(facts.last_user_text()) is not None
+        return self.regex is None or self.regex.search(facts.last_user_text())
 
 
 class RequestFacts:

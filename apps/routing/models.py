@@ -7,7 +7,6 @@ decides. Conditions left empty match everything.
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 
 from django.contrib.postgres.fields import ArrayField
@@ -17,12 +16,14 @@ from django.db import models
 from django.db.models import Q
 
 from apps.core.events import MODEL_MAX, REQUEST_ID_MAX, SHADOW_COST_DIGITS, SHADOW_COST_PLACES
+from apps.core.patterns import Pattern, PatternError
 
 
 def validate_regex(value: str) -> None:
+    """RE2 syntax (linear-time matching, see apps/core/patterns.py)."""
     try:
-        re.compile(value)
-    except re.error as exc:
+        Pattern(value)
+    except PatternError as exc:
         raise ValidationError(f"Not a valid regular expression: {exc}.") from None
 
 
