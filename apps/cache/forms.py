@@ -17,7 +17,8 @@ class CachePolicyForm(forms.ModelForm):
     class Meta:
         model = CachePolicy
         fields = ["feature", "exact_enabled", "semantic_enabled", "similarity_threshold", "ttl_seconds", "max_entries",
-                  "eviction", "deny_patterns"]  # fmt: skip
+                  "eviction", "share_across_users", "deny_patterns"]  # fmt: skip
+        labels = {"share_across_users": "Share answers across end users"}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

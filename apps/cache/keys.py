@@ -97,26 +97,33 @@ def message_text(message: dict[str, Any]) -> str:
     return ""
 
 
-def exact_key(payload: dict[str, Any]) -> str:
-    """sha256 hex of the canonical JSON of model, normalised messages and all output-changing parameters."""
+def _scoped(value: dict[str, Any], end_user: str) -> dict[str, Any]:
+    # Only a named end user changes the digest, so keys of policies that share answers stay as they were.
+    return {**value, "end_user": end_user} if end_user else value
+
+
+def exact_key(payload: dict[str, Any], *, end_user: str = "") -> str:
+    """sha256 hex of the canonical JSON of model, normalised messages and all output-changing parameters,
+    and of ``end_user`` when the answer must stay with that end user (see ``CachePolicy.share_across_users``)."""
     messages = [_normalise_message(m) for m in payload.get("messages", [])]
-    return _digest({"messages": messages, "parameters": _parameters(payload)})
+    return _digest(_scoped({"messages": messages, "parameters": _parameters(payload)}, end_user))
 
 
-def compatibility_fingerprint(payload: dict[str, Any]) -> str:
+def compatibility_fingerprint(payload: dict[str, Any], *, end_user: str = "") -> str:
     """sha256 hex of what a semantically similar request must share to reuse an answer.
 
     That is every parameter ``exact_key`` covers (model, temperature exactly,
     top_p, tools and tool_choice, response_format, max_tokens, n, seed, stop,
     logprobs, penalties, and any other non-delivery field) plus the role and
-    stripped text of each system/developer message, in order.
+    stripped text of each system/developer message, in order; and ``end_user`` when answers must
+    stay with their end user, so a semantic search never finds another end user's entries.
     """
     system = [
         [m.get("role"), message_text(m).strip()]
         for m in payload.get("messages", [])
         if isinstance(m, dict) and m.get("role") in SYSTEM_ROLES
     ]
-    return _digest({"system": system, "parameters": _parameters(payload)})
+    return _digest(_scoped({"system": system, "parameters": _parameters(payload)}, end_user))
 
 
 def _turn(message: dict[str, Any]) -> str:
