@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import re
+
 from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import F, Q
 
 from apps.providers.models import MONEY
+
+# What reaches ``vllm serve``'s command line is a grammar, not free text: a Hugging Face id
+# ("org/name", "name") or an absolute path on the GPU host, and names made of the same safe
+# characters. Nothing may start with "-" (it would be read as an option), and paths have no "..".
+_SEGMENT = r"[A-Za-z0-9_][A-Za-z0-9._+-]*"
+MODEL_PATH_RE = re.compile(rf"^(?:/?{_SEGMENT}(?:/{_SEGMENT})*)$")
+SERVED_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:/+-]*$")
+
+
+def validate_model_path(value: str) -> None:
+    if not MODEL_PATH_RE.fullmatch(value) or ".." in value.split("/"):
+        raise ValidationError(
+            "Use a Hugging Face id (org/name) or an absolute path (/models/name): letters, digits and . _ + - "
+            "between slashes, not starting with '-', no '..'."
+        )
+
+
+validate_served_name = RegexValidator(
+    SERVED_NAME_RE,
+    "Use letters, digits and . _ : / + - (not starting with '-' or '.').",
+)
 
 
 class Quantization(models.TextChoices):
@@ -33,8 +57,14 @@ class Deployment(models.Model):
 
     organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="deployments")
     name = models.CharField(max_length=100)
-    served_model_name = models.CharField(max_length=200, help_text="The model name apps ask for")
-    model_path = models.CharField(max_length=500, help_text="Hugging Face id or a path on the GPU host")
+    served_model_name = models.CharField(
+        max_length=200, validators=[validate_served_name], help_text="The model name apps ask for"
+    )
+    model_path = models.CharField(
+        max_length=500,
+        validators=[validate_model_path],
+        help_text="Hugging Face id or an absolute path on the GPU host",
+    )
     gpu_type = models.CharField(max_length=100, help_text="e.g. H100 80GB")
     gpu_count = models.PositiveSmallIntegerField(default=1)
     tensor_parallel_size = models.PositiveSmallIntegerField(default=1)
@@ -75,6 +105,18 @@ class Deployment(models.Model):
             ),
             models.CheckConstraint(condition=Q(max_model_len__gte=1), name="deployment_max_model_len_positive"),
             models.CheckConstraint(condition=Q(port__gte=1) & Q(port__lte=65535), name="deployment_port_valid"),
+            # One server per port: an organisation's deployments share its GPU hosts, and a server that
+            # runs (or is starting or stopping) holds its port on the host its worker recorded.
+            models.UniqueConstraint(
+                fields=["organization", "port"],
+                name="deployment_port_unique_in_org",
+                violation_error_message="Another deployment of this organisation already uses this port.",
+            ),
+            models.UniqueConstraint(
+                fields=["worker_host", "port"],
+                condition=Q(status__in=["starting", "running", "stopping"]) & ~Q(worker_host=""),
+                name="deployment_port_unique_per_host",
+            ),
             models.CheckConstraint(condition=Q(hourly_cost_usd__gte=0), name="deployment_hourly_cost_not_negative"),
             models.CheckConstraint(
                 condition=Q(throughput_tokens_per_s__isnull=True) | Q(throughput_tokens_per_s__gt=0),

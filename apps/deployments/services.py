@@ -21,7 +21,8 @@ import time
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from django.db import transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.deployments import conf, vllm
@@ -29,6 +30,7 @@ from apps.deployments.models import Deployment, DeploymentRun, DeploymentStatus
 from apps.providers.models import Provider, ProviderKind
 from apps.providers.services import price_set, provider_create, provider_update
 from apps.tenancy.models import Organization
+from costcontrol.egress import egress_check
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,17 @@ def deployment_create(
         throughput_tokens_per_s=throughput_tokens_per_s,
     )
     deployment.full_clean()
+    try:
+        egress_check(server_url(port=deployment.port))
+    except ValidationError as exc:
+        raise ValidationError({"port": exc.messages}) from None
     deployment.save()
     return deployment
+
+
+def server_url(*, port: int) -> str:
+    """The ``…/v1`` URL gateways reach a deployment's server at (``VLLM_PUBLIC_HOST`` and its port)."""
+    return f"http://{conf.vllm_public_host()}:{port}/v1"
 
 
 def price_per_mtok(*, hourly_cost_usd: Decimal, throughput_tokens_per_s: Decimal | None) -> Decimal:
@@ -88,7 +99,8 @@ def _request(*, deployment: Deployment, allowed: tuple[str, ...], status: str, t
     """Move the deployment to ``status`` if it is in an ``allowed`` state; the task runs once that is committed."""
     changes: dict[str, Any] = {"status": status}
     if status == DeploymentStatus.STARTING:
-        changes.update(last_error="", health_failures=0)
+        # A startable deployment has no process (pid is None): the host it last ran on no longer holds its port.
+        changes.update(last_error="", health_failures=0, worker_host="")
     with transaction.atomic():
         if not Deployment.objects.filter(pk=deployment.pk, status__in=allowed).update(**changes):
             raise DeploymentStateError(f"{deployment.name} is {deployment.get_status_display().lower()}")
@@ -135,6 +147,13 @@ def deployment_start(*, deployment_id: int) -> Deployment:
         _release(deployment, outcome=DeploymentStatus.FAILED, error="", status=DeploymentStatus.STARTING)
         deployment.refresh_from_db()
 
+    base_url = server_url(port=deployment.port)
+    refused = _claim_host(deployment, base_url)
+    if refused:
+        _release(deployment, outcome=DeploymentStatus.FAILED, error=refused, expect=DeploymentStatus.STARTING)
+        deployment.refresh_from_db()
+        return deployment
+
     api_key = secrets.token_urlsafe(32)
     command = vllm.serve_command(deployment=deployment, executable=conf.vllm_executable(), host=conf.vllm_bind_host())
     log_path = conf.vllm_log_dir() / f"deployment-{deployment.pk}.log"
@@ -155,7 +174,6 @@ def deployment_start(*, deployment_id: int) -> Deployment:
         vllm.process_terminate(process.pid)
         deployment.refresh_from_db()
         return deployment
-    base_url = f"http://{conf.vllm_public_host()}:{deployment.port}/v1"
     error = _wait_healthy(deployment_id=deployment.pk, pid=process.pid, base_url=base_url)
     if error is None:
         return _mark_running(deployment_id=deployment.pk, base_url=base_url, api_key=api_key)
@@ -165,6 +183,26 @@ def deployment_start(*, deployment_id: int) -> Deployment:
         _release(deployment, outcome=DeploymentStatus.FAILED, error=error, expect=DeploymentStatus.STARTING)
     deployment.refresh_from_db()
     return deployment
+
+
+def _claim_host(deployment: Deployment, base_url: str) -> str:
+    """Hold the deployment's port on this host before launching; why not ("" when held).
+
+    The URL gateways will use must pass the egress policy, and no other starting, running or
+    stopping deployment may hold the port here (``deployment_port_unique_per_host``).
+    """
+    try:
+        egress_check(base_url)
+    except ValidationError as exc:
+        return f"The server's URL {base_url} cannot be used: {' '.join(exc.messages)}"
+    try:
+        with transaction.atomic():
+            Deployment.objects.filter(pk=deployment.pk, status=DeploymentStatus.STARTING).update(worker_host=_here())
+    except IntegrityError:
+        # Possibly another organisation's deployment: not named here.
+        return f"Port {deployment.port} on {_here()} is held by another deployment; pick another port."
+    deployment.worker_host = _here()
+    return ""
 
 
 def _wait_healthy(*, deployment_id: int, pid: int, base_url: str) -> str | None:

@@ -26,8 +26,9 @@ _HEADER = f"""#!{sys.executable}
 import json, os, sys, time
 args = sys.argv[1:]
 with open({{record!r}}, "w") as f:
-    json.dump({{{{"argv": args, "api_key": os.environ.get("VLLM_API_KEY", "")}}}}, f)
-host, port = args[args.index("--host") + 1], args[args.index("--port") + 1]
+    json.dump({{{{"argv": args, "api_key": os.environ.get("VLLM_API_KEY", ""), "env": sorted(os.environ)}}}}, f)
+flags = dict(arg[2:].split("=", 1) for arg in args if arg.startswith("--") and "=" in arg)
+host, port = flags["host"], flags["port"]
 """
 
 BEHAVIOURS = {
@@ -64,6 +65,7 @@ def deployment_make(organization: Organization, **fields: Any) -> Deployment:
         "quantization": "awq",
         "hourly_cost_usd": Decimal("4.80"),
         "throughput_tokens_per_s": Decimal("1200"),
+        "port": 20000 + next(_seq),  # ports are unique per organisation
     }
     values.update(fields)
     return deployment_create(organization=organization, **values)

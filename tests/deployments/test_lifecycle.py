@@ -64,8 +64,11 @@ def _stop(deployment: Deployment) -> Deployment:
 
 
 def test_start_serves_through_the_gateway_and_stop_records_the_run(
-    gateway: str, transactional_db: None, settings: object, tmp_path: Path
+    gateway: str, transactional_db: None, settings: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The worker's own secrets, as a production worker has them in its environment.
+    for name in ("DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY", "COSTCONTROL_ENCRYPTION_KEYS"):
+        monkeypatch.setenv(name, f"worker-only-{name.lower()}")
     script, record = fake_vllm(tmp_path, "serve")
     settings.VLLM_EXECUTABLE = str(script)  # type: ignore[attr-defined]
     # An organisation whose only provider will be the deployment. The simulator behind the
@@ -83,10 +86,13 @@ def test_start_serves_through_the_gateway_and_stop_records_the_run(
     assert deployment.pid is not None and process_alive(deployment.pid)
     seen = recorded(record)
     assert seen["argv"] == [
-        "serve", "Qwen/Qwen2.5-72B-Instruct-AWQ", "--served-model-name", MODEL,
-        "--tensor-parallel-size", "2", "--max-model-len", "32768", "--quantization", "awq",
-        "--host", "127.0.0.1", "--port", str(port),
+        "serve", "--model=Qwen/Qwen2.5-72B-Instruct-AWQ", f"--served-model-name={MODEL}",
+        "--tensor-parallel-size=2", "--max-model-len=32768", "--quantization=awq",
+        "--host=127.0.0.1", f"--port={port}",
     ]  # fmt: skip
+    # The server gets a minimal environment: none of our database, Redis, Django or encryption secrets.
+    assert not {"DATABASE_URL", "REDIS_URL", "DJANGO_SECRET_KEY", "COSTCONTROL_ENCRYPTION_KEYS"} & set(seen["env"])
+    assert "PATH" in seen["env"] and "VLLM_API_KEY" in seen["env"]
     provider = deployment.provider
     assert provider is not None
     assert (provider.kind, provider.base_url, provider.is_active) == (ProviderKind.OPENAI_COMPATIBLE, base_url, True)

@@ -75,9 +75,9 @@ def test_serve_command_uses_vllms_flags(people: People) -> None:
         tensor_parallel_size=4, max_model_len=16384, quantization="fp8", port=8123,
     )  # fmt: skip
     assert serve_command(deployment=deployment, executable=["vllm"], host="0.0.0.0") == [  # noqa: S104
-        "vllm", "serve", "/models/llama-3.1-70b", "--served-model-name", "llama-70b",
-        "--tensor-parallel-size", "4", "--pipeline-parallel-size", "2", "--max-model-len", "16384",
-        "--quantization", "fp8", "--host", "0.0.0.0", "--port", "8123",  # noqa: S104
+        "vllm", "serve", "--model=/models/llama-3.1-70b", "--served-model-name=llama-70b",
+        "--tensor-parallel-size=4", "--pipeline-parallel-size=2", "--max-model-len=16384",
+        "--quantization=fp8", "--host=0.0.0.0", "--port=8123",
     ]  # fmt: skip
 
 
@@ -89,9 +89,9 @@ def test_serve_command_leaves_out_what_is_not_needed(people: People) -> None:
     command = serve_command(deployment=deployment, executable=["python", "-m", "vllm.entrypoints.cli.main"],
                             host="127.0.0.1")  # fmt: skip
     assert command == [
-        "python", "-m", "vllm.entrypoints.cli.main", "serve", "Qwen/Qwen2.5-7B-Instruct",
-        "--served-model-name", "qwen-7b", "--tensor-parallel-size", "1", "--max-model-len", "8192",
-        "--host", "127.0.0.1", "--port", "8000",
+        "python", "-m", "vllm.entrypoints.cli.main", "serve", "--model=Qwen/Qwen2.5-7B-Instruct",
+        "--served-model-name=qwen-7b", "--tensor-parallel-size=1", "--max-model-len=8192",
+        "--host=127.0.0.1", "--port=8000",
     ]  # fmt: skip
 
 

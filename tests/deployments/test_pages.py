@@ -115,7 +115,7 @@ def test_list_shows_accumulated_gpu_hours_and_cost(client: Client, people: Peopl
     html = client.get(_url("list", people)).content.decode()
     assert "3.00" in html and "$14.40" in html
     detail = client.get(_url("detail", people, pk=deployment.pk)).content.decode()
-    assert "vllm serve Qwen/Qwen2.5-72B-Instruct-AWQ --served-model-name qwen2.5-72b-instruct" in detail
+    assert "vllm serve --model=Qwen/Qwen2.5-72B-Instruct-AWQ --served-model-name=qwen2.5-72b-instruct" in detail
     assert "$1.1111" in detail  # price per 1M output tokens: $4.80 / (1200 × 3600) × 1M
 
 

@@ -52,8 +52,7 @@ def _stand_in_cli(folder: Path, scratch: Path) -> Path:
         "#!/bin/sh\n"
         f"{exports}"
         'case "$1" in\n'
-        '  serve) shift; model="$1"; shift;\n'
-        f'    exec {python} -m vllm.entrypoints.openai.api_server --model "$model" {cpu} "$@";;\n'
+        f'  serve) shift; exec {python} -m vllm.entrypoints.openai.api_server {cpu} "$@";;\n'
         f'  run-batch) shift; exec {python} -m vllm.entrypoints.openai.run_batch {cpu} "$@";;\n'
         "esac\n"
         "exit 64\n"
