@@ -17,6 +17,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costcontrol.settings.dev")
 
 django_application = get_asgi_application()
 
+from django.conf import settings  # noqa: E402
+
+from apps.batches.uploads import capped_upload  # noqa: E402
 from apps.gateway.app import Gateway  # noqa: E402  (needs Django set up first)
 from costcontrol.loopback import loopback_only  # noqa: E402
 
@@ -31,6 +34,8 @@ async def application(scope, receive, send):  # type: ignore[no-untyped-def]
         await gateway(scope, receive, send)
     elif scope["type"] == "http" and scope["path"].startswith("/v1/") and not scope["path"].startswith(DJANGO_V1):
         await gateway(scope, receive, send)
+    elif scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
+        await capped_upload(django_application, scope, receive, send, max_file_bytes=settings.BATCH_MAX_FILE_BYTES)
     else:
         await django_application(scope, receive, send)
 
