@@ -121,6 +121,13 @@ def test_channel_urls_pass_the_egress_policy_and_bind_their_secret(people: Peopl
     assert again.status_code == 200 and again.json()["has_secret"] is True
     channel = NotificationChannel.objects.get(pk=channel_id)
     assert (channel.target, channel.secret) == ("http://127.0.0.2:9/hook", "whsec2")
+    for garbage in ({"target": 123}, {"is_active": "maybe"}, {"name": "x" * 201}, {"target": "not a url"},
+                    {"target": ["http://127.0.0.1:9/h"]}, {"secret": {"a": 1}}):  # fmt: skip
+        response = owner.patch(f"/api/channels/{channel_id}/", garbage, format="json")
+        assert response.status_code == 400, garbage
+    assert (
+        owner.put(f"/api/channels/{channel_id}/", {"target": "http://127.0.0.1:9/h"}, format="json").status_code == 405
+    )
     settings.COSTCONTROL_EGRESS_ALLOW = []
     inward = owner.patch(f"/api/channels/{channel_id}/", {"target": "http://127.0.0.2:9/x"}, format="json")
     assert inward.status_code == 400 and "loopback" in str(inward.json())
