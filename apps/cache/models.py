@@ -12,7 +12,7 @@ from django.db.models import Q
 from pgvector.django import HnswIndex, VectorField
 
 from apps.core.events import CACHE_KEY_MAX, LEDGER_COST_DIGITS, LEDGER_COST_PLACES, MODEL_MAX, NAMESPACE_MAX
-from apps.core.patterns import Pattern, PatternError
+from apps.core.patterns import MAX_PATTERNS, Pattern, PatternError
 
 EMBEDDING_DIMENSIONS = 384  # all-MiniLM-L6-v2
 
@@ -24,6 +24,8 @@ class Eviction(models.TextChoices):
 
 def _validate_patterns(patterns: list[str]) -> None:
     """``re:`` patterns use RE2 syntax (linear-time matching, see apps/core/patterns.py)."""
+    if len(patterns) > MAX_PATTERNS:
+        raise ValidationError(f"At most {MAX_PATTERNS} patterns per policy.")
     for pattern in patterns:
         if pattern.startswith("re:"):
             try:

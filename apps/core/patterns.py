@@ -15,8 +15,12 @@ from typing import Any
 
 import re2
 
-# The first 64 Ki characters of the text are searched; a match further in is not seen.
-SCAN_CHARS = 64 * 1024
+# The first 16 Ki characters of the text are searched; a match further in is not seen. Measured on
+# the dev box: (a+)+$ over a full 16 Ki of "a" takes ~0.3 ms (RE2's DFA), so even a hostile pattern
+# costs the shared event loop about that per pattern and request.
+SCAN_CHARS = 16 * 1024
+# At most this many patterns per cache policy (each is searched on every request it applies to).
+MAX_PATTERNS = 50
 # RE2's memory budget for one compiled pattern; bigger ones (``a{1000}{1000}``) are refused.
 MAX_PROGRAM_BYTES = 1 << 20
 
@@ -35,6 +39,7 @@ class Pattern:
         options.log_errors = False
         options.case_sensitive = not ignore_case
         options.max_mem = MAX_PROGRAM_BYTES
+        options.never_capture = True  # only "does it match" is asked: lets RE2 use its DFA (~6x faster)
         try:
             self._regex: Any = re2.compile(source, options)
         except re2.error as exc:

@@ -49,6 +49,8 @@ def test_patterns_are_checked_as_re2_when_saved(db: None) -> None:
     }
     refused = client.post(url, {**policy, "deny_patterns": "re:(a)\\1"})
     assert refused.status_code == 400 and "not a valid regular expression" in refused.content.decode()
+    too_many = client.post(url, {**policy, "deny_patterns": "\n".join(f"re:x{n}" for n in range(51))})
+    assert too_many.status_code == 400 and "At most 50 patterns" in too_many.content.decode()
     assert client.post(url, {**policy, "deny_patterns": f"re:{EVIL}"}).status_code == 302
 
 
