@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from apps.gateway.errors import GatewayError
+from apps.core.errors import GatewayError
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
