@@ -17,8 +17,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costcontrol.settings.dev")
 
 django_application = get_asgi_application()
 
-from django.conf import settings  # noqa: E402
-
 from apps.batches.uploads import capped_upload  # noqa: E402
 from apps.gateway.app import Gateway  # noqa: E402  (needs Django set up first)
 from costcontrol.loopback import loopback_only  # noqa: E402

@@ -203,11 +203,11 @@ class ChannelDetail(generics.RetrieveUpdateAPIView):
     """``PATCH /api/channels/<id>/``: rename, re-target, re-key or pause a channel."""
 
     serializer_class = ChannelSerializer
-    permission_classes = [permissions.IsAuthenticated, IsManagerForWrites]
+    permission_classes = [permissions.IsAuthenticated, writes_need(Action.ORG_MANAGE)]
     http_method_names = ["get", "patch", "head", "options"]
 
     def get_queryset(self) -> QuerySet[NotificationChannel]:
-        return NotificationChannel.objects.filter(organization__in=organizations_for(user=self.request.user))
+        return channels_visible(user=self.request.user)
 
     def patch(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         channel = self.get_object()

@@ -29,8 +29,8 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from apps.budgets.models import Budget, BudgetScope, NotificationChannel, RateLimit
-from apps.budgets.services import budget_create
+from apps.budgets.models import Budget, BudgetScope, ChannelKind, NotificationChannel, RateLimit
+from apps.budgets.services import budget_create, channel_create
 from apps.cache.models import CacheEntry, CachePolicy
 from apps.dashboard.services import api_token_rotate
 from apps.deployments.models import Deployment, DeploymentStatus
@@ -116,6 +116,9 @@ def world() -> World:
         project=project, exact_key="k1", fingerprint="f", model="gpt-4o-mini", prompt_text="my card number is …",
         response={"choices": []}, expires_at=timezone.now() + dt.timedelta(hours=1),
     )  # fmt: skip
+    o["channel"] = channel_create(
+        organization=tenant.org, name="hook", kind=ChannelKind.WEBHOOK, target="http://127.0.0.1:9/hook", secret="s"
+    )
     o["stopped"] = deployment_make(tenant.org)
     o["running"] = deployment_make(tenant.org)
     Deployment.objects.filter(pk=o["running"].pk).update(
@@ -171,6 +174,7 @@ def _kwargs(w: World) -> dict[str, dict[str, Any]]:
         "api-project-keys": {"slug": slug},
         "api-key-revoke": {"lookup_id": o["lead_key"].lookup_id},
         "api-budget": {"pk": o["budget"].pk},
+        "api-channel": {"pk": o["channel"].pk},
         "api-budget-status": {"pk": o["budget"].pk},
         "api-routing-rule": {"pk": o["rule"].pk},
         "api-routing-rule-stats": {"pk": o["rule"].pk},
@@ -339,6 +343,7 @@ WRITES: dict[tuple[str, str], tuple[Expect, Callable[[World], Body]]] = {
         ORG_WRITE[:5] + (400,),
         lambda w: {"organization": w.org.slug, "name": "ops", "kind": "email", "target": "ops@example.com"},
     ),
+    ("api-channel", "PATCH"): (ORG_WRITE, lambda w: {"name": "renamed hook", "target": "http://127.0.0.1:9/other"}),
     ("api-project-keys", "POST"): ((OK, OK, 404, OK, 403, 404), lambda w: {"name": "ci"}),
     ("api-key-revoke", "POST"): ((OK, OK, 404, 403, 403, 404), lambda w: {}),
     ("api-routing-rules", "POST"): (
@@ -395,6 +400,7 @@ READS: dict[str, Expect] = {
     "api-budget-status": PROJECT_READ,
     "api-rate-limits": EVERYONE,
     "api-channels": EVERYONE,
+    "api-channel": ORG_READ,
     "api-alerts": EVERYONE,
     "api-routing-rules": EVERYONE,
     "api-routing-rule": PROJECT_READ,
@@ -463,7 +469,7 @@ def _fingerprint() -> list[Any]:
         list(Price.objects.order_by("pk").values_list("pk")),
         list(Budget.objects.order_by("pk").values_list("pk", "name", "amount_usd", "mode", "is_active")),
         list(RateLimit.objects.order_by("pk").values_list("pk", "requests_per_minute")),
-        list(NotificationChannel.objects.order_by("pk").values_list("pk")),
+        list(NotificationChannel.objects.order_by("pk").values_list("pk", "name", "target", "is_active")),
         list(CachePolicy.objects.order_by("pk").values_list("pk", "ttl_seconds")),
         list(CacheEntry.objects.order_by("pk").values_list("pk")),
         list(RoutingRule.objects.order_by("pk").values_list("pk", "name", "position")),
