@@ -20,7 +20,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.batches.models import Batch, BatchFile
+from apps.batches.models import Batch, BatchFile, could_be_object_id
 from apps.batches.services import BatchInputError, batch_cancel, batch_create, file_upload
 from apps.gateway.errors import GatewayError, invalid_api_key
 from apps.keys.models import ApiKey, bearer_key
@@ -34,10 +34,16 @@ def _error(exc: GatewayError) -> JsonResponse:
 
 
 def _owned(queryset: QuerySet[Any], key: ApiKey, object_id: str) -> Any:
-    """The key's project's object with this id; any other project's is a 404, like a missing one."""
+    """The key's project's object with this id; any other project's is a 404, like a missing one.
+
+    An id that none of ours can be (a NUL, which Postgres refuses in a query, or a megabyte of text)
+    is a 404 without a query, and is not echoed back.
+    """
+    kind = queryset.model._meta.verbose_name
+    if not could_be_object_id(object_id):
+        raise GatewayError(404, f"No such {kind}.", param="id", code=None)
     found = queryset.filter(project=key.project, pk=object_id).first()
     if found is None:
-        kind = queryset.model._meta.verbose_name
         raise GatewayError(404, f"No such {kind}: '{object_id}'.", param="id", code=None)
     return found
 
@@ -179,3 +185,10 @@ def batch_detail(request: HttpRequest, key: ApiKey, batch_id: str) -> HttpRespon
 def batch_cancel_view(request: HttpRequest, key: ApiKey, batch_id: str) -> HttpResponse:
     found = _owned(Batch.objects.all(), key, batch_id)
     return JsonResponse(batch_object(batch_cancel(batch=found)))
+
+
+@csrf_exempt
+def unknown_url(request: HttpRequest, rest: str = "") -> HttpResponse:
+    """Any other path under /v1/files or /v1/batches: OpenAI's 404, as the gateway answers for /v1."""
+    path = request.path[:200]
+    return _error(GatewayError(404, f"Unknown request URL: {request.method} {path}.", code="unknown_url"))

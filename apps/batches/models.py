@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 
 from django.db import models
@@ -14,6 +15,16 @@ def new_file_id() -> str:
 
 def new_batch_id() -> str:
     return "batch_" + secrets.token_hex(12)
+
+
+# Every file and batch id we issue has this shape ("file-…", "batch_…"), with room to spare.
+_OBJECT_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+
+
+def could_be_object_id(value: str) -> bool:
+    """Whether ``value`` may name one of our files or batches; anything else (a NUL, which Postgres
+    refuses in a query, or a megabyte of text) is looked up nowhere."""
+    return _OBJECT_ID.fullmatch(value) is not None
 
 
 class FilePurpose(models.TextChoices):

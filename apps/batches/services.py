@@ -36,7 +36,16 @@ from psycopg import sql
 
 from apps.batches import budget
 from apps.batches.budget import BatchBudgets
-from apps.batches.models import Batch, BatchBackend, BatchFile, BatchLine, BatchStatus, FilePurpose, LineStatus
+from apps.batches.models import (
+    Batch,
+    BatchBackend,
+    BatchFile,
+    BatchLine,
+    BatchStatus,
+    FilePurpose,
+    LineStatus,
+    could_be_object_id,
+)
 from apps.core.egress_http import EgressConnector
 from apps.core.errors import GatewayError, model_not_allowed
 from apps.core.events import ERROR_CODE_MAX, MODEL_MAX, clean_count, clean_text
@@ -165,6 +174,8 @@ def batch_create(
         raise BatchInputError(f"endpoint must be one of {', '.join(ENDPOINTS)}.", param="endpoint")
     if completion_window != "24h":
         raise BatchInputError("completion_window must be '24h'.", param="completion_window")
+    if not could_be_object_id(input_file_id):
+        raise BatchInputError("No batch file with that id in this project.", param="input_file_id")
     source = BatchFile.objects.filter(project=project, pk=input_file_id, purpose=FilePurpose.BATCH).first()
     if source is None:
         raise BatchInputError(f"No batch file with id '{input_file_id}' in this project.", param="input_file_id")

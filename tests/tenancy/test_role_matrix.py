@@ -69,7 +69,7 @@ OWN_JOB: Expect = (OK, 404, 404, 404, 404, 404)  # an export job is its requeste
 # Not role-checked: authentication itself, Django's admin (staff only; no role is staff), and the
 # OpenAI-compatible Files/Batches API, which authenticates API keys, not people (tested below).
 PUBLIC = {"login", "logout"}
-KEY_AUTH = {"v1-files", "v1-file", "v1-file-content", "v1-batches", "v1-batch", "v1-batch-cancel"}
+KEY_AUTH = {"v1-files", "v1-file", "v1-file-content", "v1-batches", "v1-batch", "v1-batch-cancel", "v1-unknown"}
 
 
 @dataclass
