@@ -9,22 +9,21 @@ to the key's project: another project's file or batch is a 404.
 
 from __future__ import annotations
 
-import hmac
 import json
+import time
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from apps.batches.models import Batch, BatchFile, could_be_object_id
 from apps.batches.services import BatchInputError, batch_cancel, batch_create, file_upload
-from apps.gateway.errors import GatewayError, invalid_api_key
-from apps.keys.models import ApiKey, bearer_key
-from apps.keys.services import hash_key
+from apps.core.apikeys import check_key, presented_key
+from apps.core.errors import GatewayError, invalid_api_key, method_not_allowed
+from apps.keys.models import ApiKey
 
 View = Callable[..., HttpResponse]
 
@@ -49,17 +48,17 @@ def _owned(queryset: QuerySet[Any], key: ApiKey, object_id: str) -> Any:
 
 
 def _authenticate(request: HttpRequest) -> ApiKey:
-    parsed = bearer_key(request.headers.get("Authorization", ""))
-    if parsed is None:
-        raise invalid_api_key("You didn't provide an API key. Send it as 'Authorization: Bearer cc_live_...'.")
-    token, lookup_id = parsed
+    token, lookup_id = presented_key(request.headers.get("Authorization"))
     key = ApiKey.objects.select_related("project").filter(lookup_id=lookup_id).first()
-    if key is None or not hmac.compare_digest(key.key_hash, hash_key(token)):
+    if key is None:
         raise invalid_api_key()
-    if key.revoked_at is not None:
-        raise invalid_api_key("This API key has been revoked.")
-    if key.expires_at is not None and key.expires_at <= timezone.now():
-        raise invalid_api_key("This API key has expired.")
+    check_key(
+        token,
+        bytes.fromhex(key.key_hash),
+        revoked=key.revoked_at is not None,
+        expires_at=key.expires_at.timestamp() if key.expires_at else None,
+        now=time.time(),
+    )
     return key
 
 
@@ -72,7 +71,7 @@ def keyed(*methods: str) -> Callable[[View], View]:
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             try:
                 if request.method not in methods:
-                    raise GatewayError(405, f"Method {request.method} is not allowed here.", code="method_not_allowed")
+                    raise method_not_allowed(str(request.method), "here")
                 return view(request, _authenticate(request), *args, **kwargs)
             except GatewayError as exc:
                 return _error(exc)

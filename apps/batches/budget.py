@@ -23,12 +23,11 @@ from django.conf import settings
 
 from apps.budgets.models import Budget
 from apps.core.errors import GatewayError
+from apps.core.pricing import MTOK, token_cost
 from apps.core.request import attribution
 from apps.gateway.fastredis import FastRedis
 from apps.gateway.limits import Admission, BudgetPolicy, Limiter, request_worst_case
 from apps.gateway.policy import budget_policies
-
-MILLION = Decimal(1_000_000)
 
 
 class BatchBudgets:
@@ -70,7 +69,17 @@ def worst_case(
     worst = request_worst_case(
         endpoint, body, model, unknown_model_max_output=settings.GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS
     )
-    usd = (worst.prompt_tokens * input_per_mtok + worst.output_tokens * output_per_mtok) / MILLION
+    usd = (
+        token_cost(
+            prompt_tokens=worst.prompt_tokens,
+            cached_tokens=0,
+            completion_tokens=worst.output_tokens,
+            input_rate=input_per_mtok,
+            cached_input_rate=input_per_mtok,
+            output_rate=output_per_mtok,
+        )
+        / MTOK
+    )
     return usd, worst.tokens
 
 

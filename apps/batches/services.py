@@ -49,6 +49,7 @@ from apps.batches.models import (
 from apps.core.egress_http import EgressConnector
 from apps.core.errors import GatewayError, model_not_allowed
 from apps.core.events import ERROR_CODE_MAX, MODEL_MAX, clean_count, clean_text
+from apps.core.pricing import MTOK, token_cost
 from apps.core.request import attribution, error_for_line, validate
 from apps.deployments import conf as deployments_conf
 from apps.deployments import vllm
@@ -68,7 +69,6 @@ ENDPOINTS = {
     "/v1/embeddings": "embeddings",
 }
 FINAL = (BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.CANCELLED, BatchStatus.EXPIRED)
-MILLION = Decimal(1_000_000)
 MICRO = Decimal("0.000001")
 MAX_REPORTED_ERRORS = 100
 BATCH_API_KINDS = (ProviderKind.OPENAI, ProviderKind.SIMULATED)
@@ -932,7 +932,17 @@ def batch_run_vllm(*, batch_id: str) -> int:
         if isinstance(usage, dict):
             result.prompt_tokens = clean_count(usage.get("prompt_tokens"))
             result.completion_tokens = clean_count(usage.get("completion_tokens"))
-            result.cost = result.counterfactual = result.completion_tokens * price / MILLION
+            result.cost = result.counterfactual = (
+                token_cost(
+                    prompt_tokens=result.prompt_tokens,
+                    cached_tokens=0,
+                    completion_tokens=result.completion_tokens,
+                    input_rate=Decimal(0),
+                    cached_input_rate=Decimal(0),
+                    output_rate=price,
+                )
+                / MTOK
+            )
         results.append(result)
     failure = {"message": f"vllm run-batch gave no answer for this line. {problem}".strip(), "type": "api_error",
                "param": None, "code": "vllm_run_batch_failed"}  # fmt: skip

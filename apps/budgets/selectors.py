@@ -11,7 +11,7 @@ from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
 from apps.budgets.models import Alert, Budget, BudgetScope, NotificationChannel
-from apps.budgets.periods import FOREVER, period_bounds
+from apps.core.periods import FOREVER, period_bounds
 from apps.ledger.models import LedgerEntry
 from apps.tenancy.permissions import Action
 from apps.tenancy.selectors import organizations_for, reach_q

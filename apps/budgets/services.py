@@ -31,9 +31,9 @@ from apps.budgets.models import (
     NotificationChannel,
     RateLimit,
 )
-from apps.budgets.periods import period_bounds
 from apps.budgets.selectors import budget_ledger_filter, budget_spent_usd, budget_status
 from apps.core.egress import url_origin
+from apps.core.periods import period_bounds
 from apps.keys.models import ApiKey
 from apps.ledger.models import HourlyRollup, LedgerEntry
 from apps.tenancy.models import Organization, Project, Team

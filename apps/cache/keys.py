@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from apps.core.text import content_text
+
 # Fields that change how or where an answer is delivered, or what is recorded
 # about it, but not the answer itself. Everything else is assumed to change the
 # output (safe by default: an unknown parameter splits the key, never merges it).
@@ -87,16 +89,6 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def message_text(message: dict[str, Any]) -> str:
-    """The text of a message's content: the string itself, or its text parts joined by spaces."""
-    content = message.get("content")
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return " ".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    return ""
-
-
 def _scoped(value: dict[str, Any], end_user: str) -> dict[str, Any]:
     # Only a named end user changes the digest, so keys of policies that share answers stay as they were.
     return {**value, "end_user": end_user} if end_user else value
@@ -119,7 +111,7 @@ def compatibility_fingerprint(payload: dict[str, Any], *, end_user: str = "") ->
     stay with their end user, so a semantic search never finds another end user's entries.
     """
     system = [
-        [m.get("role"), message_text(m).strip()]
+        [m.get("role"), content_text(m.get("content")).strip()]
         for m in payload.get("messages", [])
         if isinstance(m, dict) and m.get("role") in SYSTEM_ROLES
     ]
@@ -127,7 +119,7 @@ def compatibility_fingerprint(payload: dict[str, Any], *, end_user: str = "") ->
 
 
 def _turn(message: dict[str, Any]) -> str:
-    parts = [message_text(message)]
+    parts = [content_text(message.get("content"))]
     for call in message.get("tool_calls") or []:
         function = (call.get("function") or {}) if isinstance(call, dict) else {}
         parts.append(f"{function.get('name', '')}({function.get('arguments', '')})")
@@ -150,7 +142,7 @@ def semantic_text(messages: list[dict[str, Any]]) -> str:
     """
     turns = [m for m in messages if isinstance(m, dict) and m.get("role") not in SYSTEM_ROLES]
     last_user = next((i for i in range(len(turns) - 1, -1, -1) if turns[i].get("role") == "user"), None)
-    question = " ".join(message_text(turns[last_user]).split()) if last_user is not None else ""
+    question = " ".join(content_text(turns[last_user].get("content")).split()) if last_user is not None else ""
     trace: list[str] = []
     used = 0
     for i in range(len(turns) - 1, -1, -1):

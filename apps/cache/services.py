@@ -17,24 +17,17 @@ from django.db.models import F, OrderBy
 from django.utils import timezone
 
 from apps.cache.models import CacheEntry, CachePolicy, Eviction
-from apps.core.events import cache_event_clean, clean_count, clean_id
+from apps.core import names
+from apps.core.events import BODY_FIELD, EVENT_FIELD, cache_event_clean, clean_count, clean_id
 from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
 from apps.ledger.stream import acknowledge, ensure_group, read_batch
 from apps.tenancy.models import Project
 
 logger = logging.getLogger(__name__)
 
-EVENT_FIELD = b"e"
-BODY_FIELD = b"body"
-
 
 def cache_stream() -> str:
-    return settings.REDIS_PREFIX + "cache:events"
-
-
-def cache_redis_key(*, project_id: int, namespace: str, exact_key: str) -> str:
-    """Where an exact entry lives in Redis (the gateway reads and writes it there)."""
-    return f"{settings.REDIS_PREFIX}cache:{project_id}:{namespace}:{exact_key}"
+    return names.cache_stream(settings.REDIS_PREFIX)
 
 
 def cache_ingest_batch(
@@ -158,7 +151,8 @@ def cache_entries_delete(client: redis.Redis, entries: list[tuple[int, int, str,
     if not entries:
         return 0
     CacheEntry.objects.filter(id__in=[e[0] for e in entries]).delete()
-    keys = [cache_redis_key(project_id=p, namespace=ns, exact_key=k) for _id, p, ns, k in entries]
+    prefix = settings.REDIS_PREFIX
+    keys = [names.cache_entry(prefix, project_id=p, namespace=ns, exact_key=k) for _id, p, ns, k in entries]
     for start in range(0, len(keys), 500):
         client.delete(*keys[start : start + 500])
     return len(entries)

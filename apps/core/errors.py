@@ -64,3 +64,11 @@ def model_not_allowed(model: str) -> GatewayError:
 
 def upstream_unavailable(message: str, *, status: int = 502, code: str = "upstream_unavailable") -> GatewayError:
     return GatewayError(status, message, type="api_error", code=code)
+
+
+def request_too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"The request body exceeds the {limit} byte limit.", code="request_too_large")
+
+
+def method_not_allowed(method: str, where: str) -> GatewayError:
+    return GatewayError(405, f"Method {method} is not allowed {where}.", code="method_not_allowed")

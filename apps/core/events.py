@@ -17,6 +17,11 @@ import math
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+# --- stream entries ---------------------------------------------------------------------
+
+EVENT_FIELD = b"e"  # every stream entry holds its event as JSON in this field
+BODY_FIELD = b"body"  # a cache store also holds the answer, as the provider returned it
+
 # --- column limits (the models import these) -------------------------------------------
 
 REQUEST_ID_MAX = 64

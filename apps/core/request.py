@@ -23,10 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from apps.core.errors import GatewayError, bad_request
 from apps.core.events import END_USER_MAX, FEATURE_MAX, clean_text
+from apps.core.text import json_tokens, text_tokens
 
 ENDPOINT_CHAT = "chat.completions"
 ENDPOINT_COMPLETIONS = "completions"
@@ -327,7 +326,7 @@ def _positive(value: Any) -> int:
 
 
 def prompt_estimate(endpoint: str, payload: dict[str, Any]) -> int:
-    """An upper-bound estimate of a validated request's prompt tokens (see ``text_tokens``)."""
+    """An upper-bound estimate of a validated request's prompt tokens (see ``apps.core.text.text_tokens``)."""
     if endpoint == ENDPOINT_CHAT:
         total = REPLY_PRIMER + _messages_tokens(payload.get("messages") or ())
         for name in ("tools", "functions", "response_format", "tool_choice", "prediction"):
@@ -337,25 +336,6 @@ def prompt_estimate(endpoint: str, payload: dict[str, Any]) -> int:
                 total += json_tokens(value)
         return total
     return _inputs_tokens(payload.get("prompt" if endpoint == ENDPOINT_COMPLETIONS else "input"))
-
-
-def text_tokens(text: str) -> int:
-    """An upper bound on ``text``'s tokens for budgets: ~4 ASCII characters per token, and every
-    non-ASCII character counted as at least one token more (CJK text runs ~1 token per character,
-    which a characters/4 estimate would undercount four times)."""
-    if not text:
-        return 0
-    ascii_estimate = (len(text) + 3) // 4
-    if text.isascii():
-        return ascii_estimate
-    return ascii_estimate + len(text.encode("utf-8", "surrogatepass")) - len(text)
-
-
-def json_tokens(value: Any) -> int:
-    try:
-        return text_tokens(orjson.dumps(value).decode())
-    except (TypeError, orjson.JSONEncodeError):
-        return text_tokens(str(value))
 
 
 def _messages_tokens(messages: Any) -> int:

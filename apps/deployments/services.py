@@ -25,6 +25,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.core.pricing import MTOK
 from apps.deployments import conf, vllm
 from apps.deployments.models import Deployment, DeploymentRun, DeploymentStatus
 from apps.providers.models import Provider, ProviderKind
@@ -35,7 +36,6 @@ from costcontrol.egress import egress_check
 logger = logging.getLogger(__name__)
 
 SECONDS_PER_HOUR = Decimal(3600)
-MILLION = Decimal(1_000_000)
 STARTABLE = (DeploymentStatus.STOPPED, DeploymentStatus.FAILED)
 STOPPABLE = (DeploymentStatus.STARTING, DeploymentStatus.RUNNING, DeploymentStatus.FAILED)
 
@@ -91,7 +91,7 @@ def price_per_mtok(*, hourly_cost_usd: Decimal, throughput_tokens_per_s: Decimal
     """USD per 1M output tokens at full load (0 until a throughput is measured)."""
     if not throughput_tokens_per_s:
         return Decimal(0)
-    value = hourly_cost_usd * MILLION / (throughput_tokens_per_s * SECONDS_PER_HOUR)
+    value = hourly_cost_usd * MTOK / (throughput_tokens_per_s * SECONDS_PER_HOUR)
     return value.quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
 
 

@@ -13,7 +13,6 @@ import dataclasses
 import datetime as dt
 import gc
 import hashlib
-import hmac
 import logging
 import random
 import secrets
@@ -31,8 +30,20 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from apps.core import names
+from apps.core.apikeys import check_key, presented_key
 from apps.core.egress_http import EgressConnector
+from apps.core.errors import (
+    GatewayError,
+    invalid_api_key,
+    method_not_allowed,
+    model_not_allowed,
+    model_not_found,
+    request_too_large,
+    upstream_unavailable,
+)
 from apps.core.events import clean_count, ledger_event_clean
+from apps.core.pricing import PriceRow
 from apps.core.request import (
     ENDPOINT_CHAT,
     ENDPOINT_COMPLETIONS,
@@ -42,7 +53,7 @@ from apps.core.request import (
     prompt_estimate,
     validate,
 )
-from apps.gateway import tokens
+from apps.core.text import answer_text, choice_text, completion_estimate
 from apps.gateway.breaker import Breakers, deployment
 from apps.gateway.cache import (
     CacheHit,
@@ -52,21 +63,12 @@ from apps.gateway.cache import (
     cache_request,
     sse_from_completion,
 )
-from apps.gateway.errors import (
-    GatewayError,
-    invalid_api_key,
-    model_not_allowed,
-    model_not_found,
-    upstream_unavailable,
-)
 from apps.gateway.fastredis import FastPipeline, FastRedis
 from apps.gateway.ledger_writer import LedgerWriter
 from apps.gateway.limits import Admission, Limiter, request_worst_case
-from apps.gateway.policy import KeyPolicy, PolicyStore, PriceRow, ProjectPolicy, ProviderTarget, Snapshot
-from apps.gateway.shadow import ShadowJob, ShadowQueue, answer_text
-from apps.gateway.validation import parse_body, too_large
-from apps.keys.models import bearer_key
-from apps.ledger.stream import stream_name
+from apps.gateway.policy import KeyPolicy, PolicyStore, ProjectPolicy, ProviderTarget, Snapshot
+from apps.gateway.shadow import ShadowJob, ShadowQueue
+from apps.gateway.validation import parse_body
 from apps.routing.engine import (
     CascadeView,
     RequestFacts,
@@ -77,7 +79,6 @@ from apps.routing.engine import (
     normalize_text,
     split_order,
 )
-from apps.routing.stream import shadow_stream_name
 from costcontrol.egress import egress_policy
 
 logger = logging.getLogger(__name__)
@@ -240,14 +241,14 @@ class Gateway:
             )
             # Per-request commands go through the lean client; pub/sub (policy) keeps redis-py.
             self.fast_redis = FastRedis(settings.REDIS_URL, command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS)
-            self.cache = ResponseCache(self.fast_redis, settings.DATABASE_URL)
+            self.cache = ResponseCache(self.fast_redis, settings.DATABASE_URL, settings.REDIS_PREFIX)
             self.limiter = Limiter(self.fast_redis, settings.REDIS_PREFIX, leases=settings.GATEWAY_LIMIT_LEASES)
             await self.limiter.load()
             self.limiter.start()
             # One spool folder per Redis server and prefix: a re-send must reach the stream it was meant for.
             target = hashlib.sha256(f"{settings.REDIS_URL}|{settings.REDIS_PREFIX}".encode()).hexdigest()[:16]
             spool = Path(settings.BASE_DIR) / "var" / "spool" / target
-            self.ledger = LedgerWriter(self.fast_redis, stream_name(), spool)
+            self.ledger = LedgerWriter(self.fast_redis, names.ledger_stream(settings.REDIS_PREFIX), spool)
             self.ledger.start()
             self.breakers = Breakers(
                 self.redis,
@@ -259,7 +260,9 @@ class Gateway:
             )
             await self.breakers.start()
             # Shadow comparisons get their own stream (and spool): they are not ledger rows.
-            self.shadow_writer = LedgerWriter(self.fast_redis, shadow_stream_name(), spool / "shadow")
+            self.shadow_writer = LedgerWriter(
+                self.fast_redis, names.shadow_stream(settings.REDIS_PREFIX), spool / "shadow"
+            )
             self.shadow_writer.start()
             self.shadows = ShadowQueue(
                 self.http,
@@ -331,11 +334,11 @@ class Gateway:
             endpoint = FORWARD_PATHS.get(path)
             if endpoint is not None:
                 if method != "POST":
-                    raise GatewayError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")
+                    raise method_not_allowed(method, f"on {path}")
                 await self._proxy(scope, receive, send, endpoint, request_id)
             elif path == "/v1/models" or path.startswith("/v1/models/"):
                 if method != "GET":
-                    raise GatewayError(405, f"Method {method} is not allowed on {path}.", code="method_not_allowed")
+                    raise method_not_allowed(method, f"on {path}")
                 await self._models(scope, send, path, request_id)
             else:
                 raise GatewayError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
@@ -526,19 +529,11 @@ class Gateway:
         return self.policy.current
 
     def _authenticate(self, snapshot: Snapshot, authorization: bytes | None) -> KeyPolicy:
-        if not authorization:
-            raise invalid_api_key("You didn't provide an API key. Send it as 'Authorization: Bearer cc_live_...'.")
-        parsed = bearer_key(authorization.decode("latin-1"))
-        if parsed is None:
-            raise invalid_api_key()
-        token, lookup_id = parsed
+        token, lookup_id = presented_key(authorization.decode("latin-1") if authorization else None)
         key = snapshot.keys.get(lookup_id)
-        if key is None or not hmac.compare_digest(key.key_hash, hashlib.sha256(token.encode()).digest()):
+        if key is None:
             raise invalid_api_key()
-        if key.revoked:
-            raise invalid_api_key("This API key has been revoked.")
-        if key.expires_at is not None and key.expires_at <= time.time():
-            raise invalid_api_key("This API key has expired.")
+        check_key(token, key.key_hash, revoked=key.revoked, expires_at=key.expires_at, now=time.time())
         return key
 
     # --- routing -------------------------------------------------------------
@@ -1125,9 +1120,9 @@ class _SseRelay:
                 data = _event_json(event)
                 choices = data.get("choices") if data is not None else None
                 if isinstance(choices, list):
-                    parts.extend(_choice_text(choice, "delta") for choice in choices)
+                    parts.extend(choice_text(choice, "delta") for choice in choices)
         # Events past what we keep count by their size: more than their text, never less.
-        return tokens.estimate_text("".join(parts)) + self._unkept // 4
+        return completion_estimate("".join(parts)) + self._unkept // 4
 
 
 def _event_json(event: bytes) -> dict[str, Any] | None:
@@ -1168,7 +1163,7 @@ async def _read_body(receive: Receive) -> bytes:
         body = message.get("body", b"")
         size += len(body)
         if size > limit:
-            raise too_large(limit)
+            raise request_too_large(limit)
         chunks.append(body)
         if not message.get("more_body"):
             return b"".join(chunks)
@@ -1241,7 +1236,7 @@ def _confidence(data: dict[str, Any], cascade: CascadeView) -> float | None:
 
 
 def _labels_key(rule_id: int) -> str:
-    return f"{settings.REDIS_PREFIX}route:{rule_id}:labels"
+    return names.cascade_labels(settings.REDIS_PREFIX, rule_id)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
@@ -1263,19 +1258,8 @@ def _believable(usage: Any) -> bool:
 def _estimate_completion(data: dict[str, Any]) -> int:
     """Completion tokens of a non-streamed answer whose provider reported no usage."""
     choices = data.get("choices")
-    parts = [_choice_text(choice, "message") for choice in choices] if isinstance(choices, list) else []
-    return tokens.estimate_text("".join(parts))
-
-
-def _choice_text(choice: Any, field: str) -> str:
-    """The text of one choice (its ``message`` or stream ``delta``, else legacy ``text``); "" when malformed."""
-    if not isinstance(choice, dict):
-        return ""
-    inner = choice.get(field)
-    content = inner.get("content") if isinstance(inner, dict) else None
-    if not isinstance(content, str) or not content:
-        content = choice.get("text")
-    return content if isinstance(content, str) else ""
+    parts = [choice_text(choice, "message") for choice in choices] if isinstance(choices, list) else []
+    return completion_estimate("".join(parts))
 
 
 def _apply_usage(call: Call, target: Target, usage: Any) -> None:

@@ -20,6 +20,8 @@ import time
 
 import redis.asyncio as aioredis
 
+from apps.core import names
+
 logger = logging.getLogger(__name__)
 
 # KEYS: failure counter, open hash, probe claim. ARGV: field, now, window ms, failures, cool-down s.
@@ -66,9 +68,9 @@ class Breakers:
         poll_seconds: float,
     ) -> None:
         self._redis = client
-        self._prefix = prefix + "breaker:"
-        self._hash = self._prefix + "open"
-        self._channel = self._prefix + "changed"
+        self._prefix = prefix
+        self._hash = names.breaker_open(prefix)
+        self._channel = names.breaker_channel(prefix)
         self._failures = max(failures, 1)
         self._window_ms = int(window_seconds * 1000)
         self._cooldown = cooldown_seconds
@@ -101,11 +103,11 @@ class Breakers:
         if time.time() < until:
             return False
         claim_seconds = max(int(self._cooldown), 5)
-        return bool(await self._redis.set(self._prefix + "probe:" + name, b"1", nx=True, ex=claim_seconds))
+        return bool(await self._redis.set(names.breaker_probe(self._prefix, name), b"1", nx=True, ex=claim_seconds))
 
     async def failure(self, provider_id: int, model: str) -> None:
         name = deployment(provider_id, model)
-        keys = [self._prefix + "fails:" + name, self._hash, self._prefix + "probe:" + name]
+        keys = [names.breaker_failures(self._prefix, name), self._hash, names.breaker_probe(self._prefix, name)]
         args: list[str | int | float] = [name, time.time(), self._window_ms, self._failures, self._cooldown]
         if await self._script(keys=keys, args=args):
             logger.warning("circuit opened for %s", name)
@@ -118,7 +120,7 @@ class Breakers:
             return
         pipe = self._redis.pipeline(transaction=True)
         pipe.hdel(self._hash, name)
-        pipe.delete(self._prefix + "probe:" + name, self._prefix + "fails:" + name)
+        pipe.delete(names.breaker_probe(self._prefix, name), names.breaker_failures(self._prefix, name))
         await pipe.execute()
         logger.info("circuit closed for %s", name)
         await self._announce()

@@ -20,9 +20,10 @@ import numpy as np
 import orjson
 
 from apps.cache.guard import agree
-from apps.cache.services import BODY_FIELD, EVENT_FIELD, cache_redis_key, cache_stream
-from apps.core.events import cache_event_clean
+from apps.core import names
+from apps.core.events import BODY_FIELD, EVENT_FIELD, cache_event_clean
 from apps.core.patterns import SCAN_CHARS, Pattern
+from apps.core.text import last_user_text
 from apps.gateway.fastredis import FastPipeline, FastRedis
 
 
@@ -78,17 +79,6 @@ class CacheHit:
     entry_key: str  # exact key of the stored entry that answered (differs from the request's on semantic hits)
 
 
-def last_user_text(messages: list[Any]) -> str:
-    for message in reversed(messages):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
 def cache_request(
     *,
     project_id: int,
@@ -110,7 +100,7 @@ def cache_request(
     if "no-store" in directives and "no-cache" in directives:
         return None
     messages = payload["messages"]
-    if policy.denies(last_user_text(messages)):
+    if policy.denies(last_user_text(payload)):
         return None
     scope = "" if policy.share_across_users else end_user
     return CacheRequest(
@@ -183,15 +173,18 @@ async def nearest_entry(
 
 
 class ResponseCache:
-    def __init__(self, redis_client: FastRedis, database_url: str) -> None:
+    def __init__(self, redis_client: FastRedis, database_url: str, prefix: str) -> None:
         self._redis = redis_client
         self._database_url = database_url
         self._pool: Any = None
         self._pool_lock = asyncio.Lock()
-        self.stream = cache_stream()
+        self._prefix = prefix
+        self.stream = names.cache_stream(self._prefix)
 
     def redis_key(self, request: CacheRequest) -> str:
-        return cache_redis_key(project_id=request.project_id, namespace=request.namespace, exact_key=request.exact_key)
+        return names.cache_entry(
+            self._prefix, project_id=request.project_id, namespace=request.namespace, exact_key=request.exact_key
+        )
 
     async def close(self) -> None:
         if self._pool is not None:

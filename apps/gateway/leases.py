@@ -30,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from apps.core import names
+
 LEASE_SECONDS = 0.2
 # A lease is granted only if the limit still has this many more leases' worth of headroom after it.
 LEASE_HEADROOM = 8
@@ -114,7 +116,7 @@ def next_size(size: int, used: int, *, ran_out: bool) -> int:
 
 
 def budget_return(lease: BudgetLease) -> tuple[list[str], list[Any]]:
-    return [lease.key, lease.key + ":leased"], [lease.available, lease.granted]
+    return [lease.key, names.leased(lease.key)], [lease.available, lease.granted]
 
 
 def scope_return(lease: ScopeLease, now_s: int) -> tuple[list[str], list[Any]]:

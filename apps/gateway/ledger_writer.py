@@ -16,8 +16,8 @@ from typing import Any
 
 import orjson
 
+from apps.core.events import EVENT_FIELD
 from apps.gateway.fastredis import FastPipeline, FastRedis
-from apps.ledger.stream import FIELD
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class LedgerWriter:
             pipe = self._redis.pipeline()
             if also is not None:
                 await also(pipe)
-            pipe.xadd(self._stream, {FIELD: payload})
+            pipe.xadd(self._stream, {EVENT_FIELD: payload})
             *others, added = await pipe.execute()
             for result in others:
                 if isinstance(result, Exception):
@@ -86,7 +86,7 @@ class LedgerWriter:
             lines = [line for line in claimed.read_bytes().splitlines() if line]
             pipe = self._redis.pipeline()
             for line in lines:
-                pipe.xadd(self._stream, {FIELD: line})
+                pipe.xadd(self._stream, {EVENT_FIELD: line})
             try:
                 failed = [reply for reply in await pipe.execute() if isinstance(reply, Exception)]
                 if failed:

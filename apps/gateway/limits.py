@@ -33,8 +33,10 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from apps.budgets.periods import period_bounds
+from apps.core import names
 from apps.core.errors import GatewayError
+from apps.core.periods import period_bounds
+from apps.core.pricing import to_nano
 from apps.core.request import WorstCase, worst_case
 from apps.gateway.fastredis import FastPipeline, FastRedis
 from apps.gateway.leases import (
@@ -55,8 +57,6 @@ from apps.gateway.leases import (
 from apps.providers.catalog import MAX_OUTPUT_TOKENS
 
 logger = logging.getLogger(__name__)
-
-NANO = Decimal(1_000_000_000)
 
 STATUS_OK, STATUS_BUDGET, STATUS_RPM, STATUS_TPM, STATUS_CONCURRENCY, STATUS_LEASED = range(6)
 
@@ -357,10 +357,6 @@ def request_worst_case(
     )
 
 
-def to_nano(usd: Decimal) -> int:
-    return int((usd * NANO).to_integral_value())
-
-
 def _sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 (Redis names scripts by SHA-1)
 
@@ -478,8 +474,10 @@ class Limiter:
         """The window hash and in-flight zset of a rate-limit scope, built once per scope."""
         keys = self._scopes.get(scope_name)
         if keys is None:
-            base = f"{self._prefix}rl:{scope_name}"
-            keys = self._scopes[scope_name] = (base + ":win", base + ":inflight")
+            keys = self._scopes[scope_name] = (
+                names.rate_window(self._prefix, scope_name),
+                names.rate_inflight(self._prefix, scope_name),
+            )
         return keys
 
     def _period(self, budget: BudgetPolicy, now: float) -> tuple[float, float]:
@@ -497,7 +495,7 @@ class Limiter:
 
     def _budget_key(self, budget: BudgetPolicy, period_start: float) -> str:
         """The budget's counter for the period starting at ``period_start`` (epoch seconds)."""
-        return f"{self._prefix}budget:{budget.id}:{int(period_start)}"
+        return names.budget_counter(self._prefix, budget.id, period_start)
 
     async def admit(
         self,

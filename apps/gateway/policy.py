@@ -13,7 +13,6 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 import aiohttp
@@ -22,23 +21,15 @@ import redis.asyncio as aioredis
 from django.conf import settings
 from django.db import models
 
-from apps.budgets.periods import period_bounds
+from apps.core import names
 from apps.core.patterns import Pattern, PatternError
+from apps.core.periods import period_bounds
+from apps.core.pricing import PriceRow, to_nano
 from apps.gateway.cache import CachePolicyView, policy_view
-from apps.gateway.limits import BudgetPolicy, RateLimitPolicy, to_nano
+from apps.gateway.limits import BudgetPolicy, RateLimitPolicy
 from apps.routing.engine import CascadeView, RuleView, TargetView, normalize_text
 
 logger = logging.getLogger(__name__)
-
-MILLION = Decimal(1_000_000)
-
-
-def channel_name() -> str:
-    return settings.REDIS_PREFIX + "policy:changed"
-
-
-def version_key() -> str:
-    return settings.REDIS_PREFIX + "policy:version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,18 +56,6 @@ class ProviderTarget:
     # aiohttp's per-request timeout: connect, first byte / stream silence (sock_read); no total (streams).
     timeout: aiohttp.ClientTimeout = aiohttp.ClientTimeout()
     total_timeout: float = 600.0  # a whole non-streamed answer
-
-
-@dataclass(frozen=True, slots=True)
-class PriceRow:
-    effective_from: dt.date
-    input: Decimal  # USD per token (catalogue per-1M prices divided once here)
-    cached_input: Decimal
-    output: Decimal
-
-    def cost(self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> Decimal:
-        uncached = max(prompt_tokens - cached_tokens, 0)
-        return uncached * self.input + cached_tokens * self.cached_input + completion_tokens * self.output
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,11 +183,11 @@ def build_snapshot(version: int) -> Snapshot:
         .order_by("provider_id", "model", "-effective_from")
     ):
         prices.setdefault((price.provider_id, price.model), []).append(
-            PriceRow(
+            PriceRow.per_mtok(
                 effective_from=price.effective_from,
-                input=price.input_per_mtok / MILLION,
-                cached_input=price.cached_input_per_mtok / MILLION,
-                output=price.output_per_mtok / MILLION,
+                input_per_mtok=price.input_per_mtok,
+                cached_input_per_mtok=price.cached_input_per_mtok,
+                output_per_mtok=price.output_per_mtok,
             )
         )
         served_by = org_models.setdefault(provider_orgs[price.provider_id], {}).setdefault(price.model, [])
@@ -412,8 +391,8 @@ def publish_policy_change() -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
     try:
         pipe = client.pipeline(transaction=False)
-        pipe.incr(version_key())
-        pipe.publish(channel_name(), b"changed")
+        pipe.incr(names.policy_version(settings.REDIS_PREFIX))
+        pipe.publish(names.policy_channel(settings.REDIS_PREFIX), b"changed")
         pipe.execute()
     finally:
         client.close()
@@ -447,7 +426,7 @@ class PolicyStore:
         async with self._refresh_lock:
             # Read the version before building: a change made during the build
             # bumps it again and the next poll rebuilds.
-            version = int(await self._redis.get(version_key()) or 0)
+            version = int(await self._redis.get(names.policy_version(settings.REDIS_PREFIX)) or 0)
             loop = asyncio.get_running_loop()
             try:
                 self.current = await loop.run_in_executor(None, _build_in_thread, version)
@@ -464,7 +443,7 @@ class PolicyStore:
         while True:
             try:
                 pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(channel_name())
+                await pubsub.subscribe(names.policy_channel(settings.REDIS_PREFIX))
                 async for _message in pubsub.listen():
                     await self.refresh()
             except asyncio.CancelledError:
@@ -477,7 +456,7 @@ class PolicyStore:
         while True:
             await asyncio.sleep(self._poll_seconds)
             try:
-                version = int(await self._redis.get(version_key()) or 0)
+                version = int(await self._redis.get(names.policy_version(settings.REDIS_PREFIX)) or 0)
                 stale = time.monotonic() - self._built_at > self.MAX_AGE_SECONDS
                 if version != self.current.version or stale:
                     await self.refresh()

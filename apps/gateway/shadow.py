@@ -23,7 +23,9 @@ import aiohttp
 import orjson
 
 from apps.core.events import clean_count, shadow_event_clean
-from apps.gateway.policy import PriceRow, ProviderTarget
+from apps.core.pricing import PriceRow
+from apps.core.text import answer_text
+from apps.gateway.policy import ProviderTarget
 from apps.routing.engine import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -141,18 +143,6 @@ class ShadowQueue:
                 "shadow_text": shadow,
             }
         )
-
-
-def answer_text(completion: dict[str, Any]) -> str:
-    """The first choice's text of a chat or legacy completion ("" when the answer is malformed)."""
-    choices = completion.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices else None
-    if not isinstance(first, dict):
-        return ""
-    message = first.get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    text = content or first.get("text") or ""
-    return text if isinstance(text, str) else ""
 
 
 async def _similarity(a: str, b: str) -> float | None:

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from apps.core.errors import GatewayError, bad_request
+from apps.core.errors import bad_request
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -19,7 +19,3 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise bad_request("The request body must be a JSON object.")
     return payload
-
-
-def too_large(limit: int) -> GatewayError:
-    return GatewayError(413, f"The request body exceeds the {limit} byte limit.", code="request_too_large")

@@ -6,17 +6,7 @@ from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils import timezone
 
-KEY_PREFIX = "cc_live_"
-LOOKUP_ID_LENGTH = 8  # the characters after the prefix that find the key; the rest is secret
-
-
-def bearer_key(authorization: str) -> tuple[str, str] | None:
-    """``(key, lookup id)`` from an ``Authorization: Bearer cc_live_…`` header value, or None if it is not one."""
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token.startswith(KEY_PREFIX):
-        return None
-    return token, token[len(KEY_PREFIX) : len(KEY_PREFIX) + LOOKUP_ID_LENGTH]
+from apps.core.apikeys import KEY_PREFIX
 
 
 class ApiKey(models.Model):

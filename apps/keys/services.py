@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import secrets
 from dataclasses import dataclass
 
 from django.contrib.auth.models import User
 from django.db import transaction
 
-from apps.keys.models import KEY_PREFIX, LOOKUP_ID_LENGTH, ApiKey
+from apps.core.apikeys import KEY_PREFIX, LOOKUP_ID_LENGTH, hash_key
+from apps.keys.models import ApiKey
 from apps.tenancy.models import Project
 
 _LOOKUP_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no look-alikes (l/1, o/0)
@@ -20,10 +20,6 @@ _LOOKUP_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no look-alikes (l/1, o/
 class IssuedKey:
     api_key: ApiKey
     plaintext: str  # shown once, never stored
-
-
-def hash_key(plaintext: str) -> str:
-    return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
 def key_issue(

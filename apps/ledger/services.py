@@ -15,7 +15,8 @@ from django.db.models import Case, Count, Q, Sum, Value, When
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
-from apps.core.events import ledger_event_clean
+from apps.core import names
+from apps.core.events import EVENT_FIELD, ledger_event_clean
 from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
 from apps.ledger.models import (
     HISTOGRAM_EDGES_MS,
@@ -28,7 +29,7 @@ from apps.ledger.models import (
     SliceHourlyRollup,
     histogram_empty,
 )
-from apps.ledger.stream import FIELD, acknowledge, dead_letter_name, read_batch, stream_name
+from apps.ledger.stream import acknowledge, read_batch
 from apps.ledger.stream import ensure_group as stream_ensure_group
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,12 @@ logger = logging.getLogger(__name__)
 ROLLUP_OVERLAP = dt.timedelta(minutes=5)
 
 
+def ledger_stream() -> str:
+    return names.ledger_stream(settings.REDIS_PREFIX)
+
+
 def dead_letter_stream() -> str:
-    return dead_letter_name(stream_name())
+    return names.dead_letters(ledger_stream())
 
 
 def redis_client() -> redis.Redis:
@@ -47,7 +52,7 @@ def redis_client() -> redis.Redis:
 
 
 def ensure_group(client: redis.Redis) -> None:
-    stream_ensure_group(client, stream_name())
+    stream_ensure_group(client, ledger_stream())
 
 
 def _entry_from_event(raw: Any) -> LedgerEntry:
@@ -99,7 +104,7 @@ def ledger_ingest_batch(
     read or stored goes to the dead-letter stream; the others are stored.
     """
     ensure_group(client)
-    stream = stream_name()
+    stream = ledger_stream()
     entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=claim_idle_ms)
     if not entries:
         return 0
@@ -109,14 +114,14 @@ def ledger_ingest_batch(
         if not fields:  # deleted from the stream while pending; nothing to keep
             continue
         try:
-            rows.append((entry_id, fields, _entry_from_event(orjson.loads(fields[FIELD]))))
+            rows.append((entry_id, fields, _entry_from_event(orjson.loads(fields[EVENT_FIELD]))))
         except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
             dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
     refused = store_or_bisect(
         rows, lambda chunk: LedgerEntry.objects.bulk_create([row for _id, _f, row in chunk], ignore_conflicts=True)
     )
     dead += [(entry_id, fields, error) for (entry_id, fields, _row), error in refused]
-    dead_letters_report(stream=stream, dead=dead, field=FIELD)
+    dead_letters_report(stream=stream, dead=dead, field=EVENT_FIELD)
     acknowledge(client, stream, [entry_id for entry_id, _fields in entries], dead_letters=dead)
     return len(entries)
 

@@ -1,8 +1,8 @@
-"""The ledger's Redis stream: names and the event format.
+"""Reading the gateway's Redis streams (ledger, cache, shadow) through a consumer group.
 
-The gateway appends one event per request (one XADD); the ingest consumer
-reads them through a consumer group, bulk-inserts, and acknowledges only after
-the insert committed. No ORM here: the data plane imports this module.
+The gateway appends one event per request (one XADD; names in ``apps.core.names``,
+the entry format in ``apps.core.events``); each consumer reads its stream through
+the ``ingest`` group, bulk-inserts, and acknowledges only after the insert committed.
 """
 
 from __future__ import annotations
@@ -11,16 +11,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from django.conf import settings
 from redis.typing import XReadGroupResponse
 
+from apps.core import names
+
 GROUP = "ingest"
-FIELD = b"e"  # each entry holds one field: the event as JSON
 DEAD_LETTER_MAXLEN = 100_000  # a flood of bad events cannot fill Redis
-
-
-def stream_name() -> str:
-    return settings.REDIS_PREFIX + "ledger"
 
 
 def ensure_group(client: redis.Redis, stream: str, group: str = GROUP) -> None:
@@ -61,11 +57,6 @@ def _stream_entries(reply: XReadGroupResponse) -> list[tuple[bytes, Any]]:
     return reply[0][1] if reply else []
 
 
-def dead_letter_name(stream: str) -> str:
-    """Where a stream's entries that could not be stored are kept for a person to inspect."""
-    return stream + ":dead"
-
-
 def acknowledge(
     client: redis.Redis,
     stream: str,
@@ -77,14 +68,14 @@ def acknowledge(
     """Mark handled entries done and drop them from the stream (call only after their rows committed).
 
     ``dead_letters`` (entry id, fields, error) are copied to the stream's dead-letter stream
-    (``dead_letter_name``) in the same transaction first, with the entry id and the error, so an
+    (``names.dead_letters``) in the same transaction first, with the entry id and the error, so an
     entry that could not be stored is kept for a person to inspect, never lost. That stream keeps
     about ``DEAD_LETTER_MAXLEN`` entries.
     """
     pipe = client.pipeline(transaction=True)
     for entry_id, fields, error in dead_letters:
         pipe.xadd(
-            dead_letter_name(stream),
+            names.dead_letters(stream),
             {**fields, b"id": entry_id, b"error": error.encode("utf-8", "replace")},
             maxlen=DEAD_LETTER_MAXLEN,
             approximate=True,

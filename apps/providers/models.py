@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
+from apps.core.pricing import MTOK, token_cost
 from apps.providers import crypto
 
 
@@ -73,7 +74,6 @@ class DecimalSpec(TypedDict):
     decimal_places: int
 
 
-PER_MTOK = Decimal(1_000_000)
 MONEY: DecimalSpec = {"max_digits": 14, "decimal_places": 6}
 
 
@@ -110,20 +110,33 @@ class Price(models.Model):
         return f"{self.model} @ {self.provider} from {self.effective_from}"
 
     def cost(self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> Decimal:
-        """USD at list prices, cached prompt tokens at the cached-input price.
-
-        (The gateway prices from its snapshot's ``PriceRow``, per-token figures divided once.)
-        """
-        uncached = prompt_tokens - cached_tokens
+        """USD at list prices, cached prompt tokens at the cached-input price (``apps.core.pricing``'s formula,
+        which the gateway's snapshot ``PriceRow`` uses too)."""
         return (
-            uncached * self.input_per_mtok
-            + cached_tokens * self.cached_input_per_mtok
-            + completion_tokens * self.output_per_mtok
-        ) / PER_MTOK
+            token_cost(
+                prompt_tokens=prompt_tokens,
+                cached_tokens=cached_tokens,
+                completion_tokens=completion_tokens,
+                input_rate=self.input_per_mtok,
+                cached_input_rate=self.cached_input_per_mtok,
+                output_rate=self.output_per_mtok,
+            )
+            / MTOK
+        )
 
     def batch_cost(self, *, prompt_tokens: int, completion_tokens: int) -> Decimal:
         """USD at batch prices; Batch APIs price cached input like the rest of the input."""
-        return (prompt_tokens * self.batch_input_per_mtok + completion_tokens * self.batch_output_per_mtok) / PER_MTOK
+        return (
+            token_cost(
+                prompt_tokens=prompt_tokens,
+                cached_tokens=0,
+                completion_tokens=completion_tokens,
+                input_rate=self.batch_input_per_mtok,
+                cached_input_rate=self.batch_input_per_mtok,
+                output_rate=self.batch_output_per_mtok,
+            )
+            / MTOK
+        )
 
 
 class ModelAlias(models.Model):

@@ -20,6 +20,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Aggregate, Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Trunc, TruncHour
 
+from apps.core.pricing import MTOK
 from apps.ledger.models import HourlyRollup, LedgerEntry, Source
 from apps.ledger.selectors import ledger_export_rows
 from apps.providers.catalog import OPENAI_PRICES
@@ -29,7 +30,6 @@ from apps.tenancy.models import Organization, Project
 from apps.tenancy.selectors import projects_for
 
 ZERO = Decimal(0)
-MTOK = Decimal(1_000_000)
 EXPORT_CHUNK_SIZE = 2000
 
 

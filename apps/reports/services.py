@@ -51,11 +51,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.core.pricing import MTOK, token_cost
 from apps.ledger.models import LedgerEntry, Source
 from apps.ledger.services import rollups_refresh
 from apps.providers.models import Provider, ProviderKind
 from apps.reports.models import ExportJob, ExportKind, ExportStatus
-from apps.reports.selectors import MTOK, ExportQuery, PriceBook, export_rows
+from apps.reports.selectors import ExportQuery, PriceBook, export_rows
 from apps.tenancy.models import Organization, Project
 from costcontrol.spreadsheet import csv_lines
 
@@ -410,9 +411,17 @@ def _entry_from_row(
             problems.append(f"no price known for model “{model}”: add one under Providers or include a cost column")
         else:
             in_rate, out_rate = (price.batch_input, price.batch_output) if batch else (price.input, price.output)
-            cost = (((prompt - cached) * in_rate + cached * price.cached + completion * out_rate) / MTOK).quantize(
-                Decimal("0.00000001")
-            )
+            cost = (
+                token_cost(
+                    prompt_tokens=prompt,
+                    cached_tokens=cached,
+                    completion_tokens=completion,
+                    input_rate=in_rate,
+                    cached_input_rate=price.cached,
+                    output_rate=out_rate,
+                )
+                / MTOK
+            ).quantize(Decimal("0.00000001"))
     if problems:
         raise ValueError("; ".join(problems))
     details = [f"imported from {file_name or 'an OpenAI export'}"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apps.core.patterns import Pattern
+from apps.core.text import last_user_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,34 +92,6 @@ class RequestFacts:
         if self._last is None:
             self._last = last_user_text(self._payload)
         return self._last
-
-
-def last_user_text(payload: dict[str, Any]) -> str:
-    """The last user message's text (chat), or the prompt (legacy completions), or the input (embeddings)."""
-    messages = payload.get("messages")
-    if isinstance(messages, list):
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                return _text(message.get("content"))
-        return ""
-    for field in ("prompt", "input"):
-        if field in payload:
-            return _text(payload[field])
-    return ""
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, str):
-                parts.append(part)
-            elif isinstance(part, dict) and isinstance(part.get("text"), str):
-                parts.append(part["text"])
-        return "\n".join(parts)
-    return ""
 
 
 def first_match(rules: Iterable[RuleView], facts: RequestFacts) -> RuleView | None:

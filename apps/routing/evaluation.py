@@ -19,6 +19,7 @@ from typing import Any
 
 import openai
 
+from apps.core.text import answer_text
 from apps.providers.models import Price
 from apps.routing.engine import confidence, normalize_text, split_order
 from apps.routing.models import RoutingRule, RuleAction, TargetRole
@@ -90,11 +91,6 @@ class _Caller:
         )
 
 
-def _text(data: dict[str, Any]) -> str:
-    choices = data.get("choices") or [{}]
-    return str(((choices[0] or {}).get("message") or {}).get("content") or "")
-
-
 def rule_targets(rule: RoutingRule) -> list[TargetSpec]:
     return [
         TargetSpec(provider=t.provider, model=t.model, weight=t.weight)
@@ -122,14 +118,14 @@ def evaluate(
                 data, cost = caller.ask(cheap, messages, logprobs=True)
                 result.routed.cost += cost
                 score = confidence(data, tokens=rule.cascade_tokens, aggregate=rule.cascade_aggregate)
-                label = normalize_text(_text(data))
+                label = normalize_text(answer_text(data))
                 unknown = rule.cascade_escalate_new_labels and label not in labels
                 if score is None or score < float(rule.cascade_threshold) or unknown:
                     result.routed.escalated += 1
                     data, cost = caller.ask(strong, messages)
                     result.routed.cost += cost
                     served = strong.model
-                    labels.add(normalize_text(_text(data)))  # the gateway learns the strong model's labels too
+                    labels.add(normalize_text(answer_text(data)))  # the gateway learns the strong model's labels too
                 else:
                     served = cheap.model
             else:
@@ -138,7 +134,7 @@ def evaluate(
                 data, cost = caller.ask(target, messages)
                 result.routed.cost += cost
                 served = target.model
-            answer = normalize_text(_text(data))
+            answer = normalize_text(answer_text(data))
         except openai.OpenAIError:
             result.routed.failed += 1
         result.served[served or "(failed)"] = result.served.get(served or "(failed)", 0) + 1
@@ -147,7 +143,7 @@ def evaluate(
         try:
             data, cost = caller.ask(baseline, messages)
             result.strong.cost += cost
-            result.strong.correct += normalize_text(_text(data)) == expected
+            result.strong.correct += normalize_text(answer_text(data)) == expected
         except openai.OpenAIError:
             result.strong.failed += 1
     return result

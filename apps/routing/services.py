@@ -11,16 +11,17 @@ from typing import Any
 
 import orjson
 import redis
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 
-from apps.core.events import clean_id, shadow_event_clean
+from apps.core import names
+from apps.core.events import EVENT_FIELD, clean_id, shadow_event_clean
 from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
-from apps.ledger.stream import FIELD, acknowledge, ensure_group, read_batch
+from apps.ledger.stream import acknowledge, ensure_group, read_batch
 from apps.providers.models import Price, Provider
 from apps.routing.models import RoutingRule, RuleAction, RuleTarget, ShadowComparison, TargetRole
-from apps.routing.stream import shadow_stream_name
 from apps.tenancy.models import Project
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,10 @@ def _row_id(value: Any) -> int:
     return found
 
 
+def shadow_stream() -> str:
+    return names.shadow_stream(settings.REDIS_PREFIX)
+
+
 def shadow_ingest_batch(*, client: redis.Redis, consumer: str, count: int = 500, block_ms: int = 0) -> int:
     """Store up to ``count`` shadow comparisons from the gateway's stream; returns how many were handled.
 
@@ -201,7 +206,7 @@ def shadow_ingest_batch(*, client: redis.Redis, consumer: str, count: int = 500,
     re-read never duplicates. Events for rules deleted since are dropped. An event
     that cannot be read or stored goes to the dead-letter stream; the others are stored.
     """
-    stream = shadow_stream_name()
+    stream = shadow_stream()
     ensure_group(client, stream)
     entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=30_000)
     if not entries:
@@ -212,7 +217,7 @@ def shadow_ingest_batch(*, client: redis.Redis, consumer: str, count: int = 500,
         if not fields:
             continue
         try:
-            rows.append((entry_id, fields, _comparison(orjson.loads(fields[FIELD]))))
+            rows.append((entry_id, fields, _comparison(orjson.loads(fields[EVENT_FIELD]))))
         except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
             dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
     live_rules = set(RoutingRule.objects.filter(id__in={r.rule_id for _i, _f, r in rows}).values_list("id", flat=True))
@@ -221,6 +226,6 @@ def shadow_ingest_batch(*, client: redis.Redis, consumer: str, count: int = 500,
         lambda chunk: ShadowComparison.objects.bulk_create([r for _i, _f, r in chunk], ignore_conflicts=True),
     )
     dead += [(entry_id, fields, error) for (entry_id, fields, _row), error in refused]
-    dead_letters_report(stream=stream, dead=dead, field=FIELD)
+    dead_letters_report(stream=stream, dead=dead, field=EVENT_FIELD)
     acknowledge(client, stream, [entry_id for entry_id, _fields in entries], dead_letters=dead)
     return len(entries)

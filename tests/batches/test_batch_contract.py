@@ -15,8 +15,8 @@ from django.utils import timezone
 from apps.batches.models import Batch
 from apps.batches.services import batch_run
 from apps.budgets.models import BudgetScope
-from apps.budgets.periods import period_bounds
 from apps.budgets.services import budget_create
+from apps.core.periods import period_bounds
 from apps.keys.services import key_issue
 from apps.ledger.models import LedgerEntry
 from apps.providers.models import ProviderKind

@@ -14,9 +14,9 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from apps.budgets.models import Budget, BudgetScope
-from apps.budgets.periods import period_bounds
 from apps.budgets.services import budget_create, rate_limit_set
-from apps.gateway.limits import to_nano
+from apps.core.periods import period_bounds
+from apps.core.pricing import to_nano
 from apps.ledger.models import LedgerEntry
 from apps.providers.catalog import OPENAI_PRICES
 from tests import live

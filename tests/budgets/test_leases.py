@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from apps.budgets.periods import period_bounds
 from apps.core.errors import GatewayError
+from apps.core.periods import period_bounds
+from apps.core.pricing import to_nano
 from apps.gateway.fastredis import FastRedis
 from apps.gateway.leases import LEASE_SECONDS, MIN_LEASE
-from apps.gateway.limits import Admission, BudgetPolicy, Limiter, RateLimitPolicy, to_nano
+from apps.gateway.limits import Admission, BudgetPolicy, Limiter, RateLimitPolicy
 
 T0 = 1_795_000_000.0  # a fixed simulated epoch
 

@@ -9,8 +9,8 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
+from apps.core.apikeys import hash_key
 from apps.keys.models import ApiKey
-from apps.keys.services import hash_key
 from apps.providers.models import Price
 from apps.providers.services import price_set
 from tests.factories import People, entry_make

@@ -13,8 +13,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from apps.core.apikeys import hash_key
 from apps.keys.models import ApiKey
-from apps.keys.services import hash_key, key_issue
+from apps.keys.services import key_issue
 from apps.ledger.services import rollups_refresh
 from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
 from apps.providers.services import provider_create

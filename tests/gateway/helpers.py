@@ -6,7 +6,7 @@ import openai
 import redis
 from django.conf import settings
 
-from apps.gateway.policy import version_key
+from apps.core import names
 from apps.ledger.models import LedgerEntry
 from apps.ledger.services import ledger_ingest_batch
 from tests.live import wait_until
@@ -33,7 +33,7 @@ def wait_key_live(base_url: str, key: str) -> None:
 def wait_policy(base_url: str, key: str) -> None:
     """Wait until the gateway serves the policy as committed now (budgets, limits, aliases…)."""
     client = redis.Redis.from_url(settings.REDIS_URL)
-    wanted = int(client.get(version_key()) or 0)
+    wanted = int(client.get(names.policy_version(settings.REDIS_PREFIX)) or 0)
 
     def caught_up() -> bool:
         try:

@@ -14,13 +14,14 @@ from django.test import Client
 
 from apps.budgets.models import Alert, AlertKind
 from apps.cache.models import CacheEntry
-from apps.cache.services import BODY_FIELD, EVENT_FIELD, cache_ingest_batch, cache_stream
+from apps.cache.services import cache_ingest_batch, cache_stream
+from apps.core import names
+from apps.core.events import BODY_FIELD, EVENT_FIELD
 from apps.ledger.models import LedgerEntry
-from apps.ledger.services import dead_letter_stream, ensure_group, ledger_ingest_batch
-from apps.ledger.stream import FIELD, GROUP, dead_letter_name, stream_name
+from apps.ledger.services import dead_letter_stream, ensure_group, ledger_ingest_batch, ledger_stream
+from apps.ledger.stream import GROUP
 from apps.routing.models import ShadowComparison
-from apps.routing.services import shadow_ingest_batch
-from apps.routing.stream import shadow_stream_name
+from apps.routing.services import shadow_ingest_batch, shadow_stream
 from tests import live
 from tests.factories import Tenant, login, member_make, tenant_make
 from tests.ledger.test_ingest import _event
@@ -34,15 +35,15 @@ DROP = object()
 @pytest.fixture
 def client() -> redis.Redis:
     client = redis.Redis.from_url(settings.REDIS_URL)
-    for stream in (stream_name(), cache_stream(), shadow_stream_name()):
-        client.delete(stream, dead_letter_name(stream))
+    for stream in (ledger_stream(), cache_stream(), shadow_stream()):
+        client.delete(stream, names.dead_letters(stream))
     ensure_group(client)
     return client
 
 
 def _xadd(client: redis.Redis, stream: str, *events: Any) -> None:
     for event in events:
-        client.xadd(stream, {FIELD: event if isinstance(event, bytes) else orjson.dumps(event)})
+        client.xadd(stream, {EVENT_FIELD: event if isinstance(event, bytes) else orjson.dumps(event)})
 
 
 def test_a_poison_entry_is_dead_lettered_and_the_entries_after_it_land(client: redis.Redis) -> None:
@@ -53,7 +54,7 @@ def test_a_poison_entry_is_dead_lettered_and_the_entries_after_it_land(client: r
     # Old-style events the consumer cleans itself (defence in depth): they land, fitted to their columns.
     dirty = {**_event(tenant, 98), "end_user": "a\u0000b", "feature": "f" * 500, "served_model": "m" * 300}
     after = [_event(tenant, n) for n in range(3, 40)]
-    _xadd(client, stream_name(), *before, poison, dirty, *after)
+    _xadd(client, ledger_stream(), *before, poison, dirty, *after)
 
     while ledger_ingest_batch(client=client, consumer="c", block_ms=0, count=500):
         pass
@@ -64,14 +65,14 @@ def test_a_poison_entry_is_dead_lettered_and_the_entries_after_it_land(client: r
     assert (row.end_user, row.feature, row.served_model) == ("ab", "f" * 100, "m" * 200)
     dead = client.xrange(dead_letter_stream())
     assert len(dead) == 1
-    assert orjson.loads(dead[0][1][FIELD])["request_id"] == poison["request_id"]
+    assert orjson.loads(dead[0][1][EVENT_FIELD])["request_id"] == poison["request_id"]
     assert b"out of range" in dead[0][1][b"error"] or b"DataError" in dead[0][1][b"error"]
-    assert client.xpending(stream_name(), GROUP)["pending"] == 0 and client.xlen(stream_name()) == 0
+    assert client.xpending(ledger_stream(), GROUP)["pending"] == 0 and client.xlen(ledger_stream()) == 0
 
     alert = Alert.objects.get(organization=tenant.org, kind=AlertKind.DEAD_LETTER)
     assert alert.data["count"] == 1
     # Another one the same day adds to the same alert.
-    _xadd(client, stream_name(), {**_event(tenant, 97), "organization_id": "not an id"})
+    _xadd(client, ledger_stream(), {**_event(tenant, 97), "organization_id": "not an id"})
     ledger_ingest_batch(client=client, consumer="c", block_ms=0)
     alert.refresh_from_db()
     assert alert.data["count"] == 2 and Alert.objects.filter(kind=AlertKind.DEAD_LETTER).count() == 1
@@ -79,7 +80,7 @@ def test_a_poison_entry_is_dead_lettered_and_the_entries_after_it_land(client: r
 
 def test_the_dead_letter_count_is_on_the_overview(client: redis.Redis) -> None:
     tenant = tenant_make()
-    _xadd(client, stream_name(), {**_event(tenant, 1), "project_id": 2**63}, b"[1, 2]")
+    _xadd(client, ledger_stream(), {**_event(tenant, 1), "project_id": 2**63}, b"[1, 2]")
     ledger_ingest_batch(client=client, consumer="c", block_ms=0)
     assert client.xlen(dead_letter_stream()) == 2  # the unreadable one too, though it names no organisation
 
@@ -111,7 +112,7 @@ def test_the_cache_consumer_dead_letters_what_postgres_refuses(client: redis.Red
     while cache_ingest_batch(client=client, consumer="c", block_ms=0):
         pass
     assert set(CacheEntry.objects.values_list("exact_key", flat=True)) == {"a" * 64, "d" * 64}
-    dead = client.xrange(dead_letter_name(cache_stream()))
+    dead = client.xrange(names.dead_letters(cache_stream()))
     assert len(dead) == 2 and all(fields[b"error"] for _id, fields in dead)
     assert Alert.objects.get(organization=tenant.org, kind=AlertKind.DEAD_LETTER).data["count"] == 2
 
@@ -130,7 +131,7 @@ def test_the_shadow_consumer_dead_letters_what_postgres_refuses(client: redis.Re
 
     good, bad = comparison(), comparison(shadow_status=None, primary_cost={"no": "money"}, rule_id="x")
     dirty = comparison(shadow_text="x\u0000y", primary_latency_ms=2**40, shadow_model="s" * 400)
-    _xadd(client, shadow_stream_name(), good, bad, dirty)
+    _xadd(client, shadow_stream(), good, bad, dirty)
     shadow_ingest_batch(client=client, consumer="c")
     assert set(ShadowComparison.objects.values_list("request_id", flat=True)) == {
         good["request_id"],
@@ -138,8 +139,8 @@ def test_the_shadow_consumer_dead_letters_what_postgres_refuses(client: redis.Re
     }
     row = ShadowComparison.objects.get(request_id=dirty["request_id"])
     assert (row.shadow_text, row.primary_latency_ms, len(row.shadow_model)) == ("xy", 2**31 - 1, 200)
-    dead = client.xrange(dead_letter_name(shadow_stream_name()))
-    assert [orjson.loads(fields[FIELD])["request_id"] for _id, fields in dead] == [bad["request_id"]]
+    dead = client.xrange(names.dead_letters(shadow_stream()))
+    assert [orjson.loads(fields[EVENT_FIELD])["request_id"] for _id, fields in dead] == [bad["request_id"]]
 
 
 def test_a_database_that_cannot_take_the_batch_is_not_a_bad_entry(client: redis.Redis) -> None:
@@ -149,7 +150,7 @@ def test_a_database_that_cannot_take_the_batch_is_not_a_bad_entry(client: redis.
     from django.db import OperationalError, connection
 
     tenant: Tenant = tenant_make()
-    _xadd(client, stream_name(), _event(tenant, 1))
+    _xadd(client, ledger_stream(), _event(tenant, 1))
     with psycopg.connect(live.test_database_url()) as blocker:
         blocker.execute(f"LOCK TABLE {LedgerEntry._meta.db_table} IN ACCESS EXCLUSIVE MODE")
         with connection.cursor() as cursor:
@@ -161,6 +162,6 @@ def test_a_database_that_cannot_take_the_batch_is_not_a_bad_entry(client: redis.
             with connection.cursor() as cursor:
                 cursor.execute("SET lock_timeout = 0")
     assert client.xlen(dead_letter_stream()) == 0
-    assert client.xpending(stream_name(), GROUP)["pending"] == 1
+    assert client.xpending(ledger_stream(), GROUP)["pending"] == 1
     ledger_ingest_batch(client=client, consumer="c", block_ms=0)
     assert LedgerEntry.objects.count() == 1

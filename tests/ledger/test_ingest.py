@@ -11,9 +11,10 @@ import pytest
 import redis
 from django.conf import settings
 
+from apps.core.events import EVENT_FIELD
 from apps.ledger.models import LedgerEntry
-from apps.ledger.services import dead_letter_stream, ensure_group, ledger_ingest_batch
-from apps.ledger.stream import FIELD, GROUP, stream_name
+from apps.ledger.services import dead_letter_stream, ensure_group, ledger_ingest_batch, ledger_stream
+from apps.ledger.stream import GROUP
 from tests import live
 from tests.factories import Tenant, tenant_make
 
@@ -50,14 +51,14 @@ def _event(tenant: Tenant, n: int) -> dict:
 def _publish(client: redis.Redis, events: list[dict]) -> None:
     pipe = client.pipeline(transaction=False)
     for event in events:
-        pipe.xadd(stream_name(), {FIELD: orjson.dumps(event)})
+        pipe.xadd(ledger_stream(), {EVENT_FIELD: orjson.dumps(event)})
     pipe.execute()
 
 
 @pytest.fixture
 def client() -> redis.Redis:
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete(stream_name(), dead_letter_stream())
+    client.delete(ledger_stream(), dead_letter_stream())
     ensure_group(client)
     return client
 
@@ -69,7 +70,7 @@ def test_consumer_killed_mid_batch_loses_nothing(client: redis.Redis) -> None:
     _publish(client, events)
 
     # A consumer that read a batch and died before inserting it: its entries stay pending.
-    client.xreadgroup(GROUP, "died-after-read", {stream_name(): ">"}, count=150)
+    client.xreadgroup(GROUP, "died-after-read", {ledger_stream(): ">"}, count=150)
 
     # A real consumer process, killed with SIGKILL while it is working through the stream.
     consumer = live.start_manage("ingest_ledger", "--batch-size", "50", "--claim-idle-ms", "600000", name="ingest")
@@ -78,7 +79,7 @@ def test_consumer_killed_mid_batch_loses_nothing(client: redis.Redis) -> None:
     consumer.stop()
     after_kill = LedgerEntry.objects.count()
     assert 0 < after_kill < len(events), "the kill happened mid-stream"
-    pending = client.xpending(stream_name(), GROUP)["pending"]
+    pending = client.xpending(ledger_stream(), GROUP)["pending"]
     assert pending >= 150, "the dead consumers left unacknowledged entries behind"
 
     # A new consumer takes over what the dead ones held, then the rest.
@@ -88,8 +89,8 @@ def test_consumer_killed_mid_batch_loses_nothing(client: redis.Redis) -> None:
     ids = list(LedgerEntry.objects.values_list("request_id", flat=True))
     assert len(ids) == len(set(ids)) == len(events)
     assert set(ids) == {e["request_id"] for e in events}
-    assert client.xpending(stream_name(), GROUP)["pending"] == 0
-    assert client.xlen(stream_name()) == 0, "acknowledged entries are removed from the stream"
+    assert client.xpending(ledger_stream(), GROUP)["pending"] == 0
+    assert client.xlen(ledger_stream()) == 0, "acknowledged entries are removed from the stream"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -98,24 +99,24 @@ def test_redelivery_after_commit_does_not_duplicate(client: redis.Redis) -> None
     events = [_event(tenant, n) for n in range(20)]
     _publish(client, events)
     # Simulate a consumer that committed rows but died before XACK: insert, don't ack.
-    entries = client.xreadgroup(GROUP, "committed-then-died", {stream_name(): ">"}, count=20)[0][1]
+    entries = client.xreadgroup(GROUP, "committed-then-died", {ledger_stream(): ">"}, count=20)[0][1]
     from apps.ledger.services import _entry_from_event
 
-    LedgerEntry.objects.bulk_create([_entry_from_event(orjson.loads(fields[FIELD])) for _id, fields in entries])
+    LedgerEntry.objects.bulk_create([_entry_from_event(orjson.loads(fields[EVENT_FIELD])) for _id, fields in entries])
 
     assert ledger_ingest_batch(client=client, consumer="successor", block_ms=0, claim_idle_ms=0) == 20
     assert LedgerEntry.objects.count() == 20
-    assert client.xpending(stream_name(), GROUP)["pending"] == 0
+    assert client.xpending(ledger_stream(), GROUP)["pending"] == 0
 
 
 @pytest.mark.django_db(transaction=True)
 def test_unreadable_event_is_dead_lettered_not_dropped(client: redis.Redis) -> None:
     tenant = tenant_make()
     good = _event(tenant, 1)
-    client.xadd(stream_name(), {FIELD: b"{broken json"})
+    client.xadd(ledger_stream(), {EVENT_FIELD: b"{broken json"})
     _publish(client, [good])
     ledger_ingest_batch(client=client, consumer="c", block_ms=0)
     assert LedgerEntry.objects.filter(request_id=good["request_id"]).exists()
     dead = client.xrange(dead_letter_stream())
-    assert len(dead) == 1 and dead[0][1][FIELD] == b"{broken json"
-    assert client.xpending(stream_name(), GROUP)["pending"] == 0
+    assert len(dead) == 1 and dead[0][1][EVENT_FIELD] == b"{broken json"
+    assert client.xpending(ledger_stream(), GROUP)["pending"] == 0

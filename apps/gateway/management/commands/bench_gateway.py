@@ -39,7 +39,7 @@ from apps.budgets.models import Budget, BudgetScope, RateLimit
 from apps.budgets.services import budget_create, rate_limit_set
 from apps.cache.models import CachePolicy
 from apps.cache.services import cache_purge
-from apps.gateway.policy import version_key
+from apps.core import names
 from apps.keys.services import IssuedKey, key_issue
 from apps.ledger.models import LedgerEntry
 from apps.providers.models import Provider, ProviderKind
@@ -320,7 +320,7 @@ class Command(BaseCommand):
 
     def _await_policy(self, issued: IssuedKey, gateway: str) -> None:
         """Wait until the gateway runs on the policy version the control plane last published."""
-        wanted = int(redis.Redis.from_url(settings.REDIS_URL).get(version_key()) or 0)
+        wanted = int(redis.Redis.from_url(settings.REDIS_URL).get(names.policy_version(settings.REDIS_PREFIX)) or 0)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             request = Request(f"{gateway}/models", headers={"Authorization": f"Bearer {issued.plaintext}"})

@@ -1,6 +1,6 @@
 """Calendar-aligned budget periods in the budget's own time zone.
 
-Pure functions (no ORM): the data plane and the control plane both use them,
+Pure functions: the data plane and the control plane both use them,
 so a period starts at the same instant everywhere.
 """
 

@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 
 from apps.budgets.models import BudgetPeriodRecord, BudgetScope
-from apps.budgets.periods import period_bounds
 from apps.budgets.selectors import budget_status
 from apps.budgets.services import budget_create, budget_periods_record
+from apps.core.periods import period_bounds
 from apps.ledger.models import LedgerEntry
 from tests.factories import tenant_make
 

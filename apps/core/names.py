@@ -1,0 +1,100 @@
+"""Every Redis key, stream and channel name, as a function of the install's prefix.
+
+The gateway writes what the control plane reads (streams, cache entries, the
+policy version) and both sides count on the same budget and rate-limit keys,
+so each name is spelled once, here. ``prefix`` is ``settings.REDIS_PREFIX``
+(``cc:`` by default; tests use one per run).
+"""
+
+from __future__ import annotations
+
+# --- streams (the gateway appends, consumers in the control plane read) ---------------------
+
+
+def ledger_stream(prefix: str) -> str:
+    return prefix + "ledger"
+
+
+def shadow_stream(prefix: str) -> str:
+    """Shadow comparisons: the ledger's event format, stored apart from ledger rows."""
+    return prefix + "shadow"
+
+
+def cache_stream(prefix: str) -> str:
+    """Cache stores and hits, indexed in Postgres by the cache consumer."""
+    return prefix + "cache:events"
+
+
+def dead_letters(stream: str) -> str:
+    """Where a stream's entries that could not be stored are kept for a person to inspect."""
+    return stream + ":dead"
+
+
+# --- the policy snapshot ----------------------------------------------------------------------
+
+
+def policy_channel(prefix: str) -> str:
+    """Pub/sub channel on which the control plane announces a policy change."""
+    return prefix + "policy:changed"
+
+
+def policy_version(prefix: str) -> str:
+    """Counter bumped with every announcement, polled by gateways as a safety net."""
+    return prefix + "policy:version"
+
+
+# --- budgets and rate limits --------------------------------------------------------------------
+
+
+def budget_counter(prefix: str, budget_id: int, period_start: float) -> str:
+    """Nano-dollars spent and reserved on a budget in the period starting at ``period_start`` (epoch s)."""
+    return f"{prefix}budget:{budget_id}:{int(period_start)}"
+
+
+def leased(counter: str) -> str:
+    """The part of a budget counter that gateway processes hold as leases."""
+    return counter + ":leased"
+
+
+def rate_window(prefix: str, scope_name: str) -> str:
+    """The sliding 60 s window (requests and tokens per second) of a rate-limit scope ("project:3")."""
+    return f"{prefix}rl:{scope_name}:win"
+
+
+def rate_inflight(prefix: str, scope_name: str) -> str:
+    """The concurrency slots in use in a rate-limit scope."""
+    return f"{prefix}rl:{scope_name}:inflight"
+
+
+# --- the response cache -------------------------------------------------------------------------
+
+
+def cache_entry(prefix: str, *, project_id: int, namespace: str, exact_key: str) -> str:
+    """Where an exact-cache answer lives (the gateway reads and writes it, purges delete it)."""
+    return f"{prefix}cache:{project_id}:{namespace}:{exact_key}"
+
+
+# --- routing ------------------------------------------------------------------------------------
+
+
+def breaker_open(prefix: str) -> str:
+    """Hash of open circuit breakers: deployment -> open until (epoch s)."""
+    return prefix + "breaker:open"
+
+
+def breaker_channel(prefix: str) -> str:
+    return prefix + "breaker:changed"
+
+
+def breaker_failures(prefix: str, deployment: str) -> str:
+    return prefix + "breaker:fails:" + deployment
+
+
+def breaker_probe(prefix: str, deployment: str) -> str:
+    """Claimed by the one request that probes a half-open breaker."""
+    return prefix + "breaker:probe:" + deployment
+
+
+def cascade_labels(prefix: str, rule_id: int) -> str:
+    """Answers a cascade rule's strong model has given (known labels)."""
+    return f"{prefix}route:{rule_id}:labels"
