@@ -1,4 +1,4 @@
-"""Hard budgets for batch lines: the same reservations as live requests (``apps/gateway/limits.py``).
+"""Hard budgets for batch lines: the same reservations as live requests (``apps.enforcement``).
 
 On the sync path every line reserves its worst case (prompt estimate + max output at the price it
 will pay) on the budgets that apply before it is sent, and settles to its real cost after, so a batch
@@ -24,9 +24,10 @@ from django.conf import settings
 from apps.budgets.models import Budget
 from apps.core.errors import GatewayError
 from apps.core.pricing import MTOK, token_cost
-from apps.core.request import attribution
-from apps.gateway.fastredis import FastRedis
-from apps.gateway.limits import Admission, BudgetPolicy, Limiter, request_worst_case
+from apps.core.request import attribution, model_worst_case
+from apps.core.snapshot import BudgetPolicy
+from apps.enforcement.fastredis import FastRedis
+from apps.enforcement.limiter import Admission, Limiter
 from apps.gateway.policy import budget_policies
 
 
@@ -66,7 +67,7 @@ def worst_case(
     endpoint: str, body: dict[str, Any], *, model: str, input_per_mtok: Decimal, output_per_mtok: Decimal
 ) -> tuple[Decimal, int]:
     """The most a (validated) line can cost (USD) and use (tokens) at these prices: the live rule."""
-    worst = request_worst_case(
+    worst = model_worst_case(
         endpoint, body, model, unknown_model_max_output=settings.GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS
     )
     usd = (

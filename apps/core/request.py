@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from apps.core.catalog import MAX_OUTPUT_TOKENS
 from apps.core.errors import GatewayError, bad_request
 from apps.core.events import END_USER_MAX, FEATURE_MAX, clean_text
 from apps.core.text import json_tokens, text_tokens
@@ -318,6 +319,16 @@ def worst_case(
     output = min(asked, ceiling) if asked else ceiling
     copies = max(_positive(payload.get("n")), _positive(payload.get("best_of")), 1)
     return WorstCase(prompt, output * copies)
+
+
+def model_worst_case(endpoint: str, payload: dict[str, Any], model: str, *, unknown_model_max_output: int) -> WorstCase:
+    """``worst_case`` on ``model``, with the price catalogue's output limit for it."""
+    return worst_case(
+        endpoint,
+        payload,
+        model_max_output=MAX_OUTPUT_TOKENS.get(model),
+        unknown_model_max_output=unknown_model_max_output,
+    )
 
 
 def _positive(value: Any) -> int:

@@ -50,10 +50,13 @@ from apps.core.request import (
     ENDPOINT_EMBEDDINGS,
     WorstCase,
     attribution,
+    model_worst_case,
     prompt_estimate,
     validate,
 )
 from apps.core.text import answer_text, choice_text, completion_estimate
+from apps.enforcement.fastredis import FastPipeline, FastRedis
+from apps.enforcement.limiter import Admission, Limiter
 from apps.gateway.breaker import Breakers, deployment
 from apps.gateway.cache import (
     CacheHit,
@@ -63,9 +66,7 @@ from apps.gateway.cache import (
     cache_request,
     sse_from_completion,
 )
-from apps.gateway.fastredis import FastPipeline, FastRedis
 from apps.gateway.ledger_writer import LedgerWriter
-from apps.gateway.limits import Admission, Limiter, request_worst_case
 from apps.gateway.policy import KeyPolicy, PolicyStore, ProjectPolicy, ProviderTarget, Snapshot
 from apps.gateway.shadow import ShadowJob, ShadowQueue
 from apps.gateway.validation import parse_body
@@ -1203,7 +1204,7 @@ async def _watch_disconnect(receive: Receive, flag: asyncio.Event) -> None:
 
 def _worst_case(target: Target, endpoint: str, payload: dict[str, Any]) -> tuple[Decimal, WorstCase]:
     """The most a request can cost (USD) and use (tokens) on ``target`` (the shared rule)."""
-    worst = request_worst_case(
+    worst = model_worst_case(
         endpoint, payload, target.model, unknown_model_max_output=settings.GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS
     )
     usd = (

@@ -24,7 +24,7 @@ from apps.core import names
 from apps.core.events import BODY_FIELD, EVENT_FIELD, cache_event_clean
 from apps.core.patterns import SCAN_CHARS, Pattern
 from apps.core.text import last_user_text
-from apps.gateway.fastredis import FastPipeline, FastRedis
+from apps.enforcement.fastredis import FastPipeline, FastRedis
 
 
 @dataclass(frozen=True, slots=True)

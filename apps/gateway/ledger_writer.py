@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from apps.core.events import EVENT_FIELD
-from apps.gateway.fastredis import FastPipeline, FastRedis
+from apps.enforcement.fastredis import FastPipeline, FastRedis
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,8 @@ from apps.core import names
 from apps.core.patterns import Pattern, PatternError
 from apps.core.periods import period_bounds
 from apps.core.pricing import PriceRow, to_nano
+from apps.core.snapshot import BudgetPolicy, RateLimitPolicy
 from apps.gateway.cache import CachePolicyView, policy_view
-from apps.gateway.limits import BudgetPolicy, RateLimitPolicy
 from apps.routing.engine import CascadeView, RuleView, TargetView, normalize_text
 
 logger = logging.getLogger(__name__)

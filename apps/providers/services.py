@@ -11,9 +11,9 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from apps.core.catalog import CATALOG_EFFECTIVE_FROM, OPENAI_PRICES
 from apps.core.egress import url_origin
 from apps.providers import crypto
-from apps.providers.catalog import CATALOG_EFFECTIVE_FROM, OPENAI_PRICES
 from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
 from apps.tenancy.models import Organization, Project
 from costcontrol.egress import egress_check

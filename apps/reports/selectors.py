@@ -20,10 +20,10 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Aggregate, Count, F, Q, QuerySet, Sum
 from django.db.models.functions import Trunc, TruncHour
 
+from apps.core.catalog import OPENAI_PRICES
 from apps.core.pricing import MTOK
 from apps.ledger.models import HourlyRollup, LedgerEntry, Source
 from apps.ledger.selectors import ledger_export_rows
-from apps.providers.catalog import OPENAI_PRICES
 from apps.providers.models import Price
 from apps.reports.models import ExportJob
 from apps.tenancy.models import Organization, Project

@@ -217,7 +217,7 @@ GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
 # Redis down: refuse with 503 (default) or serve unchecked and let the ledger catch budgets up.
 GATEWAY_LIMITS_FAIL_OPEN = env_bool("GATEWAY_LIMITS_FAIL_OPEN", False)
 # Admit most requests from short per-process leases on budgets and limits instead of a Redis round
-# trip each (apps/gateway/leases.py); off: every request runs the admission script.
+# trip each (apps/enforcement/leases.py); off: every request runs the admission script.
 GATEWAY_LIMIT_LEASES = env_bool("GATEWAY_LIMIT_LEASES", True)
 # Output tokens a budget reserves for a model whose output limit the price catalogue does not know
 # (apps/providers/catalog.py MAX_OUTPUT_TOKENS) and a request that sets no max_tokens. It must be at

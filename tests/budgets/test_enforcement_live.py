@@ -15,10 +15,10 @@ from django.utils import timezone
 
 from apps.budgets.models import Budget, BudgetScope
 from apps.budgets.services import budget_create, rate_limit_set
+from apps.core.catalog import OPENAI_PRICES
 from apps.core.periods import period_bounds
 from apps.core.pricing import to_nano
 from apps.ledger.models import LedgerEntry
-from apps.providers.catalog import OPENAI_PRICES
 from tests import live
 from tests.factories import Tenant
 from tests.gateway.helpers import ingest_all, sdk, wait_policy

@@ -12,8 +12,8 @@ from urllib.request import Request, urlopen
 import openai
 import pytest
 
+from apps.core.catalog import OPENAI_PRICES
 from apps.keys.services import key_issue, key_revoke
-from apps.providers.catalog import OPENAI_PRICES
 from apps.providers.services import alias_set
 from tests.factories import Tenant
 from tests.gateway.helpers import ledger_row, sdk, wait_key_live

@@ -1,4 +1,4 @@
-"""Per-process leases on budgets and rate limits, against real Redis (apps/gateway/leases.py).
+"""Per-process leases on budgets and rate limits, against real Redis (apps/enforcement/leases.py).
 
 Two ``Limiter`` objects with their own connections stand for two gateway processes.
 """
@@ -19,9 +19,10 @@ from django.conf import settings
 from apps.core.errors import GatewayError
 from apps.core.periods import period_bounds
 from apps.core.pricing import to_nano
-from apps.gateway.fastredis import FastRedis
-from apps.gateway.leases import LEASE_SECONDS, MIN_LEASE
-from apps.gateway.limits import Admission, BudgetPolicy, Limiter, RateLimitPolicy
+from apps.core.snapshot import BudgetPolicy, RateLimitPolicy
+from apps.enforcement.fastredis import FastRedis
+from apps.enforcement.leases import LEASE_SECONDS, MIN_LEASE
+from apps.enforcement.limiter import Admission, Limiter
 
 T0 = 1_795_000_000.0  # a fixed simulated epoch
 

@@ -162,10 +162,6 @@ class FastPipeline:
         self._client = client
         self.commands: list[tuple[Any, ...]] = []
 
-    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> FastPipeline:
-        self.commands.append(("EVALSHA", sha, numkeys, *keys_and_args))
-        return self
-
     def set(self, key: str, value: bytes, ex: int | None = None) -> FastPipeline:
         self.commands.append(("SET", key, value, "EX", ex) if ex else ("SET", key, value))
         return self

@@ -16,8 +16,9 @@ from django.conf import settings
 from apps.core.errors import GatewayError
 from apps.core.periods import period_bounds
 from apps.core.pricing import to_nano
-from apps.gateway.fastredis import FastRedis
-from apps.gateway.limits import Admission, BudgetPolicy, Limiter, RateLimitPolicy
+from apps.core.snapshot import BudgetPolicy, RateLimitPolicy
+from apps.enforcement.fastredis import FastRedis
+from apps.enforcement.limiter import Admission, Limiter
 
 T0 = 1_795_000_000.0  # a fixed simulated epoch
 
@@ -227,11 +228,11 @@ def test_the_admission_script_refuses_a_non_integer_reservation(reserve: str) ->
     """What the limiter sends is an integer; the script itself refuses anything else, before any counter moves."""
     import redis
 
-    from apps.gateway.limits import ADMIT_LUA
+    from apps.enforcement.scripts import ADMIT
 
     client = redis.Redis.from_url(settings.REDIS_URL)
     key = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:budget:1:0"
     # ARGV: now, request id, lease headroom, one budget (limit, reserve, seed, mode, ttl, lease), no scopes.
     with pytest.raises(redis.ResponseError, match="invalid reservation"):
-        client.eval(ADMIT_LUA, 1, key, T0, "r1", 8, 1, 10**12, reserve, 0, "hard", 3600, 0, 0)
+        client.eval(ADMIT, 1, key, T0, "r1", 8, 1, 10**12, reserve, 0, "hard", 3600, 0, 0)
     assert client.get(key) is None, "nothing was reserved"
