@@ -19,9 +19,11 @@ django_application = get_asgi_application()
 
 from apps.batches.uploads import capped_upload  # noqa: E402
 from apps.gateway.app import Gateway  # noqa: E402  (needs Django set up first)
+from apps.policy.build import load_snapshot  # noqa: E402
 from costcontrol.loopback import loopback_only  # noqa: E402
 
-gateway = Gateway()
+# The data plane reads the policy as a snapshot built by the control plane's adapter.
+gateway = Gateway(load_snapshot)
 
 # Files and batches are uploads and polling, not the request hot path: Django serves them (apps/batches).
 DJANGO_V1 = ("/v1/files", "/v1/batches")

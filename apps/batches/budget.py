@@ -28,7 +28,7 @@ from apps.core.request import attribution, model_worst_case
 from apps.core.snapshot import BudgetPolicy
 from apps.enforcement.fastredis import FastRedis
 from apps.enforcement.limiter import Admission, Limiter
-from apps.gateway.policy import budget_policies
+from apps.policy.build import budget_policies
 
 
 class BatchBudgets:

@@ -329,7 +329,7 @@ def budgets_check_thresholds(*, now: dt.datetime | None = None) -> int:
             blocked = LedgerEntry.objects.filter(
                 budget_ledger_filter(budget=budget),
                 created_at__gte=status.period_start,
-                route__contains=f"would-block:budget:{budget.id}",
+                decision__would_block__contains=[budget.id],
             ).count()
             if blocked:
                 _alert, new = alert_raise(

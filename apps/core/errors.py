@@ -62,6 +62,10 @@ def model_not_allowed(model: str) -> GatewayError:
     )
 
 
+def client_disconnected() -> GatewayError:
+    return GatewayError(499, "The client closed the connection.", code="client_disconnected")
+
+
 def upstream_unavailable(message: str, *, status: int = 502, code: str = "upstream_unavailable") -> GatewayError:
     return GatewayError(status, message, type="api_error", code=code)
 

@@ -141,7 +141,40 @@ def ledger_event_clean(event: dict[str, Any]) -> dict[str, Any]:
         event[name] = clean_id(event.get(name))
     for name in ("usage_estimated", "streamed", "possibly_billed"):
         event[name] = event.get(name) is True
+    event["decision"] = decision_clean(event.get("decision"))
     return event
+
+
+_DECISION_TEXT = frozenset({"kind", "alias", "action", "model", "cascade", "reason", "cache_hit", "part"})
+_DECISION_FLAGS = frozenset({"limits_unchecked", "unpriced"})
+_DECISION_LIST_MAX = 100  # far more targets or budgets than a rule or organisation has
+
+
+def decision_clean(value: Any) -> dict[str, Any] | None:
+    """A route decision (``apps.core.route.RouteDecision.as_json``) fitted for the ``decision`` column:
+    its known fields only, text without control characters and cut to length, ids and counts in range;
+    anything that is not an object is None."""
+    if not isinstance(value, dict):
+        return None
+    clean: dict[str, Any] = {}
+    for name, item in value.items():
+        if name in _DECISION_TEXT:
+            clean[name] = clean_text(item, MODEL_MAX)
+        elif name in _DECISION_FLAGS:
+            clean[name] = item is True
+        elif name == "rule_id":
+            clean[name] = clean_id(item)
+        elif name == "retries":
+            clean[name] = clean_count(item)
+        elif name == "would_block" and isinstance(item, list):
+            clean[name] = [i for i in map(clean_id, item[:_DECISION_LIST_MAX]) if i is not None]
+        elif name == "tried" and isinstance(item, list):
+            clean[name] = [
+                {field: clean_text(tried.get(field), MODEL_MAX) for field in ("model", "provider", "outcome")}
+                for tried in item[:_DECISION_LIST_MAX]
+                if isinstance(tried, dict)
+            ]
+    return clean
 
 
 def shadow_event_clean(event: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import time
 import redis.asyncio as aioredis
 
 from apps.core import names
+from apps.gateway import watch
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,10 @@ class Breakers:
 
     async def start(self) -> None:
         await self.reload()
-        self._tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._poll())]
+        self._tasks = [
+            asyncio.create_task(watch.follow(self._redis, self._channel, self.reload, "breaker")),
+            asyncio.create_task(watch.every(self._poll_seconds, self.reload, "breaker poll")),
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -132,29 +136,6 @@ class Breakers:
     async def _announce(self) -> None:
         await self.reload()
         await self._redis.publish(self._channel, b"changed")
-
-    async def _listen(self) -> None:
-        while True:
-            try:
-                pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(self._channel)
-                async for _message in pubsub.listen():
-                    await self.reload()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("breaker listener failed; reconnecting")
-                await asyncio.sleep(0.5)
-
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll_seconds)
-            try:
-                await self.reload()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("breaker poll failed")
 
 
 def _text(value: bytes | str) -> str:

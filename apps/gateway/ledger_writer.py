@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +29,12 @@ class LedgerWriter:
         self._spool_dir = spool_dir
         self._resend_task: asyncio.Task[None] | None = None
 
-    async def write(
-        self, event: dict[str, Any], *, also: Callable[[FastPipeline], Awaitable[object]] | None = None
-    ) -> None:
-        """Append ``event``; ``also`` queues more commands in the same round trip (settling a reservation)."""
+    async def write(self, event: dict[str, Any], *, pipeline: FastPipeline | None = None) -> None:
+        """Append ``event``, after the commands already queued in ``pipeline`` (settling a reservation,
+        storing an answer in the cache), in the same round trip."""
         payload = orjson.dumps(event)
         try:
-            pipe = self._redis.pipeline()
-            if also is not None:
-                await also(pipe)
+            pipe = pipeline if pipeline is not None else self._redis.pipeline()
             pipe.xadd(self._stream, {EVENT_FIELD: payload})
             *others, added = await pipe.execute()
             for result in others:

@@ -34,7 +34,7 @@ class Source(models.TextChoices):
 
 
 class Lever(models.TextChoices):
-    """The saving lever a request used; see ``apps.ledger.services.ledger_lever``."""
+    """The saving lever a request used; see ``apps.ledger.services.LEVER_SQL``."""
 
     CACHE = "cache", "Cache"
     CASCADE = "cascade", "Cascade"
@@ -105,7 +105,14 @@ class LedgerEntry(models.Model):
     error_code = models.CharField(max_length=ERROR_CODE_MAX, blank=True)
     streamed = models.BooleanField(default=False)
     cache_hit = models.CharField(max_length=CACHE_HIT_MAX, choices=CacheHit.choices, blank=True, default=CacheHit.NONE)
-    route = models.CharField(max_length=ROUTE_MAX, blank=True, help_text="Routing decision and its reason")
+    route = models.CharField(
+        max_length=ROUTE_MAX, blank=True, help_text="Routing decision and its reason, as X-Route said it"
+    )
+    decision = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="The routing decision as data (apps.core.route.RouteDecision); what readers ask, never the text",
+    )
     route_rule = models.ForeignKey(
         "routing.RoutingRule", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
     )

@@ -87,6 +87,7 @@ def _entry_from_event(raw: Any) -> LedgerEntry:
         streamed=bool(event.get("streamed")),
         cache_hit=event.get("cache_hit") or "",
         route=event["route"],
+        decision=event["decision"],
         route_rule_id=event.get("route_rule_id"),
         possibly_billed=event["possibly_billed"],
     )
@@ -126,32 +127,16 @@ def ledger_ingest_batch(
     return len(entries)
 
 
-def ledger_lever(route: str, cache_hit: str, endpoint: str) -> str:
-    """The saving lever a ledger row used, first match wins.
-
-    ``cache``   — the answer came from the exact or semantic cache (``cache_hit`` is set);
-    ``cascade`` — the routing decision mentions a cascade (``route`` contains "cascade");
-    ``routing`` — a routing rule or canary picked the model (``route`` starts with "route:" or "canary");
-    ``batch``   — the request went through the batch endpoint (``endpoint`` starts with "batch");
-    ``none``    — none of these.
-
-    ``LEVER_SQL`` is the same rule as a database expression; the roll-ups use that one.
-    """
-    if cache_hit:
-        return Lever.CACHE
-    if "cascade" in route:
-        return Lever.CASCADE
-    if route.startswith(("route:", "canary")):
-        return Lever.ROUTING
-    if endpoint.startswith("batch"):
-        return Lever.BATCH
-    return Lever.NONE
-
-
+# The saving lever a ledger row used, first match wins:
+# ``cache``   — the answer came from the exact or semantic cache (``cache_hit`` is set);
+# ``cascade`` — a cascade rule decided (the decision's ``action``);
+# ``routing`` — another routing rule picked the model (the decision's ``kind`` is ``rule``);
+# ``batch``   — the request went through the batch endpoint (``endpoint`` starts with "batch");
+# ``none``    — none of these.
 LEVER_SQL = Case(
     When(~Q(cache_hit=""), then=Value(Lever.CACHE.value)),
-    When(route__contains="cascade", then=Value(Lever.CASCADE.value)),
-    When(Q(route__startswith="route:") | Q(route__startswith="canary"), then=Value(Lever.ROUTING.value)),
+    When(decision__action="cascade", then=Value(Lever.CASCADE.value)),
+    When(decision__kind="rule", then=Value(Lever.ROUTING.value)),
     When(endpoint__startswith="batch", then=Value(Lever.BATCH.value)),
     default=Value(Lever.NONE.value),
 )

@@ -19,9 +19,9 @@ from typing import Any
 
 import openai
 
+from apps.core.routing import confidence, normalize_text, split_order
 from apps.core.text import answer_text
 from apps.providers.models import Price
-from apps.routing.engine import confidence, normalize_text, split_order
 from apps.routing.models import RoutingRule, RuleAction, TargetRole
 from apps.routing.services import TargetSpec
 from costcontrol.egress import egress_http_client
@@ -150,7 +150,7 @@ def evaluate(
 
 
 def _split_pick(targets: list[TargetSpec], rng: random.Random) -> TargetSpec:
-    from apps.routing.engine import TargetView
+    from apps.core.routing import TargetView
 
     views = [TargetView(i, t.model, t.weight) for i, t in enumerate(targets)]
     return targets[split_order(views, rng)[0].provider_id]

@@ -11,14 +11,16 @@ from django.db.models import Avg, Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncDay
 from django.utils import timezone
 
+from apps.core.route import ESCALATED, KEPT
 from apps.ledger.models import LedgerEntry
 from apps.routing.models import RoutingRule, ShadowComparison
 from apps.tenancy.models import Project
 
 ZERO = Decimal(0)
 
-# A cascade's cheap call that was escalated is a row of its own (request id "...-cheap").
-_CHEAP_CALL = Q(route__contains=":cheap")
+# The request's own row: not a cascade's escalated cheap call ("<request id>-cheap") nor a possibly
+# billed attempt ("<request id>-t<n>"), which are rows of their own (``apps.core.route``).
+_ANSWER = Q(decision__part__isnull=True)
 
 
 def rules_for_project(*, project: Project) -> QuerySet[RoutingRule]:
@@ -55,13 +57,13 @@ def rule_stats(*, project: Project, since: dt.datetime) -> dict[int, RuleStats]:
         LedgerEntry.objects.filter(project=project, route_rule__isnull=False, created_at__gte=since)
         .values("route_rule_id")
         .annotate(
-            requests=Count("id", filter=~_CHEAP_CALL),
+            requests=Count("id", filter=_ANSWER),
             cost=Sum("cost"),
             counterfactual=Sum("counterfactual_cost"),
-            escalations=Count("id", filter=~_CHEAP_CALL & Q(route__contains=":escalated(")),
-            kept=Count("id", filter=Q(route__contains=":kept(")),
-            fallbacks=Count("id", filter=~_CHEAP_CALL & Q(route__contains=";failed:")),
-            errors=Count("id", filter=~_CHEAP_CALL & Q(status_code__gte=400)),
+            escalations=Count("id", filter=_ANSWER & Q(decision__cascade=ESCALATED)),
+            kept=Count("id", filter=_ANSWER & Q(decision__cascade=KEPT)),
+            fallbacks=Count("id", filter=_ANSWER & Q(decision__tried__isnull=False)),
+            errors=Count("id", filter=_ANSWER & Q(status_code__gte=400)),
         )
         .order_by()
     )

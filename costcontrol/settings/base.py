@@ -44,7 +44,7 @@ INSTALLED_APPS = [
     "apps.routing",
     "apps.deployments",
     "apps.batches",
-    "apps.gateway",
+    "apps.policy",
     "apps.simulator",
     "axes",
     "csp",

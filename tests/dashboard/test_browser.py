@@ -85,7 +85,8 @@ def _traffic(people: People) -> None:
                        latency_ms=300 + 40 * i, ttft_ms=90 + 5 * i, streamed=True)  # fmt: skip
         entry_make(tenant, created_at=when + dt.timedelta(minutes=30), requested_model="gpt-4o",
                    served_model="gpt-4o-mini", feature="search", end_user="user-1", cost=Decimal("0.0021"),
-                   counterfactual_cost=Decimal("0.0125"), latency_ms=140, route="route:cheap-first")  # fmt: skip
+                   counterfactual_cost=Decimal("0.0125"), latency_ms=140, route="route:cheap-first",
+                   decision={"kind": "rule", "rule_id": 1, "action": "route"})  # fmt: skip
         entry_make(tenant, created_at=when + dt.timedelta(minutes=45), requested_model="gpt-4o",
                    served_model="gpt-4o", feature="summaries", end_user="user-2", cost=Decimal(0),
                    counterfactual_cost=Decimal("0.0300"), latency_ms=8, cache_hit="semantic")  # fmt: skip

@@ -32,7 +32,8 @@ def _traffic(tenant: Tenant, *, days: int = 3) -> None:
                    cost=Decimal("0.30"), counterfactual_cost=Decimal("0.30"), latency_ms=450, ttft_ms=120)  # fmt: skip
         entry_make(tenant, created_at=when, served_model="gpt-4o-mini", feature="search", end_user="bob",
                    cost=Decimal("0.02"), counterfactual_cost=Decimal("0.30"), latency_ms=90,
-                   route="route:cheap-first")  # fmt: skip
+                   route="route:cheap-first",
+                   decision={"kind": "rule", "rule_id": 1, "action": "route"})  # fmt: skip
         entry_make(tenant, created_at=when, served_model="gpt-4o", feature="chat", end_user="bob",
                    cost=Decimal("0"), counterfactual_cost=Decimal("0.30"), latency_ms=5, cache_hit="exact")  # fmt: skip
     rollups_refresh()

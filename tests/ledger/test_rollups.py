@@ -11,7 +11,7 @@ from django.db.models import Sum
 
 from apps.ledger.models import Dimension, HourlyRollup, LedgerEntry, Lever, ProjectHourlyRollup, SliceHourlyRollup
 from apps.ledger.selectors import histogram_percentile
-from apps.ledger.services import ledger_lever, rollups_refresh
+from apps.ledger.services import rollups_refresh
 from tests.factories import tenant_make
 
 
@@ -58,30 +58,43 @@ def test_rollups_match_ledger_and_are_idempotent() -> None:
 
 
 @pytest.mark.django_db
-def test_lever_in_sql_agrees_with_ledger_lever() -> None:
-    """The roll-up's Case/When and ledger_lever() classify every combination the same way."""
+def test_lever_is_read_from_the_routing_decision_first_match_wins() -> None:
+    """The roll-up's lever: cache, then a cascade rule, then any other rule, then the batch endpoint, else none.
+
+    It reads the decision, never the text: an alias or split model named "cascade" or "canary" is no lever.
+    """
     tenant = tenant_make()
     base = dt.datetime(2026, 11, 20, 10, 0, tzinfo=dt.UTC)
-    routes = ["", "route:cheap-first", "canary:gpt-4o-mini 10%", "cascade:mini→4o", "route:cascade", "default"]
+    decisions: dict[str, dict[str, object] | None] = {
+        "none": None,
+        "direct": {"kind": "direct"},
+        "alias": {"kind": "alias", "alias": "cascade"},
+        "rule": {"kind": "rule", "rule_id": 1, "action": "split", "model": "canary"},
+        "cascade": {"kind": "rule", "rule_id": 2, "action": "cascade", "cascade": "kept", "reason": "confidence=0.9"},
+    }
     cache_hits = ["", "exact", "semantic"]
-    endpoints = ["chat.completions", "batch", "embeddings"]
+    endpoints = ["chat.completions", "batch.chat.completions", "embeddings"]
     expected = {}
-    for i, (route, cache_hit, endpoint) in enumerate((r, c, e) for r in routes for c in cache_hits for e in endpoints):
+    combinations = ((d, c, e) for d in decisions for c in cache_hits for e in endpoints)
+    for i, (name, cache_hit, endpoint) in enumerate(combinations):
         # One feature per combination, so each lands in its own roll-up row.
         entry = _entry(tenant, base + dt.timedelta(seconds=i), "0.01", feature=f"f{i}")
-        LedgerEntry.objects.filter(pk=entry.pk).update(route=route, cache_hit=cache_hit, endpoint=endpoint)
-        expected[f"f{i}"] = ledger_lever(route, cache_hit, endpoint)
+        LedgerEntry.objects.filter(pk=entry.pk).update(
+            decision=decisions[name], route=name, cache_hit=cache_hit, endpoint=endpoint
+        )
+        if cache_hit:
+            expected[f"f{i}"] = Lever.CACHE
+        elif name == "cascade":
+            expected[f"f{i}"] = Lever.CASCADE
+        elif name == "rule":
+            expected[f"f{i}"] = Lever.ROUTING
+        elif endpoint.startswith("batch"):
+            expected[f"f{i}"] = Lever.BATCH
+        else:
+            expected[f"f{i}"] = Lever.NONE
     rollups_refresh()
     assert dict(HourlyRollup.objects.values_list("feature", "lever")) == expected
     assert set(expected.values()) == {lever.value for lever in Lever}
-
-
-def test_ledger_lever_precedence() -> None:
-    assert ledger_lever("cascade:a→b", "exact", "batch") == "cache"
-    assert ledger_lever("route:x;cascade", "", "batch") == "cascade"
-    assert ledger_lever("canary:x", "", "batch") == "routing"
-    assert ledger_lever("default", "", "batch") == "batch"
-    assert ledger_lever("", "", "chat.completions") == "none"
 
 
 @pytest.mark.django_db

@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from apps.budgets.models import Alert, AlertKind, ChannelKind, NotificationChannel
 from apps.budgets.services import channel_create
-from apps.gateway.policy import build_snapshot
+from apps.policy.build import build_snapshot
 from apps.providers.models import Provider, ProviderKind
 from apps.providers.services import provider_create, secrets_alert_unreadable
 from apps.tenancy.models import Role

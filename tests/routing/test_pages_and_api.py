@@ -10,6 +10,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from apps.core.route import RULE, RouteDecision, Tried
 from apps.routing.models import RoutingRule, ShadowComparison
 from tests.factories import People, entry_make, login
 from tests.routing.helpers import rule_make
@@ -143,11 +144,13 @@ def test_api_creates_updates_and_reports_a_rule(people: People) -> None:
     bad = api.patch(f"/api/routing-rules/{rule.pk}/", {"primaries": ["gpt-4o"]}, format="json")
     assert bad.status_code == 400 and "primaries" in bad.json()
 
-    entry_make(tenant, route_rule=rule, route=f"route:{rule.pk}:split:gpt-4o", cost=Decimal("0.002"),
-               counterfactual_cost=Decimal("0.002"))  # fmt: skip
+    split = RouteDecision(kind=RULE, rule_id=rule.pk, action="split", model="gpt-4o")
+    entry_make(tenant, route_rule=rule, route=f"route:{rule.pk}:split:gpt-4o", decision=split.as_json(),
+               cost=Decimal("0.002"), counterfactual_cost=Decimal("0.002"))  # fmt: skip
+    fell_back = split.variant(model="gpt-4.1", tried=(Tried("gpt-4.1", "sim", "500"),))
     entry_make(tenant, route_rule=rule, route=f"route:{rule.pk}:split:gpt-4.1;failed:gpt-4.1@sim(500)",
-               cost=Decimal("0.001"), counterfactual_cost=Decimal("0.003"))  # fmt: skip
-    entry_make(tenant, route="direct")
+               decision=fell_back.as_json(), cost=Decimal("0.001"), counterfactual_cost=Decimal("0.003"))  # fmt: skip
+    entry_make(tenant, route="direct", decision={"kind": "direct"})
     ShadowComparison.objects.create(
         request_id="req-s1", created_at=rule.created_at, rule=rule, project=tenant.project, primary_model="gpt-4o",
         shadow_model="gpt-5-mini", primary_latency_ms=100, shadow_latency_ms=300, primary_cost=Decimal("0.002"),

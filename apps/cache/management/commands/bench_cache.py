@@ -22,7 +22,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import connection
 
-from apps.gateway.cache import NEAREST_SQL, configure_lookup_connection, lookup_vector, nearest_entry
+from apps.cache.lookup import NEAREST_SQL, configure_lookup_connection, lookup_vector, nearest_entry
 from apps.tenancy.models import Organization, Project
 from apps.tenancy.services import organization_create, project_create
 

@@ -1,9 +1,10 @@
-"""Rule evaluation for the data plane: plain data, no I/O.
+"""Routing rules as the snapshot holds them, and how they are evaluated: plain data, no I/O.
 
 The gateway holds each project's active rules (as ``RuleView``) in its policy
-snapshot and calls ``first_match`` per request; everything here is in-memory
-and cheap. The regex condition reads the last user message only when a rule
-that gets that far has one.
+snapshot and calls ``first_match`` per request; ``eval_route`` replays a rule
+with the same split and confidence rules. Everything here is in-memory and
+cheap. The regex condition reads the last user message only when a rule that
+gets that far has one.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from apps.routing.engine import (
+from apps.core.routing import (
     RequestFacts,
     RuleView,
     TargetView,

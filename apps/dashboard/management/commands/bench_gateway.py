@@ -1,7 +1,7 @@
 """`make bench`: gateway throughput and added latency vs. the upstream and a bare proxy, same run.
 
 Starts the simulated upstream (1 worker), the bare-proxy reference
-(``apps/gateway/management/bare_proxy.py``: parse, forward, read usage, return;
+(``apps/dashboard/management/bare_proxy.py``: parse, forward, read usage, return;
 same server and flags as the gateway), a gateway (uvicorn, 1 worker) with key
 auth and the ledger on, and a ledger consumer; then runs wrk against the
 upstream directly, through the bare proxy and through the gateway at each
@@ -209,7 +209,7 @@ class Command(BaseCommand):
             subprocess.Popen(_uvicorn(python, "costcontrol.asgi:application", gw_port), env=env),
             subprocess.Popen([python, "manage.py", "ingest_ledger"], env=env, stdout=subprocess.DEVNULL),
             subprocess.Popen(
-                _uvicorn(python, "apps.gateway.management.bare_proxy:app", bare_port),
+                _uvicorn(python, "apps.dashboard.management.bare_proxy:app", bare_port),
                 env={**env, "BARE_PROXY_UPSTREAM": upstream_url},
             ),
         ]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 
-from apps.gateway.app import Call, Gateway
+from apps.core.snapshot import KeyPolicy, ProjectPolicy, ProviderTarget, Snapshot
 from apps.gateway.breaker import deployment
-from apps.gateway.policy import KeyPolicy, ProjectPolicy, ProviderTarget, Snapshot
+from apps.gateway.call import Call
+from apps.gateway.stages.plan import default_targets
 
 KEY = KeyPolicy(
     id=1, lookup_id="abcdefgh", key_hash=b"", project_id=10, organization_id=100, allowed_models=frozenset(),
@@ -27,24 +29,24 @@ def _snapshot(default_provider: int | None) -> Snapshot:
     )  # fmt: skip
 
 
-def _order(gateway: Gateway, snapshot: Snapshot) -> list[int]:
+def _order(in_flight: Counter[str], snapshot: Snapshot) -> list[int]:
     call = Call(request_id="r", endpoint="chat.completions", started=0.0, created_at=0.0, key=KEY)
-    targets = gateway._default_targets(snapshot, snapshot.projects[10], "gpt-4o", dt.date.today(), call)
+    targets = default_targets(snapshot, snapshot.projects[10], "gpt-4o", dt.date.today(), call, in_flight)
     assert call.route == "direct"
     return [t.provider.id for t in targets]
 
 
 def test_least_busy_deployment_first_and_the_others_as_fallbacks() -> None:
-    gateway = Gateway()
-    gateway.in_flight[deployment(1, "gpt-4o")] = 5
-    gateway.in_flight[deployment(2, "gpt-4o")] = 1
-    gateway.in_flight[deployment(3, "gpt-4o")] = 3
-    assert _order(gateway, _snapshot(None)) == [2, 3, 1]
-    gateway.in_flight[deployment(2, "gpt-4o")] = 9
-    assert _order(gateway, _snapshot(None)) == [3, 1, 2]
+    in_flight: Counter[str] = Counter()
+    in_flight[deployment(1, "gpt-4o")] = 5
+    in_flight[deployment(2, "gpt-4o")] = 1
+    in_flight[deployment(3, "gpt-4o")] = 3
+    assert _order(in_flight, _snapshot(None)) == [2, 3, 1]
+    in_flight[deployment(2, "gpt-4o")] = 9
+    assert _order(in_flight, _snapshot(None)) == [3, 1, 2]
 
 
 def test_the_projects_default_provider_goes_first_however_busy() -> None:
-    gateway = Gateway()
-    gateway.in_flight[deployment(1, "gpt-4o")] = 50
-    assert _order(gateway, _snapshot(1)) == [1, 2, 3]
+    in_flight: Counter[str] = Counter()
+    in_flight[deployment(1, "gpt-4o")] = 50
+    assert _order(in_flight, _snapshot(1)) == [1, 2, 3]

@@ -8,8 +8,8 @@ from typing import Any
 
 import aiohttp
 
-from apps.gateway.policy import ProviderTarget
-from apps.gateway.shadow import ShadowJob, ShadowQueue
+from apps.core.snapshot import ProviderTarget
+from apps.gateway.stages.shadow import ShadowJob, ShadowQueue
 
 
 def _job(n: int) -> ShadowJob:

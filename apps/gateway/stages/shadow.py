@@ -1,4 +1,4 @@
-"""Shadow traffic: a sampled copy of a request sent to a second model after the app has its answer.
+"""Shadow: a sampled copy of a request sent to a second model after the app has its answer.
 
 The app's request only pays for ``offer``: a ``put_nowait`` on a bounded queue
 (a full queue drops the sample and counts it; it never waits). Worker tasks
@@ -17,16 +17,22 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
 
 from apps.core.events import clean_count, shadow_event_clean
 from apps.core.pricing import PriceRow
+from apps.core.routing import normalize_text
+from apps.core.snapshot import ProviderTarget
 from apps.core.text import answer_text
-from apps.gateway.policy import ProviderTarget
-from apps.routing.engine import normalize_text
+from apps.gateway.call import Call
+from apps.gateway.stages.plan import Plan
+from apps.gateway.stages.upstream import upstream_headers, upstream_url
+
+if TYPE_CHECKING:
+    from apps.gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -155,3 +161,30 @@ async def _similarity(a: str, b: str) -> float | None:
         logger.exception("could not embed shadow answers")
         return None
     return round(float(vectors[0] @ vectors[1]), 4)
+
+
+def offer(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], primary_text: str) -> None:
+    """Queue the shadow copy of an answered request (never waits)."""
+    if plan.shadow is None or plan.rule is None or call.status_code != 200:
+        return
+    target = plan.shadow
+    request = {**payload, "model": target.model, "stream": False}
+    request.pop("stream_options", None)
+    rt.shadows.offer(
+        ShadowJob(
+            request_id=call.request_id,
+            rule_id=plan.rule.id,
+            organization_id=call.key.organization_id,
+            project_id=call.key.project_id,
+            url=upstream_url(target.provider, call.endpoint),
+            headers=upstream_headers(target.provider),
+            timeout=target.provider.timeout,
+            payload=request,
+            provider=target.provider,
+            price=target.price,
+            primary_model=call.served_model,
+            primary_text=primary_text,
+            primary_latency_ms=call.elapsed_ms(),
+            primary_cost=call.cost,
+        )
+    )

@@ -5,7 +5,7 @@ aiohttp session, read the answer's ``usage``, and return the answer. No key chec
 no routing. It runs under the same server and flags as the gateway (uvicorn, uvloop, httptools, one
 worker), so the gap between the two rows of the report is what our own stages cost per request.
 
-Run by ``bench_gateway`` as ``python -m uvicorn apps.gateway.management.bare_proxy:app`` with the upstream's
+Run by ``bench_gateway`` as ``python -m uvicorn apps.dashboard.management.bare_proxy:app`` with the upstream's
 ``/v1`` URL in ``BARE_PROXY_UPSTREAM`` (and the provider key in ``BARE_PROXY_KEY``). It imports no Django.
 """
 

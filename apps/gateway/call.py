@@ -1,0 +1,110 @@
+"""One proxied request as the pipeline learns about it; it becomes the request's ledger event."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from apps.core.events import ledger_event_clean
+from apps.core.route import RouteDecision
+from apps.core.snapshot import KeyPolicy
+
+if TYPE_CHECKING:
+    from apps.enforcement.limiter import Admission
+    from apps.gateway.stages.cache import CacheRequest
+
+ZERO = Decimal(0)
+
+
+@dataclass(slots=True)
+class Call:
+    """What we learn about one proxied request, stage by stage."""
+
+    request_id: str
+    endpoint: str
+    started: float  # perf_counter at arrival: latency and TTFT
+    created_at: float  # wall clock at arrival
+    key: KeyPolicy
+    decision: RouteDecision = field(default_factory=RouteDecision)
+    feature: str = ""
+    end_user: str = ""
+    requested_model: str = ""
+    served_model: str = ""
+    provider_id: int | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    usage_estimated: bool = False
+    # An attempt the provider may bill although we got no answer (a timeout after the request was sent).
+    possibly_billed: bool = False
+    cost: Decimal = ZERO
+    counterfactual_cost: Decimal = ZERO
+    ttft_ms: int | None = None
+    status_code: int = 200
+    error_code: str = ""
+    streamed: bool = False
+    # Spent on this request besides its own answer (a cascade's cheap call, possibly billed attempts):
+    # settled with it.
+    side_cost: Decimal = ZERO
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)  # rate limits, cache status
+    admission: Admission | None = None
+    cache: CacheRequest | None = None
+    attempts: int = 0  # attempts recorded as possibly billed (their rows are <request id>-t<n>)
+
+    @property
+    def route(self) -> str:
+        """The routing decision as ``X-Route`` says it."""
+        return self.decision.text()
+
+    def route_header(self) -> tuple[bytes, bytes]:
+        return (b"x-route", self.decision.text().encode("ascii", "replace"))
+
+    def side_row(self, suffix: str, **changes: Any) -> Call:
+        """Another ledger row of this request (``<request id>-<suffix>``): a cascade's cheap call, an attempt."""
+        return dataclasses.replace(
+            self, request_id=f"{self.request_id}-{suffix}", admission=None, cache=None, extra_headers=[], **changes
+        )
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+    def event(self, route: str | None = None) -> dict[str, Any]:
+        """The ledger event, every field fitted to its column (one bad value must not stop the ingest).
+
+        ``route`` is the decision's text when the caller already rendered it (for ``X-Route``).
+        """
+        decision = self.decision
+        return ledger_event_clean(
+            {
+                "request_id": self.request_id,
+                "created_at": self.created_at,
+                "organization_id": self.key.organization_id,
+                "project_id": self.key.project_id,
+                "api_key_id": self.key.id,
+                "provider_id": self.provider_id,
+                "endpoint": self.endpoint,
+                "feature": self.feature,
+                "end_user": self.end_user,
+                "requested_model": self.requested_model,
+                "served_model": self.served_model,
+                "prompt_tokens": self.prompt_tokens,
+                "cached_tokens": self.cached_tokens,
+                "completion_tokens": self.completion_tokens,
+                "usage_estimated": self.usage_estimated,
+                "cost": str(self.cost),
+                "counterfactual_cost": str(self.counterfactual_cost),
+                "latency_ms": self.elapsed_ms(),
+                "ttft_ms": self.ttft_ms,
+                "status_code": self.status_code,
+                "error_code": self.error_code,
+                "streamed": self.streamed,
+                "cache_hit": decision.cache_hit,
+                "route": decision.text() if route is None else route,
+                "decision": decision.as_json(),
+                "route_rule_id": decision.rule_id,
+                "possibly_billed": self.possibly_billed,
+            }
+        )

@@ -1,0 +1,154 @@
+"""The gateway's long-lived resources, made once at start-up and handed to every stage.
+
+One ``Runtime`` per process: the Redis clients, the pooled HTTP session (behind
+the egress policy), the limiter with its leases, the ledger and shadow writers,
+the circuit breakers, the response cache, the shadow queue and the policy
+snapshot store. ``Limits`` holds the settings a request reads, so no stage
+reads Django's settings on the hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import redis.asyncio as aioredis
+from django.conf import settings
+
+from apps.core import names
+from apps.core.egress_http import EgressConnector
+from apps.core.snapshot import Snapshot
+from apps.enforcement.fastredis import FastRedis
+from apps.enforcement.limiter import Limiter
+from apps.gateway.breaker import Breakers
+from apps.gateway.ledger_writer import LedgerWriter
+from apps.gateway.policy import PolicyStore
+from apps.gateway.stages.cache import ResponseCache
+from apps.gateway.stages.shadow import ShadowQueue
+from costcontrol.egress import egress_policy
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The settings requests read (see ``costcontrol/settings/base.py`` for each)."""
+
+    prefix: str
+    max_body_bytes: int
+    max_upstream_body_bytes: int
+    max_sse_event_bytes: int
+    retry_base_seconds: float
+    retry_max_seconds: float
+    limits_fail_open: bool
+    unknown_model_max_output: int
+
+    @classmethod
+    def from_settings(cls) -> Limits:
+        return cls(
+            prefix=settings.REDIS_PREFIX,
+            max_body_bytes=settings.GATEWAY_MAX_BODY_BYTES,
+            max_upstream_body_bytes=settings.GATEWAY_MAX_UPSTREAM_BODY_BYTES,
+            max_sse_event_bytes=settings.GATEWAY_MAX_SSE_EVENT_BYTES,
+            retry_base_seconds=settings.GATEWAY_RETRY_BASE_SECONDS,
+            retry_max_seconds=settings.GATEWAY_RETRY_MAX_SECONDS,
+            limits_fail_open=settings.GATEWAY_LIMITS_FAIL_OPEN,
+            unknown_model_max_output=settings.GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS,
+        )
+
+
+@dataclass(slots=True)
+class Runtime:
+    limits: Limits
+    redis: aioredis.Redis  # pub/sub and the rare commands (breakers, cascade labels)
+    fast_redis: FastRedis  # every per-request command
+    http: aiohttp.ClientSession
+    limiter: Limiter
+    ledger: LedgerWriter
+    shadow_writer: LedgerWriter
+    breakers: Breakers
+    cache: ResponseCache
+    shadows: ShadowQueue
+    policy: PolicyStore
+    # Requests waiting on each deployment in this process (for least-in-flight balancing).
+    in_flight: Counter[str]
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.policy.current
+
+    @classmethod
+    async def start(cls, build_snapshot: Callable[[int], Snapshot]) -> Runtime:
+        """Open every resource, load the Lua scripts and the first snapshot (``build_snapshot`` is the
+        control plane's adapter, run in a thread)."""
+        limits = Limits.from_settings()
+        prefix = limits.prefix
+        redis = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=512)
+        # Every upstream URL is tenant-set: connect only to addresses the egress policy admits.
+        http = aiohttp.ClientSession(
+            connector=EgressConnector(egress_policy(), limit=0, keepalive_timeout=60, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS,
+                sock_read=settings.GATEWAY_UPSTREAM_TIMEOUT_SECONDS,
+            ),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+        )
+        # Per-request commands go through the lean client; pub/sub (policy) keeps redis-py.
+        fast_redis = FastRedis(settings.REDIS_URL, command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS)
+        limiter = Limiter(fast_redis, prefix, leases=settings.GATEWAY_LIMIT_LEASES)
+        await limiter.load()
+        limiter.start()
+        # One spool folder per Redis server and prefix: a re-send must reach the stream it was meant for.
+        target = hashlib.sha256(f"{settings.REDIS_URL}|{prefix}".encode()).hexdigest()[:16]
+        spool = Path(settings.BASE_DIR) / "var" / "spool" / target
+        ledger = LedgerWriter(fast_redis, names.ledger_stream(prefix), spool)
+        ledger.start()
+        breakers = Breakers(
+            redis,
+            prefix,
+            failures=settings.GATEWAY_BREAKER_FAILURES,
+            window_seconds=settings.GATEWAY_BREAKER_WINDOW_SECONDS,
+            cooldown_seconds=settings.GATEWAY_BREAKER_COOLDOWN_SECONDS,
+            poll_seconds=settings.GATEWAY_POLICY_POLL_SECONDS,
+        )
+        await breakers.start()
+        # Shadow comparisons get their own stream (and spool): they are not ledger rows.
+        shadow_writer = LedgerWriter(fast_redis, names.shadow_stream(prefix), spool / "shadow")
+        shadow_writer.start()
+        shadows = ShadowQueue(
+            http, shadow_writer.write, size=settings.GATEWAY_SHADOW_QUEUE, workers=settings.GATEWAY_SHADOW_WORKERS
+        )
+        shadows.start()
+        policy = PolicyStore(redis, prefix, build_snapshot, poll_seconds=settings.GATEWAY_POLICY_POLL_SECONDS)
+        await policy.start()
+        return cls(
+            limits=limits,
+            redis=redis,
+            fast_redis=fast_redis,
+            http=http,
+            limiter=limiter,
+            ledger=ledger,
+            shadow_writer=shadow_writer,
+            breakers=breakers,
+            cache=ResponseCache(fast_redis, settings.DATABASE_URL, prefix),
+            shadows=shadows,
+            policy=policy,
+            in_flight=Counter(),
+        )
+
+    async def close(self) -> None:
+        """Stop the background tasks (leases go back), then close the connections."""
+        await self.policy.stop()
+        await self.shadows.stop()
+        await self.shadow_writer.stop()
+        await self.breakers.stop()
+        await self.limiter.stop()
+        await self.ledger.stop()
+        await self.http.close()
+        await self.cache.close()
+        await self.fast_redis.close()
+        await self.redis.aclose()

@@ -1,0 +1,79 @@
+"""Admit: reserve the request's worst case on every budget and rate limit that applies.
+
+One Redis round trip at most (none while this process's leases have room),
+through ``apps.enforcement``. The worst case is the dearest target the plan may
+end on, plus the cheap call when a cascade asks one first. Redis down fails
+closed (503) unless the operator chose to fail open, which the decision notes.
+"""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import RedisError
+
+from apps.core.errors import GatewayError
+from apps.core.request import WorstCase, model_worst_case
+from apps.core.snapshot import Snapshot
+from apps.enforcement.limiter import Admission
+from apps.gateway.call import ZERO, Call
+from apps.gateway.stages.plan import Plan, Target
+
+if TYPE_CHECKING:
+    from apps.gateway.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+def worst_case(
+    target: Target, endpoint: str, payload: dict[str, Any], unknown_model_max_output: int
+) -> tuple[Decimal, WorstCase]:
+    """The most a request can cost (USD) and use (tokens) on ``target`` (the shared rule)."""
+    worst = model_worst_case(endpoint, payload, target.model, unknown_model_max_output=unknown_model_max_output)
+    usd = (
+        target.price.cost(prompt_tokens=worst.prompt_tokens, cached_tokens=0, completion_tokens=worst.output_tokens)
+        if target.price is not None
+        else ZERO
+    )
+    return usd, worst
+
+
+async def admit(rt: Runtime, snapshot: Snapshot, call: Call, plan: Plan, payload: dict[str, Any]) -> Admission:
+    """Reserve, or raise the 429 (budget or rate limit) or 503 (limits unavailable) the app should see."""
+    enforcement = snapshot.enforcement_for(call.key)
+    budgets = enforcement.budgets(feature=call.feature, end_user=call.end_user)
+    limits = list(enforcement.rate_limits)
+    if not budgets and not limits:
+        return Admission(request_id=call.request_id, second=int(call.created_at))
+    unknown = rt.limits.unknown_model_max_output
+    worst_usd, worst_tokens = ZERO, call.prompt_tokens
+    for target in plan.targets:
+        usd, worst = worst_case(target, call.endpoint, payload, unknown)
+        worst_usd, worst_tokens = max(worst_usd, usd), max(worst_tokens, worst.tokens)
+    if plan.cheap is not None:
+        usd, worst = worst_case(plan.cheap, call.endpoint, payload, unknown)
+        worst_usd, worst_tokens = worst_usd + usd, worst_tokens + worst.tokens
+    try:
+        admission = await rt.limiter.admit(
+            request_id=call.request_id,
+            budgets=budgets,
+            rate_limits=limits,
+            worst_case_usd=worst_usd,
+            worst_case_tokens=worst_tokens,
+        )
+    except (RedisError, OSError):
+        if rt.limits.limits_fail_open:
+            logger.warning("limits unavailable; failing open for %s", call.request_id)
+            call.decision.limits_unchecked = True
+            return Admission(request_id=call.request_id, second=int(call.created_at))
+        raise GatewayError(
+            503,
+            "Budget and rate-limit checks are unavailable right now; the request was not sent.",
+            type="api_error",
+            code="limits_unavailable",
+        ) from None
+    if admission.shadow_blocked:
+        call.decision.would_block = tuple(b.id for b in admission.shadow_blocked)
+    return admission

@@ -1,0 +1,37 @@
+"""Record: the ledger event, the reservation's settle and the cache's work, in one Redis round trip."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from apps.gateway.call import Call
+from apps.gateway.stages.cache import CacheHit
+
+if TYPE_CHECKING:
+    from apps.gateway.runtime import Runtime
+
+
+async def record(
+    rt: Runtime, call: Call, *, cache_store: dict[str, Any] | None = None, cache_hit: CacheHit | None = None
+) -> None:
+    """Append the request's ledger event; settle what it reserved to what it cost (its side calls
+    included) and queue the answer for the cache (``cache_store``) or count a hit, in the same write."""
+    admission, call.admission = call.admission, None
+    reserved = admission is not None and admission.reserved
+    if not reserved and cache_store is None and cache_hit is None:
+        await rt.ledger.write(call.event())
+        return
+    pipeline = rt.fast_redis.pipeline()
+    if reserved:
+        assert admission is not None
+        await rt.limiter.settle(
+            admission,
+            actual_usd=call.cost + call.side_cost,
+            actual_tokens=call.prompt_tokens + call.completion_tokens,
+            pipeline=pipeline,
+        )
+    if call.cache is not None and cache_store is not None:
+        rt.cache.queue_store(pipeline, call.cache, body=cache_store, model=call.served_model, cost=str(call.cost))
+    if call.cache is not None and cache_hit is not None:
+        rt.cache.queue_hit(pipeline, call.cache, cache_hit)
+    await rt.ledger.write(call.event(), pipeline=pipeline)

@@ -1,0 +1,228 @@
+"""Call upstream: the plan's targets in order, each with its provider's retries, skipping open circuits.
+
+Retryable answers (408, 409, 429, 5xx), timeouts and connection errors count
+against the deployment's circuit breaker and move on: the same target again
+after a backoff, then the next target. Redirects are never followed (the URL
+is tenant-set; the session only connects to addresses the egress policy
+admits). An attempt we gave up on after sending it may still be billed by the
+provider: it gets its own ledger row, marked possibly billed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+
+from apps.core.errors import GatewayError, upstream_unavailable
+from apps.core.route import ATTEMPT, Tried
+from apps.core.snapshot import ProviderTarget
+from apps.gateway.breaker import deployment
+from apps.gateway.call import ZERO, Call
+from apps.gateway.stages.admit import worst_case
+from apps.gateway.stages.plan import Target
+
+if TYPE_CHECKING:
+    from apps.gateway.runtime import Runtime
+
+# Upstream answers worth another try (same target after a backoff, then the next target).
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+@dataclass(slots=True)
+class Answer:
+    """What one upstream attempt returned; ``response`` is an open stream (status 200) to relay."""
+
+    target: Target
+    status: int
+    body: bytes
+    retry_after: str | None
+    response: aiohttp.ClientResponse | None = None
+
+
+class UpstreamTooLarge(Exception):
+    """A provider's answer past GATEWAY_MAX_UPSTREAM_BODY_BYTES; ``error`` is the 502 the app gets."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.error = upstream_unavailable(
+            f"The provider's answer is larger than {limit} bytes; it was not read.", code="upstream_response_too_large"
+        )
+
+
+class UpstreamRedirect(aiohttp.ClientError):
+    """A provider answered with a redirect: never followed (it could point inside our network)."""
+
+
+async def call_upstream(
+    rt: Runtime, call: Call, targets: list[Target], payload: dict[str, Any], *, stream: bool
+) -> Answer:
+    """Try the targets in order, each with its provider's retries, skipping open circuits.
+
+    Returns the first answer that is not worth retrying (success or the app's
+    own error, e.g. a 400), else the last failure: the provider's error
+    response passed through, or a gateway 502/503/504. Each target that
+    failed is noted on the decision.
+    """
+    breakers = rt.breakers
+    skipped: list[Tried] = []
+    last: Answer | GatewayError | None = None
+    for target in targets:
+        provider, model = target.provider, target.model
+        if not await breakers.allow(provider.id, model):
+            skipped.append(Tried(model, provider.name, "circuit-open"))
+            last = last or upstream_unavailable(
+                f"The provider {provider.name} keeps failing for {model}; it is paused (circuit open).",
+                status=503,
+                code="circuit_open",
+            )
+            continue
+        body = orjson.dumps({**payload, "model": model})
+        name = deployment(provider.id, model)
+        reason = ""
+        for attempt in range(provider.max_retries + 1):
+            retry_after = None
+            rt.in_flight[name] += 1
+            try:
+                answer = await _attempt(rt, target, call.endpoint, body, stream=stream)
+            except TimeoutError as exc:
+                reason = "timeout"
+                last = upstream_unavailable(
+                    f"The provider {provider.name} did not answer in time.", status=504, code="upstream_timeout"
+                )
+                if not isinstance(exc, aiohttp.ConnectionTimeoutError):
+                    # The request reached the provider, which may still answer it and bill us.
+                    await possibly_billed(rt, call, target, payload, last)
+            except UpstreamTooLarge as exc:
+                await possibly_billed(rt, call, target, payload, exc.error)
+                raise exc.error from None
+            except aiohttp.ClientError as exc:
+                reason = "unreachable"
+                last = upstream_unavailable(f"Could not reach the provider {provider.name}: {exc}.")
+            else:
+                if answer.status not in RETRYABLE_STATUS:
+                    await breakers.success(provider.id, model)
+                    if skipped or attempt:
+                        call.decision.tried += tuple(skipped)
+                        call.decision.retries = attempt
+                    return answer
+                reason, retry_after, last = str(answer.status), answer.retry_after, answer
+            finally:
+                rt.in_flight[name] -= 1
+            await breakers.failure(provider.id, model)
+            if attempt < provider.max_retries:
+                delay = backoff(
+                    attempt, retry_after, base=rt.limits.retry_base_seconds, cap=rt.limits.retry_max_seconds
+                )
+                if delay is None:
+                    break  # the provider asks for a longer pause than we wait: try the next target
+                await asyncio.sleep(delay)
+        skipped.append(Tried(model, provider.name, reason))
+    call.decision.tried += tuple(skipped)
+    if isinstance(last, Answer):
+        return last
+    raise last or upstream_unavailable("No provider could take the request.")
+
+
+def backoff(attempt: int, retry_after: str | None, *, base: float, cap: float) -> float | None:
+    """Seconds to wait before retry ``attempt + 1``: the provider's Retry-After when it gives one
+    we are willing to wait (up to ``cap``), else exponential backoff from ``base`` with full jitter;
+    None means do not wait here (try the next target)."""
+    if retry_after:
+        try:
+            wanted = float(retry_after)
+        except ValueError:
+            wanted = -1.0  # an HTTP date: fall back to our own backoff
+        if wanted >= 0:
+            return wanted if wanted <= cap else None
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+async def possibly_billed(
+    rt: Runtime, call: Call, target: Target, payload: dict[str, Any], error: GatewayError
+) -> None:
+    """Record an attempt we gave up on that the provider may bill: its own ledger row, marked possibly
+    billed, at the request's worst case on ``target`` (we cannot know how far the provider got). Its
+    cost stays counted against the request's budgets (settled with the request)."""
+    usd, worst = worst_case(target, call.endpoint, payload, rt.limits.unknown_model_max_output)
+    call.attempts += 1
+    row = call.side_row(
+        f"t{call.attempts}",
+        decision=call.decision.variant(part=ATTEMPT),
+        served_model=target.model,
+        provider_id=target.provider.id,
+        prompt_tokens=worst.prompt_tokens,
+        cached_tokens=0,
+        completion_tokens=worst.output_tokens,
+        usage_estimated=True,
+        possibly_billed=True,
+        cost=usd,
+        counterfactual_cost=ZERO,
+        status_code=error.status,
+        error_code=error.code or error.type,
+    )
+    call.side_cost += usd
+    await rt.ledger.write(row.event())
+
+
+async def _attempt(rt: Runtime, target: Target, endpoint: str, body: bytes, *, stream: bool) -> Answer:
+    provider = target.provider
+    url, headers = upstream_url(provider, endpoint), upstream_headers(provider)
+    limit = rt.limits.max_upstream_body_bytes
+    if stream:
+        resp = await rt.http.post(url, data=body, headers=headers, timeout=provider.timeout, allow_redirects=False)
+        if resp.status == 200:
+            return Answer(target, 200, b"", None, resp)
+        try:
+            _refuse_redirect(resp)
+            return Answer(target, resp.status, await _read_bounded(resp, limit), resp.headers.get("retry-after"))
+        finally:
+            resp.release()
+    async with asyncio.timeout(provider.total_timeout):
+        async with rt.http.post(
+            url, data=body, headers=headers, timeout=provider.timeout, allow_redirects=False
+        ) as resp:
+            _refuse_redirect(resp)
+            return Answer(target, resp.status, await _read_bounded(resp, limit), resp.headers.get("retry-after"))
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body of a non-streamed answer, refusing one past ``limit`` bytes."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise UpstreamTooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refuse_redirect(resp: aiohttp.ClientResponse) -> None:
+    if 300 <= resp.status < 400:
+        raise UpstreamRedirect(f"it answered {resp.status} (a redirect), and redirects are not followed")
+
+
+def upstream_url(provider: ProviderTarget, endpoint: str) -> str:
+    return f"{provider.base_url}/{endpoint.replace('.', '/')}"
+
+
+def upstream_headers(provider: ProviderTarget) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if provider.secret:
+        headers["Authorization"] = f"Bearer {provider.secret}"
+    return headers
+
+
+def upstream_error_code(body: bytes) -> str:
+    """The provider's error code (or type), to record with the failed request."""
+    try:
+        error = orjson.loads(body).get("error") or {}
+        return str(error.get("code") or error.get("type") or "upstream_error")[:100]
+    except (orjson.JSONDecodeError, AttributeError, TypeError):
+        return "upstream_error"
