@@ -32,6 +32,12 @@ ENDPOINT_CHAT = "chat.completions"
 ENDPOINT_COMPLETIONS = "completions"
 ENDPOINT_EMBEDDINGS = "embeddings"
 ENDPOINTS = (ENDPOINT_CHAT, ENDPOINT_COMPLETIONS, ENDPOINT_EMBEDDINGS)
+# The /v1 path of each endpoint (live requests and batch lines name them so).
+ENDPOINT_PATHS = {
+    "/v1/chat/completions": ENDPOINT_CHAT,
+    "/v1/completions": ENDPOINT_COMPLETIONS,
+    "/v1/embeddings": ENDPOINT_EMBEDDINGS,
+}
 
 # No model produces or takes more than this many tokens in one request; a larger
 # max_tokens is a mistake (or an attempt on our arithmetic), refused as a 400.

@@ -17,19 +17,13 @@ import secrets
 from collections.abc import Callable
 
 from apps.core.errors import GatewayError, method_not_allowed
-from apps.core.request import ENDPOINT_CHAT, ENDPOINT_COMPLETIONS, ENDPOINT_EMBEDDINGS
+from apps.core.request import ENDPOINT_PATHS
 from apps.core.snapshot import Snapshot
 from apps.gateway.asgi import Receive, Scope, Send, send_error
 from apps.gateway.handlers import models, proxy
 from apps.gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
-
-FORWARD_PATHS = {
-    "/v1/chat/completions": ENDPOINT_CHAT,
-    "/v1/completions": ENDPOINT_COMPLETIONS,
-    "/v1/embeddings": ENDPOINT_EMBEDDINGS,
-}
 
 
 class Gateway:
@@ -81,7 +75,7 @@ class Gateway:
         method: str = scope["method"]
         request_id = "req_" + secrets.token_hex(12)
         try:
-            endpoint = FORWARD_PATHS.get(path)
+            endpoint = ENDPOINT_PATHS.get(path)
             if endpoint is not None:
                 if method != "POST":
                     raise method_not_allowed(method, f"on {path}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import redis.asyncio as aioredis
 
@@ -25,30 +26,8 @@ from apps.gateway import watch
 
 logger = logging.getLogger(__name__)
 
-# KEYS: failure counter, open hash, probe claim. ARGV: field, now, window ms, failures, cool-down s.
-# Returns 1 when this failure opened (or re-opened) the breaker.
-_FAILURE_LUA = """
-local open_until = redis.call('HGET', KEYS[2], ARGV[1])
-local now = tonumber(ARGV[2])
-if open_until then
-  if now < tonumber(open_until) then
-    return 0
-  end
-  redis.call('HSET', KEYS[2], ARGV[1], tostring(now + tonumber(ARGV[5])))
-  redis.call('DEL', KEYS[3])
-  return 1
-end
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[3])
-end
-if n >= tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[2], ARGV[1], tostring(now + tonumber(ARGV[5])))
-  redis.call('DEL', KEYS[1], KEYS[3])
-  return 1
-end
-return 0
-"""
+# Counts a failure and opens the breaker when it is one too many (lua/breaker_failure.lua, read once).
+FAILURE_LUA = (Path(__file__).resolve().parent / "lua" / "breaker_failure.lua").read_text()
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
@@ -76,7 +55,7 @@ class Breakers:
         self._window_ms = int(window_seconds * 1000)
         self._cooldown = cooldown_seconds
         self._poll_seconds = poll_seconds
-        self._script = client.register_script(_FAILURE_LUA)
+        self._script = client.register_script(FAILURE_LUA)
         self._open: dict[str, float] = {}
         self._tasks: list[asyncio.Task[None]] = []
 

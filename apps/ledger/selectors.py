@@ -123,11 +123,14 @@ def ledger_totals(*, entries: QuerySet[LedgerEntry]) -> LedgerTotals:
     )
 
 
-LEDGER_EXPORT_COLUMNS: tuple[tuple[str, str], ...] = (
+# The ledger's CSV columns (header, field): the ledger page's export and the reports' ledger export alike.
+LEDGER_CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     ("request_id", "request_id"),
     ("created_at", "created_at"),
+    ("source", "source"),
     ("project", "project__slug"),
     ("key", "api_key__lookup_id"),
+    ("provider", "provider__name"),
     ("endpoint", "endpoint"),
     ("feature", "feature"),
     ("end_user", "end_user"),
@@ -152,11 +155,10 @@ def ledger_export_rows(
     *,
     entries: QuerySet[LedgerEntry],
     chunk_size: int = 2000,
-    columns: tuple[tuple[str, str], ...] = LEDGER_EXPORT_COLUMNS,
 ) -> Iterator[tuple[Any, ...]]:
     """A header, then one tuple per row, read in chunks so an export never holds the whole ledger."""
-    yield tuple(name for name, _ in columns)
-    fields = [field for _, field in columns]
+    yield tuple(name for name, _ in LEDGER_CSV_COLUMNS)
+    fields = [field for _, field in LEDGER_CSV_COLUMNS]
     yield from entries.values_list(*fields).iterator(chunk_size=chunk_size)
 
 

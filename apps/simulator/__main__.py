@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from apps.simulator.server import SimConfig, run
+from apps.simulator.asgi import run
+from apps.simulator.endpoints import SimConfig
 
 
 def main() -> None:

@@ -255,11 +255,11 @@ def _hard_budget(tenant: Tenant, amount: str) -> Any:
 
 def _worst_line_usd() -> Decimal:
     """One line of ``_jsonl`` at most: its prompt estimate and 40 output tokens at gpt-4o-mini's list price."""
-    from apps.batches.budget import worst_case
+    from apps.batches.services.reserve import line_worst_case
 
     body = json.loads(_jsonl(1).decode())["body"]
     prices = {"input_per_mtok": Decimal("0.15"), "output_per_mtok": Decimal("0.60")}
-    usd, _ = worst_case("chat.completions", body, model="gpt-4o-mini", **prices)
+    usd, _ = line_worst_case("chat.completions", body, model="gpt-4o-mini", **prices)
     return usd
 
 

@@ -491,7 +491,8 @@ def test_csv_export_streams_header_and_filtered_rows(client: Client, people: Peo
     assert response["Content-Type"].startswith("text/csv")
     rows = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
     header, body = rows[0], rows[1:]
-    assert header[:4] == ["request_id", "created_at", "project", "key"] and "cost_usd" in header
+    # One column list for every ledger export (the reports' order: source and provider included).
+    assert header[:5] == ["request_id", "created_at", "source", "project", "key"] and "cost_usd" in header
     assert sorted(row[0] for row in body) == ["keep-1", "keep-2"]
     by_id = {row[0]: dict(zip(header, row, strict=True)) for row in body}
     assert Decimal(by_id["keep-1"]["cost_usd"]) == Decimal("0.000111")

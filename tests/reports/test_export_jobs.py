@@ -110,7 +110,7 @@ def test_job_failure_is_recorded_and_leaves_no_file(
     def broken(**_kwargs: object) -> object:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(services, "export_rows", broken)
+    monkeypatch.setattr(services.exports, "export_rows", broken)
     job = services.export_job_run(job=job)
     assert job.status == ExportStatus.FAILED and "disk on fire" in job.error
     assert list(tmp_path.iterdir()) == []

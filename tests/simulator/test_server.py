@@ -15,7 +15,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from apps.simulator.server import count_tokens, tokenize
+from apps.simulator.generation import count_tokens, tokenize
 
 pytestmark = pytest.mark.live
 

@@ -6,7 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from apps.simulator.server import SimConfig, run
+from apps.simulator.asgi import run
+from apps.simulator.endpoints import SimConfig
 
 
 class Command(BaseCommand):

@@ -13,22 +13,28 @@ keeps its share of the provider's limits.
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
 
+from apps.batches.models import Batch, BatchLine
 from apps.budgets.models import Budget
 from apps.core.errors import GatewayError
 from apps.core.pricing import MTOK, token_cost
-from apps.core.request import attribution, model_worst_case
+from apps.core.request import ENDPOINT_PATHS, attribution, model_worst_case
 from apps.core.snapshot import BudgetPolicy
 from apps.enforcement.fastredis import FastRedis
 from apps.enforcement.limiter import Admission, Limiter
 from apps.policy.build import budget_policies
+
+logger = logging.getLogger(__name__)
 
 
 class BatchBudgets:
@@ -63,7 +69,7 @@ class BatchBudgets:
         return bool(self._budgets)
 
 
-def worst_case(
+def line_worst_case(
     endpoint: str, body: dict[str, Any], *, model: str, input_per_mtok: Decimal, output_per_mtok: Decimal
 ) -> tuple[Decimal, int]:
     """The most a (validated) line can cost (USD) and use (tokens) at these prices: the live rule."""
@@ -85,7 +91,7 @@ def worst_case(
 
 
 @asynccontextmanager
-async def limiter() -> AsyncIterator[Limiter]:
+async def batch_limiter() -> AsyncIterator[Limiter]:
     """The gateway's limiter on its own Redis connection, for one batch step."""
     redis = FastRedis(settings.REDIS_URL, command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS)
     try:
@@ -96,7 +102,7 @@ async def limiter() -> AsyncIterator[Limiter]:
         await redis.close()
 
 
-async def reserve(
+async def reserve_on(
     limit: Limiter, *, request_id: str, budgets: list[BudgetPolicy], usd: Decimal, tokens_: int
 ) -> Admission | dict[str, Any]:
     """Reserve on ``budgets``; the OpenAI-shaped error body when a hard budget has no room."""
@@ -125,3 +131,66 @@ def admission_from(state: dict[str, Any]) -> Admission:
         budget_keys=list(state["budget_keys"]),
         budget_reserved=[int(n) for n in state["budget_reserved"]],
     )
+
+
+def batch_budgets(batch: Batch) -> BatchBudgets:
+    project = batch.project
+    return BatchBudgets(
+        organization_id=project.organization_id, project_id=project.pk, team_id=project.team_id, key=batch.api_key
+    )
+
+
+def reserve_whole(
+    batch: Batch, lines: list[BatchLine], prices: Callable[[BatchLine], tuple[Decimal, Decimal, str]]
+) -> bool:
+    """Reserve the worst case of all ``lines`` at once (provider or vLLM backends); False when a hard budget
+    has no room for it. The reservation is kept on the batch and settled by ``_settle_whole``."""
+    budgets = batch_budgets(batch)
+    if not budgets.any:
+        return True
+    total, tokens_total, applying = Decimal(0), 0, {}
+    for line in lines:
+        input_per_mtok, output_per_mtok, model = prices(line)
+        usd, tokens_ = line_worst_case(
+            ENDPOINT_PATHS[batch.endpoint], line.body, model=model, input_per_mtok=input_per_mtok,
+            output_per_mtok=output_per_mtok,
+        )  # fmt: skip
+        total, tokens_total = total + usd, tokens_total + tokens_
+        applying.update({b.id: b for b in budgets.applying(line.body)})
+    if not applying:
+        return True
+
+    async def run() -> Any:
+        async with batch_limiter() as limit:
+            return await reserve_on(
+                limit, request_id=batch.pk, budgets=list(applying.values()), usd=total, tokens_=tokens_total
+            )
+
+    reserved = asyncio.run(run())
+    if isinstance(reserved, dict):
+        return False
+    Batch.objects.filter(pk=batch.pk).update(reservation=admission_state(reserved))
+    batch.reservation = admission_state(reserved)
+    return True
+
+
+def settle_whole(batch_id: str) -> None:
+    """Settle a whole-batch reservation to what its lines really cost (once)."""
+    with transaction.atomic():
+        batch = Batch.objects.select_for_update(of=("self",)).get(pk=batch_id)
+        state, batch.reservation = batch.reservation, None
+        if not state:
+            return
+        batch.save(update_fields=["reservation"])
+        spent = sum(BatchLine.objects.filter(batch=batch).values_list("cost", flat=True), Decimal(0))
+    settle_state(state, spent)
+
+
+def settle_state(state: dict[str, Any], spent: Decimal) -> None:
+    """Settle a whole-batch reservation (as kept on the batch) to ``spent``."""
+
+    async def run() -> None:
+        async with batch_limiter() as limit:
+            await limit.settle(admission_from(state), actual_usd=spent, actual_tokens=0)
+
+    asyncio.run(run())

@@ -1,4 +1,4 @@
-"""Writes for finance: importing OpenAI usage exports into the ledger, and running export jobs.
+"""Importing OpenAI usage and cost exports into the ledger.
 
 Accepted import files (UTF-8 CSV, format detected from the header row):
 
@@ -39,32 +39,31 @@ import datetime as dt
 import hashlib
 import io
 import logging
-import os
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
-from django.conf import settings
-from django.contrib.auth.models import User
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from apps.core.pricing import MTOK, token_cost
 from apps.ledger.models import LedgerEntry, Source
 from apps.ledger.services import rollups_refresh
 from apps.providers.models import Provider, ProviderKind
-from apps.reports.models import ExportJob, ExportKind, ExportStatus
-from apps.reports.selectors import ExportQuery, PriceBook, export_rows
+from apps.providers.selectors import PriceBook
 from apps.tenancy.models import Organization, Project
-from costcontrol.spreadsheet import csv_lines
 
 logger = logging.getLogger(__name__)
 
+
 MAX_IMPORT_ROWS = 200_000
+
+
 MAX_TOKENS = 2**31 - 1  # the ledger's token columns are 32-bit
+
+
 EARLIEST = dt.datetime(2015, 1, 1, tzinfo=dt.UTC)
+
 
 _ALIASES: dict[str, tuple[str, ...]] = {
     "time": ("start_time", "start_time_iso", "date", "day", "bucket_start"),
@@ -81,6 +80,8 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "currency": ("amount.currency", "amount_currency", "currency"),
     "line_item": ("line_item",),
 }
+
+
 # Columns that say nothing about which bucket a row is: its measures and the time columns (the
 # parsed bucket start stands for them). Every other column is part of the row's identity.
 _NOT_IDENTITY = frozenset(
@@ -450,115 +451,3 @@ def _entry_from_row(
         status_code=200,
         route="; ".join(details)[:300],
     )
-
-
-# Export jobs --------------------------------------------------------------------------------------
-
-PROGRESS_EVERY = 1000
-EXPORT_KEEP = dt.timedelta(days=7)
-
-
-def export_dir() -> Path:
-    return Path(getattr(settings, "REPORTS_EXPORT_DIR", settings.BASE_DIR / "var" / "exports"))
-
-
-def export_keep() -> dt.timedelta:
-    """How long an export job and its file are kept after it finished."""
-    keep: dt.timedelta = getattr(settings, "REPORTS_EXPORT_KEEP", EXPORT_KEEP)
-    return keep
-
-
-def export_job_path(job: ExportJob) -> Path:
-    return export_dir() / Path(job.file_name).name
-
-
-def export_job_create(
-    *, user: User, organization: Organization, kind: str, query: ExportQuery, enqueue: bool = True
-) -> ExportJob:
-    """Record an export and hand it to a worker once the row is committed."""
-    job = ExportJob(organization=organization, requested_by=user, kind=kind, params=query.to_params())
-    job.full_clean()
-    job.save()
-    if enqueue:
-        from apps.reports.tasks import export_job_run_task  # the task module imports this one
-
-        transaction.on_commit(lambda: export_job_run_task.delay(job.pk))
-    return job
-
-
-def export_job_run(*, job: ExportJob, progress_every: int = PROGRESS_EVERY) -> ExportJob:
-    """Write the job's CSV under the export directory, saving progress every ``progress_every`` rows.
-
-    Claims the job with an atomic update first, so a redelivered task never
-    runs it twice. The file is written beside its final name and renamed when
-    complete; a failure marks the job failed and leaves no partial file.
-    """
-    claimed = ExportJob.objects.filter(pk=job.pk, status=ExportStatus.PENDING).update(
-        status=ExportStatus.RUNNING, started_at=timezone.now()
-    )
-    job.refresh_from_db()
-    if not claimed:
-        return job
-    query = ExportQuery.from_params(job.params)
-    name = f"{job.pk}-{job.kind}-{job.organization.slug}-{query.since:%Y%m%d}-{query.until:%Y%m%d}.csv"
-    directory = export_dir()
-    directory.mkdir(parents=True, exist_ok=True)
-    final, partial = directory / name, directory / f"{name}.part"
-    try:
-        rows, sized = export_rows(kind=job.kind, user=job.requested_by, organization=job.organization, query=query)
-        estimate = sized.count() * (3 if job.kind == ExportKind.FOCUS else 1)
-        ExportJob.objects.filter(pk=job.pk).update(rows_total=estimate)
-        written = 0
-        with partial.open("w", newline="", encoding="utf-8") as handle:
-            lines = csv_lines(rows)
-            handle.write(next(lines))  # the header
-            for line in lines:
-                handle.write(line)
-                written += 1
-                if written % progress_every == 0:
-                    ExportJob.objects.filter(pk=job.pk).update(rows_written=written)
-        os.replace(partial, final)
-    except Exception as exc:
-        partial.unlink(missing_ok=True)
-        logger.exception("export job %s failed", job.pk)
-        ExportJob.objects.filter(pk=job.pk).update(
-            status=ExportStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now()
-        )
-        job.refresh_from_db()
-        return job
-    ExportJob.objects.filter(pk=job.pk).update(
-        status=ExportStatus.DONE,
-        file_name=name,
-        rows_written=written,
-        rows_total=written,
-        finished_at=timezone.now(),
-    )
-    job.refresh_from_db()
-    return job
-
-
-def export_jobs_expire(*, now: dt.datetime | None = None) -> int:
-    """Delete export jobs that finished more than ``export_keep()`` ago, with their files; returns how many.
-
-    Jobs that never finished (a worker that died) go once they are as old. Then
-    any file in the export directory that no job names and that is older than
-    the keep period goes too: ``.part`` files of a killed worker, files of jobs
-    deleted with their user or organisation. A file being written is minutes
-    old, so it is never touched. Safe to run concurrently and repeatedly.
-    """
-    cutoff = (now or timezone.now()) - export_keep()
-    expired = ExportJob.objects.filter(
-        Q(finished_at__lt=cutoff) | Q(finished_at__isnull=True, created_at__lt=cutoff)
-    ).values_list("pk", "file_name")
-    jobs = list(expired)
-    ExportJob.objects.filter(pk__in=[pk for pk, _ in jobs]).delete()
-    directory = export_dir()
-    for _, name in jobs:
-        if name:
-            (directory / Path(name).name).unlink(missing_ok=True)
-    if directory.is_dir():
-        named = set(ExportJob.objects.exclude(file_name="").values_list("file_name", flat=True))
-        for path in directory.iterdir():
-            if path.is_file() and path.name not in named and path.stat().st_mtime < cutoff.timestamp():
-                path.unlink(missing_ok=True)
-    return len(jobs)
