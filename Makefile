@@ -29,8 +29,9 @@ test: test-fast
 		echo "*** vLLM tier NOT RUN: $$((free_kb / 1048576)) GiB free here and var/vllm-venv needs ~3.4 GB"; \
 	fi
 
-# The main suite alone (about two minutes): the everyday loop.
+# The main suite alone (about two minutes): the everyday loop. The import contracts first (pyproject.toml).
 test-fast: install browser-deps
+	$(VENV)/bin/lint-imports
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -83,6 +84,7 @@ migrate: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy apps costcontrol

@@ -1,8 +1,19 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.apps import AppConfig
 
 
 class BudgetsConfig(AppConfig):
     name = "apps.budgets"
     label = "budgets"
+
+    def ready(self) -> None:
+        from apps.budgets.services import dead_letters_alert
+        from apps.ledger.consumer import entries_dead_lettered
+
+        def alert(*, organization_id: int, stream: str, count: int, error: str, day: Any, **_: Any) -> None:
+            dead_letters_alert(organization_id=organization_id, stream=stream, count=count, error=error, day=day)
+
+        entries_dead_lettered.connect(alert, dispatch_uid="budgets-dead-letters-alert", weak=False)

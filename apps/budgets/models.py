@@ -12,6 +12,7 @@ from django.db import models
 from django.db.models import Q
 
 from apps.providers import crypto
+from apps.tenancy.permissions import Placement, placement
 
 
 class BudgetScope(models.TextChoices):
@@ -98,6 +99,17 @@ class Budget(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def placement(self) -> Placement:
+        """Where the budget sits in the organisation chart: its team's, key's or project's place, else the
+        organisation's (``apps.tenancy.permissions``)."""
+        if self.scope == BudgetScope.TEAM and self.team is not None:
+            return placement(self.team)
+        if self.scope == BudgetScope.KEY and self.api_key is not None:
+            return placement(self.api_key.project)
+        if self.scope != BudgetScope.ORGANIZATION and self.project is not None:
+            return placement(self.project)
+        return Placement(organization_id=self.organization_id)
 
     def clean(self) -> None:
         required: dict[str, tuple[str, str | int | None]] = {
@@ -196,6 +208,14 @@ class Alert(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+    def placement(self) -> Placement:
+        """Where the alert sits: its project's or budget's place, else the organisation's."""
+        if self.project is not None:
+            return placement(self.project)
+        if self.budget is not None:
+            return self.budget.placement()
+        return Placement(organization_id=self.organization_id)
 
 
 class DeliveryStatus(models.TextChoices):

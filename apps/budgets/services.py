@@ -32,6 +32,7 @@ from apps.budgets.models import (
     RateLimit,
 )
 from apps.budgets.selectors import budget_ledger_filter, budget_spent_usd, budget_status
+from apps.core import names
 from apps.core.egress import url_origin
 from apps.core.periods import period_bounds
 from apps.keys.models import ApiKey
@@ -212,7 +213,7 @@ def dead_letters_alert(*, organization_id: int, stream: str, count: int, error: 
         title=f"Some {kind} events could not be stored ({day.isoformat()})",
         message=(
             "The ingest could not store some of this organisation's events; they are kept in the "
-            f"dead-letter stream {stream}:dead for an operator to inspect. Last error: {error[:300]}"
+            f"dead-letter stream {names.dead_letters(stream)} for an operator to inspect. Last error: {error[:300]}"
         ),
         link="/ledger/",
         data={"count": count, "stream": stream, "last_error": error[:300]},

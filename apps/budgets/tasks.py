@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from apps.budgets import services
+from apps.budgets import secrets, services
 from apps.budgets.models import AlertDelivery
 
 
@@ -43,3 +43,9 @@ def budget_periods_record_task() -> int:
 @shared_task(name="budgets.redeliver_alerts", time_limit=60, soft_time_limit=50)
 def alerts_redeliver_task() -> int:
     return services.alerts_redeliver()
+
+
+# Named for the provider secrets it mostly checks (the name beat schedules already use).
+@shared_task(name="providers.check_secrets", time_limit=120, soft_time_limit=110)
+def secrets_check_task() -> int:
+    return secrets.secrets_alert_unreadable()

@@ -71,11 +71,8 @@ class Call:
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
 
-    def event(self, route: str | None = None) -> dict[str, Any]:
-        """The ledger event, every field fitted to its column (one bad value must not stop the ingest).
-
-        ``route`` is the decision's text when the caller already rendered it (for ``X-Route``).
-        """
+    def event(self) -> dict[str, Any]:
+        """The ledger event, every field fitted to its column (one bad value must not stop the ingest)."""
         decision = self.decision
         return ledger_event_clean(
             {
@@ -102,7 +99,7 @@ class Call:
                 "error_code": self.error_code,
                 "streamed": self.streamed,
                 "cache_hit": decision.cache_hit,
-                "route": decision.text() if route is None else route,
+                "route": decision.text(),
                 "decision": decision.as_json(),
                 "route_rule_id": decision.rule_id,
                 "possibly_billed": self.possibly_billed,

@@ -7,6 +7,7 @@ from django.db import models
 from django.utils import timezone
 
 from apps.core.apikeys import KEY_PREFIX
+from apps.tenancy.permissions import Placement, placement, with_creator
 
 
 class ApiKey(models.Model):
@@ -34,6 +35,10 @@ class ApiKey(models.Model):
     def is_active(self) -> bool:
         now = timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def placement(self) -> Placement:
+        """Where the key sits in the organisation chart: its project's place, and who issued it."""
+        return with_creator(placement(self.project), self.created_by_id)
 
     def revoke(self) -> None:
         if self.revoked_at is None:

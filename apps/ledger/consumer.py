@@ -19,9 +19,12 @@ from typing import Any, TypeVar
 
 import orjson
 from django.db import DataError, IntegrityError, close_old_connections, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
+from apps.core import names
 from apps.core.events import clean_id
+from apps.tenancy.models import Project
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,11 @@ ENTRY_ERRORS: tuple[type[Exception], ...] = (DataError, IntegrityError, ValueErr
 
 # (entry id, fields as read, why it could not be stored)
 DeadLetter = tuple[bytes, dict[Any, Any], str]
+
+# Sent once per organisation whose entries a batch dead-lettered, with ``organization_id``, ``stream``,
+# ``count``, ``error`` (the last one) and ``day``: the alerts app (apps.budgets) tells the organisation.
+# A signal, because alerts build on the ledger, not the other way round.
+entries_dead_lettered = Signal()
 
 
 def consume_until_stopped(step: Callable[[int], int], *, once: bool, block_ms: int) -> int:
@@ -80,21 +88,20 @@ def store_or_bisect(items: Sequence[T], insert: Callable[[Sequence[T]], object])
 
 
 def dead_letters_report(*, stream: str, dead: Sequence[DeadLetter], field: bytes) -> None:
-    """Log each dead letter and raise (or add to) one alert per organisation and day.
+    """Log each dead letter and announce them once per organisation (``entries_dead_lettered``: an alert).
 
     The organisation comes from the entry's ``organization_id``, else its project's; an entry
     too broken to name either is only logged (and kept in the dead-letter stream).
     """
     if not dead:
         return
-    from apps.budgets.services import dead_letters_alert
-    from apps.tenancy.models import Project
-
     orgs: Counter[int] = Counter()
     errors: dict[int, str] = {}
     projects: dict[int, list[str]] = {}
     for entry_id, fields, error in dead:
-        logger.error("%s entry %r could not be stored (%s); moved to %s:dead", stream, entry_id, error, stream)
+        logger.error(
+            "%s entry %r could not be stored (%s); moved to %s", stream, entry_id, error, names.dead_letters(stream)
+        )
         event = _event(fields, field)
         org_id, project_id = clean_id(event.get("organization_id")), clean_id(event.get("project_id"))
         if org_id is not None:
@@ -106,8 +113,13 @@ def dead_letters_report(*, stream: str, dead: Sequence[DeadLetter], field: bytes
         orgs[org_id] += len(projects[project_id])
         errors[org_id] = projects[project_id][-1]
     for org_id, count in orgs.items():
-        dead_letters_alert(
-            organization_id=org_id, stream=stream, count=count, error=errors[org_id], day=timezone.now().date()
+        entries_dead_lettered.send(
+            sender=dead_letters_report,
+            organization_id=org_id,
+            stream=stream,
+            count=count,
+            error=errors[org_id],
+            day=timezone.now().date(),
         )
 
 

@@ -3,8 +3,10 @@
 One registry: ``POLICY_MODELS`` lists every model the snapshot is built from
 (``apps.policy.build``). A save or delete of any of them announces a change on
 commit (``post_save``/``post_delete``, connected when the app is ready); each
-gateway then rebuilds its snapshot. Writes that send no signal (``bulk_create``,
-``QuerySet.update``) must call ``policy_changed()`` themselves.
+gateway then rebuilds its snapshot. A write that sends no signal (``bulk_create``,
+``QuerySet.update``) is announced by a registered row saved in the same
+transaction (a rule's targets by the rule), or by ``policy_changed()`` where
+the writer may import this app.
 """
 
 from __future__ import annotations

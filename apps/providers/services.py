@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from apps.core.catalog import CATALOG_EFFECTIVE_FROM, OPENAI_PRICES
 from apps.core.egress import url_origin
-from apps.providers import crypto
 from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
 from apps.tenancy.models import Organization, Project
 from costcontrol.egress import egress_check
@@ -126,82 +122,3 @@ def alias_set(*, project: Project, alias: str, provider: Provider, model: str) -
     )
     entry.full_clean()
     return entry
-
-
-# --- secrets at rest ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SecretRow:
-    """One stored secret that no configured key decrypts."""
-
-    kind: str  # "provider" | "channel"
-    id: int
-    organization_id: int
-    name: str
-    token: str  # the stored ciphertext
-
-
-def _secret_rows() -> list[Any]:
-    from apps.budgets.models import NotificationChannel
-
-    return [
-        *Provider.objects.exclude(secret_encrypted="").only("id", "organization_id", "name", "secret_encrypted"),
-        *NotificationChannel.objects.exclude(secret_encrypted="").only(
-            "id", "organization_id", "name", "secret_encrypted"
-        ),
-    ]
-
-
-def _row(obj: Any) -> SecretRow:
-    kind = "provider" if isinstance(obj, Provider) else "channel"
-    return SecretRow(kind, obj.id, obj.organization_id, obj.name, obj.secret_encrypted)
-
-
-def secrets_reencrypt() -> tuple[int, list[SecretRow]]:
-    """Re-encrypt every stored secret with the first key; returns (re-encrypted, undecryptable rows)."""
-    done, failed = 0, []
-    for obj in _secret_rows():
-        try:
-            token = crypto.reencrypt(obj.secret_encrypted)
-        except crypto.InvalidToken:
-            failed.append(_row(obj))
-            continue
-        type(obj).objects.filter(pk=obj.pk, secret_encrypted=obj.secret_encrypted).update(secret_encrypted=token)
-        done += 1
-    return done, failed
-
-
-def secrets_unreadable() -> list[SecretRow]:
-    """Stored secrets that no configured key decrypts (the gateway leaves such providers out)."""
-    failed = []
-    for obj in _secret_rows():
-        try:
-            crypto.decrypt(obj.secret_encrypted)
-        except crypto.InvalidToken:
-            failed.append(_row(obj))
-    return failed
-
-
-def secrets_alert_unreadable() -> int:
-    """Raise one alert per undecryptable secret (once per stored value); returns alerts raised."""
-    from apps.budgets.models import AlertKind
-    from apps.budgets.services import alert_raise
-
-    raised = 0
-    for row in secrets_unreadable():
-        noun = "Provider" if row.kind == "provider" else "Channel"
-        _alert, new = alert_raise(
-            organization_id=row.organization_id,
-            kind=AlertKind.SECRET_UNREADABLE,
-            dedup_key=f"secret:{row.kind}:{row.id}:{hashlib.sha256(row.token.encode()).hexdigest()[:16]}",
-            title=f"{noun} “{row.name}”: its stored secret cannot be decrypted",
-            message=(
-                f"None of the keys in COSTCONTROL_ENCRYPTION_KEYS decrypts the secret of {noun.lower()} “{row.name}”"
-                + (", so the gateway has stopped sending requests to it." if row.kind == "provider" else ".")
-                + " Enter the secret again, or put the key it was encrypted with back in the key list."
-            ),
-            data={"kind": row.kind, "id": row.id},
-        )
-        raised += int(new)
-    return raised

@@ -136,9 +136,9 @@ def rule_save(
     ]
     for row in rows:
         row.full_clean()
+    # bulk_create sends no signal; the rule's own save above announces the change (apps.policy.announce),
+    # and the announcement goes out when this transaction commits, targets included.
     RuleTarget.objects.bulk_create(rows)
-    # bulk_create sends no post_save: announce the new targets to the gateways through the rule.
-    rule.save(update_fields=["updated_at"])
     return rule
 
 

@@ -88,11 +88,12 @@ class Placement:
 
 
 def placement(obj: Any) -> Placement:
-    """Where ``obj`` sits in the organisation chart (see the module docstring)."""
-    # Imported here: these apps import tenancy, not the other way round.
-    from apps.budgets.models import Alert, Budget, BudgetScope
-    from apps.keys.models import ApiKey
+    """Where ``obj`` sits in the organisation chart (see the module docstring).
 
+    Objects of other apps whose place is not simply their project's or organisation's (keys, budgets,
+    alerts) say where they sit themselves, with a ``placement()`` method: those apps build on
+    tenancy, never the other way round.
+    """
     if isinstance(obj, Organization):
         return Placement(organization_id=obj.pk)
     if isinstance(obj, Team):
@@ -104,22 +105,9 @@ def placement(obj: Any) -> Placement:
             project_level=True,
             teamless_project=obj.team_id is None,
         )
-    if isinstance(obj, ApiKey):
-        return _with_creator(placement(obj.project), obj.created_by_id)
-    if isinstance(obj, Budget):
-        if obj.scope == BudgetScope.TEAM and obj.team is not None:
-            return placement(obj.team)
-        if obj.scope == BudgetScope.KEY and obj.api_key is not None:
-            return placement(obj.api_key.project)
-        if obj.scope != BudgetScope.ORGANIZATION and obj.project is not None:
-            return placement(obj.project)
-        return Placement(organization_id=obj.organization_id)
-    if isinstance(obj, Alert):
-        if obj.project is not None:
-            return placement(obj.project)
-        if obj.budget is not None:
-            return placement(obj.budget)
-        return Placement(organization_id=obj.organization_id)
+    own = getattr(obj, "placement", None)
+    if callable(own):
+        return own()
     project = getattr(obj, "project", None)
     if isinstance(project, Project):  # rate limits, routing rules, cache policies and entries, batches
         return placement(project)
@@ -132,7 +120,7 @@ def placement(obj: Any) -> Placement:
     raise TypeError(f"no placement for {type(obj).__name__}")
 
 
-def _with_creator(place: Placement, created_by_id: int | None) -> Placement:
+def with_creator(place: Placement, created_by_id: int | None) -> Placement:
     return Placement(
         organization_id=place.organization_id,
         team_id=place.team_id,

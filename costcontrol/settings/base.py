@@ -220,7 +220,7 @@ GATEWAY_LIMITS_FAIL_OPEN = env_bool("GATEWAY_LIMITS_FAIL_OPEN", False)
 # trip each (apps/enforcement/leases.py); off: every request runs the admission script.
 GATEWAY_LIMIT_LEASES = env_bool("GATEWAY_LIMIT_LEASES", True)
 # Output tokens a budget reserves for a model whose output limit the price catalogue does not know
-# (apps/providers/catalog.py MAX_OUTPUT_TOKENS) and a request that sets no max_tokens. It must be at
+# (apps/core/catalog.py MAX_OUTPUT_TOKENS) and a request that sets no max_tokens. It must be at
 # least what such a model can generate, or a hard budget could be overspent; lower max_tokens lowers it.
 GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS = env_int("GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS", 128_000)
 # Seconds a per-request Redis command (limits, ledger, cache) may take before the request gets

@@ -14,10 +14,11 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.budgets.models import Alert, AlertKind, ChannelKind, NotificationChannel
+from apps.budgets.secrets import secrets_alert_unreadable
 from apps.budgets.services import channel_create
 from apps.policy.build import build_snapshot
 from apps.providers.models import Provider, ProviderKind
-from apps.providers.services import provider_create, secrets_alert_unreadable
+from apps.providers.services import provider_create
 from apps.tenancy.models import Role
 from tests.factories import People, login, member_make, tenant_make
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.providers.services import secrets_reencrypt
+from apps.budgets.secrets import secrets_reencrypt
 
 
 class Command(BaseCommand):
