@@ -59,3 +59,27 @@ def test_any_event_cleans_without_error(event: dict[str, Any]) -> None:
     assert "\x00" not in cleaned["feature"] + cleaned["end_user"] + cleaned["route"]
     shadow = shadow_event_clean(dict(event))
     assert "\x00" not in shadow["primary_text"] and Decimal(shadow["shadow_cost"]) >= 0
+
+
+def test_a_route_decision_keeps_only_known_fields_fitted_for_jsonb() -> None:
+    dirty = {
+        "kind": "alias",
+        "alias": "evil\x00\x1b[31m" + "a" * 500,
+        "rule_id": -4,
+        "retries": "lots",
+        "would_block": [3, "x", -1, 2**70, 9],
+        "tried": [{"model": "m\x00", "provider": None, "outcome": 503}, "not a target"],
+        "limits_unchecked": "yes",
+        "password": "leaked",
+    }
+    clean = ledger_event_clean({"decision": dirty})["decision"]
+    assert set(clean) == {"kind", "alias", "rule_id", "retries", "would_block", "tried", "limits_unchecked"}
+    assert "\x00" not in clean["alias"] and "\x1b" not in clean["alias"] and len(clean["alias"]) == 200
+    assert (clean["rule_id"], clean["retries"], clean["limits_unchecked"]) == (None, 0, False)
+    assert clean["would_block"] == [3, 9]
+    assert clean["tried"] == [{"model": "m", "provider": "", "outcome": "503"}]
+
+
+@pytest.mark.parametrize("garbage", [None, "direct", ["kind"], 7])
+def test_a_decision_that_is_not_an_object_is_none(garbage: Any) -> None:
+    assert ledger_event_clean({"decision": garbage})["decision"] is None
