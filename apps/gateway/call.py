@@ -6,15 +6,13 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apps.core.events import ledger_event_clean
 from apps.core.route import RouteDecision
 from apps.core.snapshot import KeyPolicy
-
-if TYPE_CHECKING:
-    from apps.enforcement.limiter import Admission
-    from apps.gateway.stages.cache import CacheRequest
+from apps.enforcement.limiter import Admission
+from apps.gateway.response_cache import CacheRequest
 
 ZERO = Decimal(0)
 

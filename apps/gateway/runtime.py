@@ -27,8 +27,8 @@ from apps.enforcement.limiter import Limiter
 from apps.gateway.breaker import Breakers
 from apps.gateway.ledger_writer import LedgerWriter
 from apps.gateway.policy import PolicyStore
-from apps.gateway.stages.cache import ResponseCache
-from apps.gateway.stages.shadow import ShadowQueue
+from apps.gateway.response_cache import ResponseCache
+from apps.gateway.shadow_queue import ShadowQueue
 from costcontrol.egress import egress_policy
 
 

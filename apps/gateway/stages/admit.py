@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -19,10 +19,8 @@ from apps.core.request import WorstCase, model_worst_case
 from apps.core.snapshot import Snapshot
 from apps.enforcement.limiter import Admission
 from apps.gateway.call import ZERO, Call
+from apps.gateway.runtime import Runtime
 from apps.gateway.stages.plan import Plan, Target
-
-if TYPE_CHECKING:
-    from apps.gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

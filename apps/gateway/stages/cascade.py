@@ -10,7 +10,7 @@ become known labels.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apps.core import names
 from apps.core.errors import GatewayError
@@ -19,11 +19,9 @@ from apps.core.routing import CascadeView, confidence, normalize_text
 from apps.core.text import answer_text
 from apps.gateway.asgi import Send
 from apps.gateway.call import ZERO, Call
+from apps.gateway.runtime import Runtime
 from apps.gateway.stages import price, record, relay, shadow, upstream
 from apps.gateway.stages.plan import Plan
-
-if TYPE_CHECKING:
-    from apps.gateway.runtime import Runtime
 
 
 async def cascade(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict[str, Any]) -> bool:

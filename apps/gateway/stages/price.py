@@ -7,15 +7,13 @@ says ``unpriced``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apps.core.events import clean_count
 from apps.core.text import choice_text, completion_estimate
 from apps.gateway.call import Call
 from apps.gateway.stages.plan import Target
-
-if TYPE_CHECKING:
-    from apps.gateway.stages.relay import SseRelay
+from apps.gateway.stages.relay import SseRelay
 
 
 def believable(usage: Any) -> bool:

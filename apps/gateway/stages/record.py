@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apps.gateway.call import Call
-from apps.gateway.stages.cache import CacheHit
-
-if TYPE_CHECKING:
-    from apps.gateway.runtime import Runtime
+from apps.gateway.response_cache import CacheHit
+from apps.gateway.runtime import Runtime
 
 
 async def record(

@@ -1,166 +1,17 @@
-"""Shadow: a sampled copy of a request sent to a second model after the app has its answer.
+"""Shadow: after the app has its answer, offer a sampled copy of the request to the rule's shadow model.
 
-The app's request only pays for ``offer``: a ``put_nowait`` on a bounded queue
-(a full queue drops the sample and counts it; it never waits). Worker tasks
-call the shadow model, compare its answer with the one the app got (exact,
-normalized, embedding similarity) and write the comparison to the ledger
-stream as a ``shadow`` event; the ledger consumer stores it apart from ledger
-rows, so a shadow call is never billed to the app, never counts against its
-budgets and never reaches it.
+The offer never waits (``apps.gateway.shadow_queue``: a full queue drops the sample).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import aiohttp
-import orjson
-
-from apps.core.events import clean_count, shadow_event_clean
-from apps.core.pricing import PriceRow
-from apps.core.routing import normalize_text
-from apps.core.snapshot import ProviderTarget
-from apps.core.text import answer_text
 from apps.gateway.call import Call
+from apps.gateway.runtime import Runtime
+from apps.gateway.shadow_queue import ShadowJob
 from apps.gateway.stages.plan import Plan
 from apps.gateway.stages.upstream import upstream_headers, upstream_url
-
-if TYPE_CHECKING:
-    from apps.gateway.runtime import Runtime
-
-logger = logging.getLogger(__name__)
-
-# Answers longer than this are compared and stored by their first part only.
-MAX_TEXT = 4000
-
-
-@dataclass(slots=True)
-class ShadowJob:
-    request_id: str
-    rule_id: int
-    organization_id: int
-    project_id: int
-    url: str
-    headers: dict[str, str]
-    timeout: aiohttp.ClientTimeout
-    payload: dict[str, Any]
-    provider: ProviderTarget
-    price: PriceRow | None
-    primary_model: str
-    primary_text: str
-    primary_latency_ms: int
-    primary_cost: Decimal
-
-
-class ShadowQueue:
-    def __init__(
-        self,
-        http: aiohttp.ClientSession,
-        write: Callable[[dict[str, Any]], Awaitable[None]],
-        *,
-        size: int,
-        workers: int,
-    ) -> None:
-        self._http = http
-        self._write = write
-        self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=max(size, 1))
-        self._workers = max(workers, 1)
-        self._tasks: list[asyncio.Task[None]] = []
-        self.dropped = 0
-
-    def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work()) for _ in range(self._workers)]
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def offer(self, job: ShadowJob) -> None:
-        try:
-            self._queue.put_nowait(job)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            if self.dropped % 100 == 1:
-                logger.warning("shadow queue full; %d samples dropped so far", self.dropped)
-
-    async def _work(self) -> None:
-        while True:
-            job = await self._queue.get()
-            try:
-                await self._write(await self._compare(job))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("shadow request %s failed", job.request_id)
-
-    async def _compare(self, job: ShadowJob) -> dict[str, Any]:
-        started = time.perf_counter()
-        status, text, cost = 0, "", Decimal(0)
-        try:
-            async with self._http.post(
-                job.url, data=orjson.dumps(job.payload), headers=job.headers, timeout=job.timeout, allow_redirects=False
-            ) as resp:
-                status = resp.status
-                body = await resp.read()
-            data = orjson.loads(body) if status == 200 else None
-            if isinstance(data, dict):
-                text = answer_text(data)
-                usage = data.get("usage")
-                usage = usage if isinstance(usage, dict) else {}
-                details = usage.get("prompt_tokens_details")
-                if job.price is not None:
-                    cost = job.price.cost(
-                        prompt_tokens=clean_count(usage.get("prompt_tokens")),
-                        cached_tokens=clean_count(details.get("cached_tokens") if isinstance(details, dict) else 0),
-                        completion_tokens=clean_count(usage.get("completion_tokens")),
-                    )
-        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, AttributeError):
-            status = status or 504
-        latency_ms = int((time.perf_counter() - started) * 1000)
-        primary, shadow = job.primary_text[:MAX_TEXT], text[:MAX_TEXT]
-        answered = status == 200
-        similarity = await _similarity(primary, shadow) if answered and primary and shadow else None
-        return shadow_event_clean(
-            {
-                "kind": "shadow",
-                "request_id": job.request_id,
-                "created_at": time.time(),
-                "rule_id": job.rule_id,
-                "organization_id": job.organization_id,
-                "project_id": job.project_id,
-                "primary_model": job.primary_model,
-                "shadow_model": job.payload["model"],
-                "primary_latency_ms": job.primary_latency_ms,
-                "shadow_latency_ms": latency_ms,
-                "primary_cost": str(job.primary_cost),
-                "shadow_cost": str(cost),
-                "shadow_status": status,
-                "exact_match": answered and primary.strip() == shadow.strip(),
-                "normalized_match": answered and normalize_text(primary) == normalize_text(shadow),
-                "similarity": similarity,
-                "primary_text": primary,
-                "shadow_text": shadow,
-            }
-        )
-
-
-async def _similarity(a: str, b: str) -> float | None:
-    from apps.cache.embedding import local_embedder
-
-    loop = asyncio.get_running_loop()
-    try:
-        vectors = await loop.run_in_executor(None, local_embedder().embed, [a, b])
-    except Exception:
-        logger.exception("could not embed shadow answers")
-        return None
-    return round(float(vectors[0] @ vectors[1]), 4)
 
 
 def offer(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], primary_text: str) -> None:

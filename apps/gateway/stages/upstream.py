@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import orjson
@@ -23,11 +23,9 @@ from apps.core.route import ATTEMPT, Tried
 from apps.core.snapshot import ProviderTarget
 from apps.gateway.breaker import deployment
 from apps.gateway.call import ZERO, Call
+from apps.gateway.runtime import Runtime
 from apps.gateway.stages.admit import worst_case
 from apps.gateway.stages.plan import Target
-
-if TYPE_CHECKING:
-    from apps.gateway.runtime import Runtime
 
 # Upstream answers worth another try (same target after a backoff, then the next target).
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})

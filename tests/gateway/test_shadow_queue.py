@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 
 from apps.core.snapshot import ProviderTarget
-from apps.gateway.stages.shadow import ShadowJob, ShadowQueue
+from apps.gateway.shadow_queue import ShadowJob, ShadowQueue
 
 
 def _job(n: int) -> ShadowJob:
