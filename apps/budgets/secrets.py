@@ -8,6 +8,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import transaction
+
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record, audit_snapshot
 from apps.budgets.models import AlertKind, NotificationChannel
 from apps.budgets.services import alert_raise
 from apps.providers import crypto
@@ -48,7 +52,12 @@ def secrets_reencrypt() -> tuple[int, list[SecretRow]]:
         except crypto.InvalidToken:
             failed.append(_row(obj))
             continue
-        type(obj).objects.filter(pk=obj.pk, secret_encrypted=obj.secret_encrypted).update(secret_encrypted=token)
+        with transaction.atomic():
+            before = audit_snapshot(obj)
+            stored = type(obj).objects.filter(pk=obj.pk, secret_encrypted=obj.secret_encrypted)
+            if stored.update(secret_encrypted=token):
+                obj.secret_encrypted = token
+                audit_record(action=AuditAction.REENCRYPT, obj=obj, before=before, after=audit_snapshot(obj))
         done += 1
     return done, failed
 

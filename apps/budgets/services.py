@@ -18,6 +18,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record, audit_saved, audit_snapshot, audit_stored
 from apps.budgets.models import (
     Alert,
     AlertDelivery,
@@ -87,8 +89,45 @@ def budget_create(
         starts_at=starts_at,
     )
     budget.full_clean()
-    budget.save()
+    with transaction.atomic():
+        budget.save()
+        audit_record(action=AuditAction.CREATE, obj=budget, after=audit_snapshot(budget))
     return budget
+
+
+# What a budget update may change; the organisation never changes.
+BUDGET_FIELDS = frozenset(
+    {"name", "scope", "team", "project", "api_key", "feature", "end_user", "amount_usd", "period", "timezone",
+     "starts_at", "mode", "alert_thresholds", "is_active"}
+)  # fmt: skip
+
+
+@transaction.atomic
+def budget_update(*, budget: Budget, **changes: Any) -> Budget:
+    """Change some of a budget's fields (``BUDGET_FIELDS``), checked as a whole before saving."""
+    unknown = set(changes) - BUDGET_FIELDS
+    if unknown:
+        raise ValidationError(f"A budget has no changeable field {', '.join(sorted(unknown))}.")
+    before = audit_stored(budget)
+    for field, value in changes.items():
+        setattr(budget, field, value)
+    for ref in (budget.team, budget.project):
+        if ref is not None and ref.organization_id != budget.organization_id:
+            raise ValidationError("That team or project belongs to another organisation.")
+    if budget.api_key is not None and budget.api_key.project.organization_id != budget.organization_id:
+        raise ValidationError("That key belongs to another organisation.")
+    if "alert_thresholds" in changes:
+        budget.alert_thresholds = sorted(set(budget.alert_thresholds))
+    budget.full_clean()
+    budget.save()
+    audit_record(action=AuditAction.UPDATE, obj=budget, before=before, after=audit_snapshot(budget))
+    return budget
+
+
+@transaction.atomic
+def budget_delete(*, budget: Budget) -> None:
+    audit_record(action=AuditAction.DELETE, obj=budget, before=audit_snapshot(budget))
+    budget.delete()
 
 
 def rate_limit_set(
@@ -101,17 +140,17 @@ def rate_limit_set(
 ) -> RateLimit:
     if api_key is not None and api_key.project_id != project.id:
         raise ValidationError("That key belongs to another project.")
-    limit, _ = RateLimit.objects.update_or_create(
-        project=project,
-        api_key=api_key,
-        defaults={
-            "organization_id": project.organization_id,
-            "requests_per_minute": requests_per_minute,
-            "tokens_per_minute": tokens_per_minute,
-            "max_concurrent": max_concurrent,
-        },
-    )
-    limit.full_clean()
+    with transaction.atomic():
+        limit = RateLimit.objects.select_for_update().filter(project=project, api_key=api_key).first()
+        before = audit_stored(limit)
+        limit = limit or RateLimit(project=project, api_key=api_key)
+        limit.organization_id = project.organization_id
+        limit.requests_per_minute = requests_per_minute
+        limit.tokens_per_minute = tokens_per_minute
+        limit.max_concurrent = max_concurrent
+        limit.full_clean()
+        limit.save()
+        audit_saved(obj=limit, before=before)
     return limit
 
 
@@ -131,7 +170,9 @@ def channel_create(
     channel.secret = secret
     channel.full_clean()
     _check_channel_target(channel)
-    channel.save()
+    with transaction.atomic():
+        channel.save()
+        audit_record(action=AuditAction.CREATE, obj=channel, after=audit_snapshot(channel))
     return channel
 
 
@@ -144,6 +185,7 @@ def channel_update(
     one at another scheme, host or port without entering the secret again is refused.
     """
     target = target.strip()
+    before = audit_snapshot(channel)
     moved = target != channel.target
     if moved and secret is None and channel.has_secret and url_origin(target) != url_origin(channel.target):
         raise ValidationError({"secret": "The URL now points at another host: enter the signing secret again for it."})
@@ -153,7 +195,9 @@ def channel_update(
     channel.full_clean()
     if moved:
         _check_channel_target(channel)
-    channel.save()
+    with transaction.atomic():
+        channel.save()
+        audit_record(action=AuditAction.UPDATE, obj=channel, before=before, after=audit_snapshot(channel))
     return channel
 
 

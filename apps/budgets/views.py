@@ -93,8 +93,7 @@ def budget_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def budget_toggle(request: HttpRequest, pk: int) -> HttpResponse:
     budget = get_object_or_404(budgets_visible(user=request.user), pk=pk)
     require(request.user, Action.BUDGET_MANAGE, budget)
-    budget.is_active = not budget.is_active
-    budget.save(update_fields=["is_active"])
+    services.budget_update(budget=budget, is_active=not budget.is_active)
     messages.success(request, f"Budget '{budget.name}' {'enabled' if budget.is_active else 'paused'}.")
     return redirect("budgets:detail", pk=budget.pk)
 
@@ -106,7 +105,11 @@ def rate_limit_new(request: HttpRequest) -> HttpResponse:
     form = RateLimitForm(request.POST, user=signed_in_user(request))
     if not form.is_valid():
         return _page(request, limit_form=form, status=400)
-    services.rate_limit_set(**form.cleaned_data)
+    try:
+        services.rate_limit_set(**form.cleaned_data)
+    except DjangoValidationError as exc:
+        add_service_errors(form, exc)
+        return _page(request, limit_form=form, status=400)
     messages.success(request, "Rate limit saved.")
     return redirect("budgets:list")
 

@@ -16,6 +16,8 @@ from django.db import transaction
 from django.db.models import F, OrderBy
 from django.utils import timezone
 
+from apps.audit.models import AuditAction, ObjectType
+from apps.audit.services import audit_record, audit_saved, audit_snapshot, audit_stored
 from apps.cache.models import CacheEntry, CachePolicy, Eviction
 from apps.core import names
 from apps.core.events import BODY_FIELD, EVENT_FIELD, cache_event_clean, clean_count, clean_id
@@ -185,4 +187,32 @@ def cache_purge(*, client: redis.Redis, project: Project, namespace: str | None 
     entries = CacheEntry.objects.filter(project=project)
     if namespace is not None:
         entries = entries.filter(namespace=namespace)
-    return cache_entries_delete(client, list(entries.values_list("id", "project_id", "namespace", "exact_key")))
+    with transaction.atomic():
+        removed = cache_entries_delete(client, list(entries.values_list("id", "project_id", "namespace", "exact_key")))
+        audit_record(
+            action=AuditAction.PURGE,
+            obj=project,
+            object_type=ObjectType.CACHE_ENTRY,
+            object_repr=f"cache of {project.slug}",
+            after={"namespace": "(all)" if namespace is None else namespace, "entries_removed": removed},
+        )
+    return removed
+
+
+@transaction.atomic
+def cache_entry_delete(*, client: redis.Redis, entry: CacheEntry) -> None:
+    """Delete one cached answer (a miss from now on)."""
+    # Not the entry's text: what end users typed is not for every reader of the audit log.
+    label = f"cache entry {entry.pk} ({entry.model}, namespace '{entry.namespace}')"
+    audit_record(action=AuditAction.DELETE, obj=entry, before=audit_snapshot(entry), object_repr=label)
+    cache_entries_delete(client, [(entry.id, entry.project_id, entry.namespace, entry.exact_key)])
+
+
+@transaction.atomic
+def cache_policy_save(*, policy: CachePolicy) -> CachePolicy:
+    """Create or change a project's (or feature's) cache policy; gateways pick it up within a second."""
+    before = audit_stored(policy)
+    policy.full_clean()
+    policy.save()
+    audit_saved(obj=policy, before=before)
+    return policy

@@ -13,11 +13,12 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from apps.cache.forms import CachePolicyForm
 from apps.cache.models import CacheEntry, CachePolicy
 from apps.cache.selectors import cache_entries, cache_namespaces, cache_savings_by_day
-from apps.cache.services import cache_entries_delete, cache_purge
+from apps.cache.services import cache_entry_delete, cache_policy_save, cache_purge
 from apps.ledger.services import redis_client
 from apps.tenancy.models import Project
 from apps.tenancy.permissions import Action, can, require
 from apps.tenancy.selectors import projects_for
+from costcontrol.forms import add_service_errors
 
 
 def _project(request: HttpRequest, slug: str) -> Project:
@@ -40,9 +41,9 @@ def cache_page(request: HttpRequest, slug: str) -> HttpResponse:
         form = CachePolicyForm(request.POST, instance=policy or CachePolicy(project=project))
         if form.is_valid():
             try:
-                form.save()
+                cache_policy_save(policy=form.save(commit=False))
             except DjangoValidationError as exc:
-                form.add_error(None, exc)
+                add_service_errors(form, exc)
             else:
                 messages.success(request, "Cache policy saved; gateways use it within a second.")
                 return redirect("cache:project", slug=project.slug)
@@ -81,7 +82,7 @@ def entry_delete(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     project = _project(request, slug)
     require(request.user, Action.PROJECT_MANAGE, project)
     entry = get_object_or_404(CacheEntry, project=project, pk=pk)
-    cache_entries_delete(redis_client(), [(entry.id, entry.project_id, entry.namespace, entry.exact_key)])
+    cache_entry_delete(client=redis_client(), entry=entry)
     messages.success(request, "Entry deleted.")
     return redirect("cache:project", slug=project.slug)
 

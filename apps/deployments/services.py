@@ -25,6 +25,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record, audit_snapshot, audit_stored
 from apps.core.pricing import MTOK
 from apps.deployments import conf, vllm
 from apps.deployments.models import Deployment, DeploymentRun, DeploymentStatus
@@ -78,7 +80,9 @@ def deployment_create(
         egress_check(server_url(port=deployment.port))
     except ValidationError as exc:
         raise ValidationError({"port": exc.messages}) from None
-    deployment.save()
+    with transaction.atomic():
+        deployment.save()
+        audit_record(action=AuditAction.CREATE, obj=deployment, after=audit_snapshot(deployment))
     return deployment
 
 
@@ -102,11 +106,18 @@ def _request(*, deployment: Deployment, allowed: tuple[str, ...], status: str, t
         # A startable deployment has no process (pid is None): the host it last ran on no longer holds its port.
         changes.update(last_error="", health_failures=0, worker_host="")
     with transaction.atomic():
+        before = audit_stored(deployment)
         if not Deployment.objects.filter(pk=deployment.pk, status__in=allowed).update(**changes):
             raise DeploymentStateError(f"{deployment.name} is {deployment.get_status_display().lower()}")
+        deployment.refresh_from_db()
+        audit_record(
+            action=AuditAction.START if status == DeploymentStatus.STARTING else AuditAction.STOP,
+            obj=deployment,
+            before=before,
+            after=audit_snapshot(deployment),
+        )
         if enqueue:
             transaction.on_commit(lambda: task.delay(deployment.pk))
-    deployment.refresh_from_db()
     return deployment
 
 

@@ -8,6 +8,8 @@ from decimal import Decimal
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record, audit_saved, audit_snapshot, audit_stored
 from apps.core.catalog import CATALOG_EFFECTIVE_FROM, OPENAI_PRICES
 from apps.core.egress import url_origin
 from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
@@ -48,6 +50,11 @@ def provider_create(
                 )
                 for model, values in OPENAI_PRICES.items()
             )
+        audit_record(
+            action=AuditAction.CREATE,
+            obj=provider,
+            after=audit_snapshot(provider, catalogue_prices=len(OPENAI_PRICES) if seed_catalog else 0),
+        )
     return provider
 
 
@@ -66,6 +73,7 @@ def provider_update(*, provider: Provider, name: str, base_url: str, secret: str
     carry the old key to a host it was not given for. A changed URL passes the egress policy.
     """
     base_url = base_url.rstrip("/")
+    before = audit_snapshot(provider)
     moved = base_url != provider.base_url
     if moved and secret is None and provider.has_secret and url_origin(base_url) != url_origin(provider.base_url):
         raise ValidationError(
@@ -82,7 +90,9 @@ def provider_update(*, provider: Provider, name: str, base_url: str, secret: str
     provider.full_clean()
     if moved:
         _check_egress(provider.base_url)
-    provider.save()
+    with transaction.atomic():
+        provider.save()
+        audit_record(action=AuditAction.UPDATE, obj=provider, before=before, after=audit_snapshot(provider))
     return provider
 
 
@@ -98,27 +108,41 @@ def price_set(
     effective_from: dt.date,
 ) -> Price:
     """Set the price of ``model`` from ``effective_from`` on; earlier ledger rows keep earlier prices."""
-    price, _ = Price.objects.update_or_create(
-        provider=provider,
-        model=model,
-        effective_from=effective_from,
-        defaults={
-            "input_per_mtok": input_per_mtok,
-            "output_per_mtok": output_per_mtok,
-            "cached_input_per_mtok": input_per_mtok if cached_input_per_mtok is None else cached_input_per_mtok,
-            "batch_input_per_mtok": input_per_mtok if batch_input_per_mtok is None else batch_input_per_mtok,
-            "batch_output_per_mtok": output_per_mtok if batch_output_per_mtok is None else batch_output_per_mtok,
-        },
-    )
-    price.full_clean()
+    with transaction.atomic():
+        price = (
+            Price.objects.select_for_update()
+            .filter(provider=provider, model=model, effective_from=effective_from)
+            .first()
+        )
+        before = audit_stored(price)
+        price = price or Price(provider=provider, model=model, effective_from=effective_from)
+        price.input_per_mtok = input_per_mtok
+        price.output_per_mtok = output_per_mtok
+        price.cached_input_per_mtok = input_per_mtok if cached_input_per_mtok is None else cached_input_per_mtok
+        price.batch_input_per_mtok = input_per_mtok if batch_input_per_mtok is None else batch_input_per_mtok
+        price.batch_output_per_mtok = output_per_mtok if batch_output_per_mtok is None else batch_output_per_mtok
+        price.full_clean()
+        price.save()
+        audit_saved(obj=price, before=before)
     return price
 
 
 def alias_set(*, project: Project, alias: str, provider: Provider, model: str) -> ModelAlias:
+    """Point ``alias`` at ``model`` on ``provider`` for ``project`` (creating or replacing it)."""
     if provider.organization_id != project.organization_id:
-        raise ValueError("the provider belongs to another organisation")
-    entry, _ = ModelAlias.objects.update_or_create(
-        project=project, alias=alias, defaults={"provider": provider, "model": model}
-    )
-    entry.full_clean()
+        raise ValidationError({"provider": "That provider belongs to another organisation."})
+    with transaction.atomic():
+        entry = ModelAlias.objects.select_for_update().filter(project=project, alias=alias).first()
+        before = audit_stored(entry)
+        entry = entry or ModelAlias(project=project, alias=alias)
+        entry.provider, entry.model = provider, model
+        entry.full_clean()
+        entry.save()
+        audit_saved(obj=entry, before=before)
     return entry
+
+
+@transaction.atomic
+def alias_delete(*, alias: ModelAlias) -> None:
+    audit_record(action=AuditAction.DELETE, obj=alias, before=audit_snapshot(alias))
+    alias.delete()

@@ -16,6 +16,8 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Max
 
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record, audit_saved, audit_snapshot
 from apps.core import names
 from apps.core.events import EVENT_FIELD, clean_id, shadow_event_clean
 from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
@@ -113,6 +115,7 @@ def rule_save(
     shadow: list[TargetSpec],
 ) -> RoutingRule:
     """Create a rule (appended after the project's last one) or update ``rule``, replacing its targets."""
+    before = None if rule is None else rule_snapshot(rule)
     current = rule or RoutingRule()  # fields not given (a partial update) keep the rule's values
     _check_targets(
         action=fields.get("action", current.action),
@@ -139,7 +142,21 @@ def rule_save(
     # bulk_create sends no signal; the rule's own save above announces the change (apps.policy.announce),
     # and the announcement goes out when this transaction commits, targets included.
     RuleTarget.objects.bulk_create(rows)
+    audit_saved(obj=rule, before=before, after=rule_snapshot(rule))
     return rule
+
+
+def rule_snapshot(rule: RoutingRule) -> dict[str, Any]:
+    """The rule's fields and its targets (as the lines people write), for the audit log."""
+    targets = list(rule.targets.select_related("provider").order_by("role", "position"))
+    return audit_snapshot(
+        rule,
+        **{name: targets_text([t for t in targets if t.role == role]) for name, role in TARGET_ROLES.items()},
+    )
+
+
+# A rule's targets by the name forms and the API give each role.
+TARGET_ROLES = {"primaries": TargetRole.PRIMARY, "fallbacks": TargetRole.FALLBACK, "shadow": TargetRole.SHADOW}
 
 
 @transaction.atomic
@@ -147,6 +164,7 @@ def rule_move(*, rule: RoutingRule, offset: int) -> None:
     """Move a rule up (-1) or down (+1) in its project's order, renumbering 0..n-1."""
     rules = list(RoutingRule.objects.select_for_update().filter(project_id=rule.project_id).order_by("position", "id"))
     index = next(i for i, r in enumerate(rules) if r.pk == rule.pk)
+    before = audit_snapshot(rules[index])
     other = index + offset
     if 0 <= other < len(rules):
         rules[index], rules[other] = rules[other], rules[index]
@@ -154,9 +172,13 @@ def rule_move(*, rule: RoutingRule, offset: int) -> None:
         if item.position != position:
             item.position = position
             item.save(update_fields=["position", "updated_at"])
+    moved = next(r for r in rules if r.pk == rule.pk)
+    audit_record(action=AuditAction.MOVE, obj=moved, before=before, after=audit_snapshot(moved))
 
 
+@transaction.atomic
 def rule_delete(*, rule: RoutingRule) -> None:
+    audit_record(action=AuditAction.DELETE, obj=rule, before=rule_snapshot(rule))
     rule.delete()
 
 

@@ -46,13 +46,14 @@ class Action(enum.StrEnum):
     BUDGET_VIEW = "budget.view"  # budgets and their alerts
     CACHE_CONTENT_VIEW = "cache.content.view"  # cached prompts and answers
     SECRET_VIEW = "secret.view"  # channel targets and provider URLs unmasked
+    AUDIT_VIEW = "audit.view"  # the audit log (and its CSV export)
     # Writes.
     PROJECT_CREATE = "project.create"  # object: the team it goes in, or the organisation for none
     PROJECT_MANAGE = "project.manage"  # aliases, default provider, rate limits, routing rules, cache
     KEY_ISSUE = "key.issue"
     KEY_REVOKE = "key.revoke"
     BUDGET_MANAGE = "budget.manage"  # create, change, pause
-    ORG_MANAGE = "org.manage"  # providers, prices, channels, deployments
+    ORG_MANAGE = "org.manage"  # providers, prices, channels, deployments, teams, members and their roles
     USAGE_IMPORT = "usage.import"  # object: the project it is booked to, or the organisation
 
 
@@ -65,6 +66,7 @@ MATRIX: dict[Action, dict[str, Reach]] = {
     Action.BUDGET_VIEW: {OWNER: Reach.ORG, LEAD: Reach.TEAM, DEV: Reach.TEAM, FIN: Reach.ORG},
     Action.CACHE_CONTENT_VIEW: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS},
     Action.SECRET_VIEW: {OWNER: Reach.ORG},
+    Action.AUDIT_VIEW: {OWNER: Reach.ORG, FIN: Reach.ORG},
     Action.PROJECT_CREATE: {OWNER: Reach.ORG, LEAD: Reach.TEAM},
     Action.PROJECT_MANAGE: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS},
     Action.KEY_ISSUE: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS, DEV: Reach.TEAM_PROJECTS},

@@ -7,9 +7,10 @@ from decimal import Decimal
 from django import template
 from django.contrib.auth.models import AnonymousUser, User
 
-from apps.dashboard.api import key_status as _key_status
+from apps.keys.api import key_status as _key_status
 from apps.keys.models import ApiKey
 from apps.tenancy.models import Organization
+from apps.tenancy.permissions import Action, can_anywhere
 from apps.tenancy.selectors import organizations_for
 
 register = template.Library()
@@ -32,6 +33,11 @@ def key_status(api_key: ApiKey) -> str:
 @register.simple_tag
 def nav_organizations(user: User | AnonymousUser) -> list[Organization]:
     return list(organizations_for(user=user))
+
+
+@register.simple_tag
+def may_read_audit(user: User | AnonymousUser) -> bool:
+    return can_anywhere(user, Action.AUDIT_VIEW)
 
 
 @register.filter

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.audit.context import audited_command
 from apps.budgets.secrets import secrets_reencrypt
 
 
@@ -16,6 +17,7 @@ class Command(BaseCommand):
         "none of the keys."
     )
 
+    @audited_command
     def handle(self, *args: Any, **options: Any) -> None:
         done, failed = secrets_reencrypt()
         self.stdout.write(f"re-encrypted {done} secret(s) with the first key")

@@ -12,6 +12,7 @@ from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from apps.audit.context import audited_command
 from apps.keys.services import key_issue
 from apps.providers.models import Provider, ProviderKind
 from apps.providers.services import alias_set, provider_create, provider_update
@@ -41,6 +42,7 @@ class Command(BaseCommand):
             "--upstream", default=None, help="Base URL of the provider (default: the simulated upstream)"
         )
 
+    @audited_command
     def handle(self, *args: Any, **options: Any) -> None:
         upstream = (options["upstream"] or settings.SIMULATED_UPSTREAM_URL).rstrip("/")
         with transaction.atomic():

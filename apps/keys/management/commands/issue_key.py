@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.audit.context import audited_command
 from apps.keys.services import key_issue
 from apps.tenancy.models import Project
 
@@ -25,6 +26,7 @@ class Command(BaseCommand):
             help="Restrict the key to this model (repeatable)",
         )
 
+    @audited_command
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             project = Project.objects.get(slug=options["project"])
