@@ -7,11 +7,13 @@ apps/tenancy/permissions.py), so another tenant's row, or another team's, is a
 
 from __future__ import annotations
 
+import copy
 from decimal import Decimal
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics, permissions, serializers
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
@@ -22,10 +24,10 @@ from apps.budgets import services
 from apps.budgets.models import Alert, Budget, NotificationChannel, RateLimit
 from apps.budgets.selectors import alerts_visible, budget_status, budgets_visible, channels_visible
 from apps.keys.models import ApiKey
-from apps.tenancy.drf import writes_need
+from apps.tenancy.drf import VisibleRelated, writes_need
 from apps.tenancy.models import Organization, Project, Team
 from apps.tenancy.permissions import Action, can, shown
-from apps.tenancy.selectors import organizations_for, projects_for
+from apps.tenancy.selectors import projects_for
 from costcontrol.forms import service_error_detail
 
 MICRO = Decimal("0.000001")
@@ -37,26 +39,11 @@ def _require(serializer: serializers.Serializer, action: Action, obj: Any) -> No
         raise PermissionDenied(f"Your role does not allow {action.value} here.")
 
 
-class _ScopedRelated(serializers.SlugRelatedField):
-    """A related field whose choices are limited to what the caller may see."""
-
-    def get_queryset(self) -> QuerySet[Any]:
-        user = self.context["request"].user
-        model = self.queryset.model
-        if model is Organization:
-            return organizations_for(user=user)
-        if model is Project:
-            return projects_for(user=user)
-        if model is Team:
-            return Team.objects.filter(organization__in=organizations_for(user=user))
-        return ApiKey.objects.filter(project__in=projects_for(user=user))
-
-
 class BudgetSerializer(serializers.ModelSerializer):
-    organization = _ScopedRelated(slug_field="slug", queryset=Organization.objects.all())
-    team = _ScopedRelated(slug_field="slug", queryset=Team.objects.all(), required=False, allow_null=True)
-    project = _ScopedRelated(slug_field="slug", queryset=Project.objects.all(), required=False, allow_null=True)
-    api_key = _ScopedRelated(slug_field="lookup_id", queryset=ApiKey.objects.all(), required=False, allow_null=True)
+    organization = VisibleRelated(slug_field="slug", queryset=Organization.objects.all())
+    team = VisibleRelated(slug_field="slug", queryset=Team.objects.all(), required=False, allow_null=True)
+    project = VisibleRelated(slug_field="slug", queryset=Project.objects.all(), required=False, allow_null=True)
+    api_key = VisibleRelated(slug_field="lookup_id", queryset=ApiKey.objects.all(), required=False, allow_null=True)
 
     class Meta:
         model = Budget
@@ -80,15 +67,15 @@ class BudgetSerializer(serializers.ModelSerializer):
 
     def update(self, instance: Budget, validated: dict[str, Any]) -> Budget:
         validated.pop("organization", None)  # a budget never moves between organisations
+        # Checked on the budget as it would be saved: e.g. a lead turning a project budget into a team one.
+        candidate = copy.copy(instance)
         for field, value in validated.items():
-            setattr(instance, field, value)
-        _require(self, Action.BUDGET_MANAGE, instance)  # e.g. a lead turning a project budget into a team one
+            setattr(candidate, field, value)
+        _require(self, Action.BUDGET_MANAGE, candidate)
         try:
-            instance.full_clean()
+            return services.budget_update(budget=instance, **validated)
         except DjangoValidationError as exc:
             raise serializers.ValidationError(service_error_detail(exc)) from None
-        instance.save()
-        return instance
 
 
 class BudgetList(generics.ListCreateAPIView):
@@ -106,8 +93,23 @@ class BudgetDetail(generics.RetrieveUpdateDestroyAPIView):
     def get_queryset(self) -> QuerySet[Budget]:
         return BudgetList.get_queryset(self)
 
+    def perform_destroy(self, instance: Budget) -> None:
+        services.budget_delete(budget=instance)
+
+
+class BudgetStatusSerializer(serializers.Serializer):
+    budget = serializers.IntegerField()
+    period_start = serializers.DateTimeField()
+    period_end = serializers.DateTimeField(allow_null=True)
+    amount_usd = serializers.DecimalField(max_digits=30, decimal_places=12)
+    spent_usd = serializers.DecimalField(max_digits=30, decimal_places=12)
+    percent_used = serializers.FloatField()
+    burn_usd_per_day = serializers.DecimalField(max_digits=30, decimal_places=6)
+    projected_usd = serializers.DecimalField(max_digits=30, decimal_places=6, allow_null=True)
+
 
 class BudgetStatusView(APIView):
+    @extend_schema(responses=BudgetStatusSerializer)
     def get(self, request: Request, pk: int) -> Response:
         budget = generics.get_object_or_404(budgets_visible(user=request.user), pk=pk)
         status = budget_status(budget=budget)
@@ -126,8 +128,8 @@ class BudgetStatusView(APIView):
 
 
 class RateLimitSerializer(serializers.ModelSerializer):
-    project = _ScopedRelated(slug_field="slug", queryset=Project.objects.all())
-    api_key = _ScopedRelated(slug_field="lookup_id", queryset=ApiKey.objects.all(), required=False, allow_null=True)
+    project = VisibleRelated(slug_field="slug", queryset=Project.objects.all())
+    api_key = VisibleRelated(slug_field="lookup_id", queryset=ApiKey.objects.all(), required=False, allow_null=True)
 
     class Meta:
         model = RateLimit
@@ -156,7 +158,7 @@ class RateLimitList(generics.ListCreateAPIView):
 
 
 class ChannelSerializer(serializers.ModelSerializer):
-    organization = _ScopedRelated(slug_field="slug", queryset=Organization.objects.all())
+    organization = VisibleRelated(slug_field="slug", queryset=Organization.objects.all())
     secret = serializers.CharField(write_only=True, required=False, allow_blank=True)
     has_secret = serializers.SerializerMethodField()
 

@@ -1,8 +1,6 @@
-"""DRF API for projects, keys, the ledger, spend series, providers and prices.
+"""DRF API for the ledger, the spend series the overview charts, and the caller's own API token.
 
-Querysets are scoped by ``projects_for`` / organisation membership, so another
-tenant's row is a 404. Finance may read everything of its organisation but
-never write (403). Writes go through services.
+Querysets are scoped by ``projects_for``, so another tenant's row is a 404 (or absent from a list).
 """
 
 from __future__ import annotations
@@ -11,18 +9,21 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from django.core.exceptions import ValidationError as DjangoValidationError
+from django.conf import settings
 from django.db.models import QuerySet
 from django.utils import timezone
-from django.utils.dateparse import parse_date, parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
+from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import ValidationError as ApiValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from apps.keys.models import ApiKey
-from apps.keys.services import key_issue, key_revoke
+from apps.dashboard.auth import token_expires_at, token_scope
+from apps.dashboard.models import TokenScope
+from apps.dashboard.services import api_token_revoke, api_token_rotate
 from apps.ledger.models import LedgerEntry
 from apps.ledger.selectors import (
     BUCKETS,
@@ -33,57 +34,14 @@ from apps.ledger.selectors import (
     savings_by_lever,
     spend_series,
 )
-from apps.providers.models import Price, Provider
-from apps.providers.selectors import prices_for, providers_for
+from apps.tenancy.drf import request_user
 from apps.tenancy.models import Project
-from apps.tenancy.permissions import Action, require, shown
 from apps.tenancy.selectors import projects_for
-from costcontrol.forms import service_error_detail
+from costcontrol.api import query_moment
 
-
-def key_status(api_key: ApiKey) -> str:
-    if api_key.revoked_at is not None:
-        return "revoked"
-    return "active" if api_key.is_active else "expired"
-
-
-class ProjectSerializer(serializers.ModelSerializer):
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    team = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    default_provider = serializers.PrimaryKeyRelatedField(read_only=True)
-
-    class Meta:
-        model = Project
-        fields = ["slug", "name", "organization", "team", "default_provider", "created_at"]
-
-
-class KeySerializer(serializers.ModelSerializer):
-    prefix = serializers.CharField(source="display_prefix", read_only=True)
-    status = serializers.SerializerMethodField()
-    project = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-
-    class Meta:
-        model = ApiKey
-        fields = [
-            "lookup_id", "prefix", "name", "project", "allowed_models", "default_feature",
-            "expires_at", "revoked_at", "created_at", "status",
-        ]  # fmt: skip
-        read_only_fields = fields
-
-    def get_status(self, obj: ApiKey) -> str:
-        return key_status(obj)
-
-
-class KeyIssueSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=200)
-    allowed_models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, default=list)
-    default_feature = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
-    expires_at = serializers.DateTimeField(required=False, allow_null=True, default=None)
-
-    def validate_expires_at(self, value: dt.datetime | None) -> dt.datetime | None:
-        if value is not None and value <= timezone.now():
-            raise serializers.ValidationError("The expiry must be in the future.")
-        return value
+_SINCE = OpenApiParameter("since", OpenApiTypes.DATETIME, description="ISO date or datetime (from)")
+_UNTIL = OpenApiParameter("until", OpenApiTypes.DATETIME, description="ISO date (inclusive) or datetime")
+_PROJECT = OpenApiParameter("project", str, description="Project slug")
 
 
 class LedgerEntrySerializer(serializers.ModelSerializer):
@@ -101,98 +59,16 @@ class LedgerEntrySerializer(serializers.ModelSerializer):
         ]  # fmt: skip
 
 
-class ProviderSerializer(serializers.ModelSerializer):
-    """Never the secret: only whether one is stored. The base URL is masked for all but owners."""
-
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    base_url = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Provider
-        fields = ["id", "organization", "name", "kind", "base_url", "is_active", "has_secret", "created_at"]
-
-    def get_base_url(self, obj: Provider) -> str:
-        return shown(self.context["request"].user, obj.base_url, obj)
-
-
-class PriceSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = Price
-        fields = [
-            "id", "provider", "model", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok",
-            "batch_input_per_mtok", "batch_output_per_mtok", "effective_from", "created_at",
-        ]  # fmt: skip
-
-
-class ProjectList(generics.ListAPIView):
-    serializer_class = ProjectSerializer
-
-    def get_queryset(self) -> QuerySet[Project]:
-        return projects_for(user=self.request.user)
-
-
-class ProjectDetail(generics.RetrieveAPIView):
-    serializer_class = ProjectSerializer
-    lookup_field = "slug"
-
-    def get_queryset(self) -> QuerySet[Project]:
-        return projects_for(user=self.request.user)
-
-
-class ProjectKeys(generics.ListAPIView):
-    """List a project's keys; POST issues one and returns its plaintext, this once."""
-
-    serializer_class = KeySerializer
-
-    def project(self) -> Project:
-        return generics.get_object_or_404(projects_for(user=self.request.user), slug=self.kwargs["slug"])
-
-    def get_queryset(self) -> QuerySet[ApiKey]:
-        return self.project().api_keys.select_related("project").order_by("-created_at")
-
-    def post(self, request: Request, slug: str) -> Response:
-        project = self.project()
-        require(request.user, Action.KEY_ISSUE, project)
-        payload = KeyIssueSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        try:
-            issued = key_issue(project=project, created_by=request.user, **payload.validated_data)
-        except DjangoValidationError as exc:
-            raise ApiValidationError(service_error_detail(exc)) from None
-        body = {**KeySerializer(issued.api_key).data, "key": issued.plaintext}
-        return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
-
-
-class KeyRevoke(APIView):
-    def post(self, request: Request, lookup_id: str) -> Response:
-        api_key = generics.get_object_or_404(
-            ApiKey.objects.filter(project__in=projects_for(user=request.user).values("pk")).select_related("project"),
-            lookup_id=lookup_id,
-        )
-        require(request.user, Action.KEY_REVOKE, api_key)
-        key_revoke(api_key=api_key)
-        return Response(KeySerializer(api_key).data)
-
-
-def _moment(value: str | None, *, name: str, end_of_day: bool = False) -> dt.datetime | None:
-    """An ISO datetime, or a date meaning its midnight (the next one for ``until``)."""
-    if not value:
-        return None
-    try:
-        # parse_datetime would read a bare date as its midnight, losing "until the end of that day".
-        day = parse_date(value)
-        moment = None if day is not None else parse_datetime(value)
-    except ValueError:
-        day = moment = None
-    if day is not None:
-        moment = dt.datetime.combine(day + dt.timedelta(days=1 if end_of_day else 0), dt.time.min)
-    if moment is None:
-        raise ApiValidationError({name: "Use an ISO date or datetime."})
-    if timezone.is_naive(moment):
-        moment = timezone.make_aware(moment)
-    return moment
-
-
+@extend_schema(
+    parameters=[
+        _PROJECT,
+        OpenApiParameter("model", str),
+        OpenApiParameter("feature", str),
+        OpenApiParameter("user", str, description="End user"),
+        _SINCE,
+        _UNTIL,
+    ]
+)
 class LedgerList(generics.ListAPIView):
     serializer_class = LedgerEntrySerializer
 
@@ -203,30 +79,10 @@ class LedgerList(generics.ListAPIView):
             model=params.get("model", ""),
             feature=params.get("feature", ""),
             end_user=params.get("user", ""),
-            since=_moment(params.get("since"), name="since"),
-            until=_moment(params.get("until"), name="until", end_of_day=True),
+            since=query_moment(params.get("since"), name="since"),
+            until=query_moment(params.get("until"), name="until", end_of_day=True),
         )
         return ledger_entries(user=self.request.user, filters=filters).select_related("project", "api_key")
-
-
-class ProviderList(generics.ListAPIView):
-    serializer_class = ProviderSerializer
-
-    def get_queryset(self) -> QuerySet[Provider]:
-        return providers_for(user=self.request.user)
-
-
-class PriceList(generics.ListAPIView):
-    serializer_class = PriceSerializer
-
-    def get_queryset(self) -> QuerySet[Price]:
-        prices = prices_for(user=self.request.user)
-        provider = self.request.query_params.get("provider")
-        if provider:
-            if not provider.isdigit():
-                raise ApiValidationError({"provider": "Give the provider's numeric id."})
-            prices = prices.filter(provider_id=int(provider))
-        return prices
 
 
 # Series: what the overview charts, for scripts. Read from the hourly roll-ups only.
@@ -246,10 +102,13 @@ def _series_scope(request: Request) -> tuple[Project | None, list[int], dt.datet
         ids = [project.pk]
     else:
         ids = list(visible.values_list("pk", flat=True))
-    until = _moment(params.get("until"), name="until", end_of_day=True)
+    until = query_moment(params.get("until"), name="until", end_of_day=True)
     if until is None:
         until = dt.datetime.combine(timezone.localdate() + dt.timedelta(days=1), dt.time.min, tzinfo=dt.UTC)
-    since = _moment(params.get("since"), name="since") or until - SERIES_DEFAULT_RANGE
+    try:
+        since = query_moment(params.get("since"), name="since") or until - SERIES_DEFAULT_RANGE
+    except OverflowError:  # a week before the year 1
+        raise ApiValidationError({"until": "Too early."}) from None
     if since >= until:
         raise ApiValidationError({"until": "Must be after since."})
     if until - since > SERIES_MAX_RANGE:
@@ -276,9 +135,75 @@ def _rate(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
+class _Window(serializers.Serializer):
+    project = serializers.CharField(allow_null=True)
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+
+
+class _Series(serializers.Serializer):
+    key = serializers.CharField()
+    label = serializers.CharField()
+    total = serializers.DecimalField(max_digits=30, decimal_places=12, coerce_to_string=True)
+    values = serializers.ListField(child=serializers.DecimalField(max_digits=30, decimal_places=12))
+
+
+class SpendSeriesSerializer(_Window):
+    group_by = serializers.ChoiceField(choices=list(GROUP_BY_FIELDS))
+    bucket = serializers.ChoiceField(choices=list(BUCKETS))
+    buckets = serializers.ListField(child=serializers.DateTimeField())
+    series = _Series(many=True)
+
+
+class _Lever(serializers.Serializer):
+    lever = serializers.CharField()
+    requests = serializers.IntegerField()
+    share = serializers.FloatField(allow_null=True)
+    cost = serializers.DecimalField(max_digits=30, decimal_places=12)
+    counterfactual_cost = serializers.DecimalField(max_digits=30, decimal_places=12)
+    savings = serializers.DecimalField(max_digits=30, decimal_places=12)
+
+
+class _Percentiles(serializers.Serializer):
+    p50 = serializers.FloatField(allow_null=True)
+    p95 = serializers.FloatField(allow_null=True)
+    mean = serializers.FloatField(allow_null=True)
+
+
+class _Ttft(_Percentiles):
+    count = serializers.IntegerField()
+
+
+class SummarySerializer(_Window):
+    requests = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    cache_hits = serializers.IntegerField()
+    cache_hit_rate = serializers.FloatField(allow_null=True)
+    prompt_tokens = serializers.IntegerField()
+    cached_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=30, decimal_places=12)
+    counterfactual_cost = serializers.DecimalField(max_digits=30, decimal_places=12)
+    savings = serializers.DecimalField(max_digits=30, decimal_places=12)
+    savings_by_lever = _Lever(many=True)
+    latency_ms = _Percentiles()
+    ttft_ms = _Ttft()
+
+
 class SeriesSpend(APIView):
     """Spend per hour or day, one series per model, feature, key or end user (the biggest few, then "other")."""
 
+    @extend_schema(
+        parameters=[
+            _PROJECT,
+            _SINCE,
+            _UNTIL,
+            OpenApiParameter("group_by", str, enum=list(GROUP_BY_FIELDS)),
+            OpenApiParameter("bucket", str, enum=list(BUCKETS)),
+            OpenApiParameter("limit", int, description="Series before the rest is 'other' (1-50, default 8)"),
+        ],
+        responses=SpendSeriesSerializer,
+    )
     def get(self, request: Request) -> Response:
         project, ids, since, until = _series_scope(request)
         group_by = _choice(request, "group_by", list(GROUP_BY_FIELDS), "model")
@@ -309,6 +234,7 @@ class SeriesSpend(APIView):
 class SeriesSummary(APIView):
     """Totals, savings by lever, latency and TTFT percentiles (estimated from histograms), cache hit rate."""
 
+    @extend_schema(parameters=[_PROJECT, _SINCE, _UNTIL], responses=SummarySerializer)
     def get(self, request: Request) -> Response:
         project, ids, since, until = _series_scope(request)
         summary = rollup_summary(project_ids=ids, since=since, until=until)
@@ -350,3 +276,59 @@ class SeriesSummary(APIView):
                 },
             }
         )
+
+
+# The caller's API token -------------------------------------------------------------------------------
+
+
+class TokenStateSerializer(serializers.Serializer):
+    prefix = serializers.CharField(help_text="The token's first characters")
+    scope = serializers.ChoiceField(choices=TokenScope.choices)
+    created = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+
+
+class NewTokenSerializer(TokenStateSerializer):
+    key = serializers.CharField(help_text="The token itself: shown in this answer only")
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    scope = serializers.ChoiceField(choices=TokenScope.choices)
+    lifetime_days = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, help_text="Default and most: API_TOKEN_LIFETIME_DAYS"
+    )
+
+
+def _token_state(token: Token) -> dict[str, Any]:
+    return {
+        "prefix": token.key[:6],
+        "scope": token_scope(token),
+        "created": token.created,
+        "expires_at": token_expires_at(token),
+    }
+
+
+class AccountToken(APIView):
+    """The caller's own API token: read its state, make a new one (replacing it), or revoke it."""
+
+    @extend_schema(responses=TokenStateSerializer)
+    def get(self, request: Request) -> Response:
+        token = generics.get_object_or_404(Token.objects.select_related("grant"), user=request_user(request))
+        return Response(TokenStateSerializer(_token_state(token)).data)
+
+    @extend_schema(request=TokenRequestSerializer, responses={201: NewTokenSerializer})
+    def post(self, request: Request) -> Response:
+        """A new token with this scope; the one in use stops working at once (a read token cannot do this)."""
+        payload = TokenRequestSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        days = payload.validated_data.get("lifetime_days")
+        if days is not None and days > settings.API_TOKEN_LIFETIME_DAYS:
+            raise ApiValidationError({"lifetime_days": f"At most {settings.API_TOKEN_LIFETIME_DAYS}."})
+        token = api_token_rotate(user=request_user(request), scope=payload.validated_data["scope"], lifetime_days=days)
+        body = NewTokenSerializer({**_token_state(token), "key": token.key}).data
+        return Response(body, status=status.HTTP_201_CREATED, headers={"Cache-Control": "no-store"})
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request) -> Response:
+        api_token_revoke(user=request_user(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)

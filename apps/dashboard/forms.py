@@ -10,6 +10,7 @@ from django import forms
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from apps.dashboard.models import TokenScope
 from apps.ledger.selectors import GROUP_BY_LABELS, LedgerFilters
 from apps.providers.models import MONEY as PRICE_MONEY
 from apps.providers.models import DecimalSpec, Provider, ProviderKind, validate_base_url
@@ -214,3 +215,15 @@ class OverviewForm(forms.Form):
         date_to: dt.date = data.get("date_to") or today
         date_from: dt.date = data.get("date_from") or date_to - dt.timedelta(days=OVERVIEW_DEFAULT_DAYS - 1)
         return date_from, date_to
+
+
+class ApiTokenForm(forms.Form):
+    """A new API token: what it may do, and (optionally) fewer days than the default lifetime."""
+
+    scope = forms.ChoiceField(choices=TokenScope.choices, initial=TokenScope.READ)
+
+    def __init__(self, *args: Any, max_days: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["lifetime_days"] = forms.IntegerField(
+            required=False, min_value=1, max_value=max_days, help_text=f"Leave blank for the longest: {max_days}."
+        )

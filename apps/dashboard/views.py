@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -25,9 +26,10 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from rest_framework.authtoken.models import Token
 
-from apps.dashboard.auth import token_expires_at
+from apps.dashboard.auth import token_expires_at, token_scope
 from apps.dashboard.forms import (
     AliasForm,
+    ApiTokenForm,
     DefaultProviderForm,
     KeyIssueForm,
     LedgerFilterForm,
@@ -473,23 +475,33 @@ def overview(request: HttpRequest) -> HttpResponse:
 def account_token(request: HttpRequest) -> HttpResponse:
     """The user's API token for /api/: created or replaced here, shown in full only in that response."""
     user = signed_in_user(request)
+    form = ApiTokenForm(max_days=settings.API_TOKEN_LIFETIME_DAYS)
+    status = 200
     if request.method == "POST":
         if request.POST.get("action") == "revoke":
             api_token_revoke(user=user)
             messages.success(request, "API token revoked.")
             return redirect("dashboard:account-token")
-        token = api_token_rotate(user=user)
-        response = render(request, "dashboard/account_token.html", {**_token_state(token), "plaintext": token.key})
-        response["Cache-Control"] = "no-store"
-        return response
-    token = Token.objects.filter(user=user).first()
-    return render(request, "dashboard/account_token.html", {**_token_state(token), "plaintext": None})
+        form = ApiTokenForm(request.POST, max_days=settings.API_TOKEN_LIFETIME_DAYS)
+        if form.is_valid():
+            token = api_token_rotate(
+                user=user, scope=form.cleaned_data["scope"], lifetime_days=form.cleaned_data["lifetime_days"]
+            )
+            context = {**_token_state(token), "plaintext": token.key, "form": form}
+            response = render(request, "dashboard/account_token.html", context)
+            response["Cache-Control"] = "no-store"
+            return response
+        status = 400
+    token = Token.objects.select_related("grant").filter(user=user).first()
+    context = {**_token_state(token), "plaintext": None, "form": form}
+    return render(request, "dashboard/account_token.html", context, status=status)
 
 
 def _token_state(token: Token | None) -> dict[str, Any]:
     expires_at = token_expires_at(token) if token is not None else None
     return {
         "token": token,
+        "scope": token_scope(token) if token is not None else None,
         "expires_at": expires_at,
         "expired": expires_at is not None and expires_at <= timezone.now(),
     }

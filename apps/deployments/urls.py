@@ -20,4 +20,8 @@ urlpatterns = [
     ),
     path("projects/<slug:slug>/break-even/", views.break_even_page, name="break-even"),
     path("api/projects/<slug:slug>/break-even/", api.BreakEvenView.as_view(), name="api-break-even"),
+    path("api/deployments/", api.DeploymentList.as_view(), name="api-deployments"),
+    path("api/deployments/<int:pk>/", api.DeploymentDetail.as_view(), name="api-deployment"),
+    path("api/deployments/<int:pk>/start/", api.DeploymentAction.as_view(action="start"), name="api-deployment-start"),
+    path("api/deployments/<int:pk>/stop/", api.DeploymentAction.as_view(action="stop"), name="api-deployment-stop"),
 ]

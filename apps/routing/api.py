@@ -12,6 +12,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
 from rest_framework import generics, permissions, serializers
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
@@ -19,32 +20,21 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.keys.models import ApiKey
-from apps.routing.models import RoutingRule, TargetRole
+from apps.routing.models import RoutingRule
 from apps.routing.selectors import rule_stats, shadow_summary_by_day, stats_window
-from apps.routing.services import rule_delete, rule_save, targets_parse, targets_text
-from apps.tenancy.drf import writes_need
+from apps.routing.services import TARGET_ROLES, rule_delete, rule_move, rule_save, targets_parse, targets_text
+from apps.tenancy.drf import VisibleRelated, writes_need
 from apps.tenancy.models import Project
 from apps.tenancy.permissions import Action, can
 from apps.tenancy.selectors import projects_for
 from costcontrol.forms import service_error_detail
 
 
-class _ProjectField(serializers.SlugRelatedField):
-    def get_queryset(self) -> QuerySet[Project]:
-        return projects_for(user=self.context["request"].user)
-
-
-class _KeyField(serializers.SlugRelatedField):
-    def get_queryset(self) -> QuerySet[ApiKey]:
-        return ApiKey.objects.filter(project__in=projects_for(user=self.context["request"].user))
-
-
-_TARGETS = {"primaries": TargetRole.PRIMARY, "fallbacks": TargetRole.FALLBACK, "shadow": TargetRole.SHADOW}
-
-
 class RuleSerializer(serializers.ModelSerializer):
-    project = _ProjectField(slug_field="slug")
-    match_api_key = _KeyField(slug_field="lookup_id", required=False, allow_null=True)
+    project = VisibleRelated(slug_field="slug", queryset=Project.objects.all())
+    match_api_key = VisibleRelated(
+        slug_field="lookup_id", queryset=ApiKey.objects.all(), required=False, allow_null=True
+    )
     primaries = serializers.ListField(child=serializers.CharField(), required=False, default=list)
     fallbacks = serializers.ListField(child=serializers.CharField(), required=False, default=list)
     shadow = serializers.ListField(child=serializers.CharField(), required=False, default=list, max_length=1)
@@ -62,7 +52,7 @@ class RuleSerializer(serializers.ModelSerializer):
     def to_representation(self, rule: RoutingRule) -> dict[str, Any]:
         data = super().to_representation(rule)
         targets = list(rule.targets.all())
-        for name, role in _TARGETS.items():
+        for name, role in TARGET_ROLES.items():
             data[name] = [line for line in targets_text([t for t in targets if t.role == role]).splitlines()]
         return data
 
@@ -76,10 +66,10 @@ class RuleSerializer(serializers.ModelSerializer):
             raise serializers.ValidationError({"match_api_key": "Pick a key of the rule's project."})
         try:
             specs = {}
-            for name in _TARGETS:
+            for name in TARGET_ROLES:
                 lines = validated.pop(name, None)
                 if lines is None and rule is not None:  # partial update: keep the rule's targets
-                    lines = targets_text([t for t in rule.targets.all() if t.role == _TARGETS[name]]).splitlines()
+                    lines = targets_text([t for t in rule.targets.all() if t.role == TARGET_ROLES[name]]).splitlines()
                 try:
                     specs[name] = targets_parse(project=project, text="\n".join(lines or ()))
                 except DjangoValidationError as exc:
@@ -93,7 +83,7 @@ class RuleSerializer(serializers.ModelSerializer):
 
     def update(self, instance: RoutingRule, validated: dict[str, Any]) -> RoutingRule:
         if self.partial:
-            for name in _TARGETS:
+            for name in TARGET_ROLES:
                 if name not in self.initial_data:
                     validated.pop(name, None)
         return self._save(validated, instance)
@@ -127,9 +117,36 @@ class RuleDetail(generics.RetrieveUpdateDestroyAPIView):
         rule_delete(rule=instance)
 
 
+class _ShadowDay(serializers.Serializer):
+    day = serializers.DateField()
+    samples = serializers.IntegerField()
+    agreement_percent = serializers.FloatField()
+    exact_matches = serializers.IntegerField()
+    mean_similarity = serializers.FloatField(allow_null=True)
+    primary_latency_ms = serializers.FloatField(allow_null=True)
+    shadow_latency_ms = serializers.FloatField(allow_null=True)
+    primary_cost_usd = serializers.DecimalField(max_digits=30, decimal_places=12)
+    shadow_cost_usd = serializers.DecimalField(max_digits=30, decimal_places=12)
+    shadow_errors = serializers.IntegerField()
+
+
+class RuleStatsSerializer(serializers.Serializer):
+    rule = serializers.IntegerField()
+    since = serializers.DateTimeField()
+    requests = serializers.IntegerField()
+    cost_usd = serializers.DecimalField(max_digits=30, decimal_places=12)
+    saved_usd = serializers.DecimalField(max_digits=30, decimal_places=12)
+    escalations = serializers.IntegerField()
+    escalation_rate_percent = serializers.FloatField(allow_null=True)
+    fallbacks = serializers.IntegerField()
+    errors = serializers.IntegerField()
+    shadow_by_day = _ShadowDay(many=True)
+
+
 class RuleStatsView(APIView):
     """What a rule did in the last 30 days, and its shadow comparison per day."""
 
+    @extend_schema(responses=RuleStatsSerializer)
     def get(self, request: Request, pk: int) -> Response:
         rule = generics.get_object_or_404(_rules(request), pk=pk)
         since = stats_window()
@@ -163,3 +180,22 @@ class RuleStatsView(APIView):
                 ],
             }
         )
+
+
+class RuleMoveSerializer(serializers.Serializer):
+    direction = serializers.ChoiceField(choices=["up", "down"], help_text="Up: decided earlier")
+
+
+class RuleMove(APIView):
+    """Move a rule one place up or down in its project's order (the first matching rule decides)."""
+
+    @extend_schema(request=RuleMoveSerializer, responses=RuleSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        rule = generics.get_object_or_404(_rules(request), pk=pk)
+        if not can(request.user, Action.PROJECT_MANAGE, rule.project):
+            raise PermissionDenied("Your role does not allow changing this project's routing rules.")
+        payload = RuleMoveSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        rule_move(rule=rule, offset=-1 if payload.validated_data["direction"] == "up" else 1)
+        rule.refresh_from_db()
+        return Response(RuleSerializer(rule, context={"request": request}).data)

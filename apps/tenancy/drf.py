@@ -1,13 +1,20 @@
-"""The role matrix as DRF permission classes, so API views ask the same ``can`` as the pages."""
+"""The role matrix for the API: permission classes asking the same ``can`` as the pages, and related
+fields whose choices are what the caller may see."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rest_framework import permissions
+from django.contrib.auth.models import User
+from django.core.exceptions import MultipleObjectsReturned
+from django.db.models import QuerySet
+from rest_framework import permissions, serializers
+from rest_framework.exceptions import NotAuthenticated, ValidationError
 from rest_framework.request import Request
 
+from apps.tenancy.models import Organization, Project, Team
 from apps.tenancy.permissions import Action, can, can_anywhere
+from apps.tenancy.selectors import organizations_for, projects_for
 
 
 def writes_need(action: Action) -> type[permissions.BasePermission]:
@@ -28,3 +35,50 @@ def writes_need(action: Action) -> type[permissions.BasePermission]:
 
     WritesNeed.__name__ = f"WritesNeed[{action.value}]"
     return WritesNeed
+
+
+class VisibleRelated(serializers.SlugRelatedField):
+    """A related field (organisation, project, team, API key or provider) whose choices are limited to
+    what the caller may see, so naming another tenant's object is an invalid choice (400), as on the pages."""
+
+    def get_queryset(self) -> QuerySet[Any]:
+        from apps.keys.models import ApiKey
+        from apps.providers.models import Provider
+
+        user = self.context["request"].user
+        model = self.queryset.model
+        if model is Organization:
+            return organizations_for(user=user)
+        if model is Project:
+            return projects_for(user=user)
+        if model is Team:
+            return Team.objects.filter(organization__in=organizations_for(user=user))
+        if model is Provider:
+            return Provider.objects.filter(organization__in=organizations_for(user=user))
+        if model is ApiKey:
+            return ApiKey.objects.filter(project__in=projects_for(user=user))
+        raise TypeError(f"no visibility rule for {model.__name__}")
+
+    def to_internal_value(self, data: Any) -> Any:
+        try:
+            return super().to_internal_value(data)
+        except MultipleObjectsReturned:  # a team slug used in two of the caller's organisations
+            self.fail("does_not_exist", slug_name=self.slug_field, value=data)
+
+
+def team_in(organization: Organization, slug: str | None, *, field: str = "team") -> Team | None:
+    """The team of ``organization`` named by ``slug`` (None for none), or a 400 naming ``field``."""
+    if not slug:
+        return None
+    team = Team.objects.filter(organization=organization, slug=slug).first()
+    if team is None:
+        raise ValidationError({field: f"No team “{slug}” in {organization.slug}."})
+    return team
+
+
+def request_user(request: Request) -> User:
+    """The authenticated person behind an API request (every endpoint requires one)."""
+    user = request.user
+    if not isinstance(user, User):
+        raise NotAuthenticated()
+    return user

@@ -46,6 +46,9 @@ INSTALLED_APPS = [
     "apps.batches",
     "apps.policy",
     "apps.simulator",
+    "apps.audit",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "axes",
     "csp",
 ]
@@ -57,6 +60,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who acts, through which surface, for the audit events the services record during the request.
+    "apps.audit.context.AuditContextMiddleware",
+    "costcontrol.api.ApiQueryGuardMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -167,6 +173,37 @@ REST_FRAMEWORK = {
     # anonymous rate: DRF refuses an anonymous caller (401) before it would count them.
     "DEFAULT_THROTTLE_CLASSES": ["apps.dashboard.auth.UserThrottle"],
     "DEFAULT_THROTTLE_RATES": {"user": env_str("API_THROTTLE_USER", "600/minute")},
+    # One error shape for every /api/ answer, documented on every operation of the schema.
+    "EXCEPTION_HANDLER": "costcontrol.api.api_exception_handler",
+    # DRF's parsers, refusing NUL characters in any string of a body (Postgres cannot take them).
+    "DEFAULT_PARSER_CLASSES": [
+        "costcontrol.api_parsers.JSONParser",
+        "costcontrol.api_parsers.FormParser",
+        "costcontrol.api_parsers.MultiPartParser",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "costcontrol.api_schema.ApiSchema",
+}
+# The OpenAPI 3 schema (/api/schema/) and its docs page (/api/docs/, Swagger UI from the sidecar
+# package's static files: no CDN, and the page's script is a file of its own, so the CSP holds).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "CostControl management API",
+    "DESCRIPTION": "Everything the dashboard does, for scripts and provisioning tools. Authenticate with "
+    "`Authorization: Token <token>` (make one at /account/token/: read or write scope). The same role "
+    'matrix as the pages applies. Every error is `{"error": {"type", "message", "fields"}}`.',
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "ProviderKindEnum": "apps.providers.models.ProviderKind",
+        "ChannelKindEnum": "apps.budgets.models.ChannelKind",
+        "ExportKindEnum": "apps.reports.models.ExportKind",
+        "BudgetScopeEnum": "apps.budgets.models.BudgetScope",
+        "TokenScopeEnum": "apps.dashboard.models.TokenScope",
+    },
 }
 # API tokens (from /account/token/) stop working this many days after they were made.
 API_TOKEN_LIFETIME_DAYS = env_int("API_TOKEN_LIFETIME_DAYS", 30)
