@@ -81,7 +81,7 @@ def test_api_tokens_expire(people: People) -> None:
     with override_settings(API_TOKEN_LIFETIME_DAYS=7):
         Token.objects.filter(pk=token.pk).update(created=timezone.now() - dt.timedelta(days=7, seconds=1))
         expired = client.get("/api/projects/")
-        assert expired.status_code == 401 and "expired" in expired.json()["detail"]
+        assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
         # The account page says so, and a new token works again.
         page = login(Client(), people.owner).get("/account/token/").content.decode()
         assert "expired" in page

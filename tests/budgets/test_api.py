@@ -43,9 +43,9 @@ def test_invalid_budget_gets_field_errors_not_500() -> None:
     base = {"organization": tenant.org.slug, "name": "x", "amount_usd": "5"}
     assert client.post("/api/budgets/", {**base, "scope": "project"}, format="json").status_code == 400
     bad_tz = client.post("/api/budgets/", {**base, "scope": "organization", "timezone": "Mars/Base"}, format="json")
-    assert bad_tz.status_code == 400 and "timezone" in bad_tz.json()
+    assert bad_tz.status_code == 400 and "timezone" in bad_tz.json()["error"]["fields"]
     negative = client.post("/api/budgets/", {**base, "scope": "organization", "amount_usd": "-1"}, format="json")
-    assert negative.status_code == 400 and "amount_usd" in negative.json()
+    assert negative.status_code == 400 and "amount_usd" in negative.json()["error"]["fields"]
 
 
 def test_outsider_sees_nothing_and_gets_404() -> None:

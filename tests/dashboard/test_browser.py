@@ -264,13 +264,18 @@ def test_main_pages_run_under_the_content_security_policy(page: Any, live_server
     paths = [
         "/", "/overview/", "/ledger/", "/budgets/", "/alerts/", "/reports/", "/account/token/",
         f"/orgs/{org}/providers/", f"/projects/{slug}/", f"/projects/{slug}/cache/", f"/projects/{slug}/routing/",
-        f"/projects/{slug}/deployments/", f"/projects/{slug}/break-even/", f"/projects/{slug}/batches/",
+        f"/projects/{slug}/deployments/", f"/projects/{slug}/break-even/", f"/projects/{slug}/batches/", "/audit/",
+        "/api/docs/",
     ]  # fmt: skip
     for path in paths:
         response = page.goto(f"{base}{path}")
         assert response.status == 200, path
         assert "script-src 'self'" in response.headers["content-security-policy"], path
         page.wait_for_load_state("load")
+    # Swagger UI (from the sidecar package's static files) drew the API from /api/schema/.
+    page.goto(f"{base}/api/docs/")
+    page.wait_for_selector("text=CostControl management API")
+    assert page.locator(".opblock").count() > 50
     # Chart.js drew (its script is ours to serve), and the budget bars got their widths from data-width.
     page.goto(f"{base}/overview/?scope=project:{slug}")
     page.wait_for_function("() => window.Chart && Chart.getChart('spend-chart') !== undefined")

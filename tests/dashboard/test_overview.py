@@ -194,11 +194,11 @@ def test_overview_ignores_bad_input(client: Client, people: People) -> None:
 def test_token_page_creates_shows_once_and_revokes(client: Client, people: People) -> None:
     login(client, people.member)
     assert "no API token yet" in client.get(reverse("dashboard:account-token")).content.decode()
-    response = client.post(reverse("dashboard:account-token"), {"action": "create"})
+    response = client.post(reverse("dashboard:account-token"), {"action": "create", "scope": "read"})
     token = Token.objects.get(user=people.member)
     assert token.key in response.content.decode() and response["Cache-Control"] == "no-store"
     later = client.get(reverse("dashboard:account-token")).content.decode()
-    assert token.key not in later and token.key[:6] in later
+    assert token.key not in later and token.key[:6] in later and "<strong>read</strong> token" in later
     client.post(reverse("dashboard:account-token"), {"action": "revoke"})
     assert not Token.objects.filter(user=people.member).exists()
 

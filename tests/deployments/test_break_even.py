@@ -115,7 +115,10 @@ def test_without_cost_or_throughput_the_page_shows_traffic_and_the_api_says_what
     assert b"Pick a deployment with a measured throughput or type one." in page.content
     assert b"gpt-4o-mini" in page.content and b"$52.5000" in page.content  # the window's traffic, unscaled
     api = client.get(reverse("deployments:api-break-even", kwargs={"slug": people.tenant.project.slug}))
-    assert api.status_code == 400 and set(api.json()["errors"]) == {"hourly_cost_usd", "throughput_tokens_per_s"}
+    assert api.status_code == 400 and set(api.json()["error"]["fields"]) == {
+        "hourly_cost_usd",
+        "throughput_tokens_per_s",
+    }
 
 
 @pytest.mark.usefixtures("traffic")

@@ -59,7 +59,7 @@ def test_another_organisations_deployment_is_not_found_from_this_project(client:
     assert client.post(_url("start", people, pk=theirs.pk)).status_code == 404
     # Nor can it be picked for the break-even comparison.
     api = client.get(_url("api-break-even", people), {"deployment": theirs.pk})
-    assert api.status_code == 400 and "deployment" in api.json()["errors"]
+    assert api.status_code == 400 and "deployment" in api.json()["error"]["fields"]
 
 
 @pytest.mark.parametrize(("role", "status"), WRITES)

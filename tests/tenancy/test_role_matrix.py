@@ -29,24 +29,27 @@ from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from apps.audit.models import AuditEvent
 from apps.budgets.models import Budget, BudgetScope, ChannelKind, NotificationChannel, RateLimit
 from apps.budgets.services import budget_create, channel_create
 from apps.cache.models import CacheEntry, CachePolicy
+from apps.cache.services import cache_policy_save
 from apps.dashboard.services import api_token_rotate
 from apps.deployments.models import Deployment, DeploymentStatus
 from apps.keys.models import ApiKey
 from apps.keys.services import key_issue
 from apps.ledger.models import LedgerEntry
 from apps.providers.models import ModelAlias, Price, Provider
+from apps.providers.services import alias_set
 from apps.reports.models import ExportJob
 from apps.reports.selectors import ExportQuery
 from apps.reports.services import export_job_create, export_job_run
 from apps.routing.models import RoutingRule
 from apps.routing.services import rule_save
-from apps.tenancy.models import Project, Role
+from apps.tenancy.models import Membership, Project, Role, Team
 from apps.tenancy.services import project_create, team_create
 from tests.deployments.helpers import deployment_make
-from tests.factories import Tenant, login, member_make, tenant_make
+from tests.factories import Tenant, login, member_make, tenant_make, user_make
 
 pytestmark = pytest.mark.django_db
 
@@ -65,6 +68,8 @@ ORG_WRITE_IN_PROJECT: Expect = (OK, 403, 404, 403, 403, 404)  # deployments, und
 OWNER_ONLY_READ: Expect = (OK, 403, 403, 403, 403, 404)
 CACHE_CONTENT: Expect = (OK, OK, 404, 403, 403, 404)  # cached prompts: who manages the project
 OWN_JOB: Expect = (OK, 404, 404, 404, 404, 404)  # an export job is its requester's alone
+AUDIT_READ: Expect = (OK, 403, 403, 403, OK, OK)  # owners and finance, each their organisation's log
+ORG_WRITE_NAMED: Expect = ORG_WRITE[:5] + (400,)  # the same, the organisation named in the body (unseen: invalid)
 
 # Not role-checked: authentication itself, Django's admin (staff only; no role is staff), and the
 # OpenAI-compatible Files/Batches API, which authenticates API keys, not people (tested below).
@@ -132,6 +137,9 @@ def world() -> World:
         query=ExportQuery(since=since, until=timezone.now()),
     )
     export_job_run(job=o["job"])
+    o["alias"] = alias_set(project=project, alias="chat", provider=tenant.provider, model="gpt-4o-mini")
+    o["policy"] = cache_policy_save(policy=CachePolicy(project=project))
+    o["newcomer"] = user_make("newcomer")
     return w
 
 
@@ -178,6 +186,24 @@ def _kwargs(w: World) -> dict[str, dict[str, Any]]:
         "api-budget-status": {"pk": o["budget"].pk},
         "api-routing-rule": {"pk": o["rule"].pk},
         "api-routing-rule-stats": {"pk": o["rule"].pk},
+        "api-routing-rule-move": {"pk": o["rule"].pk},
+        "api-team": {"pk": w.tenant.team.pk},
+        "api-member": {"pk": Membership.objects.get(user=w.users["dev"]).pk},
+        "api-key": {"lookup_id": o["lead_key"].lookup_id},
+        "api-key-rotate": {"lookup_id": o["lead_key"].lookup_id},
+        "api-provider": {"pk": w.tenant.provider.pk},
+        "api-project-aliases": {"slug": slug},
+        "api-project-alias": {"slug": slug, "pk": o["alias"].pk},
+        "api-cache-policies": {"slug": slug},
+        "api-cache-policy": {"slug": slug, "pk": o["policy"].pk},
+        "api-cache-entries": {"slug": slug},
+        "api-cache-entry": {"slug": slug, "pk": o["entry"].pk},
+        "api-cache-purge": {"slug": slug},
+        "deployments:api-deployment": {"pk": o["stopped"].pk},
+        "deployments:api-deployment-start": {"pk": o["stopped"].pk},
+        "deployments:api-deployment-stop": {"pk": o["running"].pk},
+        "api-export": {"pk": o["job"].pk},
+        "api-export-download": {"pk": o["job"].pk},
     }
 
 
@@ -229,7 +255,7 @@ WRITES: dict[tuple[str, str], tuple[Expect, Callable[[World], Body]]] = {
             }.items()  # fmt: skip
         },
     ),
-    ("dashboard:account-token", "POST"): (EVERYONE, lambda w: {}),
+    ("dashboard:account-token", "POST"): (EVERYONE, lambda w: {"scope": "write"}),
     # Budgets, limits, channels.
     ("budgets:new", "POST"): (
         TEAM_FORM,
@@ -356,6 +382,86 @@ WRITES: dict[tuple[str, str], tuple[Expect, Callable[[World], Body]]] = {
     ),
     ("api-routing-rule", "PATCH"): (TEAM_WRITE, lambda w: {"name": "renamed"}),
     ("api-routing-rule", "DELETE"): (TEAM_WRITE, lambda w: {}),
+    ("api-routing-rule-move", "POST"): (TEAM_WRITE, lambda w: {"direction": "down"}),
+    # The management API: projects, teams, members and roles.
+    ("api-projects", "POST"): (
+        (OK, OK, 403, 403, 403, 400),
+        lambda w: {"organization": w.org.slug, "name": "api project", "team": w.tenant.team.slug},
+    ),
+    ("api-project", "PATCH"): (TEAM_WRITE, lambda w: {"name": "renamed"}),
+    ("api-teams", "POST"): (ORG_WRITE_NAMED, lambda w: {"organization": w.org.slug, "name": "new team"}),
+    ("api-team", "PATCH"): (ORG_WRITE, lambda w: {"name": "renamed team"}),
+    ("api-members", "POST"): (
+        ORG_WRITE_NAMED,
+        lambda w: {"organization": w.org.slug, "user": "newcomer", "role": "developer"},
+    ),
+    ("api-member", "PATCH"): (ORG_WRITE, lambda w: {"role": "team_lead"}),
+    ("api-member", "DELETE"): (ORG_WRITE, lambda w: {}),
+    # Keys, providers, prices, aliases.
+    ("api-key-rotate", "POST"): ((OK, OK, 404, 403, 403, 404), lambda w: {}),
+    ("api-providers", "POST"): (
+        ORG_WRITE_NAMED,
+        lambda w: {
+            "organization": w.org.slug,
+            "name": "api second",
+            "kind": "simulated",
+            "base_url": w.tenant.provider.base_url,
+        },  # fmt: skip
+    ),
+    ("api-provider", "PATCH"): (ORG_WRITE, lambda w: {"name": "renamed"}),
+    ("api-prices", "POST"): (
+        ORG_WRITE_NAMED,
+        lambda w: {
+            "provider": w.tenant.provider.pk,
+            "model": "gpt-4o-mini",
+            "input_per_mtok": "0.1",
+            "output_per_mtok": "0.2",
+            "effective_from": "2030-01-01",
+        },  # fmt: skip
+    ),
+    ("api-project-aliases", "POST"): (
+        TEAM_WRITE,
+        lambda w: {"alias": "default-chat", "provider": w.tenant.provider.pk, "model": "gpt-4o"},
+    ),
+    ("api-project-alias", "DELETE"): (TEAM_WRITE, lambda w: {}),
+    # Cache.
+    ("api-cache-policies", "POST"): (TEAM_WRITE, lambda w: {"feature": "support", "ttl_seconds": 60}),
+    ("api-cache-policy", "PATCH"): (TEAM_WRITE, lambda w: {"ttl_seconds": 99}),
+    ("api-cache-entry", "DELETE"): (TEAM_WRITE, lambda w: {}),
+    ("api-cache-purge", "POST"): (TEAM_WRITE, lambda w: {}),
+    # Deployments.
+    ("deployments:api-deployments", "POST"): (
+        ORG_WRITE_NAMED,
+        lambda w: {
+            "organization": w.org.slug,
+            "name": "api qwen",
+            "served_model_name": "qwen2.5",
+            "model_path": "Qwen/Qwen2.5-7B",
+            "gpu_type": "L4",
+            "port": 8124,
+            "hourly_cost_usd": "1.5",
+        },
+    ),  # fmt: skip
+    ("deployments:api-deployment-start", "POST"): (ORG_WRITE, lambda w: {}),
+    ("deployments:api-deployment-stop", "POST"): (ORG_WRITE, lambda w: {}),
+    # Exports are reads (each role gets what it sees); an import books spend.
+    ("api-exports", "POST"): ((OK, OK, OK, OK, OK, 400), lambda w: {"kind": "ledger", "organization": w.org.slug}),
+    ("api-imports", "POST"): (
+        (OK, OK, 400, 403, 403, 400),
+        lambda w: (
+            lambda: {
+                "organization": w.org.slug,
+                "project": w.project.slug,
+                "file": SimpleUploadedFile(
+                    "usage.csv",
+                    b"start_time,model,input_tokens,output_tokens,cost_usd\n1756684800,gpt-4o-mini,10,5,0.5\n",
+                ),
+            }
+        ),
+    ),
+    # One's own API token.
+    ("api-account-token", "POST"): (EVERYONE, lambda w: {"scope": "read"}),
+    ("api-account-token", "DELETE"): (EVERYONE, lambda w: {}),
 }
 
 READS: dict[str, Expect] = {
@@ -405,6 +511,29 @@ READS: dict[str, Expect] = {
     "api-routing-rules": EVERYONE,
     "api-routing-rule": PROJECT_READ,
     "api-routing-rule-stats": PROJECT_READ,
+    "api-teams": EVERYONE,
+    "api-team": ORG_READ,
+    "api-members": EVERYONE,
+    "api-member": ORG_READ,
+    "api-key": PROJECT_READ,
+    "api-provider": ORG_READ,
+    "api-project-aliases": PROJECT_READ,
+    "api-project-alias": PROJECT_READ,
+    "api-cache-policies": PROJECT_READ,
+    "api-cache-policy": PROJECT_READ,
+    "api-cache-entries": CACHE_CONTENT,
+    "api-cache-entry": CACHE_CONTENT,
+    "deployments:api-deployments": EVERYONE,
+    "deployments:api-deployment": ORG_READ,
+    "api-exports": EVERYONE,
+    "api-export": OWN_JOB,
+    "api-export-download": OWN_JOB,
+    "api-account-token": EVERYONE,
+    "api-audit": AUDIT_READ,
+    "api-schema": EVERYONE,
+    "api-docs": EVERYONE,
+    "audit:log": AUDIT_READ,
+    "audit:export": AUDIT_READ,
 }
 
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -440,6 +569,8 @@ def _request(w: World, role: str, method: str, url: str, api: bool, body: Any = 
     client = Client()
     if api:
         headers = {"Authorization": f"Token {w.tokens[role]}"}
+        if callable(body):  # an upload: multipart, as a file is sent
+            return client.post(url, body(), headers=headers)
         data = json.dumps(body or {})
         return client.generic(method, url, data, content_type="application/json", headers=headers)
     login(client, w.users[role])
@@ -477,6 +608,11 @@ def _fingerprint() -> list[Any]:
         list(ExportJob.objects.order_by("pk").values_list("pk")),
         list(LedgerEntry.objects.order_by("pk").values_list("pk")),
         list(Token.objects.order_by("user_id").values_list("user_id", "key")),
+        list(Team.objects.order_by("pk").values_list("pk", "name")),
+        list(Membership.objects.order_by("pk").values_list("pk", "role", "team_id")),
+        list(ModelAlias.objects.order_by("pk").values_list("pk")),
+        # A refused write records nothing; an allowed one, its audit event.
+        AuditEvent.objects.count(),
     ]
 
 
