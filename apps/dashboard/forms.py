@@ -225,5 +225,9 @@ class ApiTokenForm(forms.Form):
     def __init__(self, *args: Any, max_days: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["lifetime_days"] = forms.IntegerField(
-            required=False, min_value=1, max_value=max_days, help_text=f"Leave blank for the longest: {max_days}."
+            required=False,
+            min_value=1,
+            max_value=max_days,
+            label="Lifetime in days",
+            help_text=f"Leave blank for the longest: {max_days}.",
         )
