@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from costcontrol.api import query_moment
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -12,6 +11,7 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from apps.audit.models import AuditAction, AuditEvent, ObjectType
 from apps.audit.selectors import AuditFilters, audit_events_for
 from apps.tenancy.permissions import Action, can_anywhere
+from costcontrol.api import query_moment
 
 
 class _Diff(serializers.Serializer):

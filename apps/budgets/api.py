@@ -24,6 +24,7 @@ from apps.budgets import services
 from apps.budgets.models import Alert, Budget, NotificationChannel, RateLimit
 from apps.budgets.selectors import alerts_visible, budget_status, budgets_visible, channels_visible
 from apps.keys.models import ApiKey
+from apps.keys.selectors import keys_visible
 from apps.tenancy.drf import VisibleRelated, writes_need
 from apps.tenancy.models import Organization, Project, Team
 from apps.tenancy.permissions import Action, can, shown
@@ -43,7 +44,9 @@ class BudgetSerializer(serializers.ModelSerializer):
     organization = VisibleRelated(slug_field="slug", queryset=Organization.objects.all())
     team = VisibleRelated(slug_field="slug", queryset=Team.objects.all(), required=False, allow_null=True)
     project = VisibleRelated(slug_field="slug", queryset=Project.objects.all(), required=False, allow_null=True)
-    api_key = VisibleRelated(slug_field="lookup_id", queryset=ApiKey.objects.all(), required=False, allow_null=True)
+    api_key = VisibleRelated(
+        slug_field="lookup_id", queryset=ApiKey.objects.all(), visible=keys_visible, required=False, allow_null=True
+    )
 
     class Meta:
         model = Budget
@@ -129,7 +132,9 @@ class BudgetStatusView(APIView):
 
 class RateLimitSerializer(serializers.ModelSerializer):
     project = VisibleRelated(slug_field="slug", queryset=Project.objects.all())
-    api_key = VisibleRelated(slug_field="lookup_id", queryset=ApiKey.objects.all(), required=False, allow_null=True)
+    api_key = VisibleRelated(
+        slug_field="lookup_id", queryset=ApiKey.objects.all(), visible=keys_visible, required=False, allow_null=True
+    )
 
     class Meta:
         model = RateLimit

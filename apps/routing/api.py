@@ -20,6 +20,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from apps.keys.models import ApiKey
+from apps.keys.selectors import keys_visible
 from apps.routing.models import RoutingRule
 from apps.routing.selectors import rule_stats, shadow_summary_by_day, stats_window
 from apps.routing.services import TARGET_ROLES, rule_delete, rule_move, rule_save, targets_parse, targets_text
@@ -33,7 +34,7 @@ from costcontrol.forms import service_error_detail
 class RuleSerializer(serializers.ModelSerializer):
     project = VisibleRelated(slug_field="slug", queryset=Project.objects.all())
     match_api_key = VisibleRelated(
-        slug_field="lookup_id", queryset=ApiKey.objects.all(), required=False, allow_null=True
+        slug_field="lookup_id", queryset=ApiKey.objects.all(), visible=keys_visible, required=False, allow_null=True
     )
     primaries = serializers.ListField(child=serializers.CharField(), required=False, default=list)
     fallbacks = serializers.ListField(child=serializers.CharField(), required=False, default=list)

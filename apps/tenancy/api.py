@@ -18,7 +18,6 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from apps.providers.models import Provider
 from apps.tenancy.drf import VisibleRelated, team_in, writes_need
 from apps.tenancy.models import Membership, Organization, Project, Role, Team
 from apps.tenancy.permissions import Action, can, can_anywhere, require
@@ -250,9 +249,7 @@ class ProjectDetail(generics.RetrieveAPIView):
             if "default_provider" in data:
                 provider = None
                 if data["default_provider"] is not None:
-                    provider = Provider.objects.filter(
-                        organization_id=project.organization_id, pk=data["default_provider"]
-                    ).first()
+                    provider = project.organization.providers.filter(pk=data["default_provider"]).first()
                     if provider is None:
                         raise ValidationError({"default_provider": "No such provider in this organisation."})
                 project_set_default_provider(project=project, provider=provider)
