@@ -1,4 +1,5 @@
-"""What every endpoint under /api/ shares: one error shape, and an OpenAPI schema that documents it.
+"""What every endpoint under /api/ shares: one error shape (costcontrol/api_schema.py documents it on
+every operation of the OpenAPI schema), query-string dates, and a 404 for unknown paths.
 
 Every error, whatever raised it (a serializer, a service's ``ValidationError``, the role matrix's
 ``PermissionDenied``, a 404 lookup, authentication, throttling, an unknown path under /api/), is::
@@ -57,14 +58,18 @@ def _fields(detail: Any, prefix: str = "") -> dict[str, list[str]]:
     return found
 
 
+_GENERAL = ("non_field_errors", "__all__")
+
+
 def error_body(exc: exceptions.APIException) -> dict[str, Any]:
     code = exc.default_code if isinstance(exc.default_code, str) else "error"
     kind = "validation_error" if code == "invalid" else code
     detail = exc.detail
     fields: dict[str, list[str]] = {}
     if isinstance(detail, dict):
-        general = _messages(detail.get("non_field_errors", []))
-        fields = _fields({k: v for k, v in detail.items() if k != "non_field_errors"})
+        # DRF's name for errors about no one field, and Django's (a model's full_clean in a service).
+        general = _messages([detail.get(key, []) for key in _GENERAL])
+        fields = _fields({k: v for k, v in detail.items() if k not in _GENERAL})
         message = " ".join(general) if general else "Some fields are not valid; see fields."
     else:
         message = " ".join(_messages(detail))

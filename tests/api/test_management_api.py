@@ -315,7 +315,7 @@ def test_cache_policies_entries_and_purge(people: People) -> None:
                 {"semantic_enabled": True, "deny_patterns": ["re:secret"]})  # fmt: skip
     assert made.status_code == 201 and made.json()["similarity_threshold"] == "0.950"
     twice = call(owner, "POST", f"/api/projects/{slug}/cache/policies/", {})
-    assert twice.status_code == 400  # one policy per (project, feature)
+    assert twice.status_code == 400 and "already exists" in error(twice)["message"]  # one per (project, feature)
     policy_url = f"/api/projects/{slug}/cache/policies/{made.json()['id']}/"
     for garbage in ({"deny_patterns": ["re:(a)\\1"]}, {"similarity_threshold": "2"}, {"ttl_seconds": -5},
                     {"deny_patterns": ["x"] * 51}, {"eviction": "fifo"}):  # fmt: skip
