@@ -33,6 +33,8 @@ class SseRelay:
     up to ``max_event_bytes`` x 8 of them (past that only their size is counted).
     An upstream that sends ``max_event_bytes`` without an event boundary sets
     ``overflowed``: the caller cuts the stream off, and nothing more is buffered.
+    SSE lets lines end in CRLF, LF or CR; CRLF and CR are rewritten to LF on the
+    way in, so an upstream framed with ``\r\n\r\n`` is seen as framed.
     """
 
     def __init__(self, *, strip_usage_chunk: bool, max_event_bytes: int) -> None:
@@ -46,8 +48,11 @@ class SseRelay:
         self.usage: dict[str, Any] | None = None
         self.done = False
         self.overflowed = False
+        self._after_cr = False  # a chunk ended in CR: an LF starting the next one belongs to it
 
     def feed(self, chunk: bytes) -> bytes:
+        if self._after_cr or b"\r" in chunk:  # memchr: LF-framed providers pay one scan
+            chunk = self._to_lf(chunk)
         self._buffer += chunk
         cut = self._buffer.rfind(b"\n\n")
         if cut < 0:
@@ -85,6 +90,12 @@ class SseRelay:
             self._kept += len(events)
         else:
             self._unkept += len(events)
+
+    def _to_lf(self, chunk: bytes) -> bytes:
+        if self._after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]
+        self._after_cr = chunk.endswith(b"\r")
+        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
     def flush(self) -> bytes:
         rest, self._buffer = self._buffer, b""

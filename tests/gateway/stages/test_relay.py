@@ -53,6 +53,24 @@ def test_an_upstream_without_event_boundaries_overflows_instead_of_buffering() -
     assert relay.overflowed and relay.flush() == b""
 
 
+def test_crlf_and_cr_framed_streams_are_framed_even_when_a_crlf_is_split_across_chunks() -> None:
+    events = _delta("Hel") + _delta("lo", "stop") + USAGE + DONE
+    for newline in (b"\r\n", b"\r"):
+        framed = events.replace(b"\n", newline)
+        relay = SseRelay(strip_usage_chunk=True, max_event_bytes=1024)
+        out = b"".join(relay.feed(framed[i : i + 7]) for i in range(0, len(framed), 7)) + relay.flush()
+        assert out == _delta("Hel") + _delta("lo", "stop") + DONE
+        assert relay.usage == {"prompt_tokens": 5, "completion_tokens": 2} and relay.done
+        assert not relay.overflowed
+
+
+def test_a_crlf_framed_stream_longer_than_one_event_limit_does_not_overflow() -> None:
+    relay = SseRelay(strip_usage_chunk=False, max_event_bytes=200)
+    framed = (_delta("x" * 50) * 20).replace(b"\n", b"\r\n")
+    out = b"".join(relay.feed(framed[i : i + 64]) for i in range(0, len(framed), 64))
+    assert not relay.overflowed and out == _delta("x" * 50) * 20
+
+
 def test_completion_tokens_are_estimated_from_what_was_seen() -> None:
     relay = SseRelay(strip_usage_chunk=False, max_event_bytes=1024)
     relay.feed(_delta("abcd" * 5) + _delta("efgh" * 5))
