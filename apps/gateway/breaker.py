@@ -10,6 +10,10 @@ process keeps a copy of that hash, reloaded when a process announces a change
 on pub/sub and polled as a safety net, so a request checks a dict and only a
 failure, or the half-open probe, talks to Redis. Counting failures in a window
 instead of in a row means a success costs nothing.
+
+Breakers are advice, not enforcement: their commands go through a client with a
+command timeout, and a Redis that fails or stops answering leaves the breaker as
+this process last saw it (logged), so it never hangs or fails a request.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from apps.core import names
 from apps.gateway import watch
@@ -40,6 +45,7 @@ class Breakers:
     def __init__(
         self,
         client: aioredis.Redis,
+        subscriber: aioredis.Redis,
         prefix: str,
         *,
         failures: int,
@@ -47,7 +53,8 @@ class Breakers:
         cooldown_seconds: float,
         poll_seconds: float,
     ) -> None:
-        self._redis = client
+        self._redis = client  # has a command timeout
+        self._subscriber = subscriber  # pub/sub waits as long as it likes
         self._prefix = prefix
         self._hash = names.breaker_open(prefix)
         self._channel = names.breaker_channel(prefix)
@@ -62,7 +69,7 @@ class Breakers:
     async def start(self) -> None:
         await self.reload()
         self._tasks = [
-            asyncio.create_task(watch.follow(self._redis, self._channel, self.reload, "breaker")),
+            asyncio.create_task(watch.follow(self._subscriber, self._channel, self.reload, "breaker")),
             asyncio.create_task(watch.every(self._poll_seconds, self.reload, "breaker poll")),
         ]
 
@@ -70,6 +77,7 @@ class Breakers:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._redis.aclose()
 
     def state(self, provider_id: int, model: str) -> str:
         until = self._open.get(deployment(provider_id, model))
@@ -86,15 +94,22 @@ class Breakers:
         if time.time() < until:
             return False
         claim_seconds = max(int(self._cooldown), 5)
-        return bool(await self._redis.set(names.breaker_probe(self._prefix, name), b"1", nx=True, ex=claim_seconds))
+        try:
+            return bool(await self._redis.set(names.breaker_probe(self._prefix, name), b"1", nx=True, ex=claim_seconds))
+        except (RedisError, OSError) as error:
+            logger.warning("breaker probe claim for %s skipped, Redis: %s", name, error)
+            return False  # stay open: other deployments, or the fallbacks, serve the request
 
     async def failure(self, provider_id: int, model: str) -> None:
         name = deployment(provider_id, model)
         keys = [names.breaker_failures(self._prefix, name), self._hash, names.breaker_probe(self._prefix, name)]
         args: list[str | int | float] = [name, time.time(), self._window_ms, self._failures, self._cooldown]
-        if await self._script(keys=keys, args=args):
-            logger.warning("circuit opened for %s", name)
-            await self._announce()
+        try:
+            if await self._script(keys=keys, args=args):
+                logger.warning("circuit opened for %s", name)
+                await self._announce()
+        except (RedisError, OSError) as error:
+            logger.warning("breaker failure for %s not counted, Redis: %s", name, error)
 
     async def success(self, provider_id: int, model: str) -> None:
         """Close a half-open breaker after its probe answered; free for closed breakers."""
@@ -104,9 +119,12 @@ class Breakers:
         pipe = self._redis.pipeline(transaction=True)
         pipe.hdel(self._hash, name)
         pipe.delete(names.breaker_probe(self._prefix, name), names.breaker_failures(self._prefix, name))
-        await pipe.execute()
-        logger.info("circuit closed for %s", name)
-        await self._announce()
+        try:
+            await pipe.execute()
+            logger.info("circuit closed for %s", name)
+            await self._announce()
+        except (RedisError, OSError) as error:
+            logger.warning("breaker for %s not closed, Redis: %s", name, error)
 
     async def reload(self) -> None:
         raw = await self._redis.hgetall(self._hash)

@@ -107,7 +107,15 @@ class Runtime:
         spool = Path(settings.BASE_DIR) / "var" / "spool" / target
         ledger = LedgerWriter(fast_redis, names.ledger_stream(prefix), spool)
         ledger.start()
+        # The breakers' commands get the same bound as admission; their pub/sub stays on ``redis``.
+        breaker_redis = aioredis.Redis.from_url(
+            settings.REDIS_URL,
+            max_connections=64,
+            socket_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS,
+        )
         breakers = Breakers(
+            breaker_redis,
             redis,
             prefix,
             failures=settings.GATEWAY_BREAKER_FAILURES,

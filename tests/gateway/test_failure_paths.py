@@ -69,6 +69,36 @@ def test_a_redis_that_stops_answering_gives_503_not_a_hang(tenant: Tenant) -> No
         redis_server.kill()
 
 
+def test_a_redis_that_stops_answering_does_not_hang_a_failing_upstream_call_on_its_breaker(tenant: Tenant) -> None:
+    """Fail-open limits serve without Redis; the breaker then skips its count instead of failing the request."""
+    redis_server = RedisServer()
+    redis_server.start()
+    assert redis_server.proc is not None
+    process, url = live.start_gateway(
+        REDIS_URL=redis_server.url, GATEWAY_REDIS_TIMEOUT_SECONDS="0.5", GATEWAY_LIMITS_FAIL_OPEN="1",
+        GATEWAY_RETRIES="0",
+    )  # fmt: skip
+    try:
+        client = sdk(url, tenant.key.plaintext)
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=ask("hi")).choices
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        started = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as exc:
+            client.chat.completions.create(model="gpt-4o-mini", messages=ask("[[sim:500]]"))
+        # The provider's own 500 is relayed; the breaker's Redis error is not turned into ours.
+        assert exc.value.status_code == 500 and "(simulated)" in exc.value.message
+        assert time.monotonic() - started < 10
+        # The process still serves: the next good request is answered (fail-open) in bounded time.
+        started = time.monotonic()
+        assert client.chat.completions.create(model="gpt-4o-mini", messages=ask("after")).choices
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+        process.stop()
+        redis_server.kill()
+
+
 def test_an_unframed_stream_is_cut_off_with_memory_flat(
     small_gateway: tuple[live.Process, str], tenant: Tenant
 ) -> None:
