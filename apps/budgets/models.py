@@ -191,6 +191,7 @@ class AlertKind(models.TextChoices):
     WOULD_BLOCK = "would_block", "Shadow budget would have blocked"
     DEAD_LETTER = "dead_letter", "Events that could not be stored"
     SECRET_UNREADABLE = "secret_unreadable", "A stored secret cannot be decrypted"
+    POLICY_STALE = "policy_stale", "Gateways cannot load the current policy"
 
 
 class Alert(models.Model):

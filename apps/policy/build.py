@@ -17,9 +17,11 @@ from typing import Any
 import aiohttp
 from django.conf import settings
 from django.db import close_old_connections, models
+from django.utils import timezone
 
-from apps.budgets.models import Budget, RateLimit
+from apps.budgets.models import AlertKind, Budget, RateLimit
 from apps.budgets.selectors import budget_spent_usd
+from apps.budgets.services import alert_raise
 from apps.cache.models import CachePolicy
 from apps.core.patterns import Pattern, PatternError
 from apps.core.periods import period_bounds
@@ -39,17 +41,52 @@ from apps.keys.models import ApiKey
 from apps.providers.crypto import InvalidToken
 from apps.providers.models import ModelAlias, Price, Provider
 from apps.routing.models import RoutingRule, TargetRole
-from apps.tenancy.models import Project
+from apps.tenancy.models import Organization, Project
 
 logger = logging.getLogger(__name__)
 
 
 def load_snapshot(version: int) -> Snapshot:
-    """What a gateway's snapshot thread runs: build, then let go of this thread's stale connection."""
+    """What a gateway's snapshot thread runs: build, then let go of this thread's stale connection.
+
+    A build that fails is not skipped in silence: the gateway keeps serving its last snapshot (it logs
+    that), and every organisation gets an alert, because revocations and edits stop reaching it.
+    """
     try:
         return build_snapshot(version)
+    except Exception as error:
+        snapshot_failure_alert(error)
+        raise
     finally:
         close_old_connections()
+
+
+def snapshot_failure_alert(error: BaseException) -> int:
+    """Alert every organisation, once an hour each, that gateways serve an old policy; returns alerts raised.
+
+    The policy is one snapshot for all tenants, so all are told. The message names the error's class
+    only: its text may quote another tenant's rows.
+    """
+    hour = timezone.now().strftime("%Y-%m-%dT%H")
+    raised = 0
+    try:
+        for organization_id in Organization.objects.values_list("id", flat=True):
+            _alert, new = alert_raise(
+                organization_id=organization_id,
+                kind=AlertKind.POLICY_STALE,
+                dedup_key=f"policy-build:{organization_id}:{hour}",
+                title="Gateways cannot load the current policy",
+                message=(
+                    f"Building the gateway's policy snapshot failed ({type(error).__name__}). Gateways keep "
+                    "serving the last policy they loaded: key revocations, budget and routing changes made since "
+                    "do not apply until a build succeeds. The gateway log has the details."
+                ),
+                data={"error": type(error).__name__},
+            )
+            raised += int(new)
+    except Exception:
+        logger.exception("could not alert that the policy snapshot failed to build")
+    return raised
 
 
 def build_snapshot(version: int) -> Snapshot:
