@@ -197,6 +197,16 @@ def test_production_refuses_missing_published_or_weak_secret_keys(secret: str, w
     assert out.returncode != 0 and why in out.stderr
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("keys", ["", "   "])
+def test_production_refuses_to_start_without_encryption_keys(keys: str) -> None:
+    env = _production_env(COSTCONTROL_ENCRYPTION_KEYS=keys)
+    env.pop("COSTCONTROL_ENCRYPTION_KEY", None)
+    out = subprocess.run([sys.executable, "manage.py", "check"], env=env, cwd=live.ROOT, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode != 0 and "COSTCONTROL_ENCRYPTION_KEYS is required" in out.stderr
+
+
 @pytest.fixture
 def aof_redis() -> Iterator[str]:
     """A Redis with append-only persistence, as production's must be (ledger.W001 checks it)."""

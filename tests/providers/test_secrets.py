@@ -134,6 +134,20 @@ def test_channel_urls_pass_the_egress_policy_and_bind_their_secret(people: Peopl
     assert inward.status_code == 400 and "loopback" in str(inward.json())
 
 
+def test_slack_channel_urls_pass_the_same_egress_policy_on_the_api(people: People, settings: Any) -> None:
+    owner = _token_client(people.owner)
+    org = people.tenant.org.slug
+    slack = {"organization": org, "name": "ops", "kind": "slack"}
+    refused = owner.post("/api/channels/", {**slack, "target": "http://169.254.169.254/hooks"}, format="json")
+    assert refused.status_code == 400 and "link-local" in str(refused.json()["error"]["fields"]["target"])
+    created = owner.post("/api/channels/", {**slack, "target": "http://127.0.0.1:9/services/T/B/x"}, format="json")
+    assert created.status_code == 201, created.content
+    settings.COSTCONTROL_EGRESS_ALLOW = []
+    inward = owner.patch(f"/api/channels/{created.json()['id']}/", {"target": "http://127.0.0.1:9/y"}, format="json")
+    assert inward.status_code == 400 and "loopback" in str(inward.json())
+    assert NotificationChannel.objects.get(pk=created.json()["id"]).target == "http://127.0.0.1:9/services/T/B/x"
+
+
 def test_lesser_roles_and_outsiders_cannot_retarget_a_channel(people: People) -> None:
     channel = channel_create(
         organization=people.tenant.org,

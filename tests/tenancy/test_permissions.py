@@ -149,6 +149,34 @@ def test_a_lead_without_a_team_manages_every_project_but_no_organisation_object(
     assert client.post(f"/orgs/{tenant.org.slug}/providers/", provider).status_code == 403
 
 
+def test_a_team_lead_cannot_pause_change_or_delete_the_organisations_or_another_teams_budget(
+    people: People,
+) -> None:
+    tenant = people.tenant
+    lead = member_make(tenant, Role.TEAM_LEAD, team=tenant.team)
+    other_team = team_create(organization=tenant.org, name="team b")
+    money = {"organization": tenant.org, "amount_usd": Decimal(100), "mode": "hard"}
+    org_budget = budget_create(name="whole org", scope=BudgetScope.ORGANIZATION, **money)  # type: ignore[arg-type]
+    team_b_budget = budget_create(name="team b", scope=BudgetScope.TEAM, team=other_team, **money)  # type: ignore[arg-type]
+    own = budget_create(name="own", scope=BudgetScope.PROJECT, project=tenant.project, **money)  # type: ignore[arg-type]
+    page, api = login(Client(), lead), _api(lead)
+    for budget in (org_budget, team_b_budget):
+        assert page.post(f"/budgets/{budget.pk}/toggle/").status_code in (403, 404)
+        assert api.patch(
+            f"/api/budgets/{budget.pk}/", {"is_active": False}, content_type="application/json"
+        ).status_code in (403, 404)
+        assert api.patch(
+            f"/api/budgets/{budget.pk}/", {"amount_usd": "1"}, content_type="application/json"
+        ).status_code in (403, 404)
+        assert api.delete(f"/api/budgets/{budget.pk}/").status_code in (403, 404)
+        budget.refresh_from_db()
+        assert budget.is_active and budget.amount_usd == Decimal(100)
+    # The lead's own team's project budget is theirs to pause (the control: the URLs above are right).
+    assert page.post(f"/budgets/{own.pk}/toggle/").status_code == 302
+    own.refresh_from_db()
+    assert not own.is_active
+
+
 def test_garbage_in_the_matrix_inputs_is_a_client_error(people: People) -> None:
     """Ids that are not ids, other tenants' objects and nonsense methods: 4xx, never a 500."""
     owner = login(Client(), people.owner)
