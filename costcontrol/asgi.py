@@ -21,19 +21,26 @@ from apps.batches.uploads import capped_upload  # noqa: E402
 from apps.gateway.app import Gateway  # noqa: E402  (needs Django set up first)
 from apps.policy.build import load_snapshot  # noqa: E402
 from costcontrol.loopback import loopback_only  # noqa: E402
+from costcontrol.metrics import metrics_app, with_metrics_server  # noqa: E402
 
 # The data plane reads the policy as a snapshot built by the control plane's adapter.
 gateway = Gateway(load_snapshot)
 
 # Files and batches are uploads and polling, not the request hot path: Django serves them (apps/batches).
 DJANGO_V1 = ("/v1/files", "/v1/batches")
+# Liveness and readiness are the gateway process's own (readiness checks its policy snapshot).
+HEALTH = ("/healthz", "/readyz")
 
 
 async def application(scope, receive, send):  # type: ignore[no-untyped-def]
     if scope["type"] == "lifespan":
-        await gateway(scope, receive, send)
+        await gateway(scope, receive, with_metrics_server(send))
     elif scope["type"] == "http" and scope["path"].startswith("/v1/") and not scope["path"].startswith(DJANGO_V1):
         await gateway(scope, receive, send)
+    elif scope["type"] == "http" and scope["path"] in HEALTH:
+        await gateway(scope, receive, send)
+    elif scope["type"] == "http" and scope["path"] == "/metrics" and not settings.METRICS_PORT:
+        await metrics_app(scope, receive, send)
     elif scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
         await capped_upload(django_application, scope, receive, send, max_file_bytes=settings.BATCH_MAX_FILE_BYTES)
     else:

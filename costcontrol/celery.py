@@ -7,13 +7,23 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
-from celery.signals import beat_init, worker_init
+from celery.signals import beat_init, task_failure, worker_init
+from prometheus_client import Counter
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "costcontrol.settings.dev")
 
 app = Celery("costcontrol")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# Counted in the worker process that ran the task; /metrics sums every process's count when they share
+# PROMETHEUS_MULTIPROC_DIR (costcontrol/metrics.py). Task names are ours: a bounded label.
+TASK_FAILURES = Counter("costcontrol_celery_task_failures", "Celery tasks that raised, by task.", ["task"])
+
+
+@task_failure.connect
+def _count_failure(sender: Any = None, **_: Any) -> None:
+    TASK_FAILURES.labels(getattr(sender, "name", None) or "unknown").inc()
 
 
 @worker_init.connect

@@ -118,7 +118,7 @@ def start_upstream(**flags: str) -> tuple[Process, str]:
     return process, f"http://127.0.0.1:{port}/v1"
 
 
-def start_gateway(**env: str) -> tuple[Process, str]:
+def start_gateway(*, workers: int = 1, **env: str) -> tuple[Process, str]:
     port = free_port()
     args = [
         sys.executable,
@@ -136,6 +136,8 @@ def start_gateway(**env: str) -> tuple[Process, str]:
         "--no-access-log",
         "--log-level",
         "warning",
+        "--workers",
+        str(workers),
     ]
     process = Process(args, server_env(**env), "gateway")
     # 401 without a key means the gateway is up and its snapshot is loaded.

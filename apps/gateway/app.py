@@ -20,7 +20,7 @@ from apps.core.errors import GatewayError, method_not_allowed
 from apps.core.request import ENDPOINT_PATHS
 from apps.core.snapshot import Snapshot
 from apps.gateway.asgi import Receive, Scope, Send, send_error
-from apps.gateway.handlers import models, proxy
+from apps.gateway.handlers import health, models, proxy
 from apps.gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,8 @@ class Gateway:
         path: str = scope["path"]
         method: str = scope["method"]
         request_id = "req_" + secrets.token_hex(12)
+        endpoint = ENDPOINT_PATHS.get(path)
         try:
-            endpoint = ENDPOINT_PATHS.get(path)
             if endpoint is not None:
                 if method != "POST":
                     raise method_not_allowed(method, f"on {path}")
@@ -84,9 +84,17 @@ class Gateway:
                 if method != "GET":
                     raise method_not_allowed(method, f"on {path}")
                 await models.handle(rt.snapshot, scope, send, path, request_id)
+                rt.metrics.unrecorded("models", 200, None)
+            elif path == "/readyz":
+                await health.ready(rt, send, request_id)
+            elif path == "/healthz":
+                await health.live(send, request_id)
             else:
                 raise GatewayError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
         except GatewayError as exc:
+            # Refused before it became a ledger row (those are counted as they are recorded).
+            rt.metrics.unrecorded(endpoint or ("models" if path.startswith("/v1/models") else "other"), exc.status,
+                                  exc.code)  # fmt: skip
             await send_error(send, exc, request_id)
         except Exception:
             logger.exception("unhandled gateway error on %s %s", method, path)

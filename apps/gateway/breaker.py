@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from apps.core import names
-from apps.gateway import watch
+from apps.gateway import metrics, watch
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class Breakers:
         self._poll_seconds = poll_seconds
         self._script = client.register_script(FAILURE_LUA)
         self._open: dict[str, float] = {}
+        self._seen_open: set[str] = set()  # every deployment seen open (its gauge goes back to 0 when it closes)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -107,6 +108,7 @@ class Breakers:
         try:
             if await self._script(keys=keys, args=args):
                 logger.warning("circuit opened for %s", name)
+                metrics.circuit_opened(name)
                 await self._announce()
         except (RedisError, OSError) as error:
             logger.warning("breaker failure for %s not counted, Redis: %s", name, error)
@@ -129,6 +131,9 @@ class Breakers:
     async def reload(self) -> None:
         raw = await self._redis.hgetall(self._hash)
         self._open = {_text(key): float(value) for key, value in raw.items()}
+        if self._open or self._seen_open:
+            self._seen_open.update(self._open)
+            metrics.circuits(set(self._open), self._seen_open)
 
     async def _announce(self) -> None:
         await self.reload()

@@ -6,13 +6,16 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apps.core.events import ledger_event_clean
 from apps.core.route import RouteDecision
 from apps.core.snapshot import KeyPolicy
 from apps.enforcement.limiter import Admission
 from apps.gateway.response_cache import CacheRequest
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 ZERO = Decimal(0)
 
@@ -51,6 +54,9 @@ class Call:
     admission: Admission | None = None
     cache: CacheRequest | None = None
     attempts: int = 0  # attempts recorded as possibly billed (their rows are <request id>-t<n>)
+    upstream_s: float = 0.0  # seconds spent waiting on providers (metrics: the gateway's own time is the rest)
+    traceparent: bytes | None = None  # the app's W3C trace context, passed upstream
+    span: Span | None = None  # the request's trace span (None unless tracing is on: apps/gateway/tracing.py)
 
     @property
     def route(self) -> str:
@@ -63,8 +69,17 @@ class Call:
     def side_row(self, suffix: str, **changes: Any) -> Call:
         """Another ledger row of this request (``<request id>-<suffix>``): a cascade's cheap call, an attempt."""
         return dataclasses.replace(
-            self, request_id=f"{self.request_id}-{suffix}", admission=None, cache=None, extra_headers=[], **changes
+            self,
+            request_id=f"{self.request_id}-{suffix}",
+            admission=None,
+            cache=None,
+            extra_headers=[],
+            upstream_s=0.0,
+            **changes,
         )
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self.started
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)

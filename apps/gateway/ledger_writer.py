@@ -17,6 +17,7 @@ import orjson
 
 from apps.core.events import EVENT_FIELD
 from apps.enforcement.fastredis import FastPipeline, FastRedis
+from apps.gateway import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class LedgerWriter:
                 raise added
         except Exception:
             logger.exception("ledger XADD failed; spooling request %s", event.get("request_id"))
+            metrics.ledger_spooled()
             await asyncio.get_running_loop().run_in_executor(None, self._append_spool, payload)
 
     def _append_spool(self, payload: bytes) -> None:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from apps.core import names
 from apps.core.snapshot import Snapshot
-from apps.gateway import watch
+from apps.gateway import metrics, watch
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,8 @@ class PolicyStore:
         self._channel = names.policy_channel(prefix)
         self._poll_seconds = poll_seconds
         self._built_at = 0.0
+        # When the snapshot was last known to be current (built, or its version found unchanged): readiness.
+        self.confirmed_at = 0.0
         self._refresh_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.current = Snapshot(version=-1)
@@ -64,6 +66,7 @@ class PolicyStore:
             try:
                 self.current = await loop.run_in_executor(None, self._build, version)
             except Exception:
+                metrics.snapshot_failed()
                 logger.critical(
                     "policy snapshot build FAILED: this process keeps serving policy version %s, built %.0f s ago; "
                     "key revocations and policy changes are NOT applied here until a build succeeds",
@@ -71,6 +74,7 @@ class PolicyStore:
                 )  # fmt: skip
                 raise
             self._built_at = time.monotonic()
+            self._confirmed()
 
     async def _check(self) -> None:
         """Rebuild when the version moved (an announcement we missed) or the snapshot is too old."""
@@ -78,3 +82,13 @@ class PolicyStore:
         stale = time.monotonic() - self._built_at > self.MAX_AGE_SECONDS
         if version != self.current.version or stale:
             await self.refresh()
+        else:
+            self._confirmed()
+
+    def _confirmed(self) -> None:
+        self.confirmed_at = time.monotonic()
+        metrics.snapshot_current(time.time())
+
+    def age(self) -> float:
+        """Seconds since the snapshot was last known to be current."""
+        return time.monotonic() - self.confirmed_at

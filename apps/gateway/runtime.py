@@ -24,8 +24,10 @@ from apps.core.egress_http import EgressConnector
 from apps.core.snapshot import Snapshot
 from apps.enforcement.fastredis import FastRedis
 from apps.enforcement.limiter import Limiter
+from apps.gateway import tracing
 from apps.gateway.breaker import Breakers
 from apps.gateway.ledger_writer import LedgerWriter
+from apps.gateway.metrics import GatewayMetrics, process_exited
 from apps.gateway.policy import PolicyStore
 from apps.gateway.response_cache import ResponseCache
 from apps.gateway.shadow_queue import ShadowQueue
@@ -44,6 +46,8 @@ class Limits:
     retry_max_seconds: float
     limits_fail_open: bool
     unknown_model_max_output: int
+    database_url: str
+    ready_max_snapshot_age: float
 
     @classmethod
     def from_settings(cls) -> Limits:
@@ -56,6 +60,8 @@ class Limits:
             retry_max_seconds=settings.GATEWAY_RETRY_MAX_SECONDS,
             limits_fail_open=settings.GATEWAY_LIMITS_FAIL_OPEN,
             unknown_model_max_output=settings.GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS,
+            database_url=settings.DATABASE_URL,
+            ready_max_snapshot_age=settings.GATEWAY_READY_MAX_SNAPSHOT_AGE_SECONDS,
         )
 
 
@@ -74,6 +80,7 @@ class Runtime:
     policy: PolicyStore
     # Requests waiting on each deployment in this process (for least-in-flight balancing).
     in_flight: Counter[str]
+    metrics: GatewayMetrics
 
     @property
     def snapshot(self) -> Snapshot:
@@ -85,6 +92,7 @@ class Runtime:
         control plane's adapter, run in a thread)."""
         limits = Limits.from_settings()
         prefix = limits.prefix
+        tracing.configure_from_environment()
         redis = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=512)
         # Every upstream URL is tenant-set: connect only to addresses the egress policy admits.
         http = aiohttp.ClientSession(
@@ -146,6 +154,7 @@ class Runtime:
             shadows=shadows,
             policy=policy,
             in_flight=Counter(),
+            metrics=GatewayMetrics(),
         )
 
     async def close(self) -> None:
@@ -160,3 +169,5 @@ class Runtime:
         await self.cache.close()
         await self.fast_redis.close()
         await self.redis.aclose()
+        tracing.shutdown()
+        process_exited()

@@ -19,6 +19,7 @@ from apps.ledger.models import (
     LedgerEntry,
     Lever,
     ProjectHourlyRollup,
+    RollupWatermark,
     SliceHourlyRollup,
 )
 from apps.tenancy.selectors import projects_for
@@ -483,3 +484,11 @@ def rollup_top(
         )
         for row in rows
     ]
+
+
+def rollup_lag_seconds(*, now: dt.datetime | None = None) -> float | None:
+    """Seconds since the roll-ups last caught up with the ledger (None before the first roll-up)."""
+    watermark = RollupWatermark.objects.order_by("pk").values_list("ingested_before", flat=True).first()
+    if watermark is None:
+        return None
+    return max(((now or timezone.now()) - watermark).total_seconds(), 0.0)

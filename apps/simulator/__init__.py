@@ -46,6 +46,8 @@ Directives, written anywhere in a message's content, a prompt or an embedding in
 - ``[[sim:confidence=P]]`` (0 < P <= 1): with logprobs, the first completion token's
   logprob is exactly ``ln(P)``; later tokens have probabilities in [0.9, 0.9999).
 - ``[[sim:answer=TEXT]]``: the completion is exactly TEXT (which ends at the first ``]]``).
+- ``[[sim:echo_header=NAME]]``: the completion is the value of the request's header NAME (lower case;
+  ``none`` when absent): shows what the gateway sent upstream, e.g. ``traceparent``.
 - ``[[sim:no_usage]]``: no ``usage`` in the response or stream.
 - ``[[sim:fail_after=N]]``: a stream drops the connection after N content chunks.
 

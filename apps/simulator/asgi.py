@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from apps.simulator.batch_api import BatchEmulator
+from apps.simulator.directives import echo_headers
 from apps.simulator.endpoints import SimConfig, Simulator
 from apps.simulator.replies import (
     JSON_HEADERS,
@@ -156,6 +157,8 @@ def build_app(config: SimConfig) -> ASGIApp:
                 return Reply(200, simulator.models_body)
             return simulator.model(path[len("/v1/models/") :])
         raw = await read_body(receive)
+        if b"[[sim:echo_header=" in raw:
+            raw = echo_headers(raw, scope["headers"])
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -23,6 +23,10 @@ from apps.simulator.replies import (
 
 TIMEOUT_DIRECTIVE_SECONDS = 30.0
 
+# ``[[sim:echo_header=NAME]]``: rewritten, before the body is parsed, into ``[[sim:answer=VALUE]]``.
+ECHO_HEADER_RE = re.compile(rb"\[\[sim:echo_header=([a-z0-9-]{1,64})\]\]")
+ECHO_UNSAFE_RE = re.compile(rb"[^A-Za-z0-9._:/ -]")
+
 
 # ``[[sim:NAME=VALUE]]``, or ``[[sim:MODEL/NAME=VALUE]]`` to apply only to requests for MODEL.
 DIRECTIVE_RE = re.compile(r"\[\[sim:(?:([A-Za-z0-9._:-]+)/)?([a-z_0-9]+)(?:=(.*?))?\]\]", re.S)
@@ -86,6 +90,18 @@ def parse_directives(text: str, model: str) -> Directives | None:
         except ValueError:
             raise invalid(f"Invalid simulator directive [[sim:{name}={value}]].") from None
     return found
+
+
+def echo_headers(raw: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """Replace each ``[[sim:echo_header=NAME]]`` with an answer directive naming that request header's
+    value (``none`` when absent; characters that could break JSON or the directive dropped)."""
+    received = dict(headers)
+
+    def answer(match: re.Match[bytes]) -> bytes:
+        value = ECHO_UNSAFE_RE.sub(b"", received.get(match.group(1), b"none"))[:256]
+        return b"[[sim:answer=" + (value or b"none") + b"]]"
+
+    return ECHO_HEADER_RE.sub(answer, raw)
 
 
 def hostile_usage(hostile: Hostile, value: str) -> None:

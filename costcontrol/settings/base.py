@@ -267,6 +267,13 @@ GATEWAY_REDIS_TIMEOUT_SECONDS = float(env_str("GATEWAY_REDIS_TIMEOUT_SECONDS", "
 # answer read from a provider: an upstream past either is cut off (502), so memory stays bounded.
 GATEWAY_MAX_SSE_EVENT_BYTES = env_int("GATEWAY_MAX_SSE_EVENT_BYTES", 1024 * 1024)
 GATEWAY_MAX_UPSTREAM_BODY_BYTES = env_int("GATEWAY_MAX_UPSTREAM_BODY_BYTES", 64 * 1024 * 1024)
+# /readyz answers 503 when a gateway process has not known its policy snapshot to be current for this long
+# (it checks the version every GATEWAY_POLICY_POLL_SECONDS; failing rebuilds or an unreachable Redis age it).
+GATEWAY_READY_MAX_SNAPSHOT_AGE_SECONDS = float(env_str("GATEWAY_READY_MAX_SNAPSHOT_AGE_SECONDS", "30"))
+# Prometheus metrics: unset, every process serves GET /metrics on its own port; set, only on this port
+# (every worker of the host listens on it, SO_REUSEPORT) and /metrics on the public port is a 404.
+METRICS_PORT = env_int("METRICS_PORT", 0)
+METRICS_HOST = env_str("METRICS_HOST", "127.0.0.1")
 SIMULATED_UPSTREAM_URL = env_str("SIMULATED_UPSTREAM_URL", "http://127.0.0.1:9100/v1")
 
 LOGGING = {

@@ -14,6 +14,7 @@ from typing import Any
 from apps.core.errors import GatewayError
 from apps.core.request import ENDPOINT_CHAT
 from apps.core.text import answer_text
+from apps.gateway import tracing
 from apps.gateway.asgi import Receive, Scope, Send, send_error
 from apps.gateway.call import Call
 from apps.gateway.runtime import Runtime
@@ -30,6 +31,8 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send, endpoi
     key = authenticate(snapshot, headers.get(b"authorization"))
     call = Call(request_id=request_id, endpoint=endpoint, started=time.perf_counter(), created_at=time.time(), key=key)
     attribute(call, headers)
+    call.traceparent = headers.get(b"traceparent")
+    tracing.start_request(call)
     try:
         payload = await read_request(call, receive, headers, rt.limits.max_body_bytes)
         plan = plan_route(snapshot, call, payload, rt.in_flight)
@@ -39,13 +42,15 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send, endpoi
         if endpoint == ENDPOINT_CHAT:
             call.extra_headers = cache.plan_cache(snapshot, call, payload, headers)
             if call.cache is not None:
-                hit = await cache.look_up(rt.cache, call.cache)
+                with tracing.child(call, "cache lookup"):
+                    hit = await cache.look_up(rt.cache, call.cache)
                 if hit is not None:
                     body = cache.hit_answer(call, hit, target)
                     await relay.send_completion(send, call, payload, body, cache.hit_headers(call, hit))
                     await record.record(rt, call, cache_hit=hit)
                     return
-        call.admission = await admit(rt, snapshot, call, plan, payload)
+        with tracing.child(call, "admission"):
+            call.admission = await admit(rt, snapshot, call, plan, payload)
         call.extra_headers = [*call.admission.headers, *call.extra_headers]
         if plan.cheap is not None and await cascade.cascade(rt, send, call, plan, payload):
             return
@@ -100,10 +105,12 @@ async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: P
             relay.send_answer(send, answer.status, answer.body, _headers(call, answer)), record.record(rt, call)
         )
         return
+    relaying = time.perf_counter()
     sse = await relay.relay_stream(
         send, receive, call, answer.response, strip_usage_chunk=not wants_usage,
         max_event_bytes=rt.limits.max_sse_event_bytes,
     )  # fmt: skip
+    call.upstream_s += time.perf_counter() - relaying  # the stream's time is the provider's
     price.price_stream(call, answer.target, sse)
     store, completion = None, None
     if call.status_code == 200 and sse.done:

@@ -53,6 +53,7 @@ async def cascade(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
             verdict, reason = await _verdict(rt, rule.id, rule_cascade, data)
     # Timed-out attempts of the cheap call the provider may bill are the request's to carry.
     call.side_cost += side.side_cost
+    call.upstream_s += side.upstream_s
     call.attempts += side.attempts
     if verdict == ESCALATED:
         call.decision.cascade, call.decision.reason = ESCALATED, reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from apps.gateway import tracing
 from apps.gateway.call import Call
 from apps.gateway.response_cache import CacheHit
 from apps.gateway.runtime import Runtime
@@ -13,7 +14,17 @@ async def record(
     rt: Runtime, call: Call, *, cache_store: dict[str, Any] | None = None, cache_hit: CacheHit | None = None
 ) -> None:
     """Append the request's ledger event; settle what it reserved to what it cost (its side calls
-    included) and queue the answer for the cache (``cache_store``) or count a hit, in the same write."""
+    included) and queue the answer for the cache (``cache_store``) or count a hit, in the same write.
+    The request's metrics and trace span are recorded here too, once."""
+    project = rt.snapshot.projects.get(call.key.project_id)
+    slug = project.slug if project is not None else ""
+    if cache_hit is not None:
+        cache_result: str | None = cache_hit.kind
+    else:
+        cache_result = "miss" if call.cache is not None and call.cache.read else None
+    rt.metrics.request(call, slug, cache_result=cache_result)
+    if call.span is not None:
+        tracing.end_request(call, slug)
     admission, call.admission = call.admission, None
     reserved = admission is not None and admission.reserved
     if not reserved and cache_store is None and cache_hit is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ import orjson
 from apps.core.errors import GatewayError, upstream_unavailable
 from apps.core.route import ATTEMPT, Tried
 from apps.core.snapshot import ProviderTarget
+from apps.gateway import metrics, tracing
 from apps.gateway.breaker import deployment
 from apps.gateway.call import ZERO, Call
 from apps.gateway.runtime import Runtime
@@ -69,8 +71,10 @@ async def call_upstream(
     breakers = rt.breakers
     skipped: list[Tried] = []
     last: Answer | GatewayError | None = None
-    for target in targets:
+    for position, target in enumerate(targets):
         provider, model = target.provider, target.model
+        if position:
+            metrics.fell_back(targets[position - 1].model)
         if not await breakers.allow(provider.id, model):
             skipped.append(Tried(model, provider.name, "circuit-open"))
             last = last or upstream_unavailable(
@@ -83,10 +87,13 @@ async def call_upstream(
         name = deployment(provider.id, model)
         reason = ""
         for attempt in range(provider.max_retries + 1):
-            retry_after = None
+            retry_after, reason, status = None, "", 0
             rt.in_flight[name] += 1
+            span = tracing.start_attempt(call, provider.name, model, attempt) if call.span is not None else None
+            started = time.perf_counter()
             try:
-                answer = await _attempt(rt, target, call.endpoint, body, stream=stream)
+                traceparent = tracing.upstream_traceparent(call, span) if call.traceparent or span else None
+                answer = await _attempt(rt, target, call.endpoint, body, stream=stream, traceparent=traceparent)
             except TimeoutError as exc:
                 reason = "timeout"
                 last = upstream_unavailable(
@@ -96,12 +103,14 @@ async def call_upstream(
                     # The request reached the provider, which may still answer it and bill us.
                     await possibly_billed(rt, call, target, payload, last)
             except UpstreamTooLarge as exc:
+                reason = "too-large"
                 await possibly_billed(rt, call, target, payload, exc.error)
                 raise exc.error from None
             except aiohttp.ClientError as exc:
                 reason = "unreachable"
                 last = upstream_unavailable(f"Could not reach the provider {provider.name}: {exc}.")
             else:
+                status = answer.status
                 if answer.status not in RETRYABLE_STATUS:
                     await breakers.success(provider.id, model)
                     if skipped or attempt:
@@ -111,6 +120,9 @@ async def call_upstream(
                 reason, retry_after, last = str(answer.status), answer.retry_after, answer
             finally:
                 rt.in_flight[name] -= 1
+                call.upstream_s += time.perf_counter() - started
+                if span is not None:
+                    tracing.end_attempt(span, status, reason)
             await breakers.failure(provider.id, model)
             if attempt < provider.max_retries:
                 delay = backoff(
@@ -118,6 +130,7 @@ async def call_upstream(
                 )
                 if delay is None:
                     break  # the provider asks for a longer pause than we wait: try the next target
+                metrics.retried(model)
                 await asyncio.sleep(delay)
         skipped.append(Tried(model, provider.name, reason))
     call.decision.tried += tuple(skipped)
@@ -167,9 +180,13 @@ async def possibly_billed(
     await rt.ledger.write(row.event())
 
 
-async def _attempt(rt: Runtime, target: Target, endpoint: str, body: bytes, *, stream: bool) -> Answer:
+async def _attempt(
+    rt: Runtime, target: Target, endpoint: str, body: bytes, *, stream: bool, traceparent: str | None
+) -> Answer:
     provider = target.provider
     url, headers = upstream_url(provider, endpoint), upstream_headers(provider)
+    if traceparent:
+        headers["traceparent"] = traceparent
     limit = rt.limits.max_upstream_body_bytes
     if stream:
         resp = await rt.http.post(url, data=body, headers=headers, timeout=provider.timeout, allow_redirects=False)

@@ -9,10 +9,12 @@ everything on Ctrl-C or when any child dies.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.request import urlopen
@@ -59,6 +61,13 @@ class Command(BaseCommand):
         # Children find the same embedded servers this process started.
         env.setdefault("DATABASE_URL", settings.DATABASE_URL)
         env.setdefault("REDIS_URL", settings.REDIS_URL)
+        if "PROMETHEUS_MULTIPROC_DIR" not in env:
+            # Every child writes its metrics here and any worker's /metrics sums them (see README, Metrics);
+            # emptied first so that a previous run's processes are not counted again.
+            metrics_dir = Path(settings.BASE_DIR) / "var" / "prometheus"
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+            metrics_dir.mkdir(parents=True)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         python = sys.executable
         specs = {
             "upstream": [
