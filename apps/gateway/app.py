@@ -85,10 +85,10 @@ class Gateway:
                     raise method_not_allowed(method, f"on {path}")
                 await models.handle(rt.snapshot, scope, send, path, request_id)
                 rt.metrics.unrecorded("models", 200, None)
-            elif path == "/readyz":
-                await health.ready(rt, send, request_id)
-            elif path == "/healthz":
-                await health.live(send, request_id)
+            elif path in ("/readyz", "/healthz"):
+                if method not in ("GET", "HEAD"):
+                    raise method_not_allowed(method, f"on {path}")
+                await (health.ready(rt, send, request_id) if path == "/readyz" else health.live(send, request_id))
             else:
                 raise GatewayError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
         except GatewayError as exc:
