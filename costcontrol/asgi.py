@@ -39,7 +39,7 @@ async def application(scope, receive, send):  # type: ignore[no-untyped-def]
         await gateway(scope, receive, send)
     elif scope["type"] == "http" and scope["path"] in HEALTH:
         await gateway(scope, receive, send)
-    elif scope["type"] == "http" and scope["path"] == "/metrics" and not settings.METRICS_PORT:
+    elif scope["type"] == "http" and scope["path"] == "/metrics":
         await metrics_app(scope, receive, send)
     elif scope["type"] == "http" and scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
         await capped_upload(django_application, scope, receive, send, max_file_bytes=settings.BATCH_MAX_FILE_BYTES)

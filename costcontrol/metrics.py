@@ -12,6 +12,7 @@ for all), so the public port does not expose them.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
 from collections.abc import Iterator
@@ -129,8 +130,23 @@ def render() -> bytes:
     return generate_latest(registry())
 
 
+def public_allowed(scope: dict[str, Any]) -> bool:
+    """May this request read /metrics on the public port? (A 404 otherwise: the page names every tenant.)"""
+    if settings.METRICS_PORT:
+        return False
+    if settings.LOOPBACK_ONLY:
+        return True
+    if not settings.METRICS_TOKEN:
+        return False
+    presented = dict(scope["headers"]).get(b"authorization", b"")
+    return hmac.compare_digest(presented, b"Bearer " + settings.METRICS_TOKEN.encode())
+
+
 async def metrics_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """ASGI: the metrics page (reading files, Redis and Postgres: off the event loop)."""
+    if not public_allowed(scope):
+        await _send(send, 404, b"Not found.\n", "text/plain; charset=utf-8")
+        return
     if scope["method"] not in ("GET", "HEAD"):
         await _send(send, 405, b"Method not allowed.\n", "text/plain; charset=utf-8")
         return

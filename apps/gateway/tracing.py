@@ -17,6 +17,7 @@ batches from a background thread, never on the event loop.
 from __future__ import annotations
 
 import os
+import re
 import time
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 OPERATIONS = {ENDPOINT_CHAT: "chat", ENDPOINT_COMPLETIONS: "text_completion"}
 TRACER_NAME = "costcontrol.gateway"
 _OFF: AbstractContextManager[None] = nullcontext()
+# W3C trace context, version 00 (what is passed on; anything else is dropped and a new trace starts).
+TRACEPARENT_RE = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 _tracer: Tracer | None = None
 _provider: TracerProvider | None = None
@@ -63,6 +66,13 @@ def shutdown() -> None:
     """Send the spans still queued (at process exit)."""
     if _provider is not None:
         _provider.shutdown()
+
+
+def app_traceparent(value: bytes | None) -> bytes | None:
+    """The app's ``traceparent`` header if it is a well-formed one, else None."""
+    if value is None or len(value) != 55 or not TRACEPARENT_RE.fullmatch(value):
+        return None
+    return value
 
 
 def start_request(call: Call) -> None:

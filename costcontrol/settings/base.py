@@ -270,10 +270,13 @@ GATEWAY_MAX_UPSTREAM_BODY_BYTES = env_int("GATEWAY_MAX_UPSTREAM_BODY_BYTES", 64 
 # /readyz answers 503 when a gateway process has not known its policy snapshot to be current for this long
 # (it checks the version every GATEWAY_POLICY_POLL_SECONDS; failing rebuilds or an unreachable Redis age it).
 GATEWAY_READY_MAX_SNAPSHOT_AGE_SECONDS = float(env_str("GATEWAY_READY_MAX_SNAPSHOT_AGE_SECONDS", "30"))
-# Prometheus metrics: unset, every process serves GET /metrics on its own port; set, only on this port
-# (every worker of the host listens on it, SO_REUSEPORT) and /metrics on the public port is a 404.
+# Prometheus metrics (every tenant's spend by project): served on METRICS_HOST:METRICS_PORT when the port
+# is set (every worker of the host listens on it, SO_REUSEPORT), and then never on the public port. Without
+# it, GET /metrics on the public port needs "Authorization: Bearer METRICS_TOKEN" (no token set: a 404),
+# except under the development settings, which serve loopback only.
 METRICS_PORT = env_int("METRICS_PORT", 0)
 METRICS_HOST = env_str("METRICS_HOST", "127.0.0.1")
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
 SIMULATED_UPSTREAM_URL = env_str("SIMULATED_UPSTREAM_URL", "http://127.0.0.1:9100/v1")
 
 LOGGING = {

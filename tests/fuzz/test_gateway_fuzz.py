@@ -89,7 +89,7 @@ body = st.fixed_dictionaries(
 header_value = st.binary(max_size=300).map(lambda raw: bytes(b for b in raw if b == 9 or 32 <= b < 127 or b >= 128))
 headers = st.fixed_dictionaries(
     {}, optional={"X-Feature": header_value, "X-End-User": header_value, "Cache-Control": header_value,
-                  "X-Cache-Namespace": header_value},
+                  "X-Cache-Namespace": header_value, "traceparent": header_value},
 )  # fmt: skip
 raw_body = st.one_of(
     body.map(lambda b: json.dumps(b).encode()),

@@ -168,17 +168,29 @@ def test_labels_stay_bounded_whatever_a_tenant_sends(tenant: Tenant, two_workers
     assert models <= {"", "gpt-4o-mini"}
 
 
-def test_metrics_page_refuses_writes_and_junk(gateway: str) -> None:
-    """Without METRICS_PORT the page is on the main port; it only reads."""
-    base = gateway.removesuffix("/v1")
-    assert status(base + "/metrics?name[]=%00%ff") == 200
-    assert status(base + "/metrics", data=b"\x00" * 100, method="POST") == 405
-    assert status(base + "/metrics", method="DELETE") == 405
-
-
-def status(url: str, *, data: bytes | None = None, method: str = "GET") -> int:
+def test_public_metrics_page_needs_the_metrics_token_and_only_reads(tenant: Tenant) -> None:
+    """Without METRICS_PORT the page is on the public port, behind METRICS_TOKEN: it names every tenant."""
+    token = secrets.token_urlsafe(16)
+    process, url = live.start_gateway(METRICS_TOKEN=token)
+    page = url.removesuffix("/v1") + "/metrics"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data, method=method), timeout=15) as response:  # noqa: S310
+        wait_key_live(url, tenant.key.plaintext)
+        assert status(page) == 404
+        assert status(page, headers={"Authorization": f"Bearer {token}x"}) == 404
+        # A tenant's key opens nothing here.
+        assert status(page, headers={"Authorization": f"Bearer {tenant.key.plaintext}"}) == 404
+        good = {"Authorization": f"Bearer {token}"}
+        assert status(page + "?name[]=%00%ff", headers=good) == 200
+        assert status(page, data=b"\x00" * 100, method="POST", headers=good) == 405
+        assert status(page, method="DELETE", headers=good) == 405
+    finally:
+        process.stop()
+
+
+def status(url: str, *, data: bytes | None = None, method: str = "GET", headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:  # noqa: S310 (loopback)
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return exc.code

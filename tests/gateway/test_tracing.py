@@ -128,9 +128,12 @@ def test_tracing_off_passes_the_apps_traceparent_upstream_unchanged(gateway: str
         model="gpt-4o-mini", messages=ECHO, extra_headers={"traceparent": traceparent}
     )
     assert completion.choices[0].message.content == traceparent
-    # Without one, none is made up.
-    completion = sdk(gateway, tenant.key.plaintext).chat.completions.create(model="gpt-4o-mini", messages=ECHO)
-    assert completion.choices[0].message.content == "none"
+    # Without one, or with a malformed one, none is made up or passed on.
+    for junk in ({}, {"traceparent": "00-zz-yy-01"}, {"traceparent": traceparent.upper()}, {"traceparent": "x" * 55}):
+        completion = sdk(gateway, tenant.key.plaintext).chat.completions.create(
+            model="gpt-4o-mini", messages=ECHO, extra_headers=junk
+        )
+        assert completion.choices[0].message.content == "none"
 
 
 def test_a_garbage_traceparent_starts_a_new_trace(

@@ -55,7 +55,7 @@ async def _postgres(url: str) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-            connection = await psycopg.AsyncConnection.connect(url, connect_timeout=CHECK_TIMEOUT_SECONDS)
+            connection = await psycopg.AsyncConnection.connect(url, connect_timeout=int(CHECK_TIMEOUT_SECONDS))
             async with connection:
                 await connection.execute("SELECT 1")
     except Exception as exc:

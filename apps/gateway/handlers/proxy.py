@@ -31,7 +31,7 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send, endpoi
     key = authenticate(snapshot, headers.get(b"authorization"))
     call = Call(request_id=request_id, endpoint=endpoint, started=time.perf_counter(), created_at=time.time(), key=key)
     attribute(call, headers)
-    call.traceparent = headers.get(b"traceparent")
+    call.traceparent = tracing.app_traceparent(headers.get(b"traceparent"))
     tracing.start_request(call)
     try:
         payload = await read_request(call, receive, headers, rt.limits.max_body_bytes)

@@ -85,7 +85,6 @@ async def call_upstream(
             continue
         body = orjson.dumps({**payload, "model": model})
         name = deployment(provider.id, model)
-        reason = ""
         for attempt in range(provider.max_retries + 1):
             retry_after, reason, status = None, "", 0
             rt.in_flight[name] += 1

@@ -72,7 +72,8 @@ class Command(BaseCommand):
     def _postgres(self) -> None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT version()")
-            version = cursor.fetchone()[0].split(" on ")[0]
+            row = cursor.fetchone()
+        version = str(row[0]).split(" on ")[0] if row else "?"
         executor = MigrationExecutor(connection)
         unapplied = executor.migration_plan(executor.loader.graph.leaf_nodes())
         state = WARN if unapplied else OK
