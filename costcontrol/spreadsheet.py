@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterable, Iterator
+from decimal import Decimal
 from typing import Any
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -19,7 +20,13 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def safe_cell(value: Any) -> Any:
-    """``value``, with an apostrophe in front when it is text a spreadsheet would run as a formula."""
+    """``value``, with an apostrophe in front when it is text a spreadsheet would run as a formula.
+
+    A ``Decimal`` is written in plain notation: a difference of two amounts can be ``0E-8``, which
+    spreadsheets read as text and people as a typo.
+    """
+    if isinstance(value, Decimal):
+        return f"{value:f}" if value.is_finite() else str(value)
     if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value

@@ -162,6 +162,19 @@ class RateLimitList(generics.ListCreateAPIView):
         )
 
 
+class RateLimitDetail(generics.RetrieveDestroyAPIView):
+    """``GET``/``DELETE /api/rate-limits/<id>/``; to change one's numbers, POST the list again (an upsert)."""
+
+    serializer_class = RateLimitSerializer
+    permission_classes = [permissions.IsAuthenticated, writes_need(Action.PROJECT_MANAGE)]
+
+    def get_queryset(self) -> QuerySet[RateLimit]:
+        return RateLimitList.get_queryset(self)  # type: ignore[arg-type]
+
+    def perform_destroy(self, instance: RateLimit) -> None:
+        services.rate_limit_delete(limit=instance)
+
+
 class ChannelSerializer(serializers.ModelSerializer):
     organization = VisibleRelated(slug_field="slug", queryset=Organization.objects.all())
     secret = serializers.CharField(write_only=True, required=False, allow_blank=True)
@@ -206,12 +219,15 @@ class ChannelUpdateSerializer(serializers.Serializer):
     is_active = serializers.BooleanField(required=False)
 
 
-class ChannelDetail(generics.RetrieveUpdateAPIView):
-    """``PATCH /api/channels/<id>/``: rename, re-target, re-key or pause a channel."""
+class ChannelDetail(generics.RetrieveUpdateDestroyAPIView):
+    """``PATCH /api/channels/<id>/``: rename, re-target, re-key or pause a channel; ``DELETE`` removes it."""
 
     serializer_class = ChannelSerializer
     permission_classes = [permissions.IsAuthenticated, writes_need(Action.ORG_MANAGE)]
-    http_method_names = ["get", "patch", "head", "options"]
+    http_method_names = ["get", "patch", "delete", "head", "options"]
+
+    def perform_destroy(self, instance: NotificationChannel) -> None:
+        services.channel_delete(channel=instance)
 
     def get_queryset(self) -> QuerySet[NotificationChannel]:
         return channels_visible(user=self.request.user)

@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.contrib.auth.models import User
 
-from apps.budgets.models import Budget, ChannelKind, NotificationChannel, RateLimit
+from apps.budgets.models import AlertKind, Budget, ChannelKind, NotificationChannel, RateLimit
 from apps.keys.models import ApiKey
 from apps.tenancy.models import Team
 from apps.tenancy.permissions import Action
@@ -35,7 +35,12 @@ class BudgetForm(forms.ModelForm):
         # budget itself (a team lead picking "organisation" gets a 403, not a silent choice).
         orgs = organizations_where(user=user, action=Action.BUDGET_MANAGE)
         projects = projects_where(user=user, action=Action.BUDGET_MANAGE)
-        form_field(self, "organization", forms.ModelChoiceField).queryset = orgs
+        if "organization" in self.fields:
+            organization = form_field(self, "organization", forms.ModelChoiceField)
+            organization.queryset = orgs
+            if len(choices := list(orgs[:2])) == 1:  # one organisation: chosen already
+                organization.initial = choices[0].pk
+                organization.empty_label = None
         form_field(self, "team", forms.ModelChoiceField).queryset = Team.objects.filter(organization__in=orgs)
         form_field(self, "project", forms.ModelChoiceField).queryset = projects
         form_field(self, "api_key", forms.ModelChoiceField).queryset = ApiKey.objects.filter(
@@ -56,7 +61,7 @@ class BudgetForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         super().clean()
         data = self.cleaned_data
-        org = data.get("organization")
+        org = data.get("organization") or (self.instance.organization if self.instance.pk else None)
         for field in ("team", "project"):
             ref = data.get(field)
             if org and ref is not None and ref.organization_id != org.id:
@@ -65,6 +70,24 @@ class BudgetForm(forms.ModelForm):
         if org and key is not None and key.project.organization_id != org.id:
             self.add_error("api_key", "Pick a key from the budget's organisation.")
         return data
+
+
+class BudgetEditForm(BudgetForm):
+    """A budget's fields but its organisation, which never changes; starts from the budget's values."""
+
+    class Meta(BudgetForm.Meta):
+        fields = [name for name in BudgetForm.Meta.fields if name != "organization"]
+
+    def __init__(self, *args: Any, user: User, instance: Budget, **kwargs: Any) -> None:
+        super().__init__(*args, user=user, instance=instance, **kwargs)
+        if not self.is_bound:
+            self.initial["alert_thresholds"] = ", ".join(str(t) for t in instance.alert_thresholds)
+        # Only the budget's own organisation's teams, projects and keys (a user may see several).
+        lookups = (("team", "organization"), ("project", "organization"), ("api_key", "project__organization"))
+        for name, lookup in lookups:
+            field = form_field(self, name, forms.ModelChoiceField)
+            if field.queryset is not None:
+                field.queryset = field.queryset.filter(**{lookup: instance.organization})
 
 
 class RateLimitForm(forms.ModelForm):
@@ -94,6 +117,34 @@ class RateLimitForm(forms.ModelForm):
         return data
 
 
+class RateLimitValuesForm(forms.ModelForm):
+    """A rate limit's numbers, for editing one that exists."""
+
+    class Meta:
+        model = RateLimit
+        fields = ["requests_per_minute", "tokens_per_minute", "max_concurrent"]
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        if not any(self.cleaned_data.get(f) for f in self.Meta.fields):
+            raise forms.ValidationError("Set at least one limit, or delete the rate limit.")
+        return self.cleaned_data
+
+
+def _check_target(form: forms.BaseForm, kind: str | None, target: str) -> None:
+    """A webhook's target is an http(s) URL, an e-mail channel's a list of addresses; errors go on ``target``."""
+    target = target.strip()
+    if kind in (ChannelKind.SLACK, ChannelKind.WEBHOOK) and not target.startswith(("http://", "https://")):
+        form.add_error("target", "A webhook needs an http(s) URL.")
+    if kind == ChannelKind.EMAIL:
+        validator = forms.EmailField()
+        for address in target.split(","):
+            try:
+                validator.clean(address.strip())
+            except forms.ValidationError:
+                form.add_error("target", f"{address.strip() or '(empty)'} is not an e-mail address.")
+
+
 class ChannelForm(forms.ModelForm):
     secret = forms.CharField(
         required=False, widget=forms.PasswordInput, help_text="Webhooks: used to sign each delivery (HMAC-SHA256)"
@@ -113,14 +164,33 @@ class ChannelForm(forms.ModelForm):
     def clean(self) -> dict[str, Any]:
         super().clean()
         data = self.cleaned_data
-        kind, target = data.get("kind"), (data.get("target") or "").strip()
-        if kind in (ChannelKind.SLACK, ChannelKind.WEBHOOK) and not target.startswith(("http://", "https://")):
-            self.add_error("target", "A webhook needs an http(s) URL.")
-        if kind == ChannelKind.EMAIL:
-            validator = forms.EmailField()
-            for address in target.split(","):
-                try:
-                    validator.clean(address.strip())
-                except forms.ValidationError:
-                    self.add_error("target", f"{address.strip() or '(empty)'} is not an e-mail address.")
+        _check_target(self, data.get("kind"), data.get("target") or "")
         return data
+
+
+class ChannelEditForm(forms.Form):
+    name = forms.CharField(max_length=200)
+    target = forms.CharField(max_length=1000, help_text="Webhook URL, or comma-separated e-mail addresses")
+    secret = forms.CharField(
+        required=False, widget=forms.PasswordInput, help_text="Blank keeps the stored signing secret"
+    )
+    is_active = forms.BooleanField(required=False, label="Active", help_text="Paused channels get no new alerts")
+
+    def __init__(self, *args: Any, kind: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        if "target" in self.cleaned_data:
+            _check_target(self, self.kind, self.cleaned_data["target"])
+        return self.cleaned_data
+
+
+class AlertFilterForm(forms.Form):
+    kind = forms.ChoiceField(choices=[("", "All kinds"), *AlertKind.choices], required=False, label="Kind")
+    state = forms.ChoiceField(
+        choices=[("", "Open and acknowledged"), ("open", "Open"), ("acknowledged", "Acknowledged")],
+        required=False,
+        label="State",
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zoneinfo
 from decimal import Decimal
 
+from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -187,6 +188,7 @@ class NotificationChannel(crypto.EncryptedSecret, models.Model):
 
 class AlertKind(models.TextChoices):
     BUDGET_THRESHOLD = "budget_threshold", "Budget threshold"
+    BUDGET_BLOCKING = "budget_blocking", "Hard budget is blocking requests"
     SPEND_ANOMALY = "spend_anomaly", "Spend-rate anomaly"
     WOULD_BLOCK = "would_block", "Shadow budget would have blocked"
     DEAD_LETTER = "dead_letter", "Events that could not be stored"
@@ -206,6 +208,10 @@ class Alert(models.Model):
     link = models.CharField(max_length=500, blank=True, help_text="Dashboard path to the ledger slice")
     data = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True, help_text="When someone said they have seen it")
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
 
     def __str__(self) -> str:
         return self.title

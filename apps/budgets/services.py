@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Min, Q, Sum
 from django.utils import timezone
 
 from apps.audit.models import AuditAction
@@ -26,6 +27,7 @@ from apps.budgets.models import (
     AlertKind,
     AnomalyRule,
     Budget,
+    BudgetMode,
     BudgetPeriod,
     BudgetPeriodRecord,
     ChannelKind,
@@ -48,6 +50,13 @@ SIGNATURE_HEADER = "X-CostControl-Signature"
 TIMESTAMP_HEADER = "X-CostControl-Timestamp"
 ANOMALY_WINDOW = dt.timedelta(minutes=15)
 ANOMALY_BASELINE = dt.timedelta(hours=24)
+# A rate is only compared with a baseline that means something: a slice needs this many requests in
+# its baseline window, and its first traffic at least this long before the window, before a jump in
+# its rate is news. A new project's (or feature's) first burst is its baseline starting, not a spike.
+ANOMALY_MIN_BASELINE_REQUESTS = 50
+ANOMALY_MIN_HISTORY = dt.timedelta(hours=6)
+# The error code of a request a hard budget refused (apps.enforcement.replies.budget_exhausted).
+BUDGET_REFUSED_CODE = "insufficient_quota"
 
 
 def budget_create(
@@ -154,6 +163,12 @@ def rate_limit_set(
     return limit
 
 
+@transaction.atomic
+def rate_limit_delete(*, limit: RateLimit) -> None:
+    audit_record(action=AuditAction.DELETE, obj=limit, before=audit_snapshot(limit))
+    limit.delete()
+
+
 def _check_channel_target(channel: NotificationChannel) -> None:
     """Webhook URLs pass the egress policy (they are fetched from inside our network)."""
     if channel.kind in (ChannelKind.SLACK, ChannelKind.WEBHOOK):
@@ -201,6 +216,13 @@ def channel_update(
     return channel
 
 
+@transaction.atomic
+def channel_delete(*, channel: NotificationChannel) -> None:
+    """Delete a channel; alerts stay, its deliveries (sent or pending) go with it."""
+    audit_record(action=AuditAction.DELETE, obj=channel, before=audit_snapshot(channel))
+    channel.delete()
+
+
 # --- alerts -----------------------------------------------------------------
 
 
@@ -239,6 +261,16 @@ def alert_raise(
     except IntegrityError:
         return Alert.objects.get(dedup_key=dedup_key), False
     return alert, True
+
+
+def alert_acknowledge(*, alert: Alert, user: User) -> Alert:
+    """Mark ``alert`` seen by ``user``; acknowledging twice keeps the first acknowledgement."""
+    updated = Alert.objects.filter(pk=alert.pk, acknowledged_at__isnull=True).update(
+        acknowledged_at=timezone.now(), acknowledged_by=user
+    )
+    if updated:
+        alert.refresh_from_db(fields=["acknowledged_at", "acknowledged_by"])
+    return alert
 
 
 def dead_letters_alert(*, organization_id: int, stream: str, count: int, error: str, day: dt.date) -> Alert | None:
@@ -370,6 +402,8 @@ def budgets_check_thresholds(*, now: dt.datetime | None = None) -> int:
                 data={"threshold": threshold, "spent_usd": str(status.spent_usd), "mode": budget.mode},
             )
             created += new
+        if budget.mode == BudgetMode.HARD:
+            created += _blocking_alert(budget, status.period_start, status.spent_usd)
         if budget.mode == "shadow":
             blocked = LedgerEntry.objects.filter(
                 budget_ledger_filter(budget=budget),
@@ -390,6 +424,36 @@ def budgets_check_thresholds(*, now: dt.datetime | None = None) -> int:
                 )
                 created += new
     return created
+
+
+def _blocking_alert(budget: Budget, period_start: dt.datetime, spent_usd: Decimal) -> int:
+    """Alert once per period when a hard budget refuses requests; returns 1 if the alert is new.
+
+    A hard budget refuses a request whose worst case no longer fits, which is usually before its
+    spend reaches 100%, so a threshold alert alone never says requests are being turned away.
+    """
+    refused = LedgerEntry.objects.filter(
+        budget_ledger_filter(budget=budget), created_at__gte=period_start, error_code=BUDGET_REFUSED_CODE
+    )
+    count = refused.count()
+    if not count:
+        return 0
+    _alert, new = alert_raise(
+        organization_id=budget.organization_id,
+        kind=AlertKind.BUDGET_BLOCKING,
+        dedup_key=f"blocking:{budget.id}:{period_start:%Y%m%d%H%M}",
+        title=f"Budget '{budget.name}' is blocking requests",
+        message=(
+            f"The hard budget refused {count} request(s) this {budget.period} period: "
+            f"${spent_usd:.4f} of ${budget.amount_usd} spent. Raise the amount, or switch it to soft "
+            "mode, to let requests through."
+        ),
+        link=f"/ledger/?status=error&since={period_start:%Y-%m-%d}",
+        project_id=budget.project_id,
+        budget=budget,
+        data={"refused": count, "spent_usd": str(spent_usd), "mode": budget.mode},
+    )
+    return int(new)
 
 
 def budget_periods_record(*, now: dt.datetime | None = None) -> int:
@@ -418,7 +482,9 @@ def anomalies_detect(*, now: dt.datetime | None = None) -> int:
     """Alert when a project's (or feature's) spend or token rate jumps past its trailing baseline.
 
     Recent rate: the last 15 minutes of the ledger. Baseline: the 24 hours before
-    that, from the hourly roll-ups. One alert per project/feature per hour.
+    that, from the hourly roll-ups. One alert per project/feature per hour. A slice
+    with too thin a baseline (fewer than ``ANOMALY_MIN_BASELINE_REQUESTS`` requests,
+    or traffic for less than ``ANOMALY_MIN_HISTORY``) is not judged at all.
     """
     now = now or timezone.now()
     window_start = now - ANOMALY_WINDOW
@@ -427,7 +493,7 @@ def anomalies_detect(*, now: dt.datetime | None = None) -> int:
     window_hours = Decimal(ANOMALY_WINDOW.total_seconds()) / 3600
     rules = {(r.organization_id, r.project_id): r for r in AnomalyRule.objects.all()}
 
-    recent = (
+    recent = list(
         LedgerEntry.objects.filter(created_at__gte=window_start, created_at__lt=now)
         .values("organization_id", "project_id", "feature")
         .annotate(cost=Sum("cost"), tokens=Sum("prompt_tokens") + Sum("completion_tokens"), n=Count("id"))
@@ -437,9 +503,18 @@ def anomalies_detect(*, now: dt.datetime | None = None) -> int:
         (row["project_id"], row["feature"]): row
         for row in HourlyRollup.objects.filter(hour__gte=baseline_start, hour__lt=window_start)
         .values("project_id", "feature")
-        .annotate(cost=Sum("cost"), tokens=Sum("prompt_tokens") + Sum("completion_tokens"))
+        .annotate(cost=Sum("cost"), tokens=Sum("prompt_tokens") + Sum("completion_tokens"), n=Sum("requests"))
         .order_by()
     }
+    # When each project and feature first had traffic (the whole roll-up history, one grouped query).
+    first_seen = {
+        (row["project_id"], row["feature"]): row["first"]
+        for row in HourlyRollup.objects.filter(project_id__in={row["project_id"] for row in recent})
+        .values("project_id", "feature")
+        .annotate(first=Min("hour"))
+        .order_by()
+    }
+    history_before = window_start - ANOMALY_MIN_HISTORY
     created = 0
     slices: dict[tuple[int, int, str], dict[str, Decimal]] = {}
     for row in recent:
@@ -458,10 +533,15 @@ def anomalies_detect(*, now: dt.datetime | None = None) -> int:
         base: Mapping[str, Any] | None
         if feature:
             base = baseline.get((project_id, feature))
+            first = first_seen.get((project_id, feature))
         else:
             base_rows = [v for (p, _f), v in baseline.items() if p == project_id]
             base = {"cost": sum((b["cost"] or 0 for b in base_rows), Decimal(0)),
-                    "tokens": sum(b["tokens"] or 0 for b in base_rows)} if base_rows else None  # fmt: skip
+                    "tokens": sum(b["tokens"] or 0 for b in base_rows),
+                    "n": sum(b["n"] or 0 for b in base_rows)} if base_rows else None  # fmt: skip
+            first = min((f for (p, _f), f in first_seen.items() if p == project_id), default=None)
+        if base is None or (base["n"] or 0) < ANOMALY_MIN_BASELINE_REQUESTS or first is None or first > history_before:
+            continue
         rate = acc["cost"] / window_hours
         base_rate = (Decimal(base["cost"] or 0) / hours) if base else Decimal(0)
         tokens_rate = acc["tokens"] / (window_hours * 60)

@@ -18,7 +18,16 @@ class CachePolicyForm(forms.ModelForm):
         model = CachePolicy
         fields = ["feature", "exact_enabled", "semantic_enabled", "similarity_threshold", "ttl_seconds", "max_entries",
                   "eviction", "share_across_users", "deny_patterns"]  # fmt: skip
-        labels = {"share_across_users": "Share answers across end users"}
+        labels = {
+            "feature": "Feature (empty: the whole project)",
+            "exact_enabled": "Exact cache (same request, same answer)",
+            "semantic_enabled": "Semantic cache (similar prompts)",
+            "similarity_threshold": "Similarity needed (0.5–1)",
+            "ttl_seconds": "Keep answers for (seconds)",
+            "max_entries": "Most answers kept",
+            "eviction": "When full, drop",
+            "share_across_users": "Share answers across end users",
+        }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -44,10 +44,26 @@ class ProjectCreateForm(forms.Form):
     name = forms.CharField(max_length=200)
     slug = forms.SlugField(max_length=80, required=False, help_text="Leave blank to derive it from the name.")
     team = forms.ModelChoiceField(queryset=Team.objects.none(), required=False, empty_label="— no team —")
+    default_provider = forms.ModelChoiceField(
+        queryset=Provider.objects.none(),
+        required=False,
+        label="Default provider",
+        help_text="Serves plain model names (no “@ provider”) for this project.",
+    )
 
-    def __init__(self, *args: Any, teams: QuerySet[Team], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, teams: QuerySet[Team], providers: QuerySet[Provider], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         form_field(self, "team", forms.ModelChoiceField).queryset = teams
+        provider = form_field(self, "default_provider", forms.ModelChoiceField)
+        provider.queryset = providers
+        choices = list(providers[:2])
+        if len(choices) == 1:  # the organisation's only provider: chosen already
+            provider.initial, provider.empty_label = choices[0].pk, None
+        elif choices:
+            # Several could serve a model: the choice is the person's, never the first priced one by id.
+            provider.required, provider.empty_label = True, "— choose —"
+        else:
+            del self.fields["default_provider"]
 
 
 class KeyIssueForm(forms.Form):
@@ -145,7 +161,7 @@ STATUS_CHOICES = [("", "any"), ("ok", "ok"), ("error", "error")]
 
 class LedgerFilterForm(forms.Form):
     project = forms.ChoiceField(required=False)
-    key = forms.CharField(required=False, label="Key id")
+    key = forms.CharField(required=False, label="Key", help_text="Its name, or its id (cc_live_…)")
     model = forms.CharField(required=False)
     feature = forms.CharField(required=False)
     end_user = forms.CharField(required=False, label="End user")

@@ -14,10 +14,12 @@ from apps.budgets.models import Alert, AlertKind, Budget, BudgetScope
 from apps.budgets.selectors import BudgetStatus, alerts_visible, budget_statuses, budgets_visible
 from apps.ledger.selectors import (
     GROUP_BY_FIELDS,
+    LatencyPercentiles,
     LeverTotals,
     RollupSummary,
     SpendSeries,
     TopRow,
+    ledger_percentiles,
     rollup_summary,
     rollup_top,
     savings_by_lever,
@@ -75,6 +77,7 @@ class Overview:
     group_by: str
     series: SpendSeries
     summary: RollupSummary
+    latency: LatencyPercentiles
     levers: list[LeverTotals]
     top: dict[str, list[TopRow]]
     spend_today: Decimal
@@ -132,6 +135,7 @@ def overview_for(
         group_by=group_by,
         series=spend_series(**window, group_by=group_by, bucket=bucket_for(since=since, until=until)),
         summary=rollup_summary(**window),
+        latency=ledger_percentiles(**window),
         levers=savings_by_lever(**window),
         top={name: rollup_top(**window, group_by=name, limit=TOP_N) for name in GROUP_BY_FIELDS},
         spend_today=sum((s.today for s in spend), Decimal(0)),

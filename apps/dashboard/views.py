@@ -19,6 +19,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -106,7 +107,11 @@ def home(request: HttpRequest) -> HttpResponse:
 def _project_form(request: HttpRequest, org: Organization, data: Any = None) -> ProjectCreateForm:
     """The new-project form, its teams narrowed to those the user may create projects in."""
     teams = [t for t in org.teams.order_by("name") if can(request.user, Action.PROJECT_CREATE, t)]
-    return ProjectCreateForm(data, teams=Team.objects.filter(pk__in=[t.pk for t in teams]).order_by("name"))
+    return ProjectCreateForm(
+        data,
+        teams=Team.objects.filter(pk__in=[t.pk for t in teams]).order_by("name"),
+        providers=Provider.objects.filter(organization=org).order_by("name"),
+    )
 
 
 @login_required
@@ -120,12 +125,15 @@ def project_new(request: HttpRequest, org_slug: str) -> HttpResponse:
         # A project without a team is organisation-wide: only who may create there may leave it out.
         require(request.user, Action.PROJECT_CREATE, form.cleaned_data["team"] or org)
         try:
-            project = project_create(
-                organization=org,
-                name=form.cleaned_data["name"],
-                slug=form.cleaned_data["slug"],
-                team=form.cleaned_data["team"],
-            )
+            with transaction.atomic():
+                project = project_create(
+                    organization=org,
+                    name=form.cleaned_data["name"],
+                    slug=form.cleaned_data["slug"],
+                    team=form.cleaned_data["team"],
+                )
+                if form.cleaned_data.get("default_provider") is not None:
+                    project_set_default_provider(project=project, provider=form.cleaned_data["default_provider"])
         except DjangoValidationError as exc:
             add_service_errors(form, exc)
         else:
@@ -455,8 +463,21 @@ def overview(request: HttpRequest) -> HttpResponse:
         }
         for name, rows in data.top.items()
     ]
+    today = timezone.localdate()
+    presets = {
+        "Last 7 days": (today - dt.timedelta(days=6), today),
+        "This month": (today.replace(day=1), today),
+        "Last 30 days": (today - dt.timedelta(days=29), today),
+    }
     context = {
         "form": form,
+        "presets": [
+            {
+                "label": label,
+                "query": urlencode({"scope": scope.value, "date_from": a, "date_to": b, "group_by": group_by}),
+            }
+            for label, (a, b) in presets.items()
+        ],
         "overview": data,
         "top": top,
         "day_from": day_from,

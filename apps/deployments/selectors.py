@@ -9,7 +9,7 @@ from django.db.models import QuerySet, Sum
 
 from apps.deployments.breakeven import ModelUsage
 from apps.deployments.models import Deployment, DeploymentRun
-from apps.ledger.models import Dimension
+from apps.ledger.models import UNKNOWN_LABEL, Dimension
 from apps.ledger.selectors import slice_rollups_in
 from apps.tenancy.models import Organization, Project
 
@@ -40,7 +40,7 @@ def model_usage(*, project: Project, since: dt.datetime, until: dt.datetime) -> 
     )
     return [
         ModelUsage(
-            model=row["value"] or "(unknown)",
+            model=row["value"] or UNKNOWN_LABEL,
             requests=row["n"] or 0,
             prompt_tokens=row["prompt"] or 0,
             completion_tokens=row["completion"] or 0,

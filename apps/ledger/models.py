@@ -50,6 +50,10 @@ COST: DecimalSpec = {"max_digits": LEDGER_COST_DIGITS, "decimal_places": LEDGER_
 HISTOGRAM_EDGES_MS: tuple[int, ...] = (0, 25, 50, 100, 200, 400, 800, 1600, 3200, 6400)
 
 
+# How every page, chart and table names a value the ledger does not know (no model, feature, key …).
+UNKNOWN_LABEL = "(unknown)"
+
+
 def histogram_empty() -> list[int]:
     return [0] * len(HISTOGRAM_EDGES_MS)
 
@@ -104,6 +108,11 @@ class LedgerEntry(models.Model):
     status_code = models.PositiveSmallIntegerField()
     error_code = models.CharField(max_length=ERROR_CODE_MAX, blank=True)
     streamed = models.BooleanField(default=False)
+    request_count = models.PositiveIntegerField(
+        default=1,
+        help_text="Requests this row stands for: 1 for the gateway's rows, the bucket's num_model_requests for "
+        "an imported usage row",
+    )
     cache_hit = models.CharField(max_length=CACHE_HIT_MAX, choices=CacheHit.choices, blank=True, default=CacheHit.NONE)
     route = models.CharField(
         max_length=ROUTE_MAX, blank=True, help_text="Routing decision and its reason, as X-Route said it"
@@ -157,8 +166,13 @@ class RollupMeasures(models.Model):
 
 
 class LatencyMeasures(models.Model):
-    """Latency and TTFT sums and histograms, so percentiles can be estimated after merging rows."""
+    """Latency and TTFT sums and histograms, so percentiles can be estimated after merging rows.
 
+    Only the gateway's rows are timed: imported rows carry no latency and count in none of these.
+    """
+
+    timed_count = models.PositiveIntegerField(default=0, help_text="Requests the gateway timed (its own rows)")
+    streamed_count = models.PositiveIntegerField(default=0, help_text="Requests answered as a stream")
     latency_ms_sum = models.BigIntegerField()
     latency_hist = ArrayField(
         models.PositiveIntegerField(),

@@ -27,6 +27,7 @@ from apps.ledger.models import (
     ProjectHourlyRollup,
     RollupWatermark,
     SliceHourlyRollup,
+    Source,
     histogram_empty,
 )
 from apps.ledger.stream import acknowledge, read_batch
@@ -142,12 +143,16 @@ LEVER_SQL = Case(
 )
 
 
+# The gateway's own rows are timed; imported rows have no latency to count.
+TIMED = Q(source=Source.GATEWAY)
+
+
 def _histogram_counts(field: str) -> dict[str, Count]:
-    """One filtered COUNT per bucket of ``field``; rows where it is NULL count nowhere."""
+    """One filtered COUNT per bucket of ``field`` over timed rows; rows where it is NULL count nowhere."""
     counts = {}
     bounds = [*HISTOGRAM_EDGES_MS[1:], None]
     for i, (low, high) in enumerate(zip(HISTOGRAM_EDGES_MS, bounds, strict=True)):
-        q = Q(**{f"{field}__gte": low})
+        q = TIMED & Q(**{f"{field}__gte": low})
         if high is not None:
             q &= Q(**{f"{field}__lt": high})
         counts[f"{field}_b{i}"] = Count("id", filter=q)
@@ -187,7 +192,7 @@ def rollups_refresh() -> int:
 
 _MEASURES = ("requests", "errors", "cache_hits", "prompt_tokens", "cached_tokens", "completion_tokens")
 _MONEY = ("cost", "counterfactual_cost")
-_LATENCY = ("latency_ms_sum", "ttft_ms_sum", "ttft_count")
+_LATENCY = ("timed_count", "streamed_count", "latency_ms_sum", "ttft_ms_sum", "ttft_count")
 _HISTOGRAMS = ("latency_hist", "ttft_hist")
 
 
@@ -218,17 +223,19 @@ def _rollup_hour(hour: dt.datetime) -> None:
         .annotate(slice_lever=LEVER_SQL)
         .values("organization_id", "project_id", "api_key_id", "served_model", "feature", "end_user", "slice_lever")
         .annotate(
-            requests=Count("id"),
+            requests=Sum("request_count"),
             errors=Count("id", filter=Q(status_code__gte=400)),
             cache_hits=Count("id", filter=~Q(cache_hit="")),
+            timed=Count("id", filter=TIMED),
+            streamed_n=Count("id", filter=TIMED & Q(streamed=True)),
             prompt=Sum("prompt_tokens"),
             cached=Sum("cached_tokens"),
             completion=Sum("completion_tokens"),
             total_cost=Sum("cost"),
             total_counterfactual=Sum("counterfactual_cost"),
-            latency=Sum("latency_ms"),
-            ttft=Sum("ttft_ms"),
-            ttft_n=Count("ttft_ms"),
+            latency=Sum("latency_ms", filter=TIMED),
+            ttft=Sum("ttft_ms", filter=TIMED),
+            ttft_n=Count("ttft_ms", filter=TIMED),
             **_histogram_counts("latency_ms"),
             **_histogram_counts("ttft_ms"),
         )
@@ -244,7 +251,7 @@ def _rollup_hour(hour: dt.datetime) -> None:
             feature=s["feature"],
             end_user=s["end_user"],
             lever=s["slice_lever"],
-            requests=s["requests"],
+            requests=s["requests"] or 0,
             errors=s["errors"],
             cache_hits=s["cache_hits"],
             prompt_tokens=s["prompt"] or 0,
@@ -252,6 +259,8 @@ def _rollup_hour(hour: dt.datetime) -> None:
             completion_tokens=s["completion"] or 0,
             cost=s["total_cost"] or 0,
             counterfactual_cost=s["total_counterfactual"] or 0,
+            timed_count=s["timed"],
+            streamed_count=s["streamed_n"],
             latency_ms_sum=s["latency"] or 0,
             latency_hist=_histogram(s, "latency_ms"),
             ttft_ms_sum=s["ttft"] or 0,

@@ -141,7 +141,7 @@ def _stream(request: HttpRequest, kind: str) -> HttpResponse | StreamingHttpResp
         return parsed
     org, query = parsed
     rows, _sized = export_rows(kind=kind, user=request.user, organization=org, query=query)
-    name = f"{kind}-{org.slug}-{query.since:%Y%m%d}-{query.until:%Y%m%d}.csv"
+    name = query.file_name(kind=kind, organization_slug=org.slug)
     response = StreamingHttpResponse(csv_lines(rows), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response

@@ -26,7 +26,11 @@ class RuleForm(forms.ModelForm):
     fallbacks = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 2}), required=False, help_text="Tried in order on errors and timeouts"
     )
-    shadow = forms.CharField(required=False, label="Shadow model", help_text=TARGET_HELP)
+    shadow = forms.CharField(
+        required=False,
+        label="Shadow model",
+        help_text="One model, optionally @ provider, that gets a sampled copy to compare. E.g. gpt-4o-mini @ openai",
+    )
 
     class Meta:
         model = RoutingRule

@@ -11,6 +11,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from apps.routing.forms import RuleForm, target_rows
 from apps.routing.models import RoutingRule
+from apps.routing.overlap import SHADOWED, rule_overlaps
 from apps.routing.selectors import rule_stats, rules_for_project, shadow_samples, shadow_summary_by_day, stats_window
 from apps.routing.services import rule_delete, rule_move, rule_save
 from apps.tenancy.models import Project
@@ -28,6 +29,13 @@ def _managed_rule(request: HttpRequest, slug: str, pk: int) -> RoutingRule:
     project = _project(request, slug)
     require(request.user, Action.PROJECT_MANAGE, project)
     return get_object_or_404(RoutingRule, project=project, pk=pk)
+
+
+def _warn_overlaps(request: HttpRequest, project: Project, rule: RoutingRule) -> None:
+    """Tell the person who saved ``rule`` at once when an earlier rule takes its traffic."""
+    for overlap in rule_overlaps(list(rules_for_project(project=project))).get(rule.pk, []):
+        level = messages.WARNING if overlap.kind == SHADOWED else messages.INFO
+        messages.add_message(request, level, f"Rule “{rule.name}”: {overlap.message}")
 
 
 def _save(request: HttpRequest, project: Project, form: RuleForm, rule: RoutingRule | None) -> RoutingRule | None:
@@ -60,12 +68,17 @@ def rules_page(request: HttpRequest, slug: str) -> HttpResponse:
         form = RuleForm(request.POST, project=project)
         rule = _save(request, project, form, None)
         if rule is not None:
-            messages.success(request, f"Rule “{rule.name}” added; gateways use it within a second.")
+            messages.success(request, f"Rule “{rule.name}” added (id {rule.pk}); gateways use it within a second.")
+            _warn_overlaps(request, project, rule)
             return redirect("routing:rules", slug=project.slug)
         status = 400
     rules = list(rules_for_project(project=project))
     stats = rule_stats(project=project, since=stats_window())
-    rows = [{"rule": r, "targets": target_rows(r), "stats": stats.get(r.id)} for r in rules]
+    overlaps = rule_overlaps(rules)
+    rows = [
+        {"rule": r, "targets": target_rows(r), "stats": stats.get(r.id), "overlaps": overlaps.get(r.id, [])}
+        for r in rules
+    ]
     context = {"project": project, "rows": rows, "form": form, "may_manage": may_manage}
     return render(request, "routing/rules.html", context, status=status)
 
@@ -83,6 +96,7 @@ def rule_page(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
         form = RuleForm(request.POST, instance=rule, project=project)
         if _save(request, project, form, rule) is not None:
             messages.success(request, "Rule saved; gateways use it within a second.")
+            _warn_overlaps(request, project, rule)
             return redirect("routing:rule", slug=project.slug, pk=rule.pk)
         status = 400
     since = stats_window()
@@ -104,6 +118,7 @@ def rule_page(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
 def rule_move_view(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     rule = _managed_rule(request, slug, pk)
     rule_move(rule=rule, offset=-1 if request.POST.get("direction") == "up" else 1)
+    _warn_overlaps(request, rule.project, rule)
     return redirect("routing:rules", slug=slug)
 
 

@@ -1,11 +1,12 @@
-"""Local development and `make run`: debug on, embedded services by default."""
+"""Local development and `make run`: embedded services by default; debug pages only when asked."""
 
 from __future__ import annotations
 
 from costcontrol.settings.base import *  # noqa: F403
 
-DEBUG = env_bool("DJANGO_DEBUG", True)  # noqa: F405
-# DEBUG pages and the published SECRET_KEY must never face a network: serve on loopback only.
+# Off unless DJANGO_DEBUG=1: a demo shows the product's own 403/404/500 pages, not Django's debug pages
+# (which list every URL pattern). The published SECRET_KEY must never face a network: loopback only.
+DEBUG = env_bool("DJANGO_DEBUG", False)  # noqa: F405
 LOOPBACK_ONLY = True
 EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
 COSTCONTROL_EGRESS_ALLOW = env_list("COSTCONTROL_EGRESS_ALLOW", LOOPBACK_EGRESS)  # noqa: F405

@@ -27,6 +27,17 @@
     }
   });
 
+  // The top navigation's "Menu" button on narrow screens: shows or hides the links.
+  document.addEventListener("click", function (event) {
+    var button = event.target instanceof Element ? event.target.closest(".nav-toggle") : null;
+    if (!button) {
+      return;
+    }
+    var nav = button.closest(".topnav");
+    var open = nav.classList.toggle("open");
+    button.setAttribute("aria-expanded", open ? "true" : "false");
+  });
+
   window.costcontrol = {sizeBars: sizeBars};
   document.addEventListener("DOMContentLoaded", function () { sizeBars(document); });
 })();

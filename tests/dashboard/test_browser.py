@@ -9,67 +9,21 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-import os
-import shutil
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.db.models import Sum
 from django.utils import timezone
 
 from apps.budgets.models import Budget
 from apps.ledger.models import LedgerEntry
 from apps.ledger.services import rollups_refresh
+from tests.dashboard.conftest import shot
 from tests.factories import PASSWORD, People, entry_make, people_make
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-SCREENSHOTS = Path(settings.BASE_DIR) / "artifacts" / "screenshots"
-
-
-@pytest.fixture(scope="module")
-def browser(django_db_setup: None) -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"No Chromium at {CHROMIUM}: run `make browser-deps` (apt-get install chromium).")
-    # Playwright's sync API keeps an asyncio loop in this thread while the browser lives; the ORM calls of
-    # these tests (and their database flush) are still plain synchronous ones.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-            )
-            yield browser
-            browser.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    yield page
-    context.close()
-    assert not errors, f"JavaScript errors: {errors}"
-
-
-def _shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
 
 
 def _traffic(people: People) -> None:
@@ -126,7 +80,7 @@ def test_owner_budgets_overview_drilldown_and_export(page: Any, live_server: Any
     assert budget.project_id == tenant.project.pk and budget.amount_usd == Decimal(25)
     page.goto(f"{base}/budgets/")
     assert "Support bot monthly" in page.inner_text("table.data")
-    _shot(page, "budgets")
+    shot(page, "budgets")
 
     # The overview: the chart's numbers are the ledger's.
     page.goto(f"{base}/overview/?scope=project:{tenant.project.slug}")
@@ -151,7 +105,7 @@ def test_owner_budgets_overview_drilldown_and_export(page: Any, live_server: Any
     main = page.inner_text("main")
     assert "Support bot monthly" in main and "projected" in main
     assert "Semantic" not in main and "Cache" in main and "Routing" in main
-    _shot(page, "overview")
+    shot(page, "overview")
 
     # Split by feature through the selector; the chart redraws with features.
     page.select_option("#id_group_by", "feature")
@@ -179,7 +133,7 @@ def test_owner_budgets_overview_drilldown_and_export(page: Any, live_server: Any
         project=tenant.project, feature="support-chat", created_at__date=timezone.localdate()
     ).count()
     assert rows.count() == expected == 3
-    _shot(page, "ledger")
+    shot(page, "ledger")
 
     # Export what the filter shows.
     with page.expect_download() as download_info:
@@ -195,12 +149,12 @@ def test_owner_budgets_overview_drilldown_and_export(page: Any, live_server: Any
         ).values_list("cost", flat=True)
     )
     _show_export(page, download.suggested_filename, exported)
-    _shot(page, "export")
+    shot(page, "export")
 
     # Finance's monthly report page, where the exports live: the FOCUS file's BilledCost adds up to the ledger.
     page.goto(f"{base}/reports/")
     assert "FOCUS 1.2 cost and usage" in page.inner_text("main")
-    _shot(page, "reports")
+    shot(page, "reports")
     with page.expect_download() as download_info:
         page.locator("tr", has_text="FOCUS 1.2 cost and usage").locator("text=Download CSV").click()
     focus = list(csv.DictReader(io.StringIO(Path(download_info.value.path()).read_text())))

@@ -9,6 +9,7 @@ from django.contrib.auth.models import AnonymousUser, User
 
 from apps.keys.api import key_status as _key_status
 from apps.keys.models import ApiKey
+from apps.ledger.models import UNKNOWN_LABEL
 from apps.tenancy.models import Organization
 from apps.tenancy.permissions import Action, can_anywhere
 from apps.tenancy.selectors import organizations_for
@@ -23,6 +24,12 @@ def usd(value: Decimal | None, places: int = 6) -> str:
     amount = Decimal(value or 0)
     sign = "-" if amount < 0 else ""
     return f"{sign}${abs(amount):,.{int(places)}f}"
+
+
+@register.filter
+def or_unknown(value: str | None) -> str:
+    """The value, or the one label every page uses for a value the ledger does not know."""
+    return value or UNKNOWN_LABEL
 
 
 @register.filter

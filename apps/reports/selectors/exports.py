@@ -26,6 +26,17 @@ class ExportQuery:
     group_by: tuple[str, ...] = ("project", "model")
     bucket: str = "day"
 
+    def file_name(self, *, kind: str, organization_slug: str) -> str:
+        """A download's name: kind, organisation, project, range and, for roll-ups, grouping and bucket,
+        so two different exports never arrive under the same name."""
+        parts = [kind, organization_slug]
+        if self.project:
+            parts.append(self.project)
+        if kind == "rollups":
+            parts += ["by-" + "-".join(self.group_by or ("total",)), f"per-{self.bucket}"]
+        parts += [f"{self.since:%Y%m%d}", f"{self.until:%Y%m%d}"]
+        return "-".join(parts) + ".csv"
+
     def to_params(self) -> dict[str, Any]:
         return {
             "since": self.since.isoformat(),

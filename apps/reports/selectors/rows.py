@@ -83,7 +83,7 @@ def rollup_groups(
         source: QuerySet[Any] = ledger_range(organization=organization, projects=projects, since=since, until=until)
         time_field, fields = "created_at", _LEDGER_FIELDS
         measures: dict[str, Aggregate] = {
-            "m_requests": Count("id"),
+            "m_requests": Sum("request_count"),
             "m_errors": Count("id", filter=Q(status_code__gte=400)),
             "m_cache_hits": Count("id", filter=~Q(cache_hit="")),
         }

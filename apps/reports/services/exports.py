@@ -69,7 +69,7 @@ def export_job_run(*, job: ExportJob, progress_every: int = PROGRESS_EVERY) -> E
     if not claimed:
         return job
     query = ExportQuery.from_params(job.params)
-    name = f"{job.pk}-{job.kind}-{job.organization.slug}-{query.since:%Y%m%d}-{query.until:%Y%m%d}.csv"
+    name = f"{job.pk}-{query.file_name(kind=job.kind, organization_slug=job.organization.slug)}"
     directory = export_dir()
     directory.mkdir(parents=True, exist_ok=True)
     final, partial = directory / name, directory / f"{name}.part"

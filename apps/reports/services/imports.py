@@ -337,6 +337,7 @@ _REIMPORT_FIELDS = [
     "prompt_tokens",
     "cached_tokens",
     "completion_tokens",
+    "request_count",
     "cost",
     "counterfactual_cost",
     "route",
@@ -398,12 +399,17 @@ def _entry_from_row(
         prompt = attempt(_parse_int, cell("input"), "input_tokens", required=True)
         cached = attempt(_parse_int, cell("cached"), "input_cached_tokens", required=False)
         completion = attempt(_parse_int, cell("output"), "output_tokens", required=True)
-        requests = attempt(_parse_int, cell("requests"), "num_model_requests", required=False)
+        requests = (
+            attempt(_parse_int, cell("requests"), "num_model_requests", required=False)
+            if cell("requests").strip()
+            else None
+        )
         if prompt is not None and cached is not None and cached > prompt:
             problems.append("input_cached_tokens is larger than input_tokens")
     else:
         model = cell("line_item").split(",")[0].strip() or "unattributed"
-        prompt = cached = completion = requests = 0
+        prompt = cached = completion = 0
+        requests = None
         if cost is None and not problems:
             problems.append("the cost is empty")
     if cost is None and not problems and created_at is not None:
@@ -448,6 +454,8 @@ def _entry_from_row(
         completion_tokens=completion,
         cost=cost,
         counterfactual_cost=cost,
+        # A bucket stands for the requests it counted; one without a count (a cost row) for one.
+        request_count=1 if requests is None else requests,
         status_code=200,
         route="; ".join(details)[:300],
     )
