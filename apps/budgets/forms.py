@@ -7,12 +7,32 @@ from typing import Any
 from django import forms
 from django.contrib.auth.models import User
 
-from apps.budgets.models import AlertKind, Budget, ChannelKind, NotificationChannel, RateLimit
+from apps.budgets.models import (
+    AlertKind,
+    Budget,
+    BudgetMode,
+    BudgetPeriod,
+    BudgetScope,
+    ChannelKind,
+    NotificationChannel,
+    RateLimit,
+)
 from apps.keys.models import ApiKey
 from apps.tenancy.models import Team
 from apps.tenancy.permissions import Action
 from apps.tenancy.selectors import organizations_where, projects_where
 from costcontrol.forms import form_field
+
+# Fields that only matter for some values of another: the scope's own reference (the project also
+# narrows feature and end-user budgets), and a one-off budget's start. Read by static/js/app.js.
+SHOW_WHEN: dict[str, str] = {
+    "team": f"scope={BudgetScope.TEAM}",
+    "project": f"scope={BudgetScope.PROJECT},{BudgetScope.FEATURE},{BudgetScope.END_USER}",
+    "api_key": f"scope={BudgetScope.KEY}",
+    "feature": f"scope={BudgetScope.FEATURE}",
+    "end_user": f"scope={BudgetScope.END_USER}",
+    "starts_at": f"period={BudgetPeriod.ONE_OFF}",
+}
 
 
 class BudgetForm(forms.ModelForm):
@@ -47,6 +67,15 @@ class BudgetForm(forms.ModelForm):
             project__in=projects, revoked_at__isnull=True
         )
         self.fields["project"].help_text = "Required for a project budget; narrows feature / end-user budgets"
+        # Short mode names fit the select; what each does is the help text.
+        form_field(self, "mode", forms.ChoiceField).choices = [
+            (BudgetMode.HARD, "Hard (block)"),
+            (BudgetMode.SOFT, "Soft (alert)"),
+            (BudgetMode.SHADOW, "Shadow (report)"),
+        ]
+        self.fields["mode"].help_text = "Hard refuses requests over the limit; soft only alerts; shadow reports."
+        for name, condition in SHOW_WHEN.items():
+            self.fields[name].widget.attrs["data-show-when"] = condition
 
     def clean_alert_thresholds(self) -> list[int]:
         raw = self.cleaned_data.get("alert_thresholds") or ""

@@ -8,7 +8,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from apps.keys.models import ApiKey
-from apps.routing.models import RoutingRule, RuleTarget, TargetRole
+from apps.routing.models import RoutingRule, RuleAction, RuleTarget, TargetRole
 from apps.routing.services import TargetSpec, targets_parse, targets_text
 from apps.tenancy.models import Project
 
@@ -57,6 +57,10 @@ class RuleForm(forms.ModelForm):
     def __init__(self, *args: Any, project: Project, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.project = project
+        # Cascade settings only for a cascade (static/js/app.js reads data-show-when).
+        for name in ("cascade_threshold", "cascade_tokens", "cascade_aggregate", "cascade_escalate_new_labels",
+                     "cascade_labels"):  # fmt: skip
+            self.fields[name].widget.attrs["data-show-when"] = f"action={RuleAction.CASCADE}"
         key_field = self.fields["match_api_key"]
         assert isinstance(key_field, forms.ModelChoiceField)
         key_field.queryset = ApiKey.objects.filter(project=project, revoked_at__isnull=True)

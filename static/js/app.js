@@ -38,6 +38,26 @@
     button.setAttribute("aria-expanded", open ? "true" : "false");
   });
 
+  // <input data-show-when="scope=team,project">: its .field shows only while the form's control of
+  // that name has one of those values (a budget's scope reference, a cascade's settings). Hidden
+  // fields are still submitted; the server decides what they mean.
+  function showWhen(root) {
+    root.querySelectorAll("[data-show-when]").forEach(function (input) {
+      var parts = input.dataset.showWhen.split("=");
+      var control = input.form && input.form.elements.namedItem(parts[0]);
+      var field = input.closest(".field");
+      if (!control || !field) {
+        return;
+      }
+      field.hidden = parts[1].split(",").indexOf(control.value) === -1;
+    });
+  }
+  document.addEventListener("change", function (event) {
+    if (event.target instanceof Element && event.target.form) {
+      showWhen(event.target.form);
+    }
+  });
+
   window.costcontrol = {sizeBars: sizeBars};
-  document.addEventListener("DOMContentLoaded", function () { sizeBars(document); });
+  document.addEventListener("DOMContentLoaded", function () { sizeBars(document); showWhen(document); });
 })();

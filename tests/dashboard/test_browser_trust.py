@@ -127,6 +127,12 @@ def test_lead_edits_then_deletes_a_budget(page: Any, live_server: Any) -> None:
     page.click("a:has-text('Edit')")
     page.wait_for_url(f"{base}/budgets/{budget.pk}/edit/")
     assert page.input_value("#id_amount_usd") == "25.0000"
+    # Only the scope's own fields show: a project budget's project, not a team, key, feature or end user.
+    assert page.is_visible("#id_project") and not page.is_visible("#id_team") and not page.is_visible("#id_feature")
+    page.select_option("#id_scope", "feature")
+    assert page.is_visible("#id_feature") and page.is_visible("#id_project") and not page.is_visible("#id_api_key")
+    page.select_option("#id_scope", "project")
+    assert not page.is_visible("#id_feature")
     page.fill("#id_name", "Support bot, raised")
     page.fill("#id_amount_usd", "40")
     page.select_option("#id_mode", "hard")

@@ -30,8 +30,8 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from apps.audit.models import AuditEvent
-from apps.budgets.models import Budget, BudgetScope, ChannelKind, NotificationChannel, RateLimit
-from apps.budgets.services import budget_create, channel_create
+from apps.budgets.models import Alert, AlertKind, Budget, BudgetScope, ChannelKind, NotificationChannel, RateLimit
+from apps.budgets.services import alert_raise, budget_create, channel_create, rate_limit_set
 from apps.cache.models import CacheEntry, CachePolicy
 from apps.cache.services import cache_policy_save
 from apps.dashboard.services import api_token_rotate
@@ -124,6 +124,10 @@ def world() -> World:
     o["channel"] = channel_create(
         organization=tenant.org, name="hook", kind=ChannelKind.WEBHOOK, target="http://127.0.0.1:9/hook", secret="s"
     )
+    # On a key: the matrix's new-limit form sets the project's own limit.
+    o["limit"] = rate_limit_set(project=project, api_key=o["lead_key"], requests_per_minute=50)
+    o["alert"], _ = alert_raise(organization_id=tenant.org.pk, kind=AlertKind.SPEND_ANOMALY, dedup_key="matrix",
+                                title="Spend rate spike", message="m", project_id=project.pk)  # fmt: skip
     o["stopped"] = deployment_make(tenant.org)
     o["running"] = deployment_make(tenant.org)
     Deployment.objects.filter(pk=o["running"].pk).update(
@@ -161,6 +165,14 @@ def _kwargs(w: World) -> dict[str, dict[str, Any]]:
         "batches": {"slug": slug},
         "budgets:detail": {"pk": o["budget"].pk},
         "budgets:toggle": {"pk": o["budget"].pk},
+        "budgets:edit": {"pk": o["budget"].pk},
+        "budgets:delete": {"pk": o["budget"].pk},
+        "budgets:limit-edit": {"pk": o["limit"].pk},
+        "budgets:limit-delete": {"pk": o["limit"].pk},
+        "budgets:channel-edit": {"pk": o["channel"].pk},
+        "budgets:channel-delete": {"pk": o["channel"].pk},
+        "budgets:alert-ack": {"pk": o["alert"].pk},
+        "api-rate-limit": {"pk": o["limit"].pk},
         "cache:project": {"slug": slug},
         "cache:entry": {"slug": slug, "pk": o["entry"].pk},
         "cache:entry-delete": {"slug": slug, "pk": o["entry"].pk},
@@ -272,6 +284,28 @@ WRITES: dict[tuple[str, str], tuple[Expect, Callable[[World], Body]]] = {
         },  # fmt: skip
     ),
     ("budgets:toggle", "POST"): ((OK, OK, 404, 403, 403, 404), lambda w: {}),
+    ("budgets:edit", "POST"): (
+        (OK, OK, 404, 403, 403, 404),
+        lambda w: {
+            "name": "project a, raised",
+            "scope": "project",
+            "project": w.project.pk,
+            "amount_usd": "7",
+            "period": "monthly",
+            "timezone": "UTC",
+            "mode": "hard",
+            "alert_thresholds": "50",
+        },  # fmt: skip
+    ),
+    ("budgets:delete", "POST"): ((OK, OK, 404, 403, 403, 404), lambda w: {}),
+    ("budgets:limit-edit", "POST"): (TEAM_WRITE, lambda w: {"requests_per_minute": "70"}),
+    ("budgets:limit-delete", "POST"): (TEAM_WRITE, lambda w: {}),
+    ("budgets:channel-edit", "POST"): (
+        ORG_WRITE,
+        lambda w: {"name": "renamed", "target": "http://127.0.0.1:9/hook", "is_active": "on"},
+    ),
+    ("budgets:channel-delete", "POST"): (ORG_WRITE, lambda w: {}),
+    ("budgets:alert-ack", "POST"): ((OK, OK, 404, 403, 403, 404), lambda w: {}),
     ("budgets:limit-new", "POST"): (TEAM_FORM, lambda w: {"project": w.project.pk, "requests_per_minute": "100"}),
     ("budgets:channel-new", "POST"): (
         ORG_WRITE[:5] + (400,),
@@ -370,6 +404,8 @@ WRITES: dict[tuple[str, str], tuple[Expect, Callable[[World], Body]]] = {
         lambda w: {"organization": w.org.slug, "name": "ops", "kind": "email", "target": "ops@example.com"},
     ),
     ("api-channel", "PATCH"): (ORG_WRITE, lambda w: {"name": "renamed hook", "target": "http://127.0.0.1:9/other"}),
+    ("api-channel", "DELETE"): (ORG_WRITE, lambda w: {}),
+    ("api-rate-limit", "DELETE"): (TEAM_WRITE, lambda w: {}),
     ("api-project-keys", "POST"): ((OK, OK, 404, OK, 403, 404), lambda w: {"name": "ci"}),
     ("api-key-revoke", "POST"): ((OK, OK, 404, 403, 403, 404), lambda w: {}),
     ("api-routing-rules", "POST"): (
@@ -477,6 +513,13 @@ READS: dict[str, Expect] = {
     "budgets:list": EVERYONE,
     "budgets:detail": PROJECT_READ,
     "budgets:alerts": EVERYONE,
+    "budgets:edit": (OK, OK, 404, 403, 403, 404),
+    "budgets:limit-edit": TEAM_WRITE,
+    "budgets:channel-edit": ORG_WRITE,
+    # A form's URL reloaded (GET) goes back to the budgets page, whoever asks.
+    "budgets:new": EVERYONE,
+    "budgets:limit-new": EVERYONE,
+    "budgets:channel-new": EVERYONE,
     "cache:project": PROJECT_READ,
     "cache:entry": CACHE_CONTENT,
     "routing:rules": PROJECT_READ,
@@ -505,6 +548,7 @@ READS: dict[str, Expect] = {
     "api-budget": PROJECT_READ,
     "api-budget-status": PROJECT_READ,
     "api-rate-limits": EVERYONE,
+    "api-rate-limit": PROJECT_READ,
     "api-channels": EVERYONE,
     "api-channel": ORG_READ,
     "api-alerts": EVERYONE,
@@ -601,6 +645,7 @@ def _fingerprint() -> list[Any]:
         list(Budget.objects.order_by("pk").values_list("pk", "name", "amount_usd", "mode", "is_active")),
         list(RateLimit.objects.order_by("pk").values_list("pk", "requests_per_minute")),
         list(NotificationChannel.objects.order_by("pk").values_list("pk", "name", "target", "is_active")),
+        list(Alert.objects.order_by("pk").values_list("pk", "acknowledged_at")),
         list(CachePolicy.objects.order_by("pk").values_list("pk", "ttl_seconds")),
         list(CacheEntry.objects.order_by("pk").values_list("pk")),
         list(RoutingRule.objects.order_by("pk").values_list("pk", "name", "position")),
