@@ -25,8 +25,8 @@ def safe_cell(value: Any) -> Any:
     A ``Decimal`` is written in plain notation: a difference of two amounts can be ``0E-8``, which
     spreadsheets read as text and people as a typo.
     """
-    if isinstance(value, Decimal):
-        return f"{value:f}" if value.is_finite() else str(value)
+    if isinstance(value, Decimal) and value.is_finite() and "E" in str(value):
+        return f"{value:f}"
     if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value

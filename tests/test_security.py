@@ -259,6 +259,11 @@ def test_numbers_and_plain_text_are_left_alone(value: Any) -> None:
     assert safe_cell(value) == value
 
 
+@pytest.mark.parametrize(("value", "written"), [(Decimal("0E-8"), "0.00000000"), (Decimal("1.5E+3"), "1500")])
+def test_decimals_are_written_without_exponents(value: Decimal, written: str) -> None:
+    assert safe_cell(value) == written
+
+
 def _cells(text: str) -> list[str]:
     return [cell for row in csv.reader(io.StringIO(text)) for cell in row]
 
