@@ -15,6 +15,13 @@ next command reconnects. With ``command_timeout``, a command not answered in
 time raises ``TimeoutError`` (redis-py's) and drops the connection with
 everything in flight on it: replies are matched to waiters by order, so once
 one is missing no later reply could be trusted.
+
+The timeout is one timer per connection, not one per command: commands are
+answered in the order they were sent, so the oldest unanswered one is always
+the first to expire. The timer is set for that command's deadline; when it
+fires and the command is still waiting, the connection fails; otherwise it is
+set again for the next oldest. Per command this costs a float in a deque
+instead of a timer handle scheduled and cancelled on the event loop.
 """
 
 from __future__ import annotations
@@ -31,13 +38,42 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None = None, describe: str = "Redis") -> None:
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.waiters: deque[asyncio.Future[Any]] = deque()
+        # With a timeout: each waiter's deadline (loop time), in the same order as ``waiters``.
+        self.deadlines: deque[float] = deque()
+        self.timeout = timeout
+        self._describe = describe
+        self._watchdog: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.closed = False
         # Commands queued during one turn of the event loop, written together at its end.
         self.pending: list[bytes] = []
+
+    def expect(self, futures: list[asyncio.Future[Any]], loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for one reply per future, in order; with a timeout, each must come within it."""
+        self.waiters.extend(futures)
+        if self.timeout is None:
+            return
+        deadline = loop.time() + self.timeout
+        self.deadlines.extend([deadline] * len(futures))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        """The watchdog: fail the connection if its oldest unanswered command is past its deadline."""
+        self._watchdog = None
+        if not self.deadlines or self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        oldest = self.deadlines[0]
+        # uvloop's timers have millisecond resolution and may fire just before the deadline:
+        # within a millisecond counts as due, or the timer would be set again for the same instant.
+        if oldest <= loop.time() + 0.001:
+            self.fail(RedisTimeoutError(f"{self._describe} did not answer in {self.timeout}s"))
+        else:
+            self._watchdog = loop.call_at(oldest, self._check_deadline)
 
     def queue(self, data: bytes) -> None:
         """Write ``data`` at the end of this loop turn, with whatever else concurrent requests queued.
@@ -59,8 +95,11 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
+        deadlines = self.deadlines if self.timeout is not None else None
         while (reply := self.reader.gets()) is not False:
             waiter = self.waiters.popleft()
+            if deadlines is not None:
+                deadlines.popleft()
             if not waiter.done():
                 waiter.set_result(reply)
 
@@ -70,12 +109,19 @@ class _Protocol(asyncio.Protocol):
     def fail(self, error: Exception) -> None:
         """Give up on this connection: every command in flight fails with ``error``."""
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self.transport is not None:
             self.transport.abort()
+        self.deadlines.clear()
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_exception(error)
+                # A batch's caller hears of it from its first future: the rest count as seen, so that
+                # asyncio does not log each of them as an exception never retrieved.
+                waiter.exception()
 
 
 class FastRedis:
@@ -108,7 +154,12 @@ class FastRedis:
             loop = asyncio.get_running_loop()
             try:
                 _transport, protocol = await asyncio.wait_for(
-                    loop.create_connection(_Protocol, self._host, self._port), self._connect_timeout
+                    loop.create_connection(
+                        lambda: _Protocol(self._command_timeout, f"Redis at {self._host}:{self._port}"),
+                        self._host,
+                        self._port,
+                    ),
+                    self._connect_timeout,
                 )
             except (OSError, TimeoutError) as exc:
                 raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}: {exc}") from exc
@@ -124,17 +175,10 @@ class FastRedis:
         assert protocol.transport is not None
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
-        protocol.waiters.extend(futures)
+        protocol.expect(futures, loop)
         protocol.queue(b"".join(hiredis.pack_command(command) for command in commands))
-        if self._command_timeout is None:
-            return [await future for future in futures]
-        try:
-            async with asyncio.timeout(self._command_timeout):
-                return [await future for future in futures]
-        except TimeoutError:
-            error = RedisTimeoutError(f"Redis at {self._host}:{self._port} did not answer in {self._command_timeout}s")
-            protocol.fail(error)
-            raise error from None
+        # A reply past the timeout fails the connection, and with it these futures (``_check_deadline``).
+        return [await future for future in futures]
 
     async def execute(self, *command: Any) -> Any:
         """Run one command; a Redis error reply is raised."""
