@@ -9,6 +9,7 @@ Celery worker or beat refuses a broker that is not on loopback. Production setti
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -23,8 +24,12 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback(host: str) -> bool:
-    """``localhost``, 127.0.0.0/8 or ::1 (brackets allowed); any other name or address is not."""
+    """``localhost``, 127.0.0.0/8 or ::1 (brackets allowed); any other name or address is not.
+
+    Asked on every request (the server's own address, one or a few per process): cached, so that
+    parsing the address is not paid each time."""
     host = host.strip().strip("[]").lower()
     if host == "localhost":
         return True
