@@ -7,7 +7,6 @@ authentication is recorded, whatever stage refuses it.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -60,7 +59,7 @@ async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send, endpoi
             await _answer(rt, send, call, plan, payload)
     except GatewayError as exc:
         call.status_code, call.error_code = exc.status, exc.code or exc.type
-        await asyncio.gather(send_error(send, exc, request_id), record.record(rt, call))
+        await record.while_sending(send_error(send, exc, request_id), rt, call)
     except Exception:
         call.status_code, call.error_code = 500, "gateway_error"
         await record.record(rt, call)
@@ -84,8 +83,8 @@ async def _answer(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
         if plan.shadow is not None or plan.cheap is not None:
             text = answer_text(data)
     headers = _headers(call, answer)
-    await asyncio.gather(
-        relay.send_answer(send, answer.status, answer.body, headers), record.record(rt, call, cache_store=store)
+    await record.while_sending(
+        relay.send_answer(send, answer.status, answer.body, headers), rt, call, cache_store=store
     )
     await _after(rt, call, plan, payload, text)
 
@@ -101,8 +100,8 @@ async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: P
     if answer.response is None:  # the provider's error, passed through
         call.status_code = answer.status
         call.error_code = upstream.upstream_error_code(answer.body)
-        await asyncio.gather(
-            relay.send_answer(send, answer.status, answer.body, _headers(call, answer)), record.record(rt, call)
+        await record.while_sending(
+            relay.send_answer(send, answer.status, answer.body, _headers(call, answer)), rt, call
         )
         return
     relaying = time.perf_counter()
@@ -118,9 +117,8 @@ async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: P
             completion = sse.completion()
         if completion is not None and call.cache is not None and call.cache.write and price.cacheable(completion):
             store = completion
-    await asyncio.gather(
-        send({"type": "http.response.body", "body": sse.flush(), "more_body": False}),
-        record.record(rt, call, cache_store=store),
+    await record.while_sending(
+        send({"type": "http.response.body", "body": sse.flush(), "more_body": False}), rt, call, cache_store=store
     )
     await _after(rt, call, plan, payload, answer_text(completion) if completion else "")
 

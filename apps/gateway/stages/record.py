@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from apps.gateway import tracing
@@ -44,3 +46,24 @@ async def record(
     if call.cache is not None and cache_hit is not None:
         rt.cache.queue_hit(pipeline, call.cache, cache_hit)
     await rt.ledger.write(call.event(), pipeline=pipeline)
+
+
+async def while_sending(
+    reply: Awaitable[None],
+    rt: Runtime,
+    call: Call,
+    *,
+    cache_store: dict[str, Any] | None = None,
+    cache_hit: CacheHit | None = None,
+) -> None:
+    """Send ``reply`` to the app while the request is recorded; return once both are done.
+
+    The record runs as a task beside the send, so an app that reads slowly never holds up the ledger
+    event or the settle. One task, where ``asyncio.gather`` of the two made two and a gathering future
+    (about 15 µs a request). If the send fails (the app went away) the record still finishes first.
+    """
+    recording = asyncio.ensure_future(record(rt, call, cache_store=cache_store, cache_hit=cache_hit))
+    try:
+        await reply
+    finally:
+        await recording
