@@ -39,6 +39,19 @@ OPENAI_PRICES: dict[str, CatalogRow] = {
     "text-embedding-ada-002": _row("0.10", "0.10", "0", "0.05", "0"),
 }
 
+# Anthropic's list prices (standard tier) for the models whose prices we could check when this was
+# written: the same columns, the cached-input price being the prompt-cache read price. Batch is half
+# price. Other Claude models get their prices on the provider's page.
+ANTHROPIC_PRICES: dict[str, CatalogRow] = {
+    "claude-opus-4-5": _row("5.00", "0.50", "25.00", "2.50", "12.50"),
+    "claude-haiku-4-5": _row("1.00", "0.10", "5.00", "0.50", "2.50"),
+}
+# Prompt-cache writes (5-minute cache: 1.25x the input price), USD per 1M tokens.
+ANTHROPIC_CACHE_WRITE_PRICES: dict[str, Decimal] = {
+    "claude-opus-4-5": Decimal("6.25"),
+    "claude-haiku-4-5": Decimal("1.25"),
+}
+
 # Largest completion each model can return: the worst case a budget reserves
 # when a request sets no max_tokens. Models not listed get 4096.
 MAX_OUTPUT_TOKENS: dict[str, int] = {
@@ -53,4 +66,6 @@ MAX_OUTPUT_TOKENS: dict[str, int] = {
     "o3": 100_000,
     "o4-mini": 100_000,
     "gpt-3.5-turbo-instruct": 4_096,
+    "claude-opus-4-5": 64_000,
+    "claude-haiku-4-5": 64_000,
 }

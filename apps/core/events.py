@@ -146,7 +146,7 @@ def ledger_event_clean(event: dict[str, Any]) -> dict[str, Any]:
         ("route", ROUTE_MAX),
     ):
         event[name] = clean_text(event.get(name), limit)
-    for name in ("prompt_tokens", "cached_tokens", "completion_tokens", "latency_ms"):
+    for name in ("prompt_tokens", "cached_tokens", "cache_write_tokens", "completion_tokens", "latency_ms"):
         event[name] = clean_count(event.get(name))
     event["ttft_ms"] = clean_optional_count(event.get("ttft_ms"))
     event["status_code"] = clean_count(event.get("status_code"), SMALLINT_MAX)

@@ -24,15 +24,26 @@ def token_cost(
     input_rate: Decimal,
     cached_input_rate: Decimal,
     output_rate: Decimal,
+    cache_write_tokens: int = 0,
+    cache_write_rate: Decimal | None = None,
 ) -> Decimal:
     """What these tokens cost at these rates, in USD per whatever token count the rates are for.
 
-    Cached prompt tokens are billed at the cached-input rate and the rest of the
-    prompt at the input rate; a provider that reports more cached than prompt
+    Cached prompt tokens (cache reads) are billed at the cached-input rate, prompt
+    tokens written to the provider's prompt cache (Anthropic bills those writes) at
+    the cache-write rate (the input rate when the price sets none), and the rest of
+    the prompt at the input rate; a provider that reports more cached than prompt
     tokens never makes the uncached part negative.
     """
-    uncached = max(prompt_tokens - cached_tokens, 0)
-    return uncached * input_rate + cached_tokens * cached_input_rate + completion_tokens * output_rate
+    written = min(cache_write_tokens, max(prompt_tokens - cached_tokens, 0))
+    uncached = max(prompt_tokens - cached_tokens - written, 0)
+    write_rate = input_rate if cache_write_rate is None else cache_write_rate
+    return (
+        uncached * input_rate
+        + cached_tokens * cached_input_rate
+        + written * write_rate
+        + completion_tokens * output_rate
+    )
 
 
 def to_nano(usd: Decimal) -> int:
@@ -47,6 +58,7 @@ class PriceRow:
     input: Decimal
     cached_input: Decimal
     output: Decimal
+    cache_write: Decimal | None = None  # None: cache writes cost the input price
 
     @classmethod
     def per_mtok(
@@ -56,10 +68,14 @@ class PriceRow:
         input_per_mtok: Decimal,
         cached_input_per_mtok: Decimal,
         output_per_mtok: Decimal,
+        cache_write_per_mtok: Decimal | None = None,
     ) -> PriceRow:
-        return cls(effective_from, input_per_mtok / MTOK, cached_input_per_mtok / MTOK, output_per_mtok / MTOK)
+        write = None if cache_write_per_mtok is None else cache_write_per_mtok / MTOK
+        return cls(effective_from, input_per_mtok / MTOK, cached_input_per_mtok / MTOK, output_per_mtok / MTOK, write)
 
-    def cost(self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> Decimal:
+    def cost(
+        self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int, cache_write_tokens: int = 0
+    ) -> Decimal:
         return token_cost(
             prompt_tokens=prompt_tokens,
             cached_tokens=cached_tokens,
@@ -67,4 +83,6 @@ class PriceRow:
             input_rate=self.input,
             cached_input_rate=self.cached_input,
             output_rate=self.output,
+            cache_write_tokens=cache_write_tokens,
+            cache_write_rate=self.cache_write,
         )

@@ -141,6 +141,12 @@ class PriceForm(forms.Form):
         **MONEY,
     )
     output_per_mtok = forms.DecimalField(label="Output", **MONEY)
+    cache_write_per_mtok = forms.DecimalField(
+        label="Cache write",
+        required=False,
+        help_text="Prompt-cache writes (Anthropic). Blank: same as input",
+        **MONEY,
+    )
     batch_input_per_mtok = forms.DecimalField(
         label="Batch input",
         required=False,

@@ -2,7 +2,8 @@
 
 Start-up opens the process's ``Runtime`` (connections, limiter, writers, the
 policy snapshot); each request then goes to one handler per endpoint
-(``handlers/proxy.py`` for chat, completions and embeddings, ``handlers/models.py``),
+(``handlers/proxy.py`` for chat, completions and embeddings, ``handlers/messages.py`` for
+Anthropic's Messages API, ``handlers/models.py``),
 which runs the stages in ``stages/`` top to bottom. No Django request
 handling, no ORM, no blocking call on the event loop: the snapshot is built by
 the control plane's adapter, handed in by ``costcontrol/asgi.py``.
@@ -16,11 +17,12 @@ import logging
 import secrets
 from collections.abc import Callable
 
+from apps.core.anthropic import COUNT_TOKENS_PATH, MESSAGES_PATH
 from apps.core.errors import GatewayError, method_not_allowed
 from apps.core.request import ENDPOINT_PATHS
 from apps.core.snapshot import Snapshot
 from apps.gateway.asgi import Receive, Scope, Send, send_error
-from apps.gateway.handlers import health, models, proxy
+from apps.gateway.handlers import health, messages, models, proxy
 from apps.gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,8 @@ class Gateway:
                 if method != "POST":
                     raise method_not_allowed(method, f"on {path}")
                 await proxy.handle(rt, scope, receive, send, endpoint, request_id)
+            elif path in (MESSAGES_PATH, COUNT_TOKENS_PATH):
+                await messages.handle(rt, scope, receive, send, path, request_id)
             elif path == "/v1/models" or path.startswith("/v1/models/"):
                 if method != "GET":
                     raise method_not_allowed(method, f"on {path}")

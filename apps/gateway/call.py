@@ -37,6 +37,7 @@ class Call:
     provider_id: int | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0  # prompt tokens the provider wrote to its prompt cache (Anthropic)
     completion_tokens: int = 0
     usage_estimated: bool = False
     # An attempt the provider may bill although we got no answer (a timeout after the request was sent).
@@ -47,6 +48,9 @@ class Call:
     status_code: int = 200
     error_code: str = ""
     streamed: bool = False
+    # The endpoint the app called when it is not the one the pipeline runs ("messages": /v1/messages,
+    # run as a chat completion); the ledger records this one.
+    entry: str = ""
     # Spent on this request besides its own answer (a cascade's cheap call, possibly billed attempts):
     # settled with it.
     side_cost: Decimal = ZERO
@@ -95,13 +99,14 @@ class Call:
                 "project_id": self.key.project_id,
                 "api_key_id": self.key.id,
                 "provider_id": self.provider_id,
-                "endpoint": self.endpoint,
+                "endpoint": self.entry or self.endpoint,
                 "feature": self.feature,
                 "end_user": self.end_user,
                 "requested_model": self.requested_model,
                 "served_model": self.served_model,
                 "prompt_tokens": self.prompt_tokens,
                 "cached_tokens": self.cached_tokens,
+                "cache_write_tokens": self.cache_write_tokens,
                 "completion_tokens": self.completion_tokens,
                 "usage_estimated": self.usage_estimated,
                 "cost": self.cost,

@@ -90,6 +90,9 @@ class LedgerEntry(models.Model):
 
     prompt_tokens = models.PositiveIntegerField(default=0)
     cached_tokens = models.PositiveIntegerField(default=0)
+    cache_write_tokens = models.PositiveIntegerField(
+        default=0, help_text="Prompt tokens written to the provider's prompt cache (Anthropic): cache-write price"
+    )
     completion_tokens = models.PositiveIntegerField(default=0)
     usage_estimated = models.BooleanField(default=False, help_text="Counted by us: the provider reported no usage")
     possibly_billed = models.BooleanField(

@@ -77,6 +77,7 @@ def _entry_from_event(raw: Any) -> LedgerEntry:
         served_model=event.get("served_model") or "",
         prompt_tokens=int(event.get("prompt_tokens") or 0),
         cached_tokens=int(event.get("cached_tokens") or 0),
+        cache_write_tokens=int(event.get("cache_write_tokens") or 0),
         completion_tokens=int(event.get("completion_tokens") or 0),
         usage_estimated=bool(event.get("usage_estimated")),
         cost=Decimal(event.get("cost") or "0"),

@@ -140,6 +140,7 @@ def build_snapshot(version: int) -> Snapshot:
                 input_per_mtok=price.input_per_mtok,
                 cached_input_per_mtok=price.cached_input_per_mtok,
                 output_per_mtok=price.output_per_mtok,
+                cache_write_per_mtok=price.cache_write_per_mtok,
             )
         )
         served_by = org_models.setdefault(provider_orgs[price.provider_id], {}).setdefault(price.model, [])

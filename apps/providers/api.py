@@ -119,7 +119,7 @@ class PriceSerializer(serializers.ModelSerializer):
         model = Price
         fields = [
             "id", "provider", "model", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok",
-            "batch_input_per_mtok", "batch_output_per_mtok", "effective_from", "created_at",
+            "cache_write_per_mtok", "batch_input_per_mtok", "batch_output_per_mtok", "effective_from", "created_at",
         ]  # fmt: skip
 
 
@@ -131,6 +131,7 @@ class PriceSetSerializer(serializers.Serializer):
     cached_input_per_mtok = _optional_money("input")
     batch_input_per_mtok = _optional_money("input")
     batch_output_per_mtok = _optional_money("output")
+    cache_write_per_mtok = _optional_money("input")
     effective_from = serializers.DateField()
 
 

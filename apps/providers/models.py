@@ -29,6 +29,8 @@ class ProviderKind(models.TextChoices):
     OPENAI = "openai", "OpenAI"
     OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible (vLLM, …)"
     SIMULATED = "simulated", "Simulated upstream (bundled)"
+    ANTHROPIC = "anthropic", "Anthropic (Messages API)"
+    SIMULATED_ANTHROPIC = "simulated_anthropic", "Simulated Anthropic upstream (bundled)"
 
 
 class Provider(crypto.EncryptedSecret, models.Model):
@@ -85,6 +87,9 @@ class Price(models.Model):
     input_per_mtok = models.DecimalField(**MONEY)
     cached_input_per_mtok = models.DecimalField(**MONEY)
     output_per_mtok = models.DecimalField(**MONEY, default=Decimal("0"))
+    # Prompt tokens written to the provider's prompt cache (Anthropic bills them above the input price);
+    # empty: writes cost the input price.
+    cache_write_per_mtok = models.DecimalField(**MONEY, null=True, blank=True)
     batch_input_per_mtok = models.DecimalField(**MONEY)
     batch_output_per_mtok = models.DecimalField(**MONEY, default=Decimal("0"))
     effective_from = models.DateField()
@@ -101,7 +106,8 @@ class Price(models.Model):
                 & Q(cached_input_per_mtok__gte=0)
                 & Q(output_per_mtok__gte=0)
                 & Q(batch_input_per_mtok__gte=0)
-                & Q(batch_output_per_mtok__gte=0),
+                & Q(batch_output_per_mtok__gte=0)
+                & (Q(cache_write_per_mtok__isnull=True) | Q(cache_write_per_mtok__gte=0)),
                 name="prices_not_negative",
             ),
         ]
@@ -109,9 +115,11 @@ class Price(models.Model):
     def __str__(self) -> str:
         return f"{self.model} @ {self.provider} from {self.effective_from}"
 
-    def cost(self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> Decimal:
-        """USD at list prices, cached prompt tokens at the cached-input price (``apps.core.pricing``'s formula,
-        which the gateway's snapshot ``PriceRow`` uses too)."""
+    def cost(
+        self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int, cache_write_tokens: int = 0
+    ) -> Decimal:
+        """USD at list prices, cached prompt tokens at the cached-input price and cache writes at the cache-write
+        price (``apps.core.pricing``'s formula, which the gateway's snapshot ``PriceRow`` uses too)."""
         return (
             token_cost(
                 prompt_tokens=prompt_tokens,
@@ -120,6 +128,8 @@ class Price(models.Model):
                 input_rate=self.input_per_mtok,
                 cached_input_rate=self.cached_input_per_mtok,
                 output_rate=self.output_per_mtok,
+                cache_write_tokens=cache_write_tokens,
+                cache_write_rate=self.cache_write_per_mtok,
             )
             / MTOK
         )

@@ -10,7 +10,7 @@ from django.db import transaction
 
 from apps.audit.models import AuditAction
 from apps.audit.services import audit_record, audit_saved, audit_snapshot, audit_stored
-from apps.core.catalog import CATALOG_EFFECTIVE_FROM, OPENAI_PRICES
+from apps.core.catalog import ANTHROPIC_CACHE_WRITE_PRICES, ANTHROPIC_PRICES, CATALOG_EFFECTIVE_FROM, OPENAI_PRICES
 from apps.core.egress import url_origin
 from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
 from apps.tenancy.models import Organization, Project
@@ -26,14 +26,18 @@ def provider_create(
     secret: str = "",
     seed_catalog: bool | None = None,
 ) -> Provider:
-    """Register a provider; OpenAI and the simulator get the public price catalogue by default."""
+    """Register a provider; OpenAI, Anthropic and the simulators get their vendor's public price catalogue
+    by default."""
     provider = Provider(organization=organization, name=name, kind=kind, base_url=base_url.rstrip("/"))
-    # The simulator wants a bearer token like OpenAI does; any value works.
-    provider.secret = secret or ("sk-simulated" if kind == ProviderKind.SIMULATED else "")
+    simulated = kind in {ProviderKind.SIMULATED, ProviderKind.SIMULATED_ANTHROPIC}
+    # The simulator wants a key like the vendor it stands in for does; any value works.
+    provider.secret = secret or ("sk-simulated" if simulated else "")
     provider.full_clean()
     _check_egress(provider.base_url)
+    anthropic = kind in {ProviderKind.ANTHROPIC, ProviderKind.SIMULATED_ANTHROPIC}
+    catalogue = ANTHROPIC_PRICES if anthropic else OPENAI_PRICES
     if seed_catalog is None:
-        seed_catalog = kind in {ProviderKind.OPENAI, ProviderKind.SIMULATED}
+        seed_catalog = anthropic or kind in {ProviderKind.OPENAI, ProviderKind.SIMULATED}
     with transaction.atomic():
         provider.save()
         if seed_catalog:
@@ -46,14 +50,15 @@ def provider_create(
                     output_per_mtok=values[2],
                     batch_input_per_mtok=values[3],
                     batch_output_per_mtok=values[4],
+                    cache_write_per_mtok=ANTHROPIC_CACHE_WRITE_PRICES.get(model),
                     effective_from=CATALOG_EFFECTIVE_FROM,
                 )
-                for model, values in OPENAI_PRICES.items()
+                for model, values in catalogue.items()
             )
         audit_record(
             action=AuditAction.CREATE,
             obj=provider,
-            after=audit_snapshot(provider, catalogue_prices=len(OPENAI_PRICES) if seed_catalog else 0),
+            after=audit_snapshot(provider, catalogue_prices=len(catalogue) if seed_catalog else 0),
         )
     return provider
 
@@ -105,6 +110,7 @@ def price_set(
     cached_input_per_mtok: Decimal | None = None,
     batch_input_per_mtok: Decimal | None = None,
     batch_output_per_mtok: Decimal | None = None,
+    cache_write_per_mtok: Decimal | None = None,
     effective_from: dt.date,
 ) -> Price:
     """Set the price of ``model`` from ``effective_from`` on; earlier ledger rows keep earlier prices."""
@@ -121,6 +127,7 @@ def price_set(
         price.cached_input_per_mtok = input_per_mtok if cached_input_per_mtok is None else cached_input_per_mtok
         price.batch_input_per_mtok = input_per_mtok if batch_input_per_mtok is None else batch_input_per_mtok
         price.batch_output_per_mtok = output_per_mtok if batch_output_per_mtok is None else batch_output_per_mtok
+        price.cache_write_per_mtok = cache_write_per_mtok
         price.full_clean()
         price.save()
         audit_saved(obj=price, before=before)

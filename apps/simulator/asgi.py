@@ -14,6 +14,7 @@ import orjson
 from apps.simulator.batch_api import BatchEmulator
 from apps.simulator.directives import echo_headers
 from apps.simulator.endpoints import SimConfig, Simulator
+from apps.simulator.messages_api import MessagesApi, anthropic_error
 from apps.simulator.replies import (
     JSON_HEADERS,
     Headers,
@@ -104,6 +105,14 @@ def authorized(scope: Scope) -> bool:
     return False
 
 
+def authorized_anthropic(scope: Scope) -> bool:
+    """Anthropic's clients send ``x-api-key``; a Bearer token is accepted too."""
+    for name, value in scope["headers"]:
+        if name == b"x-api-key" and value.strip():
+            return True
+    return authorized(scope)
+
+
 def build_app(config: SimConfig) -> ASGIApp:
     """An ASGI app simulating the OpenAI API as ``config`` says (see the module docstring)."""
     simulator = Simulator(config)
@@ -130,9 +139,28 @@ def build_app(config: SimConfig) -> ASGIApp:
         lambda status, body, headers=None: Reply(status, body, headers or JSON_HEADERS),
     )
 
+    messages_api = MessagesApi(simulator.new_id)
+
+    async def messages(scope: Scope, receive: Receive) -> Reply:
+        if scope["method"] != "POST":
+            return anthropic_error(405, f"Method {scope['method']} not allowed")
+        if not authorized_anthropic(scope):
+            return anthropic_error(401, "x-api-key header is required")
+        if error_rate and rng.random() < error_rate:
+            return anthropic_error(500, "Internal server error (simulated)")
+        try:
+            body = orjson.loads(await read_body(receive))
+        except orjson.JSONDecodeError:
+            return anthropic_error(400, "The request body is not valid JSON.")
+        if not isinstance(body, dict):
+            return anthropic_error(400, "The request body must be a JSON object.")
+        return messages_api.create(body)
+
     async def route(scope: Scope, receive: Receive) -> Reply:
         path: str = scope["path"]
         method: str = scope["method"]
+        if path == "/v1/messages":
+            return await messages(scope, receive)
         if path.startswith(("/v1/files", "/v1/batches")):
             if not authorized(scope):
                 return MISSING_KEY

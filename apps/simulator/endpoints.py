@@ -79,7 +79,7 @@ class Simulator:
     def _model_object(model: str) -> dict[str, Any]:
         return {"id": model, "object": "model", "created": MODELS[model][1], "owned_by": "simulator"}
 
-    def _new_id(self, prefix: str) -> str:
+    def new_id(self, prefix: str) -> str:
         return f"{prefix}-{self.id_prefix}{next(self.ids):010x}"
 
     def model(self, model: str) -> Reply:
@@ -117,7 +117,7 @@ class Simulator:
         usage = None if directives is not None and directives.no_usage else chat_usage(prompt_tokens, completion_tokens)
         delay_s = directives.delay_s if directives is not None else 0.0
         created = int(time.time())
-        completion_id = self._new_id("chatcmpl")
+        completion_id = self.new_id("chatcmpl")
         hostile = directives.hostile if directives is not None else None
         if stream:
             reply = self._chat_stream(completion_id, created, model, choices, usage, include_usage, directives, delay_s)
@@ -259,7 +259,7 @@ class Simulator:
             }
         delay_s = directives.delay_s if directives is not None else 0.0
         base = {
-            "id": self._new_id("cmpl"),
+            "id": self.new_id("cmpl"),
             "object": "text_completion",
             "created": int(time.time()),
             "model": model,

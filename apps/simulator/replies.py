@@ -83,10 +83,16 @@ def overloaded() -> Reply:
     return error(503, "The engine is currently overloaded, please try again later. (simulated)", type_="server_error")
 
 
+def overloaded_529() -> Reply:
+    """Anthropic's "overloaded" status; the Messages endpoint answers it in Anthropic's shape."""
+    return error(529, "Overloaded (simulated).", type_="overloaded_error")
+
+
 DIRECTIVE_ERRORS: dict[str, Callable[[], Reply]] = {
     "429": rate_limited,
     "500": server_error,
     "503": overloaded,
+    "529": overloaded_529,
 }
 
 

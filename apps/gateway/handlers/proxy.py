@@ -8,6 +8,7 @@ authentication is recorded, whatever stage refuses it.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from apps.core.errors import GatewayError
@@ -25,15 +26,37 @@ from apps.gateway.stages.validate import attribute, read_request
 
 
 async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send, endpoint: str, request_id: str) -> None:
-    snapshot = rt.snapshot
     headers = dict(scope["headers"])
-    key = authenticate(snapshot, headers.get(b"authorization"))
+    call = start_call(rt, headers, endpoint, request_id, headers.get(b"authorization"))
+    await run(rt, send, receive, call, headers, read_request(call, receive, headers, rt.limits.max_body_bytes))
+
+
+def start_call(
+    rt: Runtime, headers: dict[bytes, bytes], endpoint: str, request_id: str, authorization: bytes | None
+) -> Call:
+    """The request's ``Call``, once its key is authenticated (the 401 is raised here, and not recorded)."""
+    key = authenticate(rt.snapshot, authorization)
     call = Call(request_id=request_id, endpoint=endpoint, started=time.perf_counter(), created_at=time.time(), key=key)
     attribute(call, headers)
     call.traceparent = tracing.app_traceparent(headers.get(b"traceparent"))
     tracing.start_request(call)
+    return call
+
+
+async def run(
+    rt: Runtime,
+    send: Send,
+    receive: Receive,
+    call: Call,
+    headers: dict[bytes, bytes],
+    read: Awaitable[dict[str, Any]],
+) -> None:
+    """The pipeline after authentication: ``read`` gives the checked chat-shaped payload; every outcome is recorded."""
+    snapshot = rt.snapshot
+    endpoint = call.endpoint
+    request_id = call.request_id
     try:
-        payload = await read_request(call, receive, headers, rt.limits.max_body_bytes)
+        payload = await read
         plan = plan_route(snapshot, call, payload, rt.in_flight)
         target = plan.targets[0]
         payload["model"] = target.model
@@ -107,7 +130,7 @@ async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: P
     relaying = time.perf_counter()
     sse = await relay.relay_stream(
         send, receive, call, answer.response, strip_usage_chunk=not wants_usage,
-        max_event_bytes=rt.limits.max_sse_event_bytes,
+        max_event_bytes=rt.limits.max_sse_event_bytes, translate=answer.translate,
     )  # fmt: skip
     call.upstream_s += time.perf_counter() - relaying  # the stream's time is the provider's
     price.price_stream(call, answer.target, sse)

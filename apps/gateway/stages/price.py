@@ -42,14 +42,18 @@ def apply_usage(call: Call, target: Target, usage: Any) -> None:
         call.prompt_tokens = clean_count(usage["prompt_tokens"])
         call.completion_tokens = clean_count(usage["completion_tokens"])
         details = usage.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-        call.cached_tokens = min(clean_count(cached), call.prompt_tokens)
+        details = details if isinstance(details, dict) else {}
+        call.cached_tokens = min(clean_count(details.get("cached_tokens")), call.prompt_tokens)
+        # Prompt-cache writes: Anthropic reports them (apps.core.anthropic names them so), OpenAI does not.
+        written = clean_count(details.get("cache_write_tokens"))
+        call.cache_write_tokens = min(written, call.prompt_tokens - call.cached_tokens)
     else:
         call.usage_estimated = True
     counts = {
         "prompt_tokens": call.prompt_tokens,
         "cached_tokens": call.cached_tokens,
         "completion_tokens": call.completion_tokens,
+        "cache_write_tokens": call.cache_write_tokens,
     }
     if target.price is not None:
         call.cost = target.price.cost(**counts)

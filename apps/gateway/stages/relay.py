@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from apps.core.anthropic_stream import MessagesToChat
 from apps.core.errors import upstream_unavailable
 from apps.core.text import choice_text, completion_estimate
 from apps.gateway.asgi import JSON_HEADERS, SSE_HEADERS, Headers, Receive, Send, send_events, watch_disconnect
@@ -251,12 +252,14 @@ async def relay_stream(
     *,
     strip_usage_chunk: bool,
     max_event_bytes: int,
+    translate: MessagesToChat | None = None,
 ) -> SseRelay:
     """Pass the provider's stream to the app as it arrives; stop when either side goes away.
 
     Returns the relay (its usage, its events) with the last bytes not yet sent (``flush``): the caller
     sends them with ``more_body`` off once the request is recorded. ``call.status_code`` says how the
-    stream ended: 200 (whole), 499 (the app left) or 502 (truncated or unframed).
+    stream ended: 200 (whole), 499 (the app left) or 502 (truncated or unframed). ``translate`` reads
+    an Anthropic provider's events as chat chunks first.
     """
     disconnected = asyncio.Event()
     watcher = asyncio.create_task(watch_disconnect(receive, disconnected))
@@ -268,7 +271,7 @@ async def relay_stream(
             async for chunk in response.content.iter_any():
                 if call.ttft_ms is None:
                     call.ttft_ms = call.elapsed_ms()
-                out = relay.feed(chunk)
+                out = relay.feed(chunk if translate is None else translate.feed(chunk))
                 if out:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
                 if relay.overflowed:

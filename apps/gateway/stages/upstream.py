@@ -6,6 +6,11 @@ after a backoff, then the next target. Redirects are never followed (the URL
 is tenant-set; the session only connects to addresses the egress policy
 admits). An attempt we gave up on after sending it may still be billed by the
 provider: it gets its own ledger row, marked possibly billed.
+
+An Anthropic-kind provider is asked in its own API (``apps.core.anthropic``): the
+chat request goes out as a Messages request, and its answer, error or stream comes
+back as a chat completion, an OpenAI-shaped error or chat chunks, so the stages
+after this one never know which vendor answered. Its 529 (overloaded) is retryable.
 """
 
 from __future__ import annotations
@@ -19,7 +24,18 @@ from typing import Any
 import aiohttp
 import orjson
 
-from apps.core.errors import GatewayError, upstream_unavailable
+from apps.core.anthropic import (
+    ANTHROPIC_KINDS,
+    ANTHROPIC_VERSION,
+    ENDPOINT_MESSAGES,
+    chat_to_messages,
+    error_to_openai,
+    message_to_completion,
+    without_cache_control,
+)
+from apps.core.anthropic_stream import MessagesToChat
+from apps.core.errors import GatewayError, bad_request, upstream_unavailable
+from apps.core.request import ENDPOINT_CHAT
 from apps.core.route import ATTEMPT, Tried
 from apps.core.snapshot import ProviderTarget
 from apps.gateway import metrics, tracing
@@ -30,7 +46,7 @@ from apps.gateway.stages.admit import worst_case
 from apps.gateway.stages.plan import Target
 
 # Upstream answers worth another try (same target after a backoff, then the next target).
-RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 
 
 @dataclass(slots=True)
@@ -42,6 +58,7 @@ class Answer:
     body: bytes
     retry_after: str | None
     response: aiohttp.ClientResponse | None = None
+    translate: MessagesToChat | None = None  # an Anthropic stream, read as chat chunks
 
 
 class UpstreamTooLarge(Exception):
@@ -83,7 +100,7 @@ async def call_upstream(
                 code="circuit_open",
             )
             continue
-        body = orjson.dumps({**payload, "model": model})
+        body = upstream_body(rt, call, target, payload)
         name = deployment(provider.id, model)
         for attempt in range(provider.max_retries + 1):
             retry_after, reason, status = None, "", 0
@@ -186,6 +203,16 @@ async def _attempt(
     url, headers = upstream_url(provider, endpoint), upstream_headers(provider)
     if traceparent:
         headers["traceparent"] = traceparent
+    if provider.kind in ANTHROPIC_KINDS:
+        answer = await _exchange(rt, target, url, headers, body, stream=stream)
+        return _from_anthropic(answer, rt.limits.max_sse_event_bytes)
+    return await _exchange(rt, target, url, headers, body, stream=stream)
+
+
+async def _exchange(
+    rt: Runtime, target: Target, url: str, headers: dict[str, str], body: bytes, *, stream: bool
+) -> Answer:
+    provider = target.provider
     limit = rt.limits.max_upstream_body_bytes
     if stream:
         resp = await rt.http.post(url, data=body, headers=headers, timeout=provider.timeout, allow_redirects=False)
@@ -222,15 +249,51 @@ def _refuse_redirect(resp: aiohttp.ClientResponse) -> None:
         raise UpstreamRedirect(f"it answered {resp.status} (a redirect), and redirects are not followed")
 
 
+def upstream_body(rt: Runtime, call: Call, target: Target, payload: dict[str, Any]) -> bytes:
+    """The request as ``target``'s provider reads it: a Messages request for an Anthropic kind, where
+    a missing ``max_tokens`` (Anthropic requires one) is the worst case the budget reserved."""
+    if target.provider.kind in ANTHROPIC_KINDS:
+        if call.endpoint != ENDPOINT_CHAT:
+            raise bad_request(f"The provider {target.provider.name} (Anthropic) serves chat requests only.")
+        _usd, worst = worst_case(target, call.endpoint, payload, rt.limits.unknown_model_max_output)
+        request = chat_to_messages({**payload, "model": target.model}, default_max_tokens=worst.output_tokens)
+        return orjson.dumps(request)
+    if call.entry == ENDPOINT_MESSAGES:
+        payload = without_cache_control(payload)  # Anthropic's cache breakpoints mean nothing to others
+    return orjson.dumps({**payload, "model": target.model})
+
+
 def upstream_url(provider: ProviderTarget, endpoint: str) -> str:
+    if provider.kind in ANTHROPIC_KINDS:
+        return f"{provider.base_url}/messages"
     return f"{provider.base_url}/{endpoint.replace('.', '/')}"
 
 
 def upstream_headers(provider: ProviderTarget) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
-    if provider.secret:
+    if provider.kind in ANTHROPIC_KINDS:
+        headers["anthropic-version"] = ANTHROPIC_VERSION
+        if provider.secret:
+            headers["x-api-key"] = provider.secret
+    elif provider.secret:
         headers["Authorization"] = f"Bearer {provider.secret}"
     return headers
+
+
+def _from_anthropic(answer: Answer, max_event_bytes: int) -> Answer:
+    """An Anthropic provider's answer as a chat provider's: the completion, the error, or the stream translated."""
+    if answer.response is not None:
+        answer.translate = MessagesToChat(model=answer.target.model, max_event_bytes=max_event_bytes)
+    elif answer.status == 200:
+        try:
+            message = orjson.loads(answer.body)
+        except orjson.JSONDecodeError:
+            return answer  # not JSON: priced by estimate, never cached
+        if isinstance(message, dict):
+            answer.body = orjson.dumps(message_to_completion(message))
+    elif answer.status >= 400:
+        answer.body = error_to_openai(answer.status, answer.body)
+    return answer
 
 
 def upstream_error_code(body: bytes) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from apps.core.anthropic import ENDPOINT_MESSAGES, messages_to_chat
 from apps.core.errors import bad_request
 from apps.core.request import ENDPOINT_EMBEDDINGS, attribution, prompt_estimate, validate
 from apps.gateway.asgi import Receive, read_body
@@ -42,7 +43,19 @@ async def read_request(
     call: Call, receive: Receive, headers: dict[bytes, bytes], max_body_bytes: int
 ) -> dict[str, Any]:
     """The request's payload, checked; ``call`` learns its model, attribution, streaming and prompt estimate."""
-    payload = parse_body(await read_body(receive, max_body_bytes))
+    return accept(call, headers, parse_body(await read_body(receive, max_body_bytes)))
+
+
+async def read_messages_request(
+    call: Call, receive: Receive, headers: dict[bytes, bytes], max_body_bytes: int
+) -> dict[str, Any]:
+    """A Messages API request (``/v1/messages``), translated to the chat request the pipeline runs, then checked."""
+    call.entry = ENDPOINT_MESSAGES
+    return accept(call, headers, messages_to_chat(parse_body(await read_body(receive, max_body_bytes))))
+
+
+def accept(call: Call, headers: dict[bytes, bytes], payload: dict[str, Any]) -> dict[str, Any]:
+    """Hold ``payload`` to the request contract; ``call`` learns what it asks for."""
     user = payload.get("user")
     if user:
         attribute(call, headers, user)
