@@ -11,7 +11,8 @@ What does not survive a round trip chat -> Messages -> chat (the property test i
 ``tests/core/test_anthropic_roundtrip.py`` checks everything else):
 
 - ``developer`` messages become ``system``; several system messages become one
-  system prompt of text parts, and system messages after the first turn move to it;
+  system prompt of text parts, system messages after the first turn move to it, and
+  empty system texts are dropped (Anthropic refuses empty text blocks);
 - ``max_completion_tokens`` becomes ``max_tokens``; a missing one gets the default
   the gateway passes (the model's largest output, the figure the budget reserves);
 - ``stop`` as a string becomes a one-element list;
@@ -19,7 +20,10 @@ What does not survive a round trip chat -> Messages -> chat (the property test i
 - a tool without ``parameters`` gets an empty object schema;
 - parameters Anthropic has no equivalent for are dropped: ``n`` above 1 is refused,
   ``logprobs``, ``response_format``, ``seed``, penalties, ``logit_bias`` are not sent;
-- an assistant turn with neither text nor tool calls is sent as an empty string.
+- an assistant turn with neither text nor tool calls is sent as an empty string; its text beside
+  tool calls comes back as one text part (empty text there is dropped);
+- ``stream: true`` comes back with ``stream_options.include_usage`` on; ``parallel_tool_calls: true``
+  (the default) is not sent; an image's ``detail`` and a message's ``name`` are not sent.
 
 Messages -> chat: ``top_k``, ``thinking`` blocks and ``is_error`` on tool results have no
 chat equivalent and are dropped; tool results carry text only.
@@ -289,7 +293,7 @@ def chat_to_messages(payload: dict[str, Any], *, default_max_tokens: int) -> dic
     for index, message in enumerate(payload["messages"]):
         role = message["role"]
         if role in ("system", "developer"):
-            system.extend(_parts_to_blocks(message.get("content"), f"messages[{index}]"))
+            system.extend(b for b in _parts_to_blocks(message.get("content"), f"messages[{index}]") if b["text"])
         elif role == "user":
             turns.append({"role": "user", "content": _user_content(message.get("content"), index)})
         elif role == "assistant":
@@ -304,6 +308,8 @@ def chat_to_messages(payload: dict[str, Any], *, default_max_tokens: int) -> dic
         else:
             raise bad_request(f"Messages of role '{role}' cannot be sent to an Anthropic model.",
                               param=f"messages[{index}].role")  # fmt: skip
+    if not turns:
+        raise bad_request("An Anthropic model needs at least one user or assistant message.", param="messages")
     if system:
         only = system[0]
         body["system"] = only["text"] if len(system) == 1 and set(only) == {"type", "text"} else system
@@ -373,7 +379,8 @@ def _assistant_content(message: dict[str, Any], index: int) -> str | list[dict[s
     calls = message.get("tool_calls") or []
     if isinstance(content, str) and not calls:
         return content
-    blocks = _parts_to_blocks(content, f"messages[{index}]") if content is not None else []
+    # Anthropic refuses empty text blocks; an empty text beside tool calls says nothing.
+    blocks = [b for b in _parts_to_blocks(content, f"messages[{index}]") if b["text"]] if content is not None else []
     for position, call in enumerate(calls):
         where = f"messages[{index}].tool_calls[{position}]"
         function = call.get("function") if isinstance(call, dict) else None
