@@ -33,6 +33,15 @@ class ProviderKind(models.TextChoices):
     SIMULATED_ANTHROPIC = "simulated_anthropic", "Simulated Anthropic upstream (bundled)"
 
 
+# Who publishes the models a provider of each kind serves; an OpenAI-compatible server's is its own name.
+KIND_VENDORS = {
+    ProviderKind.OPENAI: "OpenAI",
+    ProviderKind.SIMULATED: "OpenAI",
+    ProviderKind.ANTHROPIC: "Anthropic",
+    ProviderKind.SIMULATED_ANTHROPIC: "Anthropic",
+}
+
+
 class Provider(crypto.EncryptedSecret, models.Model):
     organization = models.ForeignKey("tenancy.Organization", on_delete=models.CASCADE, related_name="providers")
     name = models.CharField(max_length=200)
@@ -67,6 +76,10 @@ class Provider(crypto.EncryptedSecret, models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def vendor(self) -> str:
+        return KIND_VENDORS.get(self.kind, self.name)  # type: ignore[call-overload]
 
 
 class DecimalSpec(TypedDict):

@@ -10,7 +10,7 @@ from decimal import Decimal
 from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Prefetch, QuerySet
 
-from apps.core.catalog import OPENAI_PRICES
+from apps.core.catalog import ANTHROPIC_CACHE_WRITE_PRICES, ANTHROPIC_PRICES, OPENAI_PRICES
 from apps.providers.models import ModelAlias, Price, Provider
 from apps.tenancy.models import Organization, Project
 from apps.tenancy.selectors import organizations_for
@@ -59,6 +59,7 @@ class UnitPrices:
     batch_input: Decimal
     batch_output: Decimal
     ref: str
+    cache_write: Decimal | None = None  # prompt-cache writes; None: the input price
 
 
 class PriceBook:
@@ -85,8 +86,13 @@ class PriceBook:
                         price.batch_input_per_mtok,
                         price.batch_output_per_mtok,
                         f"price-{price.pk}",
+                        price.cache_write_per_mtok,
                     )
             if name in OPENAI_PRICES:
                 values = OPENAI_PRICES[name]
                 return UnitPrices(*values, ref="catalog")
+            if name in ANTHROPIC_PRICES:
+                return UnitPrices(
+                    *ANTHROPIC_PRICES[name], ref="catalog", cache_write=ANTHROPIC_CACHE_WRITE_PRICES[name]
+                )
         return None

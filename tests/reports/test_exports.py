@@ -14,6 +14,8 @@ from django.urls import reverse
 
 from apps.ledger.models import LedgerEntry
 from apps.ledger.services import rollups_refresh
+from apps.providers.models import ProviderKind
+from apps.providers.services import provider_create
 from apps.reports.selectors import FOCUS_COLUMNS, allocate
 from tests.factories import People, entry_make, login
 from tests.reports.helpers import SINCE, UNTIL, at, ledger_mix, other_team_project, read_csv, total
@@ -198,3 +200,29 @@ def test_outsider_gets_404_on_every_export(client: Client, people: People) -> No
 def test_exports_require_login(client: Client, people: People) -> None:
     response = client.get(_url("reports:export-focus", org=people.tenant.org.slug))
     assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+
+
+def test_focus_export_names_the_vendor_and_prices_cache_writes(client: Client, people: People) -> None:
+    """One feature's spend across vendors: each row says its vendor; Anthropic's cache writes are their own rows."""
+    claude = provider_create(
+        organization=people.tenant.org, name="claude", kind=ProviderKind.SIMULATED_ANTHROPIC,
+        base_url="http://127.0.0.1:9/v1",
+    )  # fmt: skip
+    entry_make(people.tenant, created_at=at(3, 10), feature="triage", cost=Decimal("0.0001"))
+    entry_make(
+        people.tenant, created_at=at(3, 10), feature="triage", provider=claude, requested_model="claude-haiku-4-5",
+        served_model="claude-haiku-4-5", prompt_tokens=1_160, cached_tokens=50, cache_write_tokens=1_000,
+        completion_tokens=7, cost=Decimal("0.001295"), counterfactual_cost=Decimal("0.001295"),
+    )  # fmt: skip
+    login(client, people.finance)
+    response = client.get(_url("reports:export-focus", org=people.tenant.org.slug, since=SINCE, until=UNTIL))
+    rows = read_csv(response)
+    assert {(row["ProviderName"], row["PublisherName"], row["InvoiceIssuerName"]) for row in rows} == {
+        ("OpenAI", "OpenAI", "sim"), ("Anthropic", "Anthropic", "claude")}  # fmt: skip
+    anthropic = {row["SkuMeter"]: row for row in rows if row["ProviderName"] == "Anthropic"}
+    assert int(anthropic["Cache write input tokens"]["ConsumedQuantity"]) == 1_000
+    assert int(anthropic["Input tokens"]["ConsumedQuantity"]) == 110
+    assert Decimal(anthropic["Cache write input tokens"]["ContractedUnitPrice"]) == Decimal("1.25")
+    assert sum(Decimal(row["BilledCost"]) for row in anthropic.values()) == Decimal("0.001295")
+    triage = [row for row in rows if json.loads(row["Tags"]).get("feature") == "triage"]
+    assert sum(Decimal(row["BilledCost"]) for row in triage) == Decimal("0.001395")

@@ -13,6 +13,7 @@ from django.db.models.functions import TruncHour
 
 from apps.core.pricing import MTOK
 from apps.ledger.models import Source
+from apps.providers.models import KIND_VENDORS
 from apps.providers.selectors import PriceBook
 from apps.reports.selectors.monthly import month_bounds
 from apps.reports.selectors.rows import EXPORT_CHUNK_SIZE, ledger_range
@@ -71,6 +72,7 @@ _FOCUS_GROUP = (
     "project__name",
     "provider_id",
     "provider__name",
+    "provider__kind",
     "served_model",
     "requested_model",
     "feature",
@@ -81,7 +83,12 @@ _FOCUS_GROUP = (
 )
 
 
-TOKEN_TYPES = (("input", "Input tokens"), ("cached", "Cached input tokens"), ("output", "Output tokens"))
+TOKEN_TYPES = (
+    ("input", "Input tokens"),
+    ("cached", "Cached input tokens"),
+    ("cache_write", "Cache write input tokens"),
+    ("output", "Output tokens"),
+)
 
 
 def allocate(total: Decimal, weights: list[Decimal]) -> list[Decimal]:
@@ -106,6 +113,7 @@ def focus_groups(
         .annotate(
             prompt=Sum("prompt_tokens"),
             cached=Sum("cached_tokens"),
+            written=Sum("cache_write_tokens"),
             completion=Sum("completion_tokens"),
             total_cost=Sum("cost"),
             total_counterfactual=Sum("counterfactual_cost"),
@@ -125,7 +133,7 @@ def _billing_period(hour: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
 def focus_csv_rows(
     *, organization: Organization, groups: QuerySet[Any], chunk_size: int = EXPORT_CHUNK_SIZE
 ) -> Iterator[tuple[Any, ...]]:
-    """A FOCUS 1.2 header, then up to three rows (input, cached, output tokens) per ledger slice."""
+    """A FOCUS 1.2 header, then up to four rows (input, cached, cache-write, output tokens) per ledger slice."""
     yield FOCUS_COLUMNS
     prices = PriceBook(organization)
     for group in groups.iterator(chunk_size=chunk_size):
@@ -135,8 +143,9 @@ def focus_csv_rows(
 def _focus_rows(organization: Organization, group: dict[str, Any], prices: PriceBook) -> Iterator[tuple[Any, ...]]:
     hour: dt.datetime = group["hour"]
     prompt, cached, completion = group["prompt"] or 0, group["cached"] or 0, group["completion"] or 0
+    written = group["written"] or 0
     cost, counterfactual = group["total_cost"] or ZERO, group["total_counterfactual"] or ZERO
-    quantities = [max(prompt - cached, 0), cached, completion]
+    quantities = [max(prompt - cached - written, 0), cached, written, completion]
     kept = [i for i, quantity in enumerate(quantities) if quantity]
     if not kept:
         if not cost and not counterfactual:
@@ -146,9 +155,12 @@ def _focus_rows(organization: Organization, group: dict[str, Any], prices: Price
     served = prices.lookup(model=model, day=hour.date(), provider_id=group["provider_id"])
     requested = prices.lookup(model=group["requested_model"], day=hour.date(), provider_id=group["provider_id"])
     tokens = [Decimal(quantities[i]) for i in kept]
-    served_rates = [served.input, served.cached, served.output] if served else None
-    # The counterfactual had no cache: cached tokens count at the full input price.
-    requested_rates = [requested.input, requested.input, requested.output] if requested else None
+    served_rates = None
+    if served is not None:
+        write_rate = served.input if served.cache_write is None else served.cache_write
+        served_rates = [served.input, served.cached, write_rate, served.output]
+    # The counterfactual had no cache: cached and written tokens count at the full input price.
+    requested_rates = [requested.input, requested.input, requested.input, requested.output] if requested else None
     billed = allocate(
         cost, [q * served_rates[i] for q, i in zip(tokens, kept, strict=True)] if served_rates else tokens
     )
@@ -158,6 +170,9 @@ def _focus_rows(organization: Organization, group: dict[str, Any], prices: Price
     )
     billing_start, billing_end = _billing_period(hour)
     provider_name = group["provider__name"] or ("OpenAI" if group["source"] == Source.IMPORTED else "CostControl cache")
+    # The vendor (OpenAI, Anthropic) publishes the model and provides the service; the provider as configured
+    # here (its name) is who invoices it.
+    vendor = KIND_VENDORS.get(group["provider__kind"], provider_name)
     slug = group["project__slug"] or ""
     key = group["api_key__lookup_id"]
     tags = {
@@ -197,11 +212,11 @@ def _focus_rows(organization: Organization, group: dict[str, Any], prices: Price
             "",
             f"{meter} of {model} for project {slug}",
             "Usage-Based",
-            f"{provider_name} API",
+            f"{vendor} API",
             "AI and Machine Learning",
             "Generative AI",
-            provider_name,
-            provider_name,
+            vendor,
+            vendor,
             provider_name,
             f"{slug}/{model}",
             model,

@@ -27,6 +27,8 @@ from apps.tenancy.services import (
 )
 
 DEMO_PASSWORD = "demo-password"
+DEMO_ANTHROPIC = "Simulated Anthropic"
+DEMO_CLAUDE = "claude-haiku-4-5"
 DEMO_PEOPLE = {  # username -> role
     "lead": Role.OWNER,
     "dev": Role.DEVELOPER,
@@ -66,6 +68,7 @@ class Command(BaseCommand):
                     secret="sk-simulated",  # the upstream may have moved: a secret is bound to its host
                     is_active=True,
                 )
+            _seed_anthropic(org, upstream)
             project = Project.objects.filter(slug="demo").first() or project_create(
                 organization=org, name="Demo", slug="demo", team=team
             )
@@ -95,6 +98,18 @@ def _seed_rules(project: Project) -> None:
         project=project,
         fields={"name": "Try gpt-4.1 beside gpt-4o", "match_models": ["gpt-4o"], "shadow_percent": 20},
         primaries=[],
-        fallbacks=targets_parse(project=project, text="gpt-4o-mini"),
+        # A rate-limited gpt-4o falls back to gpt-4o-mini, then across vendors to Claude.
+        fallbacks=targets_parse(project=project, text=f"gpt-4o-mini\n{DEMO_CLAUDE}"),
         shadow=targets_parse(project=project, text="gpt-4.1"),
     )
+
+
+def _seed_anthropic(org: Organization, upstream: str) -> Provider:
+    """The simulated upstream again, as an Anthropic-kind provider: it speaks the Messages API at /v1/messages."""
+    provider = Provider.objects.filter(organization=org, name=DEMO_ANTHROPIC).first()
+    if provider is None:
+        return provider_create(
+            organization=org, name=DEMO_ANTHROPIC, kind=ProviderKind.SIMULATED_ANTHROPIC, base_url=upstream
+        )
+    return provider_update(provider=provider, name=provider.name, base_url=upstream, secret="sk-simulated",
+                           is_active=True)  # fmt: skip
