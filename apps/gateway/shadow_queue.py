@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from apps.core.anthropic import ANTHROPIC_KINDS, message_to_completion
 from apps.core.events import clean_count, shadow_event_clean
 from apps.core.pricing import PriceRow
 from apps.core.routing import normalize_text
@@ -105,16 +106,20 @@ class ShadowQueue:
                 status = resp.status
                 body = await resp.read()
             data = orjson.loads(body) if status == 200 else None
+            if isinstance(data, dict) and job.provider.kind in ANTHROPIC_KINDS:
+                data = message_to_completion(data)
             if isinstance(data, dict):
                 text = answer_text(data)
                 usage = data.get("usage")
                 usage = usage if isinstance(usage, dict) else {}
                 details = usage.get("prompt_tokens_details")
+                details = details if isinstance(details, dict) else {}
                 if job.price is not None:
                     cost = job.price.cost(
                         prompt_tokens=clean_count(usage.get("prompt_tokens")),
-                        cached_tokens=clean_count(details.get("cached_tokens") if isinstance(details, dict) else 0),
+                        cached_tokens=clean_count(details.get("cached_tokens")),
                         completion_tokens=clean_count(usage.get("completion_tokens")),
+                        cache_write_tokens=clean_count(details.get("cache_write_tokens")),
                     )
         except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError, AttributeError):
             status = status or 504

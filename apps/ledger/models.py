@@ -216,11 +216,14 @@ class HourlyRollup(RollupMeasures, LatencyMeasures):
     feature = models.CharField(max_length=100)
     end_user = models.CharField(max_length=200, blank=True, default="")
     lever = models.CharField(max_length=10, choices=Lever.choices, default=Lever.NONE)
+    # Who publishes the served model (OpenAI, Anthropic; an OpenAI-compatible provider's own name): one feature's
+    # spend adds up across vendors, and the overview splits it by them.
+    vendor = models.CharField(max_length=200, blank=True, default="")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["hour", "project", "api_key", "served_model", "feature", "end_user", "lever"],
+                fields=["hour", "project", "api_key", "served_model", "feature", "end_user", "lever", "vendor"],
                 name="rollup_slice_unique",
                 nulls_distinct=False,
             )
@@ -258,6 +261,7 @@ class Dimension(models.TextChoices):
     KEY = "key", "Key"
     END_USER = "end_user", "End user"
     LEVER = "lever", "Lever"
+    VENDOR = "vendor", "Vendor"
 
 
 class SliceHourlyRollup(RollupMeasures):

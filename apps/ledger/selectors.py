@@ -180,8 +180,11 @@ GROUP_BY_FIELDS: dict[str, str] = {
     "feature": "feature",
     "key": "api_key__lookup_id",
     "end_user": "end_user",
+    "vendor": "vendor",
 }
-GROUP_BY_LABELS: dict[str, str] = {"model": "Model", "feature": "Feature", "key": "Key", "end_user": "End user"}
+GROUP_BY_LABELS: dict[str, str] = {
+    "model": "Model", "feature": "Feature", "key": "Key", "end_user": "End user", "vendor": "Vendor",
+}  # fmt: skip
 BUCKETS = ("hour", "day")
 
 

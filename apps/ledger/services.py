@@ -11,8 +11,8 @@ import orjson
 import redis
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Case, Count, Q, Sum, Value, When
-from django.db.models.functions import TruncHour
+from django.db.models import Case, Count, F, Q, Sum, Value, When
+from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
 
 from apps.core import names
@@ -32,6 +32,7 @@ from apps.ledger.models import (
 )
 from apps.ledger.stream import acknowledge, read_batch
 from apps.ledger.stream import ensure_group as stream_ensure_group
+from apps.providers.models import KIND_VENDORS
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,13 @@ LEVER_SQL = Case(
     default=Value(Lever.NONE.value),
 )
 
+# The vendor of a ledger row's provider (``apps.providers.models.KIND_VENDORS``); an OpenAI-compatible
+# provider is its own vendor, and a row no provider served (refused, or a cache hit of none) has none.
+VENDOR_SQL = Case(
+    *(When(provider__kind=kind, then=Value(vendor)) for kind, vendor in KIND_VENDORS.items()),
+    default=Coalesce(F("provider__name"), Value("")),
+)
+
 
 # The gateway's own rows are timed; imported rows have no latency to count.
 TIMED = Q(source=Source.GATEWAY)
@@ -213,6 +221,7 @@ def _slice_values(row: HourlyRollup) -> tuple[tuple[str, str, int | None], ...]:
         (Dimension.KEY, "", row.api_key_id),
         (Dimension.END_USER, row.end_user, None),
         (Dimension.LEVER, row.lever, None),
+        (Dimension.VENDOR, row.vendor, None),
     )
 
 
@@ -221,8 +230,17 @@ def _rollup_hour(hour: dt.datetime) -> None:
         model.objects.filter(hour=hour).delete()
     slices = (
         LedgerEntry.objects.filter(created_at__gte=hour, created_at__lt=hour + dt.timedelta(hours=1))
-        .annotate(slice_lever=LEVER_SQL)
-        .values("organization_id", "project_id", "api_key_id", "served_model", "feature", "end_user", "slice_lever")
+        .annotate(slice_lever=LEVER_SQL, slice_vendor=VENDOR_SQL)
+        .values(
+            "organization_id",
+            "project_id",
+            "api_key_id",
+            "served_model",
+            "feature",
+            "end_user",
+            "slice_lever",
+            "slice_vendor",
+        )  # fmt: skip
         .annotate(
             requests=Sum("request_count"),
             errors=Count("id", filter=Q(status_code__gte=400)),
@@ -252,6 +270,7 @@ def _rollup_hour(hour: dt.datetime) -> None:
             feature=s["feature"],
             end_user=s["end_user"],
             lever=s["slice_lever"],
+            vendor=s["slice_vendor"],
             requests=s["requests"] or 0,
             errors=s["errors"],
             cache_hits=s["cache_hits"],

@@ -15,6 +15,9 @@ Endpoints (OpenAI request and response shapes):
 - ``POST /v1/embeddings`` (``input`` as OpenAI takes it; ``dimensions``;
   ``encoding_format`` ``float`` or ``base64``).
 - ``/v1/files`` and ``/v1/batches``: a small Batch API (see ``apps/simulator/batch_api.py``).
+- ``POST /v1/messages``: Anthropic's Messages API (key as ``x-api-key``; plain and streamed, tool
+  use, prompt-cache usage, ``[[sim:429]]`` / ``[[sim:529]]``; see ``apps/simulator/messages_api.py``),
+  for the Claude models listed beside the OpenAI ones.
 
 Behaviour:
 

@@ -18,6 +18,8 @@ from apps.budgets.models import Alert, AlertKind
 from apps.budgets.services import budget_create
 from apps.ledger.models import LedgerEntry
 from apps.ledger.services import rollups_refresh
+from apps.providers.models import ProviderKind
+from apps.providers.services import provider_create
 from tests.factories import People, Tenant, entry_make, login
 
 pytestmark = pytest.mark.django_db
@@ -146,7 +148,8 @@ def test_overview_query_count_does_not_grow_with_rollups(
     budget_create(organization=tenant.org, name="cap", scope="organization", amount_usd=Decimal("10"))
     login(client, people.owner)
     for group_by in ("model", "end_user", "key"):
-        with django_assert_max_num_queries(19):  # one of them the ledger's exact latency percentiles
+        # A constant: one query per top table (five dimensions), one the ledger's exact latency percentiles, …
+        with django_assert_max_num_queries(20):
             response = client.get(reverse("dashboard:overview"), {"scope": _scope(people), "group_by": group_by})
         assert response.status_code == 200
         assert sum(sum(ds["data"]) for ds in _chart(response)["datasets"]) == pytest.approx(0.10 * rows)
@@ -267,3 +270,25 @@ def test_series_api_validates_parameters(people: People) -> None:
                    {"since": "2026-11-10", "until": "2026-11-01"}, {"since": "2025-01-01", "until": "2026-11-01",
                    "bucket": "hour"}, {"limit": "0"}):  # fmt: skip
         assert api.get(url, params).status_code == 400, params
+
+
+def test_overview_splits_one_features_spend_by_vendor(client: Client, people: People) -> None:
+    """The same feature served by an OpenAI-kind and an Anthropic-kind provider: one total, split by vendor."""
+    claude = provider_create(
+        organization=people.tenant.org, name="claude", kind=ProviderKind.SIMULATED_ANTHROPIC,
+        base_url="http://127.0.0.1:9/v1",
+    )  # fmt: skip
+    when = timezone.now().replace(minute=0, second=0, microsecond=0)
+    entry_make(people.tenant, created_at=when, feature="triage", cost=Decimal("0.10"))
+    entry_make(people.tenant, created_at=when, feature="triage", provider=claude, served_model="claude-haiku-4-5",
+               cost=Decimal("0.25"))  # fmt: skip
+    entry_make(people.tenant, created_at=when, feature="triage", provider=None, cost=Decimal("0"), status_code=429)
+    rollups_refresh()
+    login(client, people.owner)
+    response = client.get(reverse("dashboard:overview"), {"scope": _scope(people), "group_by": "vendor"})
+    chart = {ds["key"]: sum(ds["data"]) for ds in _chart(response)["datasets"]}
+    assert chart == {"OpenAI": pytest.approx(0.10), "Anthropic": pytest.approx(0.25), "": 0}
+    tops = {t["name"]: {row["row"].key: row["row"].cost for row in t["rows"]} for t in response.context["top"]}
+    assert tops["vendor"] == {"Anthropic": Decimal("0.25"), "OpenAI": Decimal("0.10"), "": Decimal(0)}
+    assert tops["feature"] == {"triage": Decimal("0.35")}
+    assert "Top vendors" in response.content.decode()

@@ -4,7 +4,8 @@ Properties, for every input:
 - no 5xx from our own code (a 5xx may only relay an upstream failure: the provider's own error, or one
   of our upstream codes such as ``upstream_timeout``);
 - every error has OpenAI's shape: ``{"error": {"message": str, "type": str, "param": …, "code": …}}``;
-- afterwards, a normal request's ledger row lands within seconds (nothing the fuzzer sent stopped ingest).
+- afterwards, a normal request's ledger row lands within seconds (nothing the fuzzer sent stopped ingest);
+- on Anthropic's /v1/messages, every error has Anthropic's shape, and none is our own code failing.
 
 ``make test`` runs ``FUZZ_EXAMPLES`` inputs per property (default 150, the same ones every run: about
 half a minute on two cores); ``make fuzz`` runs a long campaign of fresh random inputs and prints how
@@ -26,9 +27,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apps.providers.models import ProviderKind
+from apps.providers.services import provider_create
 from tests import live
 from tests.factories import Tenant
-from tests.gateway.helpers import ledger_row, sdk, wait_key_live
+from tests.gateway.helpers import ledger_row, sdk, wait_key_live, wait_policy
 
 pytestmark = pytest.mark.live
 
@@ -194,6 +197,52 @@ def test_a_hostile_upstream_never_makes_our_code_fail(
     if max_tokens is not None:
         request["max_tokens"] = max_tokens
     _check(*_post(fuzz_target, "/chat/completions", json.dumps(request).encode(), {}))
+
+
+# Anthropic's Messages API (/v1/messages): its own shapes, garbage at every level.
+block = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image", "tool_use", "tool_result", "thinking", "video"]) | json_value},
+    optional={"text": st.text(max_size=30) | json_value, "source": json_value, "id": json_value, "name": json_value,
+              "input": json_value, "tool_use_id": json_value, "content": json_value, "cache_control": json_value},
+)  # fmt: skip
+anthropic_message = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant"]) | json_value,
+     "content": st.text(max_size=30) | st.lists(block, max_size=3) | json_value},
+)  # fmt: skip
+messages_body = st.fixed_dictionaries(
+    {"model": st.sampled_from(["claude-haiku-4-5", "gpt-4o-mini", "", "no-such-model"]) | json_value},
+    optional={"max_tokens": st.integers(-2, 60) | json_value, "messages": st.lists(anthropic_message, max_size=3)
+              | json_value, "system": st.text(max_size=30) | st.lists(block, max_size=2) | json_value,
+              "stream": st.booleans() | json_value, "tools": json_value, "tool_choice": json_value,
+              "stop_sequences": json_value, "metadata": json_value, "temperature": json_value},
+)  # fmt: skip
+
+
+@pytest.fixture
+def claude_target(fuzz_target: tuple[str, str], tenant: Tenant, upstream: str) -> tuple[str, str]:
+    provider_create(organization=tenant.org, name="claude", kind=ProviderKind.SIMULATED_ANTHROPIC, base_url=upstream)
+    wait_policy(*fuzz_target)
+    return fuzz_target
+
+
+def _check_anthropic(status: int, answer: bytes) -> None:
+    TALLY["inputs"] += 1
+    TALLY[f"messages {status}"] += 1
+    if status < 400:
+        return
+    body = json.loads(answer)  # every error is Anthropic-shaped JSON
+    assert body["type"] == "error" and isinstance(body["error"]["type"], str)
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    assert body["error"]["message"] != "The gateway failed to process the request.", body
+
+
+@FUZZ
+@given(path=st.sampled_from(["/messages", "/messages/count_tokens"]), payload=st.one_of(
+    messages_body.map(lambda b: json.dumps(b).encode()), st.binary(max_size=100)), extra=headers)  # fmt: skip
+def test_any_messages_request_gets_an_answer_or_an_anthropic_error(
+    claude_target: tuple[str, str], path: str, payload: bytes, extra: dict[str, bytes]
+) -> None:
+    _check_anthropic(*_post(claude_target, path, payload, extra))
 
 
 def test_the_sdk_sees_its_own_error_classes(fuzz_target: tuple[str, str]) -> None:

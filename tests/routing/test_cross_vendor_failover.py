@@ -7,12 +7,17 @@ from decimal import Decimal
 
 import openai
 import pytest
+import redis as redis_lib
+from django.conf import settings
 
 from apps.core.catalog import ANTHROPIC_PRICES
 from apps.providers.models import Provider, ProviderKind
 from apps.providers.services import provider_create
+from apps.routing.models import ShadowComparison
+from apps.routing.services import shadow_ingest_batch
 from tests.factories import Tenant
 from tests.gateway.helpers import ledger_row, sdk, wait_policy
+from tests.live import wait_until
 from tests.routing.helpers import ask, rule_make
 
 pytestmark = pytest.mark.live
@@ -115,3 +120,21 @@ def test_errors_of_a_claude_model_reach_openai_apps_in_openai_shape(
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model=CLAUDE, messages=ask("hi"), n=2)
     assert refused.value.param == "n"
+
+
+def test_a_claude_shadow_is_asked_in_its_own_api_and_compared(gateway: str, tenant: Tenant, claude: Provider) -> None:
+    rule = rule_make(tenant, name="shadow claude", shadow=f"{CLAUDE} @ claude", shadow_percent=Decimal("100"))
+    wait_policy(gateway, tenant.key.plaintext)
+    raw = sdk(gateway, tenant.key.plaintext).chat.completions.with_raw_response.create(
+        model="gpt-4o", messages=ask("Explain the invoice")
+    )
+    request_id = raw.headers["x-request-id"]
+    client = redis_lib.Redis.from_url(settings.REDIS_URL)
+
+    def compared() -> ShadowComparison | None:
+        shadow_ingest_batch(client=client, consumer="tests")
+        return ShadowComparison.objects.filter(request_id=request_id).first()
+
+    comparison = wait_until(compared, timeout=10)
+    assert (comparison.rule_id, comparison.shadow_model, comparison.shadow_status) == (rule.id, CLAUDE, 200)
+    assert comparison.shadow_text and comparison.shadow_cost > 0

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
+from apps.core.errors import GatewayError
 from apps.gateway.call import Call
 from apps.gateway.runtime import Runtime
 from apps.gateway.shadow_queue import ShadowJob
 from apps.gateway.stages.plan import Plan
-from apps.gateway.stages.upstream import upstream_headers, upstream_url
+from apps.gateway.stages.upstream import upstream_body, upstream_headers, upstream_url
 
 
 def offer(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], primary_text: str) -> None:
@@ -21,6 +24,11 @@ def offer(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], primary_
     target = plan.shadow
     request = {**payload, "model": target.model, "stream": False}
     request.pop("stream_options", None)
+    try:
+        # The shadow provider's own API (an Anthropic kind is asked in the Messages API).
+        body = orjson.loads(upstream_body(rt, call, target, request))
+    except GatewayError:
+        return  # a request the shadow's vendor cannot take (n > 1 for Claude): no sample
     rt.shadows.offer(
         ShadowJob(
             request_id=call.request_id,
@@ -30,7 +38,7 @@ def offer(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], primary_
             url=upstream_url(target.provider, call.endpoint),
             headers=upstream_headers(target.provider),
             timeout=target.provider.timeout,
-            payload=request,
+            payload=body,
             provider=target.provider,
             price=target.price,
             primary_model=call.served_model,
