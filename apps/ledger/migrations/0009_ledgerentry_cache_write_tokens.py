@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ledger', '0007_ledgerentry_decision'),
+        ('ledger', '0008_request_count_timed_streamed'),
     ]
 
     operations = [

@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('keys', '0002_initial'),
-        ('ledger', '0008_ledgerentry_cache_write_tokens'),
+        ('ledger', '0009_ledgerentry_cache_write_tokens'),
         ('tenancy', '0001_initial'),
     ]
 
