@@ -10,7 +10,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import Q, QuerySet, Sum
 from django.utils import timezone
 
-from apps.budgets.models import Alert, Budget, BudgetScope, NotificationChannel
+from apps.budgets.models import Alert, Budget, BudgetPeriod, BudgetScope, NotificationChannel
 from apps.core.periods import FOREVER, period_bounds
 from apps.ledger.models import LedgerEntry
 from apps.tenancy.permissions import Action
@@ -142,3 +142,18 @@ def channels_visible(*, user: User | AnonymousUser) -> QuerySet[NotificationChan
     return NotificationChannel.objects.filter(organization__in=organizations_for(user=user)).select_related(
         "organization"
     )
+
+
+def budget_ledger_floors(*, now: dt.datetime) -> dict[int, dt.datetime]:
+    """Per organisation, the earliest ledger instant its budgets still read: ledger retention keeps from there.
+
+    A budget reads its current period (counter re-seeding sums it) and its previous one (the period
+    history closes it); a one-off budget reads everything since it starts.
+    """
+    floors: dict[int, dt.datetime] = {}
+    for budget in Budget.objects.only("organization_id", "period", "timezone", "starts_at"):
+        start, _end = period_bounds(budget.period, budget.timezone, now, budget.starts_at)
+        if budget.period != BudgetPeriod.ONE_OFF:
+            start, _end = period_bounds(budget.period, budget.timezone, start - dt.timedelta(seconds=1))
+        floors[budget.organization_id] = min(start, floors.get(budget.organization_id, start))
+    return floors

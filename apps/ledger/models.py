@@ -71,10 +71,14 @@ class LedgerEntry(models.Model):
     ingested_at = models.DateTimeField(auto_now_add=True, db_index=True)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.GATEWAY)
 
+    # No index of their own: "ledger_org_time" and "ledger_project_time" start with them. Each index
+    # costs every ingested row (see README, Sizing).
     organization = models.ForeignKey(
-        "tenancy.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+        "tenancy.Organization", on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
     )
-    project = models.ForeignKey("tenancy.Project", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    project = models.ForeignKey(
+        "tenancy.Project", on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+"
+    )
     api_key = models.ForeignKey(
         "keys.ApiKey", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
     )
@@ -309,3 +313,27 @@ class RollupWatermark(models.Model):
 
     def __str__(self) -> str:
         return f"rolled up to {self.ingested_before:%Y-%m-%d %H:%M:%S}"
+
+
+class LedgerRetention(models.Model):
+    """How long an organisation's ledger rows are kept, when it differs from ``LEDGER_RETENTION_DAYS``.
+
+    Applied daily by ``apps.ledger.retention.ledger_retention_apply``: whole month partitions are
+    dropped once every organisation's retention has passed them; an organisation that keeps its
+    rows for less time than others has its older rows deleted one by one. ``days`` empty: kept forever.
+    """
+
+    organization = models.OneToOneField(
+        "tenancy.Organization", on_delete=models.CASCADE, primary_key=True, related_name="ledger_retention"
+    )
+    days = models.PositiveIntegerField(null=True, blank=True, help_text="Days of ledger rows kept; empty: forever")
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(days__isnull=True) | models.Q(days__gte=1), name="ledger_retention_at_least_a_day"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}: {'forever' if self.days is None else f'{self.days} days'}"

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 import orjson
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Case, Count, F, Q, Sum, Value, When
 from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
+from psycopg import sql
 
+from apps.audit.models import AuditAction
+from apps.audit.services import audit_record
 from apps.core import names
 from apps.core.events import EVENT_FIELD, ledger_event_clean
 from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
@@ -23,6 +27,7 @@ from apps.ledger.models import (
     Dimension,
     HourlyRollup,
     LedgerEntry,
+    LedgerRetention,
     Lever,
     ProjectHourlyRollup,
     RollupWatermark,
@@ -33,6 +38,7 @@ from apps.ledger.models import (
 from apps.ledger.stream import acknowledge, read_batch
 from apps.ledger.stream import ensure_group as stream_ensure_group
 from apps.providers.models import KIND_VENDORS
+from apps.tenancy.models import Organization
 
 logger = logging.getLogger(__name__)
 
@@ -57,43 +63,126 @@ def ensure_group(client: redis.Redis) -> None:
     stream_ensure_group(client, ledger_stream())
 
 
-def _entry_from_event(raw: Any) -> LedgerEntry:
-    """The row for one event, cleaned again here (defence in depth: the gateway cleans it before the XADD)."""
+# The columns an ingested event fills, in the order ``_row_from_event`` returns them.
+INGEST_COLUMNS: tuple[str, ...] = (
+    "request_id",
+    "created_at",
+    "source",
+    "organization_id",
+    "project_id",
+    "api_key_id",
+    "provider_id",
+    "endpoint",
+    "feature",
+    "end_user",
+    "requested_model",
+    "served_model",
+    "prompt_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "completion_tokens",
+    "usage_estimated",
+    "possibly_billed",
+    "cost",
+    "counterfactual_cost",
+    "latency_ms",
+    "ttft_ms",
+    "status_code",
+    "error_code",
+    "streamed",
+    "cache_hit",
+    "route",
+    "decision",
+    "route_rule_id",
+)
+_COLUMNS = sql.SQL(", ").join(map(sql.Identifier, INGEST_COLUMNS))
+_STAGING_CREATE = sql.SQL(
+    "CREATE TEMP TABLE IF NOT EXISTS ledger_ingest_staging AS SELECT {} FROM ledger_ledgerentry WITH NO DATA"
+).format(_COLUMNS)
+_STAGING_COPY = sql.SQL("COPY ledger_ingest_staging ({}) FROM STDIN").format(_COLUMNS)
+_STAGING_MOVE = sql.SQL(
+    "INSERT INTO ledger_ledgerentry ({}, ingested_at) SELECT {}, now() FROM ledger_ingest_staging "
+    "ON CONFLICT DO NOTHING"
+).format(_COLUMNS, _COLUMNS)
+BIGINT_MAX = 2**63 - 1
+
+
+def _required_id(event: dict[str, Any], name: str) -> int:
+    """An identity column's value: an integer a ``bigint`` holds, or the event is refused (dead-lettered)."""
+    value = event.get(name)
+    if type(value) is not int:
+        raise TypeError(f"{name} is not an integer: {value!r:.100}")
+    if not 0 < value <= BIGINT_MAX:
+        raise ValueError(f"{name} {value} is out of range for a row id")
+    return value
+
+
+def _row_from_event(raw: Any) -> tuple[Any, ...]:
+    """The row for one event, in ``INGEST_COLUMNS`` order, cleaned again here (defence in depth: the gateway
+    cleans it before the XADD). The decision is its JSON text."""
     if not isinstance(raw, dict):
         raise TypeError(f"a ledger event is a JSON object, not {type(raw).__name__}")
     if not isinstance(raw.get("request_id"), str) or not raw["request_id"]:
         raise KeyError("request_id")
     event = ledger_event_clean(raw)
-    return LedgerEntry(
-        request_id=event["request_id"],
-        created_at=dt.datetime.fromtimestamp(float(event["created_at"]), dt.UTC),
-        organization_id=event["organization_id"],
-        project_id=event["project_id"],
-        api_key_id=event.get("api_key_id"),
-        provider_id=event.get("provider_id"),
-        endpoint=event["endpoint"],
-        feature=event.get("feature") or "",
-        end_user=event.get("end_user") or "",
-        requested_model=event.get("requested_model") or "",
-        served_model=event.get("served_model") or "",
-        prompt_tokens=int(event.get("prompt_tokens") or 0),
-        cached_tokens=int(event.get("cached_tokens") or 0),
-        cache_write_tokens=int(event.get("cache_write_tokens") or 0),
-        completion_tokens=int(event.get("completion_tokens") or 0),
-        usage_estimated=bool(event.get("usage_estimated")),
-        cost=Decimal(event.get("cost") or "0"),
-        counterfactual_cost=Decimal(event.get("counterfactual_cost") or "0"),
-        latency_ms=int(event.get("latency_ms") or 0),
-        ttft_ms=event.get("ttft_ms"),
-        status_code=int(event["status_code"]),
-        error_code=event.get("error_code") or "",
-        streamed=bool(event.get("streamed")),
-        cache_hit=event.get("cache_hit") or "",
-        route=event["route"],
-        decision=event["decision"],
-        route_rule_id=event.get("route_rule_id"),
-        possibly_billed=event["possibly_billed"],
+    decision = event["decision"]
+    return (
+        event["request_id"],
+        dt.datetime.fromtimestamp(float(event["created_at"]), dt.UTC),
+        Source.GATEWAY.value,
+        _required_id(event, "organization_id"),
+        _required_id(event, "project_id"),
+        event.get("api_key_id"),
+        event.get("provider_id"),
+        event["endpoint"],
+        event.get("feature") or "",
+        event.get("end_user") or "",
+        event.get("requested_model") or "",
+        event.get("served_model") or "",
+        int(event.get("prompt_tokens") or 0),
+        int(event.get("cached_tokens") or 0),
+        int(event.get("cache_write_tokens") or 0),
+        int(event.get("completion_tokens") or 0),
+        bool(event.get("usage_estimated")),
+        event["possibly_billed"],
+        Decimal(event.get("cost") or "0"),
+        Decimal(event.get("counterfactual_cost") or "0"),
+        int(event.get("latency_ms") or 0),
+        event.get("ttft_ms"),
+        int(event["status_code"]),
+        event.get("error_code") or "",
+        bool(event.get("streamed")),
+        event.get("cache_hit") or "",
+        event["route"],
+        None if decision is None else orjson.dumps(decision).decode(),
+        event.get("route_rule_id"),
     )
+
+
+def _entry_from_event(raw: Any) -> LedgerEntry:
+    """The ``LedgerEntry`` for one event (the same cleaning as the ingest's rows)."""
+    values = dict(zip(INGEST_COLUMNS, _row_from_event(raw), strict=True))
+    if values["decision"] is not None:
+        values["decision"] = orjson.loads(values["decision"])
+    return LedgerEntry(**values)
+
+
+def ledger_rows_copy(rows: Sequence[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` (``INGEST_COLUMNS`` order) with COPY, skipping request ids already stored.
+
+    COPY cannot skip conflicts, so the rows go to a per-connection temporary table first and
+    one ``INSERT … SELECT … ON CONFLICT DO NOTHING`` moves them over: a re-delivered event (same
+    request id and time) is not stored twice. Call inside a transaction; the database's
+    refusals are raised as Django's ``DataError``/``IntegrityError``, like the ORM's.
+    """
+    with connection.wrap_database_errors, connection.cursor() as cursor:
+        cursor.execute(_STAGING_CREATE)
+        with cursor.cursor.copy(_STAGING_COPY) as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(_STAGING_MOVE)
+        # Emptied here, not at commit: a caller's outer transaction may span several batches.
+        cursor.execute("DELETE FROM ledger_ingest_staging")
 
 
 def ledger_ingest_batch(
@@ -101,29 +190,27 @@ def ledger_ingest_batch(
 ) -> int:
     """Move up to ``count`` events from the stream into Postgres; returns how many were handled.
 
-    Entries are acknowledged only after the insert committed. If this process
-    dies first they stay pending and are re-read (by us on restart, or by any
-    consumer once idle for ``claim_idle_ms``). Inserts ignore request ids that
-    already exist, so a re-read never duplicates a row. An entry that cannot be
-    read or stored goes to the dead-letter stream; the others are stored.
+    The rows go in with COPY (``ledger_rows_copy``). Entries are acknowledged only after the insert
+    committed. If this process dies first they stay pending and are re-read (by us on restart, or by
+    any consumer once idle for ``claim_idle_ms``). Inserts ignore request ids that already exist, so a
+    re-read never duplicates a row. An entry that cannot be read or stored goes to the dead-letter
+    stream; the others are stored.
     """
     ensure_group(client)
     stream = ledger_stream()
     entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=claim_idle_ms)
     if not entries:
         return 0
-    rows: list[tuple[bytes, dict[Any, Any], LedgerEntry]] = []
+    rows: list[tuple[bytes, dict[Any, Any], tuple[Any, ...]]] = []
     dead: list[DeadLetter] = []
     for entry_id, fields in entries:
         if not fields:  # deleted from the stream while pending; nothing to keep
             continue
         try:
-            rows.append((entry_id, fields, _entry_from_event(orjson.loads(fields[EVENT_FIELD]))))
+            rows.append((entry_id, fields, _row_from_event(orjson.loads(fields[EVENT_FIELD]))))
         except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
             dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
-    refused = store_or_bisect(
-        rows, lambda chunk: LedgerEntry.objects.bulk_create([row for _id, _f, row in chunk], ignore_conflicts=True)
-    )
+    refused = store_or_bisect(rows, lambda chunk: ledger_rows_copy([row for _id, _f, row in chunk]))
     dead += [(entry_id, fields, error) for (entry_id, fields, _row), error in refused]
     dead_letters_report(stream=stream, dead=dead, field=EVENT_FIELD)
     acknowledge(client, stream, [entry_id for entry_id, _fields in entries], dead_letters=dead)
@@ -313,3 +400,22 @@ def _rollup_hour(hour: dt.datetime) -> None:
         ),
         batch_size=2000,
     )
+
+
+def ledger_retention_set(*, organization: Organization, days: int | None, use_default: bool = False) -> None:
+    """Keep ``organization``'s ledger rows ``days`` days (None: forever), or follow the deployment's default.
+
+    Audited as a change of the organisation. ``days`` below one is refused (ValidationError).
+    """
+    current = LedgerRetention.objects.filter(organization=organization).first()
+    before = {"ledger_retention_days": "default" if current is None else current.days}
+    if use_default:
+        LedgerRetention.objects.filter(organization=organization).delete()
+    else:
+        retention = current or LedgerRetention(organization=organization)
+        retention.days = days
+        retention.full_clean()
+        retention.save()
+    after = {"ledger_retention_days": "default" if use_default else days}
+    if before != after:
+        audit_record(action=AuditAction.UPDATE, obj=organization, before=before, after=after)

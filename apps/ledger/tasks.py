@@ -5,7 +5,11 @@ from __future__ import annotations
 import socket
 
 from celery import shared_task
+from django.conf import settings
+from django.utils import timezone
 
+from apps.ledger.partitions import partitions_ensure
+from apps.ledger.retention import ledger_retention_apply
 from apps.ledger.services import ledger_ingest_batch, redis_client, rollups_refresh
 
 
@@ -22,3 +26,15 @@ def ingest_stragglers_task() -> int:
     while handled := ledger_ingest_batch(client=client, consumer=f"celery-{socket.gethostname()}", block_ms=0):
         total += handled
     return total
+
+
+@shared_task(name="ledger.partitions_ensure", time_limit=300, soft_time_limit=270)
+def partitions_ensure_task() -> list[str]:
+    """Create the ledger's partitions for this month and the next ``LEDGER_PARTITIONS_AHEAD``."""
+    return partitions_ensure(now=timezone.now(), ahead=settings.LEDGER_PARTITIONS_AHEAD)
+
+
+@shared_task(name="ledger.retention_apply", time_limit=3600, soft_time_limit=3500)
+def retention_apply_task() -> dict[str, object]:
+    result = ledger_retention_apply(now=timezone.now())
+    return {"dropped": result.dropped, "deleted": result.deleted}

@@ -124,6 +124,11 @@ DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int
 DATABASES["default"]["ATOMIC_REQUESTS"] = False  # it breaks async views (STYLE.md 6)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# The ledger's monthly partitions (apps/ledger/partitions.py): how many months ahead the daily task
+# creates, and how many days of rows an organisation keeps unless it says otherwise (0: forever).
+LEDGER_PARTITIONS_AHEAD = env_int("LEDGER_PARTITIONS_AHEAD", 3)
+LEDGER_RETENTION_DAYS = env_int("LEDGER_RETENTION_DAYS", 0)
+
 REDIS_URL: str = env_str("REDIS_URL", "") or embedded.redis_url()
 # Every key, stream and channel the product uses starts with this, so test runs
 # and several installs can share one Redis without touching each other.

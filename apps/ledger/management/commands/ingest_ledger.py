@@ -17,7 +17,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("--consumer", default=f"{socket.gethostname()}-{os.getpid()}")
-        parser.add_argument("--batch-size", type=int, default=500)
+        parser.add_argument("--batch-size", type=int, default=2000)
         parser.add_argument("--block-ms", type=int, default=1000)
         parser.add_argument(
             "--claim-idle-ms",

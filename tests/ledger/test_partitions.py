@@ -1,0 +1,202 @@
+"""The ledger's monthly partitions and retention, driven by a simulated clock (every function takes ``now``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+
+from apps.audit.models import AuditEvent
+from apps.budgets.models import Budget, BudgetPeriod, BudgetScope
+from apps.ledger.models import LedgerEntry, LedgerRetention
+from apps.ledger.partitions import (
+    DEFAULT_PARTITION,
+    TABLE,
+    partition_create,
+    partition_drop,
+    partitions_ensure,
+    partitions_list,
+)
+from apps.ledger.retention import ledger_retention_apply
+from apps.ledger.services import ledger_retention_set
+from tests.factories import Tenant, tenant_make
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def at(year: int, month: int, day: int = 1, hour: int = 0) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, tzinfo=dt.UTC)
+
+
+@pytest.fixture(autouse=True)
+def _partitions_as_they_were() -> Iterator[None]:
+    """Partitions outlive a test's flush: drop those a test made (simulated months), remake those it dropped."""
+    before = {p.name: p for p in partitions_list()}
+    yield
+    after = {p.name: p for p in partitions_list()}
+    for name, partition in after.items():
+        if name not in before:
+            partition_drop(partition)
+    for name, partition in before.items():
+        if name not in after:
+            partition_create(partition.start)
+
+
+def row(tenant: Tenant, created_at: dt.datetime) -> LedgerEntry:
+    return LedgerEntry.objects.create(
+        request_id=f"req_{uuid.uuid4().hex}",
+        created_at=created_at,
+        organization=tenant.org,
+        project=tenant.project,
+        endpoint="chat.completions",
+        requested_model="gpt-4o",
+        status_code=200,
+        cost="0.01",
+    )
+
+
+def home(entry: LedgerEntry) -> str:
+    """The partition that holds ``entry``."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT tableoid::regclass::text FROM ledger_ledgerentry WHERE id = %s", [entry.id])
+        return cursor.fetchone()[0]
+
+
+def test_the_ledger_is_partitioned_by_month_on_the_request_time() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_get_partkeydef(%s::regclass)", [TABLE])
+        assert cursor.fetchone()[0] == "RANGE (created_at)"
+    now = dt.datetime.now(dt.UTC)
+    names = {p.name for p in partitions_list()}
+    assert f"{TABLE}_p{now.year:04d}_{now.month:02d}" in names, "the migration made this month's partition"
+    tenant = tenant_make()
+    assert home(row(tenant, now)) == f"{TABLE}_p{now.year:04d}_{now.month:02d}"
+    # A date no month partition takes is still stored, in the default partition.
+    assert home(row(tenant, at(1999, 1, 1))) == DEFAULT_PARTITION
+
+
+def test_partitions_are_created_ahead_and_only_once() -> None:
+    created = partitions_ensure(now=at(2031, 11, 15, 12), ahead=3)
+    assert created == [f"{TABLE}_p2031_11", f"{TABLE}_p2031_12", f"{TABLE}_p2032_01", f"{TABLE}_p2032_02"]
+    assert partitions_ensure(now=at(2031, 11, 30, 23), ahead=3) == []
+    # A month later the clock has moved on: one more month.
+    assert partitions_ensure(now=at(2031, 12, 1), ahead=3) == [f"{TABLE}_p2032_03"]
+    tenant = tenant_make()
+    assert home(row(tenant, at(2032, 1, 31, 23))) == f"{TABLE}_p2032_01"
+    assert home(row(tenant, at(2032, 2, 1))) == f"{TABLE}_p2032_02"
+
+
+def test_rows_caught_by_the_default_partition_move_into_their_month_when_it_is_made() -> None:
+    tenant = tenant_make()
+    stranded = [row(tenant, at(2034, 5, day)) for day in (1, 15, 31)]
+    other_month = row(tenant, at(2034, 6, 1))
+    assert {home(e) for e in stranded} == {DEFAULT_PARTITION}
+
+    assert partition_create(at(2034, 5, 20)) is True
+    assert partition_create(at(2034, 5, 1)) is False
+    assert {home(e) for e in stranded} == {f"{TABLE}_p2034_05"}
+    assert home(other_month) == DEFAULT_PARTITION
+    ids = set(LedgerEntry.objects.values_list("id", flat=True))
+    assert ids == {e.id for e in [*stranded, other_month]}, "nothing lost, nothing doubled"
+
+
+def test_retention_drops_a_month_once_every_organisation_is_past_it(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.LEDGER_RETENTION_DAYS = 60
+    longer, shorter = tenant_make(), tenant_make()
+    ledger_retention_set(organization=shorter.org, days=30)
+    for month in range(1, 7):
+        partition_create(at(2021, month))
+    rows = {(t.org.id, month): row(t, at(2021, month, 10)) for t in (longer, shorter) for month in range(1, 7)}
+
+    now = at(2021, 6, 15)
+    result = ledger_retention_apply(now=now)
+
+    # Common horizon: 60 days back = 16 April. January to March end before it: dropped whole.
+    assert result.dropped == [f"{TABLE}_p2021_01", f"{TABLE}_p2021_02", f"{TABLE}_p2021_03"]
+    kept = set(LedgerEntry.objects.values_list("organization_id", "created_at"))
+    # April is only partly past the common horizon: kept whole for the 60-day organisation.
+    assert {(longer.org.id, at(2021, m, 10)) for m in (4, 5, 6)} <= kept
+    # The 30-day organisation's rows before 16 May go one by one; the other's stay.
+    assert {(shorter.org.id, at(2021, m, 10)) for m in (4, 5)}.isdisjoint(kept)
+    assert (shorter.org.id, at(2021, 6, 10)) in kept
+    assert result.deleted == 2
+    assert not LedgerEntry.objects.filter(id__in=[rows[(longer.org.id, m)].id for m in (1, 2, 3)]).exists()
+    # Applying it again changes nothing.
+    again = ledger_retention_apply(now=now)
+    assert (again.dropped, again.deleted) == ([], 0)
+
+
+def test_one_organisation_keeping_forever_keeps_the_months_and_others_lose_only_their_rows(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.LEDGER_RETENTION_DAYS = 0  # forever, unless an organisation says otherwise
+    forever, brief = tenant_make(), tenant_make()
+    ledger_retention_set(organization=brief.org, days=10)
+    partition_create(at(2021, 1))
+    old_forever, old_brief = row(forever, at(2021, 1, 5)), row(brief, at(2021, 1, 5))
+    old_default = row(brief, at(1999, 1, 5))
+
+    result = ledger_retention_apply(now=at(2021, 3, 1))
+
+    assert result.dropped == []
+    assert f"{TABLE}_p2021_01" in {p.name for p in partitions_list()}
+    assert set(LedgerEntry.objects.values_list("id", flat=True)) == {old_forever.id}
+    assert result.deleted == 2, f"{old_brief.id} and {old_default.id} went"
+
+
+def test_retention_never_removes_what_a_budget_still_counts(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.LEDGER_RETENTION_DAYS = 5
+    tenant = tenant_make()
+    # A one-off budget counts everything since it starts: counter re-seeding sums it all.
+    Budget.objects.create(
+        organization=tenant.org,
+        scope=BudgetScope.ORGANIZATION,
+        name="launch",
+        amount_usd=100,
+        period=BudgetPeriod.ONE_OFF,
+        starts_at=at(2021, 2, 1),
+    )
+    before_budget, counted = row(tenant, at(2021, 1, 20)), row(tenant, at(2021, 2, 3))
+    ledger_retention_apply(now=at(2021, 6, 1))
+    assert set(LedgerEntry.objects.values_list("id", flat=True)) == {counted.id}
+    assert before_budget.id != counted.id
+
+
+def test_a_monthly_budget_keeps_its_previous_period(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.LEDGER_RETENTION_DAYS = 3
+    tenant = tenant_make()
+    Budget.objects.create(
+        organization=tenant.org, scope=BudgetScope.ORGANIZATION, name="monthly", amount_usd=100, timezone="UTC"
+    )
+    older, previous_period = row(tenant, at(2021, 4, 28)), row(tenant, at(2021, 5, 2))
+    ledger_retention_apply(now=at(2021, 6, 20))
+    assert set(LedgerEntry.objects.values_list("id", flat=True)) == {previous_period.id}
+    assert older.id != previous_period.id
+
+
+def test_the_retention_command_sets_audits_and_refuses_garbage() -> None:
+    tenant = tenant_make()
+    for bad in (["--days", "0"], ["--days", "-3"]):
+        with pytest.raises(CommandError):
+            call_command("ledger_retention", "--org", tenant.org.slug, *bad, stdout=io.StringIO())
+    with pytest.raises(CommandError, match="no organisation"):
+        call_command("ledger_retention", "--org", "no-such-org", "--days", "30", stdout=io.StringIO())
+    with pytest.raises(CommandError):
+        call_command("ledger_retention", "--org", tenant.org.slug, "--days", "30", "--forever", stdout=io.StringIO())
+    assert not LedgerRetention.objects.exists()
+
+    call_command("ledger_retention", "--org", tenant.org.slug, "--days", "400", stdout=io.StringIO())
+    assert LedgerRetention.objects.get(organization=tenant.org).days == 400
+    call_command("ledger_retention", "--org", tenant.org.slug, "--forever", stdout=io.StringIO())
+    assert LedgerRetention.objects.get(organization=tenant.org).days is None
+    call_command("ledger_retention", "--org", tenant.org.slug, "--default", stdout=io.StringIO())
+    assert not LedgerRetention.objects.exists()
+    events = AuditEvent.objects.filter(organization=tenant.org, diff__after__has_key="ledger_retention_days").order_by(
+        "id"
+    )
+    assert [e.diff["after"]["ledger_retention_days"] for e in events] == [400, None, "default"]
+    assert all(e.actor_label.startswith("manage.py ledger_retention") for e in events)
