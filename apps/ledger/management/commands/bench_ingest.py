@@ -1,0 +1,123 @@
+"""`manage.py bench_ingest`: how many ledger rows per second the consumer moves from the stream to Postgres.
+
+Publishes N realistic events to a ledger stream of its own (a separate Redis prefix, so a running
+gateway's stream is untouched), then times the real consumer function (``ledger_ingest_batch``:
+read, clean, insert, acknowledge) draining it, and checks that every event became exactly one row.
+The rows belong to a throw-away organisation and are deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+
+from apps.core.events import EVENT_FIELD
+from apps.ledger.models import LedgerEntry
+from apps.ledger.services import ensure_group, ledger_ingest_batch, ledger_stream, redis_client
+from apps.tenancy.models import Organization, Project
+from apps.tenancy.services import organization_create, project_create
+
+PREFIX = "bench-ingest:"
+
+
+def _event(org_id: int, project_id: int, n: int, now: float) -> dict[str, Any]:
+    return {
+        "request_id": f"req_{uuid.uuid4().hex}",
+        "created_at": now - n * 0.001,
+        "organization_id": org_id,
+        "project_id": project_id,
+        "api_key_id": 1 + n % 5,
+        "provider_id": 1,
+        "endpoint": "chat.completions",
+        "feature": f"feature-{n % 8}",
+        "end_user": f"user-{n % 1000}",
+        "requested_model": "gpt-4o",
+        "served_model": "gpt-4o-mini" if n % 3 else "gpt-4o",
+        "prompt_tokens": 200 + n % 500,
+        "cached_tokens": 0,
+        "completion_tokens": 50 + n % 200,
+        "usage_estimated": False,
+        "possibly_billed": False,
+        "cost": "0.00031250",
+        "counterfactual_cost": "0.00125000",
+        "latency_ms": 300 + n % 700,
+        "ttft_ms": 120,
+        "status_code": 200 if n % 50 else 429,
+        "error_code": "" if n % 50 else "rate_limited",
+        "streamed": bool(n % 2),
+        "cache_hit": "",
+        "route": "rule:cheap-first → gpt-4o-mini",
+        "decision": {"kind": "rule", "model": "gpt-4o-mini", "reason": "cheap-first"},
+    }
+
+
+def _backend_cpu() -> float | None:
+    """CPU seconds the Postgres backend serving this connection has used, when the server runs on this machine."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Command(BaseCommand):
+    help = "Benchmark ledger ingest (Redis stream → Postgres) in rows per second."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--events", type=int, default=100_000)
+        parser.add_argument("--batch-size", type=int, default=2000, help="entries per read, as ingest_ledger's")
+        parser.add_argument("--runs", type=int, default=3)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        settings.REDIS_PREFIX = PREFIX
+        client = redis_client()
+        org = Organization.objects.filter(slug="bench-ingest").first() or organization_create(
+            name="Bench ingest", slug="bench-ingest"
+        )
+        project = Project.objects.filter(slug="bench-ingest").first() or project_create(
+            organization=org, name="Bench ingest", slug="bench-ingest"
+        )
+        n, batch = options["events"], options["batch_size"]
+        rates = []
+        try:
+            for run in range(1, options["runs"] + 1):
+                client.delete(ledger_stream())
+                ensure_group(client)
+                now = time.time()
+                for start in range(0, n, 5000):
+                    pipe = client.pipeline(transaction=False)
+                    for i in range(start, min(start + 5000, n)):
+                        pipe.xadd(ledger_stream(), {EVENT_FIELD: orjson.dumps(_event(org.id, project.id, i, now))})
+                    pipe.execute()
+                db = _backend_cpu()
+                wall, cpu = time.perf_counter(), time.process_time()
+                handled = 0
+                while step := ledger_ingest_batch(client=client, consumer="bench", count=batch, block_ms=0):
+                    handled += step
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                db_after = _backend_cpu()
+                stored = LedgerEntry.objects.filter(organization_id=org.id).count()
+                if handled != n or stored != n:
+                    raise CommandError(f"run {run}: {handled} entries handled and {stored} rows stored of {n}")
+                rates.append(n / wall)
+                postgres = "" if db is None or db_after is None else f", Postgres {(db_after - db) / n * 1e6:.0f}"
+                self.stdout.write(
+                    f"run {run}: {n} rows in {wall:.2f} s = {n / wall:,.0f} rows/s "
+                    f"(CPU per row: consumer {cpu / n * 1e6:.0f} µs{postgres} µs; batch {batch})"
+                )
+                LedgerEntry.objects.filter(organization_id=org.id).delete()
+        finally:
+            client.delete(ledger_stream())
+            LedgerEntry.objects.filter(organization_id=org.id).delete()
+        self.stdout.write(f"best {max(rates):,.0f} rows/s, median {sorted(rates)[len(rates) // 2]:,.0f} rows/s")
