@@ -120,3 +120,15 @@ def test_unreadable_event_is_dead_lettered_not_dropped(client: redis.Redis) -> N
     dead = client.xrange(dead_letter_stream())
     assert len(dead) == 1 and dead[0][1][EVENT_FIELD] == b"{broken json"
     assert client.xpending(ledger_stream(), GROUP)["pending"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_event_twice_in_one_batch_is_one_row(client: redis.Redis) -> None:
+    tenant = tenant_make()
+    event, other = _event(tenant, 1), _event(tenant, 2)
+    _publish(client, [event, other, event])
+    assert ledger_ingest_batch(client=client, consumer="c", block_ms=0) == 3
+    assert sorted(LedgerEntry.objects.values_list("request_id", flat=True)) == sorted(
+        [event["request_id"], other["request_id"]]
+    )
+    assert client.xpending(ledger_stream(), GROUP)["pending"] == 0

@@ -200,3 +200,46 @@ def test_the_retention_command_sets_audits_and_refuses_garbage() -> None:
     )
     assert [e.diff["after"]["ledger_retention_days"] for e in events] == [400, None, "default"]
     assert all(e.actor_label.startswith("manage.py ledger_retention") for e in events)
+
+
+def test_the_migration_keeps_every_row_and_can_be_undone() -> None:
+    """0008 rebuilds the table: rows, ids and the id sequence survive both ways, months get their partitions."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    latest = MigrationExecutor(connection).loader.graph.leaf_nodes("ledger")
+    before = [("ledger", "0007_ledgerentry_decision")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    try:
+        tenant = tenant_make()
+        old = MigrationExecutor(connection).loader.project_state(before).apps.get_model("ledger", "LedgerEntry")
+        stamps = [at(2019, 3, 4), at(2019, 3, 31, 23), at(2020, 7, 1), dt.datetime.now(dt.UTC)]
+        for stamp in stamps:
+            old.objects.create(
+                request_id=f"req_{uuid.uuid4().hex}",
+                created_at=stamp,
+                organization_id=tenant.org.id,
+                project_id=tenant.project.id,
+                endpoint="chat.completions",
+                requested_model="m",
+                status_code=200,
+                ingested_at=stamp,
+            )
+        kept = sorted(old.objects.values_list("id", "request_id", "created_at"))
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_partitioned_table WHERE partrelid = 'ledger_ledgerentry'::regclass")
+            assert cursor.fetchone()[0] == 0
+
+        MigrationExecutor(connection).migrate(latest)
+        assert sorted(LedgerEntry.objects.values_list("id", "request_id", "created_at")) == kept
+        assert {f"{TABLE}_p2019_03", f"{TABLE}_p2020_07"} <= {p.name for p in partitions_list()}
+        assert home(LedgerEntry.objects.get(created_at=at(2019, 3, 31, 23))) == f"{TABLE}_p2019_03"
+        assert row(tenant, at(2020, 7, 2)).id > max(i for i, _r, _c in kept), "the id sequence carried on"
+
+        MigrationExecutor(connection).migrate(before)
+        assert len(old.objects.all()) == len(kept) + 1
+    finally:
+        MigrationExecutor(connection).migrate(latest)
+        for partition in partitions_list():
+            if partition.start.year in (2019, 2020):
+                partition_drop(partition)
