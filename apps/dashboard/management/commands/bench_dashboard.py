@@ -27,17 +27,19 @@ from apps.tenancy.services import organization_create, project_create
 
 # One INSERT … SELECT over generate_series: no Python per row. The mix: 6 features each on its usual
 # model (4 models), 40 end users, ~10% cache hits, ~14% routed, 2% batch, 1% errors, a third streamed.
+# Rows g in [first, last] of ``rows`` are spread evenly over the ``span`` seconds before now, and
+# round-robin over the ``projects`` (ids); bench_ledger loads in chunks of one range each.
 LOAD_SQL = """
 INSERT INTO ledger_ledgerentry (
     request_id, created_at, ingested_at, source, organization_id, project_id, api_key_id, provider_id,
     endpoint, feature, end_user, requested_model, served_model, prompt_tokens, cached_tokens,
     completion_tokens, usage_estimated, cost, counterfactual_cost, latency_ms, ttft_ms, status_code,
-    error_code, streamed, cache_hit, route
+    error_code, streamed, cache_hit, route, possibly_billed
 )
 SELECT
     %(tag)s || '-' || g,
-    now() - make_interval(secs => (g * 604799) / %(rows)s),
-    now(), 'gateway', %(org)s, %(project)s, %(key)s, NULL,
+    now() - make_interval(secs => (g * %(span)s) / %(rows)s),
+    now(), 'gateway', %(org)s, (%(projects)s::bigint[])[1 + g %% cardinality(%(projects)s::bigint[])], %(key)s, NULL,
     CASE WHEN g %% 50 = 0 THEN 'batch' ELSE 'chat.completions' END,
     (ARRAY['support-chat', 'search', 'summaries', 'tagging', 'agent', 'eval'])[1 + g %% 6],
     'user-' || (g %% 40),
@@ -51,8 +53,9 @@ SELECT
     CASE WHEN g %% 100 = 0 THEN 502 ELSE 200 END,
     '', g %% 3 = 0,
     CASE WHEN g %% 10 = 0 THEN 'exact' ELSE '' END,
-    CASE WHEN g %% 7 = 0 THEN 'route:cheap-first' WHEN g %% 29 = 0 THEN 'cascade:mini-then-4o' ELSE '' END
-FROM generate_series(1::bigint, %(rows)s) AS g
+    CASE WHEN g %% 7 = 0 THEN 'route:cheap-first' WHEN g %% 29 = 0 THEN 'cascade:mini-then-4o' ELSE '' END,
+    false
+FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
 """
 
 
@@ -78,7 +81,16 @@ class Command(BaseCommand):
 
             started = time.perf_counter()
             with transaction.atomic(), connection.cursor() as cursor:
-                params: dict[str, Any] = {"tag": tag, "rows": rows, "org": org.pk, "project": project.pk, "key": key.pk}
+                params: dict[str, Any] = {
+                    "tag": tag,
+                    "rows": rows,
+                    "first": 1,
+                    "last": rows,
+                    "span": 604799,
+                    "org": org.pk,
+                    "projects": [project.pk],
+                    "key": key.pk,
+                }
                 cursor.execute(LOAD_SQL, params)
                 cursor.execute("ANALYZE ledger_ledgerentry")
             self.stdout.write(f"loaded {rows:,} ledger rows in {time.perf_counter() - started:.1f} s")

@@ -1,0 +1,181 @@
+"""Time what still reads the raw ledger on a large one: the ledger page, its CSV export, counter re-seeding.
+
+    python manage.py bench_ledger --rows 10000000 --keep     # load once (SQL generate_series), measure
+    python manage.py bench_ledger --reuse bench-ledger-…    # measure the kept rows again
+
+Rows go to a throwaway organisation with five projects, spread over the last year (so over thirteen
+month partitions), in chunks of a million rows (one transaction each). Each measurement prints its
+median over ``--runs`` and the plan of its main query (EXPLAIN ANALYZE, BUFFERS).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import statistics
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection, transaction
+from django.db.models import QuerySet
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from apps.budgets.models import Budget, BudgetScope
+from apps.budgets.selectors import budget_spent_usd
+from apps.dashboard.management.commands.bench_dashboard import LOAD_SQL
+from apps.keys.services import key_issue
+from apps.ledger.models import LedgerEntry
+from apps.ledger.partitions import month_start, partition_create
+from apps.ledger.selectors import LedgerFilters, ledger_entries, ledger_totals
+from apps.tenancy.models import Organization, Project
+from apps.tenancy.services import organization_create, project_create
+
+CHUNK = 1_000_000
+YEAR = 365 * 86400
+
+
+class Command(BaseCommand):
+    help = "Load N ledger rows over a year (SQL) and time the ledger page, its export and counter re-seeding."
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("--rows", type=int, default=10_000_000)
+        parser.add_argument("--runs", type=int, default=5)
+        parser.add_argument("--keep", action="store_true", help="leave the rows for the next run (--reuse TAG)")
+        parser.add_argument("--reuse", default="", help="the tag (organisation slug) of rows kept by an earlier run")
+        parser.add_argument("--no-plans", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.runs, self.plans = options["runs"], not options["no_plans"]
+        if options["reuse"]:
+            org = Organization.objects.filter(slug=options["reuse"]).first()
+            if org is None:
+                raise CommandError(f"no kept bench organisation {options['reuse']!r}")
+            owner = User.objects.get(username=org.slug)
+        else:
+            org, owner = self._load(options["rows"])
+        try:
+            self._measure(org, owner)
+        finally:
+            if not options["keep"]:
+                self._clean_up(org=org, owner=owner)
+            else:
+                self.stdout.write(f"kept: --reuse {org.slug}")
+
+    def _load(self, rows: int) -> tuple[Organization, User]:
+        tag = f"bench-ledger-{secrets.token_hex(3)}"
+        owner = User.objects.create_user(username=tag, password=secrets.token_urlsafe(16))
+        org = organization_create(name=tag, owner=owner, slug=tag)
+        projects = [project_create(organization=org, name=f"{tag} p{i}", slug=f"{tag}-p{i}") for i in range(5)]
+        key = key_issue(project=projects[0], name="bench").api_key
+        start = month_start(timezone.now())
+        for _ in range(13):  # this month and the twelve before: what the rows span
+            partition_create(start)
+            start = month_start(start - dt.timedelta(days=1))
+        started = time.perf_counter()
+        for first in range(1, rows + 1, CHUNK):
+            params: dict[str, Any] = {
+                "tag": tag,
+                "rows": rows,
+                "first": first,
+                "last": min(first + CHUNK - 1, rows),
+                "span": YEAR,
+                "org": org.pk,
+                "projects": [p.pk for p in projects],
+                "key": key.pk,
+            }
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(LOAD_SQL, params)
+            elapsed = time.perf_counter() - started
+            self.stdout.write(f"  loaded {params['last']:,} rows, {elapsed:.0f} s", ending="\n")
+            self.stdout.flush()
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE ledger_ledgerentry")
+        self.stdout.write(f"loaded {rows:,} ledger rows in {time.perf_counter() - started:.0f} s")
+        return org, owner
+
+    def _time(self, label: str, work: Callable[[], object], plan: QuerySet[Any] | None = None) -> None:
+        timings, result = [], None
+        for _ in range(self.runs + 1):
+            started = time.perf_counter()
+            result = work()
+            timings.append((time.perf_counter() - started) * 1000)
+        timings = timings[1:]  # the first run warms caches and connections
+        self.stdout.write(
+            f"{label}: median {statistics.median(timings):,.0f} ms, max {max(timings):,.0f} ms ({self.runs} runs)"
+            + (f" → {result}" if result is not None else "")
+        )
+        if plan is not None and self.plans:
+            self.stdout.write("  " + plan.explain(analyze=True, buffers=True).replace("\n", "\n  "))
+
+    def _measure(self, org: Organization, owner: User) -> None:
+        project = Project.objects.filter(organization=org).order_by("pk").first()
+        assert project is not None
+        total = LedgerEntry.objects.filter(organization_id=org.pk).count()
+        self.stdout.write(f"{total:,} rows in {org.slug}; {LedgerEntry.objects.count():,} in the ledger")
+        client = Client(SERVER_NAME="localhost")
+        client.force_login(owner)
+        now = timezone.now()
+        month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        last_week = (now - dt.timedelta(days=7)).date()
+
+        def page(params: dict[str, str]) -> Callable[[], int]:
+            def get() -> int:
+                response = client.get(reverse("dashboard:ledger"), params)
+                assert response.status_code == 200, response.status_code
+                return len(response.content)
+
+            return get
+
+        everything = ledger_entries(user=owner)
+        self._time("ledger page, no filter (all rows), bytes", page({}), plan=everything[:50])
+        self._time("  its totals query", lambda: ledger_totals(entries=everything).requests)
+        self._time("  its count query (paginator)", lambda: everything.count())
+        week = ledger_entries(user=owner, filters=LedgerFilters(since=timezone.now() - dt.timedelta(days=7)))
+        self._time("ledger page, last 7 days, bytes", page({"date_from": last_week.isoformat()}), plan=week.order_by())
+        user = ledger_entries(user=owner, filters=LedgerFilters(end_user="user-7", project=project.slug))
+        self._time(
+            "ledger page, one project and end user, bytes",
+            page({"project": project.slug, "end_user": "user-7"}),
+            plan=user[:50],
+        )
+
+        def export() -> str:
+            started, count = time.perf_counter(), 0
+            response = client.get(
+                reverse("dashboard:ledger-export"), {"project": project.slug, "date_from": last_week.isoformat()}
+            )
+            for chunk in response.streaming_content:  # type: ignore[attr-defined]
+                count += chunk.count(b"\n")
+            return f"{count - 1:,} rows, {(count - 1) / (time.perf_counter() - started):,.0f} rows/s"
+
+        self._time("export CSV, one project, last 7 days", export)
+
+        budgets = [
+            Budget(organization=org, scope=BudgetScope.PROJECT, project=project, name="p", amount_usd=Decimal(1)),
+            Budget(organization=org, scope=BudgetScope.ORGANIZATION, name="o", amount_usd=Decimal(1)),
+            Budget(organization=org, scope=BudgetScope.FEATURE, feature="search", name="f", amount_usd=Decimal(1)),
+        ]
+        for budget in budgets:
+            spent = LedgerEntry.objects.filter(organization_id=org.pk, created_at__gte=month)
+            if budget.project_id:
+                spent = spent.filter(project_id=budget.project_id)
+            if budget.feature:
+                spent = spent.filter(feature=budget.feature)
+            self._time(
+                f"counter re-seed, {budget.scope} budget, this month ($)",
+                lambda budget=budget: budget_spent_usd(budget=budget, since=month),  # type: ignore[misc]
+                plan=spent.values("organization_id").order_by(),
+            )
+
+    def _clean_up(self, *, org: Organization, owner: User) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM ledger_ledgerentry WHERE organization_id = %s", [org.pk])
+        org.delete()
+        owner.delete()
+        self.stdout.write("cleaned up")
