@@ -312,7 +312,9 @@ def usage_import(
             entries,
             batch_size=2000,
             update_conflicts=True,
-            unique_fields=["request_id"],
+            # The ledger's unique key is (request_id, created_at): it is partitioned on the time. A
+            # bucket's request id names its start, which is its created_at, so this is the same key.
+            unique_fields=["request_id", "created_at"],
             update_fields=_REIMPORT_FIELDS,
         )
         hours = rollups_refresh()
