@@ -75,6 +75,9 @@ def partition_create(start: dt.datetime) -> bool:
     start = month_start(start)
     name = partition_name(start)
     with transaction.atomic(), connection.cursor() as cursor:
+        # Creating a partition locks the whole table briefly. Behind a long reader (an export) the
+        # wait would queue every insert behind it: give up instead, the next run (hourly) tries again.
+        cursor.execute("SET LOCAL lock_timeout = '5s'")
         # One creator at a time: the beat task and a migration or a second worker may race.
         cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [TABLE])
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
@@ -120,5 +123,6 @@ def partition_drop(partition: Partition) -> None:
     """Drop a whole month of the ledger (every organisation's rows in it)."""
     name = sql.Identifier(partition.name)
     with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL lock_timeout = '5s'")
         cursor.execute(sql.SQL("ALTER TABLE ledger_ledgerentry DETACH PARTITION {}").format(name))
         cursor.execute(sql.SQL("DROP TABLE {}").format(name))
