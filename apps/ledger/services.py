@@ -94,6 +94,7 @@ INGEST_COLUMNS: tuple[str, ...] = (
     "route",
     "decision",
     "route_rule_id",
+    "request_count",
 )
 _COLUMNS = sql.SQL(", ").join(map(sql.Identifier, INGEST_COLUMNS))
 _STAGING_CREATE = sql.SQL(
@@ -156,6 +157,7 @@ def _row_from_event(raw: Any) -> tuple[Any, ...]:
         event["route"],
         None if decision is None else orjson.dumps(decision).decode(),
         event.get("route_rule_id"),
+        1,  # a gateway row is one request (an imported usage row may stand for many)
     )
 
 
