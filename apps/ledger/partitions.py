@@ -1,6 +1,6 @@
 """The ledger table's monthly partitions: created ahead of time, dropped when every retention has passed them.
 
-``ledger_ledgerentry`` is range-partitioned on ``created_at`` (migration 0009): one partition per
+``ledger_ledgerentry`` is range-partitioned on ``created_at`` (migration 0011): one partition per
 calendar month in UTC, named ``ledger_ledgerentry_pYYYY_MM``, and a default partition that catches
 any row no month partition takes (a clock far off, an import of old usage), so an insert is never
 refused for its date. ``partitions_ensure`` (a periodic task) creates the coming months ahead of

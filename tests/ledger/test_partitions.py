@@ -203,11 +203,11 @@ def test_the_retention_command_sets_audits_and_refuses_garbage() -> None:
 
 
 def test_the_migration_keeps_every_row_and_can_be_undone() -> None:
-    """0009 rebuilds the table: rows, ids and the id sequence survive both ways, months get their partitions."""
+    """0011 rebuilds the table: rows, ids and the id sequence survive both ways, months get their partitions."""
     from django.db.migrations.executor import MigrationExecutor
 
     latest = MigrationExecutor(connection).loader.graph.leaf_nodes("ledger")
-    before = [("ledger", "0008_request_count_timed_streamed")]
+    before = [("ledger", "0010_rollup_vendor")]
     executor = MigrationExecutor(connection)
     executor.migrate(before)
     try:

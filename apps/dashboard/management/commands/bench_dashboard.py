@@ -34,7 +34,7 @@ INSERT INTO ledger_ledgerentry (
     request_id, created_at, ingested_at, source, organization_id, project_id, api_key_id, provider_id,
     endpoint, feature, end_user, requested_model, served_model, prompt_tokens, cached_tokens,
     completion_tokens, usage_estimated, cost, counterfactual_cost, latency_ms, ttft_ms, status_code,
-    error_code, streamed, cache_hit, route, possibly_billed, request_count
+    error_code, streamed, cache_hit, route, possibly_billed, request_count, cache_write_tokens
 )
 SELECT
     %(tag)s || '-' || g,
@@ -54,7 +54,7 @@ SELECT
     '', g %% 3 = 0,
     CASE WHEN g %% 10 = 0 THEN 'exact' ELSE '' END,
     CASE WHEN g %% 7 = 0 THEN 'route:cheap-first' WHEN g %% 29 = 0 THEN 'cascade:mini-then-4o' ELSE '' END,
-    false, 1
+    false, 1, 0
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
 """
 

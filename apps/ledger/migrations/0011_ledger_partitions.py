@@ -97,6 +97,6 @@ def unpartition(apps: Any, schema_editor: Any) -> None:
 
 
 class Migration(migrations.Migration):
-    dependencies = [("ledger", "0008_request_count_timed_streamed")]
+    dependencies = [("ledger", "0010_rollup_vendor")]
 
     operations = [migrations.RunPython(partition, unpartition, elidable=False)]

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('ledger', '0009_ledger_partitions'),
+        ('ledger', '0011_ledger_partitions'),
         ('tenancy', '0001_initial'),
     ]
 
