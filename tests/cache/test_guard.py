@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apps.cache.guard import agree, details
+from apps.cache.guard import OPPOSITES, agree, details
 
 
 def test_numbers_are_compared_by_value_in_order() -> None:
@@ -50,3 +50,47 @@ def test_prompts_that_differ_in_a_detail_disagree(a: str, b: str) -> None:
 def test_paraphrases_agree(a: str, b: str) -> None:
     assert agree(a, b)
     assert agree(b, a)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What's the price of the monthly subscription?", "What's the price of the yearly subscription?"),
+        ("How much is the annual plan?", "How much is the plan per month?"),
+        ("How do I enable two-factor login?", "How do I disable two-factor login?"),
+        ("How can I add a teammate to my workspace?", "How can I remove a teammate from my workspace?"),
+        ("Turn dark mode on", "Turn dark mode off"),
+        ("sync fails on ios, any fix?", "sync fails on android, any fix?"),
+        ("How do I upgrade my plan?", "How do I downgrade my plan?"),
+        ("How do I export my contacts?", "How do I import my contacts?"),
+        ("Is the public API rate limited?", "Is the private API rate limited?"),
+        ("What is the maximum upload size?", "What is the minimum upload size?"),
+        # One names a choice, the other none: the general answer is not the yearly plan's.
+        ("What's the price of the yearly subscription?", "What's the price of the subscription?"),
+    ],
+)
+def test_prompts_that_name_opposite_alternatives_disagree(a: str, b: str) -> None:
+    assert not agree(a, b)
+    assert not agree(b, a)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What's the price of the yearly subscription?", "How much does the annual subscription cost?"),
+        ("How do I delete a teammate?", "How can I remove a teammate?"),
+        ("Can I deactivate notifications?", "how to disable notifications"),
+        # "on" alone is a preposition, not a choice: it counts only against "off".
+        ("Sync fails on iOS, any fix?", "iOS: sync is broken for me, any workaround?"),
+        ("What does the monthly plan cost?", "monthly plan price?"),
+    ],
+)
+def test_prompts_that_name_the_same_alternatives_agree(a: str, b: str) -> None:
+    assert agree(a, b)
+    assert agree(b, a)
+
+
+def test_opposites_are_found_in_any_case_and_every_spelling_is_unique() -> None:
+    spellings = [s.rstrip("*") for group in OPPOSITES for alternative in group for s in alternative]
+    assert len(spellings) == len(set(spellings))
+    assert details("Enable it MONTHLY").opposites == details("enable it monthly").opposites != frozenset()
