@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from apps.core.request import ENDPOINT_CHAT, REPLY_PRIMER, prompt_estimate
 from apps.core.text import content_text
 
 # Fields that change how or where an answer is delivered, or what is recorded
@@ -116,6 +117,26 @@ def compatibility_fingerprint(payload: dict[str, Any], *, end_user: str = "") ->
         if isinstance(m, dict) and m.get("role") in SYSTEM_ROLES
     ]
     return _digest(_scoped({"system": system, "parameters": _parameters(payload)}, end_user))
+
+
+# What reaches the model before the first message, in the order providers cache prompts (tools first).
+_PREFIX_FIELDS = ("tools", "functions", "response_format")
+
+
+def static_prefix(payload: dict[str, Any]) -> tuple[str, int]:
+    """sha256 hex and estimated tokens of the part of a chat request that providers' prompt caching can
+    reuse: the tool definitions and response format, then the system/developer messages before the first
+    other message (normalised as for ``exact_key``). ("", 0) when there is none."""
+    leading = []
+    for message in payload.get("messages", []):
+        if not isinstance(message, dict) or message.get("role") not in SYSTEM_ROLES:
+            break
+        leading.append(message)
+    prefix: dict[str, Any] = {name: payload[name] for name in _PREFIX_FIELDS if payload.get(name)}
+    if not leading and not prefix:
+        return "", 0
+    tokens = prompt_estimate(ENDPOINT_CHAT, {**prefix, "messages": leading}) - REPLY_PRIMER
+    return _digest(_canonical({**prefix, "messages": [_normalise_message(m) for m in leading]})), tokens
 
 
 def _turn(message: dict[str, Any]) -> str:

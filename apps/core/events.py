@@ -144,11 +144,23 @@ def ledger_event_clean(event: dict[str, Any]) -> dict[str, Any]:
         ("error_code", ERROR_CODE_MAX),
         ("cache_hit", CACHE_HIT_MAX),
         ("route", ROUTE_MAX),
+        ("cache_key", CACHE_KEY_MAX),
+        ("prefix_key", CACHE_KEY_MAX),
+        ("embedding_key", CACHE_KEY_MAX),
     ):
         event[name] = clean_text(event.get(name), limit)
-    for name in ("prompt_tokens", "cached_tokens", "cache_write_tokens", "completion_tokens", "latency_ms"):
+    for name in (
+        "prompt_tokens",
+        "cached_tokens",
+        "cache_write_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "prefix_tokens",
+        "turns",
+    ):
         event[name] = clean_count(event.get(name))
-    event["ttft_ms"] = clean_optional_count(event.get("ttft_ms"))
+    for name in ("ttft_ms", "max_tokens"):
+        event[name] = clean_optional_count(event.get(name))
     event["status_code"] = clean_count(event.get("status_code"), SMALLINT_MAX)
     event["cost"] = clean_money(event.get("cost"))
     event["counterfactual_cost"] = clean_money(event.get("counterfactual_cost"))

@@ -61,6 +61,13 @@ class Call:
     upstream_s: float = 0.0  # seconds spent waiting on providers (metrics: the gateway's own time is the rest)
     traceparent: bytes | None = None  # the app's W3C trace context, passed upstream
     span: Span | None = None  # the request's trace span (None unless tracing is on: apps/gateway/tracing.py)
+    # What replaying the ledger needs (apps/opportunities), never the prompt itself: see ``stages.cache.note_replay``.
+    cache_key: str = ""
+    prefix_key: str = ""
+    prefix_tokens: int = 0
+    embedding_key: str = ""
+    max_tokens: int | None = None
+    turns: int = 0
 
     @property
     def route(self) -> str:
@@ -121,5 +128,11 @@ class Call:
                 "decision": decision.as_json(),
                 "route_rule_id": decision.rule_id,
                 "possibly_billed": self.possibly_billed,
+                "cache_key": self.cache_key,
+                "prefix_key": self.prefix_key,
+                "prefix_tokens": self.prefix_tokens,
+                "embedding_key": self.embedding_key,
+                "max_tokens": self.max_tokens,
+                "turns": self.turns,
             }
         )

@@ -9,6 +9,7 @@ from django.db import models
 
 from apps.core.events import (
     CACHE_HIT_MAX,
+    CACHE_KEY_MAX,
     END_USER_MAX,
     ENDPOINT_MAX,
     ERROR_CODE_MAX,
@@ -132,6 +133,26 @@ class LedgerEntry(models.Model):
     route_rule = models.ForeignKey(
         "routing.RoutingRule", on_delete=models.DO_NOTHING, db_constraint=False, null=True, related_name="+"
     )
+
+    # What replaying the ledger needs (apps/opportunities), without the prompt: digests and counts only.
+    cache_key = models.CharField(
+        max_length=CACHE_KEY_MAX,
+        blank=True,
+        help_text="The exact-cache key of the chat request (apps.cache.keys.exact_key, not scoped to the end user)",
+    )
+    prefix_key = models.CharField(
+        max_length=CACHE_KEY_MAX,
+        blank=True,
+        help_text="Digest of the static prompt prefix a provider could cache: tools, then the leading system messages",
+    )
+    prefix_tokens = models.PositiveIntegerField(default=0, help_text="Estimated tokens of that prefix")
+    embedding_key = models.CharField(
+        max_length=CACHE_KEY_MAX,
+        blank=True,
+        help_text="Exact key of the semantic-cache entry whose embedding this request matched or was stored under",
+    )
+    max_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="The output cap the request asked for")
+    turns = models.PositiveIntegerField(default=0, help_text="Messages in the chat request: history growth")
 
     class Meta:
         indexes = [

@@ -95,6 +95,12 @@ INGEST_COLUMNS: tuple[str, ...] = (
     "decision",
     "route_rule_id",
     "request_count",
+    "cache_key",
+    "prefix_key",
+    "prefix_tokens",
+    "embedding_key",
+    "max_tokens",
+    "turns",
 )
 _COLUMNS = sql.SQL(", ").join(map(sql.Identifier, INGEST_COLUMNS))
 _STAGING_CREATE = sql.SQL(
@@ -158,6 +164,12 @@ def _row_from_event(raw: Any) -> tuple[Any, ...]:
         None if decision is None else orjson.dumps(decision).decode(),
         event.get("route_rule_id"),
         1,  # a gateway row is one request (an imported usage row may stand for many)
+        event["cache_key"],
+        event["prefix_key"],
+        event["prefix_tokens"],
+        event["embedding_key"],
+        event["max_tokens"],
+        event["turns"],
     )
 
 

@@ -148,7 +148,11 @@ def test_semantic_hit_on_paraphrase_not_on_other_platform(gateway: str, tenant: 
     assert paraphrase.headers["x-cache"] == "hit-semantic"
     assert float(paraphrase.headers["x-cache-similarity"]) >= 0.90
     assert paraphrase.parse().choices[0].message.content == first.parse().choices[0].message.content
-    assert ledger_row(paraphrase.headers["x-request-id"]).cache_hit == "semantic"
+    stored, served = ledger_row(first.headers["x-request-id"]), ledger_row(paraphrase.headers["x-request-id"])
+    assert served.cache_hit == "semantic"
+    # The ledger names the entry whose embedding answered: the one the first request stored under its key.
+    assert stored.embedding_key == stored.cache_key != ""
+    assert served.embedding_key == stored.cache_key != served.cache_key
 
     _chat(client, "Sync fails on iOS, any fix?")
     _ingest()
@@ -171,6 +175,16 @@ def test_semantic_hit_needs_the_same_numbers_and_names(gateway: str, tenant: Ten
     assert _chat(client, "Find me a plane ticket from Paris to Berlin for 21 October").headers["x-cache"] == "miss"
     hit = _chat(client, "Find me a plane ticket from Paris to Berlin on 21 April, please")
     assert hit.headers["x-cache"] == "hit-semantic"
+
+
+def test_semantic_hit_needs_the_same_alternative_of_opposites(gateway: str, tenant: Tenant) -> None:
+    # The threshold calibrate_cache recommends from the built-in pairs file.
+    _policy(tenant, gateway, semantic_enabled=True, similarity_threshold=Decimal("0.82"))
+    client = sdk(gateway, tenant.key.plaintext)
+    _chat(client, "What's the price of the monthly subscription?")
+    _ingest()
+    assert _chat(client, "What's the price of the yearly subscription?").headers["x-cache"] == "miss"
+    assert _chat(client, "What does the monthly subscription cost?").headers["x-cache"] == "hit-semantic"
 
 
 def test_prompt_longer_than_the_embedder_window_gets_exact_caching_only(gateway: str, tenant: Tenant) -> None:

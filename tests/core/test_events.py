@@ -46,9 +46,19 @@ def test_money_is_never_negative_and_fits_numeric_18_8() -> None:
 def test_the_models_use_the_same_limits() -> None:
     """The column limits live in apps.core.events; the model reads them from there."""
     fields = {f.name: f for f in LedgerEntry._meta.get_fields() if hasattr(f, "max_length")}
-    event = ledger_event_clean({name: "x" * 1000 for name in ("feature", "end_user", "requested_model", "route")})
-    for name in ("feature", "end_user", "requested_model", "route"):
+    names = ("feature", "end_user", "requested_model", "route", "cache_key", "prefix_key", "embedding_key")
+    event = ledger_event_clean({name: "x" * 1000 for name in names})
+    for name in names:
         assert len(event[name]) == fields[name].max_length
+
+
+def test_replay_fields_of_a_hostile_event_fit_their_columns() -> None:
+    event = ledger_event_clean(
+        {"cache_key": "k\x00" * 50, "prefix_tokens": -5, "turns": 1e30, "max_tokens": "16", "embedding_key": None}
+    )
+    assert event["cache_key"] == "k" * 50 and event["embedding_key"] == "" and event["prefix_key"] == ""
+    assert (event["prefix_tokens"], event["turns"], event["max_tokens"]) == (0, INT_MAX, 16)
+    assert ledger_event_clean({})["max_tokens"] is None
 
 
 @settings(max_examples=200, deadline=None)

@@ -63,6 +63,7 @@ async def run(
         call.served_model, call.provider_id = target.model, target.provider.id
         if endpoint == ENDPOINT_CHAT:
             call.extra_headers = cache.plan_cache(snapshot, call, payload, headers)
+            cache.note_replay(call, payload)
             if call.cache is not None:
                 with tracing.child(call, "cache lookup"):
                     hit = await cache.look_up(rt.cache, call.cache)

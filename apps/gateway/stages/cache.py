@@ -15,9 +15,9 @@ import logging
 import time
 from typing import Any
 
-from apps.cache.keys import compatibility_fingerprint, exact_key, semantic_text
+from apps.cache.keys import compatibility_fingerprint, exact_key, semantic_text, static_prefix
 from apps.core import route
-from apps.core.events import clean_count
+from apps.core.events import clean_count, clean_optional_count
 from apps.core.snapshot import CachePolicyView, Snapshot
 from apps.core.text import last_user_text
 from apps.gateway.call import ZERO, Call
@@ -77,6 +77,19 @@ def plan_cache(
         end_user=call.end_user,
     )
     return [(b"x-cache", b"miss" if call.cache is not None and call.cache.read else b"bypass")]
+
+
+def note_replay(call: Call, payload: dict[str, Any]) -> None:
+    """Note on ``call`` what replaying the ledger needs (``apps/opportunities``): the request's exact-cache
+    key, shared across end users as a policy that shares answers would key it (the ledger has the end user
+    beside it), its static prefix, the output cap it asked for and its number of messages. Digests and
+    counts only: no prompt text reaches the ledger."""
+    request = call.cache
+    call.cache_key = request.exact_key if request is not None and not call.end_user else exact_key(payload)
+    call.prefix_key, call.prefix_tokens = static_prefix(payload)
+    cap = payload.get("max_completion_tokens")
+    call.max_tokens = clean_optional_count(cap if cap is not None else payload.get("max_tokens"))
+    call.turns = len(payload["messages"])
 
 
 async def look_up(cache: ResponseCache, request: CacheRequest) -> CacheHit | None:

@@ -18,6 +18,10 @@ async def record(
     """Append the request's ledger event; settle what it reserved to what it cost (its side calls
     included) and queue the answer for the cache (``cache_store``) or count a hit, in the same write.
     The request's metrics and trace span are recorded here too, once."""
+    if cache_hit is not None and cache_hit.kind == "semantic":
+        call.embedding_key = cache_hit.entry_key
+    elif cache_store is not None and call.cache is not None and call.cache.policy.semantic:
+        call.embedding_key = call.cache.exact_key
     project = rt.snapshot.projects.get(call.key.project_id)
     slug = project.slug if project is not None else ""
     if cache_hit is not None:
