@@ -17,11 +17,10 @@ it), so before a semantic hit is served the two prompts must also agree on:
   ("$", "dollars" and "USD" are one currency);
 - opposites: of each built-in set of alternatives (``OPPOSITES``: monthly or
   yearly, enable or disable, add or remove, on or off, iOS or Android, ...)
-  both prompts mention the same ones. "What's the price of the yearly plan?"
-  is not "… of the monthly plan?", at any similarity. Mentioning one of a set
-  against none of it is a difference too ("the yearly plan" against "the
-  plan"), except for words too common to mean a choice on their own ("on"):
-  those count only when the other prompt names an alternative of their set.
+  that both prompts name, they name the same ones. "What's the price of the
+  yearly plan?" is not "… of the monthly plan?", at any similarity. A prompt
+  that names none of a set ("the plan") is not compared on it: such pairs are
+  paraphrases far more often ("export" against "get all invoices as a file").
 
 The check only ever turns a hit into a miss. It errs that way too: "to Berlin
 from Paris" against "from Paris to Berlin" is a miss, a paraphrase lost, never
@@ -55,54 +54,43 @@ _SENTENCE_END = re.compile(r"[.!?:;\n]")
 
 
 # Sets of alternatives the answer depends on but an embedding barely sees. Each alternative is the
-# spellings that mean it (inflections included: there is no stemmer); a "*" marks a spelling too
-# common to count unless the other prompt names another alternative of its set ("sync fails on iOS").
+# spellings that mean it (inflections included: there is no stemmer).
 OPPOSITES: tuple[tuple[tuple[str, ...], ...], ...] = (
-    (("daily", "day", "days", "per-day"), ("weekly", "week", "weeks"),
-     ("monthly", "month", "months", "month-to-month"),
-     ("yearly", "year", "years", "annual", "annually", "per-year"), ("quarterly", "quarter", "quarters")),
+    (("daily",), ("weekly",), ("monthly", "month-to-month"), ("yearly", "annual", "annually"), ("quarterly",)),
     (("enable", "enables", "enabled", "enabling", "activate", "activated", "activating", "unmute"),
      ("disable", "disables", "disabled", "disabling", "deactivate", "deactivated", "deactivating", "mute")),
     (("add", "adds", "added", "adding", "create", "creates", "created", "creating", "insert"),
      ("remove", "removes", "removed", "removing", "delete", "deletes", "deleted", "deleting", "erase")),
-    (("on*", "turn-on"), ("off", "turn-off")),
+    (("on", "turn-on"), ("off", "turn-off")),
     (("ios", "iphone", "ipad"), ("android",), ("windows",), ("macos", "mac"), ("linux",)),
     (("upgrade", "upgrades", "upgraded", "upgrading"), ("downgrade", "downgrades", "downgraded", "downgrading")),
     (("increase", "increases", "increased", "increasing", "raise", "raised", "raising"),
      ("decrease", "decreases", "decreased", "decreasing", "reduce", "reduced", "reducing", "lower", "lowered")),
-    (("import", "imports", "imported", "importing"), ("export", "exports", "exported", "exporting")),
-    (("upload", "uploads", "uploaded", "uploading"), ("download", "downloads", "downloaded", "downloading")),
+    (("import", "imports", "imported", "importing", "upload", "uploads", "uploaded", "uploading"),
+     ("export", "exports", "exported", "exporting", "download", "downloads", "downloaded", "downloading")),
     (("login", "log-in", "sign-in", "signin"), ("logout", "log-out", "sign-out", "signout")),
-    (("subscribe", "subscribed", "subscribing"), ("unsubscribe", "unsubscribed", "unsubscribing", "cancel",
-     "cancelled", "canceled", "cancelling", "canceling")),
+    (("subscribe", "subscribed", "subscribing", "renew", "renewed", "reactivate", "resume"),
+     ("unsubscribe", "unsubscribed", "unsubscribing", "cancel", "cancelled", "canceled", "cancelling", "canceling",
+      "pause", "paused")),
     (("lock", "locks", "locked", "locking"), ("unlock", "unlocks", "unlocked", "unlocking")),
-    (("start", "starts", "started", "starting"), ("stop", "stops", "stopped", "stopping")),
-    (("buy", "buying", "bought", "purchase", "purchased"), ("sell", "selling", "sold"),
-     ("refund", "refunds", "refunded")),
     (("public",), ("private",)),
-    (("free",), ("paid",)),
     (("minimum", "min", "lowest"), ("maximum", "max", "highest")),
     (("before",), ("after",)),
     (("include", "includes", "included", "including"), ("exclude", "excludes", "excluded", "excluding")),
     (("allow", "allows", "allowed", "allowing", "whitelist", "allowlist"),
      ("block", "blocks", "blocked", "blocking", "deny", "denied", "blacklist", "denylist")),
-    (("accept", "accepts", "accepted", "approve", "approved"), ("reject", "rejects", "rejected", "decline",
-     "declined")),
+    (("accept", "accepts", "accepted", "approve", "approved"),
+     ("reject", "rejects", "rejected", "decline", "declined")),
     (("send", "sends", "sending", "sent"), ("receive", "receives", "received", "receiving")),
 )  # fmt: skip
 
-
-def _opposites_index() -> dict[str, tuple[int, int, bool]]:
-    """spelling -> (set, alternative, weak) for every spelling of ``OPPOSITES``."""
-    index: dict[str, tuple[int, int, bool]] = {}
-    for group, alternatives in enumerate(OPPOSITES):
-        for alternative, spellings in enumerate(alternatives):
-            for spelling in spellings:
-                index[spelling.rstrip("*")] = (group, alternative, spelling.endswith("*"))
-    return index
-
-
-_OPPOSITE = _opposites_index()
+# spelling -> (set, alternative), for every spelling of ``OPPOSITES``
+_OPPOSITE = {
+    spelling: (group, alternative)
+    for group, alternatives in enumerate(OPPOSITES)
+    for alternative, spellings in enumerate(alternatives)
+    for spelling in spellings
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +98,7 @@ class Details:
     numbers: tuple[str, ...]  # canonical, in order of first occurrence
     names: tuple[str, ...]  # lower-cased, in order of first occurrence
     words: frozenset[str]  # every word, lower-cased, currencies canonical
-    # (set, alternative, weak) of each ``OPPOSITES`` alternative mentioned
-    opposites: frozenset[tuple[int, int, bool]] = frozenset()
+    opposites: frozenset[tuple[int, int]] = frozenset()  # (set, alternative) of each ``OPPOSITES`` one named
 
 
 def details(text: str) -> Details:
@@ -171,16 +158,7 @@ def agree(a: str, b: str) -> bool:
     return shared_first == shared_second
 
 
-def _opposites_agree(first: frozenset[tuple[int, int, bool]], second: frozenset[tuple[int, int, bool]]) -> bool:
-    """Each set of alternatives is mentioned alike, a weak spelling counting only against another
-    alternative of its set."""
-    for group in {g for g, _, _ in first | second}:
-        mine = {(a, weak) for g, a, weak in first if g == group}
-        theirs = {(a, weak) for g, a, weak in second if g == group}
-        if not theirs:
-            mine = {m for m in mine if not m[1]}
-        if not mine:
-            theirs = {t for t in theirs if not t[1]}
-        if {a for a, _ in mine} != {a for a, _ in theirs}:
-            return False
-    return True
+def _opposites_agree(first: frozenset[tuple[int, int]], second: frozenset[tuple[int, int]]) -> bool:
+    """Of each set of alternatives both prompts name, they name the same ones."""
+    shared = {group for group, _ in first} & {group for group, _ in second}
+    return {o for o in first if o[0] in shared} == {o for o in second if o[0] in shared}
