@@ -22,6 +22,7 @@ urlpatterns = [
     path("api/", include("apps.cache.api_urls")),
     path("api/", include("apps.reports.api_urls")),
     path("api/", include("apps.audit.api_urls")),
+    path("api/", include("apps.opportunities.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", ApiDocsView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include("apps.budgets.urls")),
@@ -31,6 +32,7 @@ urlpatterns = [
     path("", include("apps.reports.urls")),
     path("", include("apps.dashboard.urls")),
     path("", include("apps.audit.urls")),
+    path("", include("apps.opportunities.urls")),
     # Last: whatever no endpoint above serves under /api/ is a 404 in the API's error shape.
     re_path(r"^api/", api_not_found, name="api-not-found"),
 ]

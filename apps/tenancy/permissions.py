@@ -47,6 +47,8 @@ class Action(enum.StrEnum):
     CACHE_CONTENT_VIEW = "cache.content.view"  # cached prompts and answers
     SECRET_VIEW = "secret.view"  # channel targets and provider URLs unmasked
     AUDIT_VIEW = "audit.view"  # the audit log (and its CSV export)
+    # What each saving lever would have saved (apps/opportunities): digests and sums, never prompts.
+    OPPORTUNITY_VIEW = "opportunity.view"
     # Writes.
     PROJECT_CREATE = "project.create"  # object: the team it goes in, or the organisation for none
     PROJECT_MANAGE = "project.manage"  # aliases, default provider, rate limits, routing rules, cache
@@ -67,6 +69,7 @@ MATRIX: dict[Action, dict[str, Reach]] = {
     Action.CACHE_CONTENT_VIEW: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS},
     Action.SECRET_VIEW: {OWNER: Reach.ORG},
     Action.AUDIT_VIEW: {OWNER: Reach.ORG, FIN: Reach.ORG},
+    Action.OPPORTUNITY_VIEW: {OWNER: Reach.ORG, LEAD: Reach.TEAM, DEV: Reach.TEAM, FIN: Reach.ORG},
     Action.PROJECT_CREATE: {OWNER: Reach.ORG, LEAD: Reach.TEAM},
     Action.PROJECT_MANAGE: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS},
     Action.KEY_ISSUE: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS, DEV: Reach.TEAM_PROJECTS},

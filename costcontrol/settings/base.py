@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "apps.routing",
     "apps.deployments",
     "apps.batches",
+    "apps.opportunities",
     "apps.policy",
     "apps.simulator",
     "apps.audit",

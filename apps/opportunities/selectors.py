@@ -1,0 +1,378 @@
+"""What each saving lever would have saved on a project's own ledger, per feature, with its evidence.
+
+Read from the ledger rows the gateway wrote for chat requests it answered
+(status 200, not a cascade's or a retry's side row), over a window of days:
+
+- ``exact_cache``: requests whose exact-cache key (``LedgerEntry.cache_key``) repeats for the same end
+  user within a TTL of the answer that would have been stored; each repeat would have cost $0.
+- ``route``: the feature's tokens priced at each cheaper model the organisation has a price for.
+  Quality is not known until a shadow trial measures it: the evidence says so.
+- ``batch``: features that never stream, priced at their model's batch rates.
+- ``prompt_cache``: static prefixes (``prefix_key``) of at least 1,024 tokens sent again and again,
+  against the ``cached_tokens`` the provider actually discounted.
+
+Beside them, each feature's prompt profile: the share of prompt tokens in the static prefix, the
+``max_tokens`` asked against the completion tokens used (p99), and how long conversations grow.
+Only requests recorded after the ledger learned cache keys (migration ``ledger.0008``) take part.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Aggregate, Avg, Count, F, FloatField, IntegerField, Max, Q, QuerySet, Sum
+from django.utils import timezone
+
+from apps.core.pricing import MTOK, token_cost
+from apps.core.request import ENDPOINT_CHAT
+from apps.ledger.models import LedgerEntry, Source
+from apps.providers.models import Price
+from apps.tenancy.models import Project
+
+# Providers discount a cached prompt prefix from 1,024 tokens on (OpenAI's and Anthropic's minimum).
+PROMPT_CACHE_MIN_TOKENS = 1024
+# Route candidates shown per feature and model: the cheapest few, not every priced model.
+ROUTE_CANDIDATES = 3
+CENT = Decimal("0.000001")
+
+
+class _Percentile(Aggregate):
+    function = "PERCENTILE_CONT"
+    template = "%(function)s(%(fraction)s) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+    def __init__(self, expression: Any, fraction: float) -> None:
+        super().__init__(expression, fraction=fraction)
+
+
+@dataclass
+class Opportunity:
+    id: str  # stable for the same lever, feature and detail: what ``apply`` will name
+    lever: str
+    feature: str
+    predicted_savings_usd: Decimal
+    share: float  # of the feature's spend in the window
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "lever": self.lever,
+            "feature": self.feature,
+            "predicted_savings_usd": str(self.predicted_savings_usd.quantize(CENT)),
+            "share": round(self.share, 4),
+            "evidence": self.evidence,
+        }
+
+
+@dataclass
+class Report:
+    since: dt.datetime
+    until: dt.datetime
+    ttl_seconds: int
+    opportunities: list[Opportunity]
+    features: list[dict[str, Any]]  # each feature's spend and prompt profile
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "ttl_seconds": self.ttl_seconds,
+            "opportunities": [o.as_json() for o in self.opportunities],
+            "features": self.features,
+        }
+
+
+def _id(lever: str, *parts: str) -> str:
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:16]
+    return f"{lever}-{digest}"
+
+
+def replayable_rows(*, project: Project, since: dt.datetime, until: dt.datetime) -> QuerySet[LedgerEntry]:
+    """The project's answered chat requests in the window that carry a cache key, side rows left out."""
+    return (
+        LedgerEntry.objects.filter(
+            project=project,
+            created_at__gte=since,
+            created_at__lt=until,
+            source=Source.GATEWAY,
+            endpoint=ENDPOINT_CHAT,
+            status_code=200,
+        )
+        .exclude(cache_key="")
+        .exclude(decision__has_key="part")
+    )
+
+
+def project_opportunities(*, project: Project, days: int = 7, ttl_seconds: int = 3600) -> Report:
+    """Every lever's saving on the last ``days`` of ``project``'s ledger, biggest first."""
+    until = timezone.now()
+    since = until - dt.timedelta(days=days)
+    rows = replayable_rows(project=project, since=since, until=until)
+    spend: dict[str, dict[str, Any]] = {
+        r["feature"]: dict(r)
+        for r in rows.values("feature").annotate(
+            requests=Count("id"),
+            cost=Sum("cost"),
+            prompt=Sum("prompt_tokens"),
+            prefix=Sum("prefix_tokens"),
+            streamed_requests=Count("id", filter=Q(streamed=True)),
+            completion_p99=_Percentile("completion_tokens", 0.99),
+            max_tokens_p50=_Percentile("max_tokens", 0.5),
+            turns_avg=Avg("turns"),
+            turns_max=Max("turns"),
+        )
+    }
+    prices = _latest_prices(project)
+    found = [
+        *_exact_cache(rows, ttl_seconds),
+        *_routes(rows, prices),
+        *_batch(rows, prices, spend),
+        *_prompt_cache(rows, prices),
+    ]
+    for item in found:
+        total = spend.get(item.feature, {}).get("cost") or Decimal(0)
+        item.share = float(item.predicted_savings_usd / total) if total > 0 else 0.0
+    found.sort(key=lambda o: (-o.predicted_savings_usd, o.id))
+    return Report(since, until, ttl_seconds, found, [_profile(feature, row) for feature, row in sorted(spend.items())])
+
+
+def _profile(feature: str, row: dict[str, Any]) -> dict[str, Any]:
+    prompt = row["prompt"] or 0
+    p99 = row["completion_p99"]
+    cap = row["max_tokens_p50"]
+    # A cap sized from use: p99 and a quarter more, when the one asked for is larger.
+    suggested = int(p99 * 1.25) + 1 if p99 is not None and cap is not None else None
+    return {
+        "feature": feature,
+        "requests": row["requests"],
+        "cost_usd": str((row["cost"] or Decimal(0)).quantize(CENT)),
+        "prompt_tokens": prompt,
+        "static_prefix_share": round((row["prefix"] or 0) / prompt, 4) if prompt else 0.0,
+        "streamed_requests": row["streamed_requests"],
+        "completion_tokens_p99": round(p99, 1) if p99 is not None else None,
+        "max_tokens_p50": round(cap, 1) if cap is not None else None,
+        "suggested_max_tokens": suggested if suggested is not None and cap > suggested else None,
+        "turns_avg": round(row["turns_avg"] or 0, 2),
+        "turns_max": row["turns_max"] or 0,
+    }
+
+
+def _exact_cache(rows: QuerySet[LedgerEntry], ttl_seconds: int) -> list[Opportunity]:
+    """Replay an exact cache with this TTL over the requests that went upstream: an answer stored at its
+    key's first request serves every repeat (same end user) until it expires; then the next one stores."""
+    upstream = rows.filter(cache_hit="")
+    repeated = (
+        upstream.values("feature", "end_user", "cache_key").annotate(n=Count("id")).filter(n__gt=1)
+        .values_list("cache_key", flat=True)
+    )  # fmt: skip
+    ttl = dt.timedelta(seconds=ttl_seconds)
+    stored: dict[tuple[str, str, str], dt.datetime] = {}
+    saved: dict[str, Decimal] = defaultdict(Decimal)
+    hits: dict[str, int] = defaultdict(int)
+    keys: dict[str, set[str]] = defaultdict(set)
+    for feature, end_user, key, at, cost in (
+        upstream.filter(cache_key__in=repeated)
+        .order_by("created_at", "id")
+        .values_list("feature", "end_user", "cache_key", "created_at", "cost")
+        .iterator(chunk_size=5000)
+    ):
+        slot = (feature, end_user, key)
+        first = stored.get(slot)
+        if first is not None and at - first < ttl:
+            saved[feature] += cost
+            hits[feature] += 1
+            keys[feature].add(key)
+        else:
+            stored[slot] = at
+    totals = dict(upstream.values_list("feature").annotate(n=Count("id")).values_list("feature", "n"))
+    return [
+        Opportunity(
+            id=_id("exact_cache", feature, str(ttl_seconds)),
+            lever="exact_cache",
+            feature=feature,
+            predicted_savings_usd=saved[feature],
+            share=0.0,
+            evidence={
+                "requests": totals.get(feature, 0),
+                "repeats_within_ttl": hits[feature],
+                "repeat_share": round(hits[feature] / totals[feature], 4) if totals.get(feature) else 0.0,
+                "distinct_repeated_prompts": len(keys[feature]),
+                "ttl_seconds": ttl_seconds,
+                "scope": "per end user",
+            },
+        )
+        for feature in sorted(saved)
+        if saved[feature] > 0
+    ]
+
+
+@dataclass(frozen=True)
+class _Price:
+    provider_id: int
+    model: str
+    input: Decimal
+    cached: Decimal
+    output: Decimal
+    batch_input: Decimal
+    batch_output: Decimal
+
+    def cost(self, prompt: int, cached: int, completion: int) -> Decimal:
+        return token_cost(
+            prompt_tokens=prompt, cached_tokens=cached, completion_tokens=completion,
+            input_rate=self.input, cached_input_rate=self.cached, output_rate=self.output,
+        ) / MTOK  # fmt: skip
+
+
+def _latest_prices(project: Project) -> dict[str, _Price]:
+    """The organisation's price in effect today for each model it prices (cheapest provider's, if several)."""
+    today = timezone.now().date()
+    found: dict[str, _Price] = {}
+    seen: set[tuple[int, str]] = set()
+    for price in Price.objects.filter(
+        provider__organization_id=project.organization_id, provider__is_active=True, effective_from__lte=today
+    ).order_by("provider_id", "model", "-effective_from"):
+        if (price.provider_id, price.model) in seen:
+            continue
+        seen.add((price.provider_id, price.model))
+        row = _Price(price.provider_id, price.model, price.input_per_mtok, price.cached_input_per_mtok,
+                     price.output_per_mtok, price.batch_input_per_mtok, price.batch_output_per_mtok)  # fmt: skip
+        current = found.get(price.model)
+        if current is None or (row.input, row.output) < (current.input, current.output):
+            found[price.model] = row
+    return found
+
+
+def _by_model(rows: QuerySet[LedgerEntry], *, streamed: bool | None = None) -> QuerySet[Any]:
+    selected = rows.filter(cache_hit="")
+    if streamed is not None:
+        selected = selected.filter(streamed=streamed)
+    return selected.values("feature", "served_model").annotate(
+        requests=Count("id"),
+        prompt=Sum("prompt_tokens"),
+        cached=Sum("cached_tokens"),
+        completion=Sum("completion_tokens"),
+        cost=Sum("cost"),
+    )
+
+
+def _routes(rows: QuerySet[LedgerEntry], prices: dict[str, _Price]) -> list[Opportunity]:
+    found = []
+    for group in _by_model(rows):
+        prompt, cached, completion, cost = group["prompt"], group["cached"], group["completion"], group["cost"]
+        candidates = sorted(
+            (price.cost(prompt, cached, completion), model)
+            for model, price in prices.items()
+            # A model priced for no output (an embedding model) answers no chat request.
+            if model != group["served_model"] and price.output > 0
+        )
+        for candidate_cost, model in [c for c in candidates if c[0] < cost][:ROUTE_CANDIDATES]:
+            found.append(
+                Opportunity(
+                    id=_id("route", group["feature"], group["served_model"], model),
+                    lever="route",
+                    feature=group["feature"],
+                    predicted_savings_usd=cost - candidate_cost,
+                    share=0.0,
+                    evidence={
+                        "requests": group["requests"],
+                        "from_model": group["served_model"],
+                        "to_model": model,
+                        "prompt_tokens": prompt,
+                        "completion_tokens": completion,
+                        "cost_usd": str(cost.quantize(CENT)),
+                        "cost_at_to_model_usd": str(candidate_cost.quantize(CENT)),
+                        "quality": "unmeasured: a shadow trial compares the two models' answers",
+                    },
+                )
+            )
+    return found
+
+
+def _batch(rows: QuerySet[LedgerEntry], prices: dict[str, _Price], spend: dict[str, Any]) -> list[Opportunity]:
+    """Features that never streamed: their model's batch rates, when it has them."""
+    found = []
+    for group in _by_model(rows, streamed=False):
+        feature = group["feature"]
+        price = prices.get(group["served_model"])
+        if spend[feature]["streamed_requests"] or price is None or price.batch_input <= 0:
+            continue
+        batch_cost = (
+            token_cost(
+                prompt_tokens=group["prompt"], cached_tokens=0, completion_tokens=group["completion"],
+                input_rate=price.batch_input, cached_input_rate=price.batch_input, output_rate=price.batch_output,
+            ) / MTOK
+        )  # fmt: skip
+        if batch_cost >= group["cost"]:
+            continue
+        found.append(
+            Opportunity(
+                id=_id("batch", feature, group["served_model"]),
+                lever="batch",
+                feature=feature,
+                predicted_savings_usd=group["cost"] - batch_cost,
+                share=0.0,
+                evidence={
+                    "requests": group["requests"],
+                    "model": group["served_model"],
+                    "streamed_requests": 0,
+                    "cost_usd": str(group["cost"].quantize(CENT)),
+                    "batch_cost_usd": str(batch_cost.quantize(CENT)),
+                    "latency": "the feature must tolerate answers within 24 hours",
+                },
+            )
+        )
+    return found
+
+
+def _prompt_cache(rows: QuerySet[LedgerEntry], prices: dict[str, _Price]) -> list[Opportunity]:
+    """Static prefixes of 1,024+ tokens sent more than once: after the first, each send could have been
+    billed at the cached-input rate; what the provider already discounted (``cached_tokens``) is not
+    counted again."""
+    groups = (
+        rows.filter(cache_hit="", prefix_tokens__gte=PROMPT_CACHE_MIN_TOKENS)
+        .values("feature", "served_model", "prefix_key")
+        .annotate(
+            requests=Count("id"),
+            prefix=Sum("prefix_tokens"),
+            first=Max("prefix_tokens"),
+            received=Sum(F("cached_tokens"), output_field=IntegerField()),
+        )
+        .filter(requests__gt=1)
+    )
+    found: dict[tuple[str, str], Opportunity] = {}
+    for group in groups:
+        price = prices.get(group["served_model"])
+        if price is None or price.cached >= price.input:
+            continue
+        cacheable = group["prefix"] - group["first"]
+        missed = max(cacheable - group["received"], 0)
+        saving = missed * (price.input - price.cached) / MTOK
+        if saving <= 0:
+            continue
+        slot = (group["feature"], group["served_model"])
+        item = found.setdefault(
+            slot,
+            Opportunity(
+                id=_id("prompt_cache", *slot),
+                lever="prompt_cache",
+                feature=group["feature"],
+                predicted_savings_usd=Decimal(0),
+                share=0.0,
+                evidence={"model": group["served_model"], "prefixes": 0, "requests": 0, "cacheable_tokens": 0,
+                          "cached_tokens_received": 0, "min_prefix_tokens": PROMPT_CACHE_MIN_TOKENS,
+                          "how": "put the static part first and keep it byte-identical across requests"},
+            ),
+        )  # fmt: skip
+        item.predicted_savings_usd += saving
+        evidence = item.evidence
+        evidence["prefixes"] += 1
+        evidence["requests"] += group["requests"]
+        evidence["cacheable_tokens"] += cacheable
+        evidence["cached_tokens_received"] += group["received"]
+    return list(found.values())
