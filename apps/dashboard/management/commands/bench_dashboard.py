@@ -34,7 +34,8 @@ INSERT INTO ledger_ledgerentry (
     request_id, created_at, ingested_at, source, organization_id, project_id, api_key_id, provider_id,
     endpoint, feature, end_user, requested_model, served_model, prompt_tokens, cached_tokens,
     completion_tokens, usage_estimated, cost, counterfactual_cost, latency_ms, ttft_ms, status_code,
-    error_code, streamed, cache_hit, route, possibly_billed, request_count, cache_write_tokens
+    error_code, streamed, cache_hit, route, possibly_billed, request_count, cache_write_tokens,
+    cache_key, prefix_key, prefix_tokens, embedding_key, turns
 )
 SELECT
     %(tag)s || '-' || g,
@@ -54,7 +55,8 @@ SELECT
     '', g %% 3 = 0,
     CASE WHEN g %% 10 = 0 THEN 'exact' ELSE '' END,
     CASE WHEN g %% 7 = 0 THEN 'route:cheap-first' WHEN g %% 29 = 0 THEN 'cascade:mini-then-4o' ELSE '' END,
-    false, 1, 0
+    false, 1, 0,
+    '', '', 0, '', 0
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
 """
 
