@@ -1,50 +1,130 @@
-"""Public list prices for common OpenAI models, USD per 1M tokens.
+"""The public price catalogue, kept as data: ``apps/core/data/catalog.json``.
 
-Figures as published on OpenAI's pricing page (standard tier) when this
-catalogue was written; they seed new providers and stay editable per provider,
-each edit a new row with its own effective date.
-Columns: input, cached input, output, batch input, batch output.
+One entry per model: its context window, its largest output (the worst case a
+budget reserves when a request sets no output cap) and its prices in USD per 1M
+tokens per service tier (``standard``, ``batch``, and ``flex``/``priority`` where
+offered), each with input, cached-input and output rates, plus ``reasoning`` where
+a provider prices reasoning tokens apart from output. Figures are OpenAI's list
+prices as recorded on the date the file states; they seed new providers, and
+``manage.py sync_prices FILE`` compares a newer prices file (this format, or CSV)
+with what providers hold and applies it as new price rows.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
+import json
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
 
-CATALOG_EFFECTIVE_FROM = dt.date(2025, 8, 7)
+from apps.core.pricing import TIER_BATCH, TIER_FLEX, TIER_PRIORITY, TIER_STANDARD, TierRates
 
+CATALOG_PATH = Path(__file__).with_name("data") / "catalog.json"
+PRICED_TIERS = (TIER_STANDARD, TIER_BATCH, TIER_FLEX, TIER_PRIORITY)
+
+
+class CatalogError(ValueError):
+    """A prices file that cannot be read as a catalogue (the message says where)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    """One model of a catalogue: limits and rates per tier (USD per 1M tokens)."""
+
+    context_window: int
+    max_output: int
+    tiers: dict[str, TierRates] = field(default_factory=dict)  # always has "standard"
+    reasoning: Decimal | None = None
+
+
+def _money(value: Any, where: str) -> Decimal:
+    try:
+        amount = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise CatalogError(f"{where}: {value!r} is not a number") from None
+    if not amount.is_finite() or amount < 0 or amount >= 10**8:
+        raise CatalogError(f"{where}: {value!r} is not a price (0 to 99,999,999.999999)")
+    return amount
+
+
+def _count(value: Any, where: str) -> int:
+    if type(value) is not int or not 0 <= value <= 100_000_000:
+        raise CatalogError(f"{where}: {value!r} is not a token count")
+    return value
+
+
+def parse_entry(model: str, raw: Any) -> ModelEntry:
+    """A model's entry from its JSON object; ``CatalogError`` on anything missing or wrong."""
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{model}: expected an object")
+    tiers = {}
+    for tier in PRICED_TIERS:
+        rates = raw.get(tier)
+        if rates is None:
+            continue
+        if not isinstance(rates, dict):
+            raise CatalogError(f"{model}.{tier}: expected an object with input, cached_input and output")
+        at = f"{model}.{tier}"
+        inp = _money(rates.get("input"), f"{at}.input")
+        tiers[tier] = TierRates(
+            inp,
+            _money(rates.get("cached_input", inp), f"{at}.cached_input"),
+            _money(rates.get("output", 0), f"{at}.output"),
+        )
+    if TIER_STANDARD not in tiers:
+        raise CatalogError(f"{model}: no standard prices")
+    reasoning = raw.get("reasoning")
+    return ModelEntry(
+        context_window=_count(raw.get("context_window"), f"{model}.context_window"),
+        max_output=_count(raw.get("max_output"), f"{model}.max_output"),
+        tiers=tiers,
+        reasoning=None if reasoning is None else _money(reasoning, f"{model}.reasoning"),
+    )
+
+
+def parse_catalog(doc: Any) -> tuple[dt.date, dict[str, ModelEntry]]:
+    """(effective date, models) of a catalogue document (``catalog.json``'s format)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), dict):
+        raise CatalogError('expected an object with "effective_from" and "models"')
+    try:
+        effective_from = dt.date.fromisoformat(str(doc.get("effective_from")))
+    except ValueError:
+        raise CatalogError('"effective_from" is not a date (YYYY-MM-DD)') from None
+    models = {}
+    for model, raw in doc["models"].items():
+        if not isinstance(model, str) or not model.strip() or len(model) > 200:
+            raise CatalogError(f"{model!r}: not a model name")
+        models[model] = parse_entry(model, raw)
+    return effective_from, models
+
+
+def _load() -> tuple[dt.date, dict[str, ModelEntry]]:
+    with CATALOG_PATH.open() as f:
+        return parse_catalog(json.load(f))
+
+
+CATALOG_EFFECTIVE_FROM, CATALOG = _load()
 
 CatalogRow = tuple[Decimal, Decimal, Decimal, Decimal, Decimal]
 
 
-def _row(input_: str, cached: str, output: str, batch_input: str, batch_output: str) -> CatalogRow:
-    return Decimal(input_), Decimal(cached), Decimal(output), Decimal(batch_input), Decimal(batch_output)
+def _row(entry: ModelEntry) -> CatalogRow:
+    standard = entry.tiers[TIER_STANDARD]
+    batch = entry.tiers.get(TIER_BATCH, standard)
+    return standard.input, standard.cached_input, standard.output, batch.input, batch.output
 
 
-OPENAI_PRICES: dict[str, CatalogRow] = {
-    "gpt-5": _row("1.25", "0.125", "10.00", "0.625", "5.00"),
-    "gpt-5-mini": _row("0.25", "0.025", "2.00", "0.125", "1.00"),
-    "gpt-5-nano": _row("0.05", "0.005", "0.40", "0.025", "0.20"),
-    "gpt-4.1": _row("2.00", "0.50", "8.00", "1.00", "4.00"),
-    "gpt-4.1-mini": _row("0.40", "0.10", "1.60", "0.20", "0.80"),
-    "gpt-4.1-nano": _row("0.10", "0.025", "0.40", "0.05", "0.20"),
-    "gpt-4o": _row("2.50", "1.25", "10.00", "1.25", "5.00"),
-    "gpt-4o-mini": _row("0.15", "0.075", "0.60", "0.075", "0.30"),
-    "o3": _row("2.00", "0.50", "8.00", "1.00", "4.00"),
-    "o4-mini": _row("1.10", "0.275", "4.40", "0.55", "2.20"),
-    # No prompt caching or batch discount listed for this legacy completions model.
-    "gpt-3.5-turbo-instruct": _row("1.50", "1.50", "2.00", "1.50", "2.00"),
-    "text-embedding-3-small": _row("0.02", "0.02", "0", "0.01", "0"),
-    "text-embedding-3-large": _row("0.13", "0.13", "0", "0.065", "0"),
-    "text-embedding-ada-002": _row("0.10", "0.10", "0", "0.05", "0"),
-}
+# The standard and batch columns every price row has: input, cached input, output, batch input, batch output.
+OPENAI_PRICES: dict[str, CatalogRow] = {model: _row(entry) for model, entry in CATALOG.items()}
 
 # Anthropic's list prices (standard tier) for the models whose prices we could check when this was
 # written: the same columns, the cached-input price being the prompt-cache read price. Batch is half
 # price. Other Claude models get their prices on the provider's page.
 ANTHROPIC_PRICES: dict[str, CatalogRow] = {
-    "claude-opus-4-5": _row("5.00", "0.50", "25.00", "2.50", "12.50"),
-    "claude-haiku-4-5": _row("1.00", "0.10", "5.00", "0.50", "2.50"),
+    "claude-opus-4-5": (Decimal("5.00"), Decimal("0.50"), Decimal("25.00"), Decimal("2.50"), Decimal("12.50")),
+    "claude-haiku-4-5": (Decimal("1.00"), Decimal("0.10"), Decimal("5.00"), Decimal("0.50"), Decimal("2.50")),
 }
 # Prompt-cache writes (5-minute cache: 1.25x the input price), USD per 1M tokens.
 ANTHROPIC_CACHE_WRITE_PRICES: dict[str, Decimal] = {
@@ -53,19 +133,10 @@ ANTHROPIC_CACHE_WRITE_PRICES: dict[str, Decimal] = {
 }
 
 # Largest completion each model can return: the worst case a budget reserves
-# when a request sets no max_tokens. Models not listed get 4096.
+# when a request sets no output cap. Models not listed get GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS.
 MAX_OUTPUT_TOKENS: dict[str, int] = {
-    "gpt-5": 128_000,
-    "gpt-5-mini": 128_000,
-    "gpt-5-nano": 128_000,
-    "gpt-4.1": 32_768,
-    "gpt-4.1-mini": 32_768,
-    "gpt-4.1-nano": 32_768,
-    "gpt-4o": 16_384,
-    "gpt-4o-mini": 16_384,
-    "o3": 100_000,
-    "o4-mini": 100_000,
-    "gpt-3.5-turbo-instruct": 4_096,
+    **{model: entry.max_output for model, entry in CATALOG.items() if entry.max_output},
     "claude-opus-4-5": 64_000,
     "claude-haiku-4-5": 64_000,
 }
+CONTEXT_WINDOW: dict[str, int] = {model: entry.context_window for model, entry in CATALOG.items()}

@@ -17,6 +17,8 @@ import math
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from apps.core.pricing import tier_name
+
 # --- stream entries ---------------------------------------------------------------------
 
 EVENT_FIELD = b"e"  # every stream entry holds its event as JSON in this field
@@ -159,6 +161,9 @@ def ledger_event_clean(event: dict[str, Any]) -> dict[str, Any]:
         "turns",
     ):
         event[name] = clean_count(event.get(name))
+    # Reasoning is part of the output: never more than the completion tokens.
+    event["reasoning_tokens"] = min(clean_count(event.get("reasoning_tokens")), event["completion_tokens"])
+    event["service_tier"] = tier_name(event.get("service_tier"))
     for name in ("ttft_ms", "max_tokens"):
         event[name] = clean_optional_count(event.get(name))
     event["status_code"] = clean_count(event.get("status_code"), SMALLINT_MAX)

@@ -98,3 +98,13 @@ def breaker_probe(prefix: str, deployment: str) -> str:
 def cascade_labels(prefix: str, rule_id: int) -> str:
     """Answers a cascade rule's strong model has given (known labels)."""
     return f"{prefix}route:{rule_id}:labels"
+
+
+# --- the Responses API ----------------------------------------------------------------------------
+
+
+def response_owner(prefix: str, response_id: str) -> str:
+    """Which project, provider and model a stored response belongs to, and the tokens its conversation
+    has used so far (the gateway writes it when it relays the response; retrieve, delete, cancel and
+    ``previous_response_id`` read it)."""
+    return f"{prefix}resp:{response_id}"

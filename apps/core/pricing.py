@@ -4,16 +4,45 @@ Prices are USD per million tokens (``MTOK``), as providers publish them and as
 ``Price`` rows store them. The gateway's snapshot divides them once into USD
 per token (``PriceRow``). Budgets in Redis count integer nano-dollars
 (``to_nano``), so Lua scripts add and compare whole numbers.
+
+Token classes: input, cached input, output and reasoning (a part of the output
+that a provider may price apart; OpenAI bills it as output). Service tiers:
+``standard`` (OpenAI's ``default``), ``flex``, ``priority`` and ``batch``, each
+with its own input, cached-input and output rates; a tier a price does not list
+is billed at the standard rates.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 MTOK = Decimal(1_000_000)  # tokens per price unit: prices are USD per 1M tokens
 NANO = Decimal(1_000_000_000)  # nano-dollars per USD: money in Redis
+
+TIER_STANDARD, TIER_FLEX, TIER_PRIORITY, TIER_BATCH = "standard", "flex", "priority", "batch"
+TIERS = (TIER_STANDARD, TIER_FLEX, TIER_PRIORITY, TIER_BATCH)
+# What providers call their tiers (``service_tier`` in requests and answers), as our names.
+_TIER_NAMES = {"default": TIER_STANDARD, "standard": TIER_STANDARD, "auto": TIER_STANDARD,
+               "flex": TIER_FLEX, "priority": TIER_PRIORITY, "batch": TIER_BATCH}  # fmt: skip
+TIER_MAX = 10  # the ledger's service_tier column
+
+
+def tier_name(value: Any) -> str:
+    """A provider's ``service_tier`` as one of ``TIERS`` (anything unknown, or none, is standard)."""
+    return _TIER_NAMES.get(value, TIER_STANDARD) if isinstance(value, str) else TIER_STANDARD
+
+
+def reserve_tiers(requested: Any) -> tuple[str, ...]:
+    """The tiers a request asking for ``requested`` may be billed at: the standard one (a provider may
+    serve a request there whatever it asked), the one asked for, and priority for ``auto`` (a project's
+    default tier can be priority)."""
+    if requested == "auto":
+        return (TIER_STANDARD, TIER_PRIORITY)
+    return (TIER_STANDARD, tier_name(requested))
 
 
 def token_cost(
@@ -26,6 +55,8 @@ def token_cost(
     output_rate: Decimal,
     cache_write_tokens: int = 0,
     cache_write_rate: Decimal | None = None,
+    reasoning_tokens: int = 0,
+    reasoning_rate: Decimal | None = None,
 ) -> Decimal:
     """What these tokens cost at these rates, in USD per whatever token count the rates are for.
 
@@ -33,17 +64,18 @@ def token_cost(
     tokens written to the provider's prompt cache (Anthropic bills those writes) at
     the cache-write rate (the input rate when the price sets none), and the rest of
     the prompt at the input rate; a provider that reports more cached than prompt
-    tokens never makes the uncached part negative.
+    tokens never makes the uncached part negative. Reasoning tokens are part of
+    the completion tokens (as providers count them): billed at ``reasoning_rate``
+    when one is given, else as output like the rest.
     """
     written = min(cache_write_tokens, max(prompt_tokens - cached_tokens, 0))
     uncached = max(prompt_tokens - cached_tokens - written, 0)
     write_rate = input_rate if cache_write_rate is None else cache_write_rate
-    return (
-        uncached * input_rate
-        + cached_tokens * cached_input_rate
-        + written * write_rate
-        + completion_tokens * output_rate
-    )
+    cost = uncached * input_rate + cached_tokens * cached_input_rate + written * write_rate
+    if reasoning_rate is None or not reasoning_tokens:
+        return cost + completion_tokens * output_rate
+    reasoning = min(reasoning_tokens, completion_tokens)
+    return cost + (completion_tokens - reasoning) * output_rate + reasoning * reasoning_rate
 
 
 def to_nano(usd: Decimal) -> int:
@@ -51,14 +83,30 @@ def to_nano(usd: Decimal) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class TierRates:
+    """One service tier's rates: input, cached input and output, in the row's unit."""
+
+    input: Decimal
+    cached_input: Decimal
+    output: Decimal
+
+
+@dataclass(frozen=True, slots=True)
 class PriceRow:
-    """One model's price from a date on, as the gateway reads it: USD per token, divided once."""
+    """One model's price from a date on, as the gateway reads it: USD per token, divided once.
+
+    ``input``/``cached_input``/``output`` are the standard tier's; ``tiers`` holds the other tiers
+    the provider prices (flex, priority); ``reasoning`` is a reasoning-token rate where the provider
+    prices reasoning apart from output (None: billed as output).
+    """
 
     effective_from: dt.date
     input: Decimal
     cached_input: Decimal
     output: Decimal
     cache_write: Decimal | None = None  # None: cache writes cost the input price
+    reasoning: Decimal | None = None
+    tiers: Mapping[str, TierRates] = field(default_factory=dict)
 
     @classmethod
     def per_mtok(
@@ -69,20 +117,57 @@ class PriceRow:
         cached_input_per_mtok: Decimal,
         output_per_mtok: Decimal,
         cache_write_per_mtok: Decimal | None = None,
+        reasoning_per_mtok: Decimal | None = None,
+        tiers_per_mtok: Mapping[str, TierRates] | None = None,
     ) -> PriceRow:
+        tiers = {
+            name: TierRates(rates.input / MTOK, rates.cached_input / MTOK, rates.output / MTOK)
+            for name, rates in (tiers_per_mtok or {}).items()
+        }
         write = None if cache_write_per_mtok is None else cache_write_per_mtok / MTOK
-        return cls(effective_from, input_per_mtok / MTOK, cached_input_per_mtok / MTOK, output_per_mtok / MTOK, write)
+        reasoning = None if reasoning_per_mtok is None else reasoning_per_mtok / MTOK
+        return cls(
+            effective_from, input_per_mtok / MTOK, cached_input_per_mtok / MTOK, output_per_mtok / MTOK,
+            write, reasoning, tiers,
+        )  # fmt: skip
+
+    def rates(self, tier: str = TIER_STANDARD) -> TierRates:
+        """The rates of ``tier``: its own where the provider prices it, else the standard ones."""
+        rates = self.tiers.get(tier) if tier != TIER_STANDARD else None
+        return rates if rates is not None else TierRates(self.input, self.cached_input, self.output)
 
     def cost(
-        self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int, cache_write_tokens: int = 0
+        self,
+        *,
+        prompt_tokens: int,
+        cached_tokens: int,
+        completion_tokens: int,
+        cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        tier: str = TIER_STANDARD,
     ) -> Decimal:
+        rates = self.rates(tier)
         return token_cost(
             prompt_tokens=prompt_tokens,
             cached_tokens=cached_tokens,
             completion_tokens=completion_tokens,
-            input_rate=self.input,
-            cached_input_rate=self.cached_input,
-            output_rate=self.output,
+            input_rate=rates.input,
+            cached_input_rate=rates.cached_input,
+            output_rate=rates.output,
             cache_write_tokens=cache_write_tokens,
             cache_write_rate=self.cache_write,
+            # A separate reasoning rate is the standard tier's; other tiers bill reasoning as their output.
+            reasoning_tokens=reasoning_tokens if tier == TIER_STANDARD or tier not in self.tiers else 0,
+            reasoning_rate=self.reasoning,
         )
+
+    def worst_cost(self, *, prompt_tokens: int, output_tokens: int, tiers: tuple[str, ...]) -> Decimal:
+        """The most ``prompt_tokens`` in and ``output_tokens`` out can cost on any of ``tiers``: every output
+        token may be a reasoning token and every prompt token a cache write, so the dearer rates count."""
+        worst = Decimal(0)
+        for tier in tiers:
+            rates = self.rates(tier)
+            prompt = max(rates.input, self.cache_write) if self.cache_write is not None else rates.input
+            output = max(rates.output, self.reasoning) if self.reasoning is not None else rates.output
+            worst = max(worst, prompt_tokens * prompt + output_tokens * output)
+        return worst

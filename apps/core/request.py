@@ -26,17 +26,20 @@ from typing import Any
 from apps.core.catalog import MAX_OUTPUT_TOKENS
 from apps.core.errors import GatewayError, bad_request
 from apps.core.events import END_USER_MAX, FEATURE_MAX, clean_text
+from apps.core.responses import input_estimate, validate_responses
 from apps.core.text import json_tokens, text_tokens
 
 ENDPOINT_CHAT = "chat.completions"
 ENDPOINT_COMPLETIONS = "completions"
 ENDPOINT_EMBEDDINGS = "embeddings"
-ENDPOINTS = (ENDPOINT_CHAT, ENDPOINT_COMPLETIONS, ENDPOINT_EMBEDDINGS)
+ENDPOINT_RESPONSES = "responses"
+ENDPOINTS = (ENDPOINT_CHAT, ENDPOINT_COMPLETIONS, ENDPOINT_EMBEDDINGS, ENDPOINT_RESPONSES)
 # The /v1 path of each endpoint (live requests and batch lines name them so).
 ENDPOINT_PATHS = {
     "/v1/chat/completions": ENDPOINT_CHAT,
     "/v1/completions": ENDPOINT_COMPLETIONS,
     "/v1/embeddings": ENDPOINT_EMBEDDINGS,
+    "/v1/responses": ENDPOINT_RESPONSES,
 }
 
 # No model produces or takes more than this many tokens in one request; a larger
@@ -88,6 +91,8 @@ def validate(endpoint: str, payload: dict[str, Any]) -> None:
         _token_inputs(payload, "input", allow_empty=False)
         _count(payload, "dimensions", 1, 65_536)
         _expect(payload, "encoding_format", str, "a string")
+    elif endpoint == ENDPOINT_RESPONSES:
+        validate_responses(payload)
     # Our encoder (and anything recursive) must never meet a body nested deeper than this.
     if _too_deep(payload, MAX_DEPTH):
         raise bad_request(f"The request body is nested more than {MAX_DEPTH} levels deep.", code="invalid_value")
@@ -312,7 +317,8 @@ def worst_case(
 ) -> WorstCase:
     """The most a validated request can use on a model.
 
-    Output: the request's own cap (the larger of ``max_tokens`` and ``max_completion_tokens``), never more
+    Output: the request's own cap (the larger of ``max_tokens``, ``max_completion_tokens`` and
+    ``max_output_tokens``; reasoning tokens count inside each of them, as providers bill them), never more
     than the model can produce (``model_max_output``, or ``unknown_model_max_output`` for a model whose
     limit we do not know), times ``n`` (or ``best_of``, which the provider generates and bills). Embeddings
     have no output.
@@ -321,7 +327,11 @@ def worst_case(
     if endpoint == ENDPOINT_EMBEDDINGS:
         return WorstCase(prompt, 0)
     ceiling = model_max_output if model_max_output else unknown_model_max_output
-    asked = max(_positive(payload.get("max_tokens")), _positive(payload.get("max_completion_tokens")))
+    asked = max(
+        _positive(payload.get("max_tokens")),
+        _positive(payload.get("max_completion_tokens")),
+        _positive(payload.get("max_output_tokens")),
+    )
     output = min(asked, ceiling) if asked else ceiling
     copies = max(_positive(payload.get("n")), _positive(payload.get("best_of")), 1)
     return WorstCase(prompt, output * copies)
@@ -352,6 +362,8 @@ def prompt_estimate(endpoint: str, payload: dict[str, Any]) -> int:
                 # Definitions and schemas reach the model as text about the size of their JSON.
                 total += json_tokens(value)
         return total
+    if endpoint == ENDPOINT_RESPONSES:
+        return input_estimate(payload)
     return _inputs_tokens(payload.get("prompt" if endpoint == ENDPOINT_COMPLETIONS else "input"))
 
 

@@ -3,7 +3,7 @@
 Start-up opens the process's ``Runtime`` (connections, limiter, writers, the
 policy snapshot); each request then goes to one handler per endpoint
 (``handlers/proxy.py`` for chat, completions and embeddings, ``handlers/messages.py`` for
-Anthropic's Messages API, ``handlers/models.py``),
+Anthropic's Messages API, ``handlers/responses.py`` for the Responses API, ``handlers/models.py``),
 which runs the stages in ``stages/`` top to bottom. No Django request
 handling, no ORM, no blocking call on the event loop: the snapshot is built by
 the control plane's adapter, handed in by ``costcontrol/asgi.py``.
@@ -22,7 +22,7 @@ from apps.core.errors import GatewayError, method_not_allowed
 from apps.core.request import ENDPOINT_PATHS
 from apps.core.snapshot import Snapshot
 from apps.gateway.asgi import Receive, Scope, Send, send_error
-from apps.gateway.handlers import health, messages, models, proxy
+from apps.gateway.handlers import health, messages, models, proxy, responses
 from apps.gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -78,7 +78,9 @@ class Gateway:
         request_id = "req_" + secrets.token_hex(12)
         endpoint = ENDPOINT_PATHS.get(path)
         try:
-            if endpoint is not None:
+            if path == "/v1/responses" or path.startswith("/v1/responses/"):
+                await responses.handle(rt, scope, receive, send, request_id)
+            elif endpoint is not None:
                 if method != "POST":
                     raise method_not_allowed(method, f"on {path}")
                 await proxy.handle(rt, scope, receive, send, endpoint, request_id)

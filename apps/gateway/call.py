@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from apps.core.events import ledger_event_clean
+from apps.core.pricing import TIER_STANDARD
 from apps.core.route import RouteDecision
 from apps.core.snapshot import KeyPolicy
 from apps.enforcement.limiter import Admission
@@ -39,6 +40,9 @@ class Call:
     cached_tokens: int = 0
     cache_write_tokens: int = 0  # prompt tokens the provider wrote to its prompt cache (Anthropic)
     completion_tokens: int = 0
+    reasoning_tokens: int = 0  # of the completion tokens
+    context_tokens: int = 0  # earlier turns a previous_response_id brings into the prompt (at most)
+    service_tier: str = TIER_STANDARD
     usage_estimated: bool = False
     # An attempt the provider may bill although we got no answer (a timeout after the request was sent).
     possibly_billed: bool = False
@@ -115,6 +119,8 @@ class Call:
                 "cached_tokens": self.cached_tokens,
                 "cache_write_tokens": self.cache_write_tokens,
                 "completion_tokens": self.completion_tokens,
+                "reasoning_tokens": self.reasoning_tokens,
+                "service_tier": self.service_tier,
                 "usage_estimated": self.usage_estimated,
                 "cost": self.cost,
                 "counterfactual_cost": self.counterfactual_cost,

@@ -20,6 +20,7 @@ from apps.core.events import (
     REQUEST_ID_MAX,
     ROUTE_MAX,
 )
+from apps.core.pricing import TIER_MAX, TIER_STANDARD
 from apps.providers.models import DecimalSpec
 
 
@@ -99,6 +100,12 @@ class LedgerEntry(models.Model):
         default=0, help_text="Prompt tokens written to the provider's prompt cache (Anthropic): cache-write price"
     )
     completion_tokens = models.PositiveIntegerField(default=0)
+    reasoning_tokens = models.PositiveIntegerField(
+        default=0, help_text="Of the completion tokens, how many the model spent reasoning (billed as output)"
+    )
+    service_tier = models.CharField(
+        max_length=TIER_MAX, default=TIER_STANDARD, help_text="The tier the request was served and priced at"
+    )
     usage_estimated = models.BooleanField(default=False, help_text="Counted by us: the provider reported no usage")
     possibly_billed = models.BooleanField(
         default=False,

@@ -145,6 +145,8 @@ LEDGER_CSV_COLUMNS: tuple[tuple[str, str], ...] = (
     ("prompt_tokens", "prompt_tokens"),
     ("cached_tokens", "cached_tokens"),
     ("completion_tokens", "completion_tokens"),
+    ("reasoning_tokens", "reasoning_tokens"),
+    ("service_tier", "service_tier"),
     ("cost_usd", "cost"),
     ("counterfactual_cost_usd", "counterfactual_cost"),
     ("latency_ms", "latency_ms"),

@@ -141,6 +141,8 @@ def build_snapshot(version: int) -> Snapshot:
                 cached_input_per_mtok=price.cached_input_per_mtok,
                 output_per_mtok=price.output_per_mtok,
                 cache_write_per_mtok=price.cache_write_per_mtok,
+                reasoning_per_mtok=price.reasoning_per_mtok,
+                tiers_per_mtok=price.tier_rates(),
             )
         )
         served_by = org_models.setdefault(provider_orgs[price.provider_id], {}).setdefault(price.model, [])

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from apps.core.pricing import MTOK, token_cost
+from apps.core.pricing import MTOK, TIER_FLEX, TIER_PRIORITY, TierRates, token_cost
 from apps.providers import crypto
 
 
@@ -105,6 +105,15 @@ class Price(models.Model):
     cache_write_per_mtok = models.DecimalField(**MONEY, null=True, blank=True)
     batch_input_per_mtok = models.DecimalField(**MONEY)
     batch_output_per_mtok = models.DecimalField(**MONEY, default=Decimal("0"))
+    # Flex and priority tiers where the provider offers them (empty: billed at the standard prices).
+    flex_input_per_mtok = models.DecimalField(**MONEY, null=True, blank=True)
+    flex_cached_input_per_mtok = models.DecimalField(**MONEY, null=True, blank=True)
+    flex_output_per_mtok = models.DecimalField(**MONEY, null=True, blank=True)
+    priority_input_per_mtok = models.DecimalField(**MONEY, null=True, blank=True)
+    priority_cached_input_per_mtok = models.DecimalField(**MONEY, null=True, blank=True)
+    priority_output_per_mtok = models.DecimalField(**MONEY, null=True, blank=True)
+    # Where a provider prices reasoning tokens apart from output (empty: billed as output).
+    reasoning_per_mtok = models.DecimalField(**MONEY, null=True, blank=True)
     effective_from = models.DateField()
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -123,10 +132,29 @@ class Price(models.Model):
                 & (Q(cache_write_per_mtok__isnull=True) | Q(cache_write_per_mtok__gte=0)),
                 name="prices_not_negative",
             ),
+            models.CheckConstraint(
+                condition=(Q(flex_input_per_mtok__isnull=True) | Q(flex_input_per_mtok__gte=0))
+                & (Q(flex_cached_input_per_mtok__isnull=True) | Q(flex_cached_input_per_mtok__gte=0))
+                & (Q(flex_output_per_mtok__isnull=True) | Q(flex_output_per_mtok__gte=0))
+                & (Q(priority_input_per_mtok__isnull=True) | Q(priority_input_per_mtok__gte=0))
+                & (Q(priority_cached_input_per_mtok__isnull=True) | Q(priority_cached_input_per_mtok__gte=0))
+                & (Q(priority_output_per_mtok__isnull=True) | Q(priority_output_per_mtok__gte=0))
+                & (Q(reasoning_per_mtok__isnull=True) | Q(reasoning_per_mtok__gte=0)),
+                name="tier_prices_not_negative",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.model} @ {self.provider} from {self.effective_from}"
+
+    def tier_rates(self) -> dict[str, TierRates]:
+        """The flex and priority rates this row has (a tier needs all three of its prices)."""
+        tiers = {}
+        for tier in (TIER_FLEX, TIER_PRIORITY):
+            rates = [getattr(self, f"{tier}_{name}_per_mtok") for name in ("input", "cached_input", "output")]
+            if all(rate is not None for rate in rates):
+                tiers[tier] = TierRates(*rates)
+        return tiers
 
     def cost(
         self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int, cache_write_tokens: int = 0

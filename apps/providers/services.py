@@ -10,8 +10,15 @@ from django.db import transaction
 
 from apps.audit.models import AuditAction
 from apps.audit.services import audit_record, audit_saved, audit_snapshot, audit_stored
-from apps.core.catalog import ANTHROPIC_CACHE_WRITE_PRICES, ANTHROPIC_PRICES, CATALOG_EFFECTIVE_FROM, OPENAI_PRICES
+from apps.core.catalog import (
+    ANTHROPIC_CACHE_WRITE_PRICES,
+    ANTHROPIC_PRICES,
+    CATALOG,
+    CATALOG_EFFECTIVE_FROM,
+    ModelEntry,
+)
 from apps.core.egress import url_origin
+from apps.core.pricing import TIER_BATCH, TIER_FLEX, TIER_PRIORITY, TIER_STANDARD
 from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
 from apps.tenancy.models import Organization, Project
 from costcontrol.egress import egress_check
@@ -35,32 +42,59 @@ def provider_create(
     provider.full_clean()
     _check_egress(provider.base_url)
     anthropic = kind in {ProviderKind.ANTHROPIC, ProviderKind.SIMULATED_ANTHROPIC}
-    catalogue = ANTHROPIC_PRICES if anthropic else OPENAI_PRICES
+    catalogue_size = len(ANTHROPIC_PRICES if anthropic else CATALOG)
     if seed_catalog is None:
         seed_catalog = anthropic or kind in {ProviderKind.OPENAI, ProviderKind.SIMULATED}
     with transaction.atomic():
         provider.save()
         if seed_catalog:
             Price.objects.bulk_create(
-                Price(
-                    provider=provider,
-                    model=model,
-                    input_per_mtok=values[0],
-                    cached_input_per_mtok=values[1],
-                    output_per_mtok=values[2],
-                    batch_input_per_mtok=values[3],
-                    batch_output_per_mtok=values[4],
-                    cache_write_per_mtok=ANTHROPIC_CACHE_WRITE_PRICES.get(model),
-                    effective_from=CATALOG_EFFECTIVE_FROM,
-                )
-                for model, values in catalogue.items()
+                [
+                    Price(
+                        provider=provider,
+                        model=model,
+                        input_per_mtok=values[0],
+                        cached_input_per_mtok=values[1],
+                        output_per_mtok=values[2],
+                        batch_input_per_mtok=values[3],
+                        batch_output_per_mtok=values[4],
+                        cache_write_per_mtok=ANTHROPIC_CACHE_WRITE_PRICES.get(model),
+                        effective_from=CATALOG_EFFECTIVE_FROM,
+                    )
+                    for model, values in ANTHROPIC_PRICES.items()
+                ]
+                if anthropic
+                else [
+                    Price(provider=provider, model=model, effective_from=CATALOG_EFFECTIVE_FROM, **price_columns(entry))
+                    for model, entry in CATALOG.items()
+                ]
             )
         audit_record(
             action=AuditAction.CREATE,
             obj=provider,
-            after=audit_snapshot(provider, catalogue_prices=len(catalogue) if seed_catalog else 0),
+            after=audit_snapshot(provider, catalogue_prices=catalogue_size if seed_catalog else 0),
         )
     return provider
+
+
+def price_columns(entry: ModelEntry) -> dict[str, Decimal | None]:
+    """A catalogue entry as ``Price``'s columns (a tier it does not offer stays empty; batch defaults to standard)."""
+    standard = entry.tiers[TIER_STANDARD]
+    batch = entry.tiers.get(TIER_BATCH, standard)
+    columns: dict[str, Decimal | None] = {
+        "input_per_mtok": standard.input,
+        "cached_input_per_mtok": standard.cached_input,
+        "output_per_mtok": standard.output,
+        "batch_input_per_mtok": batch.input,
+        "batch_output_per_mtok": batch.output,
+        "reasoning_per_mtok": entry.reasoning,
+    }
+    for tier in (TIER_FLEX, TIER_PRIORITY):
+        rates = entry.tiers.get(tier)
+        columns[f"{tier}_input_per_mtok"] = rates.input if rates else None
+        columns[f"{tier}_cached_input_per_mtok"] = rates.cached_input if rates else None
+        columns[f"{tier}_output_per_mtok"] = rates.output if rates else None
+    return columns
 
 
 def _check_egress(base_url: str) -> None:

@@ -23,6 +23,7 @@ from apps.simulator.replies import (
     error,
     server_error,
 )
+from apps.simulator.responses_api import ResponsesApi
 
 Scope = MutableMapping[str, Any]
 
@@ -116,6 +117,7 @@ def authorized_anthropic(scope: Scope) -> bool:
 def build_app(config: SimConfig) -> ASGIApp:
     """An ASGI app simulating the OpenAI API as ``config`` says (see the module docstring)."""
     simulator = Simulator(config)
+    responses = ResponsesApi(simulator.id_prefix)
     rng = simulator.rng
     base_delay_s = config.latency_ms / 1000
     jitter_s = config.jitter_ms / 1000
@@ -126,6 +128,7 @@ def build_app(config: SimConfig) -> ASGIApp:
         "/v1/completions": simulator.completions,
         "/v1/embeddings": simulator.embeddings,
     }
+    batch_handlers = {**handlers, "/v1/responses": responses.create}
 
     def answer(handler: Callable[[dict[str, Any]], Reply], body: dict[str, Any]) -> Reply:
         try:
@@ -134,7 +137,7 @@ def build_app(config: SimConfig) -> ASGIApp:
             return rejected.reply
 
     batch_api = BatchEmulator(
-        {path: functools.partial(answer, handler) for path, handler in handlers.items()},
+        {path: functools.partial(answer, handler) for path, handler in batch_handlers.items()},
         error,
         lambda status, body, headers=None: Reply(status, body, headers or JSON_HEADERS),
     )
@@ -167,6 +170,20 @@ def build_app(config: SimConfig) -> ASGIApp:
             content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
             reply: Reply = batch_api.handle(method, path, content_type, await read_body(receive))
             return reply
+        if path == "/v1/responses" or path.startswith("/v1/responses/"):
+            if not authorized(scope):
+                return MISSING_KEY
+            if error_rate and rng.random() < error_rate:
+                return server_error()
+            body = None
+            if method == "POST" and path == "/v1/responses":
+                try:
+                    body = orjson.loads(await read_body(receive))
+                except orjson.JSONDecodeError:
+                    return error(400, "We could not parse the JSON body of your request. (simulated)")
+                if not isinstance(body, dict):
+                    return error(400, "The request body must be a JSON object.")
+            return responses.handle(method, path, body)
         handler = handlers.get(path)
         if handler is not None:
             allowed = "POST"

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from apps.batches.models import Batch, BatchBackend, BatchFile, BatchLine, BatchStatus, FilePurpose, LineStatus
 from apps.core.events import ERROR_CODE_MAX, MODEL_MAX, clean_count, clean_text
+from apps.core.pricing import TIER_BATCH
 from apps.core.request import ENDPOINT_PATHS, attribution
 from apps.ledger.models import LedgerEntry
 from apps.providers.models import ModelAlias, Price, Provider
@@ -158,6 +159,7 @@ def commit(batch: Batch, held: Q, results: list[LineResult], backend: str) -> No
                     prompt_tokens=r.prompt_tokens,
                     cached_tokens=r.cached_tokens,
                     completion_tokens=r.completion_tokens,
+                    service_tier=TIER_BATCH,
                     cost=r.cost,
                     counterfactual_cost=r.counterfactual,
                     latency_ms=r.latency_ms,

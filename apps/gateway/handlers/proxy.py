@@ -15,7 +15,7 @@ from apps.core.errors import GatewayError
 from apps.core.request import ENDPOINT_CHAT
 from apps.core.text import answer_text
 from apps.gateway import tracing
-from apps.gateway.asgi import Receive, Scope, Send, send_error
+from apps.gateway.asgi import Receive, Scope, Send
 from apps.gateway.call import Call
 from apps.gateway.runtime import Runtime
 from apps.gateway.stages import cache, cascade, price, record, relay, shadow, upstream
@@ -54,7 +54,6 @@ async def run(
     """The pipeline after authentication: ``read`` gives the checked chat-shaped payload; every outcome is recorded."""
     snapshot = rt.snapshot
     endpoint = call.endpoint
-    request_id = call.request_id
     try:
         payload = await read
         plan = plan_route(snapshot, call, payload, rt.in_flight)
@@ -82,11 +81,9 @@ async def run(
         else:
             await _answer(rt, send, call, plan, payload)
     except GatewayError as exc:
-        call.status_code, call.error_code = exc.status, exc.code or exc.type
-        await record.while_sending(send_error(send, exc, request_id), rt, call)
+        await record.refused(rt, send, call, exc)
     except Exception:
-        call.status_code, call.error_code = 500, "gateway_error"
-        await record.record(rt, call)
+        await record.failed(rt, call)
         raise
 
 
@@ -106,7 +103,7 @@ async def _answer(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
             store = data
         if plan.shadow is not None or plan.cheap is not None:
             text = answer_text(data)
-    headers = _headers(call, answer)
+    headers = upstream.answer_headers(call, answer)
     await record.while_sending(
         relay.send_answer(send, answer.status, answer.body, headers), rt, call, cache_store=store
     )
@@ -125,7 +122,7 @@ async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: P
         call.status_code = answer.status
         call.error_code = upstream.upstream_error_code(answer.body)
         await record.while_sending(
-            relay.send_answer(send, answer.status, answer.body, _headers(call, answer)), rt, call
+            relay.send_answer(send, answer.status, answer.body, upstream.answer_headers(call, answer)), rt, call
         )
         return
     relaying = time.perf_counter()
@@ -145,13 +142,6 @@ async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: P
         send({"type": "http.response.body", "body": sse.flush(), "more_body": False}), rt, call, cache_store=store
     )
     await _after(rt, call, plan, payload, answer_text(completion) if completion else "")
-
-
-def _headers(call: Call, answer: upstream.Answer) -> list[tuple[bytes, bytes]]:
-    headers = [(b"x-request-id", call.request_id.encode())]
-    if answer.retry_after:
-        headers.append((b"retry-after", answer.retry_after.encode()))
-    return [*headers, call.route_header(), *call.extra_headers]
 
 
 async def _after(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], text: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from apps.core.errors import GatewayError
+from apps.core.pricing import reserve_tiers
 from apps.core.request import WorstCase, model_worst_case
 from apps.core.snapshot import Snapshot
 from apps.enforcement.limiter import Admission
@@ -26,12 +27,20 @@ logger = logging.getLogger(__name__)
 
 
 def worst_case(
-    target: Target, endpoint: str, payload: dict[str, Any], unknown_model_max_output: int
+    target: Target, endpoint: str, payload: dict[str, Any], unknown_model_max_output: int, context_tokens: int = 0
 ) -> tuple[Decimal, WorstCase]:
-    """The most a request can cost (USD) and use (tokens) on ``target`` (the shared rule)."""
+    """The most a request can cost (USD) and use (tokens) on ``target`` (the shared rule), with
+    ``context_tokens`` of earlier turns (``previous_response_id``) in its prompt, at the dearest tier
+    it may be billed at."""
     worst = model_worst_case(endpoint, payload, target.model, unknown_model_max_output=unknown_model_max_output)
+    if context_tokens:
+        worst = WorstCase(worst.prompt_tokens + context_tokens, worst.output_tokens)
     usd = (
-        target.price.cost(prompt_tokens=worst.prompt_tokens, cached_tokens=0, completion_tokens=worst.output_tokens)
+        target.price.worst_cost(
+            prompt_tokens=worst.prompt_tokens,
+            output_tokens=worst.output_tokens,
+            tiers=reserve_tiers(payload.get("service_tier")),
+        )
         if target.price is not None
         else ZERO
     )
@@ -48,7 +57,7 @@ async def admit(rt: Runtime, snapshot: Snapshot, call: Call, plan: Plan, payload
     unknown = rt.limits.unknown_model_max_output
     worst_usd, worst_tokens = ZERO, call.prompt_tokens
     for target in plan.targets:
-        usd, worst = worst_case(target, call.endpoint, payload, unknown)
+        usd, worst = worst_case(target, call.endpoint, payload, unknown, call.context_tokens)
         worst_usd, worst_tokens = max(worst_usd, usd), max(worst_tokens, worst.tokens)
     if plan.cheap is not None:
         usd, worst = worst_case(plan.cheap, call.endpoint, payload, unknown)

@@ -45,7 +45,7 @@ def cache_request(
     directives = {d.strip().lower() for d in cache_control.split(",")} if cache_control else set()
     if "no-store" in directives and "no-cache" in directives:
         return None
-    messages = payload["messages"]
+    messages = payload.get("messages")  # None for the Responses API: its input is keyed whole, never embedded
     if policy.denies(last_user_text(payload)):
         return None
     scope = "" if policy.share_across_users else end_user
@@ -55,7 +55,7 @@ def cache_request(
         policy=policy,
         exact_key=exact_key(payload, end_user=scope),
         fingerprint=compatibility_fingerprint(payload, end_user=scope),
-        text=semantic_text(messages),
+        text=semantic_text(messages) if messages is not None else last_user_text(payload),
         read="no-cache" not in directives and "no-store" not in directives,
         write="no-store" not in directives,
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from apps.core.events import clean_count
+from apps.core.pricing import tier_name
+from apps.core.responses import usage_counts
 from apps.core.text import choice_text, completion_estimate
 from apps.gateway.call import Call
 from apps.gateway.stages.plan import Target
@@ -47,13 +49,23 @@ def apply_usage(call: Call, target: Target, usage: Any) -> None:
         # Prompt-cache writes: Anthropic reports them (apps.core.anthropic names them so), OpenAI does not.
         written = clean_count(details.get("cache_write_tokens"))
         call.cache_write_tokens = min(written, call.prompt_tokens - call.cached_tokens)
+        details = usage.get("completion_tokens_details")
+        reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else 0
+        call.reasoning_tokens = min(clean_count(reasoning), call.completion_tokens)
     else:
         call.usage_estimated = True
+    charge(call, target)
+
+
+def charge(call: Call, target: Target) -> None:
+    """Price the call's token counts at the target's rates for the tier it was served at."""
     counts = {
         "prompt_tokens": call.prompt_tokens,
         "cached_tokens": call.cached_tokens,
         "completion_tokens": call.completion_tokens,
         "cache_write_tokens": call.cache_write_tokens,
+        "reasoning_tokens": call.reasoning_tokens,
+        "tier": call.service_tier,
     }
     if target.price is not None:
         call.cost = target.price.cost(**counts)
@@ -63,11 +75,27 @@ def apply_usage(call: Call, target: Target, usage: Any) -> None:
         call.counterfactual_cost = target.counterfactual_price.cost(**counts)
 
 
+def price_response(call: Call, target: Target, response: dict[str, Any] | None, estimate: int) -> None:
+    """Price a Responses API answer (whole, or a stream's terminal event): its usage and the tier it was
+    served at, or ``estimate`` completion tokens when it has no usage we can believe."""
+    counts = usage_counts(response.get("usage")) if response is not None else None
+    if counts is not None:
+        call.prompt_tokens, call.cached_tokens = clean_count(counts.prompt_tokens), counts.cached_tokens
+        call.completion_tokens, call.reasoning_tokens = clean_count(counts.completion_tokens), counts.reasoning_tokens
+    else:
+        call.completion_tokens, call.usage_estimated = estimate, True
+    if response is not None and response.get("service_tier") is not None:
+        call.service_tier = tier_name(response["service_tier"])
+    charge(call, target)
+
+
 def price_answer(call: Call, target: Target, data: dict[str, Any]) -> None:
     """Price a whole (non-streamed) answer: its usage, or its text's estimate when the usage is missing or wrong."""
     usage = data.get("usage")
     if not believable(usage):
         call.completion_tokens = estimate_completion(data)
+    if data.get("service_tier") is not None:
+        call.service_tier = tier_name(data["service_tier"])
     apply_usage(call, target, usage)
 
 

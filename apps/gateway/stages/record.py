@@ -6,7 +6,9 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
+from apps.core.errors import GatewayError
 from apps.gateway import tracing
+from apps.gateway.asgi import Send, send_error
 from apps.gateway.call import Call
 from apps.gateway.response_cache import CacheHit
 from apps.gateway.runtime import Runtime
@@ -71,3 +73,15 @@ async def while_sending(
         await reply
     finally:
         await recording
+
+
+async def refused(rt: Runtime, send: Send, call: Call, exc: GatewayError) -> None:
+    """A stage refused the request: the app gets the error while its ledger row is written."""
+    call.status_code, call.error_code = exc.status, exc.code or exc.type
+    await while_sending(send_error(send, exc, call.request_id), rt, call)
+
+
+async def failed(rt: Runtime, call: Call) -> None:
+    """The gateway itself failed: the row says so (the caller re-raises for the app's 500)."""
+    call.status_code, call.error_code = 500, "gateway_error"
+    await record(rt, call)

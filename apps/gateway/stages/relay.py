@@ -51,7 +51,8 @@ class SseRelay:
         self.overflowed = False
         self._after_cr = False  # a chunk ended in CR: an LF starting the next one belongs to it
 
-    def feed(self, chunk: bytes) -> bytes:
+    def complete_events(self, chunk: bytes) -> bytes:
+        """Add ``chunk``; return the whole events it completes (b"" if none), noting an overflow."""
         if self._after_cr or b"\r" in chunk:  # memchr: LF-framed providers pay one scan
             chunk = self._to_lf(chunk)
         self._buffer += chunk
@@ -65,6 +66,12 @@ class SseRelay:
         if len(self._buffer) > self._max_event:
             self.overflowed = True
             self._buffer = b""
+        return complete
+
+    def feed(self, chunk: bytes) -> bytes:
+        complete = self.complete_events(chunk)
+        if not complete:
+            return b""
         if b'"usage"' not in complete and b"[DONE]" not in complete:
             self._keep(complete)
             return complete
@@ -253,6 +260,7 @@ async def relay_stream(
     strip_usage_chunk: bool,
     max_event_bytes: int,
     translate: MessagesToChat | None = None,
+    relay: SseRelay | None = None,
 ) -> SseRelay:
     """Pass the provider's stream to the app as it arrives; stop when either side goes away.
 
@@ -263,7 +271,8 @@ async def relay_stream(
     """
     disconnected = asyncio.Event()
     watcher = asyncio.create_task(watch_disconnect(receive, disconnected))
-    relay = SseRelay(strip_usage_chunk=strip_usage_chunk, max_event_bytes=max_event_bytes)
+    if relay is None:
+        relay = SseRelay(strip_usage_chunk=strip_usage_chunk, max_event_bytes=max_event_bytes)
     headers = [*SSE_HEADERS, (b"x-request-id", call.request_id.encode()), call.route_header(), *call.extra_headers]
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -175,7 +175,7 @@ async def possibly_billed(
     """Record an attempt we gave up on that the provider may bill: its own ledger row, marked possibly
     billed, at the request's worst case on ``target`` (we cannot know how far the provider got). Its
     cost stays counted against the request's budgets (settled with the request)."""
-    usd, worst = worst_case(target, call.endpoint, payload, rt.limits.unknown_model_max_output)
+    usd, worst = worst_case(target, call.endpoint, payload, rt.limits.unknown_model_max_output, call.context_tokens)
     call.attempts += 1
     row = call.side_row(
         f"t{call.attempts}",
@@ -220,7 +220,7 @@ async def _exchange(
             return Answer(target, 200, b"", None, resp)
         try:
             _refuse_redirect(resp)
-            return Answer(target, resp.status, await _read_bounded(resp, limit), resp.headers.get("retry-after"))
+            return Answer(target, resp.status, await read_bounded(resp, limit), resp.headers.get("retry-after"))
         finally:
             resp.release()
     async with asyncio.timeout(provider.total_timeout):
@@ -228,10 +228,10 @@ async def _exchange(
             url, data=body, headers=headers, timeout=provider.timeout, allow_redirects=False
         ) as resp:
             _refuse_redirect(resp)
-            return Answer(target, resp.status, await _read_bounded(resp, limit), resp.headers.get("retry-after"))
+            return Answer(target, resp.status, await read_bounded(resp, limit), resp.headers.get("retry-after"))
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """The whole body of a non-streamed answer, refusing one past ``limit`` bytes."""
     if resp.content_length is not None and resp.content_length > limit:
         raise UpstreamTooLarge(limit)
@@ -261,6 +261,14 @@ def upstream_body(rt: Runtime, call: Call, target: Target, payload: dict[str, An
     if call.entry == ENDPOINT_MESSAGES:
         payload = without_cache_control(payload)  # Anthropic's cache breakpoints mean nothing to others
     return orjson.dumps({**payload, "model": target.model})
+
+
+def answer_headers(call: Call, answer: Answer) -> list[tuple[bytes, bytes]]:
+    """The headers a relayed answer carries: request id, the provider's Retry-After, route, limits, cache."""
+    headers = [(b"x-request-id", call.request_id.encode())]
+    if answer.retry_after:
+        headers.append((b"retry-after", answer.retry_after.encode()))
+    return [*headers, call.route_header(), *call.extra_headers]
 
 
 def upstream_url(provider: ProviderTarget, endpoint: str) -> str:

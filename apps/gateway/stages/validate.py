@@ -12,6 +12,7 @@ import orjson
 
 from apps.core.anthropic import ENDPOINT_MESSAGES, messages_to_chat
 from apps.core.errors import bad_request
+from apps.core.pricing import tier_name
 from apps.core.request import ENDPOINT_EMBEDDINGS, attribution, prompt_estimate, validate
 from apps.gateway.asgi import Receive, read_body
 from apps.gateway.call import Call
@@ -63,4 +64,5 @@ def accept(call: Call, headers: dict[bytes, bytes], payload: dict[str, Any]) -> 
     call.requested_model = payload["model"]
     call.streamed = bool(payload.get("stream")) and call.endpoint != ENDPOINT_EMBEDDINGS
     call.prompt_tokens = prompt_estimate(call.endpoint, payload)
+    call.service_tier = tier_name(payload.get("service_tier"))
     return payload

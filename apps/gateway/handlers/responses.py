@@ -1,0 +1,271 @@
+"""The Responses API: POST /v1/responses on the chat pipeline's stages, and its stored responses.
+
+Create reads top to bottom like chat: authenticate -> validate -> plan route ->
+(exact cache) -> admit -> call upstream -> relay (JSON, or the typed event
+stream event by event) -> price (usage from the response or ``response.completed``,
+at the tier it was served at) -> record. Upstreams are asked in Responses' own
+shape (OpenAI, vLLM and the simulator speak it). A ``previous_response_id`` must
+be one of this project's responses: it pins the request to the provider that
+holds the conversation, and the conversation's tokens so far count in the worst
+case. Retrieve, delete, cancel and input items go to the provider that holds the
+response, and are a 404 for any other project (``apps.gateway.conversations``).
+
+The exact cache answers only requests that keep no state (``store: false``, no
+``previous_response_id``, not in the background, not streamed): a stored
+response's id must be one its provider knows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from apps.core import route
+from apps.core.errors import GatewayError, method_not_allowed
+from apps.core.request import ENDPOINT_RESPONSES
+from apps.core.responses import is_response_id, output_text, usage_counts
+from apps.core.text import completion_estimate
+from apps.gateway import conversations, tracing
+from apps.gateway.asgi import JSON_HEADERS, Receive, Scope, Send
+from apps.gateway.call import ZERO, Call
+from apps.gateway.conversations import Owner, not_found
+from apps.gateway.runtime import Runtime
+from apps.gateway.stages import cache, price, record, relay, upstream
+from apps.gateway.stages.admit import admit, worst_case
+from apps.gateway.stages.auth import authenticate
+from apps.gateway.stages.plan import Plan, plan_route
+from apps.gateway.stages.responses_stream import ResponsesSse
+from apps.gateway.stages.validate import attribute, read_request
+
+# What each stored-response path may be asked with (the part after /v1/responses/{id}).
+_RESOURCE_METHODS = {"": ("GET", "DELETE"), "cancel": ("POST",), "input_items": ("GET",)}
+
+
+async def handle(rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    path: str = scope["path"]
+    method: str = scope["method"]
+    if path == "/v1/responses":
+        if method != "POST":
+            raise method_not_allowed(method, f"on {path}")
+        await create(rt, scope, receive, send, request_id)
+        return
+    response_id, _, action = path[len("/v1/responses/") :].partition("/")
+    allowed = _RESOURCE_METHODS.get(action)
+    if allowed is None:
+        raise GatewayError(404, f"Unknown request URL: {method} {path}.", code="unknown_url")
+    if method not in allowed:
+        raise method_not_allowed(method, f"on {path}")
+    await stored(rt, scope, send, request_id, response_id, action)
+
+
+async def create(rt: Runtime, scope: Scope, receive: Receive, send: Send, request_id: str) -> None:
+    snapshot = rt.snapshot
+    headers = dict(scope["headers"])
+    key = authenticate(snapshot, headers.get(b"authorization"))
+    call = Call(request_id, ENDPOINT_RESPONSES, started=time.perf_counter(), created_at=time.time(), key=key)
+    attribute(call, headers)
+    call.traceparent = tracing.app_traceparent(headers.get(b"traceparent"))
+    tracing.start_request(call)
+    try:
+        payload = await read_request(call, receive, headers, rt.limits.max_body_bytes)
+        previous = await _previous(rt, call, payload)
+        plan = plan_route(snapshot, call, payload, rt.in_flight)
+        plan.cheap, plan.shadow = None, None  # cascades need chat logprobs; shadows compare chat answers
+        if previous is not None:
+            _pin(plan, previous)
+        target = plan.targets[0]
+        payload["model"] = target.model
+        call.served_model, call.provider_id = target.model, target.provider.id
+        if _stateless(payload):
+            call.extra_headers = cache.plan_cache(snapshot, call, payload, headers)
+            if call.cache is not None:
+                # Exact only: a response's input is compared whole, never by meaning.
+                exact_only = dataclasses.replace(call.cache.policy, semantic=False)
+                call.cache = dataclasses.replace(call.cache, policy=exact_only)
+                hit = await cache.look_up(rt.cache, call.cache)
+                if hit is not None:
+                    await _answer_hit(rt, send, call, hit, target)
+                    return
+        call.admission = await admit(rt, snapshot, call, plan, payload)
+        call.extra_headers = [*call.admission.headers, *call.extra_headers]
+        if call.streamed:
+            await _stream(rt, send, receive, call, plan, payload)
+        else:
+            await _answer(rt, send, call, plan, payload)
+    except GatewayError as exc:
+        await record.refused(rt, send, call, exc)
+    except Exception:
+        await record.failed(rt, call)
+        raise
+
+
+async def _previous(rt: Runtime, call: Call, payload: dict[str, Any]) -> Owner | None:
+    """The owner of ``previous_response_id`` (a 404 unless it is this project's); its tokens join the prompt."""
+    previous = payload.get("previous_response_id")
+    if previous is None:
+        return None
+    owner = await conversations.owner_of(rt.fast_redis, rt.limits.prefix, previous, call.key.project_id)
+    if owner is None:
+        raise not_found(previous, "previous_response_id")
+    call.context_tokens = owner.tokens
+    return owner
+
+
+def _pin(plan: Plan, owner: Owner) -> None:
+    """Only the provider holding the conversation can continue it: drop the plan's other targets."""
+    plan.targets = [t for t in plan.targets if t.provider.id == owner.provider_id]
+    if not plan.targets:
+        raise GatewayError(
+            400,
+            "previous_response_id names a conversation held by a provider this request's route does not use.",
+            param="previous_response_id",
+            code="previous_response_elsewhere",
+        )
+
+
+def _stateless(payload: dict[str, Any]) -> bool:
+    return (
+        payload.get("store") is False
+        and payload.get("previous_response_id") is None
+        and payload.get("background") is not True
+        and payload.get("stream") is not True
+    )
+
+
+async def _answer_hit(rt: Runtime, send: Send, call: Call, hit: cache.CacheHit, target: Any) -> None:
+    """A stored response as this request's (its own id and time), billed $0."""
+    body = {**hit.body, "id": "resp_" + call.request_id[4:], "created_at": int(time.time())}
+    counts = usage_counts(body.get("usage"))
+    if counts is not None:
+        call.prompt_tokens, call.completion_tokens = counts.prompt_tokens, counts.completion_tokens
+        call.reasoning_tokens = counts.reasoning_tokens
+    call.cost = ZERO
+    if target.counterfactual_price is not None:
+        call.counterfactual_cost = target.counterfactual_price.cost(
+            prompt_tokens=call.prompt_tokens, cached_tokens=0, completion_tokens=call.completion_tokens,
+            reasoning_tokens=call.reasoning_tokens, tier=call.service_tier,
+        )  # fmt: skip
+    call.decision = route.RouteDecision(kind=route.CACHE, cache_hit=hit.kind)
+    call.provider_id, call.ttft_ms = None, call.elapsed_ms()
+    await relay.send_answer(send, 200, orjson.dumps(body), cache.hit_headers(call, hit))
+    await record.record(rt, call, cache_hit=hit)
+
+
+async def _answer(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict[str, Any]) -> None:
+    answer = await upstream.call_upstream(rt, call, plan.targets, payload, stream=False)
+    call.served_model, call.provider_id = answer.target.model, answer.target.provider.id
+    call.ttft_ms = call.elapsed_ms()
+    call.status_code = answer.status
+    store = None
+    if answer.status >= 400:
+        call.error_code = upstream.upstream_error_code(answer.body)
+    else:
+        data = relay.answer_object(answer.body)
+        if data.get("background") is True and data.get("status") in ("queued", "in_progress"):
+            _bill_worst_case(rt, call, answer.target, payload)
+        else:
+            price.price_response(call, answer.target, data, completion_estimate(output_text(data)))
+        await _remember(rt, call, data)
+        if call.cache is not None and call.cache.write and data.get("status") == "completed":
+            store = data
+    await record.while_sending(
+        relay.send_answer(send, answer.status, answer.body, upstream.answer_headers(call, answer)),
+        rt,
+        call,
+        cache_store=store,
+    )
+
+
+def _bill_worst_case(rt: Runtime, call: Call, target: Any, payload: dict[str, Any]) -> None:
+    """A background response is answered before it is generated; its usage never reaches the gateway.
+    It is billed at its worst case, marked estimated, so a budget never counts less than it may cost."""
+    usd, worst = worst_case(target, call.endpoint, payload, rt.limits.unknown_model_max_output, call.context_tokens)
+    call.prompt_tokens, call.completion_tokens = worst.prompt_tokens, worst.output_tokens
+    call.cost, call.usage_estimated = usd, True
+    if target.counterfactual_price is not None:
+        call.counterfactual_cost = usd
+
+
+async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: Plan, payload: dict[str, Any]) -> None:
+    answer = await upstream.call_upstream(rt, call, plan.targets, payload, stream=True)
+    call.served_model, call.provider_id = answer.target.model, answer.target.provider.id
+    if answer.response is None:  # the provider's error, passed through
+        call.status_code = answer.status
+        call.error_code = upstream.upstream_error_code(answer.body)
+        await record.while_sending(
+            relay.send_answer(send, answer.status, answer.body, upstream.answer_headers(call, answer)), rt, call
+        )
+        return
+    sse = ResponsesSse(max_event_bytes=rt.limits.max_sse_event_bytes)
+    relaying = time.perf_counter()
+    await relay.relay_stream(
+        send, receive, call, answer.response, strip_usage_chunk=False,
+        max_event_bytes=rt.limits.max_sse_event_bytes, relay=sse,
+    )  # fmt: skip
+    call.upstream_s += time.perf_counter() - relaying  # the stream's time is the provider's
+    price.price_response(call, answer.target, sse.response, sse.estimate_completion_tokens())
+    if sse.response is not None:
+        await _remember(rt, call, sse.response)
+    await record.while_sending(send({"type": "http.response.body", "body": sse.flush(), "more_body": False}), rt, call)
+
+
+async def _remember(rt: Runtime, call: Call, response: dict[str, Any]) -> None:
+    """Note a stored response's owner before the app can learn its id."""
+    response_id = response.get("id")
+    if response.get("store") is False or not is_response_id(response_id) or call.provider_id is None:
+        return
+    owner = Owner(
+        project_id=call.key.project_id,
+        provider_id=call.provider_id,
+        model=call.served_model,
+        # A provider's input count already holds the earlier turns; our estimate does not.
+        tokens=call.prompt_tokens + call.completion_tokens + (call.context_tokens if call.usage_estimated else 0),
+    )
+    try:
+        await conversations.remember(rt.fast_redis, rt.limits.prefix, response_id, owner)
+    except OSError:
+        # Without its owner the response cannot be retrieved or continued through us; the answer still stands.
+        call.decision.reason = "response-not-remembered"
+
+
+async def stored(rt: Runtime, scope: Scope, send: Send, request_id: str, response_id: str, action: str) -> None:
+    """Retrieve, delete, cancel or list the input items of one of this project's stored responses."""
+    key = authenticate(rt.snapshot, dict(scope["headers"]).get(b"authorization"))
+    if not is_response_id(response_id):
+        raise not_found(response_id[:64])
+    owner = await conversations.owner_of(rt.fast_redis, rt.limits.prefix, response_id, key.project_id)
+    provider = rt.snapshot.providers.get(owner.provider_id) if owner is not None else None
+    if owner is None or provider is None:
+        raise not_found(response_id)
+    url = f"{provider.base_url}/responses/{response_id}" + (f"/{action}" if action else "")
+    query = scope.get("query_string") or b""
+    if query:
+        url += "?" + query.decode("latin-1")
+    try:
+        async with asyncio.timeout(provider.total_timeout):
+            async with rt.http.request(
+                scope["method"], url, headers=upstream.upstream_headers(provider), timeout=provider.timeout,
+                allow_redirects=False,
+            ) as resp:  # fmt: skip
+                if 300 <= resp.status < 400:
+                    raise upstream.UpstreamRedirect(f"it answered {resp.status} (a redirect)")
+                body = await upstream.read_bounded(resp, rt.limits.max_upstream_body_bytes)
+                status = resp.status
+    except upstream.UpstreamTooLarge as exc:
+        raise exc.error from None
+    except TimeoutError:
+        raise GatewayError(504, f"The provider {provider.name} did not answer in time.", type="api_error",
+                           code="upstream_timeout") from None  # fmt: skip
+    except aiohttp.ClientError as exc:
+        raise GatewayError(502, f"Could not reach the provider {provider.name}: {exc}.", type="api_error",
+                           code="upstream_unavailable") from None  # fmt: skip
+    if scope["method"] == "DELETE" and status == 200:
+        await conversations.forget(rt.fast_redis, rt.limits.prefix, response_id)
+    headers = [*JSON_HEADERS, (b"x-request-id", request_id.encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
