@@ -187,3 +187,52 @@ def alias_set(*, project: Project, alias: str, provider: Provider, model: str) -
 def alias_delete(*, alias: ModelAlias) -> None:
     audit_record(action=AuditAction.DELETE, obj=alias, before=audit_snapshot(alias))
     alias.delete()
+
+
+PRICE_COLUMNS = (
+    "input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "batch_input_per_mtok", "batch_output_per_mtok",
+    "flex_input_per_mtok", "flex_cached_input_per_mtok", "flex_output_per_mtok", "priority_input_per_mtok",
+    "priority_cached_input_per_mtok", "priority_output_per_mtok", "reasoning_per_mtok",
+)  # fmt: skip
+
+
+def prices_diff(
+    *, provider: Provider, catalog: dict[str, ModelEntry], on: dt.date
+) -> list[tuple[str, str, dict[str, tuple[Decimal | None, Decimal | None]]]]:
+    """What applying ``catalog`` would change for ``provider``: (model, "new" | "changed", {column: (now, then)})
+    for each model whose prices differ from the row in effect on ``on``; unchanged models are left out."""
+    current: dict[str, Price] = {}
+    for price in Price.objects.filter(provider=provider, effective_from__lte=on).order_by("model", "-effective_from"):
+        current.setdefault(price.model, price)
+    changes = []
+    for model, entry in sorted(catalog.items()):
+        wanted = price_columns(entry)
+        row = current.get(model)
+        if row is None:
+            changes.append((model, "new", {c: (None, wanted[c]) for c in PRICE_COLUMNS if wanted[c] is not None}))
+            continue
+        differ = {c: (getattr(row, c), wanted[c]) for c in PRICE_COLUMNS if getattr(row, c) != wanted[c]}
+        if differ:
+            changes.append((model, "changed", differ))
+    return changes
+
+
+def prices_sync(*, provider: Provider, catalog: dict[str, ModelEntry], effective_from: dt.date) -> int:
+    """Write ``catalog``'s prices for the models whose prices differ, as rows effective from ``effective_from``
+    (earlier ledger rows keep their prices); each row audited. Returns how many rows were written."""
+    changed = {model for model, _, _ in prices_diff(provider=provider, catalog=catalog, on=effective_from)}
+    with transaction.atomic():
+        for model in sorted(changed):
+            price = (
+                Price.objects.select_for_update()
+                .filter(provider=provider, model=model, effective_from=effective_from)
+                .first()
+            )
+            before = audit_stored(price)
+            price = price or Price(provider=provider, model=model, effective_from=effective_from)
+            for column, value in price_columns(catalog[model]).items():
+                setattr(price, column, value)
+            price.full_clean()
+            price.save()
+            audit_saved(obj=price, before=before)
+    return len(changed)

@@ -1,0 +1,96 @@
+"""sync_prices: a prices file (JSON catalogue or CSV) is diffed against the providers' prices, then applied."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from decimal import Decimal
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from apps.audit.models import AuditEvent
+from apps.core.catalog import CATALOG, CATALOG_PATH, CONTEXT_WINDOW, MAX_OUTPUT_TOKENS
+from apps.providers.models import Price
+from tests.factories import tenant_make
+
+pytestmark = pytest.mark.django_db
+
+
+def _run(*args: str) -> str:
+    out = StringIO()
+    call_command("sync_prices", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_every_catalogue_model_has_a_context_window_and_a_max_output() -> None:
+    for model, entry in CATALOG.items():
+        assert CONTEXT_WINDOW[model] > 0, model
+        assert entry.max_output == 0 or MAX_OUTPUT_TOKENS[model] == entry.max_output <= entry.context_window
+
+
+def test_the_shipped_catalogue_changes_nothing_for_a_seeded_provider() -> None:
+    tenant = tenant_make()
+    out = _run(str(CATALOG_PATH), "--provider", str(tenant.provider.id))
+    assert "0 model(s) to change" in out and "Nothing written" in out
+
+
+def test_json_diff_then_apply_writes_new_rows_and_audits_them(tmp_path: Path) -> None:
+    tenant = tenant_make()
+    doc = json.loads(CATALOG_PATH.read_text())
+    doc["effective_from"] = "2030-01-01"
+    doc["models"]["gpt-4o"]["standard"]["output"] = "9.00"
+    doc["models"]["gpt-9"] = {"context_window": 1000, "max_output": 100, "standard": {"input": "1", "output": "2"}}
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps(doc))
+    before = Price.objects.count()
+
+    out = _run(str(path), "--provider", str(tenant.provider.id))
+    assert "2 model(s) to change" in out and "output_per_mtok: 10.000000 -> 9.00" in out and "new      gpt-9" in out
+    assert Price.objects.count() == before  # a diff writes nothing
+
+    out = _run(str(path), "--provider", str(tenant.provider.id), "--apply")
+    assert "applied: 2 price row(s) from 2030-01-01" in out
+    new = Price.objects.get(provider=tenant.provider, model="gpt-4o", effective_from=dt.date(2030, 1, 1))
+    assert new.output_per_mtok == Decimal("9.00") and new.priority_output_per_mtok == Decimal("17.00")
+    assert Price.objects.filter(provider=tenant.provider, model="gpt-4o").count() == 2  # the old price stays
+    assert AuditEvent.objects.filter(object_type="price").count() >= 2
+    assert "0 model(s) to change" in _run(str(path), "--provider", str(tenant.provider.id))
+
+
+def test_csv_prices_with_tiers(tmp_path: Path) -> None:
+    tenant = tenant_make()
+    path = tmp_path / "prices.csv"
+    path.write_text(
+        "model,tier,input,cached_input,output,context_window,max_output\n"
+        "gpt-new,standard,1.00,0.10,4.00,200000,50000\n"
+        "gpt-new,flex,0.50,0.05,2.00,,\n"
+    )
+    _run(str(path), "--provider", str(tenant.provider.id), "--apply", "--effective-from", "2030-02-01")
+    price = Price.objects.get(provider=tenant.provider, model="gpt-new")
+    assert (price.flex_input_per_mtok, price.flex_output_per_mtok) == (Decimal("0.50"), Decimal("2.00"))
+    assert price.priority_input_per_mtok is None  # not offered: billed at standard
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("p.json", "{not json"),
+        ("p.json", '{"effective_from": "2030-01-01", "models": {"m": {"standard": {"input": "-1"}}}}'),
+        ("p.json", '{"effective_from": "soon", "models": {}}'),
+        ("p.json", '{"effective_from": "2030-01-01", "models": {"m": {"context_window": 1, "max_output": 1}}}'),
+        ("p.csv", "model,tier,input,output\nm,standard,NaN,1\n"),
+        ("p.csv", "model,tier,input,output\n,standard,1,1\n"),
+    ],
+)
+def test_garbage_files_are_refused_with_a_reason_and_nothing_written(tmp_path: Path, name: str, content: str) -> None:
+    tenant_make()
+    path = tmp_path / name
+    path.write_text(content)
+    before = Price.objects.count()
+    with pytest.raises(CommandError):
+        _run(str(path), "--apply")
+    assert Price.objects.count() == before
