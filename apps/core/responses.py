@@ -177,7 +177,7 @@ def usage_counts(usage: Any) -> UsageCounts | None:
 
 def output_text(response: dict[str, Any]) -> str:
     """The text of a response's output messages (what ``response.output_text`` is in the SDK)."""
-    parts = []
+    parts: list[str] = []
     output = response.get("output")
     for item in output if isinstance(output, list) else ():
         if isinstance(item, dict) and item.get("type") == "message" and isinstance(item.get("content"), list):

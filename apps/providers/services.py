@@ -204,7 +204,7 @@ def prices_diff(
     current: dict[str, Price] = {}
     for price in Price.objects.filter(provider=provider, effective_from__lte=on).order_by("model", "-effective_from"):
         current.setdefault(price.model, price)
-    changes = []
+    changes: list[tuple[str, str, dict[str, tuple[Decimal | None, Decimal | None]]]] = []
     for model, entry in sorted(catalog.items()):
         wanted = price_columns(entry)
         row = current.get(model)

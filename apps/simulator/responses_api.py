@@ -115,8 +115,9 @@ class ResponsesApi:
         }
         background = body.get("background") is True
         store = body.get("store") is not False
-        response = {
-            "id": self._id("resp"),
+        response_id = self._id("resp")
+        response: dict[str, Any] = {
+            "id": response_id,
             "object": "response",
             "created_at": int(time.time()),
             "status": "incomplete" if incomplete else "completed",
@@ -144,7 +145,7 @@ class ResponsesApi:
         }
         delay_s = directives.delay_s if directives is not None else 0.0
         if store or background:
-            self._stored[response["id"]] = {
+            self._stored[response_id] = {
                 "response": response,
                 "items": [{**item, "id": item.get("id") or self._id("msg")} for item in items],
                 "history": conversation,
@@ -152,7 +153,7 @@ class ResponsesApi:
                 "cancelled": False,
             }
         if background:
-            return Reply(200, orjson.dumps(self._view(response["id"])))
+            return Reply(200, orjson.dumps(self._view(response_id)))
         if body.get("stream") is True:
             return Reply(200, headers=STREAM_HEADERS, chunks=_events(response), delay_s=delay_s)
         return Reply(200, orjson.dumps(response), delay_s=delay_s)

@@ -219,6 +219,7 @@ async def _remember(rt: Runtime, call: Call, response: dict[str, Any]) -> None:
     response_id = response.get("id")
     if response.get("store") is False or not is_response_id(response_id) or call.provider_id is None:
         return
+    assert isinstance(response_id, str)
     owner = Owner(
         project_id=call.key.project_id,
         provider_id=call.provider_id,

@@ -59,20 +59,15 @@ def apply_usage(call: Call, target: Target, usage: Any) -> None:
 
 def charge(call: Call, target: Target) -> None:
     """Price the call's token counts at the target's rates for the tier it was served at."""
-    counts = {
-        "prompt_tokens": call.prompt_tokens,
-        "cached_tokens": call.cached_tokens,
-        "completion_tokens": call.completion_tokens,
-        "cache_write_tokens": call.cache_write_tokens,
-        "reasoning_tokens": call.reasoning_tokens,
-        "tier": call.service_tier,
-    }
-    if target.price is not None:
-        call.cost = target.price.cost(**counts)
-    else:
+    for row, name in ((target.price, "cost"), (target.counterfactual_price, "counterfactual_cost")):
+        if row is not None:
+            setattr(call, name, row.cost(
+                prompt_tokens=call.prompt_tokens, cached_tokens=call.cached_tokens,
+                completion_tokens=call.completion_tokens, cache_write_tokens=call.cache_write_tokens,
+                reasoning_tokens=call.reasoning_tokens, tier=call.service_tier,
+            ))  # fmt: skip
+    if target.price is None:
         call.decision.unpriced = True
-    if target.counterfactual_price is not None:
-        call.counterfactual_cost = target.counterfactual_price.cost(**counts)
 
 
 def price_response(call: Call, target: Target, response: dict[str, Any] | None, estimate: int) -> None:
