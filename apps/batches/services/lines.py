@@ -21,8 +21,9 @@ from django.utils import timezone
 
 from apps.batches.models import Batch, BatchBackend, BatchFile, BatchLine, BatchStatus, FilePurpose, LineStatus
 from apps.core.events import ERROR_CODE_MAX, MODEL_MAX, clean_count, clean_text
-from apps.core.pricing import TIER_BATCH
+from apps.core.pricing import TIER_BATCH, TIER_STANDARD
 from apps.core.request import ENDPOINT_PATHS, attribution
+from apps.core.responses import usage_counts
 from apps.ledger.models import LedgerEntry
 from apps.providers.models import ModelAlias, Price, Provider
 from apps.tenancy.models import Project
@@ -89,16 +90,28 @@ class LineResult:
     cached_tokens: int = 0
     completion_tokens: int = 0
 
+    reasoning_tokens: int = 0
+
     def price(self, *, batch_prices: bool) -> None:
-        """Take the tokens from the answer's usage and price them (batch or sync prices)."""
+        """Take the tokens from the answer's usage (Chat's or the Responses API's) and price them (batch or
+        sync prices)."""
         usage = self.body.get("usage") if self.status == 200 else None
         price = self.target.price
         if not isinstance(usage, dict) or price is None:
             return
-        details = usage.get("prompt_tokens_details")
-        self.prompt_tokens = clean_count(usage.get("prompt_tokens"))
-        self.cached_tokens = clean_count(details.get("cached_tokens") if isinstance(details, dict) else 0)
-        self.completion_tokens = clean_count(usage.get("completion_tokens"))
+        counts = usage_counts(usage) if "input_tokens" in usage else None
+        if counts is not None:
+            self.prompt_tokens, self.cached_tokens = clean_count(counts.prompt_tokens), counts.cached_tokens
+            self.completion_tokens = clean_count(counts.completion_tokens)
+            self.reasoning_tokens = min(counts.reasoning_tokens, self.completion_tokens)
+        else:
+            details = usage.get("prompt_tokens_details")
+            self.prompt_tokens = clean_count(usage.get("prompt_tokens"))
+            self.cached_tokens = clean_count(details.get("cached_tokens") if isinstance(details, dict) else 0)
+            self.completion_tokens = clean_count(usage.get("completion_tokens"))
+            details = usage.get("completion_tokens_details")
+            reasoning = clean_count(details.get("reasoning_tokens") if isinstance(details, dict) else 0)
+            self.reasoning_tokens = min(reasoning, self.completion_tokens)
         self.counterfactual = price.cost(
             prompt_tokens=self.prompt_tokens, cached_tokens=self.cached_tokens, completion_tokens=self.completion_tokens
         )
@@ -159,7 +172,8 @@ def commit(batch: Batch, held: Q, results: list[LineResult], backend: str) -> No
                     prompt_tokens=r.prompt_tokens,
                     cached_tokens=r.cached_tokens,
                     completion_tokens=r.completion_tokens,
-                    service_tier=TIER_BATCH,
+                    reasoning_tokens=r.reasoning_tokens,
+                    service_tier=TIER_BATCH if backend == BatchBackend.PROVIDER else TIER_STANDARD,
                     cost=r.cost,
                     counterfactual_cost=r.counterfactual,
                     latency_ms=r.latency_ms,
