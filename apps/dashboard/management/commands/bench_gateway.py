@@ -9,7 +9,10 @@ concurrency, and prints requests/s and p50/p99 latency, with the latency each
 proxy adds and the gateway's share of the bare proxy's throughput. With
 ``--cache`` it also turns the exact cache on for the bench project and runs the
 same request through the gateway once more, so that every request is an exact
-hit answered from Redis without calling the upstream.
+hit answered from Redis without calling the upstream. A Responses row follows the
+chat rows at each concurrency: the same question as ``POST /v1/responses``
+(``store: false``, so neither side keeps state), direct and through the gateway
+(key auth and ledger on, no limits), for the latency the gateway adds there.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ from apps.tenancy.services import organization_create, project_create, project_s
 BODY = (
     '{"model":"gpt-4o-mini","max_tokens":16,'
     '"messages":[{"role":"user","content":"Summarise our refund policy in one sentence."}]}'
+)
+RESPONSES_BODY = (
+    '{"model":"gpt-4o-mini","max_output_tokens":16,"store":false,'
+    '"input":"Summarise our refund policy in one sentence."}'
 )
 LUA = """wrk.method = "POST"
 wrk.body = [[%s]]
@@ -224,6 +231,10 @@ class Command(BaseCommand):
                 direct_lua, gateway_lua = Path(tmp, "direct.lua"), Path(tmp, "gateway.lua")
                 direct_lua.write_text(LUA % (BODY, "sim"))
                 gateway_lua.write_text(LUA % (BODY, key))
+                responses_direct_lua, responses_gateway_lua = Path(tmp, "rdirect.lua"), Path(tmp, "rgateway.lua")
+                responses_direct_lua.write_text(LUA % (RESPONSES_BODY, "sim"))
+                responses_gateway_lua.write_text(LUA % (RESPONSES_BODY, key))
+                responses: list[tuple[int, dict[str, float], dict[str, float]]] = []
                 gateway_url = f"{gateway_v1}/chat/completions"
                 # Warm both paths (connection pools, snapshot) before measuring.
                 sent = int(_wrk(gateway_url, gateway_lua, 4, 2)["requests"])
@@ -249,6 +260,15 @@ class Command(BaseCommand):
                             sent += int(result["requests"])
                     gateway, budgeted, limited = (_median(runs[name]) for name in ("gateway", "budget", "limits"))
                     rows.append((connections, direct, bare, gateway, budgeted, limited))
+                    self._limits(issued, on=False, gateway=gateway_v1)
+                    responses_direct = _wrk(
+                        f"{upstream_url}/responses", responses_direct_lua, connections, options["seconds"]
+                    )
+                    responses_gateway = _wrk(
+                        f"{gateway_v1}/responses", responses_gateway_lua, connections, options["seconds"]
+                    )
+                    sent += int(responses_gateway["requests"])
+                    responses.append((connections, responses_direct, responses_gateway))
                     if options["cache"]:
                         self._limits(issued, on=False, gateway=gateway_v1)
                         self._exact_cache(issued, on=True, gateway=gateway_v1)
@@ -258,6 +278,7 @@ class Command(BaseCommand):
                         cached.append((connections, direct, gateway, hits))
                 self._limits(issued, on=False, gateway=gateway_v1)
             self._report(rows, options["seconds"], options["rounds"], leases=not options["no_leases"])
+            self._report_responses(responses, rows)
             self._check_ledger(issued.api_key.id, sent)
             if cached:
                 self._report_cache(cached, issued.api_key.id)
@@ -382,6 +403,23 @@ class Command(BaseCommand):
                     f"({1 - gateway['gateway_cpu_us'] / run['gateway_cpu_us']:.1%} of what one gateway core "
                     f"carries), {run['redis_cpu_us'] - gateway['redis_cpu_us']:+.1f} µs Redis CPU"
                 )
+
+    def _report_responses(
+        self, responses: list[tuple[int, dict[str, float], dict[str, float]]], rows: list[Any]
+    ) -> None:
+        """POST /v1/responses beside chat: the latency each path adds over its own direct call."""
+        w = self.stdout.write
+        w("\nresponses (POST /v1/responses, store: false; key auth + ledger on, no budgets or limits)")
+        w(f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        chat_added = {row[0]: row[3]["p50"] - row[1]["p50"] for row in rows}
+        for connections, direct, gateway in responses:
+            for name, r in (("direct", direct), ("gateway", gateway)):
+                w(f"{connections:>4}  {name:<15} {_cells(r)}")
+            w(
+                f"      added p50: responses {gateway['p50'] - direct['p50']:+.2f} ms, "
+                f"chat {chat_added[connections]:+.2f} ms; gateway at {gateway['rps'] / direct['rps']:.0%} "
+                "of direct throughput"
+            )
 
     def _report_cache(
         self, rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]], api_key_id: int
