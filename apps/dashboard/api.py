@@ -55,7 +55,8 @@ class LedgerEntrySerializer(serializers.ModelSerializer):
         fields = [
             "request_id", "created_at", "project", "key", "endpoint", "feature", "end_user",
             "requested_model", "served_model", "prompt_tokens", "cached_tokens", "completion_tokens",
-            "usage_estimated", "possibly_billed", "cost", "counterfactual_cost", "savings", "latency_ms", "ttft_ms",
+            "reasoning_tokens", "service_tier", "usage_estimated", "possibly_billed", "cost", "counterfactual_cost",
+            "savings", "latency_ms", "ttft_ms",
             "status_code", "error_code", "streamed", "cache_hit", "route",
         ]  # fmt: skip
 
@@ -66,6 +67,7 @@ class LedgerEntrySerializer(serializers.ModelSerializer):
         OpenApiParameter("model", str),
         OpenApiParameter("feature", str),
         OpenApiParameter("user", str, description="End user"),
+        OpenApiParameter("endpoint", str, description="chat.completions, responses, embeddings, batch.…"),
         _SINCE,
         _UNTIL,
     ]
@@ -80,6 +82,7 @@ class LedgerList(generics.ListAPIView):
             model=params.get("model", ""),
             feature=params.get("feature", ""),
             end_user=params.get("user", ""),
+            endpoint=params.get("endpoint", ""),
             since=query_moment(params.get("since"), name="since"),
             until=query_moment(params.get("until"), name="until", end_of_day=True),
         )

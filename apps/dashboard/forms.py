@@ -171,6 +171,7 @@ class LedgerFilterForm(forms.Form):
     model = forms.CharField(required=False)
     feature = forms.CharField(required=False)
     end_user = forms.CharField(required=False, label="End user")
+    endpoint = forms.CharField(required=False)
     status = forms.ChoiceField(choices=STATUS_CHOICES, required=False)
     date_from = forms.DateField(required=False, widget=DateInput(), label="From")
     date_to = forms.DateField(required=False, widget=DateInput(), label="To")
@@ -192,6 +193,7 @@ class LedgerFilterForm(forms.Form):
             model=(data.get("model") or "").strip(),
             feature=(data.get("feature") or "").strip(),
             end_user=(data.get("end_user") or "").strip(),
+            endpoint=(data.get("endpoint") or "").strip(),
             status=data.get("status") or "",
             since=_start_of(date_from),
             # "To" is inclusive for people: everything before the next midnight.

@@ -229,7 +229,7 @@ class LatencyMeasures(models.Model):
 
 
 class HourlyRollup(RollupMeasures, LatencyMeasures):
-    """Ledger totals per hour and full slice (key, model, feature, end user, lever).
+    """Ledger totals per hour and full slice (key, model, feature, end user, lever, endpoint).
 
     The finest roll-up: reports and exports group it any way they like. It is
     nearly as many rows as the ledger has distinct end users per hour, so the
@@ -251,11 +251,22 @@ class HourlyRollup(RollupMeasures, LatencyMeasures):
     # Who publishes the served model (OpenAI, Anthropic; an OpenAI-compatible provider's own name): one feature's
     # spend adds up across vendors, and the overview splits it by them.
     vendor = models.CharField(max_length=200, blank=True, default="")
+    endpoint = models.CharField(max_length=ENDPOINT_MAX, blank=True, default="")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["hour", "project", "api_key", "served_model", "feature", "end_user", "lever", "vendor"],
+                fields=[
+                    "hour",
+                    "project",
+                    "api_key",
+                    "served_model",
+                    "feature",
+                    "end_user",
+                    "lever",
+                    "vendor",
+                    "endpoint",
+                ],
                 name="rollup_slice_unique",
                 nulls_distinct=False,
             )
@@ -294,6 +305,7 @@ class Dimension(models.TextChoices):
     END_USER = "end_user", "End user"
     LEVER = "lever", "Lever"
     VENDOR = "vendor", "Vendor"
+    ENDPOINT = "endpoint", "Endpoint"
 
 
 class SliceHourlyRollup(RollupMeasures):

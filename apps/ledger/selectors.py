@@ -61,6 +61,7 @@ class LedgerFilters:
     model: str = ""  # matches the requested or the served model
     feature: str = ""
     end_user: str = ""
+    endpoint: str = ""  # chat.completions, responses, embeddings, completions, batch.<endpoint>
     status: str = ""  # "ok" or "error"
     since: dt.datetime | None = None
     until: dt.datetime | None = None  # exclusive
@@ -82,6 +83,8 @@ def ledger_entries(*, user: User | AnonymousUser, filters: LedgerFilters | None 
         rows = rows.filter(feature=filters.feature)
     if filters.end_user:
         rows = rows.filter(end_user=filters.end_user)
+    if filters.endpoint:
+        rows = rows.filter(endpoint=filters.endpoint)
     if filters.status == "ok":
         rows = rows.filter(status_code__lt=400)
     elif filters.status == "error":
@@ -183,9 +186,11 @@ GROUP_BY_FIELDS: dict[str, str] = {
     "key": "api_key__lookup_id",
     "end_user": "end_user",
     "vendor": "vendor",
+    "endpoint": "endpoint",
 }
 GROUP_BY_LABELS: dict[str, str] = {
     "model": "Model", "feature": "Feature", "key": "Key", "end_user": "End user", "vendor": "Vendor",
+    "endpoint": "Endpoint",
 }  # fmt: skip
 BUCKETS = ("hour", "day")
 

@@ -327,6 +327,7 @@ def _slice_values(row: HourlyRollup) -> tuple[tuple[str, str, int | None], ...]:
         (Dimension.END_USER, row.end_user, None),
         (Dimension.LEVER, row.lever, None),
         (Dimension.VENDOR, row.vendor, None),
+        (Dimension.ENDPOINT, row.endpoint, None),
     )
 
 
@@ -345,6 +346,7 @@ def _rollup_hour(hour: dt.datetime) -> None:
             "end_user",
             "slice_lever",
             "slice_vendor",
+            "endpoint",
         )  # fmt: skip
         .annotate(
             requests=Sum("request_count"),
@@ -376,6 +378,7 @@ def _rollup_hour(hour: dt.datetime) -> None:
             end_user=s["end_user"],
             lever=s["slice_lever"],
             vendor=s["slice_vendor"],
+            endpoint=s["endpoint"],
             requests=s["requests"] or 0,
             errors=s["errors"],
             cache_hits=s["cache_hits"],

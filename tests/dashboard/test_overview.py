@@ -147,9 +147,9 @@ def test_overview_query_count_does_not_grow_with_rollups(
     rollups_refresh()
     budget_create(organization=tenant.org, name="cap", scope="organization", amount_usd=Decimal("10"))
     login(client, people.owner)
-    for group_by in ("model", "end_user", "key"):
-        # A constant: one query per top table (five dimensions), one the ledger's exact latency percentiles, …
-        with django_assert_max_num_queries(20):
+    for group_by in ("model", "end_user", "key", "endpoint"):
+        # A constant: one query per top table (six dimensions), one the ledger's exact latency percentiles, …
+        with django_assert_max_num_queries(21):
             response = client.get(reverse("dashboard:overview"), {"scope": _scope(people), "group_by": group_by})
         assert response.status_code == 200
         assert sum(sum(ds["data"]) for ds in _chart(response)["datasets"]) == pytest.approx(0.10 * rows)
@@ -179,6 +179,26 @@ def test_overview_top_tables_and_chart_agree_with_the_ledger_per_dimension(clien
     assert tops["end_user"] == {"alice": Decimal("0.90"), "bob": Decimal("0.06"), "carol": Decimal("0.05")}
     assert tops["model"] == {"gpt-4o": Decimal("0.95"), "gpt-4o-mini": Decimal("0.06")}
     assert tops["key"] == {people.tenant.key.api_key.lookup_id: Decimal("0.96"), "": Decimal("0.05")}
+
+
+def test_overview_splits_spend_by_endpoint(client: Client, people: People) -> None:
+    """Chat, responses, embeddings and batch lines each get their share of the chart, the top table and a
+    link to their ledger rows."""
+    now = timezone.now().replace(minute=0, second=0, microsecond=0)
+    costs = {"chat.completions": "0.30", "responses": "0.20", "embeddings": "0.01", "batch.responses": "0.05"}
+    for endpoint, cost in costs.items():
+        entry_make(people.tenant, created_at=now, endpoint=endpoint, cost=Decimal(cost),
+                   counterfactual_cost=Decimal(cost))  # fmt: skip
+    rollups_refresh()
+    login(client, people.owner)
+    response = client.get(reverse("dashboard:overview"), {"scope": _scope(people), "group_by": "endpoint"})
+    chart = {ds["key"]: sum(ds["data"]) for ds in _chart(response)["datasets"]}
+    assert chart == {endpoint: pytest.approx(float(cost)) for endpoint, cost in costs.items()}
+    [top] = [t for t in response.context["top"] if t["name"] == "endpoint"]
+    assert {row["row"].key: row["row"].cost for row in top["rows"]} == {e: Decimal(c) for e, c in costs.items()}
+    link = next(row["link"] for row in top["rows"] if row["row"].key == "responses")
+    ledger = client.get(link)
+    assert [entry.endpoint for entry in ledger.context["page"]] == ["responses"]
 
 
 def test_overview_ignores_bad_input(client: Client, people: People) -> None:

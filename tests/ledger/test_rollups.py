@@ -167,6 +167,7 @@ def test_project_and_dimension_rollups_equal_the_ledger_and_are_idempotent() -> 
         (Dimension.LEVER, Lever.NONE, None): (1, Decimal("0.10")),
         (Dimension.LEVER, Lever.CACHE, None): (1, Decimal("0.20")),
         (Dimension.VENDOR, "OpenAI", None): (2, Decimal("0.30")),  # the simulator stands in for OpenAI
+        (Dimension.ENDPOINT, "chat.completions", None): (2, Decimal("0.30")),
     }
     assert slices[(other.project.pk, base, Dimension.MODEL, "gpt-4o", None)] == (1, Decimal("1.00"))
     # Every dimension splits the same hour into parts that add up to the project's total.

@@ -82,11 +82,25 @@ def test_focus_export_has_the_columns_and_reconciles_with_the_ledger(client: Cli
     assert tags == {
         "feature": "summaries", "key": f"cc_live_{people.tenant.key.api_key.lookup_id}",
         "requested_model": "gpt-4o", "route": "downgrade:long-context", "source": "gateway",
+        "endpoint": "chat.completions", "service_tier": "standard",
     }  # fmt: skip
     assert downgrade[0]["ChargePeriodStart"] == "2025-09-04T23:00:00+00:00"
     assert downgrade[0]["ChargePeriodEnd"] == "2025-09-05T00:00:00+00:00"
     assert downgrade[0]["SkuPriceId"].startswith("gpt-4o-mini:")
     assert Decimal(downgrade[0]["ListCost"]) > Decimal(downgrade[0]["BilledCost"])
+
+
+def test_focus_export_carries_the_endpoint_and_the_tier(client: Client, people: People) -> None:
+    entry_make(people.tenant, created_at=at(3, 10, 5), endpoint="responses", service_tier="flex",
+               served_model="o4-mini", requested_model="o4-mini", cost=Decimal("0.0005"),
+               counterfactual_cost=Decimal("0.0005"))  # fmt: skip
+    login(client, people.finance)
+    rows = read_csv(client.get(_url("reports:export-focus", org=people.tenant.org.slug, since=SINCE, until=UNTIL)))
+    flex = [row for row in rows if json.loads(row["Tags"]).get("endpoint") == "responses"]
+    assert flex and all(json.loads(row["Tags"])["service_tier"] == "flex" for row in flex)
+    assert total(flex, "BilledCost") == Decimal("0.0005")
+    # Our price book lists standard rates: a flex slice shows no list unit price rather than a wrong one.
+    assert {row["ListUnitPrice"] for row in flex} == {""} and {row["ContractedUnitPrice"] for row in flex} == {""}
 
 
 def test_allocation_is_exact_and_proportional() -> None:

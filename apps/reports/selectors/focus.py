@@ -80,6 +80,8 @@ _FOCUS_GROUP = (
     "api_key__lookup_id",
     "route",
     "source",
+    "endpoint",
+    "service_tier",
 )
 
 
@@ -155,8 +157,10 @@ def _focus_rows(organization: Organization, group: dict[str, Any], prices: Price
     served = prices.lookup(model=model, day=hour.date(), provider_id=group["provider_id"])
     requested = prices.lookup(model=group["requested_model"], day=hour.date(), provider_id=group["provider_id"])
     tokens = [Decimal(quantities[i]) for i in kept]
+    # The price book holds standard rates: a flex or priority slice has no list unit price to show.
+    standard = group["service_tier"] in ("standard", "batch")
     served_rates = None
-    if served is not None:
+    if served is not None and standard:
         write_rate = served.input if served.cache_write is None else served.cache_write
         served_rates = [served.input, served.cached, write_rate, served.output]
     # The counterfactual had no cache: cached and written tokens count at the full input price.
@@ -184,6 +188,8 @@ def _focus_rows(organization: Organization, group: dict[str, Any], prices: Price
             ("route", group["route"]),
             ("requested_model", group["requested_model"]),
             ("source", group["source"]),
+            ("endpoint", group["endpoint"]),
+            ("service_tier", group["service_tier"]),
         )
         if value
     }

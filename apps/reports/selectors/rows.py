@@ -35,7 +35,7 @@ def ledger_csv_rows(
     return ledger_export_rows(entries=entries.order_by("created_at", "id"), chunk_size=chunk_size)
 
 
-GROUPINGS = ("project", "model", "feature", "key", "end_user")
+GROUPINGS = ("project", "model", "feature", "key", "end_user", "endpoint")
 
 
 BUCKETS = ("hour", "day", "month")
@@ -46,6 +46,7 @@ _ROLLUP_FIELDS = {
     "model": "served_model",
     "feature": "feature",
     "key": "api_key__lookup_id",
+    "endpoint": "endpoint",
 }
 
 
