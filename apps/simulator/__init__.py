@@ -14,7 +14,10 @@ Endpoints (OpenAI request and response shapes):
   list or a list of token lists; ``stream``, ``n``, ``max_tokens``, ``logprobs`` 0-5).
 - ``POST /v1/embeddings`` (``input`` as OpenAI takes it; ``dimensions``;
   ``encoding_format`` ``float`` or ``base64``).
-- ``/v1/files`` and ``/v1/batches``: a small Batch API (see ``apps/simulator/batch_api.py``).
+- ``/v1/responses`` (create, JSON or typed SSE events; ``GET``/``DELETE /v1/responses/{id}``,
+  ``POST …/cancel``, ``GET …/input_items``): see ``apps/simulator/responses_api.py``.
+- ``/v1/files`` and ``/v1/batches``: a small Batch API (see ``apps/simulator/batch_api.py``), for
+  chat, completions, embeddings and responses lines.
 - ``POST /v1/messages``: Anthropic's Messages API (key as ``x-api-key``; plain and streamed, tool
   use, prompt-cache usage, ``[[sim:429]]`` / ``[[sim:529]]``; see ``apps/simulator/messages_api.py``),
   for the Claude models listed beside the OpenAI ones.

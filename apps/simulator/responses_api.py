@@ -89,7 +89,7 @@ class ResponsesApi:
             history = [*stored["history"], *stored["response"]["output"]]
         limit = int_option(body, "max_output_tokens", None, 16, None)
         tier = body.get("service_tier") or "auto"
-        if tier not in TIERS:
+        if not isinstance(tier, str) or tier not in TIERS:
             raise invalid(f"Invalid value for 'service_tier': '{tier}'.", "service_tier", "invalid_value")
         effort = _effort(body, model)
         tools = body.get("tools") or []
@@ -172,12 +172,16 @@ class ResponsesApi:
         output: list[dict[str, Any]] = []
         if model in REASONING_MODELS:
             output.append({"id": self._id("rs"), "type": "reasoning", "summary": []})
-        functions = [t for t in tools if isinstance(t, dict) and t.get("type") == "function" and t.get("name")]
+        functions = [
+            t for t in tools if isinstance(t, dict) and t.get("type") == "function" and isinstance(t.get("name"), str)
+        ]
         answered = conversation and conversation[-1].get("type") == "function_call_output"
         if functions and not answered and body.get("tool_choice") != "none":
             tool = functions[0]
-            required = ((tool.get("parameters") or {}).get("required")) or []
-            arguments = orjson.dumps({name: "Paris" for name in required if isinstance(name, str)}).decode()
+            parameters = tool.get("parameters")
+            required = parameters.get("required") if isinstance(parameters, dict) else None
+            names = [name for name in required if isinstance(name, str)] if isinstance(required, list) else []
+            arguments = orjson.dumps(dict.fromkeys(names, "Paris")).decode()
             output.append(
                 {
                     "id": self._id("fc"),
@@ -258,7 +262,7 @@ def _effort(body: dict[str, Any], model: str) -> str | None:
     if not isinstance(reasoning, dict):
         raise invalid("Invalid type for 'reasoning': expected an object.", "reasoning", "invalid_type")
     effort = reasoning.get("effort") or "medium"
-    if effort not in REASONING_TOKENS:
+    if not isinstance(effort, str) or effort not in REASONING_TOKENS:
         raise invalid(f"Invalid value for 'reasoning.effort': '{effort}'.", "reasoning.effort", "invalid_value")
     if model not in REASONING_MODELS:
         raise invalid(f"Reasoning is not supported with {model}.", "reasoning.effort", "unsupported_parameter")
@@ -298,7 +302,7 @@ def _item_text(item: dict[str, Any]) -> str:
             )
         return ""
     if kind == "function_call":
-        return f"{item.get('name', '')}({item.get('arguments', '')})"
+        return f"{item.get('name', '')}({item.get('arguments', '')})"[:10_000]
     if kind == "function_call_output":
         output = item.get("output")
         return output if isinstance(output, str) else orjson.dumps(output).decode()

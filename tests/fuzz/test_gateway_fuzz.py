@@ -40,7 +40,7 @@ CAMPAIGN = os.environ.get("FUZZ_CAMPAIGN") == "1"  # make fuzz: new random input
 # Our 5xx codes that only say what an upstream did (it failed, timed out, truncated, sent too much).
 UPSTREAM_CODES = {"upstream_unavailable", "upstream_timeout", "circuit_open", "upstream_stream_truncated",
                   "upstream_response_too_large"}  # fmt: skip
-PATHS = ["/chat/completions", "/completions", "/embeddings"]
+PATHS = ["/chat/completions", "/completions", "/embeddings", "/responses"]
 MODELS = ["gpt-4o-mini", "gpt-3.5-turbo-instruct", "text-embedding-3-small", "", "m" * 300, "no-such-model"]
 
 TALLY: Counter[str] = Counter()
@@ -69,12 +69,18 @@ message = st.fixed_dictionaries(
     {"role": st.sampled_from(["user", "system", "assistant", "tool", "developer"]) | json_value},
     optional={"content": content, "name": json_value, "tool_calls": json_value},
 )
+# Responses API input items: messages, function calls and their outputs, and things that are neither.
+response_item = st.fixed_dictionaries(
+    {"type": st.sampled_from(["message", "function_call_output", "function_call", "reasoning", "weird"]) | json_value},
+    optional={"role": st.sampled_from(["user", "assistant", "developer"]) | json_value, "content": content,
+              "call_id": st.text(max_size=10) | json_value, "output": json_value, "arguments": json_value},
+)  # fmt: skip
 body = st.fixed_dictionaries(
     {"model": st.sampled_from(MODELS) | json_value},
     optional={
         "messages": st.lists(message, max_size=3) | json_value,
         "prompt": st.text(max_size=30) | json_value,
-        "input": st.text(max_size=30) | json_value,
+        "input": st.text(max_size=30) | json_value | st.lists(message | response_item, max_size=3),
         "max_tokens": edge_numbers | json_value,
         "max_completion_tokens": edge_numbers | json_value,
         "n": edge_numbers | json_value,
@@ -86,6 +92,14 @@ body = st.fixed_dictionaries(
         "user": st.text(max_size=30) | json_value,
         "temperature": json_value,
         "logprobs": json_value,
+        # The Responses API's own fields (input is above).
+        "instructions": st.text(max_size=30) | json_value,
+        "max_output_tokens": edge_numbers | json_value,
+        "previous_response_id": st.sampled_from(["resp_nope", "", "../x", "r" * 300]) | json_value,
+        "store": st.booleans() | json_value,
+        "background": st.booleans() | json_value,
+        "reasoning": st.fixed_dictionaries({}, optional={"effort": json_value}) | json_value,
+        "service_tier": st.sampled_from(["flex", "priority", "auto", "gold"]) | json_value,
     },
 )
 # Header values as bytes the HTTP parser lets through (it refuses other C0 controls and DEL itself).
