@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -149,13 +150,7 @@ def price_set(
 ) -> Price:
     """Set the price of ``model`` from ``effective_from`` on; earlier ledger rows keep earlier prices."""
     with transaction.atomic():
-        price = (
-            Price.objects.select_for_update()
-            .filter(provider=provider, model=model, effective_from=effective_from)
-            .first()
-        )
-        before = audit_stored(price)
-        price = price or Price(provider=provider, model=model, effective_from=effective_from)
+        price, before = _price_for_update(provider=provider, model=model, effective_from=effective_from)
         price.input_per_mtok = input_per_mtok
         price.output_per_mtok = output_per_mtok
         price.cached_input_per_mtok = input_per_mtok if cached_input_per_mtok is None else cached_input_per_mtok
@@ -166,6 +161,17 @@ def price_set(
         price.save()
         audit_saved(obj=price, before=before)
     return price
+
+
+def _price_for_update(
+    *, provider: Provider, model: str, effective_from: dt.date
+) -> tuple[Price, dict[str, Any] | None]:
+    """The price row of ``model`` from ``effective_from`` (locked; a new one if none), and its audit "before"."""
+    price = (
+        Price.objects.select_for_update().filter(provider=provider, model=model, effective_from=effective_from).first()
+    )
+    before = audit_stored(price)
+    return price or Price(provider=provider, model=model, effective_from=effective_from), before
 
 
 def alias_set(*, project: Project, alias: str, provider: Provider, model: str) -> ModelAlias:
@@ -223,13 +229,7 @@ def prices_sync(*, provider: Provider, catalog: dict[str, ModelEntry], effective
     changed = {model for model, _, _ in prices_diff(provider=provider, catalog=catalog, on=effective_from)}
     with transaction.atomic():
         for model in sorted(changed):
-            price = (
-                Price.objects.select_for_update()
-                .filter(provider=provider, model=model, effective_from=effective_from)
-                .first()
-            )
-            before = audit_stored(price)
-            price = price or Price(provider=provider, model=model, effective_from=effective_from)
+            price, before = _price_for_update(provider=provider, model=model, effective_from=effective_from)
             for column, value in price_columns(catalog[model]).items():
                 setattr(price, column, value)
             price.full_clean()

@@ -195,11 +195,7 @@ async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: P
     answer = await upstream.call_upstream(rt, call, plan.targets, payload, stream=True)
     call.served_model, call.provider_id = answer.target.model, answer.target.provider.id
     if answer.response is None:  # the provider's error, passed through
-        call.status_code = answer.status
-        call.error_code = upstream.upstream_error_code(answer.body)
-        await record.while_sending(
-            relay.send_answer(send, answer.status, answer.body, upstream.answer_headers(call, answer)), rt, call
-        )
+        await record.provider_error(rt, send, call, answer)
         return
     sse = ResponsesSse(max_event_bytes=rt.limits.max_sse_event_bytes)
     relaying = time.perf_counter()

@@ -12,6 +12,8 @@ from apps.gateway.asgi import Send, send_error
 from apps.gateway.call import Call
 from apps.gateway.response_cache import CacheHit
 from apps.gateway.runtime import Runtime
+from apps.gateway.stages.relay import send_answer
+from apps.gateway.stages.upstream import Answer, answer_headers, upstream_error_code
 
 
 async def record(
@@ -79,6 +81,12 @@ async def refused(rt: Runtime, send: Send, call: Call, exc: GatewayError) -> Non
     """A stage refused the request: the app gets the error while its ledger row is written."""
     call.status_code, call.error_code = exc.status, exc.code or exc.type
     await while_sending(send_error(send, exc, call.request_id), rt, call)
+
+
+async def provider_error(rt: Runtime, send: Send, call: Call, answer: Answer) -> None:
+    """The provider's error, passed through to the app as it came while the request is recorded."""
+    call.status_code, call.error_code = answer.status, upstream_error_code(answer.body)
+    await while_sending(send_answer(send, answer.status, answer.body, answer_headers(call, answer)), rt, call)
 
 
 async def failed(rt: Runtime, call: Call) -> None:
