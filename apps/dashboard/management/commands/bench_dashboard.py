@@ -35,7 +35,7 @@ INSERT INTO ledger_ledgerentry (
     endpoint, feature, end_user, requested_model, served_model, prompt_tokens, cached_tokens,
     completion_tokens, usage_estimated, cost, counterfactual_cost, latency_ms, ttft_ms, status_code,
     error_code, streamed, cache_hit, route, possibly_billed, request_count, cache_write_tokens,
-    cache_key, prefix_key, prefix_tokens, embedding_key, turns
+    cache_key, prefix_key, prefix_tokens, embedding_key, turns, reasoning_tokens, service_tier
 )
 SELECT
     %(tag)s || '-' || g,
@@ -56,7 +56,7 @@ SELECT
     CASE WHEN g %% 10 = 0 THEN 'exact' ELSE '' END,
     CASE WHEN g %% 7 = 0 THEN 'route:cheap-first' WHEN g %% 29 = 0 THEN 'cascade:mini-then-4o' ELSE '' END,
     false, 1, 0,
-    '', '', 0, '', 0
+    '', '', 0, '', 0, 0, 'standard'
 FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
 """
 
