@@ -140,7 +140,7 @@ def test_labels_stay_bounded_whatever_a_tenant_sends(tenant: Tenant, two_workers
     """Model names, end users, features and keys a tenant makes up never become label values."""
     url, metrics_url, _ = two_workers
     other = tenant_make(upstream_url=tenant.provider.base_url)
-    live.wait_until(lambda: all(_knows(url, other.key.plaintext) for _ in range(8)), timeout=10)
+    live.wait_until(lambda: all(_knows(url, other.key.plaintext) for _ in range(32)), timeout=30)
     assert sdk(url, other.key.plaintext).chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices
     invented = [secrets.token_hex(6) for _ in range(20)]
     client = sdk(url, tenant.key.plaintext)
