@@ -155,3 +155,23 @@ def test_a_garbage_traceparent_starts_a_new_trace(
         time.sleep(0.05)
     requests = [span for span in exporter.get_finished_spans() if span.kind == SpanKind.SERVER]
     assert all(span.parent is None and span.context.trace_id != 0 for span in requests)
+
+
+def test_a_responses_request_has_the_same_cache_and_admission_child_spans(
+    tenant: Tenant, traced_gateway: tuple[str, InMemorySpanExporter]
+) -> None:
+    url, exporter = traced_gateway
+    response = sdk(url, tenant.key.plaintext).responses.create(model="gpt-4o-mini", input="hello", store=False)
+    assert response.output_text
+
+    def request_span() -> list[ReadableSpan]:
+        return [s for s in exporter.get_finished_spans() if s.kind == SpanKind.SERVER]
+
+    live.wait_until(request_span, timeout=5)
+    [request] = request_span()
+    children = [
+        span.name
+        for span in exporter.get_finished_spans()
+        if span.parent is not None and span.parent.span_id == request.context.span_id
+    ]
+    assert {"admission", "cache lookup"} <= set(children) and len(children) == 3  # and the one attempt

@@ -87,11 +87,13 @@ async def create(rt: Runtime, scope: Scope, receive: Receive, send: Send, reques
                 # Exact only: a response's input is compared whole, never by meaning.
                 exact_only = dataclasses.replace(call.cache.policy, semantic=False)
                 call.cache = dataclasses.replace(call.cache, policy=exact_only)
-                hit = await cache.look_up(rt.cache, call.cache)
+                with tracing.child(call, "cache lookup"):
+                    hit = await cache.look_up(rt.cache, call.cache)
                 if hit is not None:
                     await _answer_hit(rt, send, call, hit, target)
                     return
-        call.admission = await admit(rt, snapshot, call, plan, payload)
+        with tracing.child(call, "admission"):
+            call.admission = await admit(rt, snapshot, call, plan, payload)
         call.extra_headers = [*call.admission.headers, *call.extra_headers]
         if call.streamed:
             await _stream(rt, send, receive, call, plan, payload)
