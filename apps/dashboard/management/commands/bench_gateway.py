@@ -142,14 +142,18 @@ class _CpuMeter:
     """
 
     def __init__(self, gateway_pid: int, client: redis.Redis) -> None:
-        self._stat = Path(f"/proc/{gateway_pid}/stat")
+        self._pid = gateway_pid
         self._redis = client
         self._ticks = os.sysconf("SC_CLK_TCK")
 
     def _gateway_seconds(self) -> float:
-        # Fields after the command name: utime and stime are the 12th and 13th (man 5 proc).
-        fields = self._stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self._ticks
+        """The gateway's processes together: with --workers N, uvicorn's supervisor and its N workers."""
+        ticks = 0
+        for pid in _process_tree(self._pid):
+            # Fields after the command name: utime and stime are the 12th and 13th (man 5 proc).
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / self._ticks
 
     def _redis_seconds(self) -> float:
         info = self._redis.info("cpu")
@@ -163,6 +167,37 @@ class _CpuMeter:
         spent.gateway, spent.redis = self._gateway_seconds() - gateway, self._redis_seconds() - server
 
 
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc (a worker that exits meanwhile is left out)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        for children in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo.extend(int(child) for child in children.read_text().split())
+            except OSError:
+                continue
+    return tree
+
+
+def _workers(pid: int) -> list[int]:
+    """The processes serving requests: uvicorn's spawned workers, or ``pid`` itself when it serves alone."""
+    children = [
+        child
+        for child in _process_tree(pid)[1:]
+        if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+    return children or [pid]
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 class _CpuSpent:
     gateway = 0.0
     redis = 0.0
@@ -174,9 +209,9 @@ class _CpuSpent:
         }
 
 
-def _uvicorn(python: str, app: str, port: int) -> list[str]:
+def _uvicorn(python: str, app: str, port: int, workers: int = 1) -> list[str]:
     """The server command line the gateway and the bare proxy share, so they are measured alike."""
-    return [python, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    return [python, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
             "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]  # fmt: skip
 
 
@@ -190,6 +225,12 @@ class Command(BaseCommand):
         )
         parser.add_argument("--connections", default="1,16")
         parser.add_argument("--cache", action="store_true", help="also measure exact-cache hits through the gateway")
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="gateway worker processes (the bare proxy and the upstream keep one); memory per worker is reported",
+        )
         parser.add_argument(
             "--no-leases", action="store_true", help="gateway without limit leases: every request runs the admission"
         )
@@ -213,7 +254,7 @@ class Command(BaseCommand):
         env["GATEWAY_LIMIT_LEASES"] = "0" if options["no_leases"] else "1"
         procs = [
             subprocess.Popen([python, "-m", "apps.simulator", "--host", "127.0.0.1", "--port", str(up_port)], env=env),
-            subprocess.Popen(_uvicorn(python, "costcontrol.asgi:application", gw_port), env=env),
+            subprocess.Popen(_uvicorn(python, "costcontrol.asgi:application", gw_port, options["workers"]), env=env),
             subprocess.Popen([python, "manage.py", "ingest_ledger"], env=env, stdout=subprocess.DEVNULL),
             subprocess.Popen(
                 _uvicorn(python, "apps.dashboard.management.bare_proxy:app", bare_port),
@@ -277,7 +318,9 @@ class Command(BaseCommand):
                         sent += int(hits["requests"]) + 1  # + the miss that stored the entry
                         cached.append((connections, direct, gateway, hits))
                 self._limits(issued, on=False, gateway=gateway_v1)
-            self._report(rows, options["seconds"], options["rounds"], leases=not options["no_leases"])
+                memory = [_rss_mib(pid) for pid in _workers(procs[1].pid)]
+            self._report(rows, options["seconds"], options["rounds"], leases=not options["no_leases"],
+                         workers=options["workers"], memory=memory)  # fmt: skip
             self._report_responses(responses, rows)
             self._check_ledger(issued.api_key.id, sent)
             if cached:
@@ -360,16 +403,20 @@ class Command(BaseCommand):
         rounds: int,
         *,
         leases: bool,
+        workers: int,
+        memory: list[float],
     ) -> None:
         w = self.stdout.write
         w(
             f"\nCostControl gateway benchmark — {os.cpu_count()} CPUs, wrk -t1, {seconds}s per run, "
-            f"gateway rows are medians of {rounds} interleaved rounds; 1 gateway worker, key auth + ledger on, "
+            f"gateway rows are medians of {rounds} interleaved rounds; {workers} gateway worker(s), "
+            "key auth + ledger on, "
             "simulated upstream (1 worker, no added latency); gateway+budget: one project budget; "
             "gateway+limits: that budget plus RPM, TPM and concurrency limits; "
             f"limit leases {'on' if leases else 'off (--no-leases: every request runs the admission script)'}; "
-            "cpu µs/req: CPU time of the gateway process and of the Redis server per answered request\n"
+            "cpu µs/req: CPU time of the gateway's processes and of the Redis server per answered request\n"
         )
+        w("gateway memory after the run (RSS per worker): " + ", ".join(f"{mib:.0f} MiB" for mib in memory))
         w(
             f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
             f"{'gw cpu µs':>9} {'redis µs':>9}"
