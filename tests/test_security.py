@@ -105,6 +105,29 @@ def test_api_is_throttled_per_user(people: People, settings: Any) -> None:
     assert finance.get("/api/projects/").status_code == 200
 
 
+@pytest.mark.django_db
+def test_wrong_api_tokens_are_throttled_per_address(people: People, settings: Any) -> None:
+    """Guessing tokens: past the limit an address gets 429 for any token, so a right guess is not told apart."""
+    settings.API_TOKEN_FAILURES_PER_MINUTE = 3
+    good = api_token_rotate(user=people.owner).key
+    guesser = {"REMOTE_ADDR": "203.0.113.7"}
+    if time.time() % 60 > 50:  # counts are per minute: start early in one, so the four guesses share it
+        time.sleep(61 - time.time() % 60)
+    wrong = [Client(headers={"Authorization": f"Token {good[:-1]}x{n}"}, **guesser) for n in range(4)]
+    assert [client.get("/api/projects/").status_code for client in wrong] == [401, 401, 401, 429]
+    blocked = wrong[3].get("/api/projects/")
+    assert blocked.status_code == 429 and blocked.json()["error"]["type"] == "throttled"
+    assert int(blocked["Retry-After"]) > 0
+    # The right token from the same address is refused too: a guess that hits learns nothing.
+    assert Client(headers={"Authorization": f"Token {good}"}, **guesser).get("/api/projects/").status_code == 429
+    # Another address, and a session without any token, are not held back by this one's guesses.
+    assert (
+        Client(headers={"Authorization": f"Token {good}"}, REMOTE_ADDR="198.51.100.2").get("/api/projects/").status_code
+        == 200
+    )
+    assert login(Client(**guesser), people.owner).get("/api/projects/").status_code == 200
+
+
 # Development settings serve loopback only ----------------------------------------------------------
 
 

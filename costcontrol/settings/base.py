@@ -213,6 +213,8 @@ SPECTACULAR_SETTINGS = {
 }
 # API tokens (from /account/token/) stop working this many days after they were made.
 API_TOKEN_LIFETIME_DAYS = env_int("API_TOKEN_LIFETIME_DAYS", 30)
+# Wrong API tokens one client address may send per minute before every token from it gets 429.
+API_TOKEN_FAILURES_PER_MINUTE = env_int("API_TOKEN_FAILURES_PER_MINUTE", 20)
 
 # Hosts, addresses and networks that tenant-set URLs (providers, webhooks, deployments, batch
 # backends) may reach although they are not public: "vllm.internal", "localhost:9100", "10.0.0.0/8",
