@@ -70,6 +70,33 @@ def test_unready_when_redis_stops(tenant: Tenant, own_redis: RedisServer) -> Non
         process.stop()
 
 
+def _probe_backends(gateway_pid: int) -> list[int]:
+    with psycopg.connect(settings.DATABASE_URL, autocommit=True) as connection:
+        rows = connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (f"costcontrol-readyz-{gateway_pid}",)
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_readiness_keeps_one_postgres_connection_and_replaces_a_dead_one(tenant: Tenant) -> None:
+    process, url = live.start_gateway()
+    base = url.removesuffix("/v1")
+    try:
+        for _ in range(5):
+            assert get(base + "/readyz")[0] == 200
+        kept = _probe_backends(process.proc.pid)
+        assert len(kept) == 1  # five probes, one backend
+        with psycopg.connect(settings.DATABASE_URL, autocommit=True) as connection:
+            connection.execute("SELECT pg_terminate_backend(%s)", (kept[0],))
+        # The kept connection is dead; the probe notices, reconnects once and still answers ready.
+        code, body = get(base + "/readyz")
+        assert code == 200 and body["checks"]["postgres"]["ok"] is True
+        replaced = _probe_backends(process.proc.pid)
+        assert len(replaced) == 1 and replaced != kept
+    finally:
+        process.stop()
+
+
 def test_unready_while_the_policy_snapshot_cannot_be_rebuilt(tenant: Tenant) -> None:
     """A rebuild that cannot finish (a table locked) leaves the snapshot unconfirmed: unready until it can."""
     process, url = live.start_gateway(GATEWAY_POLICY_POLL_SECONDS="0.2", GATEWAY_READY_MAX_SNAPSHOT_AGE_SECONDS="1.5")
