@@ -40,6 +40,11 @@ NEAREST_SQL = (
 )
 
 
+# A semantic-cache trial (apps/opportunities) asks for the nearest entry of another prompt: the request's
+# own answer may already be indexed, and an identical prompt is the exact cache's business.
+NEAREST_OTHER_SQL = NEAREST_SQL.replace("AND expires_at", "AND exact_key <> %(exclude)s AND expires_at")
+
+
 async def configure_lookup_connection(conn: Any) -> None:
     """Binary vectors (no 384-number text literal each way), iterative HNSW scans, autocommit
     (one statement per lookup: no BEGIN, and no ROLLBACK when the pool takes it back), and a plan
@@ -64,9 +69,10 @@ class Nearest:
 
 
 async def nearest_entry(
-    conn: Any, *, vector: np.ndarray, project_id: int, namespace: str, fingerprint: str
+    conn: Any, *, vector: np.ndarray, project_id: int, namespace: str, fingerprint: str, exclude: str | None = None
 ) -> Nearest | None:
-    """The closest live entry of this project, namespace and fingerprint."""
+    """The closest live entry of this project, namespace and fingerprint (not the one keyed ``exclude``)."""
     params = {"vector": vector, "project": project_id, "namespace": namespace, "fingerprint": fingerprint}
-    row = await (await conn.execute(NEAREST_SQL, params)).fetchone()
+    sql = NEAREST_SQL if exclude is None else NEAREST_OTHER_SQL
+    row = await (await conn.execute(sql, {**params, "exclude": exclude} if exclude is not None else params)).fetchone()
     return None if row is None else Nearest(row[0], float(row[1]), row[2], row[3])

@@ -229,6 +229,27 @@ def shadow_event_clean(event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+# Prompts a trial keeps from a disagreement, to show and to learn from, are cut to this.
+TRIAL_TEXT_MAX = 1000
+
+
+def _similarity(value: Any) -> float | None:
+    return float(value) if isinstance(value, float) and math.isfinite(value) and -1.0 <= value <= 1.0 else None
+
+
+def trial_event_clean(event: dict[str, Any]) -> dict[str, Any]:
+    """Fit a semantic-cache trial's comparison to ``TrialSample``'s columns, in place; returns it."""
+    event["request_id"] = clean_text(event.get("request_id"), REQUEST_ID_MAX)
+    event["created_at"] = _timestamp(event.get("created_at"))
+    event["prompt_similarity"] = _similarity(event.get("prompt_similarity"))
+    event["answer_similarity"] = _similarity(event.get("answer_similarity"))
+    for name in ("guard_agrees", "normalized_match"):
+        event[name] = event.get(name) is True
+    for name in ("prompt_text", "cached_prompt_text"):
+        event[name] = clean_multiline(event.get(name))[:TRIAL_TEXT_MAX]
+    return event
+
+
 def cache_event_clean(event: dict[str, Any]) -> dict[str, Any]:
     """Fit a cache event (store or hit) to ``CacheEntry``'s columns, in place; returns it."""
     event["namespace"] = clean_text(event.get("namespace"), NAMESPACE_MAX)

@@ -20,6 +20,11 @@ def shadow_stream(prefix: str) -> str:
     return prefix + "shadow"
 
 
+def trial_stream(prefix: str) -> str:
+    """Semantic-cache trials' comparisons (apps/opportunities), stored apart from ledger rows."""
+    return prefix + "trials"
+
+
 def cache_stream(prefix: str) -> str:
     """Cache stores and hits, indexed in Postgres by the cache consumer."""
     return prefix + "cache:events"

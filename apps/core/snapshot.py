@@ -121,6 +121,20 @@ class CachePolicyView:
     deny_prefixes: tuple[str, ...]  # lower-cased
     deny_regexes: tuple[Pattern, ...]  # RE2, case-insensitive, search the first SCAN_CHARS characters
     share_across_users: bool = False  # off: an answer is served only to the end user it was stored for
+    # A semantic-cache trial in shadow (apps/opportunities): its id, and the lowest prompt similarity it
+    # measures. Answers are indexed for semantic search, and would-be hits still go upstream.
+    trial_id: int | None = None
+    trial_floor: float = 1.0
+
+    @property
+    def serves(self) -> bool:
+        """False for a view that only a trial made: the app's requests see no cache at all."""
+        return self.exact or self.semantic
+
+    @property
+    def indexes(self) -> bool:
+        """Whether stored answers are embedded for semantic search (by the policy, or for a trial)."""
+        return self.semantic or self.trial_id is not None
 
     def denies(self, text: str) -> bool:
         lowered = text.lstrip()[:SCAN_CHARS].lower()

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from apps.cache.guard import agree
-from apps.cache.lookup import configure_lookup_connection, lookup_vector, nearest_entry
+from apps.cache.lookup import Nearest, configure_lookup_connection, lookup_vector, nearest_entry
 from apps.core import names
 from apps.core.events import BODY_FIELD, EVENT_FIELD, cache_event_clean
 from apps.core.snapshot import CachePolicyView
@@ -75,23 +75,29 @@ class ResponseCache:
         return None
 
     async def _semantic_lookup(self, request: CacheRequest) -> CacheHit | None:
+        row = await self.nearest(request)
+        # Similar is not enough: the prompts must also agree on numbers and names (apps/cache/guard.py).
+        if row is None or row.similarity < request.policy.threshold or not agree(request.text, row.prompt_text):
+            return None
+        return CacheHit("semantic", row.response, row.similarity, row.exact_key)
+
+    async def nearest(self, request: CacheRequest, *, other: bool = False) -> Nearest | None:
+        """The nearest stored prompt of the request's project, namespace and fingerprint (``other``: not the
+        request's own prompt), or None when there is none or the prompt is too long to embed."""
         loop = asyncio.get_running_loop()
         vector = await loop.run_in_executor(None, lookup_vector, request.text)
         if vector is None:
             return None
         pool = await self._database_pool()
         async with pool.connection() as conn:
-            row = await nearest_entry(
+            return await nearest_entry(
                 conn,
                 vector=vector,
                 project_id=request.project_id,
                 namespace=request.namespace,
                 fingerprint=request.fingerprint,
+                exclude=request.exact_key if other else None,
             )
-        # Similar is not enough: the prompts must also agree on numbers and names (apps/cache/guard.py).
-        if row is None or row.similarity < request.policy.threshold or not agree(request.text, row.prompt_text):
-            return None
-        return CacheHit("semantic", row.response, row.similarity, row.exact_key)
 
     async def _database_pool(self) -> Any:
         async with self._pool_lock:
@@ -123,7 +129,7 @@ class ResponseCache:
             "fingerprint": request.fingerprint,
             "model": model,
             "text": request.text,
-            "semantic": request.policy.semantic,
+            "semantic": request.policy.indexes,
             "ttl": request.policy.ttl_seconds,
             "cost": cost,
             "at": time.time(),

@@ -31,6 +31,7 @@ from apps.gateway.metrics import GatewayMetrics, process_exited
 from apps.gateway.policy import PolicyStore
 from apps.gateway.response_cache import ResponseCache
 from apps.gateway.shadow_queue import ShadowQueue
+from apps.gateway.trial_queue import TrialQueue
 from costcontrol.egress import egress_policy
 
 
@@ -77,6 +78,8 @@ class Runtime:
     breakers: Breakers
     cache: ResponseCache
     shadows: ShadowQueue
+    trial_writer: LedgerWriter
+    trials: TrialQueue
     policy: PolicyStore
     # Requests waiting on each deployment in this process (for least-in-flight balancing).
     in_flight: Counter[str]
@@ -139,6 +142,13 @@ class Runtime:
             http, shadow_writer.write, size=settings.GATEWAY_SHADOW_QUEUE, workers=settings.GATEWAY_SHADOW_WORKERS
         )
         shadows.start()
+        cache = ResponseCache(fast_redis, settings.DATABASE_URL, prefix)
+        trial_writer = LedgerWriter(fast_redis, names.trial_stream(prefix), spool / "trials")
+        trial_writer.start()
+        trials = TrialQueue(
+            http, trial_writer.write, cache, size=settings.GATEWAY_SHADOW_QUEUE, workers=settings.GATEWAY_SHADOW_WORKERS
+        )
+        trials.start()
         policy = PolicyStore(redis, prefix, build_snapshot, poll_seconds=settings.GATEWAY_POLICY_POLL_SECONDS)
         await policy.start()
         return cls(
@@ -150,8 +160,10 @@ class Runtime:
             ledger=ledger,
             shadow_writer=shadow_writer,
             breakers=breakers,
-            cache=ResponseCache(fast_redis, settings.DATABASE_URL, prefix),
+            cache=cache,
             shadows=shadows,
+            trial_writer=trial_writer,
+            trials=trials,
             policy=policy,
             in_flight=Counter(),
             metrics=GatewayMetrics(),
@@ -162,6 +174,8 @@ class Runtime:
         await self.policy.stop()
         await self.shadows.stop()
         await self.shadow_writer.stop()
+        await self.trials.stop()
+        await self.trial_writer.stop()
         await self.breakers.stop()
         await self.limiter.stop()
         await self.ledger.stop()

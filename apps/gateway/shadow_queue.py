@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiohttp
 import orjson
@@ -31,6 +31,8 @@ from apps.core.text import answer_text
 
 logger = logging.getLogger(__name__)
 
+
+Job = TypeVar("Job")
 
 # Answers longer than this are compared and stored by their first part only.
 MAX_TEXT = 4000
@@ -54,7 +56,10 @@ class ShadowJob:
     primary_cost: Decimal
 
 
-class ShadowQueue:
+class OffPathQueue(Generic[Job]):
+    """A bounded queue of work done after the app has its answer, by a few worker tasks; each job's
+    result (None: nothing to record) goes to ``write``. ``offer`` never waits: a full queue drops."""
+
     def __init__(
         self,
         http: aiohttp.ClientSession,
@@ -65,7 +70,7 @@ class ShadowQueue:
     ) -> None:
         self._http = http
         self._write = write
-        self._queue: asyncio.Queue[ShadowJob] = asyncio.Queue(maxsize=max(size, 1))
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max(size, 1))
         self._workers = max(workers, 1)
         self._tasks: list[asyncio.Task[None]] = []
         self.dropped = 0
@@ -78,23 +83,33 @@ class ShadowQueue:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def offer(self, job: ShadowJob) -> None:
+    def offer(self, job: Job) -> None:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
             self.dropped += 1
             if self.dropped % 100 == 1:
-                logger.warning("shadow queue full; %d samples dropped so far", self.dropped)
+                logger.warning("%s full; %d jobs dropped so far", type(self).__name__, self.dropped)
 
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
             try:
-                await self._write(await self._compare(job))
+                result = await self._handle(job)
+                if result is not None:
+                    await self._write(result)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("shadow request %s failed", job.request_id)
+                logger.exception("%s: request %s failed", type(self).__name__, getattr(job, "request_id", "?"))
+
+    async def _handle(self, job: Job) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+
+class ShadowQueue(OffPathQueue[ShadowJob]):
+    async def _handle(self, job: ShadowJob) -> dict[str, Any] | None:
+        return await self._compare(job)
 
     async def _compare(self, job: ShadowJob) -> dict[str, Any]:
         started = time.perf_counter()
@@ -126,7 +141,7 @@ class ShadowQueue:
         latency_ms = int((time.perf_counter() - started) * 1000)
         primary, shadow = job.primary_text[:MAX_TEXT], text[:MAX_TEXT]
         answered = status == 200
-        similarity = await _similarity(primary, shadow) if answered and primary and shadow else None
+        similarity = await answer_similarity(primary, shadow) if answered and primary and shadow else None
         return shadow_event_clean(
             {
                 "kind": "shadow",
@@ -151,13 +166,13 @@ class ShadowQueue:
         )
 
 
-async def _similarity(a: str, b: str) -> float | None:
+async def answer_similarity(a: str, b: str) -> float | None:
     from apps.cache.embedding import local_embedder
 
     loop = asyncio.get_running_loop()
     try:
         vectors = await loop.run_in_executor(None, local_embedder().embed, [a, b])
     except Exception:
-        logger.exception("could not embed shadow answers")
+        logger.exception("could not embed answers to compare")
         return None
     return round(float(vectors[0] @ vectors[1]), 4)

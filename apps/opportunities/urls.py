@@ -8,4 +8,6 @@ app_name = "opportunities"
 
 urlpatterns = [
     path("projects/<slug:slug>/opportunities/", views.opportunities_page, name="project"),
+    path("projects/<slug:slug>/opportunities/<str:opportunity_id>/apply", views.opportunity_apply, name="apply"),
+    path("projects/<slug:slug>/trials/<int:pk>/stop", views.trial_stop_view, name="trial-stop"),
 ]

@@ -23,6 +23,7 @@ from apps.budgets.models import Budget, RateLimit
 from apps.cache.models import CachePolicy
 from apps.core import names
 from apps.keys.models import ApiKey
+from apps.opportunities.models import Trial
 from apps.providers.models import ModelAlias, Price, Provider
 from apps.routing.models import RoutingRule, RuleTarget
 from apps.tenancy.models import Project
@@ -40,6 +41,7 @@ POLICY_MODELS: tuple[type[models.Model], ...] = (
     CachePolicy,
     RoutingRule,
     RuleTarget,
+    Trial,  # a semantic-cache trial in shadow marks the cache policy it measures
 )
 
 

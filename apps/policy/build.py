@@ -10,6 +10,7 @@ arrives.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from typing import Any
@@ -38,6 +39,7 @@ from apps.core.snapshot import (
     policy_view,
 )
 from apps.keys.models import ApiKey
+from apps.opportunities.models import Lever, Trial, TrialState
 from apps.providers.crypto import InvalidToken
 from apps.providers.models import ModelAlias, Price, Provider
 from apps.routing.models import RoutingRule, TargetRole
@@ -152,7 +154,7 @@ def build_snapshot(version: int) -> Snapshot:
     budgets, project_limits, key_limits = _build_limits()
     return Snapshot(
         version=version,
-        cache_policies=_build_cache_policies(),
+        cache_policies=_with_trials(_build_cache_policies()),
         budgets=budgets,
         rules=_build_rules(set(providers)),
         project_limits=project_limits,
@@ -328,4 +330,19 @@ def _build_cache_policies() -> dict[tuple[int, str], CachePolicyView]:
         except PatternError as exc:
             logger.error("cache policy %s (project %s) left out: a deny pattern is not valid RE2: %s",
                          p.id, p.project_id, exc)  # fmt: skip
+    return views
+
+
+def _with_trials(views: dict[tuple[int, str], CachePolicyView]) -> dict[tuple[int, str], CachePolicyView]:
+    """Mark the cache policy each semantic-cache trial in shadow applies to (the feature's own, else the
+    project's, else one that serves nothing and only lets the trial measure)."""
+    for trial in Trial.objects.filter(lever=Lever.SEMANTIC_CACHE, state=TrialState.SHADOW).order_by("id"):
+        slot = (trial.project_id, trial.feature)
+        base = (
+            views.get(slot)
+            or views.get((trial.project_id, ""))
+            or policy_view(exact=False, semantic=False, threshold=1.0, ttl=3600, patterns=[])
+        )
+        floor = float(trial.parameters.get("floor", 1.0)) if isinstance(trial.parameters, dict) else 1.0
+        views[slot] = dataclasses.replace(base, trial_id=trial.id, trial_floor=floor)
     return views

@@ -57,6 +57,7 @@ class Action(enum.StrEnum):
     BUDGET_MANAGE = "budget.manage"  # create, change, pause
     ORG_MANAGE = "org.manage"  # providers, prices, channels, deployments, teams, members and their roles
     USAGE_IMPORT = "usage.import"  # object: the project it is booked to, or the organisation
+    OPPORTUNITY_APPLY = "opportunity.apply"  # start a recommendation's trial, enable or stop it
 
 
 OWNER, LEAD, DEV, FIN = Role.OWNER, Role.TEAM_LEAD, Role.DEVELOPER, Role.FINANCE
@@ -77,6 +78,7 @@ MATRIX: dict[Action, dict[str, Reach]] = {
     Action.BUDGET_MANAGE: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS},
     Action.ORG_MANAGE: {OWNER: Reach.ORG},
     Action.USAGE_IMPORT: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS},
+    Action.OPPORTUNITY_APPLY: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS},
 }
 
 

@@ -39,6 +39,9 @@ from apps.deployments.models import Deployment, DeploymentStatus
 from apps.keys.models import ApiKey
 from apps.keys.services import key_issue
 from apps.ledger.models import LedgerEntry
+from apps.opportunities.models import Trial
+from apps.opportunities.selectors import project_opportunities
+from apps.opportunities.services import trial_start
 from apps.providers.models import ModelAlias, Price, Provider
 from apps.providers.services import alias_set
 from apps.reports.models import ExportJob
@@ -49,7 +52,7 @@ from apps.routing.services import rule_save
 from apps.tenancy.models import Membership, Project, Role, Team
 from apps.tenancy.services import project_create, team_create
 from tests.deployments.helpers import deployment_make
-from tests.factories import Tenant, login, member_make, tenant_make, user_make
+from tests.factories import Tenant, entry_make, login, member_make, tenant_make, user_make
 
 pytestmark = pytest.mark.django_db
 
@@ -144,6 +147,13 @@ def world() -> World:
     o["alias"] = alias_set(project=project, alias="chat", provider=tenant.provider, model="gpt-4o-mini")
     o["policy"] = cache_policy_save(policy=CachePolicy(project=project))
     o["newcomer"] = user_make("newcomer")
+    # A route recommendation (gpt-4o → a cheaper model) and its shadow trial, for the apply and stop URLs.
+    for i in range(3):
+        entry_make(tenant, served_model="gpt-4o", requested_model="gpt-4o", cache_key=f"{i:064d}", feature="faq")
+    route = next(r for r in project_opportunities(project=project, days=1).opportunities if r.lever == "route")
+    o["recommendation"] = route.id
+    o["trial"] = trial_start(project=project, opportunity=route, quality_target=Decimal("0.99"),
+                             daily_cap_usd=None, min_samples=30, window_days=1)  # fmt: skip
     return w
 
 
@@ -213,6 +223,11 @@ def _kwargs(w: World) -> dict[str, dict[str, Any]]:
         "api-cache-purge": {"slug": slug},
         "opportunities:project": {"slug": slug},
         "api-opportunities": {"slug": slug},
+        "opportunities:apply": {"slug": slug, "opportunity_id": o["recommendation"]},
+        "opportunities:trial-stop": {"slug": slug, "pk": o["trial"].pk},
+        "api-opportunity-apply": {"slug": slug, "opportunity_id": o["recommendation"]},
+        "api-trials": {"slug": slug},
+        "api-trial-stop": {"slug": slug, "pk": o["trial"].pk},
         "deployments:api-deployment": {"pk": o["stopped"].pk},
         "deployments:api-deployment-start": {"pk": o["stopped"].pk},
         "deployments:api-deployment-stop": {"pk": o["running"].pk},
@@ -327,6 +342,11 @@ WRITES: dict[tuple[str, str], tuple[Expect, Callable[[World], Body]]] = {
         },  # fmt: skip
     ),
     ("cache:entry-delete", "POST"): (TEAM_WRITE, lambda w: {}),
+    # Trials: the project's owner and its team's lead apply and stop them.
+    ("opportunities:apply", "POST"): (TEAM_WRITE, lambda w: {"mode": "shadow", "days": "1", "quality_target": "0.95"}),
+    ("opportunities:trial-stop", "POST"): (TEAM_WRITE, lambda w: {}),
+    ("api-opportunity-apply", "POST"): (TEAM_WRITE, lambda w: {"mode": "shadow", "days": 1, "quality_target": 0.95}),
+    ("api-trial-stop", "POST"): (TEAM_WRITE, lambda w: {}),
     ("cache:purge", "POST"): (TEAM_WRITE, lambda w: {}),
     # Routing.
     ("routing:rules", "POST"): (
@@ -571,6 +591,7 @@ READS: dict[str, Expect] = {
     "api-cache-entry": CACHE_CONTENT,
     "opportunities:project": PROJECT_READ,
     "api-opportunities": PROJECT_READ,
+    "api-trials": PROJECT_READ,
     "deployments:api-deployments": EVERYONE,
     "deployments:api-deployment": ORG_READ,
     "api-exports": EVERYONE,
@@ -653,6 +674,7 @@ def _fingerprint() -> list[Any]:
         list(CachePolicy.objects.order_by("pk").values_list("pk", "ttl_seconds")),
         list(CacheEntry.objects.order_by("pk").values_list("pk")),
         list(RoutingRule.objects.order_by("pk").values_list("pk", "name", "position")),
+        list(Trial.objects.order_by("pk").values_list("pk", "state", "quality_target")),
         list(Deployment.objects.order_by("pk").values_list("pk", "status")),
         list(ExportJob.objects.order_by("pk").values_list("pk")),
         list(LedgerEntry.objects.order_by("pk").values_list("pk")),

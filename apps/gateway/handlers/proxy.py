@@ -18,7 +18,7 @@ from apps.gateway import tracing
 from apps.gateway.asgi import Receive, Scope, Send
 from apps.gateway.call import Call
 from apps.gateway.runtime import Runtime
-from apps.gateway.stages import cache, cascade, price, record, relay, shadow, upstream
+from apps.gateway.stages import cache, cascade, price, record, relay, shadow, trial, upstream
 from apps.gateway.stages.admit import admit
 from apps.gateway.stages.auth import authenticate
 from apps.gateway.stages.plan import Plan, plan_route
@@ -101,7 +101,7 @@ async def _answer(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
         price.price_answer(call, answer.target, data)
         if call.cache is not None and call.cache.write and price.cacheable(data):
             store = data
-        if plan.shadow is not None or plan.cheap is not None:
+        if plan.shadow is not None or plan.cheap is not None or trial.measuring(call):
             text = answer_text(data)
     headers = upstream.answer_headers(call, answer)
     await record.while_sending(
@@ -141,9 +141,11 @@ async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: P
 
 
 async def _after(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], text: str) -> None:
-    """Once the app has its answer: queue the shadow copy and, after an escalation, learn the label."""
+    """Once the app has its answer: queue the shadow copy and the trial's comparison and, after an
+    escalation, learn the label."""
     if call.status_code != 200:
         return
     shadow.offer(rt, call, plan, payload, text)
+    trial.offer(rt, call, text)
     if text:
         await cascade.learn_label(rt, plan, text)

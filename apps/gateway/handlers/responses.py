@@ -85,7 +85,7 @@ async def create(rt: Runtime, scope: Scope, receive: Receive, send: Send, reques
             call.extra_headers = cache.plan_cache(snapshot, call, payload, headers)
             if call.cache is not None:
                 # Exact only: a response's input is compared whole, never by meaning.
-                exact_only = dataclasses.replace(call.cache.policy, semantic=False)
+                exact_only = dataclasses.replace(call.cache.policy, semantic=False, trial_id=None)
                 call.cache = dataclasses.replace(call.cache, policy=exact_only)
                 with tracing.child(call, "cache lookup"):
                     hit = await cache.look_up(rt.cache, call.cache)

@@ -11,6 +11,7 @@ indexes them. A cache that fails is a miss, never a failed request.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -76,6 +77,11 @@ def plan_cache(
         namespace=headers.get(b"x-cache-namespace", b"").decode("utf-8", "replace"),
         end_user=call.end_user,
     )
+    if not policy.serves:
+        # Only a semantic-cache trial asked for this plan: answers get indexed, the app sees no cache.
+        if call.cache is not None:
+            call.cache = dataclasses.replace(call.cache, read=False)
+        return []
     return [(b"x-cache", b"miss" if call.cache is not None and call.cache.read else b"bypass")]
 
 

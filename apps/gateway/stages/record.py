@@ -24,7 +24,7 @@ async def record(
     The request's metrics and trace span are recorded here too, once."""
     if cache_hit is not None and cache_hit.kind == "semantic":
         call.embedding_key = cache_hit.entry_key
-    elif cache_store is not None and call.cache is not None and call.cache.policy.semantic:
+    elif cache_store is not None and call.cache is not None and call.cache.policy.indexes:
         call.embedding_key = call.cache.exact_key
     project = rt.snapshot.projects.get(call.key.project_id)
     slug = project.slug if project is not None else ""

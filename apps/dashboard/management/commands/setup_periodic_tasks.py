@@ -19,6 +19,8 @@ PERIODIC_TASKS = {
     "Alert re-delivery": ("budgets.redeliver_alerts", 120),
     "Cache expiry and eviction": ("cache.evict", 300),
     "Shadow comparisons": ("routing.ingest_shadow", 10),
+    "Semantic-cache trial comparisons": ("opportunities.ingest_trials", 10),
+    "Trial spend and daily caps": ("opportunities.hold_trial_caps", 60),
     "Self-hosted deployments health": ("deployments.supervise", 30),
     "Batches with unclaimed lines": ("batches.resume", 60),
     "Provider batches": ("batches.poll", 30),

@@ -1,0 +1,250 @@
+"""Writes for trials: start a recommendation in shadow, enable it once it clears its target, stop it,
+hold it to its daily cap, and store the gateway's semantic-cache comparisons.
+
+Starting and enabling go through the cache and routing services, so the audit log records every change of
+policy a trial makes. Trial events arrive on their own stream (``names.trial_stream``), never the ledger's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import redis
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from apps.cache.models import CachePolicy
+from apps.cache.services import cache_policy_save
+from apps.core import names
+from apps.core.events import EVENT_FIELD, clean_id, trial_event_clean
+from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
+from apps.ledger.stream import acknowledge, ensure_group, read_batch
+from apps.opportunities.models import SEMANTIC_FLOOR, Lever, Trial, TrialSample, TrialState
+from apps.opportunities.selectors import CENT, Opportunity
+from apps.opportunities.trial_selectors import Measured, trial_measured
+from apps.routing.models import RoutingRule
+from apps.routing.services import rule_save, targets_parse
+from apps.tenancy.models import Project
+
+# The report's levers that a trial can measure; the others (exact cache, batch, prompt cache) change no
+# answer the app gets and need no trial.
+TRIAL_LEVERS = {"semantic_cache": Lever.SEMANTIC_CACHE, "route": Lever.ROUTE, "cascade": Lever.CASCADE}
+
+
+class TrialNotReady(Exception):
+    """``enable`` refused: the trial has not measured enough agreement yet."""
+
+    def __init__(self, trial: Trial, measured: Measured) -> None:
+        super().__init__("the trial has not cleared its quality target")
+        self.trial = trial
+        self.measured = measured
+
+
+def trial_parameters(opportunity: Opportunity) -> tuple[Lever, dict[str, Any]]:
+    """The lever a recommendation is trialled with and what the trial tries; ValidationError if none."""
+    lever = TRIAL_LEVERS.get(opportunity.lever)
+    if lever is None:
+        raise ValidationError(f"A {opportunity.lever} recommendation changes no answer: apply it in its settings.")
+    if lever == Lever.ROUTE:
+        return lever, {"from_model": opportunity.evidence["from_model"], "to_model": opportunity.evidence["to_model"]}
+    if lever == Lever.SEMANTIC_CACHE:
+        return lever, {"floor": str(SEMANTIC_FLOOR)}
+    raise ValidationError("Cascade trials are not available yet.")
+
+
+def _save(trial: Trial) -> Trial:
+    # The trial row itself is not audited: the policy changes it makes go through the audited services.
+    trial.full_clean()
+    trial.save()
+    return trial
+
+
+@transaction.atomic
+def trial_start(
+    *,
+    project: Project,
+    opportunity: Opportunity,
+    quality_target: Decimal,
+    daily_cap_usd: Decimal | None,
+    min_samples: int,
+    window_days: int,
+) -> Trial:
+    """Start ``opportunity``'s trial in shadow, or return the live one (its target and cap updated)."""
+    live = Trial.objects.filter(project=project, recommendation_id=opportunity.id).exclude(state=TrialState.STOPPED)
+    trial = live.select_for_update().first()
+    if trial is not None:
+        trial.quality_target, trial.daily_cap_usd, trial.min_samples = quality_target, daily_cap_usd, min_samples
+        return _save(trial)
+    lever, parameters = trial_parameters(opportunity)
+    trial = Trial(
+        project=project, lever=lever, recommendation_id=opportunity.id, feature=opportunity.feature,
+        parameters=parameters, quality_target=quality_target, daily_cap_usd=daily_cap_usd, min_samples=min_samples,
+        predicted_savings_usd=opportunity.predicted_savings_usd.quantize(CENT), predicted_window_days=window_days,
+    )  # fmt: skip
+    if lever == Lever.ROUTE:
+        trial.rule = _shadow_rule(project, opportunity.feature, parameters["from_model"], parameters["to_model"])
+    return _save(trial)
+
+
+def _shadow_rule(project: Project, feature: str, from_model: str, to_model: str) -> RoutingRule:
+    """A rule that keeps serving the feature's requests for ``from_model`` from it, and shadows every one
+    to ``to_model``: the app's answers do not change, the comparisons measure the cheaper model."""
+    return rule_save(
+        project=project,
+        fields={
+            "name": f"Trial: {feature or 'all features'}, {from_model} → {to_model}"[:100],
+            "match_features": [feature] if feature else [],
+            "match_models": [from_model],
+            "action": "route",
+            "shadow_percent": Decimal(100),
+        },
+        primaries=targets_parse(project=project, text=from_model),
+        fallbacks=[],
+        shadow=targets_parse(project=project, text=to_model),
+    )
+
+
+@transaction.atomic
+def trial_enable(*, trial: Trial) -> Trial:
+    """Change the real policy at what the trial measured; TrialNotReady until it clears its target."""
+    trial = Trial.objects.select_for_update().get(pk=trial.pk)
+    if trial.state == TrialState.ENABLED:
+        return trial
+    measured = trial_measured(trial=trial)
+    if trial.state != TrialState.SHADOW or not measured.cleared:
+        raise TrialNotReady(trial, measured)
+    if trial.lever == Lever.SEMANTIC_CACHE:
+        assert measured.recommended_threshold is not None
+        _enable_semantic(trial, Decimal(str(measured.recommended_threshold)))
+        trial.parameters = {**trial.parameters, "threshold": str(measured.recommended_threshold)}
+    else:
+        _enable_route(trial)
+    trial.state, trial.enabled_at = TrialState.ENABLED, timezone.now()
+    return _save(trial)
+
+
+def _enable_semantic(trial: Trial, threshold: Decimal) -> None:
+    policy = CachePolicy.objects.filter(project_id=trial.project_id, feature=trial.feature).first()
+    if policy is None:
+        # A new policy turns on only the lever the trial measured: no exact cache the lead did not ask for.
+        policy = CachePolicy(project_id=trial.project_id, feature=trial.feature, exact_enabled=False)
+    policy.semantic_enabled, policy.similarity_threshold = True, threshold
+    cache_policy_save(policy=policy)
+
+
+def _enable_route(trial: Trial) -> None:
+    rule = trial.rule
+    if rule is None:
+        raise ValidationError("The trial's routing rule was deleted; start a new trial.")
+    project = trial.project
+    rule_save(
+        project=project,
+        rule=rule,
+        fields={"name": rule.name.replace("Trial: ", "", 1), "shadow_percent": Decimal(0)},
+        primaries=targets_parse(project=project, text=trial.parameters["to_model"]),
+        fallbacks=targets_parse(project=project, text=trial.parameters["from_model"]),
+        shadow=[],
+    )
+
+
+@transaction.atomic
+def trial_stop(*, trial: Trial, reason: str = "stopped") -> Trial:
+    """Stop measuring; the shadow rule of a route trial stops shadowing. An enabled policy stays as it is."""
+    trial = Trial.objects.select_for_update().get(pk=trial.pk)
+    if trial.state != TrialState.SHADOW:
+        return trial
+    if trial.rule is not None:
+        rule_save(
+            project=trial.project, rule=trial.rule, fields={"shadow_percent": Decimal(0), "is_active": False},
+            primaries=targets_parse(project=trial.project, text=trial.parameters["from_model"]),
+            fallbacks=[], shadow=[],
+        )  # fmt: skip
+    trial.state, trial.stopped_at, trial.stopped_reason = TrialState.STOPPED, timezone.now(), reason[:200]
+    return _save(trial)
+
+
+def trials_hold_caps(*, now: dt.datetime | None = None) -> int:
+    """Record each shadow trial's spend and stop those whose spend today reached their daily cap; returns
+    how many were stopped. The cap is held at the pace of this job (a minute), not per call."""
+    stopped = 0
+    for trial in Trial.objects.filter(state=TrialState.SHADOW).select_related("project"):
+        measured = trial_measured(trial=trial, now=now)
+        if trial.trial_spend_usd != measured.spend_usd:
+            Trial.objects.filter(pk=trial.pk).update(trial_spend_usd=measured.spend_usd)
+        if trial.daily_cap_usd is not None and measured.spend_today_usd >= trial.daily_cap_usd:
+            trial_stop(trial=trial, reason=f"daily cap of ${trial.daily_cap_usd} reached")
+            stopped += 1
+    return stopped
+
+
+# --- the gateway's semantic-cache comparisons --------------------------------------------------
+
+
+def trial_stream() -> str:
+    return names.trial_stream(settings.REDIS_PREFIX)
+
+
+def _sample(raw: Any) -> TrialSample:
+    if not isinstance(raw, dict) or not isinstance(raw.get("request_id"), str) or not raw["request_id"]:
+        raise TypeError("a trial event is a JSON object with a request_id")
+    trial_id = clean_id(raw.get("trial_id"))
+    if trial_id is None:
+        raise ValueError(f"not a trial id: {raw.get('trial_id')!r}")
+    event = trial_event_clean(raw)
+    if event["prompt_similarity"] is None:
+        raise ValueError("a trial event needs the prompt similarity")
+    return TrialSample(
+        trial_id=trial_id,
+        request_id=event["request_id"],
+        created_at=dt.datetime.fromtimestamp(event["created_at"], dt.UTC),
+        prompt_similarity=event["prompt_similarity"],
+        guard_agrees=event["guard_agrees"],
+        normalized_match=event["normalized_match"],
+        answer_similarity=event["answer_similarity"],
+        prompt_text=event["prompt_text"],
+        cached_prompt_text=event["cached_prompt_text"],
+    )
+
+
+def trial_ingest_batch(*, client: redis.Redis, consumer: str, count: int = 500, block_ms: int = 0) -> int:
+    """Store up to ``count`` trial comparisons; returns how many entries were handled.
+
+    Acknowledged after the insert commits; (trial, request) is unique, so a re-read never duplicates.
+    Events of trials that are no longer in shadow (or of another project than the trial's) are dropped;
+    an event that cannot be read or stored goes to the dead-letter stream, the others are stored.
+    """
+    stream = trial_stream()
+    ensure_group(client, stream)
+    entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=30_000)
+    if not entries:
+        return 0
+    rows: list[tuple[bytes, dict[Any, Any], TrialSample]] = []
+    projects: dict[bytes, Any] = {}
+    dead: list[DeadLetter] = []
+    for entry_id, fields in entries:
+        if not fields:
+            continue
+        try:
+            raw = orjson.loads(fields[EVENT_FIELD])
+            rows.append((entry_id, fields, _sample(raw)))
+            projects[entry_id] = clean_id(raw.get("project_id"))
+        except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError, OverflowError, OSError) as exc:
+            dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
+    live = dict(
+        Trial.objects.filter(id__in={r.trial_id for _i, _f, r in rows}, state=TrialState.SHADOW).values_list(
+            "id", "project_id"
+        )
+    )
+    refused = store_or_bisect(
+        [row for row in rows if live.get(row[2].trial_id) is not None and live[row[2].trial_id] == projects[row[0]]],
+        lambda chunk: TrialSample.objects.bulk_create([r for _i, _f, r in chunk], ignore_conflicts=True),
+    )
+    dead += [(entry_id, fields, error) for (entry_id, fields, _row), error in refused]
+    dead_letters_report(stream=stream, dead=dead, field=EVENT_FIELD)
+    acknowledge(client, stream, [entry_id for entry_id, _fields in entries], dead_letters=dead)
+    return len(entries)

@@ -1,0 +1,148 @@
+"""What a trial measured: its quality against its target, its own spend, and realised savings once enabled.
+
+- A semantic-cache trial: its ``TrialSample`` rows binned by prompt similarity (0.01 wide). A threshold
+  serves the samples at or above it that the cache guard lets through; its precision is the share of those
+  whose cached answer matches the fresh one once normalised. The recommended threshold is the lowest whose
+  precision clears the target on at least ``min_samples`` would-be hits (the most traffic at that quality),
+  among the similarities actually seen.
+- A route trial: the ``ShadowComparison`` rows of the routing rule it wrote, since it started; agreement is
+  the share of answered shadow calls whose answer matches the app's once normalised. Its spend is what those
+  shadow calls cost, kept apart from the app's ledger and budgets.
+- Realised savings (an enabled trial): what the ledger's requests since enablement saved against their
+  counterfactual (the semantic hits; the rule's routed requests), beside the prediction prorated to the
+  same days.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, F, IntegerField, Q, Sum
+from django.db.models.functions import Cast, Floor
+from django.utils import timezone
+
+from apps.ledger.models import LedgerEntry
+from apps.opportunities.models import Lever, Trial, TrialState
+from apps.routing.models import ShadowComparison
+
+CENT = Decimal("0.000001")
+BIN = 100  # similarity bins per 1.0
+
+
+@dataclass
+class Measured:
+    samples: int  # comparisons that count (would-be hits the guard lets through; answered shadow calls)
+    agreement: float | None  # at the recommended threshold for a semantic trial
+    cleared: bool
+    recommended_threshold: float | None = None
+    curve: list[dict[str, Any]] = field(default_factory=list)  # semantic: per threshold, hits and precision
+    spend_usd: Decimal = Decimal(0)
+    spend_today_usd: Decimal = Decimal(0)
+    realised: dict[str, Any] | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "agreement": None if self.agreement is None else round(self.agreement, 4),
+            "cleared": self.cleared,
+            "recommended_threshold": self.recommended_threshold,
+            "curve": self.curve,
+            "spend_usd": str(self.spend_usd.quantize(CENT)),
+            "spend_today_usd": str(self.spend_today_usd.quantize(CENT)),
+            "realised": self.realised,
+        }
+
+
+def trial_measured(*, trial: Trial, now: dt.datetime | None = None) -> Measured:
+    now = now or timezone.now()
+    if trial.lever == Lever.SEMANTIC_CACHE:
+        measured = _semantic(trial)
+    else:
+        measured = _route(trial, now)
+    if trial.state == TrialState.ENABLED and trial.enabled_at is not None:
+        measured.realised = _realised(trial, now)
+    return measured
+
+
+def _semantic(trial: Trial) -> Measured:
+    bins = (
+        trial.samples.filter(guard_agrees=True)
+        .annotate(bin=Cast(Floor(F("prompt_similarity") * BIN), IntegerField()))
+        .values("bin")
+        .annotate(n=Count("id"), ok=Count("id", filter=Q(normalized_match=True)))
+    )
+    by_bin = {row["bin"]: (row["n"], row["ok"]) for row in bins}
+    target = float(trial.quality_target)
+    floor = int(float(trial.parameters.get("floor", 0.8)) * BIN)
+    curve: list[dict[str, Any]] = []
+    hits = agreed = 0
+    recommended: tuple[float, int, float] | None = None
+    # From the top down: a threshold serves every sample at or above it.
+    for b in range(BIN, floor - 1, -1):
+        n, ok = by_bin.get(b, (0, 0))
+        hits, agreed = hits + n, agreed + ok
+        if not n:
+            continue  # only thresholds at a similarity seen: between two, nothing was measured
+        precision = agreed / hits
+        threshold = round(b / BIN, 2)
+        curve.append({"threshold": threshold, "hits": hits, "precision": round(precision, 4)})
+        if hits >= trial.min_samples and precision >= target:
+            recommended = (threshold, hits, precision)
+    curve.reverse()
+    if recommended is None:
+        return Measured(samples=hits, agreement=agreed / hits if hits else None, cleared=False, curve=curve)
+    threshold, served, precision = recommended
+    return Measured(samples=served, agreement=precision, cleared=True, recommended_threshold=threshold, curve=curve)
+
+
+def _route(trial: Trial, now: dt.datetime) -> Measured:
+    if trial.rule_id is None:
+        return Measured(samples=0, agreement=None, cleared=False)
+    rows = ShadowComparison.objects.filter(rule_id=trial.rule_id, created_at__gte=trial.created_at)
+    start_of_day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    totals = rows.aggregate(
+        n=Count("id", filter=Q(shadow_status=200)),
+        ok=Count("id", filter=Q(shadow_status=200, normalized_match=True)),
+        spend=Sum("shadow_cost"),
+        today=Sum("shadow_cost", filter=Q(created_at__gte=start_of_day)),
+    )
+    n, ok = totals["n"], totals["ok"]
+    agreement = ok / n if n else None
+    return Measured(
+        samples=n,
+        agreement=agreement,
+        cleared=agreement is not None and n >= trial.min_samples and agreement >= float(trial.quality_target),
+        spend_usd=totals["spend"] or Decimal(0),
+        spend_today_usd=totals["today"] or Decimal(0),
+    )
+
+
+def _realised(trial: Trial, now: dt.datetime) -> dict[str, Any]:
+    assert trial.enabled_at is not None
+    rows = LedgerEntry.objects.filter(project_id=trial.project_id, created_at__gte=trial.enabled_at, status_code=200)
+    if trial.feature:
+        rows = rows.filter(feature=trial.feature)
+    if trial.lever == Lever.SEMANTIC_CACHE:
+        rows = rows.filter(cache_hit="semantic")
+    elif trial.rule_id is not None:
+        rows = rows.filter(decision__rule_id=trial.rule_id)
+    else:
+        rows = rows.none()
+    totals = rows.aggregate(n=Count("id"), saved=Sum(F("counterfactual_cost") - F("cost")))
+    days = max((now - trial.enabled_at).total_seconds(), 0) / 86_400
+    predicted = trial.predicted_savings_usd * Decimal(days) / max(trial.predicted_window_days, 1)
+    return {
+        "since": trial.enabled_at.isoformat(),
+        "requests": totals["n"],
+        "realised_savings_usd": str((totals["saved"] or Decimal(0)).quantize(CENT)),
+        "predicted_savings_usd": str(predicted.quantize(CENT)),
+    }
+
+
+def project_trials(*, project: Any) -> list[tuple[Trial, Measured]]:
+    """The project's trials, newest first, each with what it measured."""
+    now = timezone.now()
+    return [(trial, trial_measured(trial=trial, now=now)) for trial in Trial.objects.filter(project=project)]
