@@ -144,10 +144,13 @@ def _is_name(token: str, lowered: str, sentence_start: bool) -> bool:
     return token[0].isupper() and not sentence_start and token != "I"
 
 
-def agree(a: str, b: str) -> bool:
-    """Whether prompts ``a`` and ``b`` agree on numbers, names and opposites (see the module docstring)."""
+def agree(a: str, b: str, learned: frozenset[tuple[str, str]] = frozenset()) -> bool:
+    """Whether prompts ``a`` and ``b`` agree on numbers, names and opposites (see the module docstring),
+    the word pairs a project's semantic-cache trials ``learned`` (``learned_opposites``) included."""
     first, second = details(a), details(b)
     if first.numbers != second.numbers:
+        return False
+    if learned and _learned_apart(first.words, second.words, learned):
         return False
     if first.opposites != second.opposites and not _opposites_agree(first.opposites, second.opposites):
         return False
@@ -162,3 +165,26 @@ def _opposites_agree(first: frozenset[tuple[int, int]], second: frozenset[tuple[
     """Of each set of alternatives both prompts name, they name the same ones."""
     shared = {group for group, _ in first} & {group for group, _ in second}
     return {o for o in first if o[0] in shared} == {o for o in second if o[0] in shared}
+
+
+def _learned_apart(first: frozenset[str], second: frozenset[str], learned: frozenset[tuple[str, str]]) -> bool:
+    """One prompt has one word of a learned pair that the other lacks, and the other has its partner."""
+    only_first, only_second = first - second, second - first
+    return any((x in only_first and y in only_second) or (y in only_first and x in only_second) for x, y in learned)
+
+
+def learned_opposites(pairs: list[tuple[str, str]], *, min_seen: int = 2) -> frozenset[tuple[str, str]]:
+    """The word pairs a cached answer was wrong across: of each disagreement (the request's prompt, the
+    cached prompt whose answer did not match), the one word each has that the other lacks, when that is
+    all that differs and the built-in checks did not already tell them apart. A pair counts once seen
+    ``min_seen`` times, so that one odd paraphrase teaches nothing."""
+    seen: dict[tuple[str, str], int] = {}
+    for asked, cached in pairs:
+        first, second = details(asked), details(cached)
+        if not agree(asked, cached):
+            continue  # numbers, names or a built-in opposite already keep these apart
+        only_first, only_second = first.words - second.words, second.words - first.words
+        if len(only_first) == 1 and len(only_second) == 1:
+            x, y = sorted((*only_first, *only_second))
+            seen[(x, y)] = seen.get((x, y), 0) + 1
+    return frozenset(pair for pair, n in seen.items() if n >= min_seen)

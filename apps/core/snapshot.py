@@ -125,6 +125,8 @@ class CachePolicyView:
     # measures. Answers are indexed for semantic search, and would-be hits still go upstream.
     trial_id: int | None = None
     trial_floor: float = 1.0
+    # Word pairs the project's trials saw a cached answer be wrong across (apps.cache.guard.learned_opposites).
+    learned_opposites: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def serves(self) -> bool:

@@ -77,7 +77,11 @@ class ResponseCache:
     async def _semantic_lookup(self, request: CacheRequest) -> CacheHit | None:
         row = await self.nearest(request)
         # Similar is not enough: the prompts must also agree on numbers and names (apps/cache/guard.py).
-        if row is None or row.similarity < request.policy.threshold or not agree(request.text, row.prompt_text):
+        if (
+            row is None
+            or row.similarity < request.policy.threshold
+            or not agree(request.text, row.prompt_text, request.policy.learned_opposites)
+        ):
             return None
         return CacheHit("semantic", row.response, row.similarity, row.exact_key)
 

@@ -56,7 +56,7 @@ class TrialQueue(OffPathQueue[TrialJob]):
                 "request_id": job.request_id,
                 "created_at": job.created_at,
                 "prompt_similarity": round(nearest.similarity, 4),
-                "guard_agrees": agree(job.request.text, nearest.prompt_text),
+                "guard_agrees": agree(job.request.text, nearest.prompt_text, job.request.policy.learned_opposites),
                 "normalized_match": matched,
                 "answer_similarity": await answer_similarity(cached, fresh) if cached and fresh else None,
                 # Prompts are kept only where the answers disagree: what the guard can learn from.

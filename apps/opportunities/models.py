@@ -62,6 +62,9 @@ class Trial(models.Model):
     predicted_window_days = models.PositiveSmallIntegerField(default=7)
     # The routing rule the trial wrote (a route trial), so enabling changes that rule and nothing else.
     rule = models.ForeignKey("routing.RoutingRule", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Counted as the comparisons arrive; saving it announces a policy change, so that gateways learn the
+    # opposites a new disagreement may teach the cache guard.
+    disagreements = models.PositiveIntegerField(default=0)
     stopped_reason = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     enabled_at = models.DateTimeField(null=True, blank=True)

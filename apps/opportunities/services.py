@@ -245,6 +245,14 @@ def trial_ingest_batch(*, client: redis.Redis, consumer: str, count: int = 500, 
         lambda chunk: TrialSample.objects.bulk_create([r for _i, _f, r in chunk], ignore_conflicts=True),
     )
     dead += [(entry_id, fields, error) for (entry_id, fields, _row), error in refused]
+    _count_disagreements({r.trial_id for _i, _f, r in rows if r.trial_id in live and not r.normalized_match})
     dead_letters_report(stream=stream, dead=dead, field=EVENT_FIELD)
     acknowledge(client, stream, [entry_id for entry_id, _fields in entries], dead_letters=dead)
     return len(entries)
+
+
+def _count_disagreements(trial_ids: set[int]) -> None:
+    """Recount the trials that got a disagreement; the save announces a policy change (apps.policy)."""
+    for trial in Trial.objects.filter(id__in=trial_ids):
+        trial.disagreements = trial.samples.filter(normalized_match=False).count()
+        trial.save(update_fields=["disagreements"])

@@ -24,8 +24,9 @@ from django.db.models import Count, F, IntegerField, Q, Sum
 from django.db.models.functions import Cast, Floor
 from django.utils import timezone
 
+from apps.cache.guard import learned_opposites
 from apps.ledger.models import LedgerEntry
-from apps.opportunities.models import Lever, Trial, TrialState
+from apps.opportunities.models import Lever, Trial, TrialSample, TrialState
 from apps.routing.models import ShadowComparison
 
 CENT = Decimal("0.000001")
@@ -146,3 +147,18 @@ def project_trials(*, project: Any) -> list[tuple[Trial, Measured]]:
     """The project's trials, newest first, each with what it measured."""
     now = timezone.now()
     return [(trial, trial_measured(trial=trial, now=now)) for trial in Trial.objects.filter(project=project)]
+
+
+# The disagreements read per build of the policy snapshot: the most recent ones teach the guard.
+LEARN_FROM = 5000
+
+
+def learned_opposites_by_project() -> dict[int, frozenset[tuple[str, str]]]:
+    """Each project's word pairs learned from its trials' disagreements (``apps.cache.guard``)."""
+    pairs: dict[int, list[tuple[str, str]]] = {}
+    for project_id, asked, cached in (
+        TrialSample.objects.filter(normalized_match=False).exclude(prompt_text="")
+        .order_by("-id").values_list("trial__project_id", "prompt_text", "cached_prompt_text")[:LEARN_FROM]
+    ):  # fmt: skip
+        pairs.setdefault(project_id, []).append((asked, cached))
+    return {project_id: learned_opposites(found) for project_id, found in pairs.items()}

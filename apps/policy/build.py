@@ -40,6 +40,7 @@ from apps.core.snapshot import (
 )
 from apps.keys.models import ApiKey
 from apps.opportunities.models import Lever, Trial, TrialState
+from apps.opportunities.trial_selectors import learned_opposites_by_project
 from apps.providers.crypto import InvalidToken
 from apps.providers.models import ModelAlias, Price, Provider
 from apps.routing.models import RoutingRule, TargetRole
@@ -335,7 +336,8 @@ def _build_cache_policies() -> dict[tuple[int, str], CachePolicyView]:
 
 def _with_trials(views: dict[tuple[int, str], CachePolicyView]) -> dict[tuple[int, str], CachePolicyView]:
     """Mark the cache policy each semantic-cache trial in shadow applies to (the feature's own, else the
-    project's, else one that serves nothing and only lets the trial measure)."""
+    project's, else one that serves nothing and only lets the trial measure), and give every policy of a
+    project the opposites its trials learned."""
     for trial in Trial.objects.filter(lever=Lever.SEMANTIC_CACHE, state=TrialState.SHADOW).order_by("id"):
         slot = (trial.project_id, trial.feature)
         base = (
@@ -345,4 +347,8 @@ def _with_trials(views: dict[tuple[int, str], CachePolicyView]) -> dict[tuple[in
         )
         floor = float(trial.parameters.get("floor", 1.0)) if isinstance(trial.parameters, dict) else 1.0
         views[slot] = dataclasses.replace(base, trial_id=trial.id, trial_floor=floor)
+    learned = learned_opposites_by_project()
+    for slot, view in views.items():
+        if learned.get(slot[0]):
+            views[slot] = dataclasses.replace(view, learned_opposites=learned[slot[0]])
     return views

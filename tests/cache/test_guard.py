@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from apps.cache.guard import OPPOSITES, agree, details
+from apps.cache.guard import OPPOSITES, agree, details, learned_opposites
 
 
 def test_numbers_are_compared_by_value_in_order() -> None:
@@ -95,3 +95,19 @@ def test_opposites_are_found_in_any_case_and_every_spelling_is_unique() -> None:
     spellings = [s for group in OPPOSITES for alternative in group for s in alternative]
     assert len(spellings) == len(set(spellings))
     assert details("Enable it MONTHLY").opposites == details("enable it monthly").opposites != frozenset()
+
+
+def test_word_pairs_learned_from_trial_disagreements_keep_look_alikes_apart() -> None:
+    disagreements = [
+        ("How do I reach the sales team?", "How do I reach the support team?"),
+        ("Can the sales team call me back?", "Can the support team call me back?"),
+        ("What's the price of the yearly plan?", "What's the price of the monthly plan?"),  # built in already
+        ("Where is my parcel?", "Where is my parcel now please?"),  # two words differ: nothing to learn
+        ("Is the blue widget in stock?", "Is the green widget in stock?"),  # seen once: not learned yet
+    ]
+    learned = learned_opposites(disagreements)
+    assert learned == frozenset({("sales", "support")})
+    assert agree("Email for the sales desk?", "Email for the support desk?"), "the built-in checks alone"
+    assert not agree("Email for the sales desk?", "Email for the support desk?", learned)
+    assert agree("Email for the sales desk?", "Sales desk email?", learned), "a pair named on one side only"
+    assert agree("sales and support hours", "support and sales hours", learned), "both named on both sides"

@@ -27,7 +27,7 @@ from apps.opportunities.services import trial_ingest_batch, trial_start, trial_s
 from apps.opportunities.trial_selectors import trial_measured
 from apps.routing.models import ShadowComparison, TargetRole
 from apps.tenancy.models import Role
-from tests.factories import People, Tenant, login, member_make
+from tests.factories import People, Tenant, entry_make, login, member_make
 from tests.opportunities.test_opportunities import _prices, _row
 
 pytestmark = pytest.mark.django_db
@@ -333,3 +333,39 @@ def test_the_trial_stream_stores_good_events_and_dead_letters_garbage(people: Pe
     assert client.xlen(trial_stream() + ":dead") == 4
     assert client.xpending(trial_stream(), GROUP)["pending"] == 0
     assert not dt.datetime.now(dt.UTC) < stored["req-5"].created_at
+
+
+def test_disagreements_teach_the_projects_cache_policy_in_the_snapshot(people: People) -> None:
+    from apps.policy.build import build_snapshot
+
+    trial = _semantic_trial(people.tenant)
+    CachePolicy.objects.create(project=people.other.project, semantic_enabled=True)
+    for i in range(2):  # seen twice: learned
+        TrialSample.objects.create(trial=trial, request_id=f"d{i}", created_at=timezone.now(), prompt_similarity=0.9,
+                                   guard_agrees=True, normalized_match=False, prompt_text="Call the sales team",
+                                   cached_prompt_text="Call the support team")  # fmt: skip
+    snapshot = build_snapshot(1)
+    view = snapshot.cache_policy(people.tenant.project.pk, "")
+    assert view is not None and view.trial_id == trial.pk and not view.serves and view.indexes
+    assert view.learned_opposites == frozenset({("sales", "support")})
+    theirs = snapshot.cache_policy(people.other.project.pk, "")
+    assert theirs is not None and theirs.learned_opposites == frozenset(), "never another project's"
+
+
+def test_realised_savings_since_enablement_beside_the_prorated_prediction(people: People) -> None:
+    trial = _semantic_trial(people.tenant)
+    _samples(trial, 0.95, agree=5)
+    response = _post(_api(people.owner), _apply_url(people.tenant, trial.recommendation_id), {"mode": "enable"})
+    assert response.status_code == 200
+    enabled_at = timezone.now() - dt.timedelta(days=1)
+    Trial.objects.filter(pk=trial.pk).update(enabled_at=enabled_at)
+    entry_make(people.tenant, cache_hit="semantic", cost=Decimal(0), counterfactual_cost=Decimal("0.15"))
+    entry_make(people.tenant, cache_hit="semantic", cost=Decimal(0), counterfactual_cost=Decimal("0.05"))
+    entry_make(people.tenant, cost=Decimal("0.2"), counterfactual_cost=Decimal("0.2"))  # went upstream: no saving
+    entry_make(people.tenant, created_at=enabled_at - dt.timedelta(hours=1), cache_hit="semantic", cost=Decimal(0),
+               counterfactual_cost=Decimal("9"))  # before enablement  # fmt: skip
+    realised = _api(people.owner).get(f"/api/projects/{people.tenant.project.slug}/trials/").json()["trials"][0]
+    numbers = realised["measured"]["realised"]
+    assert numbers["requests"] == 2 and numbers["realised_savings_usd"] == "0.200000"
+    # $1.40 predicted per 7 days: one day of it.
+    assert Decimal(numbers["predicted_savings_usd"]) == pytest.approx(Decimal("0.2"), abs=Decimal("0.001"))
