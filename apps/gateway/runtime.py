@@ -146,7 +146,12 @@ class Runtime:
         trial_writer = LedgerWriter(fast_redis, names.trial_stream(prefix), spool / "trials")
         trial_writer.start()
         trials = TrialQueue(
-            http, trial_writer.write, cache, size=settings.GATEWAY_SHADOW_QUEUE, workers=settings.GATEWAY_SHADOW_WORKERS
+            http,
+            trial_writer.write,
+            cache,
+            size=settings.GATEWAY_SHADOW_QUEUE,
+            workers=settings.GATEWAY_SHADOW_WORKERS,
+            per_second=settings.GATEWAY_TRIAL_JOBS_PER_SECOND,
         )
         trials.start()
         policy = PolicyStore(redis, prefix, build_snapshot, poll_seconds=settings.GATEWAY_POLICY_POLL_SECONDS)

@@ -246,6 +246,8 @@ GATEWAY_BREAKER_WINDOW_SECONDS = float(env_str("GATEWAY_BREAKER_WINDOW_SECONDS",
 GATEWAY_BREAKER_COOLDOWN_SECONDS = float(env_str("GATEWAY_BREAKER_COOLDOWN_SECONDS", "30"))
 # Shadow traffic: a bounded in-process queue (full = the sample is dropped, never waited for).
 GATEWAY_SHADOW_QUEUE = env_int("GATEWAY_SHADOW_QUEUE", 1000)
+# Semantic-cache trial comparisons one gateway process makes per second at most (each costs ~10 ms of CPU).
+GATEWAY_TRIAL_JOBS_PER_SECOND = float(env_str("GATEWAY_TRIAL_JOBS_PER_SECOND", "5"))
 GATEWAY_SHADOW_WORKERS = env_int("GATEWAY_SHADOW_WORKERS", 4)
 # Batches (Files + Batch API): biggest upload, lines run at once per worker, and how long a claimed
 # line stays with a worker that stopped answering before another worker takes it over.

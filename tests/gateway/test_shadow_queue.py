@@ -48,3 +48,33 @@ def test_a_full_queue_drops_samples_instead_of_waiting() -> None:
         ("r0", 504, False),
         ("r1", 504, False),
     ]
+
+
+def test_a_trial_queue_takes_at_most_its_share_of_jobs_per_second() -> None:
+    """A comparison costs ~10 ms of CPU: a trial samples at most ``per_second`` jobs, skipping the rest unqueued."""
+    from apps.gateway.response_cache import CacheRequest, ResponseCache  # noqa: PLC0415
+    from apps.gateway.trial_queue import TrialJob, TrialQueue  # noqa: PLC0415
+
+    async def scenario() -> tuple[int, int, int]:
+        async def write(event: dict[str, Any]) -> None:
+            return None
+
+        async with aiohttp.ClientSession() as http:
+            cache = ResponseCache(None, "", "t:")  # type: ignore[arg-type]  (offer never touches it)
+            queue = TrialQueue(http, write, cache, size=1000, workers=1, per_second=3)
+            request = CacheRequest.__new__(CacheRequest)
+            job = TrialJob(request_id="r", created_at=0.0, trial_id=1, project_id=1, floor=0.8, request=request,
+                           fresh_text="a")  # fmt: skip
+            for _ in range(50):  # a burst: one second's allowance is taken, the rest skipped
+                queue.offer(job)
+            burst = queue._queue.qsize()  # noqa: SLF001
+            await asyncio.sleep(0.7)  # about two more jobs' worth of allowance
+            for _ in range(50):
+                queue.offer(job)
+            assert queue.dropped == 0
+            return burst, queue._queue.qsize(), queue.skipped  # noqa: SLF001
+
+    burst, later, skipped = asyncio.run(scenario())
+    assert burst == 3  # workers not started: what was taken is still queued
+    assert later - burst == 2  # 0.7 s at 3 a second refills two jobs
+    assert skipped == 100 - later  # skipped before the queue: none of them counts as dropped

@@ -45,6 +45,9 @@ from apps.cache.services import cache_purge
 from apps.core import names
 from apps.keys.services import IssuedKey, key_issue
 from apps.ledger.models import LedgerEntry
+from apps.opportunities.models import Trial
+from apps.opportunities.selectors import Opportunity
+from apps.opportunities.services import trial_start, trial_stop
 from apps.providers.models import Provider, ProviderKind
 from apps.providers.services import provider_create, provider_update
 from apps.tenancy.models import Organization, Project
@@ -226,6 +229,11 @@ class Command(BaseCommand):
         parser.add_argument("--connections", default="1,16")
         parser.add_argument("--cache", action="store_true", help="also measure exact-cache hits through the gateway")
         parser.add_argument(
+            "--trial",
+            action="store_true",
+            help="also measure the gateway with a semantic-cache trial in shadow on the bench project",
+        )
+        parser.add_argument(
             "--workers",
             type=int,
             default=1,
@@ -261,7 +269,7 @@ class Command(BaseCommand):
                 env={**env, "BARE_PROXY_UPSTREAM": upstream_url},
             ),
         ]
-        if options["cache"]:  # indexes stores and counts hits, as beside a real gateway
+        if options["cache"] or options["trial"]:  # indexes stores and counts hits, as beside a real gateway
             procs.append(subprocess.Popen([python, "manage.py", "ingest_cache"], env=env, stdout=subprocess.DEVNULL))
         try:
             _wait(f"http://127.0.0.1:{up_port}/health", 200, procs[0])
@@ -283,6 +291,7 @@ class Command(BaseCommand):
                     tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float], dict[str, float]]
                 ] = []
                 cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
+                trialled: list[tuple[int, dict[str, float], dict[str, float]]] = []
                 meter = _CpuMeter(procs[1].pid, redis.Redis.from_url(settings.REDIS_URL))
                 for connections in [int(c) for c in options["connections"].split(",")]:
                     direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
@@ -310,6 +319,21 @@ class Command(BaseCommand):
                     )
                     sent += int(responses_gateway["requests"])
                     responses.append((connections, responses_direct, responses_gateway))
+                    if options["trial"]:
+                        # The trial's work (embed the prompt, look for a would-be hit, compare) runs after the
+                        # answer is sent; what it may cost the app is read from the same request's p50 and rate.
+                        trial = self._semantic_trial(issued, gateway=gateway_v1)
+                        try:
+                            # Warm-up: the first trial job loads the embedder into the gateway (once per process).
+                            sent += int(_wrk(gateway_url, gateway_lua, 1, 10)["requests"])
+                            with meter.measure() as cpu:
+                                trial_on = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
+                            trial_on.update(cpu.per_request(trial_on["requests"]))
+                        finally:
+                            trial_stop(trial=trial, reason="bench done")
+                            self._await_policy(issued, gateway_v1)
+                        sent += int(trial_on["requests"])
+                        trialled.append((connections, gateway, trial_on))
                     if options["cache"]:
                         self._limits(issued, on=False, gateway=gateway_v1)
                         self._exact_cache(issued, on=True, gateway=gateway_v1)
@@ -325,6 +349,8 @@ class Command(BaseCommand):
             self._check_ledger(issued.api_key.id, sent)
             if cached:
                 self._report_cache(cached, issued.api_key.id)
+            if trialled:
+                self._report_trial(trialled)
         finally:
             for proc in procs:
                 proc.terminate()
@@ -381,6 +407,34 @@ class Command(BaseCommand):
             CachePolicy.objects.filter(project=project).delete()
             cache_purge(client=redis.Redis.from_url(settings.REDIS_URL), project=project)
             self._await_policy(issued, gateway)
+
+    def _semantic_trial(self, issued: IssuedKey, *, gateway: str) -> Trial:
+        """A semantic-cache trial in shadow on the bench project, as ``POST …/apply`` starts one."""
+        opportunity = Opportunity(
+            id="semantic_cache-bench", lever="semantic_cache", feature="", predicted_savings_usd=Decimal(0), share=0.0
+        )
+        trial = trial_start(
+            project=issued.api_key.project, opportunity=opportunity, quality_target=Decimal("0.99"),
+            daily_cap_usd=None, min_samples=30, window_days=7,
+        )  # fmt: skip
+        self._await_policy(issued, gateway)
+        return trial
+
+    def _report_trial(self, rows: list[tuple[int, dict[str, float], dict[str, float]]]) -> None:
+        """The gateway with and without a semantic-cache trial in shadow: what the trial costs the app."""
+        w = self.stdout.write
+        w("\nsemantic-cache trial in shadow (no budgets or limits; the trial's work runs after the answer is sent)")
+        w(
+            f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+            f"{'gw cpu µs':>9} {'redis µs':>9}"
+        )
+        for connections, off, on in rows:
+            for name, r in (("gateway", off), ("gateway, trial", on)):
+                w(f"{connections:>4}  {name:<15} {_cells(r)}")
+            w(
+                f"      trial on: p50 {on['p50'] - off['p50']:+.2f} ms, throughput {on['rps'] / off['rps'] - 1:+.0%}, "
+                f"gateway CPU {on['gateway_cpu_us'] - off['gateway_cpu_us']:+.0f} µs per request"
+            )
 
     def _await_policy(self, issued: IssuedKey, gateway: str) -> None:
         """Wait until the gateway runs on the policy version the control plane last published."""
