@@ -27,7 +27,7 @@ from apps.core.anthropic import (
 DONE = b"data: [DONE]\n\n"
 
 
-def _events(buffer: bytes, max_event_bytes: int) -> tuple[list[bytes], bytes, bytes]:
+def split_events(buffer: bytes, max_event_bytes: int) -> tuple[list[bytes], bytes, bytes]:
     """(complete events, what is left to wait for, bytes to pass on unframed)."""
     cut = buffer.rfind(b"\n\n")
     if cut < 0:
@@ -35,7 +35,7 @@ def _events(buffer: bytes, max_event_bytes: int) -> tuple[list[bytes], bytes, by
     return [e for e in buffer[:cut].split(b"\n\n") if e.strip()], buffer[cut + 2 :], b""
 
 
-def _parse(event: bytes) -> tuple[str, Any]:
+def parse_event(event: bytes) -> tuple[str, Any]:
     """An event's name and its data as JSON (None when it is not JSON)."""
     name, data = "", b""
     for line in event.split(b"\n"):
@@ -63,8 +63,8 @@ class MessagesToChat:
         self._usage: dict[str, Any] = {}
 
     def feed(self, chunk: bytes) -> bytes:
-        events, self._buffer, unframed = _events(self._buffer + chunk, self._max)
-        out = [self._event(*_parse(event)) for event in events]
+        events, self._buffer, unframed = split_events(self._buffer + chunk, self._max)
+        out = [self._event(*parse_event(event)) for event in events]
         return b"".join(out) + unframed
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -135,11 +135,11 @@ class ChatToMessages:
         self.finished = False
 
     def feed(self, chunk: bytes) -> bytes:
-        events, self._buffer, unframed = _events(self._buffer + chunk, self._max)
+        events, self._buffer, unframed = split_events(self._buffer + chunk, self._max)
         return b"".join(self._event(event) for event in events) + unframed
 
     def _event(self, event: bytes) -> bytes:
-        name, data = _parse(event)
+        name, data = parse_event(event)
         if name == "done":
             return self._finish_message()
         if not isinstance(data, dict):

@@ -113,3 +113,9 @@ def response_owner(prefix: str, response_id: str) -> str:
     has used so far (the gateway writes it when it relays the response; retrieve, delete, cancel and
     ``previous_response_id`` read it)."""
     return f"{prefix}resp:{response_id}"
+
+
+def response_state(prefix: str, response_id: str) -> str:
+    """A response the gateway answered itself from a Chat-only provider: the Response object and the input
+    items (the conversation before it, and its own), for retrieve, ``input_items`` and the next turn."""
+    return f"{prefix}respstate:{response_id}"

@@ -44,6 +44,7 @@ class ProviderTarget:
     base_url: str
     secret: str
     max_retries: int = 0
+    responses_api: bool = True  # off: /v1/responses goes to it as Chat Completions (apps.core.responses_chat)
     # aiohttp's per-request timeout: connect, first byte / stream silence (sock_read); no total (streams).
     timeout: aiohttp.ClientTimeout = aiohttp.ClientTimeout()
     total_timeout: float = 600.0  # a whole non-streamed answer

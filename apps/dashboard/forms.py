@@ -105,6 +105,9 @@ class DefaultProviderForm(forms.Form):
         form_field(self, "default_provider", forms.ModelChoiceField).queryset = providers
 
 
+RESPONSES_API_HELP = "Off for a server without /v1/responses: those requests are translated to chat completions."
+
+
 class ProviderCreateForm(forms.Form):
     name = forms.CharField(max_length=200)
     kind = forms.ChoiceField(choices=ProviderKind.choices)
@@ -113,6 +116,9 @@ class ProviderCreateForm(forms.Form):
     )
     # render_value=False: a stored secret never travels back to the browser.
     secret = forms.CharField(required=False, widget=forms.PasswordInput(render_value=False), label="API secret")
+    responses_api = forms.BooleanField(
+        required=False, initial=True, label="Speaks the Responses API", help_text=RESPONSES_API_HELP
+    )
 
 
 class ProviderUpdateForm(forms.Form):
@@ -125,6 +131,7 @@ class ProviderUpdateForm(forms.Form):
         help_text="Leave blank to keep the stored secret.",
     )
     is_active = forms.BooleanField(required=False, label="Active")
+    responses_api = forms.BooleanField(required=False, label="Speaks the Responses API", help_text=RESPONSES_API_HELP)
 
     def clean_secret(self) -> str | None:
         # Blank means "unchanged" (None for provider_update), not "remove".

@@ -329,7 +329,12 @@ def provider_edit(request: HttpRequest, org_slug: str, pk: int) -> HttpResponse:
                 return redirect("dashboard:providers", org_slug=org.slug)
     else:
         form = ProviderUpdateForm(
-            initial={"name": provider.name, "base_url": provider.base_url, "is_active": provider.is_active}
+            initial={
+                "name": provider.name,
+                "base_url": provider.base_url,
+                "is_active": provider.is_active,
+                "responses_api": provider.responses_api,
+            }  # fmt: skip
         )
     return render(request, "dashboard/provider_edit.html", {"org": org, "provider": provider, "form": form})
 

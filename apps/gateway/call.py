@@ -42,6 +42,8 @@ class Call:
     completion_tokens: int = 0
     reasoning_tokens: int = 0  # of the completion tokens
     context_tokens: int = 0  # earlier turns a previous_response_id brings into the prompt (at most)
+    # The items of a conversation the gateway holds (previous_response_id answered by a Chat-only provider).
+    history: list[dict[str, Any]] | None = None
     service_tier: str = TIER_STANDARD
     usage_estimated: bool = False
     # An attempt the provider may bill although we got no answer (a timeout after the request was sent).

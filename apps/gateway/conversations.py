@@ -7,11 +7,20 @@ tokens the conversation has used so far (what a continuation's prompt can be at
 most, which budgets reserve). Entries live as long as OpenAI keeps a stored
 response (30 days). Written before the app sees the response's end, so a next
 turn sent at once finds it.
+
+A conversation on a provider that speaks only Chat Completions is held by us
+(``translated``): the response itself and its input items (the turns before it,
+and its own) are kept beside the owner, under the same TTL, and a next turn sends
+them all upstream again as chat messages. Redis is that state's home, as it is the
+owners': the gateway has no database, the next turn must read it within the same
+millisecond it was written, and OpenAI itself keeps a stored response 30 days, not
+for ever. Deleting the response deletes both keys.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -29,6 +38,7 @@ class Owner:
     provider_id: int
     model: str
     tokens: int  # input and output of the conversation up to and including this response
+    translated: bool = False  # held by us (a Chat-only provider): see ``state_of``
 
 
 def not_found(response_id: str, param: str | None = None) -> GatewayError:
@@ -48,15 +58,42 @@ async def owner_of(redis: FastRedis, prefix: str, response_id: str, project_id: 
         return None
     if not isinstance(data, dict) or data.get("project") != project_id or clean_id(data.get("provider")) is None:
         return None
-    return Owner(project_id, data["provider"], str(data.get("model") or ""), clean_count(data.get("tokens")))
+    return Owner(project_id, data["provider"], str(data.get("model") or ""), clean_count(data.get("tokens")),
+                 translated=data.get("translated") is True)  # fmt: skip
 
 
-async def remember(redis: FastRedis, prefix: str, response_id: str, owner: Owner) -> None:
+async def remember(
+    redis: FastRedis, prefix: str, response_id: str, owner: Owner, state: dict[str, Any] | None = None
+) -> None:
+    """Note the owner (and, for a conversation we hold, its ``state``); the state is written first, so an
+    owner marked translated always has one to read."""
     value = orjson.dumps(
-        {"project": owner.project_id, "provider": owner.provider_id, "model": owner.model, "tokens": owner.tokens}
+        {
+            "project": owner.project_id,
+            "provider": owner.provider_id,
+            "model": owner.model,
+            "tokens": owner.tokens,
+            "translated": owner.translated,
+        }  # fmt: skip
     )
+    if state is not None:
+        await redis.execute("SET", names.response_state(prefix, response_id), orjson.dumps(state), "EX",
+                            OWNER_TTL_SECONDS)  # fmt: skip
     await redis.execute("SET", names.response_owner(prefix, response_id), value, "EX", OWNER_TTL_SECONDS)
 
 
+async def state_of(redis: FastRedis, prefix: str, response_id: str) -> dict[str, Any] | None:
+    """A held conversation's state: ``response`` (the Response object), ``context`` (the items of the turns
+    before it) and ``input`` (its own input items); None when it is gone or not an object."""
+    raw = await redis.execute("GET", names.response_state(prefix, response_id))
+    try:
+        data = orjson.loads(raw) if raw is not None else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("context", "input")):
+        return None
+    return data if isinstance(data.get("response"), dict) else None
+
+
 async def forget(redis: FastRedis, prefix: str, response_id: str) -> None:
-    await redis.execute("DEL", names.response_owner(prefix, response_id))
+    await redis.execute("DEL", names.response_owner(prefix, response_id), names.response_state(prefix, response_id))

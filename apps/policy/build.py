@@ -201,6 +201,7 @@ def _provider_target(provider: Any) -> ProviderTarget:
         kind=provider.kind,
         base_url=provider.base_url.rstrip("/"),
         secret=provider.secret,
+        responses_api=provider.responses_api,
         max_retries=provider.max_retries if provider.max_retries is not None else settings.GATEWAY_RETRIES,
         timeout=aiohttp.ClientTimeout(
             total=None,

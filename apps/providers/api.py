@@ -34,7 +34,9 @@ class ProviderSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Provider
-        fields = ["id", "organization", "name", "kind", "base_url", "is_active", "has_secret", "created_at"]
+        fields = [
+            "id", "organization", "name", "kind", "base_url", "is_active", "responses_api", "has_secret", "created_at",
+        ]  # fmt: skip
 
     def get_base_url(self, obj: Provider) -> str:
         return shown(self.context["request"].user, obj.base_url, obj)
@@ -46,6 +48,7 @@ class ProviderCreateSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=ProviderKind.choices)
     base_url = serializers.CharField(max_length=500, validators=[validate_base_url], help_text="Including /v1")
     secret = serializers.CharField(write_only=True, required=False, allow_blank=True, default="", max_length=2000)
+    responses_api = serializers.BooleanField(required=False, default=True)
 
 
 class ProviderUpdateSerializer(serializers.Serializer):
@@ -55,6 +58,7 @@ class ProviderUpdateSerializer(serializers.Serializer):
         write_only=True, required=False, allow_blank=True, max_length=2000, help_text="Blank or absent: keep it"
     )
     is_active = serializers.BooleanField(required=False)
+    responses_api = serializers.BooleanField(required=False)
 
 
 class ProviderList(generics.ListAPIView):
@@ -95,6 +99,7 @@ class ProviderDetail(generics.RetrieveAPIView):
             base_url=data.get("base_url", provider.base_url),
             secret=data.get("secret") or None,
             is_active=data.get("is_active", provider.is_active),
+            responses_api=data.get("responses_api"),
         )
         return Response(ProviderSerializer(provider, context=self.get_serializer_context()).data)
 

@@ -50,6 +50,11 @@ class Provider(crypto.EncryptedSecret, models.Model):
     base_url = models.CharField(max_length=500, validators=[validate_base_url])
     secret_encrypted = models.TextField(blank=True)
     is_active = models.BooleanField(default=True)
+    # Off for a server without /v1/responses: Responses requests go to it as Chat Completions, translated
+    # (apps.core.responses_chat), and the gateway keeps their conversations. Anthropic kinds never speak it.
+    responses_api = models.BooleanField(
+        default=True, verbose_name="Speaks the Responses API", help_text="Off: /v1/responses is translated to chat"
+    )
     # Resilience; empty means the gateway's defaults (GATEWAY_RETRIES, GATEWAY_UPSTREAM_*_TIMEOUT_SECONDS).
     max_retries = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Retries before falling back")
     connect_timeout_seconds = models.FloatField(null=True, blank=True)

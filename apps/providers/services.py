@@ -33,10 +33,13 @@ def provider_create(
     base_url: str,
     secret: str = "",
     seed_catalog: bool | None = None,
+    responses_api: bool = True,
 ) -> Provider:
     """Register a provider; OpenAI, Anthropic and the simulators get their vendor's public price catalogue
     by default."""
-    provider = Provider(organization=organization, name=name, kind=kind, base_url=base_url.rstrip("/"))
+    provider = Provider(
+        organization=organization, name=name, kind=kind, base_url=base_url.rstrip("/"), responses_api=responses_api
+    )
     simulated = kind in {ProviderKind.SIMULATED, ProviderKind.SIMULATED_ANTHROPIC}
     # The simulator wants a key like the vendor it stands in for does; any value works.
     provider.secret = secret or ("sk-simulated" if simulated else "")
@@ -105,7 +108,15 @@ def _check_egress(base_url: str) -> None:
         raise ValidationError({"base_url": exc.messages}) from None
 
 
-def provider_update(*, provider: Provider, name: str, base_url: str, secret: str | None, is_active: bool) -> Provider:
+def provider_update(
+    *,
+    provider: Provider,
+    name: str,
+    base_url: str,
+    secret: str | None,
+    is_active: bool,
+    responses_api: bool | None = None,
+) -> Provider:
     """Change a provider; ``secret=None`` keeps the stored one.
 
     The secret is bound to the base URL's origin (scheme, host, port): moving a provider that has a
@@ -125,6 +136,8 @@ def provider_update(*, provider: Provider, name: str, base_url: str, secret: str
     provider.name = name
     provider.base_url = base_url
     provider.is_active = is_active
+    if responses_api is not None:
+        provider.responses_api = responses_api
     if secret is not None:
         provider.secret = secret
     provider.full_clean()

@@ -9,7 +9,8 @@ Endpoints (OpenAI request and response shapes):
 - ``GET /health`` -> ``{"status": "ok"}`` (no auth, never delayed: it is polled for readiness).
 - ``GET /v1/models`` and ``GET /v1/models/{id}``.
 - ``POST /v1/chat/completions`` (``stream``, ``stream_options.include_usage``, ``n``,
-  ``max_tokens``/``max_completion_tokens``, ``logprobs``/``top_logprobs``).
+  ``max_tokens``/``max_completion_tokens``, ``logprobs``/``top_logprobs``; function ``tools``:
+  see ``apps/simulator/chat_tools.py``).
 - ``POST /v1/completions`` (legacy; ``prompt`` is a string, a list of strings, a token
   list or a list of token lists; ``stream``, ``n``, ``max_tokens``, ``logprobs`` 0-5).
 - ``POST /v1/embeddings`` (``input`` as OpenAI takes it; ``dimensions``;

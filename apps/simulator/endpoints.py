@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from apps.simulator.chat_tools import check_tool_messages, tool_call, tool_call_reply
 from apps.simulator.directives import Directives, make_hostile, parse_directives
 from apps.simulator.generation import (
     CHAT,
@@ -106,6 +107,13 @@ class Simulator:
             reply = DIRECTIVE_ERRORS[str(directives.status)]()
             reply.delay_s = directives.delay_s
             return reply
+        assert isinstance(messages, list)  # prompt_text refuses anything else
+        check_tool_messages(messages)
+        call = tool_call(body, messages, self.new_id)
+        if call is not None:
+            base = {"id": self.new_id("chatcmpl"), "created": int(time.time()), "model": model,
+                    "system_fingerprint": "fp_sim"}  # fmt: skip
+            return tool_call_reply(base, call, prompt_tokens, stream=stream, include_usage=include_usage)
         digest = prompt_digest(model, messages)
         confidence = directives.confidence if directives is not None else None
         choices: list[tuple[list[str], str, list[dict[str, Any]] | None]] = []

@@ -11,6 +11,13 @@ from apps.ledger.models import LedgerEntry
 from apps.ledger.services import ledger_ingest_batch
 from tests.live import wait_until
 
+WEATHER = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}  # a Responses function tool
+
 
 def sdk(base_url: str, key: str, **kwargs: object) -> openai.OpenAI:
     """The official SDK, unmodified, pointed at the gateway."""

@@ -18,17 +18,10 @@ from apps.ledger.models import LedgerEntry
 from apps.providers.models import ProviderKind
 from apps.providers.services import provider_create
 from tests.factories import Tenant, tenant_make
-from tests.gateway.helpers import ingest_all, ledger_row, sdk, wait_key_live, wait_policy
+from tests.gateway.helpers import WEATHER, ingest_all, ledger_row, sdk, wait_key_live, wait_policy
 from tests.routing.helpers import rule_make
 
 pytestmark = pytest.mark.live
-
-WEATHER = {
-    "type": "function",
-    "name": "get_weather",
-    "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-}
 
 
 @pytest.fixture

@@ -10,6 +10,13 @@ holds the conversation, and the conversation's tokens so far count in the worst
 case. Retrieve, delete, cancel and input items go to the provider that holds the
 response, and are a 404 for any other project (``apps.gateway.conversations``).
 
+A provider that speaks only Chat Completions gets the request translated (in the
+upstream stage: ``apps.core.responses_chat``). Its conversations are held by us
+(``apps.gateway.conversations``): a next turn brings the earlier items along and can
+go to any Chat-only target of the route; retrieve, delete and input items are
+answered from that state (``apps.gateway.stored_responses``); ``background`` there
+is a 400.
+
 The exact cache answers only requests that keep no state (``store: false``, no
 ``previous_response_id``, not in the background, not streamed): a stored
 response's id must be one its provider knows.
@@ -29,11 +36,13 @@ from apps.core import route
 from apps.core.errors import GatewayError, method_not_allowed
 from apps.core.request import ENDPOINT_RESPONSES
 from apps.core.responses import is_response_id, output_text, usage_counts
+from apps.core.responses_chat import input_items, stored_items
 from apps.core.text import completion_estimate
 from apps.gateway import conversations, tracing
 from apps.gateway.asgi import JSON_HEADERS, Receive, Scope, Send
 from apps.gateway.call import ZERO, Call
 from apps.gateway.conversations import Owner, not_found
+from apps.gateway.handlers import responses_held
 from apps.gateway.runtime import Runtime
 from apps.gateway.stages import cache, price, record, relay, upstream
 from apps.gateway.stages.admit import admit, worst_case
@@ -79,6 +88,9 @@ async def create(rt: Runtime, scope: Scope, receive: Receive, send: Send, reques
         if previous is not None:
             _pin(plan, previous)
         target = plan.targets[0]
+        if payload.get("background") is True and upstream.translates_responses(target.provider, call.endpoint):
+            raise GatewayError(400, f"background=true is not available: the provider {target.provider.name} speaks "
+                               "only Chat Completions.", param="background", code="unsupported_parameter")  # fmt: skip
         payload["model"] = target.model
         call.served_model, call.provider_id = target.model, target.provider.id
         if _stateless(payload):
@@ -115,12 +127,23 @@ async def _previous(rt: Runtime, call: Call, payload: dict[str, Any]) -> Owner |
     if owner is None:
         raise not_found(previous, "previous_response_id")
     call.context_tokens = owner.tokens
+    if owner.translated:
+        state = await conversations.state_of(rt.fast_redis, rt.limits.prefix, previous)
+        if state is None:
+            raise not_found(previous, "previous_response_id")
+        call.history = [*state["context"], *state["input"], *state["response"].get("output", ())]
     return owner
 
 
 def _pin(plan: Plan, owner: Owner) -> None:
-    """Only the provider holding the conversation can continue it: drop the plan's other targets."""
-    plan.targets = [t for t in plan.targets if t.provider.id == owner.provider_id]
+    """Only the provider holding the conversation can continue it: drop the plan's other targets. One we
+    hold can go on with any provider that speaks only Chat (it is sent the whole conversation)."""
+    plan.targets = [
+        t
+        for t in plan.targets
+        if upstream.translates_responses(t.provider, ENDPOINT_RESPONSES) == owner.translated
+        and (owner.translated or t.provider.id == owner.provider_id)
+    ]
     if not plan.targets:
         raise GatewayError(
             400,
@@ -141,7 +164,7 @@ def _stateless(payload: dict[str, Any]) -> bool:
 
 async def _answer_hit(rt: Runtime, send: Send, call: Call, hit: cache.CacheHit, target: Any) -> None:
     """A stored response as this request's (its own id and time), billed $0."""
-    body = {**hit.body, "id": "resp_" + call.request_id[4:], "created_at": int(time.time())}
+    body = {**hit.body, "id": upstream.translated_response_id(call), "created_at": int(time.time())}
     counts = usage_counts(body.get("usage"))
     if counts is not None:
         call.prompt_tokens, call.completion_tokens = counts.prompt_tokens, counts.completion_tokens
@@ -172,7 +195,7 @@ async def _answer(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
             _bill_worst_case(rt, call, answer.target, payload)
         else:
             price.price_response(call, answer.target, data, completion_estimate(output_text(data)))
-        await _remember(rt, call, data)
+        await _remember(rt, call, data, answer.target, payload)
         if call.cache is not None and call.cache.write and data.get("status") == "completed":
             store = data
     await record.while_sending(
@@ -203,17 +226,17 @@ async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: P
     relaying = time.perf_counter()
     await relay.relay_stream(
         send, receive, call, answer.response, strip_usage_chunk=False,
-        max_event_bytes=rt.limits.max_sse_event_bytes, relay=sse,
+        max_event_bytes=rt.limits.max_sse_event_bytes, relay=sse, translate=answer.translate,
     )  # fmt: skip
     call.upstream_s += time.perf_counter() - relaying  # the stream's time is the provider's
     price.price_response(call, answer.target, sse.response, sse.estimate_completion_tokens())
     if sse.response is not None:
-        await _remember(rt, call, sse.response)
+        await _remember(rt, call, sse.response, answer.target, payload)
     await record.while_sending(send({"type": "http.response.body", "body": sse.flush(), "more_body": False}), rt, call)
 
 
-async def _remember(rt: Runtime, call: Call, response: dict[str, Any]) -> None:
-    """Note a stored response's owner before the app can learn its id."""
+async def _remember(rt: Runtime, call: Call, response: dict[str, Any], target: Any, payload: dict[str, Any]) -> None:
+    """Note a stored response's owner (and the conversation, when we hold it) before the app can learn its id."""
     response_id = response.get("id")
     if response.get("store") is False or not is_response_id(response_id) or call.provider_id is None:
         return
@@ -224,9 +247,14 @@ async def _remember(rt: Runtime, call: Call, response: dict[str, Any]) -> None:
         model=call.served_model,
         # A provider's input count already holds the earlier turns; our estimate does not.
         tokens=call.prompt_tokens + call.completion_tokens + (call.context_tokens if call.usage_estimated else 0),
+        translated=upstream.translates_responses(target.provider, call.endpoint),
     )
+    state = None
+    if owner.translated:
+        own = stored_items(input_items(payload.get("input")), response_id)
+        state = {"response": response, "context": call.history or [], "input": own}
     try:
-        await conversations.remember(rt.fast_redis, rt.limits.prefix, response_id, owner)
+        await conversations.remember(rt.fast_redis, rt.limits.prefix, response_id, owner, state)
     except OSError:
         # Without its owner the response cannot be retrieved or continued through us; the answer still stands.
         call.decision.reason = "response-not-remembered"
@@ -238,6 +266,9 @@ async def stored(rt: Runtime, scope: Scope, send: Send, request_id: str, respons
     if not is_response_id(response_id):
         raise not_found(response_id[:64])
     owner = await conversations.owner_of(rt.fast_redis, rt.limits.prefix, response_id, key.project_id)
+    if owner is not None and owner.translated:
+        await responses_held.answer(rt, scope, send, request_id, response_id, action)
+        return
     provider = rt.snapshot.providers.get(owner.provider_id) if owner is not None else None
     if owner is None or provider is None:
         raise not_found(response_id)

@@ -20,6 +20,7 @@ import orjson
 
 from apps.core.anthropic_stream import MessagesToChat
 from apps.core.errors import upstream_unavailable
+from apps.core.responses_chat_stream import ChatToResponses
 from apps.core.text import choice_text, completion_estimate
 from apps.gateway.asgi import JSON_HEADERS, SSE_HEADERS, Headers, Receive, Send, send_events, watch_disconnect
 from apps.gateway.call import Call
@@ -259,7 +260,7 @@ async def relay_stream(
     *,
     strip_usage_chunk: bool,
     max_event_bytes: int,
-    translate: MessagesToChat | None = None,
+    translate: MessagesToChat | ChatToResponses | None = None,
     relay: SseRelay | None = None,
 ) -> SseRelay:
     """Pass the provider's stream to the app as it arrives; stop when either side goes away.
@@ -267,7 +268,7 @@ async def relay_stream(
     Returns the relay (its usage, its events) with the last bytes not yet sent (``flush``): the caller
     sends them with ``more_body`` off once the request is recorded. ``call.status_code`` says how the
     stream ended: 200 (whole), 499 (the app left) or 502 (truncated or unframed). ``translate`` reads
-    an Anthropic provider's events as chat chunks first.
+    an Anthropic provider's events as chat chunks first (or a Chat-only provider's chunks as Responses events).
     """
     disconnected = asyncio.Event()
     watcher = asyncio.create_task(watch_disconnect(receive, disconnected))

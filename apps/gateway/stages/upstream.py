@@ -7,6 +7,11 @@ is tenant-set; the session only connects to addresses the egress policy
 admits). An attempt we gave up on after sending it may still be billed by the
 provider: it gets its own ledger row, marked possibly billed.
 
+A provider that speaks only Chat Completions (``responses_api`` off) is asked a
+``/v1/responses`` request as a chat request (``apps.core.responses_chat``), with the
+conversation the gateway holds before it; its completion or chunks come back as a
+Response object or Responses events, so the Responses handler reads every provider alike.
+
 An Anthropic-kind provider is asked in its own API (``apps.core.anthropic``): the
 chat request goes out as a Messages request, and its answer, error or stream comes
 back as a chat completion, an OpenAI-shaped error or chat chunks, so the stages
@@ -35,7 +40,9 @@ from apps.core.anthropic import (
 )
 from apps.core.anthropic_stream import MessagesToChat
 from apps.core.errors import GatewayError, bad_request, upstream_unavailable
-from apps.core.request import ENDPOINT_CHAT
+from apps.core.request import ENDPOINT_CHAT, ENDPOINT_RESPONSES
+from apps.core.responses_chat import completion_to_response, responses_to_chat
+from apps.core.responses_chat_stream import ChatToResponses
 from apps.core.route import ATTEMPT, Tried
 from apps.core.snapshot import ProviderTarget
 from apps.gateway import metrics, tracing
@@ -58,7 +65,8 @@ class Answer:
     body: bytes
     retry_after: str | None
     response: aiohttp.ClientResponse | None = None
-    translate: MessagesToChat | None = None  # an Anthropic stream, read as chat chunks
+    # An Anthropic stream read as chat chunks, or a chat stream read as Responses events.
+    translate: MessagesToChat | ChatToResponses | None = None
 
 
 class UpstreamTooLarge(Exception):
@@ -109,7 +117,7 @@ async def call_upstream(
             started = time.perf_counter()
             try:
                 traceparent = tracing.upstream_traceparent(call, span) if call.traceparent or span else None
-                answer = await _attempt(rt, target, call.endpoint, body, stream=stream, traceparent=traceparent)
+                answer = await _attempt(rt, target, call, payload, body, stream=stream, traceparent=traceparent)
             except TimeoutError as exc:
                 reason = "timeout"
                 last = upstream_unavailable(
@@ -197,16 +205,25 @@ async def possibly_billed(
 
 
 async def _attempt(
-    rt: Runtime, target: Target, endpoint: str, body: bytes, *, stream: bool, traceparent: str | None
+    rt: Runtime,
+    target: Target,
+    call: Call,
+    payload: dict[str, Any],
+    body: bytes,
+    *,
+    stream: bool,
+    traceparent: str | None,
 ) -> Answer:
     provider = target.provider
-    url, headers = upstream_url(provider, endpoint), upstream_headers(provider)
+    url, headers = upstream_url(provider, call.endpoint), upstream_headers(provider)
     if traceparent:
         headers["traceparent"] = traceparent
+    answer = await _exchange(rt, target, url, headers, body, stream=stream)
     if provider.kind in ANTHROPIC_KINDS:
-        answer = await _exchange(rt, target, url, headers, body, stream=stream)
         return _from_anthropic(answer, rt.limits.max_sse_event_bytes)
-    return await _exchange(rt, target, url, headers, body, stream=stream)
+    if translates_responses(provider, call.endpoint):
+        return _from_chat(answer, translated_response_id(call), payload, rt.limits.max_sse_event_bytes)
+    return answer
 
 
 async def _exchange(
@@ -258,6 +275,8 @@ def upstream_body(rt: Runtime, call: Call, target: Target, payload: dict[str, An
         _usd, worst = worst_case(target, call.endpoint, payload, rt.limits.unknown_model_max_output)
         request = chat_to_messages({**payload, "model": target.model}, default_max_tokens=worst.output_tokens)
         return orjson.dumps(request)
+    if translates_responses(target.provider, call.endpoint):
+        return orjson.dumps(responses_to_chat({**payload, "model": target.model}, call.history))
     if call.entry == ENDPOINT_MESSAGES:
         payload = without_cache_control(payload)  # Anthropic's cache breakpoints mean nothing to others
     return orjson.dumps({**payload, "model": target.model})
@@ -271,9 +290,21 @@ def answer_headers(call: Call, answer: Answer) -> list[tuple[bytes, bytes]]:
     return [*headers, call.route_header(), *call.extra_headers]
 
 
+def translates_responses(provider: ProviderTarget, endpoint: str) -> bool:
+    """Whether a request to ``endpoint`` goes to ``provider`` as a chat request (Responses on a Chat-only one)."""
+    return endpoint == ENDPOINT_RESPONSES and not provider.responses_api and provider.kind not in ANTHROPIC_KINDS
+
+
+def translated_response_id(call: Call) -> str:
+    """The id of a response the gateway answers itself (translated or from the cache): the request's own."""
+    return "resp_" + call.request_id[4:]
+
+
 def upstream_url(provider: ProviderTarget, endpoint: str) -> str:
     if provider.kind in ANTHROPIC_KINDS:
         return f"{provider.base_url}/messages"
+    if translates_responses(provider, endpoint):
+        return f"{provider.base_url}/chat/completions"
     return f"{provider.base_url}/{endpoint.replace('.', '/')}"
 
 
@@ -293,15 +324,35 @@ def _from_anthropic(answer: Answer, max_event_bytes: int) -> Answer:
     if answer.response is not None:
         answer.translate = MessagesToChat(model=answer.target.model, max_event_bytes=max_event_bytes)
     elif answer.status == 200:
-        try:
-            message = orjson.loads(answer.body)
-        except orjson.JSONDecodeError:
-            return answer  # not JSON: priced by estimate, never cached
-        if isinstance(message, dict):
+        message = _json_object(answer.body)
+        if message is not None:  # else not JSON: priced by estimate, never cached
             answer.body = orjson.dumps(message_to_completion(message))
     elif answer.status >= 400:
         answer.body = error_to_openai(answer.status, answer.body)
     return answer
+
+
+def _from_chat(answer: Answer, response_id: str, payload: dict[str, Any], max_event_bytes: int) -> Answer:
+    """A Chat-only provider's answer to a Responses request as a Responses provider's (its errors are alike)."""
+    if answer.response is not None:
+        answer.translate = ChatToResponses(response_id=response_id, payload=payload, model=answer.target.model,
+                                           max_event_bytes=max_event_bytes)  # fmt: skip
+    elif answer.status == 200:
+        completion = _json_object(answer.body)
+        if completion is not None:
+            model_payload = {**payload, "model": answer.target.model}
+            answer.body = orjson.dumps(
+                completion_to_response(completion, response_id=response_id, payload=model_payload)
+            )
+    return answer
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def upstream_error_code(body: bytes) -> str:
