@@ -30,6 +30,11 @@ def cache_stream(prefix: str) -> str:
     return prefix + "cache:events"
 
 
+def held_responses_stream(prefix: str) -> str:
+    """Responses the gateway holds itself (Chat-only providers): stored and deleted, copied to Postgres."""
+    return prefix + "responses:held"
+
+
 def dead_letters(stream: str) -> str:
     """Where a stream's entries that could not be stored are kept for a person to inspect."""
     return stream + ":dead"

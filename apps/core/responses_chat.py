@@ -178,6 +178,24 @@ def _response_format(fmt: Any) -> dict[str, Any] | None:
                       param="text.format", code="invalid_value")  # fmt: skip
 
 
+# --- the state the gateway keeps: events of the held-responses stream (names.held_responses_stream) ---
+
+HELD_STORE = "store"
+HELD_DELETE = "delete"
+
+
+def held_store_event(*, response: dict[str, Any], input_items: list[dict[str, Any]], project_id: int,
+                     provider_id: int, model: str, created_at: float) -> dict[str, Any]:  # fmt: skip
+    """A response we hold, as its durable copy's event (``apps.ledger.held_responses`` stores it)."""
+    return {"type": HELD_STORE, "response_id": response.get("id"), "project_id": project_id,
+            "provider_id": provider_id, "model": model, "created_at": created_at, "response": response,
+            "input": input_items}  # fmt: skip
+
+
+def held_delete_event(*, response_id: str, project_id: int) -> dict[str, Any]:
+    return {"type": HELD_DELETE, "response_id": response_id, "project_id": project_id}
+
+
 # --- the answer ----------------------------------------------------------------------------------
 
 

@@ -14,7 +14,10 @@ and its own) are kept beside the owner, under the same TTL, and a next turn send
 them all upstream again as chat messages. Redis is that state's home, as it is the
 owners': the gateway has no database, the next turn must read it within the same
 millisecond it was written, and OpenAI itself keeps a stored response 30 days, not
-for ever. Deleting the response deletes both keys.
+for ever. Deleting the response deletes both keys. The durable copy goes to Postgres
+the way ledger rows do: an event on its own stream (``names.held_responses_stream``,
+spooled to disk when Redis refuses it), stored by a consumer
+(``apps.ledger.held_responses``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ from apps.core.events import clean_count, clean_id
 from apps.enforcement.fastredis import FastRedis
 
 OWNER_TTL_SECONDS = 30 * 24 * 3600
+# Every turn of a conversation we hold stores the turns before it again: past this, a next turn is refused
+# (the app starts a new conversation) rather than letting one conversation grow Redis without bound.
+HELD_STATE_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +88,16 @@ async def remember(
     await redis.execute("SET", names.response_owner(prefix, response_id), value, "EX", OWNER_TTL_SECONDS)
 
 
-async def state_of(redis: FastRedis, prefix: str, response_id: str) -> dict[str, Any] | None:
+async def state_of(
+    redis: FastRedis, prefix: str, response_id: str, *, to_continue: bool = False
+) -> dict[str, Any] | None:
     """A held conversation's state: ``response`` (the Response object), ``context`` (the items of the turns
-    before it) and ``input`` (its own input items); None when it is gone or not an object."""
+    before it) and ``input`` (its own input items); None when it is gone or not an object. ``to_continue``:
+    a 400 when it is too long to continue."""
     raw = await redis.execute("GET", names.response_state(prefix, response_id))
+    if to_continue and raw is not None and len(raw) > HELD_STATE_MAX_BYTES:
+        raise GatewayError(400, f"The conversation of '{response_id}' is longer than {HELD_STATE_MAX_BYTES} bytes; "
+                           "start a new one.", param="previous_response_id", code="conversation_too_long")  # fmt: skip
     try:
         data = orjson.loads(raw) if raw is not None else None
     except orjson.JSONDecodeError:

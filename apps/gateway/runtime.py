@@ -75,6 +75,7 @@ class Runtime:
     limiter: Limiter
     ledger: LedgerWriter
     shadow_writer: LedgerWriter
+    held_writer: LedgerWriter  # the durable copy of the responses we hold (apps.ledger.held_responses)
     breakers: Breakers
     cache: ResponseCache
     shadows: ShadowQueue
@@ -138,6 +139,8 @@ class Runtime:
         # Shadow comparisons get their own stream (and spool): they are not ledger rows.
         shadow_writer = LedgerWriter(fast_redis, names.shadow_stream(prefix), spool / "shadow")
         shadow_writer.start()
+        held_writer = LedgerWriter(fast_redis, names.held_responses_stream(prefix), spool / "responses")
+        held_writer.start()
         shadows = ShadowQueue(
             http, shadow_writer.write, size=settings.GATEWAY_SHADOW_QUEUE, workers=settings.GATEWAY_SHADOW_WORKERS
         )
@@ -164,6 +167,7 @@ class Runtime:
             limiter=limiter,
             ledger=ledger,
             shadow_writer=shadow_writer,
+            held_writer=held_writer,
             breakers=breakers,
             cache=cache,
             shadows=shadows,
@@ -181,6 +185,7 @@ class Runtime:
         await self.shadow_writer.stop()
         await self.trials.stop()
         await self.trial_writer.stop()
+        await self.held_writer.stop()
         await self.breakers.stop()
         await self.limiter.stop()
         await self.ledger.stop()

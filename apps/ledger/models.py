@@ -377,3 +377,28 @@ class LedgerRetention(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization_id}: {'forever' if self.days is None else f'{self.days} days'}"
+
+
+class HeldResponse(models.Model):
+    """A stored response the gateway answered from a Chat-only provider and keeps itself (the Responses
+    API's state, which such a provider cannot keep): the durable copy of what the gateway holds in Redis
+    for retrieve, ``input_items`` and ``previous_response_id`` (``apps.gateway.conversations``), written
+    by the held-responses consumer (``apps.ledger.held_responses``). The earlier turns are the rows that
+    ``previous_response_id`` leads back to."""
+
+    response_id = models.CharField(max_length=200, unique=True)
+    project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="+")
+    provider = models.ForeignKey("providers.Provider", on_delete=models.SET_NULL, null=True, related_name="+")
+    model = models.CharField(max_length=200)
+    previous_response_id = models.CharField(max_length=200, blank=True)
+    input_items = models.JSONField(default=list)
+    output_items = models.JSONField(default=list)
+    usage = models.JSONField(null=True)
+    response = models.JSONField()  # the Response object as the app got it
+    created_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["project", "created_at"], name="heldresponse_project_time")]
+
+    def __str__(self) -> str:
+        return self.response_id

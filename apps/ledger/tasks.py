@@ -8,6 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from apps.ledger.held_responses import held_responses_ingest_batch
 from apps.ledger.partitions import partitions_ensure
 from apps.ledger.retention import ledger_retention_apply
 from apps.ledger.services import ledger_ingest_batch, redis_client, rollups_refresh
@@ -24,6 +25,15 @@ def ingest_stragglers_task() -> int:
     client = redis_client()
     total = 0
     while handled := ledger_ingest_batch(client=client, consumer=f"celery-{socket.gethostname()}", block_ms=0):
+        total += handled
+    return total
+
+
+@shared_task(name="ledger.ingest_held_responses", time_limit=120, soft_time_limit=110)
+def held_responses_ingest_task() -> int:
+    """Copy the responses gateways hold (Chat-only providers) to Postgres, and drop the deleted ones."""
+    client, consumer, total = redis_client(), f"celery-{socket.gethostname()}", 0
+    while handled := held_responses_ingest_batch(client=client, consumer=consumer):
         total += handled
     return total
 

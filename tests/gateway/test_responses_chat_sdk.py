@@ -12,12 +12,18 @@ from typing import Any
 
 import openai
 import pytest
+import redis
+from django.conf import settings
 
+from apps.core import names
 from apps.core.catalog import CATALOG
-from apps.ledger.models import LedgerEntry
+from apps.core.events import EVENT_FIELD
+from apps.ledger.held_responses import held_responses_ingest_batch, held_responses_stream
+from apps.ledger.models import HeldResponse, LedgerEntry
 from apps.providers.services import provider_update
 from tests.factories import Tenant, tenant_make
 from tests.gateway.helpers import WEATHER, ledger_row, sdk, wait_key_live, wait_policy
+from tests.live import wait_until
 
 pytestmark = pytest.mark.live
 
@@ -141,10 +147,23 @@ def test_previous_response_id_over_three_turns(client: openai.OpenAI, provider_d
     assert three.output_text == _chat_answer(provider_direct, [*first_turn, *second_turn, user[2]])
 
 
-def test_retrieve_input_items_and_delete_are_answered_by_the_gateway(client: openai.OpenAI) -> None:
+def _held(response_id: str) -> HeldResponse | None:
+    """The response's Postgres copy once the held-responses consumer ran (None: there is none)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    while held_responses_ingest_batch(client=client, consumer="tests"):
+        pass
+    return HeldResponse.objects.filter(response_id=response_id).first()
+
+
+def test_retrieve_input_items_and_delete_are_answered_by_the_gateway(client: openai.OpenAI, tenant: Tenant) -> None:
     created = client.responses.create(
         model="gpt-4o-mini", input=[{"role": "user", "content": "Remember me"}, {"role": "user", "content": "Twice"}]
     )
+    held = _held(created.id)
+    assert held is not None and (held.project_id, held.provider_id, held.model) == (
+        tenant.project.id, tenant.provider.id, "gpt-4o-mini")  # fmt: skip
+    assert [item["content"][0]["text"] for item in held.input_items] == ["Remember me", "Twice"]
+    assert held.output_items == held.response["output"] and held.usage["output_tokens"] == created.usage.output_tokens
     fetched = client.responses.retrieve(created.id)
     assert (fetched.id, fetched.output_text, fetched.usage) == (created.id, created.output_text, created.usage)
     items = client.responses.input_items.list(created.id)
@@ -156,6 +175,7 @@ def test_retrieve_input_items_and_delete_are_answered_by_the_gateway(client: ope
     client.responses.delete(created.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(created.id)
+    assert wait_until(lambda: _held(created.id) is None, timeout=5)
     with pytest.raises(openai.NotFoundError) as exc:
         client.responses.create(model="gpt-4o-mini", input="Go on", previous_response_id=created.id)
     assert exc.value.param == "previous_response_id"
@@ -165,6 +185,20 @@ def test_store_false_keeps_nothing(client: openai.OpenAI) -> None:
     created = client.responses.create(model="gpt-4o-mini", input="Forget me", store=False)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(created.id)
+    assert _held(created.id) is None
+
+
+def test_held_responses_consumer_dead_letters_garbage_and_stores_the_rest(client: openai.OpenAI) -> None:
+    stream = held_responses_stream()
+    created = client.responses.create(model="gpt-4o-mini", input="Keep me")
+    raw = redis.Redis.from_url(settings.REDIS_URL)
+    dead_before = raw.xlen(names.dead_letters(stream))
+    garbage = [b"not json", b"[]", b'{"type": "store", "response_id": "../x", "project_id": 1}',
+               b'{"type": "delete", "response_id": "resp_1", "project_id": -1}', b'{"type": "drop"}']  # fmt: skip
+    for payload in garbage:
+        raw.xadd(stream, {EVENT_FIELD: payload})
+    assert _held(created.id) is not None
+    assert raw.xlen(names.dead_letters(stream)) == dead_before + len(garbage)
 
 
 def test_another_projects_response_is_not_found(gateway: str, client: openai.OpenAI, upstream: str) -> None:

@@ -36,7 +36,7 @@ from apps.core import route
 from apps.core.errors import GatewayError, method_not_allowed
 from apps.core.request import ENDPOINT_RESPONSES
 from apps.core.responses import is_response_id, output_text, usage_counts
-from apps.core.responses_chat import input_items, stored_items
+from apps.core.responses_chat import held_store_event, input_items, stored_items
 from apps.core.text import completion_estimate
 from apps.gateway import conversations, tracing
 from apps.gateway.asgi import JSON_HEADERS, Receive, Scope, Send
@@ -128,7 +128,7 @@ async def _previous(rt: Runtime, call: Call, payload: dict[str, Any]) -> Owner |
         raise not_found(previous, "previous_response_id")
     call.context_tokens = owner.tokens
     if owner.translated:
-        state = await conversations.state_of(rt.fast_redis, rt.limits.prefix, previous)
+        state = await conversations.state_of(rt.fast_redis, rt.limits.prefix, previous, to_continue=True)
         if state is None:
             raise not_found(previous, "previous_response_id")
         call.history = [*state["context"], *state["input"], *state["response"].get("output", ())]
@@ -249,15 +249,21 @@ async def _remember(rt: Runtime, call: Call, response: dict[str, Any], target: A
         tokens=call.prompt_tokens + call.completion_tokens + (call.context_tokens if call.usage_estimated else 0),
         translated=upstream.translates_responses(target.provider, call.endpoint),
     )
-    state = None
+    state: dict[str, Any] | None = None
+    own = stored_items(input_items(payload.get("input")), response_id) if owner.translated else []
     if owner.translated:
-        own = stored_items(input_items(payload.get("input")), response_id)
         state = {"response": response, "context": call.history or [], "input": own}
     try:
         await conversations.remember(rt.fast_redis, rt.limits.prefix, response_id, owner, state)
     except OSError:
         # Without its owner the response cannot be retrieved or continued through us; the answer still stands.
         call.decision.reason = "response-not-remembered"
+        return
+    if state is not None:
+        await rt.held_writer.write(held_store_event(
+            response=response, input_items=own, project_id=owner.project_id,
+            provider_id=owner.provider_id, model=owner.model, created_at=call.created_at,
+        ))  # fmt: skip
 
 
 async def stored(rt: Runtime, scope: Scope, send: Send, request_id: str, response_id: str, action: str) -> None:
@@ -267,7 +273,7 @@ async def stored(rt: Runtime, scope: Scope, send: Send, request_id: str, respons
         raise not_found(response_id[:64])
     owner = await conversations.owner_of(rt.fast_redis, rt.limits.prefix, response_id, key.project_id)
     if owner is not None and owner.translated:
-        await responses_held.answer(rt, scope, send, request_id, response_id, action)
+        await responses_held.answer(rt, scope, send, request_id, response_id, action, key.project_id)
         return
     provider = rt.snapshot.providers.get(owner.provider_id) if owner is not None else None
     if owner is None or provider is None:

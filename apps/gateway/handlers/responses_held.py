@@ -3,7 +3,7 @@
 The caller has already checked that the response is the key's project's
 (``apps.gateway.conversations``). What OpenAI answers, answered from our state:
 retrieve is the Response object; delete forgets the response and its conversation
-(``{"id", "object": "response", "deleted": true}``); ``input_items`` lists the
+(``{"id", "object": "response", "deleted": true}``; its Postgres copy goes too); ``input_items`` lists the
 response's own input items, newest first unless ``order=asc``, ``limit`` 1 to 100
 (20 by default) after the item ``after``; cancel is a 400, since only background
 responses can be cancelled and a Chat-only provider never runs one.
@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from apps.core.errors import bad_request
+from apps.core.responses_chat import held_delete_event
 from apps.gateway import conversations
 from apps.gateway.asgi import Scope, Send, send_json
 from apps.gateway.conversations import not_found
@@ -26,7 +27,9 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 
 
-async def answer(rt: Runtime, scope: Scope, send: Send, request_id: str, response_id: str, action: str) -> None:
+async def answer(
+    rt: Runtime, scope: Scope, send: Send, request_id: str, response_id: str, action: str, project_id: int
+) -> None:
     state = await conversations.state_of(rt.fast_redis, rt.limits.prefix, response_id)
     if state is None:
         raise not_found(response_id)
@@ -36,6 +39,7 @@ async def answer(rt: Runtime, scope: Scope, send: Send, request_id: str, respons
         body = _page(state["input"], scope.get("query_string") or b"")
     elif scope["method"] == "DELETE":
         await conversations.forget(rt.fast_redis, rt.limits.prefix, response_id)
+        await rt.held_writer.write(held_delete_event(response_id=response_id, project_id=project_id))
         body = {"id": response_id, "object": "response", "deleted": True}
     else:
         body = state["response"]
