@@ -129,3 +129,28 @@ def _event(fields: dict[Any, Any], field: bytes) -> dict[str, Any]:
     except (KeyError, TypeError, orjson.JSONDecodeError):
         return {}
     return event if isinstance(event, dict) else {}
+
+
+def parse_entries(
+    entries: Sequence[tuple[bytes, Any]], parse: Callable[[Any], T], field: bytes
+) -> tuple[list[tuple[bytes, dict[Any, Any], T]], list[DeadLetter]]:
+    """Each entry's ``field`` as JSON through ``parse``: (what it made, the entries it refused as dead letters).
+    Entries deleted from the stream while pending (no fields) are neither."""
+    parsed: list[tuple[bytes, dict[Any, Any], T]] = []
+    dead: list[DeadLetter] = []
+    for entry_id, fields in entries:
+        if not fields:
+            continue
+        try:
+            parsed.append((entry_id, fields, parse(orjson.loads(fields[field]))))
+        except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
+            dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
+    return parsed, dead
+
+
+def drain(batch: Callable[[], int]) -> int:
+    """Call ``batch`` until it finds nothing; how many entries it handled in all (a periodic task's body)."""
+    total = 0
+    while handled := batch():
+        total += handled
+    return total

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import orjson
 import redis
 from django.conf import settings
 from django.db import transaction
@@ -24,7 +23,7 @@ from apps.core import names
 from apps.core.events import EVENT_FIELD, clean_id
 from apps.core.responses import is_response_id
 from apps.core.responses_chat import HELD_DELETE, HELD_STORE
-from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
+from apps.ledger.consumer import dead_letters_report, parse_entries, store_or_bisect
 from apps.ledger.models import HeldResponse
 from apps.ledger.stream import acknowledge, ensure_group, read_batch
 from apps.providers.models import Provider
@@ -60,6 +59,18 @@ def _row(event: dict[str, Any]) -> HeldResponse:
     )
 
 
+def _parse(event: Any) -> HeldResponse | tuple[int, str]:
+    """A store event as its row; a delete event as (project id, response id)."""
+    if not isinstance(event, dict) or event.get("type") not in (HELD_STORE, HELD_DELETE):
+        raise TypeError("a held-response event is an object of type 'store' or 'delete'")
+    if event["type"] == HELD_STORE:
+        return _row(event)
+    project_id = clean_id(event.get("project_id"))
+    if project_id is None:
+        raise ValueError(f"not a project id: {event.get('project_id')!r:.100}")
+    return project_id, _response_id(event)
+
+
 def _response_id(event: dict[str, Any]) -> str:
     response_id = event.get("response_id")
     if not is_response_id(response_id):
@@ -75,25 +86,9 @@ def held_responses_ingest_batch(*, client: redis.Redis, consumer: str, count: in
     entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=30_000)
     if not entries:
         return 0
-    rows: list[tuple[bytes, dict[Any, Any], HeldResponse]] = []
-    deletes: list[tuple[int, str]] = []
-    dead: list[DeadLetter] = []
-    for entry_id, fields in entries:
-        if not fields:
-            continue
-        try:
-            event = orjson.loads(fields[EVENT_FIELD])
-            if not isinstance(event, dict) or event.get("type") not in (HELD_STORE, HELD_DELETE):
-                raise TypeError("a held-response event is an object of type 'store' or 'delete'")
-            if event["type"] == HELD_STORE:
-                rows.append((entry_id, fields, _row(event)))
-            else:
-                project_id = clean_id(event.get("project_id"))
-                if project_id is None:
-                    raise ValueError(f"not a project id: {event.get('project_id')!r:.100}")
-                deletes.append((project_id, _response_id(event)))
-        except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError, OverflowError) as exc:
-            dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
+    parsed, dead = parse_entries(entries, _parse, EVENT_FIELD)
+    rows = [(entry_id, fields, row) for entry_id, fields, row in parsed if isinstance(row, HeldResponse)]
+    deletes = [row for _entry_id, _fields, row in parsed if isinstance(row, tuple)]
     projects = set(Project.objects.filter(id__in={r.project_id for _i, _f, r in rows}).values_list("id", flat=True))
     providers = set(Provider.objects.filter(id__in={r.provider_id for _i, _f, r in rows}).values_list("id", flat=True))
     for _entry_id, _fields, row in rows:

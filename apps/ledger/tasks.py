@@ -8,6 +8,7 @@ from celery import shared_task
 from django.conf import settings
 from django.utils import timezone
 
+from apps.ledger.consumer import drain
 from apps.ledger.held_responses import held_responses_ingest_batch
 from apps.ledger.partitions import partitions_ensure
 from apps.ledger.retention import ledger_retention_apply
@@ -32,10 +33,8 @@ def ingest_stragglers_task() -> int:
 @shared_task(name="ledger.ingest_held_responses", time_limit=120, soft_time_limit=110)
 def held_responses_ingest_task() -> int:
     """Copy the responses gateways hold (Chat-only providers) to Postgres, and drop the deleted ones."""
-    client, consumer, total = redis_client(), f"celery-{socket.gethostname()}", 0
-    while handled := held_responses_ingest_batch(client=client, consumer=consumer):
-        total += handled
-    return total
+    client, consumer = redis_client(), f"celery-{socket.gethostname()}"
+    return drain(lambda: held_responses_ingest_batch(client=client, consumer=consumer))
 
 
 @shared_task(name="ledger.partitions_ensure", time_limit=300, soft_time_limit=270)

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 import openai
+import orjson
 import pytest
 import redis
 from django.conf import settings
@@ -18,12 +19,15 @@ from django.conf import settings
 from apps.core import names
 from apps.core.catalog import CATALOG
 from apps.core.events import EVENT_FIELD
+from apps.gateway.conversations import HELD_STATE_MAX_BYTES
 from apps.ledger.held_responses import held_responses_ingest_batch, held_responses_stream
 from apps.ledger.models import HeldResponse, LedgerEntry
-from apps.providers.services import provider_update
+from apps.providers.models import ProviderKind
+from apps.providers.services import provider_create, provider_update
 from tests.factories import Tenant, tenant_make
 from tests.gateway.helpers import WEATHER, ledger_row, sdk, wait_key_live, wait_policy
 from tests.live import wait_until
+from tests.routing.helpers import rule_make
 
 pytestmark = pytest.mark.live
 
@@ -238,3 +242,38 @@ def test_garbage_input_items_queries_are_400s(client: openai.OpenAI) -> None:
     for query in ({"limit": "0"}, {"limit": "9" * 5000}, {"order": "sideways"}, {"after": "msg_nothing"}):
         with pytest.raises(openai.BadRequestError):
             client.get(f"/responses/{created.id}/input_items", options={"params": query}, cast_to=object)
+
+
+def test_fallback_from_a_responses_provider_to_a_chat_only_one(gateway: str, tenant: Tenant, upstream: str) -> None:
+    backup = provider_create(
+        organization=tenant.org, name="chat backup", kind=ProviderKind.OPENAI_COMPATIBLE, base_url=upstream,
+        secret="sk-simulated", seed_catalog=True, responses_api=False,
+    )  # fmt: skip
+    rule_make(tenant, name="chat backup", primaries="gpt-4o", fallbacks="gpt-4o-mini @ chat backup")
+    wait_key_live(gateway, tenant.key.plaintext)
+    wait_policy(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    raw = client.responses.with_raw_response.create(model="gpt-4o", input="Hello [[sim:gpt-4o/503]]")
+    response = raw.parse()
+    assert response.model == "gpt-4o-mini" and "failed:gpt-4o" in raw.headers["x-route"]
+    row = _billed(raw.headers["x-request-id"])
+    assert (row.provider_id, row.served_model) == (backup.id, "gpt-4o-mini")
+    # The conversation is ours now: it goes on with the Chat-only provider, and is retrieved from us.
+    again = client.responses.with_raw_response.create(
+        model="gpt-4o", input="And now? [[sim:gpt-4o/503]]", previous_response_id=response.id
+    )
+    assert again.parse().model == "gpt-4o-mini" and "failed" not in again.headers["x-route"]  # gpt-4o never tried
+    assert client.responses.retrieve(response.id).output_text == response.output_text
+
+
+def test_a_conversation_too_long_to_continue_is_a_400(client: openai.OpenAI) -> None:
+    created = client.responses.create(model="gpt-4o-mini", input="Start")
+    raw = redis.Redis.from_url(settings.REDIS_URL)
+    key = names.response_state(settings.REDIS_PREFIX, created.id)
+    state = orjson.loads(raw.get(key))  # type: ignore[arg-type]
+    state["context"] = [{"role": "user", "content": "x" * 1_000_000}] * (HELD_STATE_MAX_BYTES // 1_000_000 + 1)
+    raw.set(key, orjson.dumps(state))
+    with pytest.raises(openai.BadRequestError) as exc:
+        client.responses.create(model="gpt-4o-mini", input="Go on", previous_response_id=created.id)
+    assert exc.value.code == "conversation_too_long"
+    assert client.responses.retrieve(created.id).id == created.id  # still readable
