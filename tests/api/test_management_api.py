@@ -25,6 +25,7 @@ from apps.dashboard.services import api_token_rotate
 from apps.deployments.models import Deployment
 from apps.keys.models import ApiKey
 from apps.ledger.models import LedgerEntry
+from apps.policy.build import build_snapshot
 from apps.providers.models import Provider
 from apps.reports.models import ExportJob, ExportStatus
 from apps.reports.services import export_job_run
@@ -409,3 +410,24 @@ def test_an_import_books_spend_all_or_nothing(people: People) -> None:
     assert upload(people.finance, good).status_code == 403
     assert upload(people.outsider, good).status_code == 400  # the project is not among theirs: an invalid choice
     assert upload(people.owner, good, project=people.other.project.slug).status_code == 400
+
+
+def test_whether_a_provider_speaks_the_responses_api_is_set_by_owners_and_reaches_the_snapshot(
+    people: People,
+) -> None:
+    owner = api(people.owner)
+    made = call(owner, "POST", "/api/providers/", {
+        "organization": people.tenant.org.slug, "name": "vllm chat", "kind": "openai_compatible",
+        "base_url": "http://127.0.0.1:8001/v1", "responses_api": False,
+    })  # fmt: skip
+    assert made.status_code == 201 and made.json()["responses_api"] is False
+    provider = Provider.objects.get(pk=made.json()["id"])
+    assert build_snapshot(1).providers[provider.pk].responses_api is False
+    url = f"/api/providers/{provider.pk}/"
+    assert call(owner, "PATCH", url, {"responses_api": True}).json()["responses_api"] is True
+    assert build_snapshot(2).providers[provider.pk].responses_api is True
+    garbage = call(owner, "PATCH", url, {"responses_api": "perhaps"})
+    assert garbage.status_code == 400 and "responses_api" in error(garbage)["fields"]
+    assert call(api(people.finance), "PATCH", url, {"responses_api": False}).status_code == 403
+    assert call(api(people.outsider), "PATCH", url, {"responses_api": False}).status_code == 404
+    assert Provider.objects.get(pk=provider.pk).responses_api is True

@@ -505,3 +505,15 @@ def test_usd_puts_the_sign_before_the_dollar() -> None:
     from apps.dashboard.templatetags.dashboard import usd
 
     assert (usd(Decimal("-0.00621"), 4), usd(Decimal("1234.5"), 2), usd(None, 2)) == ("-$0.0062", "$1,234.50", "$0.00")
+
+
+def test_the_provider_form_sets_whether_it_speaks_the_responses_api(client: Client, people: People) -> None:
+    login(client, people.owner)
+    tenant = people.tenant
+    url = reverse("dashboard:provider-edit", kwargs={"org_slug": tenant.org.slug, "pk": tenant.provider.pk})
+    assert 'name="responses_api"' in client.get(url).content.decode()
+    form = {"name": tenant.provider.name, "base_url": tenant.provider.base_url, "is_active": "on"}
+    assert client.post(url, form).status_code == 302  # an unticked box: it does not
+    assert Provider.objects.get(pk=tenant.provider.pk).responses_api is False
+    assert client.post(url, {**form, "responses_api": "on"}).status_code == 302
+    assert Provider.objects.get(pk=tenant.provider.pk).responses_api is True
