@@ -2,7 +2,8 @@
 
 A request with function ``tools`` whose last message is not a ``tool`` result calls
 the first function (unless ``tool_choice`` is ``none``), with each required argument
-set to ``"Paris"``; ``finish_reason`` is ``tool_calls``. As OpenAI does, a ``tool``
+set to ``"Paris"``; ``finish_reason`` is ``tool_calls``. A request with directives
+(``[[sim:…]]``) gets the text answer they shape instead. As OpenAI does, a ``tool``
 message must answer a tool call of an earlier assistant message (its
 ``tool_call_id``), else the request is a 400: a translator that loses the pairing
 fails here as it would upstream.

@@ -109,7 +109,7 @@ class Simulator:
             return reply
         assert isinstance(messages, list)  # prompt_text refuses anything else
         check_tool_messages(messages)
-        call = tool_call(body, messages, self.new_id)
+        call = tool_call(body, messages, self.new_id) if directives is None else None
         if call is not None:
             base = {"id": self.new_id("chatcmpl"), "created": int(time.time()), "model": model,
                     "system_fingerprint": "fp_sim"}  # fmt: skip

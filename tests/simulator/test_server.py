@@ -377,3 +377,23 @@ def test_error_rate_one_fails_every_request(start_simulator: Callable[..., opena
     for _ in range(3):
         with pytest.raises(openai.InternalServerError):
             client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+
+
+def test_chat_calls_a_function_tool_and_answers_its_result(client: openai.OpenAI) -> None:
+    tools: Any = [{"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]  # fmt: skip
+    first = client.chat.completions.create(model="gpt-4o-mini", messages=user("Weather?"), tools=tools)
+    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert first.choices[0].finish_reason == "tool_calls" and call.function.arguments == '{"city":"Paris"}'
+    chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=user("Weather?"), tools=tools,
+                                                 stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    pieces = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert pieces[0].function.name == "lookup" and "".join(p.function.arguments for p in pieces) == '{"city":"Paris"}'
+    assert chunks[-1].usage is not None and chunks[-2].choices[0].finish_reason == "tool_calls"
+    answered: Any = [*user("Weather?"), first.choices[0].message.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]  # fmt: skip
+    second = client.chat.completions.create(model="gpt-4o-mini", messages=answered, tools=tools)
+    assert second.choices[0].finish_reason == "stop" and second.choices[0].message.content
+    orphan: Any = [*user("Weather?"), {"role": "tool", "tool_call_id": "call_nobody", "content": "sunny"}]
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=orphan)
