@@ -14,7 +14,7 @@ A provider that speaks only Chat Completions gets the request translated (in the
 upstream stage: ``apps.core.responses_chat``). Its conversations are held by us
 (``apps.gateway.conversations``): a next turn brings the earlier items along and can
 go to any Chat-only target of the route; retrieve, delete and input items are
-answered from that state (``apps.gateway.stored_responses``); ``background`` there
+answered from that state (``apps.gateway.handlers.responses_held``); ``background`` there
 is a 400.
 
 The exact cache answers only requests that keep no state (``store: false``, no
@@ -250,8 +250,8 @@ async def _remember(rt: Runtime, call: Call, response: dict[str, Any], target: A
         translated=upstream.translates_responses(target.provider, call.endpoint),
     )
     state: dict[str, Any] | None = None
-    own = stored_items(input_items(payload.get("input")), response_id) if owner.translated else []
     if owner.translated:
+        own = stored_items(input_items(payload.get("input")), response_id)
         state = {"response": response, "context": call.history or [], "input": own}
     try:
         await conversations.remember(rt.fast_redis, rt.limits.prefix, response_id, owner, state)
@@ -261,7 +261,7 @@ async def _remember(rt: Runtime, call: Call, response: dict[str, Any], target: A
         return
     if state is not None:
         await rt.held_writer.write(held_store_event(
-            response=response, input_items=own, project_id=owner.project_id,
+            response=response, input_items=state["input"], project_id=owner.project_id,
             provider_id=owner.provider_id, model=owner.model, created_at=call.created_at,
         ))  # fmt: skip
 
