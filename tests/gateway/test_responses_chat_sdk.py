@@ -277,3 +277,15 @@ def test_a_conversation_too_long_to_continue_is_a_400(client: openai.OpenAI) -> 
         client.responses.create(model="gpt-4o-mini", input="Go on", previous_response_id=created.id)
     assert exc.value.code == "conversation_too_long"
     assert client.responses.retrieve(created.id).id == created.id  # still readable
+
+
+def test_an_anthropic_provider_is_a_clear_400_unbilled(gateway: str, tenant: Tenant, upstream: str) -> None:
+    provider_create(organization=tenant.org, name="claude", kind=ProviderKind.SIMULATED_ANTHROPIC, base_url=upstream)
+    rule_make(tenant, name="to claude", primaries="claude-haiku-4-5 @ claude")
+    wait_key_live(gateway, tenant.key.plaintext)
+    wait_policy(gateway, tenant.key.plaintext)
+    with pytest.raises(openai.BadRequestError) as exc:
+        sdk(gateway, tenant.key.plaintext).responses.create(model="gpt-4o-mini", input="Hello")
+    assert "serves chat requests only" in exc.value.message
+    row = ledger_row(exc.value.response.headers["x-request-id"])
+    assert (row.endpoint, row.status_code, row.cost) == ("responses", 400, 0)
