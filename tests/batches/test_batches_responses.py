@@ -84,3 +84,34 @@ def test_bad_responses_lines_fail_the_batch_with_line_numbers(gateway: str, tena
     batch = _create(client, (good + "\n" + json.dumps(bad) + "\n").encode())
     assert batch.status == "failed"
     assert [(e.line, e.param) for e in batch.errors.data] == [(2, "input")]
+
+
+def test_a_chat_only_provider_gets_responses_lines_translated_and_priced(gateway: str, tenant: Tenant) -> None:
+    """Lines for a provider that speaks only Chat Completions go as chat requests and come back as Responses."""
+    _sync_only(tenant)
+    tenant.provider.responses_api = False
+    tenant.provider.save(update_fields=["responses_api"])
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    second_turn = {"model": "gpt-4o-mini", "input": "and then?", "previous_response_id": "resp_abc"}
+    follow_up = {"custom_id": "turn-2", "method": "POST", "url": "/v1/responses", "body": second_turn}
+    batch = _create(client, _jsonl(3, model="gpt-4o-mini", instructions="Be brief.") + json.dumps(follow_up).encode())
+    batch_run(batch_id=batch.id, worker="test")
+    done = client.batches.retrieve(batch.id)
+    assert (done.status, done.request_counts.completed, done.request_counts.failed) == ("completed", 3, 1)
+    output = {o["custom_id"]: o for o in map(json.loads, client.files.content(done.output_file_id).text.splitlines())}
+    for i in range(3):
+        body = output[f"r-{i}"]["response"]["body"]
+        assert body["object"] == "response" and body["status"] == "completed" and body["instructions"] == "Be brief."
+        assert body["output"][0]["type"] == "message" and body["output"][0]["content"][0]["text"]
+        assert body["usage"]["input_tokens"] > 0 and body["usage"]["output_tokens"] > 0
+    errors = [json.loads(line) for line in client.files.content(done.error_file_id).text.splitlines()]
+    assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [("turn-2", 400)]
+    assert errors[0]["response"]["body"]["error"]["param"] == "previous_response_id"
+    rates = CATALOG["gpt-4o-mini"].tiers["standard"]
+    rows = list(LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-", status_code=200))
+    assert len(rows) == 3
+    for row in rows:
+        assert row.endpoint == "batch.responses" and row.prompt_tokens > 0 and row.completion_tokens > 0
+        cost = _usd(row.prompt_tokens, rates.input) + _usd(row.completion_tokens, rates.output)
+        assert row.cost == cost.quantize(Decimal("1e-8"))

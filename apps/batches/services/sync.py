@@ -40,9 +40,11 @@ from apps.batches.services.reserve import (
     line_worst_case,
     reserve_on,
 )
+from apps.core.anthropic import ANTHROPIC_KINDS
 from apps.core.egress_http import EgressConnector
-from apps.core.errors import GatewayError
-from apps.core.request import ENDPOINT_PATHS, validate
+from apps.core.errors import GatewayError, bad_request
+from apps.core.request import ENDPOINT_PATHS, ENDPOINT_RESPONSES, validate
+from apps.core.responses_chat import completion_to_response, responses_to_chat
 from costcontrol.egress import egress_policy
 
 logger = logging.getLogger(__name__)
@@ -83,11 +85,17 @@ async def send_line(
         return LineResult(line_id, number, custom_id, target, 404, {"error": error}, 0)
     provider = target.provider
     headers = {"Authorization": f"Bearer {provider.secret}"} if provider.secret else {}
+    path, line_request = endpoint[3:], {**body, "model": target.model}
+    request = line_request
+    translated = ENDPOINT_PATHS[endpoint] == ENDPOINT_RESPONSES and not provider.responses_api
+    if translated:  # a Chat-only provider: the line goes as a chat request, as the gateway sends a live one
+        try:
+            path, request = "/chat/completions", _responses_line_as_chat(provider.kind, line_request)
+        except GatewayError as exc:
+            return LineResult(line_id, number, custom_id, target, exc.status, json.loads(exc.body()), 0)
     try:
-        url = f"{provider.base_url.rstrip('/')}{endpoint[3:]}"
-        async with http.post(
-            url, json={**body, "model": target.model}, headers=headers, allow_redirects=False
-        ) as response:
+        url = f"{provider.base_url.rstrip('/')}{path}"
+        async with http.post(url, json=request, headers=headers, allow_redirects=False) as response:
             if 300 <= response.status < 400:
                 raise aiohttp.ClientError(f"it answered {response.status} (a redirect), and redirects are not followed")
             status, data = response.status, await response.json(content_type=None)
@@ -95,9 +103,22 @@ async def send_line(
         status, data = 502, {"error": {"message": f"Could not reach the provider: {exc}.", "type": "api_error",
                                        "param": None, "code": "upstream_unavailable"}}  # fmt: skip
     latency = int((time.perf_counter() - started) * 1000)
+    if translated and status == 200 and isinstance(data, dict):
+        data = completion_to_response(data, response_id=f"resp_batchline{line_id:012d}", payload=line_request)
     result = LineResult(line_id, number, custom_id, target, status, data if isinstance(data, dict) else {}, latency)
     result.price(batch_prices=False)
     return result
+
+
+def _responses_line_as_chat(kind: str, request: dict[str, Any]) -> dict[str, Any]:
+    """A /v1/responses line as the chat request a Chat-only provider takes (400 where it cannot be one)."""
+    if kind in ANTHROPIC_KINDS:
+        raise bad_request("An Anthropic provider does not serve /v1/responses; send /v1/messages lines.",
+                          param="model", code="unsupported_endpoint")  # fmt: skip
+    if request.get("previous_response_id") is not None:
+        raise bad_request("previous_response_id is not available in a batch sent to a Chat-only provider.",
+                          param="previous_response_id", code="unsupported_parameter")  # fmt: skip
+    return responses_to_chat({**request, "stream": False})
 
 
 async def send_all(
