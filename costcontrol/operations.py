@@ -16,6 +16,7 @@ from apps.core import names
 from apps.ledger.selectors import rollup_lag_seconds
 
 __all__ = ["StreamState", "broker_client", "queue_depths", "redis_client", "rollup_lag_seconds", "stream_states"]
+from apps.enforcement.redis_clients import sync_client
 from apps.ledger.stream import GROUP
 
 # Kombu's Redis transport keeps a queue's messages of each priority step in its own list.
@@ -89,7 +90,7 @@ def policy_version(client: redis.Redis) -> int:
 
 
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    return sync_client(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
 
 
 def broker_client() -> redis.Redis:

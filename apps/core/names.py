@@ -4,6 +4,16 @@ The gateway writes what the control plane reads (streams, cache entries, the
 policy version) and both sides count on the same budget and rate-limit keys,
 so each name is spelled once, here. ``prefix`` is ``settings.REDIS_PREFIX``
 (``cc:`` by default; tests use one per run).
+
+Redis Cluster runs a script or a transaction only when all its keys live in one
+hash slot, and a key's slot is taken from its hash tag, the text between the
+first ``{`` and the next ``}``. So every key that one script touches carries the
+same tag: budgets, leases, rate windows and in-flight sets carry their
+organisation's (``{org:<id>}``; one request's scopes all belong to one
+organisation), the breakers share ``{breaker}``, and a dead-letter stream is
+tagged with its stream's name. Keys read or written alone (streams, cache
+entries, stored responses, the policy version) carry no tag, so they spread over
+the cluster. The prefix must not contain braces.
 """
 
 from __future__ import annotations
@@ -36,8 +46,12 @@ def held_responses_stream(prefix: str) -> str:
 
 
 def dead_letters(stream: str) -> str:
-    """Where a stream's entries that could not be stored are kept for a person to inspect."""
-    return stream + ":dead"
+    """Where a stream's entries that could not be stored are kept for a person to inspect.
+
+    Tagged with the stream's whole name, which puts it in the stream's slot: the consumer moves an
+    entry there and acknowledges it in one transaction.
+    """
+    return f"{stream}:dead{{{stream}}}"
 
 
 # --- the policy snapshot ----------------------------------------------------------------------
@@ -53,12 +67,17 @@ def policy_version(prefix: str) -> str:
     return prefix + "policy:version"
 
 
-# --- budgets and rate limits --------------------------------------------------------------------
+# --- budgets and rate limits (one organisation's share a slot) ----------------------------------
 
 
-def budget_counter(prefix: str, budget_id: int, period_start: float) -> str:
+def org_tag(organization_id: int) -> str:
+    """The hash tag of an organisation's admission keys."""
+    return f"{{org:{organization_id}}}"
+
+
+def budget_counter(prefix: str, budget_id: int, period_start: float, *, organization_id: int) -> str:
     """Nano-dollars spent and reserved on a budget in the period starting at ``period_start`` (epoch s)."""
-    return f"{prefix}budget:{budget_id}:{int(period_start)}"
+    return f"{prefix}{org_tag(organization_id)}:budget:{budget_id}:{int(period_start)}"
 
 
 def leased(counter: str) -> str:
@@ -66,14 +85,14 @@ def leased(counter: str) -> str:
     return counter + ":leased"
 
 
-def rate_window(prefix: str, scope_name: str) -> str:
+def rate_window(prefix: str, scope_name: str, *, organization_id: int) -> str:
     """The sliding 60 s window (requests and tokens per second) of a rate-limit scope ("project:3")."""
-    return f"{prefix}rl:{scope_name}:win"
+    return f"{prefix}{org_tag(organization_id)}:rl:{scope_name}:win"
 
 
-def rate_inflight(prefix: str, scope_name: str) -> str:
+def rate_inflight(prefix: str, scope_name: str, *, organization_id: int) -> str:
     """The concurrency slots in use in a rate-limit scope."""
-    return f"{prefix}rl:{scope_name}:inflight"
+    return f"{prefix}{org_tag(organization_id)}:rl:{scope_name}:inflight"
 
 
 # --- the response cache -------------------------------------------------------------------------
@@ -84,12 +103,12 @@ def cache_entry(prefix: str, *, project_id: int, namespace: str, exact_key: str)
     return f"{prefix}cache:{project_id}:{namespace}:{exact_key}"
 
 
-# --- routing ------------------------------------------------------------------------------------
+# --- routing (the breakers' script touches the shared hash and one deployment's keys) ------------
 
 
 def breaker_open(prefix: str) -> str:
     """Hash of open circuit breakers: deployment -> open until (epoch s)."""
-    return prefix + "breaker:open"
+    return prefix + "{breaker}:open"
 
 
 def breaker_channel(prefix: str) -> str:
@@ -97,12 +116,12 @@ def breaker_channel(prefix: str) -> str:
 
 
 def breaker_failures(prefix: str, deployment: str) -> str:
-    return prefix + "breaker:fails:" + deployment
+    return prefix + "{breaker}:fails:" + deployment
 
 
 def breaker_probe(prefix: str, deployment: str) -> str:
     """Claimed by the one request that probes a half-open breaker."""
-    return prefix + "breaker:probe:" + deployment
+    return prefix + "{breaker}:probe:" + deployment
 
 
 def cascade_labels(prefix: str, rule_id: int) -> str:

@@ -106,6 +106,7 @@ class RateLimitPolicy:
     """A project's or key's rate limits (0: none of that kind)."""
 
     scope_name: str  # "project:3" or "key:17"
+    organization_id: int  # whose hash tag its Redis keys carry
     requests_per_minute: int
     tokens_per_minute: int
     max_concurrent: int

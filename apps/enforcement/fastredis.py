@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if TYPE_CHECKING:
+    from apps.enforcement.fastcluster import FastRedisCluster
 
 
 class _Protocol(asyncio.Protocol):
@@ -142,7 +145,8 @@ class FastRedis:
         """Whether the connection is up (False before the first command and after a loss)."""
         return self._protocol is not None and not self._protocol.closed
 
-    async def _connection(self) -> _Protocol:
+    async def connection(self) -> _Protocol:
+        """The open connection, made (and authenticated) first if there is none."""
         current = self._protocol
         if current is not None and not current.closed:
             return current
@@ -171,25 +175,31 @@ class FastRedis:
                 await self._send([("SELECT", self._db)], protocol)
             return protocol
 
-    async def _send(self, commands: list[tuple[Any, ...]], protocol: _Protocol) -> list[Any]:
+    @staticmethod
+    def submit(commands: list[tuple[Any, ...]], protocol: _Protocol) -> list[asyncio.Future[Any]]:
+        """Queue ``commands`` on ``protocol`` now; one future per reply (a cluster client queues on
+        several nodes before it waits on any)."""
         assert protocol.transport is not None
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
         protocol.expect(futures, loop)
         protocol.queue(b"".join(hiredis.pack_command(command) for command in commands))
+        return futures
+
+    async def _send(self, commands: list[tuple[Any, ...]], protocol: _Protocol) -> list[Any]:
         # A reply past the timeout fails the connection, and with it these futures (``_check_deadline``).
-        return [await future for future in futures]
+        return [await future for future in self.submit(commands, protocol)]
 
     async def execute(self, *command: Any) -> Any:
         """Run one command; a Redis error reply is raised."""
-        [reply] = await self._send([command], await self._connection())
+        [reply] = await self._send([command], await self.connection())
         if isinstance(reply, ResponseError):
             raise reply
         return reply
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Send several commands in one write; replies (errors included, not raised) in order."""
-        return await self._send(commands, await self._connection())
+        return await self._send(commands, await self.connection())
 
     def pipeline(self) -> FastPipeline:
         return FastPipeline(self)
@@ -202,7 +212,7 @@ class FastRedis:
 class FastPipeline:
     """Collects commands for one round trip; the method names follow redis-py's where used."""
 
-    def __init__(self, client: FastRedis) -> None:
+    def __init__(self, client: FastRedis | FastRedisCluster) -> None:
         self._client = client
         self.commands: list[tuple[Any, ...]] = []
 

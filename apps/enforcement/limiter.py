@@ -35,7 +35,7 @@ from apps.core.periods import period_bounds
 from apps.core.pricing import to_nano
 from apps.core.snapshot import BudgetPolicy, RateLimitPolicy
 from apps.enforcement import replies, scripts
-from apps.enforcement.fastredis import FastPipeline, FastRedis
+from apps.enforcement.fastredis import FastPipeline
 from apps.enforcement.leases import (
     LEASE_HEADROOM,
     LEASE_SECONDS,
@@ -45,6 +45,7 @@ from apps.enforcement.leases import (
     LeaseHolds,
     Unsettled,
 )
+from apps.enforcement.redis_clients import FastClient
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Limiter:
     (batch workers, tests of the exact path) every request runs the admission script.
     """
 
-    def __init__(self, redis_client: FastRedis, prefix: str, *, leases: bool = False) -> None:
+    def __init__(self, redis_client: FastClient, prefix: str, *, leases: bool = False) -> None:
         self._redis = redis_client
         self._prefix = prefix
         self._leasing = leases
@@ -145,13 +146,14 @@ class Limiter:
             reply = await self._redis.execute("EVALSHA", sha, len(keys), *keys, *args)
         return reply
 
-    def _scope_keys(self, scope_name: str) -> tuple[str, str]:
+    def _scope_keys(self, limit: RateLimitPolicy) -> tuple[str, str]:
         """The window hash and in-flight zset of a rate-limit scope, built once per scope."""
-        keys = self._scopes.get(scope_name)
+        keys = self._scopes.get(limit.scope_name)
         if keys is None:
-            keys = self._scopes[scope_name] = (
-                names.rate_window(self._prefix, scope_name),
-                names.rate_inflight(self._prefix, scope_name),
+            org = limit.organization_id
+            keys = self._scopes[limit.scope_name] = (
+                names.rate_window(self._prefix, limit.scope_name, organization_id=org),
+                names.rate_inflight(self._prefix, limit.scope_name, organization_id=org),
             )
         return keys
 
@@ -187,7 +189,7 @@ class Limiter:
         reserve = to_nano(worst_case_usd)
         periods = [self._period(budget, now) for budget in budgets]
         budget_keys = [
-            names.budget_counter(self._prefix, budget.id, start)
+            names.budget_counter(self._prefix, budget.id, start, organization_id=budget.organization_id)
             for budget, (start, _end) in zip(budgets, periods, strict=True)
         ]
         if self._leasing and self._redis.connected:
@@ -204,14 +206,14 @@ class Limiter:
             ttl = int(min(end_ts - now, 400 * 86400)) + 2 * 86400
             want = self._leases.budget_want(key, budget, reserve, now) if leasing else 0
             wanted_budgets.append(want)
-            keys.append(key)
+            keys += [key, names.leased(key)]
             args += [budget.limit_nano, reserve, seed, budget.mode, ttl, want]
             admission.budget_keys.append(key)
             admission.budget_reserved.append(reserve)
         args.append(len(rate_limits))
         wanted_scopes: list[tuple[int, str]] = []
         for limit in rate_limits:
-            window_key, inflight_key = self._scope_keys(limit.scope_name)
+            window_key, inflight_key = self._scope_keys(limit)
             keys += [window_key, inflight_key]
             size, prefix = self._leases.scope_want(limit, worst_case_tokens, now) if leasing else (0, "")
             wanted_scopes.append((size, prefix))
@@ -299,7 +301,7 @@ class Limiter:
         for j, (limit, (size, prefix)) in enumerate(zip(rate_limits, wanted_scopes, strict=True)):
             if size:
                 grant = scope_grants[5 * j : 5 * j + 5]
-                self._leases.grant_scope(limit, self._scope_keys(limit.scope_name), size, prefix, grant, now)
+                self._leases.grant_scope(limit, self._scope_keys(limit), size, prefix, grant, now)
 
     async def settle(
         self,

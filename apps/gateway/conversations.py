@@ -30,7 +30,7 @@ import orjson
 from apps.core import names
 from apps.core.errors import GatewayError
 from apps.core.events import clean_count, clean_id
-from apps.enforcement.fastredis import FastRedis
+from apps.enforcement.redis_clients import FastClient
 
 OWNER_TTL_SECONDS = 30 * 24 * 3600
 # Every turn of a conversation we hold stores the turns before it again: past this, a next turn is refused
@@ -53,7 +53,7 @@ def not_found(response_id: str, param: str | None = None) -> GatewayError:
     return GatewayError(404, f"{what} with id '{response_id[:200]}' not found.", param=param, code="not_found")
 
 
-async def owner_of(redis: FastRedis, prefix: str, response_id: str, project_id: int) -> Owner | None:
+async def owner_of(redis: FastClient, prefix: str, response_id: str, project_id: int) -> Owner | None:
     """The response's owner if it is ``project_id``'s, else None (unknown, expired or another project's)."""
     raw = await redis.execute("GET", names.response_owner(prefix, response_id))
     if raw is None:
@@ -69,7 +69,7 @@ async def owner_of(redis: FastRedis, prefix: str, response_id: str, project_id: 
 
 
 async def remember(
-    redis: FastRedis, prefix: str, response_id: str, owner: Owner, state: dict[str, Any] | None = None
+    redis: FastClient, prefix: str, response_id: str, owner: Owner, state: dict[str, Any] | None = None
 ) -> None:
     """Note the owner (and, for a conversation we hold, its ``state``); the state is written first, so an
     owner marked translated always has one to read."""
@@ -89,7 +89,7 @@ async def remember(
 
 
 async def state_of(
-    redis: FastRedis, prefix: str, response_id: str, *, to_continue: bool = False
+    redis: FastClient, prefix: str, response_id: str, *, to_continue: bool = False
 ) -> dict[str, Any] | None:
     """A held conversation's state: ``response`` (the Response object), ``context`` (the items of the turns
     before it) and ``input`` (its own input items); None when it is gone or not an object. ``to_continue``:
@@ -107,5 +107,7 @@ async def state_of(
     return data if isinstance(data.get("response"), dict) else None
 
 
-async def forget(redis: FastRedis, prefix: str, response_id: str) -> None:
-    await redis.execute("DEL", names.response_owner(prefix, response_id), names.response_state(prefix, response_id))
+async def forget(redis: FastClient, prefix: str, response_id: str) -> None:
+    # Two commands, not one DEL of both keys: on a Redis Cluster the two keys may sit in different slots.
+    await redis.execute("DEL", names.response_state(prefix, response_id))
+    await redis.execute("DEL", names.response_owner(prefix, response_id))

@@ -16,14 +16,15 @@ from typing import Any
 import orjson
 
 from apps.core.events import EVENT_FIELD
-from apps.enforcement.fastredis import FastPipeline, FastRedis
+from apps.enforcement.fastredis import FastPipeline
+from apps.enforcement.redis_clients import FastClient
 from apps.gateway import metrics
 
 logger = logging.getLogger(__name__)
 
 
 class LedgerWriter:
-    def __init__(self, redis_client: FastRedis, stream: str, spool_dir: Path) -> None:
+    def __init__(self, redis_client: FastClient, stream: str, spool_dir: Path) -> None:
         self._redis = redis_client
         self._stream = stream
         self._spool = spool_dir / f"ledger-spool-{os.getpid()}.jsonl"

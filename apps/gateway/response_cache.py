@@ -20,7 +20,8 @@ from apps.cache.lookup import Nearest, configure_lookup_connection, lookup_vecto
 from apps.core import names
 from apps.core.events import BODY_FIELD, EVENT_FIELD, cache_event_clean
 from apps.core.snapshot import CachePolicyView
-from apps.enforcement.fastredis import FastPipeline, FastRedis
+from apps.enforcement.fastredis import FastPipeline
+from apps.enforcement.redis_clients import FastClient
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class CacheHit:
 
 
 class ResponseCache:
-    def __init__(self, redis_client: FastRedis, database_url: str, prefix: str) -> None:
+    def __init__(self, redis_client: FastClient, database_url: str, prefix: str) -> None:
         self._redis = redis_client
         self._database_url = database_url
         self._pool: Any = None

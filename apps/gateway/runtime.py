@@ -22,8 +22,9 @@ from django.conf import settings
 from apps.core import names
 from apps.core.egress_http import EgressConnector
 from apps.core.snapshot import Snapshot
-from apps.enforcement.fastredis import FastRedis
+from apps.enforcement import redis_clients
 from apps.enforcement.limiter import Limiter
+from apps.enforcement.redis_clients import FastClient
 from apps.gateway import tracing
 from apps.gateway.breaker import Breakers
 from apps.gateway.ledger_writer import LedgerWriter
@@ -70,7 +71,7 @@ class Limits:
 class Runtime:
     limits: Limits
     redis: aioredis.Redis  # pub/sub and the rare commands (breakers, cascade labels)
-    fast_redis: FastRedis  # every per-request command
+    fast_redis: FastClient  # every per-request command
     http: aiohttp.ClientSession
     limiter: Limiter
     ledger: LedgerWriter
@@ -97,7 +98,7 @@ class Runtime:
         limits = Limits.from_settings()
         prefix = limits.prefix
         tracing.configure_from_environment()
-        redis = aioredis.Redis.from_url(settings.REDIS_URL, max_connections=512)
+        redis = redis_clients.async_client(settings.REDIS_URL, max_connections=512)
         # Every upstream URL is tenant-set: connect only to addresses the egress policy admits.
         http = aiohttp.ClientSession(
             connector=EgressConnector(egress_policy(), limit=0, keepalive_timeout=60, ttl_dns_cache=300),
@@ -110,7 +111,9 @@ class Runtime:
             skip_auto_headers=("User-Agent",),
         )
         # Per-request commands go through the lean client; pub/sub (policy) keeps redis-py.
-        fast_redis = FastRedis(settings.REDIS_URL, command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS)
+        fast_redis = redis_clients.fast_client(
+            settings.REDIS_URL, command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS
+        )
         limiter = Limiter(fast_redis, prefix, leases=settings.GATEWAY_LIMIT_LEASES)
         await limiter.load()
         limiter.start()
@@ -120,7 +123,7 @@ class Runtime:
         ledger = LedgerWriter(fast_redis, names.ledger_stream(prefix), spool)
         ledger.start()
         # The breakers' commands get the same bound as admission; their pub/sub stays on ``redis``.
-        breaker_redis = aioredis.Redis.from_url(
+        breaker_redis = redis_clients.async_client(
             settings.REDIS_URL,
             max_connections=64,
             socket_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS,

@@ -8,10 +8,12 @@ import redis
 from django.conf import settings
 from django.core.checks import CheckMessage, Info, Warning
 
+from apps.enforcement.redis_clients import sync_client
+
 
 def redis_persistence(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """The ledger's events wait in a Redis stream until ingested: without persistence, a Redis restart loses them."""
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2)
+    client = sync_client(settings.REDIS_URL, socket_connect_timeout=2)
     try:
         appendonly = client.config_get("appendonly").get("appendonly")
     except redis.RedisError as exc:  # unreachable, or CONFIG disabled (common on managed Redis)

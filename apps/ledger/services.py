@@ -21,6 +21,7 @@ from apps.audit.models import AuditAction
 from apps.audit.services import audit_record
 from apps.core import names
 from apps.core.events import EVENT_FIELD, ledger_event_clean
+from apps.enforcement.redis_clients import sync_client
 from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
 from apps.ledger.models import (
     HISTOGRAM_EDGES_MS,
@@ -56,7 +57,7 @@ def dead_letter_stream() -> str:
 
 
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL)
+    return sync_client(settings.REDIS_URL)
 
 
 def ensure_group(client: redis.Redis) -> None:

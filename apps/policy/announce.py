@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models.signals import post_delete, post_save
@@ -22,6 +21,7 @@ from django.db.models.signals import post_delete, post_save
 from apps.budgets.models import Budget, RateLimit
 from apps.cache.models import CachePolicy
 from apps.core import names
+from apps.enforcement.redis_clients import sync_client
 from apps.keys.models import ApiKey
 from apps.opportunities.models import Trial
 from apps.providers.models import ModelAlias, Price, Provider
@@ -47,7 +47,7 @@ POLICY_MODELS: tuple[type[models.Model], ...] = (
 
 def publish_policy_change() -> None:
     """Tell every gateway process to rebuild its snapshot now (call after commit)."""
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = sync_client(settings.REDIS_URL)
     try:
         pipe = client.pipeline(transaction=False)
         pipe.incr(names.policy_version(settings.REDIS_PREFIX))

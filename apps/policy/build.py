@@ -303,6 +303,7 @@ def _build_limits() -> tuple[
     for limit in RateLimit.objects.all():
         policy = RateLimitPolicy(
             scope_name=f"key:{limit.api_key_id}" if limit.api_key_id else f"project:{limit.project_id}",
+            organization_id=limit.organization_id,
             requests_per_minute=limit.requests_per_minute or 0,
             tokens_per_minute=limit.tokens_per_minute or 0,
             max_concurrent=limit.max_concurrent or 0,

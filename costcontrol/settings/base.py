@@ -8,7 +8,7 @@ from pathlib import Path
 import dj_database_url
 
 from costcontrol import embedded
-from costcontrol.env import env_bool, env_int, env_list, env_str
+from costcontrol.env import MissingSetting, env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
@@ -131,9 +131,14 @@ LEDGER_PARTITIONS_AHEAD = env_int("LEDGER_PARTITIONS_AHEAD", 3)
 LEDGER_RETENTION_DAYS = env_int("LEDGER_RETENTION_DAYS", 0)
 
 REDIS_URL: str = env_str("REDIS_URL", "") or embedded.redis_url()
+# ``redis+cluster://host:port`` names a Redis Cluster by one of its nodes (apps/enforcement/redis_clients.py).
+REDIS_CLUSTER = REDIS_URL.startswith("redis+cluster://")
 # Every key, stream and channel the product uses starts with this, so test runs
 # and several installs can share one Redis without touching each other.
 REDIS_PREFIX = env_str("COSTCONTROL_REDIS_PREFIX", "cc:")
+if "{" in REDIS_PREFIX or "}" in REDIS_PREFIX:
+    # A brace would be read as a cluster hash tag and put keys meant to share a slot in different ones.
+    raise MissingSetting(f"COSTCONTROL_REDIS_PREFIX must not contain braces, got {REDIS_PREFIX!r}")
 
 CACHES = {
     "default": {
@@ -142,6 +147,9 @@ CACHES = {
         "KEY_PREFIX": REDIS_PREFIX + "django",
     }
 }
+if REDIS_CLUSTER:
+    # Django's Redis cache speaks to one server; nothing of ours keeps state in Django's cache.
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -5,9 +5,10 @@ from __future__ import annotations
 from costcontrol.env import env_str
 
 # base.py imports this module at its end, so REDIS_URL is known by then.
-from costcontrol.settings.base import REDIS_URL  # noqa: E402
+from costcontrol.settings.base import REDIS_CLUSTER, REDIS_URL  # noqa: E402
 
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "") or REDIS_URL
+# Celery's Redis transport speaks to one server: with a Redis Cluster for state, the broker is set apart.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") if REDIS_CLUSTER else env_str("CELERY_BROKER_URL", "") or REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True

@@ -16,6 +16,7 @@ from apps.batches.models import Batch
 from apps.batches.services import batch_run
 from apps.budgets.models import BudgetScope
 from apps.budgets.services import budget_create
+from apps.core import names
 from apps.core.periods import period_bounds
 from apps.keys.services import key_issue
 from apps.ledger.models import LedgerEntry
@@ -101,7 +102,9 @@ def test_batch_rows_are_attributed_like_live_rows_and_feature_budgets_count_them
     # The feature budget reserved on exactly the lines (and live requests) its rows count: once settled and
     # the gateway's leases are back, its counter is their cost (each rounded to a whole nano-dollar).
     start, _end = period_bounds(budget.period, budget.timezone, timezone.now(), budget.starts_at)
-    key = f"{settings.REDIS_PREFIX}budget:{budget.id}:{int(start.timestamp())}"
+    key = names.budget_counter(
+        settings.REDIS_PREFIX, budget.id, start.timestamp(), organization_id=budget.organization_id
+    )
     bot_rows = list(LedgerEntry.objects.filter(feature="bot", project=tenant.project))
     spent = sum(int(r.cost * 1_000_000_000) for r in bot_rows)
     assert len(bot_rows) == 4 and spent > 0
@@ -126,7 +129,9 @@ def test_a_failed_provider_batch_submit_gives_its_reservation_back(gateway: str,
     tenant.provider.kind = ProviderKind.SIMULATED
     tenant.provider.save()
     start, _end = period_bounds(budget.period, budget.timezone, timezone.now(), budget.starts_at)
-    key = f"{settings.REDIS_PREFIX}budget:{budget.id}:{int(start.timestamp())}"
+    key = names.budget_counter(
+        settings.REDIS_PREFIX, budget.id, start.timestamp(), organization_id=budget.organization_id
+    )
     counters = redis.Redis.from_url(settings.REDIS_URL)
     for _attempt in range(2):  # batches.resume would try again every minute
         with pytest.raises(openai.APIConnectionError):

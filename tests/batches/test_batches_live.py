@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from apps.batches.models import Batch, BatchLine
+from apps.core import names
 from apps.ledger.models import LedgerEntry
 from apps.providers.models import ProviderKind
 from tests import live
@@ -317,6 +318,7 @@ def test_a_provider_batch_reserves_its_worst_case_and_settles_to_its_cost(gatewa
     row = Batch.objects.get(pk=batch.id)
     assert (row.status, row.backend, row.reservation) == ("completed", "provider", None)  # settled
     counters = redis_lib.Redis.from_url(settings.REDIS_URL)
-    [key] = list(counters.scan_iter(match=f"{settings.REDIS_PREFIX}budget:{budget.id}:*"))
+    tag = names.org_tag(budget.organization_id)
+    [key] = list(counters.scan_iter(match=f"{settings.REDIS_PREFIX}{tag}:budget:{budget.id}:*"))
     spent_nano = int(counters.get(key))
     assert spent_nano == int(row.cost * 1_000_000_000)  # the reservation became exactly what the lines cost

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from apps.budgets.models import Budget, BudgetScope
 from apps.budgets.services import budget_create, rate_limit_set
+from apps.core import names
 from apps.core.catalog import OPENAI_PRICES
 from apps.core.periods import period_bounds
 from apps.core.pricing import to_nano
@@ -92,7 +93,9 @@ def test_concurrent_requests_on_two_gateways_never_overspend(
 def _budget_counter(budget: Budget) -> int:
     start, _end = period_bounds(budget.period, budget.timezone, timezone.now(), budget.starts_at)
     value = redis.Redis.from_url(settings.REDIS_URL).get(
-        f"{settings.REDIS_PREFIX}budget:{budget.id}:{int(start.timestamp())}"
+        names.budget_counter(
+            settings.REDIS_PREFIX, budget.id, start.timestamp(), organization_id=budget.organization_id
+        )
     )
     return int(value or 0)
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from apps.core import names
 from apps.core.errors import GatewayError
 from apps.core.periods import period_bounds
 from apps.core.pricing import to_nano
@@ -41,7 +42,7 @@ def _budget(amount: str) -> BudgetPolicy:
 
 def _budget_key(prefix: str, now: float) -> str:
     start = period_bounds("monthly", "UTC", dt.datetime.fromtimestamp(now, dt.UTC))[0]
-    return f"{prefix}budget:7:{int(start.timestamp())}"
+    return names.budget_counter(prefix, 7, start.timestamp(), organization_id=1)
 
 
 class Process:
@@ -62,10 +63,10 @@ class Process:
 async def _read(client: FastRedis, prefix: str, now: float) -> dict[str, int]:
     """The shared state in Redis that leases must leave exact."""
     budget_key = _budget_key(prefix, now)
-    window = f"{prefix}rl:project:1:win"
+    window = names.rate_window(prefix, "project:1", organization_id=1)
     spent, leased, rsum, tsum, slots = await client.execute_many([
         ("GET", budget_key), ("GET", budget_key + ":leased"), ("HGET", window, "rsum"), ("HGET", window, "tsum"),
-        ("ZCARD", f"{prefix}rl:project:1:inflight"),
+        ("ZCARD", names.rate_inflight(prefix, "project:1", organization_id=1)),
     ])  # fmt: skip
     return {"spent": int(spent or 0), "leased": int(leased or 0), "requests": int(rsum or 0),
             "tokens": int(tsum or 0), "slots": int(slots)}  # fmt: skip
@@ -74,8 +75,8 @@ async def _read(client: FastRedis, prefix: str, now: float) -> dict[str, int]:
 def test_leased_requests_touch_no_redis_state_and_come_out_exact_when_given_back() -> None:
     prefix = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:"
     budget = _budget("100")
-    limit = RateLimitPolicy(scope_name="project:1", requests_per_minute=10**6, tokens_per_minute=10**9,
-                            max_concurrent=1000)  # fmt: skip
+    limit = RateLimitPolicy(scope_name="project:1", organization_id=1, requests_per_minute=10**6,
+                            tokens_per_minute=10**9, max_concurrent=1000)  # fmt: skip
     ask = {"budgets": [budget], "rate_limits": [limit], "worst_case_usd": Decimal("0.01"), "worst_case_tokens": 100}
 
     async def scenario() -> tuple[dict[str, int], dict[str, int], dict[str, int], list[Admission]]:
@@ -155,7 +156,9 @@ def test_a_refusal_caused_only_by_another_process_lease_waits_for_it_instead() -
 
 def test_tokens_per_minute_holds_within_5_percent_with_leases_on_two_processes() -> None:
     prefix = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:"
-    limit = RateLimitPolicy(scope_name="project:1", requests_per_minute=0, tokens_per_minute=600_000, max_concurrent=0)
+    limit = RateLimitPolicy(
+        scope_name="project:1", organization_id=1, requests_per_minute=0, tokens_per_minute=600_000, max_concurrent=0
+    )
 
     async def scenario() -> tuple[list[tuple[float, int]], int]:
         processes = [Process(prefix), Process(prefix)]

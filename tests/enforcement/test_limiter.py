@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 
+from apps.core import names
 from apps.core.errors import GatewayError
 from apps.core.periods import period_bounds
 from apps.core.pricing import to_nano
@@ -43,7 +44,9 @@ def _budget(amount: str, mode: str = "hard", seed: str = "0") -> BudgetPolicy:
 
 
 def _limit(rpm: int = 0, tpm: int = 0, conc: int = 0) -> RateLimitPolicy:
-    return RateLimitPolicy(scope_name="project:1", requests_per_minute=rpm, tokens_per_minute=tpm, max_concurrent=conc)
+    return RateLimitPolicy(
+        scope_name="project:1", organization_id=1, requests_per_minute=rpm, tokens_per_minute=tpm, max_concurrent=conc
+    )
 
 
 async def _admit(limiter: Limiter, now: float, **kwargs: Any) -> Admission:
@@ -231,8 +234,9 @@ def test_the_admission_script_refuses_a_non_integer_reservation(reserve: str) ->
     from apps.enforcement.scripts import ADMIT
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    key = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:budget:1:0"
-    # ARGV: now, request id, lease headroom, one budget (limit, reserve, seed, mode, ttl, lease), no scopes.
+    key = names.budget_counter(f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:", 1, 0, organization_id=1)
+    # KEYS: the budget's counter and its leased total. ARGV: now, request id, lease headroom, one budget
+    # (limit, reserve, seed, mode, ttl, lease), no scopes.
     with pytest.raises(redis.ResponseError, match="invalid reservation"):
-        client.eval(ADMIT, 1, key, T0, "r1", 8, 1, 10**12, reserve, 0, "hard", 3600, 0, 0)
+        client.eval(ADMIT, 2, key, names.leased(key), T0, "r1", 8, 1, 10**12, reserve, 0, "hard", 3600, 0, 0)
     assert client.get(key) is None, "nothing was reserved"

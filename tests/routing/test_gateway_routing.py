@@ -12,6 +12,7 @@ import pytest
 import redis as redis_lib
 from django.conf import settings
 
+from apps.core import names
 from apps.ledger.models import LedgerEntry
 from apps.providers.models import ProviderKind
 from apps.providers.services import provider_create
@@ -188,7 +189,7 @@ def test_retries_count_against_the_breaker_window(gateway: str, tenant: Tenant) 
     answer, headers = _chat(gateway, tenant, "[[sim:gpt-4o-mini/503]]")
     assert answer.model == "gpt-4.1-mini"
     client = redis_lib.Redis.from_url(settings.REDIS_URL)
-    fails = client.get(f"{settings.REDIS_PREFIX}breaker:fails:{tenant.provider.id}:gpt-4o-mini")
+    fails = client.get(names.breaker_failures(settings.REDIS_PREFIX, f"{tenant.provider.id}:gpt-4o-mini"))
     assert int(fails) == 3  # the first try and two retries
 
 
@@ -273,7 +274,7 @@ def test_retry_after_is_honoured_before_the_retry(gateway: str, tenant: Tenant) 
     waited = time.monotonic() - started
     assert answer.model == "gpt-4.1-mini" and headers["x-route"].endswith(";failed:gpt-4o-mini@sim(429)")
     client = redis_lib.Redis.from_url(settings.REDIS_URL)
-    assert int(client.get(f"{settings.REDIS_PREFIX}breaker:fails:{tenant.provider.id}:gpt-4o-mini")) == 2
+    assert int(client.get(names.breaker_failures(settings.REDIS_PREFIX, f"{tenant.provider.id}:gpt-4o-mini"))) == 2
     assert waited >= 1.0  # the retry waited for the provider's Retry-After (a lower bound, not a speed target)
 
 

@@ -30,8 +30,8 @@ from apps.core.errors import GatewayError
 from apps.core.pricing import MTOK, token_cost
 from apps.core.request import ENDPOINT_PATHS, attribution, model_worst_case
 from apps.core.snapshot import BudgetPolicy
-from apps.enforcement.fastredis import FastRedis
 from apps.enforcement.limiter import Admission, Limiter
+from apps.enforcement.redis_clients import fast_client
 from apps.policy.build import budget_policies
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def line_worst_case(
 @asynccontextmanager
 async def batch_limiter() -> AsyncIterator[Limiter]:
     """The gateway's limiter on its own Redis connection, for one batch step."""
-    redis = FastRedis(settings.REDIS_URL, command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS)
+    redis = fast_client(settings.REDIS_URL, command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS)
     try:
         result = Limiter(redis, settings.REDIS_PREFIX)
         await result.load()

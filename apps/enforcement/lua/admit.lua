@@ -1,6 +1,7 @@
 -- Admission: check every rate limit and budget, and only if all pass reserve on each.
 -- Runs after window.lua (its functions).
--- KEYS: budget counters (nb), then per rate scope: window hash, in-flight zset.
+-- KEYS: per budget its counter and the counter's ":leased" total (2 nb), then per rate scope: window
+--       hash, in-flight zset. Every key is declared (Redis Cluster routes and checks scripts by them).
 -- ARGV: now (seconds, float), request id, lease headroom, nb, then per budget: limit, reserve, seed,
 --       mode, ttl, lease wanted (nano-dollars, 0 for none); then nr, then per rate scope: rpm limit,
 --       tpm limit, concurrency limit, tokens to reserve, then the lease wanted: requests, tokens, slots,
@@ -32,7 +33,7 @@ for i = 1, nb do
   if not whole(reserve) or not whole(want) then
     return redis.error_reply('ERR invalid reservation: ' .. tostring(ARGV[a - 5]))
   end
-  local key = KEYS[i]
+  local key, leased_key = KEYS[2 * i - 1], KEYS[2 * i]
   local spent = tonumber(redis.call('GET', key))
   if spent == nil then
     -- Lost or new counter: start from the spend the ledger already shows for this period.
@@ -42,7 +43,7 @@ for i = 1, nb do
   if spent + reserve > limit then
     if mode == 'hard' then
       -- Refused only because of what other processes hold as leases: say so, they come back shortly.
-      local leased = tonumber(redis.call('GET', key .. ':leased')) or 0
+      local leased = tonumber(redis.call('GET', leased_key)) or 0
       if leased > 0 and spent - leased + reserve <= limit then return {5, i, 0, '', -1, -1} end
       return {1, i, 0, '', -1, -1}
     end
@@ -50,7 +51,7 @@ for i = 1, nb do
   end
   local grant = 0
   if want > 0 and (mode == 'soft' or spent + reserve + want * headroom <= limit) then grant = want end
-  budgets[i] = {key, reserve, grant, ttl}
+  budgets[i] = {key, reserve, grant, ttl, leased_key}
 end
 
 local nr = tonumber(ARGV[a])
@@ -65,7 +66,7 @@ for j = 1, nr do
   if not whole(tokens) or not whole(want_t) then
     return redis.error_reply('ERR invalid token reservation: ' .. tostring(ARGV[a - 5]))
   end
-  local win_key, conc_key = KEYS[nb + 2 * j - 1], KEYS[nb + 2 * j]
+  local win_key, conc_key = KEYS[2 * nb + 2 * j - 1], KEYS[2 * nb + 2 * j]
   if tpm == 0 then tokens = 0 end
   local w = nil
   local left_r, left_t, grant_r, grant_t, grant_s = -1, -1, 0, 0, 0
@@ -108,8 +109,8 @@ for i = 1, nb do
   local b = budgets[i]
   redis.call('INCRBY', b[1], b[2] + b[3])
   if b[3] > 0 then
-    redis.call('INCRBY', b[1] .. ':leased', b[3])
-    redis.call('EXPIRE', b[1] .. ':leased', b[4])
+    redis.call('INCRBY', b[5], b[3])
+    redis.call('EXPIRE', b[5], b[4])
   end
   reply[#reply + 1] = b[3]
 end

@@ -43,6 +43,7 @@ from apps.budgets.services import budget_create, rate_limit_set
 from apps.cache.models import CachePolicy
 from apps.cache.services import cache_purge
 from apps.core import names
+from apps.enforcement.redis_clients import sync_client
 from apps.keys.services import IssuedKey, key_issue
 from apps.ledger.models import LedgerEntry
 from apps.opportunities.models import Trial
@@ -292,7 +293,7 @@ class Command(BaseCommand):
                 ] = []
                 cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 trialled: list[tuple[int, dict[str, float], dict[str, float]]] = []
-                meter = _CpuMeter(procs[1].pid, redis.Redis.from_url(settings.REDIS_URL))
+                meter = _CpuMeter(procs[1].pid, sync_client(settings.REDIS_URL))
                 for connections in [int(c) for c in options["connections"].split(",")]:
                     direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
                     bare = _wrk(bare_url, direct_lua, connections, options["seconds"])
@@ -405,7 +406,7 @@ class Command(BaseCommand):
                     raise CommandError(f"expected the first cached request to miss, got {response.headers['x-cache']}")
         else:
             CachePolicy.objects.filter(project=project).delete()
-            cache_purge(client=redis.Redis.from_url(settings.REDIS_URL), project=project)
+            cache_purge(client=sync_client(settings.REDIS_URL), project=project)
             self._await_policy(issued, gateway)
 
     def _semantic_trial(self, issued: IssuedKey, *, gateway: str) -> Trial:
@@ -438,7 +439,7 @@ class Command(BaseCommand):
 
     def _await_policy(self, issued: IssuedKey, gateway: str) -> None:
         """Wait until the gateway runs on the policy version the control plane last published."""
-        wanted = int(redis.Redis.from_url(settings.REDIS_URL).get(names.policy_version(settings.REDIS_PREFIX)) or 0)
+        wanted = int(sync_client(settings.REDIS_URL).get(names.policy_version(settings.REDIS_PREFIX)) or 0)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             request = Request(f"{gateway}/models", headers={"Authorization": f"Bearer {issued.plaintext}"})
