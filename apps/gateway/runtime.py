@@ -99,6 +99,8 @@ class Runtime:
         prefix = limits.prefix
         tracing.configure_from_environment()
         redis = redis_clients.async_client(settings.REDIS_URL, max_connections=512)
+        # A cluster client reads its slot map here: its pub/sub (policy, breakers) needs it to subscribe.
+        await redis.initialize()
         # Every upstream URL is tenant-set: connect only to addresses the egress policy admits.
         http = aiohttp.ClientSession(
             connector=EgressConnector(egress_policy(), limit=0, keepalive_timeout=60, ttl_dns_cache=300),
