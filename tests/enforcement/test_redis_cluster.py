@@ -21,13 +21,13 @@ import warnings
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 import redis
 from django.conf import settings
 from django.db.models import Sum
-from pytest_django.fixtures import SettingsWrapper
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -192,7 +192,7 @@ def test_a_url_that_names_no_cluster_fails_clearly() -> None:
 
 
 def test_two_gateways_on_a_cluster_never_overspend_a_hard_budget(
-    cluster_url: str, tenant: Tenant, settings: SettingsWrapper
+    cluster_url: str, tenant: Tenant, settings: Any
 ) -> None:
     env = {"REDIS_URL": cluster_url, "CELERY_BROKER_URL": settings.REDIS_URL}
     started = [live.start_gateway(**env) for _ in range(2)]
