@@ -10,7 +10,7 @@ batch that spans nodes still costs one round trip (in parallel). Replies come
 back in the batch's order.
 
 When the cluster moves a slot, a node answers ``MOVED`` (for good: the map is
-read again) or ``ASK`` (during a migration: ``ASKING`` then the command, on the
+read again before the next batch) or ``ASK`` (during a migration: ``ASKING`` then the command, on the
 named node); the command is sent again there once. A lost connection marks the
 map stale, so the next batch reads it again (a failover names a new primary).
 ``SCRIPT LOAD`` goes to every primary (EVALSHA runs wherever the keys are).
@@ -173,7 +173,7 @@ class FastRedisCluster:
             _asking, reply = await node.execute_many([("ASKING",), command])
             return reply
         [reply] = await node.execute_many([command])
-        await self.refresh()
+        self._stale = True  # the slot moved for good: read the map again before the next batch
         return reply
 
     def pipeline(self) -> FastPipeline:

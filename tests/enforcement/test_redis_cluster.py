@@ -16,6 +16,7 @@ import random
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -189,6 +190,31 @@ def test_a_url_that_names_no_cluster_fails_clearly() -> None:
     # A plain Redis (cluster support off) named as a cluster: the same error, with Redis's reason.
     plain = asyncio.run(attempt(settings.REDIS_URL.replace("redis://", "redis+cluster://", 1)))
     assert isinstance(plain, RedisConnectionError) and "cluster support disabled" in str(plain)
+
+
+def _settings_outcome(**env: str) -> subprocess.CompletedProcess[str]:
+    """Load the settings in a fresh process with ``env``; print the cache backend and the broker."""
+    environment = live.server_env(**env)
+    environment.pop("CELERY_BROKER_URL", None)
+    environment.update(env)
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.CACHES['default']['BACKEND'], s.CELERY_BROKER_URL)"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], env=environment, cwd=live.ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_settings_refuse_a_braced_prefix_and_a_cluster_without_a_broker_of_its_own() -> None:
+    braced = _settings_outcome(COSTCONTROL_REDIS_PREFIX="cc{org:1}:")
+    assert braced.returncode != 0 and "must not contain braces" in braced.stderr
+    cluster = "redis+cluster://127.0.0.1:7000"
+    no_broker = _settings_outcome(REDIS_URL=cluster)
+    assert no_broker.returncode != 0 and "CELERY_BROKER_URL" in no_broker.stderr
+    ok = _settings_outcome(REDIS_URL=cluster, CELERY_BROKER_URL="amqp://guest@127.0.0.1:5672//")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.split() == ["django.core.cache.backends.locmem.LocMemCache", "amqp://guest@127.0.0.1:5672//"]
 
 
 def test_two_gateways_on_a_cluster_never_overspend_a_hard_budget(
