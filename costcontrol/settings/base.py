@@ -132,7 +132,7 @@ LEDGER_RETENTION_DAYS = env_int("LEDGER_RETENTION_DAYS", 0)
 
 REDIS_URL: str = env_str("REDIS_URL", "") or embedded.redis_url()
 # ``redis+cluster://host:port`` names a Redis Cluster by one of its nodes (apps/enforcement/redis_clients.py).
-REDIS_CLUSTER = REDIS_URL.startswith("redis+cluster://")
+REDIS_CLUSTER: bool = REDIS_URL.startswith("redis+cluster://")
 # Every key, stream and channel the product uses starts with this, so test runs
 # and several installs can share one Redis without touching each other.
 REDIS_PREFIX = env_str("COSTCONTROL_REDIS_PREFIX", "cc:")
