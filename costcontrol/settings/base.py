@@ -148,8 +148,8 @@ CACHES = {
     }
 }
 if REDIS_CLUSTER:
-    # Django's Redis cache speaks to one server; nothing of ours keeps state in Django's cache.
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # The API throttles count in Django's cache across processes: on a cluster, through RedisCluster.
+    CACHES["default"]["BACKEND"] = "costcontrol.cluster_cache.RedisClusterCache"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -41,6 +41,7 @@ from apps.enforcement.fastcluster import FastRedisCluster
 from apps.enforcement.redis_clients import fast_client, node_url, sync_client
 from apps.ledger.models import LedgerEntry
 from apps.ledger.services import ledger_ingest_batch
+from costcontrol.cluster_cache import RedisClusterCache
 from tests import live
 from tests.factories import Tenant
 from tests.gateway.helpers import sdk
@@ -173,6 +174,18 @@ def _migrate_slot(admin: RedisCluster, slot: int, source: object, target: object
         client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
 
+def test_djangos_cache_counts_in_the_cluster_for_every_process(cluster_url: str) -> None:
+    """The API throttles' counters (``cache.add`` then ``cache.incr``) are shared, not per process."""
+    params = {"KEY_PREFIX": settings.REDIS_PREFIX + "django"}
+    first, second = RedisClusterCache(cluster_url, params), RedisClusterCache(cluster_url, params)
+    key = "api-token-guesses:203.0.113.9:1"
+    assert first.add(key, 1, 61)
+    assert not second.add(key, 1, 61)  # already counted by the other "process"
+    assert second.incr(key) == 2 and first.get(key) == 2
+    first.delete(key)
+    assert second.get(key) is None
+
+
 def test_a_url_that_names_no_cluster_fails_clearly() -> None:
     async def attempt(url: str) -> BaseException:
         client = fast_client(url, connect_timeout=0.5, command_timeout=1)
@@ -214,7 +227,7 @@ def test_settings_refuse_a_braced_prefix_and_a_cluster_without_a_broker_of_its_o
     assert no_broker.returncode != 0 and "CELERY_BROKER_URL" in no_broker.stderr
     ok = _settings_outcome(REDIS_URL=cluster, CELERY_BROKER_URL="amqp://guest@127.0.0.1:5672//")
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.split() == ["django.core.cache.backends.locmem.LocMemCache", "amqp://guest@127.0.0.1:5672//"]
+    assert ok.stdout.split() == ["costcontrol.cluster_cache.RedisClusterCache", "amqp://guest@127.0.0.1:5672//"]
 
 
 def test_two_gateways_on_a_cluster_never_overspend_a_hard_budget(
