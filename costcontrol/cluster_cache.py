@@ -20,11 +20,12 @@ from apps.enforcement.redis_clients import sync_client
 class RedisClusterCacheClient(RedisCacheClient):
     def __init__(self, servers: list[str], **options: Any) -> None:
         super().__init__(servers, **options)
+        self._url = servers[0]
         self._cluster: Any = None
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
         if self._cluster is None:
-            self._cluster = sync_client(self._servers[0])
+            self._cluster = sync_client(self._url)
         return self._cluster
 
 
