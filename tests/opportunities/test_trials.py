@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from apps.audit.models import AuditEvent
 from apps.cache.models import CachePolicy
+from apps.core import names
 from apps.core.events import EVENT_FIELD
 from apps.dashboard.services import api_token_rotate
 from apps.ledger.stream import GROUP
@@ -303,7 +304,7 @@ def _events(client: redis.Redis, *events: Any) -> None:
 
 def test_the_trial_stream_stores_good_events_and_dead_letters_garbage(people: People) -> None:
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete(trial_stream(), trial_stream() + ":dead")
+    client.delete(trial_stream(), names.dead_letters(trial_stream()))
     ours = _semantic_trial(people.tenant)
     other_opportunity = Opportunity(id="semantic_cache-00000000000000bb", lever="semantic_cache", feature="",
                                     predicted_savings_usd=Decimal(1), share=0.1)  # fmt: skip
@@ -330,7 +331,7 @@ def test_the_trial_stream_stores_good_events_and_dead_letters_garbage(people: Pe
     assert set(stored) == {"req-1", "req-5"}
     assert stored["req-1"].prompt_text == "yearly price" and stored["req-1"].trial_id == ours.pk
     assert stored["req-5"].answer_similarity is None
-    assert client.xlen(trial_stream() + ":dead") == 4
+    assert client.xlen(names.dead_letters(trial_stream())) == 4
     assert client.xpending(trial_stream(), GROUP)["pending"] == 0
     assert not dt.datetime.now(dt.UTC) < stored["req-5"].created_at
 
