@@ -132,7 +132,7 @@ WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 # Any value of the right shape: a read token is refused before the view looks anything up.
-PATH_VALUES = {"id": "1", "pk": "1", "slug": "some-project", "lookup_id": "abcd2345"}
+PATH_VALUES = {"id": "1", "pk": "1", "slug": "some-project", "lookup_id": "abcd2345", "opportunity_id": "route-1"}
 
 
 def test_a_read_only_token_writes_nothing(reader: str) -> None:

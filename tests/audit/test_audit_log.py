@@ -198,7 +198,13 @@ CASES: dict[str, Case] = {
         "update",
         lambda w: w.ui.post(
             reverse("dashboard:provider-edit", args=[w.org.slug, w.provider.pk]),
-            {"name": w.provider.name, "base_url": w.provider.base_url, "secret": PROVIDER_SECRET, "is_active": "on"},
+            {
+                "name": w.provider.name,
+                "base_url": w.provider.base_url,
+                "secret": PROVIDER_SECRET,
+                "is_active": "on",
+                "responses_api": "on",
+            },
         ),  # fmt: skip
         lambda w: _json(w.api, "PATCH", f"/api/providers/{w.provider.pk}/", {"secret": PROVIDER_SECRET}),
         hidden=PROVIDER_SECRET,
