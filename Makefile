@@ -16,8 +16,10 @@ VLLM_MIN_FREE_KB := 6291456
 
 # Install, migrate, seed the demo and start gateway + dashboard + worker + beat
 # + ledger ingest + the simulated upstream, in the foreground. Ctrl-C stops all.
+# SIMULATOR=0 starts no simulated upstream and seeds no demo (production, real providers).
+SIMULATOR ?= 1
 run: install migrate
-	$(PY) manage.py runstack --host $(HOST) --port $(PORT) --workers $(WORKERS) $(RUN_ARGS)
+	$(PY) manage.py runstack --host $(HOST) --port $(PORT) --workers $(WORKERS) $(if $(filter 0,$(SIMULATOR)),--no-simulator) $(RUN_ARGS)
 
 # Everything CI runs: the main suite, then the vLLM tier. The vLLM tier needs ~3.4 GB for its venv
 # (installed once); on a disk with less than 6 GiB free and no venv yet it is skipped, loudly.
