@@ -74,6 +74,11 @@ def _visible_org(request: HttpRequest, slug: str) -> Organization:
     return get_object_or_404(organizations_for(user=request.user), slug=slug)
 
 
+def _gateway_base_url(request: HttpRequest) -> str:
+    """The OpenAI-compatible base URL apps use: the gateway answers on the dashboard's own host."""
+    return f"{request.scheme}://{request.get_host()}/v1"
+
+
 # Home ---------------------------------------------------------------------------------------------
 
 
@@ -159,6 +164,7 @@ def _project_page(
     keys = list(project.api_keys.order_by("-created_at"))
     context = {
         "project": project,
+        "base_url": _gateway_base_url(request),
         "keys": [{"key": key, "may_revoke": can(request.user, Action.KEY_REVOKE, key)} for key in keys],
         "may_revoke_any": any(can(request.user, Action.KEY_REVOKE, key) for key in keys),
         "aliases": aliases_for(project=project),
@@ -210,7 +216,7 @@ def key_new(request: HttpRequest, slug: str) -> HttpResponse:
         {
             "project": project,
             "issued": issued,
-            "base_url": f"{request.scheme}://{request.get_host()}/v1",
+            "base_url": _gateway_base_url(request),
         },
     )
     response["Cache-Control"] = "no-store"

@@ -190,6 +190,22 @@ def test_revoke_key_and_status_column(client: Client, people: People) -> None:
     assert "status-revoked" in html and "status-expired" in html
 
 
+def test_developers_project_page_shows_the_gateway_base_url_and_a_snippet_without_a_key(
+    client: Client, people: People
+) -> None:
+    login(client, people.member)
+    project = people.tenant.project
+    issued = client.post(reverse("dashboard:key-new", kwargs={"slug": project.slug}), {"name": "later"})
+    assert issued.status_code == 200
+    html = client.get(reverse("dashboard:project", kwargs={"slug": project.slug})).content.decode()
+    assert "Use the gateway" in html and "<code>http://testserver/v1</code>" in html
+    assert 'OpenAI(base_url="http://testserver/v1", api_key=os.environ["COSTCONTROL_API_KEY"])' in html
+    # Keys appear only as their display prefix: the snippet carries no secret, nor does the page.
+    assert "api_key=&quot;cc_live_" not in html and 'api_key="cc_live_' not in html
+    for key in ApiKey.objects.filter(project=project):
+        assert key.display_prefix in html
+
+
 def test_finance_reads_but_cannot_write(client: Client, people: People) -> None:
     login(client, people.finance)
     tenant = people.tenant
