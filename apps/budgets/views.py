@@ -301,7 +301,9 @@ def alerts(request: HttpRequest) -> HttpResponse:
     )
     user = signed_in_user(request)
     may_ack = {alert.pk for alert in rows if can(user, Action.BUDGET_MANAGE, alert)}
-    return render(request, "budgets/alerts.html", {"alerts": rows, "form": form, "may_ack": may_ack})
+    read_only = any(alert.acknowledged_at is None and alert.pk not in may_ack for alert in rows)
+    context = {"alerts": rows, "form": form, "may_ack": may_ack, "read_only": read_only}
+    return render(request, "budgets/alerts.html", context)
 
 
 @login_required
