@@ -132,7 +132,7 @@ class RateLimitForm(forms.ModelForm):
         form_field(self, "api_key", forms.ModelChoiceField).queryset = ApiKey.objects.filter(
             project__in=projects, revoked_at__isnull=True
         )
-        # The service upserts per (project, key); the model's unique check would refuse an update.
+        # A scope that already has a limit gets the friendlier error of clean(), which names its edit page.
         self.validate_unique = lambda: None  # type: ignore[method-assign]
 
     def clean(self) -> dict[str, Any]:
@@ -141,6 +141,13 @@ class RateLimitForm(forms.ModelForm):
         key, project = data.get("api_key"), data.get("project")
         if key is not None and project is not None and key.project_id != project.id:
             self.add_error("api_key", "That key belongs to another project.")
+        elif project is not None and RateLimit.objects.filter(project=project, api_key=key).exists():
+            scope = f"the key “{key.name}”" if key is not None else "the whole project"
+            self.add_error(
+                "api_key",
+                f"{project.name} already has a rate limit for {scope}: change it with its Edit button, "
+                "or pick another scope.",
+            )
         if not any(data.get(f) for f in ("requests_per_minute", "tokens_per_minute", "max_concurrent")):
             raise forms.ValidationError("Set at least one limit.")
         return data

@@ -95,6 +95,26 @@ def test_rate_limit_edit_and_delete(client: Client, people: People) -> None:
     assert AuditEvent.objects.filter(object_type=ObjectType.RATE_LIMIT, action="delete").count() == 1
 
 
+def test_a_second_rate_limit_for_the_same_scope_is_a_form_error(client: Client, people: People) -> None:
+    project = people.tenant.project
+    limit = rate_limit_set(project=project, requests_per_minute=60)
+    key_limit = rate_limit_set(project=project, api_key=people.tenant.key.api_key, requests_per_minute=10)
+    login(client, people.owner)
+    for scope, existing in (("", "the whole project"), (str(people.tenant.key.api_key.pk), "the key")):
+        response = client.post(
+            "/budgets/limits/new/", {"project": project.pk, "api_key": scope, "requests_per_minute": "5"}
+        )
+        assert response.status_code == 400
+        html = response.content.decode()
+        assert '<small class="error">' + project.name + " already has a rate limit for " + existing in html
+        assert '<details class="form-panel" open' in html.replace("'", '"')  # the form opens on its error
+    assert RateLimit.objects.get(pk=limit.pk).requests_per_minute == 60
+    assert RateLimit.objects.get(pk=key_limit.pk).requests_per_minute == 10
+    # Another organisation's project has no limit yet, but is not this owner's to choose.
+    other = client.post("/budgets/limits/new/", {"project": people.other.project.pk, "requests_per_minute": "5"})
+    assert other.status_code == 400 and not RateLimit.objects.filter(project=people.other.project).exists()
+
+
 def test_channel_edit_and_delete(client: Client, people: People) -> None:
     channel = channel_create(organization=people.tenant.org, name="ops", kind="email", target="ops@example.com")
     theirs = channel_create(organization=people.other.org, name="x", kind="email", target="x@example.com")
@@ -166,3 +186,34 @@ def test_alerts_are_acknowledged_and_filtered(client: Client, people: People) ->
     for garbage in ({"kind": "'; drop"}, {"state": "\x00"}, {"kind": "x" * 5000}):
         response = client.get("/alerts/", garbage)
         assert response.status_code == 200 and "Their spike" not in response.content.decode()
+
+
+def test_alerts_are_acknowledged_through_the_api_with_the_pages_roles(people: People) -> None:
+    budget = _budget(people)
+    alert, _ = alert_raise(organization_id=people.tenant.org.pk, kind=AlertKind.BUDGET_THRESHOLD, dedup_key="a1",
+                           title="Budget 'cap' reached 50%", message="m", budget=budget)  # fmt: skip
+    theirs, _ = alert_raise(organization_id=people.other.org.pk, kind=AlertKind.SPEND_ANOMALY, dedup_key="o1",
+                            title="Their spike", message="m")  # fmt: skip
+    lead = member_make(people.tenant, Role.TEAM_LEAD, team=people.tenant.team)
+
+    def api(user: User) -> APIClient:
+        client = APIClient()
+        client.force_authenticate(user)
+        return client
+
+    url = f"/api/alerts/{alert.pk}/acknowledge/"
+    for user, status in ((people.member, 403), (people.finance, 403), (people.outsider, 404)):
+        assert api(user).post(url).status_code == status
+    assert APIClient().post(url).status_code in (401, 403)
+    assert api(people.owner).post(f"/api/alerts/{theirs.pk}/acknowledge/").status_code == 404
+    assert api(people.owner).post("/api/alerts/not-a-number/acknowledge/").status_code == 404
+    assert api(people.owner).get(url).status_code == 405
+    assert not Alert.objects.filter(acknowledged_at__isnull=False).exists()
+    first = api(lead).post(url, {"acknowledged_by": people.owner.pk, "garbage": "\x00" * 10}, format="json")
+    assert first.status_code == 200
+    assert first.json()["acknowledged_by"] == lead.pk and first.json()["acknowledged_at"]
+    again = api(people.owner).post(url)  # twice: the first acknowledgement stays
+    assert again.status_code == 200 and again.json()["acknowledged_by"] == lead.pk
+    listed = {row["id"]: row for row in api(people.owner).get("/api/alerts/").json()["results"]}
+    assert listed[alert.pk]["acknowledged_at"] == first.json()["acknowledged_at"]
+    assert Alert.objects.get(pk=theirs.pk).acknowledged_at is None
