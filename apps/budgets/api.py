@@ -25,7 +25,7 @@ from apps.budgets.models import Alert, Budget, NotificationChannel, RateLimit
 from apps.budgets.selectors import alerts_visible, budget_status, budgets_visible, channels_visible
 from apps.keys.models import ApiKey
 from apps.keys.selectors import keys_visible
-from apps.tenancy.drf import VisibleRelated, writes_need
+from apps.tenancy.drf import VisibleRelated, request_user, writes_need
 from apps.tenancy.models import Organization, Project, Team
 from apps.tenancy.permissions import Action, can, shown
 from apps.tenancy.selectors import projects_for
@@ -255,7 +255,21 @@ class AlertSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Alert
-        fields = ["id", "kind", "title", "message", "link", "project", "budget", "data", "created_at", "deliveries"]
+        fields = [
+            "id",
+            "kind",
+            "title",
+            "message",
+            "link",
+            "project",
+            "budget",
+            "data",
+            "created_at",
+            "acknowledged_at",
+            "acknowledged_by",
+            "deliveries",
+        ]
+        read_only_fields = fields
 
     def get_deliveries(self, obj: Alert) -> list[dict[str, Any]]:
         return [{"channel": d.channel.name, "status": d.status, "attempts": d.attempts} for d in obj.deliveries.all()]
@@ -266,3 +280,17 @@ class AlertList(generics.ListAPIView):
 
     def get_queryset(self) -> QuerySet[Alert]:
         return alerts_visible(user=self.request.user).prefetch_related("deliveries__channel").order_by("-created_at")
+
+
+class AlertAcknowledgeView(APIView):
+    """POST marks an alert seen, as the alerts page's button does: by whoever may manage its budget (owners;
+    team leads for their team's). Acknowledging again keeps the first acknowledgement."""
+
+    permission_classes = [permissions.IsAuthenticated, writes_need(Action.BUDGET_MANAGE)]
+
+    @extend_schema(request=None, responses=AlertSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        alert = generics.get_object_or_404(alerts_visible(user=request.user), pk=pk)
+        self.check_object_permissions(request, alert)
+        alert = services.alert_acknowledge(alert=alert, user=request_user(request))
+        return Response(AlertSerializer(alert, context={"request": request}).data)

@@ -13,4 +13,5 @@ urlpatterns = [
     path("channels/", api.ChannelList.as_view(), name="api-channels"),
     path("channels/<int:pk>/", api.ChannelDetail.as_view(), name="api-channel"),
     path("alerts/", api.AlertList.as_view(), name="api-alerts"),
+    path("alerts/<int:pk>/acknowledge/", api.AlertAcknowledgeView.as_view(), name="api-alert-acknowledge"),
 ]

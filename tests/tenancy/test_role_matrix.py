@@ -183,6 +183,7 @@ def _kwargs(w: World) -> dict[str, dict[str, Any]]:
         "budgets:channel-delete": {"pk": o["channel"].pk},
         "budgets:alert-ack": {"pk": o["alert"].pk},
         "api-rate-limit": {"pk": o["limit"].pk},
+        "api-alert-acknowledge": {"pk": o["alert"].pk},
         "cache:project": {"slug": slug},
         "cache:entry": {"slug": slug, "pk": o["entry"].pk},
         "cache:entry-delete": {"slug": slug, "pk": o["entry"].pk},
@@ -428,6 +429,7 @@ WRITES: dict[tuple[str, str], tuple[Expect, Callable[[World], Body]]] = {
     ("api-channel", "PATCH"): (ORG_WRITE, lambda w: {"name": "renamed hook", "target": "http://127.0.0.1:9/other"}),
     ("api-channel", "DELETE"): (ORG_WRITE, lambda w: {}),
     ("api-rate-limit", "DELETE"): (TEAM_WRITE, lambda w: {}),
+    ("api-alert-acknowledge", "POST"): ((OK, OK, 404, 403, 403, 404), lambda w: {}),
     ("api-project-keys", "POST"): ((OK, OK, 404, OK, 403, 404), lambda w: {"name": "ci"}),
     ("api-key-revoke", "POST"): ((OK, OK, 404, 403, 403, 404), lambda w: {}),
     ("api-routing-rules", "POST"): (
