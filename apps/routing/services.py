@@ -14,7 +14,7 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 
 from apps.audit.models import AuditAction
 from apps.audit.services import audit_record, audit_saved, audit_snapshot
@@ -46,8 +46,8 @@ class TargetSpec:
 
 
 def targets_parse(*, project: Project, text: str) -> list[TargetSpec]:
-    """Read one target per line. Without ``@ provider`` the project's default provider is used,
-    else the organisation's first provider with a price for the model."""
+    """Read one target per line. Without ``@ provider`` the project's default provider is used when it prices
+    the model, else the one provider of the organisation that does; among several, the line must say which."""
     specs = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -65,15 +65,25 @@ def targets_parse(*, project: Project, text: str) -> list[TargetSpec]:
             if not priced.filter(provider=provider).exists():
                 raise ValidationError(f"Line {number}: {provider_name} has no price for '{model}'; add one first.")
         else:
-            on_default = (
-                priced.filter(provider=project.default_provider).first() if project.default_provider_id else None
-            )
-            price = on_default or priced.order_by("provider_id").first()
-            if price is None:
-                raise ValidationError(f"Line {number}: no provider of this organisation prices '{model}'.")
-            provider = price.provider
+            provider = _plain_target_provider(project=project, model=model, priced=priced, line=number)
         specs.append(TargetSpec(provider=provider, model=model, weight=int(found["weight"] or 1)))
     return specs
+
+
+def _plain_target_provider(*, project: Project, model: str, priced: QuerySet[Price], line: int) -> Provider:
+    if project.default_provider_id and priced.filter(provider_id=project.default_provider_id).exists():
+        return Provider.objects.get(pk=project.default_provider_id)
+    providers = list(Provider.objects.filter(pk__in=priced.values("provider_id")).order_by("name")[:4])
+    if not providers:
+        raise ValidationError(f"Line {line}: no provider of this organisation prices '{model}'.")
+    if len(providers) > 1:
+        # Never the first by id: which provider serves (and bills) a plain name is the person's choice.
+        examples = ", ".join(f"'{model} @ {provider.name}'" for provider in providers[:3])
+        raise ValidationError(
+            f"Line {line}: several providers price '{model}' and this project's default provider does not;"
+            f" write which one, e.g. {examples}."
+        )
+    return providers[0]
 
 
 def targets_text(targets: list[RuleTarget]) -> str:

@@ -168,3 +168,25 @@ def test_api_creates_updates_and_reports_a_rule(people: People) -> None:
     page = login(Client(), people.owner).get(f"/projects/{tenant.project.slug}/routing/{rule.pk}/")
     assert b"Shadow comparison" in page.content and b"100.0%" in page.content
     assert api.delete(f"/api/routing-rules/{rule.pk}/").status_code == 204
+
+
+def test_a_plain_target_among_several_providers_is_a_form_and_api_error(people: People) -> None:
+    from apps.providers.services import provider_create
+    from apps.tenancy.services import project_set_default_provider
+
+    project = people.tenant.project
+    provider_create(
+        organization=people.tenant.org, name="backup sim", kind="simulated", base_url="http://127.0.0.1:9/v1"
+    )
+    project_set_default_provider(project=project, provider=None)
+    client = login(Client(), people.owner)
+    page = client.post(f"/projects/{project.slug}/routing/", _form(action="route", primaries="gpt-4o", fallbacks=""))
+    assert page.status_code == 400 and "write which one, e.g. &#x27;gpt-4o @ backup sim&#x27;" in page.content.decode()
+    api = _api(people.owner)
+    refused = api.post("/api/routing-rules/", {"project": project.slug, "name": "x", "primaries": ["gpt-4o"]},
+                       format="json")  # fmt: skip
+    assert refused.status_code == 400 and "several providers price" in str(refused.json()["error"]["fields"])
+    chosen = api.post("/api/routing-rules/", {"project": project.slug, "name": "x", "primaries": ["gpt-4o @ sim"]},
+                      format="json")  # fmt: skip
+    assert chosen.status_code == 201
+    assert not RoutingRule.objects.filter(project=project).exclude(pk=chosen.json()["id"]).exists()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from decimal import Decimal
+
 import pytest
 from django.core.exceptions import ValidationError
 
 from apps.providers.models import ProviderKind
-from apps.providers.services import provider_create
+from apps.providers.services import price_set, provider_create
 from apps.routing.models import RoutingRule, TargetRole
 from apps.routing.services import rule_move, targets_parse
+from apps.tenancy.services import project_set_default_provider
 from tests.factories import tenant_make
 from tests.routing.helpers import rule_make
 
@@ -40,6 +44,36 @@ def test_bad_target_lines_say_which_line(text: str, message: str) -> None:
     with pytest.raises(ValidationError) as caught:
         targets_parse(project=tenant.project, text=text)
     assert caught.value.messages == [message]
+
+
+def test_a_plain_target_prefers_the_projects_default_provider_never_the_first_by_id() -> None:
+    tenant = tenant_make()
+    backup = provider_create(
+        organization=tenant.org, name="backup sim", kind=ProviderKind.SIMULATED, base_url="http://127.0.0.1:9/v1"
+    )
+    project_set_default_provider(project=tenant.project, provider=backup)  # the later provider by id
+    assert [s.provider for s in targets_parse(project=tenant.project, text="gpt-4o")] == [backup]
+    # A model only one provider prices goes to it, whatever the default.
+    price_set(provider=tenant.provider, model="house-model", input_per_mtok=Decimal(1), output_per_mtok=Decimal(2),
+              effective_from=dt.date(2024, 1, 1))  # fmt: skip
+    assert [s.provider for s in targets_parse(project=tenant.project, text="house-model")] == [tenant.provider]
+
+
+def test_a_plain_target_that_several_providers_price_must_name_one_without_a_default() -> None:
+    tenant, other = tenant_make(), tenant_make()
+    provider_create(
+        organization=tenant.org, name="backup sim", kind=ProviderKind.SIMULATED, base_url="http://127.0.0.1:9/v1"
+    )
+    project_set_default_provider(project=tenant.project, provider=None)
+    with pytest.raises(ValidationError) as caught:
+        targets_parse(project=tenant.project, text="gpt-4o-mini @ sim\ngpt-4o")
+    assert caught.value.messages == [
+        "Line 2: several providers price 'gpt-4o' and this project's default provider does not;"
+        " write which one, e.g. 'gpt-4o @ backup sim', 'gpt-4o @ sim'."
+    ]
+    # Another organisation's providers price it too, but are not counted: one of ours is enough.
+    project_set_default_provider(project=other.project, provider=None)
+    assert [s.provider for s in targets_parse(project=other.project, text="gpt-4o")] == [other.provider]
 
 
 def test_another_organisations_provider_cannot_be_named() -> None:
