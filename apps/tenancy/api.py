@@ -7,7 +7,7 @@ Writes go through the same services as the pages, so each change is audited.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -31,6 +31,9 @@ from apps.tenancy.services import (
     team_create,
     team_update,
 )
+
+if TYPE_CHECKING:
+    from apps.providers.models import Provider
 
 
 def _require_owner(request: Any, organization: Organization) -> None:
@@ -190,6 +193,12 @@ class ProjectCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     slug = serializers.SlugField(max_length=80, required=False, allow_blank=True, help_text="Default: from the name")
     team = serializers.SlugField(required=False, allow_null=True, allow_blank=True, help_text="Team slug; empty: none")
+    default_provider = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="Provider id: required when the organisation has several providers; its only one otherwise",
+    )
 
 
 class ProjectUpdateSerializer(serializers.Serializer):
@@ -200,6 +209,24 @@ class ProjectUpdateSerializer(serializers.Serializer):
     default_provider = serializers.IntegerField(
         required=False, allow_null=True, min_value=1, help_text="Provider id; null: none"
     )
+
+
+def _new_project_provider(organization: Organization, provider_id: int | None) -> Provider | None:
+    """The new project's default provider, by the new-project form's rule: the organisation's only provider is
+    chosen for it; among several the caller must choose, so a plain model name never falls to whichever provider
+    happens to price it first."""
+    providers = organization.providers.order_by("pk")
+    if provider_id is not None:
+        provider = providers.filter(pk=provider_id).first()
+        if provider is None:
+            raise ValidationError({"default_provider": "No such provider in this organisation."})
+        return provider
+    candidates = list(providers[:2])
+    if len(candidates) > 1:
+        raise ValidationError(
+            {"default_provider": "This organisation has several providers: choose the project's default (its id)."}
+        )
+    return candidates[0] if candidates else None
 
 
 class ProjectList(generics.ListAPIView):
@@ -221,7 +248,11 @@ class ProjectList(generics.ListAPIView):
         team = team_in(organization, data.get("team"))
         # A project without a team is organisation-wide: only who may create there may leave it out.
         require(request.user, Action.PROJECT_CREATE, team or organization)
-        project = project_create(organization=organization, name=data["name"], slug=data.get("slug", ""), team=team)
+        provider = _new_project_provider(organization, data.get("default_provider"))
+        with transaction.atomic():
+            project = project_create(organization=organization, name=data["name"], slug=data.get("slug", ""), team=team)
+            if provider is not None:
+                project_set_default_provider(project=project, provider=provider)
         return Response(ProjectSerializer(project).data, status=status.HTTP_201_CREATED)
 
 

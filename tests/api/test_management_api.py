@@ -27,6 +27,7 @@ from apps.keys.models import ApiKey
 from apps.ledger.models import LedgerEntry
 from apps.policy.build import build_snapshot
 from apps.providers.models import Provider
+from apps.providers.services import provider_create
 from apps.reports.models import ExportJob, ExportStatus
 from apps.reports.services import export_job_run
 from apps.tenancy.models import Membership, Project, Role
@@ -431,3 +432,19 @@ def test_whether_a_provider_speaks_the_responses_api_is_set_by_owners_and_reache
     assert call(api(people.finance), "PATCH", url, {"responses_api": False}).status_code == 403
     assert call(api(people.outsider), "PATCH", url, {"responses_api": False}).status_code == 404
     assert Provider.objects.get(pk=provider.pk).responses_api is True
+
+
+def test_a_project_created_through_the_api_gets_a_default_provider_by_the_forms_rule(people: People) -> None:
+    tenant, owner = people.tenant, api(people.owner)
+    only = call(owner, "POST", "/api/projects/", {"organization": tenant.org.slug, "name": "Only one"})
+    assert only.status_code == 201 and only.json()["default_provider"] == tenant.provider.pk
+    second = provider_create(organization=tenant.org, name="second", kind="simulated", base_url="http://127.0.0.1:9/v1")
+    body = {"organization": tenant.org.slug, "name": "Two to choose from"}
+    unchosen = call(owner, "POST", "/api/projects/", body)
+    assert unchosen.status_code == 400 and "several providers" in error(unchosen)["fields"]["default_provider"][0]
+    for garbage in ("x", -1, 0, 10**30, people.other.provider.pk):  # another organisation's provider: not there
+        refused = call(owner, "POST", "/api/projects/", {**body, "default_provider": garbage})
+        assert refused.status_code == 400, garbage
+    assert not Project.objects.filter(name="Two to choose from").exists()
+    chosen = call(owner, "POST", "/api/projects/", {**body, "default_provider": second.pk})
+    assert chosen.status_code == 201 and chosen.json()["default_provider"] == second.pk
