@@ -1,7 +1,9 @@
-"""Helpers shared by the pages' forms and the API: typed field access, and services' validation errors."""
+"""Helpers shared by the pages' forms and the API: typed field access, services' validation errors, and the
+date inputs and presets of every date-range picker."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, TypeVar
 
 from django import forms
@@ -36,3 +38,22 @@ def add_service_errors(form: forms.BaseForm, exc: ValidationError) -> None:
     errors = exc.message_dict if hasattr(exc, "error_dict") else {None: exc.messages}
     for field, messages in errors.items():
         form.add_error(field if field in form.fields else None, messages)
+
+
+class DateInput(forms.DateInput):
+    input_type = "date"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(format="%Y-%m-%d", **kwargs)
+
+
+def date_presets(*, today: dt.date) -> dict[str, tuple[dt.date, dt.date]]:
+    """The ranges every date-range picker offers (overview, reports), both days inclusive."""
+    month_start = today.replace(day=1)
+    last_month_end = month_start - dt.timedelta(days=1)
+    return {
+        "Last 7 days": (today - dt.timedelta(days=6), today),
+        "This month": (month_start, today),
+        "Last month": (last_month_end.replace(day=1), last_month_end),
+        "Last 30 days": (today - dt.timedelta(days=29), today),
+    }

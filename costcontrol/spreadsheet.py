@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import Any
 
+from apps.core.money import plain_amount
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
@@ -26,7 +28,7 @@ def safe_cell(value: Any) -> Any:
     spreadsheets read as text and people as a typo.
     """
     if isinstance(value, Decimal) and value.is_finite() and "E" in str(value):
-        return f"{value:f}"
+        return plain_amount(value)
     if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value

@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from apps.audit.models import AuditAction, ObjectType
 from apps.audit.selectors import AuditFilters
-from apps.dashboard.forms import DateInput
+from costcontrol.forms import DateInput
 
 
 class AuditFilterForm(forms.Form):

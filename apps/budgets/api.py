@@ -23,6 +23,7 @@ from rest_framework.views import APIView
 from apps.budgets import services
 from apps.budgets.models import Alert, Budget, NotificationChannel, RateLimit
 from apps.budgets.selectors import alerts_visible, budget_status, budgets_visible, channels_visible
+from apps.core.money import plain_amount
 from apps.keys.models import ApiKey
 from apps.keys.selectors import keys_visible
 from apps.tenancy.drf import VisibleRelated, request_user, writes_need
@@ -121,11 +122,13 @@ class BudgetStatusView(APIView):
                 "budget": budget.id,
                 "period_start": status.period_start,
                 "period_end": status.period_end,
-                "amount_usd": str(budget.amount_usd),
-                "spent_usd": str(status.spent_usd),
+                "amount_usd": plain_amount(budget.amount_usd),
+                "spent_usd": plain_amount(status.spent_usd),
                 "percent_used": round(float(status.percent_used), 2),
-                "burn_usd_per_day": str(status.burn_usd_per_day.quantize(MICRO)),
-                "projected_usd": None if status.projected_usd is None else str(status.projected_usd.quantize(MICRO)),
+                "burn_usd_per_day": plain_amount(status.burn_usd_per_day.quantize(MICRO)),
+                "projected_usd": None
+                if status.projected_usd is None
+                else plain_amount(status.projected_usd.quantize(MICRO)),
             }
         )
 

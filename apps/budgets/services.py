@@ -38,6 +38,7 @@ from apps.budgets.models import (
 from apps.budgets.selectors import budget_ledger_filter, budget_spent_usd, budget_status
 from apps.core import names
 from apps.core.egress import url_origin
+from apps.core.money import usd
 from apps.core.periods import period_bounds
 from apps.keys.models import ApiKey
 from apps.ledger.models import HourlyRollup, LedgerEntry
@@ -392,9 +393,9 @@ def budgets_check_thresholds(*, now: dt.datetime | None = None) -> int:
                 dedup_key=f"budget:{budget.id}:{status.period_start:%Y%m%d%H%M}:{threshold}",
                 title=f"Budget '{budget.name}' reached {threshold}%",
                 message=(
-                    f"${status.spent_usd:.4f} of ${budget.amount_usd} spent this {budget.period} period "
-                    f"({status.percent_used:.1f}%). Burn rate ${status.burn_usd_per_day:.4f}/day"
-                    + (f", projected ${status.projected_usd:.4f} at period end." if status.projected_usd else ".")
+                    f"{usd(status.spent_usd, 4)} of {usd(budget.amount_usd, 2)} spent this {budget.period} period "
+                    f"({status.percent_used:.1f}%). Burn rate {usd(status.burn_usd_per_day, 4)}/day"
+                    + (f", projected {usd(status.projected_usd, 4)} at period end." if status.projected_usd else ".")
                 ),
                 link=f"/budgets/{budget.id}/",
                 project_id=budget.project_id,
@@ -445,7 +446,7 @@ def _blocking_alert(budget: Budget, period_start: dt.datetime, spent_usd: Decima
         title=f"Budget '{budget.name}' is blocking requests",
         message=(
             f"The hard budget refused {count} request(s) this {budget.period} period: "
-            f"${spent_usd:.4f} of ${budget.amount_usd} spent. Raise the amount, or switch it to soft "
+            f"{usd(spent_usd, 4)} of {usd(budget.amount_usd, 2)} spent. Raise the amount, or switch it to soft "
             "mode, to let requests through."
         ),
         link=f"/ledger/?status=error&since={period_start:%Y-%m-%d}",
@@ -560,7 +561,7 @@ def anomalies_detect(*, now: dt.datetime | None = None) -> int:
             dedup_key=f"anomaly:{project_id}:{feature}:{now:%Y%m%d%H}",
             title=f"Spend rate spike: {what}",
             message=(
-                f"${rate:.4f}/hour over the last 15 minutes vs a 24-hour baseline of ${base_rate:.4f}/hour "
+                f"{usd(rate, 4)}/hour over the last 15 minutes vs a 24-hour baseline of {usd(base_rate, 4)}/hour "
                 f"({tokens_rate:.0f} vs {base_tokens_rate:.0f} tokens/min); alert threshold {multiple}x."
             ),
             link=link,

@@ -21,6 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.money import plain_amount
 from apps.dashboard.auth import token_expires_at, token_scope
 from apps.dashboard.models import TokenScope
 from apps.dashboard.services import api_token_revoke, api_token_rotate
@@ -229,7 +230,12 @@ class SeriesSpend(APIView):
                 "bucket": bucket,
                 "buckets": series.starts,
                 "series": [
-                    {"key": g.key, "label": g.label, "total": str(g.total), "values": [str(v) for v in g.values]}
+                    {
+                        "key": g.key,
+                        "label": g.label,
+                        "total": plain_amount(g.total),
+                        "values": [plain_amount(v) for v in g.values],
+                    }
                     for g in series.groups
                 ],
             }
@@ -255,17 +261,17 @@ class SeriesSummary(APIView):
                 "prompt_tokens": summary.prompt_tokens,
                 "cached_tokens": summary.cached_tokens,
                 "completion_tokens": summary.completion_tokens,
-                "cost": str(summary.cost),
-                "counterfactual_cost": str(summary.counterfactual_cost),
-                "savings": str(sum((lever.savings for lever in levers), Decimal(0))),
+                "cost": plain_amount(summary.cost),
+                "counterfactual_cost": plain_amount(summary.counterfactual_cost),
+                "savings": plain_amount(sum((lever.savings for lever in levers), Decimal(0))),
                 "savings_by_lever": [
                     {
                         "lever": lever.lever,
                         "requests": lever.requests,
                         "share": _rate(lever.share),
-                        "cost": str(lever.cost),
-                        "counterfactual_cost": str(lever.counterfactual_cost),
-                        "savings": str(lever.savings),
+                        "cost": plain_amount(lever.cost),
+                        "counterfactual_cost": plain_amount(lever.counterfactual_cost),
+                        "savings": plain_amount(lever.savings),
                     }
                     for lever in levers
                 ],

@@ -15,7 +15,7 @@ from apps.ledger.selectors import GROUP_BY_LABELS, LedgerFilters
 from apps.providers.models import MONEY as PRICE_MONEY
 from apps.providers.models import DecimalSpec, Provider, ProviderKind, validate_base_url
 from apps.tenancy.models import Project, Team
-from costcontrol.forms import form_field
+from costcontrol.forms import DateInput, form_field
 
 
 class _PriceInput(DecimalSpec):
@@ -31,13 +31,6 @@ class DateTimeLocalInput(forms.DateTimeInput):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(format="%Y-%m-%dT%H:%M", **kwargs)
-
-
-class DateInput(forms.DateInput):
-    input_type = "date"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(format="%Y-%m-%d", **kwargs)
 
 
 class ProjectCreateForm(forms.Form):

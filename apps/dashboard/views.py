@@ -60,7 +60,7 @@ from apps.tenancy.models import Organization, Project, Team
 from apps.tenancy.permissions import Action, can, can_anywhere, require, shown
 from apps.tenancy.selectors import memberships_for, organizations_for, projects_for
 from apps.tenancy.services import project_create, project_set_default_provider
-from costcontrol.forms import add_service_errors
+from costcontrol.forms import add_service_errors, date_presets
 from costcontrol.spreadsheet import csv_lines
 
 LEDGER_PAGE_SIZE = 50
@@ -475,11 +475,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         for name, rows in data.top.items()
     ]
     today = timezone.localdate()
-    presets = {
-        "Last 7 days": (today - dt.timedelta(days=6), today),
-        "This month": (today.replace(day=1), today),
-        "Last 30 days": (today - dt.timedelta(days=29), today),
-    }
+    presets = date_presets(today=today)
     context = {
         "form": form,
         "presets": [

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
+from apps.core.money import usd
+
 DAYS_PER_MONTH = Decimal(30)
 HOURS_PER_MONTH = Decimal(730)
 SECONDS_PER_HOUR = Decimal(3600)
@@ -115,20 +117,20 @@ class BreakEven:
         target = a.deployment_name or "a self-hosted deployment"
         head = (
             f"Moving all of this project's traffic ({total.monthly_output_tokens:,.0f} output tokens a month) to "
-            f"{target} would cost ${total.self_hosted_monthly_usd:,.2f} a month ({total.replicas} "
-            f"replica{'s' if total.replicas != 1 else ''}) against ${total.api_monthly_usd:,.2f} on the API"
+            f"{target} would cost {usd(total.self_hosted_monthly_usd, 2)} a month ({total.replicas} "
+            f"replica{'s' if total.replicas != 1 else ''}) against {usd(total.api_monthly_usd, 2)} on the API"
         )
         if total.self_hosting_wins:
-            return f"{head}: self-hosting saves ${total.monthly_saving_usd:,.2f} a month."
+            return f"{head}: self-hosting saves {usd(total.monthly_saving_usd, 2)} a month."
         if total.crossover_output_tokens is None:
             return (
                 f"{head}: the API stays cheaper at any volume, because one replica at {a.utilisation_percent:g}% "
                 f"utilisation carries {a.replica_monthly_tokens:,.0f} output tokens a month, which cost less on "
-                f"the API than its ${a.replica_monthly_usd:,.2f}."
+                f"the API than its {usd(a.replica_monthly_usd, 2)}."
             )
         return (
-            f"{head}: the API is cheaper by ${-total.monthly_saving_usd:,.2f} a month; self-hosting pays off from "
-            f"{total.crossover_output_tokens:,.0f} output tokens a month (about ${a.replica_monthly_usd:,.2f} "
+            f"{head}: the API is cheaper by {usd(-total.monthly_saving_usd, 2)} a month; self-hosting pays off from "
+            f"{total.crossover_output_tokens:,.0f} output tokens a month (about {usd(a.replica_monthly_usd, 2)} "
             f"of API spend at today's prices)."
         )
 

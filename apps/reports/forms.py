@@ -14,7 +14,7 @@ from apps.reports.selectors import BUCKETS, GROUPINGS, ExportQuery, month_bounds
 from apps.tenancy.models import Organization, Project
 from apps.tenancy.permissions import Action
 from apps.tenancy.selectors import organizations_where, projects_where
-from costcontrol.forms import form_field
+from costcontrol.forms import DateInput, form_field
 
 MAX_IMPORT_BYTES = 50 * 1024 * 1024
 
@@ -33,13 +33,25 @@ def _parse_moment(raw: str, field: str) -> dt.datetime:
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
+def _today() -> dt.date:
+    return timezone.now().astimezone(dt.UTC).date()
+
+
 def _current_month() -> dt.date:
-    return timezone.now().astimezone(dt.UTC).date().replace(day=1)
+    return _today().replace(day=1)
+
+
+# The report's date-range picker accepts days from here to a year ahead; anything else is a form error.
+EARLIEST_REPORT_DAY = dt.date(2000, 1, 1)
 
 
 class ReportForm(forms.Form):
+    """The report's organisation and range: a month, or any days (From/To, both inclusive) that override it."""
+
     org = forms.ChoiceField(label="Organisation")
     month = forms.CharField(widget=forms.Select, required=False)
+    date_from = forms.DateField(required=False, widget=DateInput(), label="From")
+    date_to = forms.DateField(required=False, widget=DateInput(), label="To")
 
     def __init__(self, *args: Any, organizations: list[Organization], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -65,6 +77,33 @@ class ReportForm(forms.Form):
             return dt.datetime.strptime(raw, "%Y-%m").date()
         except ValueError:
             raise forms.ValidationError("Use YYYY-MM, e.g. 2025-08.") from None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        latest = _today() + dt.timedelta(days=366)
+        for name in ("date_from", "date_to"):
+            day = data.get(name)
+            if day is not None and not EARLIEST_REPORT_DAY <= day <= latest:
+                self.add_error(name, f"Pick a day from {EARLIEST_REPORT_DAY:%Y-%m-%d} to {latest:%Y-%m-%d}.")
+        date_from, date_to = data.get("date_from"), data.get("date_to")
+        if date_from and date_to and date_from > date_to:
+            self.add_error("date_to", "“To” must not be before “From”.")
+        return data
+
+    @property
+    def custom_range(self) -> bool:
+        return bool(self.cleaned_data.get("date_from") or self.cleaned_data.get("date_to"))
+
+    def date_range(self) -> tuple[dt.datetime, dt.datetime]:
+        """``since`` inclusive and ``until`` exclusive, UTC: the chosen days when given, else the month. Only
+        one end given: From alone runs to today, To alone starts on the first of its month."""
+        if not self.custom_range:
+            return month_bounds(self.cleaned_data["month"])
+        date_from, date_to = self.cleaned_data.get("date_from"), self.cleaned_data.get("date_to")
+        first: dt.date = date_from or date_to.replace(day=1)
+        last: dt.date = date_to or max(first, _today())
+        since = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
+        return since, dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 
 
 class ExportQueryForm(forms.Form):

@@ -11,6 +11,7 @@ finance and developers get a 403.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, TypedDict
 
 from django.conf import settings
@@ -28,17 +29,20 @@ from django.http import (
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from apps.core.money import usd
 from apps.reports import services
 from apps.reports.forms import ExportQueryForm, ReportForm, UsageImportForm, import_organizations
 from apps.reports.models import ExportJob, ExportKind, ExportStatus
-from apps.reports.selectors import ExportQuery, export_rows, monthly_report, recent_export_jobs, visible_projects
+from apps.reports.selectors import ExportQuery, export_rows, recent_export_jobs, spend_report, visible_projects
 from apps.tenancy.auth import signed_in_user
 from apps.tenancy.models import Organization
 from apps.tenancy.permissions import Action, can_anywhere, require
 from apps.tenancy.selectors import organizations_for
+from costcontrol.forms import date_presets
 from costcontrol.spreadsheet import csv_lines
 
 # Above this many ledger rows in the range, the report offers a background export first.
@@ -64,16 +68,20 @@ def report(request: HttpRequest) -> HttpResponse:
         return render(request, "reports/report.html", {"form": None})
     data = request.GET.copy()
     data.setdefault("org", organizations[0].slug)
-    form = ReportForm(data, organizations=organizations)
+    form = shown = ReportForm(data, organizations=organizations)
+    status = 200
     if not form.is_valid():
         if "org" in form.errors:
             raise Http404
-        form = ReportForm({"org": data["org"]}, organizations=organizations)
+        # The errors stay on the form that is shown; the figures are the organisation's current month.
+        form, status = ReportForm({"org": data["org"]}, organizations=organizations), 400
         form.is_valid()
     org = next(o for o in organizations if o.slug == form.cleaned_data["org"])
     month = form.cleaned_data["month"]
+    since, until = form.date_range()
     projects = visible_projects(user=request.user, organization=org)
-    summary = monthly_report(organization=org, projects=projects, month=month)
+    summary = spend_report(organization=org, projects=projects, since=since, until=until)
+    last_day = (until - dt.timedelta(days=1)).date()
     query = {"org": org.slug, "since": summary.since.date().isoformat(), "until": summary.until.date().isoformat()}
     exports = [
         _export_link(ExportKind.LEDGER, "Ledger rows", "reports:export-ledger", query),
@@ -92,9 +100,16 @@ def report(request: HttpRequest) -> HttpResponse:
         _export_link(ExportKind.FOCUS, "FOCUS 1.2 cost and usage", "reports:export-focus", query),
     ]
     context = {
-        "form": form,
+        "form": shown,
         "org": org,
         "month": month,
+        "custom_range": form.custom_range,
+        "first_day": since.date(),
+        "last_day": last_day,
+        "presets": [
+            {"label": label, "query": urlencode({"org": org.slug, "date_from": a, "date_to": b})}
+            for label, (a, b) in date_presets(today=timezone.now().astimezone(dt.UTC).date()).items()
+        ],
         "report": summary,
         "exports": exports,
         # Roll-up requests count ledger rows, so this sizes the ledger export without another query.
@@ -102,7 +117,7 @@ def report(request: HttpRequest) -> HttpResponse:
         "jobs": recent_export_jobs(user=request.user, organization=org),
         "may_import": any(o.pk == org.pk for o in import_organizations(request.user)),
     }
-    return render(request, "reports/report.html", context)
+    return render(request, "reports/report.html", context, status=status)
 
 
 # Exports ------------------------------------------------------------------------------------------
@@ -252,7 +267,7 @@ def usage_import(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(
                 request,
-                f"Imported {result.created} row(s) ({result.format} format, ${result.cost:,.2f})"
+                f"Imported {result.created} row(s) ({result.format} format, {usd(result.cost, 2)})"
                 + (
                     f"; {result.replaced} replaced the rows of an earlier import for the same buckets."
                     if result.replaced

@@ -19,6 +19,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.core.money import plain_amount
 from apps.keys.models import ApiKey
 from apps.keys.selectors import keys_visible
 from apps.routing.models import RoutingRule
@@ -158,8 +159,8 @@ class RuleStatsView(APIView):
                 "rule": rule.id,
                 "since": since,
                 "requests": stats.requests if stats else 0,
-                "cost_usd": str(stats.cost) if stats else "0",
-                "saved_usd": str(stats.saved) if stats else "0",
+                "cost_usd": plain_amount(stats.cost) if stats else "0",
+                "saved_usd": plain_amount(stats.saved) if stats else "0",
                 "escalations": stats.escalations if stats else 0,
                 "escalation_rate_percent": stats.escalation_rate if stats else None,
                 "fallbacks": stats.fallbacks if stats else 0,
@@ -173,8 +174,8 @@ class RuleStatsView(APIView):
                         "mean_similarity": d["similarity"],
                         "primary_latency_ms": d["primary_latency"],
                         "shadow_latency_ms": d["shadow_latency"],
-                        "primary_cost_usd": str(d["primary_cost"]),
-                        "shadow_cost_usd": str(d["shadow_cost"]),
+                        "primary_cost_usd": plain_amount(d["primary_cost"]),
+                        "shadow_cost_usd": plain_amount(d["shadow_cost"]),
                         "shadow_errors": d["failed"],
                     }
                     for d in days

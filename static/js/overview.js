@@ -8,7 +8,9 @@
   const data = JSON.parse(source.textContent);
 
   const palette = ["#2f5bd3", "#1f9d8a", "#e0913a", "#9b59b6", "#d64b4b", "#4aa3df", "#7a8b2b", "#c2668f", "#9aa3b5"];
-  const money = (v) => "$" + Number(v).toLocaleString(undefined, { minimumFractionDigits: 2, maximumFractionDigits: 4 });
+  // Tooltips to four places, as the overview's tables; axis ticks to cents once they reach a dollar.
+  const usd = window.costcontrolMoney.usd;
+  const tick = (v) => usd(v, Math.abs(v) >= 1 ? 2 : 4);
 
   function ledgerUrl(datasetIndex, index) {
     const params = new URLSearchParams();
@@ -40,11 +42,11 @@
       interaction: { mode: "nearest", intersect: true },
       scales: {
         x: { stacked: true, grid: { display: false } },
-        y: { stacked: true, beginAtZero: true, ticks: { callback: (v) => money(v) } },
+        y: { stacked: true, beginAtZero: true, ticks: { callback: tick } },
       },
       plugins: {
         legend: { position: "bottom", labels: { boxWidth: 12 } },
-        tooltip: { callbacks: { label: (ctx) => ctx.dataset.label + ": " + money(ctx.parsed.y) } },
+        tooltip: { callbacks: { label: (ctx) => ctx.dataset.label + ": " + usd(ctx.parsed.y, 4) } },
       },
       onHover: (event, elements) => {
         event.native.target.style.cursor = elements.length ? "pointer" : "default";

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -269,6 +270,10 @@ def test_series_summary_totals_levers_and_percentiles(people: People) -> None:
     assert body["cache_hit_rate"] == pytest.approx(1 / 3, abs=1e-4)
     levers = {lever["lever"]: Decimal(lever["savings"]) for lever in body["savings_by_lever"]}
     assert levers == {"cache": Decimal("0.90"), "routing": Decimal("0.84"), "none": Decimal(0)}
+    # A saving of exactly nothing is a plain number, not "0E-8" (one notation for amounts in every API).
+    assert "E" not in "".join(lever["savings"] + lever["cost"] for lever in body["savings_by_lever"])
+    none = next(lever for lever in body["savings_by_lever"] if lever["lever"] == "none")
+    assert none["savings"] == "0.00000000"
     # Latencies 5, 90, 450 ms ×3: percentiles are the ledger's own values, not histogram estimates.
     assert body["latency_ms"]["p50"] == 90 and body["latency_ms"]["p95"] == 450
     assert body["ttft_ms"]["count"] == 3 and 100 <= body["ttft_ms"]["p50"] <= 200
@@ -312,3 +317,72 @@ def test_overview_splits_one_features_spend_by_vendor(client: Client, people: Pe
     assert tops["vendor"] == {"Anthropic": Decimal("0.25"), "OpenAI": Decimal("0.10"), "": Decimal(0)}
     assert tops["feature"] == {"triage": Decimal("0.35")}
     assert "Top vendors" in response.content.decode()
+
+
+def _amounts_after(html: str, marker: str) -> list[str]:
+    """The amounts ("$…" or "-$…") printed after ``marker``, in order."""
+    return re.findall(r"-?\$[\d,]+\.\d+", html[html.index(marker) :])
+
+
+def test_cache_page_saved_agrees_with_the_overviews_cache_lever(client: Client, people: People) -> None:
+    tenant = people.tenant
+    day = timezone.now().replace(hour=9, minute=0, second=0, microsecond=0) - dt.timedelta(days=2)
+    _traffic(tenant, days=1)  # today: rows of every lever, rolled up
+    for cost, hit in ((Decimal("0"), "exact"), (Decimal("0.0125"), "semantic"), (Decimal("0.31"), "semantic")):
+        # A semantic hit pays for its embedding; the last one cost more than the request it replaced.
+        entry_make(tenant, created_at=day, cost=cost, counterfactual_cost=Decimal("0.30"), cache_hit=hit)
+    entry_make(tenant, created_at=day, cost=Decimal("0.02"), counterfactual_cost=Decimal("0.30"))  # no cache
+    rollups_refresh()
+    # Rows the roll-ups have not reached yet move neither page.
+    entry_make(tenant, created_at=day, cost=Decimal("0"), counterfactual_cost=Decimal("5"), cache_hit="exact")
+    login(client, people.finance)
+    overview = client.get(
+        reverse("dashboard:overview"), {"scope": _scope(people), "date_from": day.date(), "date_to": day.date()}
+    ).content.decode()
+    cache = client.get(reverse("cache:project", kwargs={"slug": tenant.project.slug})).content.decode()
+    cost, from_overview = _amounts_after(overview, 'lever-cache">Cache</span>')[:2]  # its Cost, then Saved
+    assert cost == "$0.3225"
+    from_cache = _amounts_after(cache, f"<td>{day:%Y-%m-%d}</td>")[0]
+    # 0.30 × 3 − (0 + 0.0125 + 0.31) = 0.5775, shown to four places on both pages.
+    assert from_overview == from_cache == "$0.5775"
+
+
+def test_a_negative_saving_is_drawn_as_a_cost_not_in_green_on_every_page(client: Client, people: People) -> None:
+    tenant = people.tenant
+    when = timezone.now().replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
+    # A cascade's escalated cheap call and a semantic hit that cost more than the request they replaced.
+    entry_make(tenant, created_at=when, cost=Decimal("0.50"), counterfactual_cost=Decimal("0.30"),
+               decision={"kind": "rule", "rule_id": 1, "action": "cascade"})  # fmt: skip
+    entry_make(tenant, created_at=when, cost=Decimal("0.40"), counterfactual_cost=Decimal("0.30"), cache_hit="semantic")
+    rollups_refresh()
+    login(client, people.finance)
+    pages = {
+        "overview": client.get(reverse("dashboard:overview"), {"scope": _scope(people)}).content.decode(),
+        "ledger": client.get(reverse("dashboard:ledger")).content.decode(),
+        "cache": client.get(reverse("cache:project", kwargs={"slug": tenant.project.slug})).content.decode(),
+        "report": client.get(
+            reverse("reports:report"), {"org": tenant.org.slug, "month": f"{when:%Y-%m}"}
+        ).content.decode(),
+    }
+    for name, html in pages.items():
+        assert re.search(r'class="(value|num) bad">-\$0\.', html), name
+        assert not re.search(r'good">-\$', html), name
+    assert 'class="value bad">-$0.30</span>' in pages["overview"]  # Saved: 0.60 would have cost, 0.90 paid
+    assert 'class="num bad">-$0.1000</td>' in pages["cache"]
+
+
+def test_one_label_for_unknown_values_on_every_page(client: Client, people: People) -> None:
+    tenant = people.tenant
+    when = timezone.now().replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
+    entry_make(tenant, created_at=when, feature="", end_user="", served_model="", status_code=502)
+    rollups_refresh()
+    login(client, people.finance)
+    overview = client.get(reverse("dashboard:overview"), {"scope": _scope(people), "group_by": "feature"})
+    ledger = client.get(reverse("dashboard:ledger")).content.decode()
+    report = client.get(reverse("reports:report"), {"org": tenant.org.slug, "month": f"{when:%Y-%m}"})
+    pages = {"overview": overview.content.decode(), "ledger": ledger, "report": report.content.decode()}
+    for name, html in pages.items():
+        assert "(unknown)" in html, name
+        assert "(none)" not in html, name
+    assert "<td>—</td>" not in ledger  # no feature, no end user: the same label as everywhere else
+    assert _chart(overview)["datasets"][0]["label"] == "(unknown)"

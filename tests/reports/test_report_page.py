@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
 import pytest
@@ -106,3 +107,53 @@ def test_big_months_offer_a_background_export(client: Client, people: People, se
 def test_report_requires_login(client: Client) -> None:
     response = client.get(reverse("reports:report"))
     assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+
+
+def test_a_date_range_overrides_the_month_for_the_report_and_its_exports(client: Client, people: People) -> None:
+    _seed(people)
+    login(client, people.finance)
+    page = _report(client, people, date_from="2025-09-02", date_to="2025-09-03")
+    assert "Spend report" in page and "2025-09-02 to 2025-09-03" in page
+    assert "$21.50" in page and "$28.75" not in page  # the import of 09-05 is outside the days
+    assert "since=2025-09-02&amp;until=2025-09-04" in page and "since=2025-09-01" not in page
+    assert "No spend in these days." in _report(client, people, date_from="2025-09-20", date_to="2025-09-21")
+    # From alone runs to today; To alone starts on the first of its month.
+    assert "$28.75" in _report(client, people, date_from="2025-09-01")
+    assert "2025-09-01 to 2025-09-02" in _report(client, people, date_to="2025-09-02")
+
+
+def test_the_report_offers_presets_including_this_month(client: Client, people: People) -> None:
+    login(client, people.finance)
+    page = _report(client, people)
+    today = dt.datetime.now(dt.UTC).date()
+    this_month = f"date_from={today.replace(day=1):%Y-%m-%d}&amp;date_to={today:%Y-%m-%d}"
+    assert f'{this_month}">This month</a>' in page
+    assert ">Last month</a>" in page and ">Last 7 days</a>" in page
+    assert 'type="date" name="date_from"' in page and 'type="date" name="date_to"' in page
+
+
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        ({"date_from": "yesterday"}, "Enter a valid date."),
+        ({"date_from": "2025-09-10", "date_to": "2025-09-01"}, "“To” must not be before “From”."),
+        ({"date_from": "0001-01-01"}, "Pick a day from 2000-01-01"),
+        ({"date_to": "9999-12-31"}, "Pick a day from 2000-01-01"),
+        ({"date_to": "2025-02-30"}, "Enter a valid date."),
+        ({"date_from": "2025-09-01\x00"}, "Enter a valid date."),
+    ],
+)
+def test_bad_dates_are_form_errors(client: Client, people: People, params: dict[str, str], error: str) -> None:
+    login(client, people.finance)
+    response = client.get(reverse("reports:report"), {"org": people.tenant.org.slug, **params})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert f'<small class="error">{error}' in html.replace("&#x27;", "'")
+    assert "Monthly report" in html  # the current month's figures stay on the page
+
+
+def test_an_outsider_cannot_reach_another_organisations_range(client: Client, people: People) -> None:
+    _seed(people)
+    login(client, people.outsider)
+    query = {"org": people.tenant.org.slug, "date_from": "2025-09-01", "date_to": "2025-09-30"}
+    assert client.get(reverse("reports:report"), query).status_code == 404

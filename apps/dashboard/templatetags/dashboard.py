@@ -7,6 +7,7 @@ from decimal import Decimal
 from django import template
 from django.contrib.auth.models import AnonymousUser, User
 
+from apps.core import money
 from apps.keys.api import key_status as _key_status
 from apps.keys.models import ApiKey
 from apps.ledger.models import UNKNOWN_LABEL
@@ -18,12 +19,17 @@ register = template.Library()
 
 
 @register.filter
-def usd(value: Decimal | None, places: int = 6) -> str:
-    """Dollars with a fixed number of decimals; ledger costs are tiny, so 6 by default. A negative amount
-    (a saving that cost money, like a cascade's escalated cheap calls) reads "-$0.0062", not "$-0.0062"."""
+def usd(value: Decimal | None, places: int = money.DEFAULT_PLACES) -> str:
+    """Dollars with a fixed number of decimals: the one money formatter (apps/core/money.py)."""
+    return money.usd(value, places)
+
+
+@register.filter
+def saving_tone(value: Decimal | None) -> str:
+    """The class a saving is drawn with: "good" (green) when it saved money, "bad" when the savings
+    measure cost money (a cascade's escalated cheap calls, a dearer fallback), nothing at zero."""
     amount = Decimal(value or 0)
-    sign = "-" if amount < 0 else ""
-    return f"{sign}${abs(amount):,.{int(places)}f}"
+    return "good" if amount > 0 else "bad" if amount < 0 else ""
 
 
 @register.filter

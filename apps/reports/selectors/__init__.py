@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from apps.reports.selectors.exports import ExportQuery, export_rows
 from apps.reports.selectors.focus import FOCUS_COLUMNS, allocate
-from apps.reports.selectors.monthly import month_bounds, monthly_report, recent_export_jobs, visible_projects
+from apps.reports.selectors.monthly import month_bounds, recent_export_jobs, spend_report, visible_projects
 from apps.reports.selectors.rows import BUCKETS, GROUPINGS
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "allocate",
     "export_rows",
     "month_bounds",
-    "monthly_report",
     "recent_export_jobs",
+    "spend_report",
     "visible_projects",
 ]

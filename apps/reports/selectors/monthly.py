@@ -90,14 +90,16 @@ def _rollup_lines(rows: QuerySet[HourlyRollup], key: str, label: str | None = No
     ]
 
 
-def monthly_report(*, organization: Organization, projects: QuerySet[Project], month: dt.date) -> MonthlyReport:
-    """Spend by project, model and feature for one month, from the hourly roll-ups; four queries.
+def spend_report(
+    *, organization: Organization, projects: QuerySet[Project], since: dt.datetime, until: dt.datetime
+) -> MonthlyReport:
+    """Spend by project, model and feature from ``since`` to ``until`` (a month by default, or the days the
+    report's date-range picker chose), from the hourly roll-ups; four queries.
 
     Roll-ups do not record where a row came from, so imported spend is read
     from the ledger, restricted to imported rows (few: one per day and model
     of an imported usage file).
     """
-    since, until = month_bounds(month)
     rollups = HourlyRollup.objects.filter(
         organization=organization, project__in=projects.values("pk"), hour__gte=since, hour__lt=until
     )
