@@ -99,9 +99,14 @@ class ReportForm(forms.Form):
         one end given: From alone runs to today, To alone starts on the first of its month."""
         if not self.custom_range:
             return month_bounds(self.cleaned_data["month"])
-        date_from, date_to = self.cleaned_data.get("date_from"), self.cleaned_data.get("date_to")
-        first: dt.date = date_from or date_to.replace(day=1)
-        last: dt.date = date_to or max(first, _today())
+        date_from: dt.date | None = self.cleaned_data.get("date_from")
+        date_to: dt.date | None = self.cleaned_data.get("date_to")
+        if date_from is not None:
+            first = date_from
+        else:
+            assert date_to is not None  # custom_range: one of the two is set
+            first = date_to.replace(day=1)
+        last = date_to or max(first, _today())
         since = dt.datetime.combine(first, dt.time(), tzinfo=dt.UTC)
         return since, dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
 

@@ -107,7 +107,10 @@ def report(request: HttpRequest) -> HttpResponse:
         "first_day": since.date(),
         "last_day": last_day,
         "presets": [
-            {"label": label, "query": urlencode({"org": org.slug, "date_from": a, "date_to": b})}
+            {
+                "label": label,
+                "query": urlencode({"org": org.slug, "date_from": a.isoformat(), "date_to": b.isoformat()}),
+            }
             for label, (a, b) in date_presets(today=timezone.now().astimezone(dt.UTC).date()).items()
         ],
         "report": summary,
