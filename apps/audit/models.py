@@ -52,6 +52,7 @@ class ObjectType(models.TextChoices):
     ROUTING_RULE = "routing_rule", "Routing rule"
     CACHE_POLICY = "cache_policy", "Cache policy"
     CACHE_ENTRY = "cache_entry", "Cache entries"
+    PRUNE_POLICY = "prune_policy", "Pruning policy"
     DEPLOYMENT = "deployment", "Deployment"
     API_TOKEN = "api_token", "API token"
 

@@ -36,6 +36,7 @@ _TYPES: dict[str, str] = {
     "budgets.ratelimit": ObjectType.RATE_LIMIT,
     "budgets.notificationchannel": ObjectType.CHANNEL,
     "routing.routingrule": ObjectType.ROUTING_RULE,
+    "routing.prunepolicy": ObjectType.PRUNE_POLICY,
     "llmcache.cachepolicy": ObjectType.CACHE_POLICY,
     "llmcache.cacheentry": ObjectType.CACHE_ENTRY,
     "deployments.deployment": ObjectType.DEPLOYMENT,

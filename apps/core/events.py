@@ -206,6 +206,13 @@ def decision_clean(value: Any) -> dict[str, Any] | None:
                 for tried in item[:_DECISION_LIST_MAX]
                 if isinstance(tried, dict)
             ]
+        elif name == "pruned" and isinstance(item, list):
+            clean[name] = [
+                {"what": clean_text(pruned.get("what"), MODEL_MAX), "before": clean_count(pruned.get("before")),
+                 "after": clean_count(pruned.get("after"))}
+                for pruned in item[:_DECISION_LIST_MAX]
+                if isinstance(pruned, dict)
+            ]  # fmt: skip
     return clean
 
 

@@ -13,6 +13,7 @@ The text, part by part::
     [:attempt]                                                     a possibly billed attempt's own row
     [;limits-unchecked] [;would-block:budget:ID,...]               admission notes
     [;failed:MODEL@PROVIDER(OUTCOME)]... [;retries=N] [;unpriced]  upstream notes
+    [;pruned:max_tokens(ASKED->CAP)] [;pruned:history(N->M)]        what a pruning policy trimmed
 
 The JSON holds only what is set (``{"kind": "direct"}`` for the common case).
 """
@@ -43,6 +44,16 @@ class Tried:
     outcome: str
 
 
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """What a pruning policy trimmed: ``max_tokens`` (the cap asked for, 0 when none, and the one sent) or
+    ``history`` (messages asked with, and sent)."""
+
+    what: str
+    before: int
+    after: int
+
+
 @dataclass(slots=True)
 class RouteDecision:
     kind: str = ""  # DIRECT, ALIAS, RULE or CACHE; "" while (or when) no route was chosen
@@ -59,6 +70,7 @@ class RouteDecision:
     tried: tuple[Tried, ...] = ()  # targets that failed, in the order they were tried
     retries: int = 0  # further attempts on the target that answered
     unpriced: bool = False  # the served model has no price: the row costs 0
+    pruned: tuple[Pruned, ...] = ()  # what the feature's pruning policy trimmed before routing
 
     def variant(self, **changes: Any) -> RouteDecision:
         """A copy with ``changes`` (for the rows of a cascade's cheap call and of possibly billed attempts)."""
@@ -97,6 +109,8 @@ class RouteDecision:
             text += f";retries={self.retries}"
         if self.unpriced:
             text += ";unpriced"
+        for pruned in self.pruned:
+            text += f";pruned:{pruned.what}({pruned.before}->{pruned.after})"
         return text
 
     def as_json(self) -> dict[str, Any] | None:
@@ -104,14 +118,14 @@ class RouteDecision:
         if not self.kind:
             return None
         if self.kind == DIRECT and not (self.part or self.limits_unchecked or self.would_block or self.tried):
-            if not (self.retries or self.unpriced):
+            if not (self.retries or self.unpriced or self.pruned):
                 return {"kind": DIRECT}  # most requests
         data: dict[str, Any] = {}
         for name in _FIELDS:
             value = getattr(self, name)
             if value:
-                if name == "tried":
-                    value = [dataclasses.asdict(tried) for tried in value]
+                if name in ("tried", "pruned"):
+                    value = [dataclasses.asdict(item) for item in value]
                 elif name == "would_block":
                     value = list(value)
                 data[name] = value
@@ -123,6 +137,7 @@ class RouteDecision:
             return cls()
         values = {name: data[name] for name in _FIELDS if name in data}
         values["tried"] = tuple(Tried(**t) for t in values.get("tried", ()))
+        values["pruned"] = tuple(Pruned(**p) for p in values.get("pruned", ()))
         values["would_block"] = tuple(values.get("would_block", ()))
         return cls(**values)
 

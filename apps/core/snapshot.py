@@ -161,6 +161,14 @@ def policy_view(
 
 
 @dataclass(frozen=True, slots=True)
+class PrunePolicyView:
+    """What the gateway trims from a feature's requests (None: that pruning is off)."""
+
+    max_tokens_cap: int | None
+    history_turns: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Enforcement:
     """The budgets and rate limits that can apply to one key's requests."""
 
@@ -188,6 +196,7 @@ class Snapshot:
     prices: dict[tuple[int, str], tuple[PriceRow, ...]] = field(default_factory=dict)  # newest first
     budgets: dict[int, tuple[BudgetPolicy, ...]] = field(default_factory=dict)  # by organisation id
     cache_policies: dict[tuple[int, str], CachePolicyView] = field(default_factory=dict)  # (project, feature)
+    prune_policies: dict[tuple[int, str], PrunePolicyView] = field(default_factory=dict)  # (project, feature)
     project_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
     key_limits: dict[int, RateLimitPolicy] = field(default_factory=dict)
     rules: dict[int, tuple[RuleView, ...]] = field(default_factory=dict)  # by project id, in evaluation order
@@ -221,6 +230,14 @@ class Snapshot:
             if policy is not None:
                 return policy
         return self.cache_policies.get((project_id, ""))
+
+    def prune_policy(self, project_id: int, feature: str) -> PrunePolicyView | None:
+        """The feature's own pruning if it has a policy, else the project's."""
+        if feature:
+            policy = self.prune_policies.get((project_id, feature))
+            if policy is not None:
+                return policy
+        return self.prune_policies.get((project_id, ""))
 
     def price(self, provider_id: int, model: str, on: dt.date) -> PriceRow | None:
         for row in self.prices.get((provider_id, model), ()):

@@ -27,7 +27,7 @@ class WindowSerializer(serializers.Serializer):
 
 class OpportunitySerializer(serializers.Serializer):
     id = serializers.CharField(help_text="Stable for the same lever, feature and detail")
-    lever = serializers.ChoiceField(choices=["exact_cache", "route", "batch", "prompt_cache"])
+    lever = serializers.ChoiceField(choices=["exact_cache", "semantic_cache", "route", "batch", "prompt_cache"])
     feature = serializers.CharField(allow_blank=True)
     predicted_savings_usd = serializers.DecimalField(max_digits=24, decimal_places=6)
     share = serializers.FloatField(help_text="Of the feature's spend in the window")
@@ -46,6 +46,11 @@ class FeatureProfileSerializer(serializers.Serializer):
     suggested_max_tokens = serializers.IntegerField(allow_null=True)
     turns_avg = serializers.FloatField()
     turns_max = serializers.IntegerField()
+    near_duplicates = serializers.DictField(
+        allow_null=True,
+        help_text="Of a sample of requests with a stored embedding, the share with an earlier near duplicate, "
+        "per similarity threshold (null: no semantic-cache traffic)",
+    )
 
 
 class ReportSerializer(serializers.Serializer):

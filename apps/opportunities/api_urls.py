@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from apps.opportunities import api, trial_api
+from apps.opportunities import api, pruning_api, trial_api
 
 urlpatterns = [
     path("projects/<slug:slug>/opportunities/", api.OpportunityList.as_view(), name="api-opportunities"),
@@ -13,4 +13,5 @@ urlpatterns = [
     ),
     path("projects/<slug:slug>/trials/", trial_api.TrialList.as_view(), name="api-trials"),
     path("projects/<slug:slug>/trials/<int:pk>/stop", trial_api.TrialStop.as_view(), name="api-trial-stop"),
+    path("projects/<slug:slug>/pruning/", pruning_api.PruningPolicies.as_view(), name="api-pruning"),
 ]

@@ -10,6 +10,9 @@ Read from the ledger rows the gateway wrote for chat requests it answered
 - ``batch``: features that never stream, priced at their model's batch rates.
 - ``prompt_cache``: static prefixes (``prefix_key``) of at least 1,024 tokens sent again and again,
   against the ``cached_tokens`` the provider actually discounted.
+- ``semantic_cache``: requests whose prompt is a near duplicate of an earlier one of the feature, at
+  each similarity threshold, from the embeddings the semantic cache stored (``embedding_key`` points at
+  a ``CacheEntry``). Bounded: the latest ``NEAR_DUPLICATE_SAMPLE`` such requests per feature are compared.
 
 Beside them, each feature's prompt profile: the share of prompt tokens in the static prefix, the
 ``max_tokens`` asked against the completion tokens used (p99), and how long conversations grow.
@@ -25,9 +28,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import numpy as np
 from django.db.models import Aggregate, Avg, Count, F, FloatField, IntegerField, Max, Q, QuerySet, Sum
 from django.utils import timezone
 
+from apps.cache.models import CacheEntry
 from apps.core.pricing import MTOK, token_cost
 from apps.core.request import ENDPOINT_CHAT
 from apps.ledger.models import LedgerEntry, Source
@@ -39,6 +44,10 @@ PROMPT_CACHE_MIN_TOKENS = 1024
 # Route candidates shown per feature and model: the cheapest few, not every priced model.
 ROUTE_CANDIDATES = 3
 CENT = Decimal("0.000001")
+# Near duplicates: the thresholds shown, and the most requests per feature compared with each other
+# (the comparison is quadratic in the sample: 500 rows are 125,000 dot products of 384 floats).
+NEAR_DUPLICATE_THRESHOLDS = (0.80, 0.85, 0.90, 0.95)
+NEAR_DUPLICATE_SAMPLE = 500
 
 
 class _Percentile(Aggregate):
@@ -114,20 +123,7 @@ def project_opportunities(*, project: Project, days: int = 7, ttl_seconds: int =
     until = timezone.now()
     since = until - dt.timedelta(days=days)
     rows = replayable_rows(project=project, since=since, until=until)
-    spend: dict[str, dict[str, Any]] = {
-        r["feature"]: dict(r)
-        for r in rows.values("feature").annotate(
-            requests=Count("id"),
-            cost=Sum("cost"),
-            prompt=Sum("prompt_tokens"),
-            prefix=Sum("prefix_tokens"),
-            streamed_requests=Count("id", filter=Q(streamed=True)),
-            completion_p99=_Percentile("completion_tokens", 0.99),
-            max_tokens_p50=_Percentile("max_tokens", 0.5),
-            turns_avg=Avg("turns"),
-            turns_max=Max("turns"),
-        )
-    }
+    spend: dict[str, dict[str, Any]] = {r["feature"]: dict(r) for r in _feature_spend(rows)}
     prices = _latest_prices(project)
     found = [
         *_exact_cache(rows, ttl_seconds),
@@ -135,19 +131,143 @@ def project_opportunities(*, project: Project, days: int = 7, ttl_seconds: int =
         *_batch(rows, prices, spend),
         *_prompt_cache(rows, prices),
     ]
+    near = near_duplicates(project=project, rows=rows)
+    found += [_near_duplicate_opportunity(feature, shares) for feature, shares in sorted(near.items())]
+    found = [o for o in found if o.predicted_savings_usd > 0]
     for item in found:
         total = spend.get(item.feature, {}).get("cost") or Decimal(0)
         item.share = float(item.predicted_savings_usd / total) if total > 0 else 0.0
     found.sort(key=lambda o: (-o.predicted_savings_usd, o.id))
-    return Report(since, until, ttl_seconds, found, [_profile(feature, row) for feature, row in sorted(spend.items())])
+    profiles = [_profile(feature, row, near.get(feature)) for feature, row in sorted(spend.items())]
+    return Report(since, until, ttl_seconds, found, profiles)
 
 
-def _profile(feature: str, row: dict[str, Any]) -> dict[str, Any]:
+def _feature_spend(rows: QuerySet[LedgerEntry]) -> QuerySet[Any]:
+    """Per feature: requests, spend, prompt and prefix tokens, streams, output use against caps, turns."""
+    return rows.values("feature").annotate(
+        requests=Count("id"),
+        cost=Sum("cost"),
+        prompt=Sum("prompt_tokens"),
+        prefix=Sum("prefix_tokens"),
+        streamed_requests=Count("id", filter=Q(streamed=True)),
+        completion_p99=_Percentile("completion_tokens", 0.99),
+        max_tokens_p50=_Percentile("max_tokens", 0.5),
+        turns_avg=Avg("turns"),
+        turns_max=Max("turns"),
+    )
+
+
+def pruning_suggestions(*, project: Project, days: int = 7) -> list[dict[str, Any]]:
+    """Per feature seen in the last ``days``: the output cap its use suggests and its conversation length."""
+    until = timezone.now()
+    rows = replayable_rows(project=project, since=until - dt.timedelta(days=days), until=until)
+    keep = ("feature", "requests", "completion_tokens_p99", "max_tokens_p50", "suggested_max_tokens", "turns_avg",
+            "turns_max")  # fmt: skip
+    profiles = [_profile(row["feature"], row, None) for row in _feature_spend(rows).order_by("feature")]
+    return [{name: profile[name] for name in keep} for profile in profiles]
+
+
+@dataclass
+class NearDuplicates:
+    """One feature's near-duplicate shares: of ``sample_size`` requests with a stored embedding, how many
+    had an earlier one (another prompt, not an exact repeat) at least as similar as each threshold."""
+
+    sample_size: int
+    rows_with_embedding: int
+    sample_cost: Decimal
+    by_threshold: dict[float, tuple[int, Decimal]]  # threshold -> (requests, their cost)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "sample_size": self.sample_size,
+            "rows_with_embedding": self.rows_with_embedding,
+            "thresholds": [
+                {
+                    "threshold": threshold,
+                    "requests": n,
+                    "share": round(n / self.sample_size, 4) if self.sample_size else 0.0,
+                    "cost_usd": str(cost.quantize(CENT)),
+                }
+                for threshold, (n, cost) in self.by_threshold.items()
+            ],
+        }
+
+
+def near_duplicates(
+    *, project: Project, rows: QuerySet[LedgerEntry], sample: int = NEAR_DUPLICATE_SAMPLE
+) -> dict[str, NearDuplicates]:
+    """Each feature's near-duplicate shares over its latest ``sample`` upstream requests with an embedding.
+
+    A request that went upstream with the semantic cache on stored its prompt's embedding under its exact
+    key (the ledger's ``embedding_key``); one the semantic cache answered points at the entry it matched,
+    not at its own prompt, so it is left out (its similarity is not known here). The embeddings are read
+    from the project's own cache entries; an entry evicted since leaves its request out of the sample.
+    """
+    upstream = rows.filter(cache_hit="").exclude(embedding_key="")
+    totals = dict(upstream.values_list("feature").annotate(n=Count("id")).values_list("feature", "n"))
+    found = {}
+    for feature, total in totals.items():
+        picked = list(
+            upstream.filter(feature=feature)
+            .order_by("-created_at", "-id")
+            .values_list("embedding_key", "cache_key", "cost")[:sample]
+        )[::-1]
+        vectors = dict(
+            CacheEntry.objects.filter(project=project, exact_key__in={k for k, _, _ in picked}, embedding__isnull=False)
+            .values_list("exact_key", "embedding")
+        )  # fmt: skip
+        picked = [row for row in picked if row[0] in vectors]
+        found[feature] = _near_shares(picked, vectors, total)
+    return found
+
+
+def _near_shares(picked: list[tuple[str, str, Decimal]], vectors: dict[str, Any], total: int) -> NearDuplicates:
+    if not picked:
+        return NearDuplicates(0, total, Decimal(0), {t: (0, Decimal(0)) for t in NEAR_DUPLICATE_THRESHOLDS})
+    matrix = np.array([vectors[key] for key, _, _ in picked], dtype=np.float32)
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    similarity = matrix @ matrix.T
+    # Only earlier requests count, and never an exact repeat of the same request (the exact cache's share).
+    keys = np.array([cache_key for _, cache_key, _ in picked])
+    similarity[np.triu_indices(len(picked))] = -1.0
+    similarity[keys[:, None] == keys[None, :]] = -1.0
+    best = similarity.max(axis=1)
+    costs = [cost for _, _, cost in picked]
+    by_threshold = {}
+    for threshold in NEAR_DUPLICATE_THRESHOLDS:
+        hits = np.flatnonzero(best >= threshold)
+        by_threshold[threshold] = (len(hits), sum((costs[i] for i in hits), Decimal(0)))
+    return NearDuplicates(len(picked), total, sum(costs, Decimal(0)), by_threshold)
+
+
+def _near_duplicate_opportunity(feature: str, near: NearDuplicates) -> Opportunity:
+    """What a semantic cache would save at the strictest threshold that finds near duplicates, scaled from
+    the sample to the feature's requests with an embedding. Quality is for a shadow trial to measure."""
+    threshold = next((t for t in reversed(NEAR_DUPLICATE_THRESHOLDS) if near.by_threshold[t][0]), None)
+    saved = Decimal(0)
+    if threshold is not None and near.sample_size:
+        saved = near.by_threshold[threshold][1] * near.rows_with_embedding / near.sample_size
+    return Opportunity(
+        id=_id("semantic_cache", feature),
+        lever="semantic_cache",
+        feature=feature,
+        predicted_savings_usd=saved,
+        share=0.0,
+        evidence={
+            **near.as_json(),
+            "threshold": threshold,
+            "quality": "unmeasured: a near duplicate may still need another answer (monthly/yearly)",
+        },
+    )
+
+
+def _profile(feature: str, row: dict[str, Any], near: NearDuplicates | None) -> dict[str, Any]:
     prompt = row["prompt"] or 0
     p99 = row["completion_p99"]
     cap = row["max_tokens_p50"]
-    # A cap sized from use: p99 and a quarter more, when the one asked for is larger.
-    suggested = int(p99 * 1.25) + 1 if p99 is not None and cap is not None else None
+    # A cap sized from use: p99 and a quarter more, when the one asked for is larger or none is asked for
+    # (the budget then reserves the model's whole output limit).
+    suggested = int(p99 * 1.25) + 1 if p99 is not None else None
     return {
         "feature": feature,
         "requests": row["requests"],
@@ -157,9 +277,10 @@ def _profile(feature: str, row: dict[str, Any]) -> dict[str, Any]:
         "streamed_requests": row["streamed_requests"],
         "completion_tokens_p99": round(p99, 1) if p99 is not None else None,
         "max_tokens_p50": round(cap, 1) if cap is not None else None,
-        "suggested_max_tokens": suggested if suggested is not None and cap > suggested else None,
+        "suggested_max_tokens": suggested if suggested is not None and (cap is None or cap > suggested) else None,
         "turns_avg": round(row["turns_avg"] or 0, 2),
         "turns_max": row["turns_max"] or 0,
+        "near_duplicates": near.as_json() if near is not None else None,
     }
 
 

@@ -25,7 +25,7 @@ from apps.enforcement.redis_clients import sync_client
 from apps.keys.models import ApiKey
 from apps.opportunities.models import Trial
 from apps.providers.models import ModelAlias, Price, Provider
-from apps.routing.models import RoutingRule, RuleTarget
+from apps.routing.models import PrunePolicy, RoutingRule, RuleTarget
 from apps.tenancy.models import Project
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ POLICY_MODELS: tuple[type[models.Model], ...] = (
     RoutingRule,
     RuleTarget,
     Trial,  # a semantic-cache trial in shadow marks the cache policy it measures
+    PrunePolicy,
 )
 
 

@@ -34,6 +34,7 @@ from apps.core.snapshot import (
     KeyPolicy,
     ProjectPolicy,
     ProviderTarget,
+    PrunePolicyView,
     RateLimitPolicy,
     Snapshot,
     policy_view,
@@ -43,7 +44,7 @@ from apps.opportunities.models import Lever, Trial, TrialState
 from apps.opportunities.trial_selectors import learned_opposites_by_project
 from apps.providers.crypto import InvalidToken
 from apps.providers.models import ModelAlias, Price, Provider
-from apps.routing.models import RoutingRule, TargetRole
+from apps.routing.models import PrunePolicy, RoutingRule, TargetRole
 from apps.tenancy.models import Organization, Project
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def build_snapshot(version: int) -> Snapshot:
     return Snapshot(
         version=version,
         cache_policies=_with_trials(_build_cache_policies()),
+        prune_policies=_build_prune_policies(),
         budgets=budgets,
         rules=_build_rules(set(providers)),
         project_limits=project_limits,
@@ -354,3 +356,14 @@ def _with_trials(views: dict[tuple[int, str], CachePolicyView]) -> dict[tuple[in
         if learned.get(slot[0]):
             views[slot] = dataclasses.replace(view, learned_opposites=learned[slot[0]])
     return views
+
+
+def _build_prune_policies() -> dict[tuple[int, str], PrunePolicyView]:
+    """Each project's (and feature's) pruning, where at least one kind is on."""
+    return {
+        (p.project_id, p.feature): PrunePolicyView(
+            max_tokens_cap=p.max_tokens_cap if p.cap_enabled else None,
+            history_turns=p.history_turns if p.history_enabled else None,
+        )
+        for p in PrunePolicy.objects.filter(models.Q(cap_enabled=True) | models.Q(history_enabled=True))
+    }

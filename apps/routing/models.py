@@ -15,8 +15,9 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
-from apps.core.events import MODEL_MAX, REQUEST_ID_MAX, SHADOW_COST_DIGITS, SHADOW_COST_PLACES
+from apps.core.events import FEATURE_MAX, MODEL_MAX, REQUEST_ID_MAX, SHADOW_COST_DIGITS, SHADOW_COST_PLACES
 from apps.core.patterns import Pattern, PatternError
+from apps.core.request import MAX_TOKENS_BOUND
 
 
 def validate_regex(value: str) -> None:
@@ -176,3 +177,51 @@ class ShadowComparison(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id}: {self.primary_model} vs {self.shadow_model}"
+
+
+# A chat history window keeps at least this many turns and at most this many (a turn: one message that
+# is not a system or developer message).
+HISTORY_TURNS_MIN, HISTORY_TURNS_MAX = 1, 200
+
+
+class PrunePolicy(models.Model):
+    """What the gateway trims from one feature's requests before they go upstream. Opt-in: no row, no pruning.
+
+    It lives beside the routing rules because, like them, it decides what the provider is asked, not
+    whether an answer is reused (the cache's concern): the gateway applies it right after validation,
+    and a rule then routes the pruned request.
+
+    - ``max_tokens_cap``: the most output a request may ask for; a larger ``max_tokens`` (or
+      ``max_completion_tokens``) is lowered to it, and a request without one gets it. The opportunities
+      report sizes it from observed use (completion tokens' p99 and a margin).
+    - ``history_turns``: the system (and developer) messages and the last N other messages are sent;
+      earlier turns are left out.
+    """
+
+    project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="prune_policies")
+    feature = models.CharField(max_length=FEATURE_MAX, blank=True, help_text="Blank: the whole project")
+    cap_enabled = models.BooleanField(default=False)
+    max_tokens_cap = models.PositiveIntegerField(
+        default=1024, validators=[MinValueValidator(1), MaxValueValidator(MAX_TOKENS_BOUND)],
+        help_text="Output tokens a request may ask for at most (see the opportunities report's suggestion)",
+    )  # fmt: skip
+    history_enabled = models.BooleanField(default=False)
+    history_turns = models.PositiveSmallIntegerField(
+        default=10, validators=[MinValueValidator(HISTORY_TURNS_MIN), MaxValueValidator(HISTORY_TURNS_MAX)],
+        help_text="Messages kept after the system prompt (the latest ones)",
+    )  # fmt: skip
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "feature"], name="one_prune_policy_per_slice"),
+            models.CheckConstraint(
+                condition=Q(max_tokens_cap__gte=1) & Q(max_tokens_cap__lte=MAX_TOKENS_BOUND), name="prune_cap_in_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(history_turns__gte=HISTORY_TURNS_MIN) & Q(history_turns__lte=HISTORY_TURNS_MAX),
+                name="prune_history_in_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"pruning for {self.project}" + (f" / {self.feature}" if self.feature else "")

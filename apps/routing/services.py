@@ -1,4 +1,4 @@
-"""Writes for routing: rules and their targets, and the shadow comparisons the gateway reports."""
+"""Writes for routing: rules and their targets, pruning policies, and the shadow comparisons the gateway reports."""
 
 from __future__ import annotations
 
@@ -17,16 +17,32 @@ from django.db import transaction
 from django.db.models import Max, QuerySet
 
 from apps.audit.models import AuditAction
-from apps.audit.services import audit_record, audit_saved, audit_snapshot
+from apps.audit.services import audit_record, audit_saved, audit_snapshot, audit_stored
 from apps.core import names
 from apps.core.events import EVENT_FIELD, clean_id, shadow_event_clean
 from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
 from apps.ledger.stream import acknowledge, ensure_group, read_batch
 from apps.providers.models import Price, Provider
-from apps.routing.models import RoutingRule, RuleAction, RuleTarget, ShadowComparison, TargetRole
+from apps.routing.models import PrunePolicy, RoutingRule, RuleAction, RuleTarget, ShadowComparison, TargetRole
 from apps.tenancy.models import Project
 
 logger = logging.getLogger(__name__)
+
+
+def prune_policy_save(*, project: Project, feature: str, changes: dict[str, Any]) -> PrunePolicy:
+    """Create or change the pruning policy of ``project``'s ``feature`` (blank: the whole project);
+    gateways pick it up within a second (``apps.policy.announce``). ``ValidationError`` for values
+    out of range."""
+    policy = PrunePolicy.objects.filter(project=project, feature=feature).first() or PrunePolicy(
+        project=project, feature=feature
+    )
+    before = audit_stored(policy)
+    for name, value in changes.items():
+        setattr(policy, name, value)
+    policy.full_clean()
+    policy.save()
+    audit_saved(obj=policy, before=before)
+    return policy
 
 
 # --- targets as people write them ---------------------------------------------

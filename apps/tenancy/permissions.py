@@ -58,6 +58,7 @@ class Action(enum.StrEnum):
     ORG_MANAGE = "org.manage"  # providers, prices, channels, deployments, teams, members and their roles
     USAGE_IMPORT = "usage.import"  # object: the project it is booked to, or the organisation
     OPPORTUNITY_APPLY = "opportunity.apply"  # start a recommendation's trial, enable or stop it
+    PRUNE_MANAGE = "prune.manage"  # what the gateway trims from a feature's requests (apps.routing.PrunePolicy)
 
 
 OWNER, LEAD, DEV, FIN = Role.OWNER, Role.TEAM_LEAD, Role.DEVELOPER, Role.FINANCE
@@ -79,6 +80,7 @@ MATRIX: dict[Action, dict[str, Reach]] = {
     Action.ORG_MANAGE: {OWNER: Reach.ORG},
     Action.USAGE_IMPORT: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS},
     Action.OPPORTUNITY_APPLY: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS},
+    Action.PRUNE_MANAGE: {OWNER: Reach.ORG, LEAD: Reach.TEAM_PROJECTS},
 }
 
 

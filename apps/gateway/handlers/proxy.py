@@ -1,6 +1,6 @@
 """POST /v1/chat/completions, /v1/completions and /v1/embeddings: one pipeline, read top to bottom.
 
-authenticate -> validate -> plan route -> cache -> admit -> (cascade) -> call upstream
+authenticate -> validate -> prune -> plan route -> cache -> admit -> (cascade) -> call upstream
 -> relay (JSON or SSE) -> price -> record -> shadow. Every request that gets past
 authentication is recorded, whatever stage refuses it.
 """
@@ -18,7 +18,7 @@ from apps.gateway import tracing
 from apps.gateway.asgi import Receive, Scope, Send
 from apps.gateway.call import Call
 from apps.gateway.runtime import Runtime
-from apps.gateway.stages import cache, cascade, price, record, relay, shadow, trial, upstream
+from apps.gateway.stages import cache, cascade, price, prune, record, relay, shadow, trial, upstream
 from apps.gateway.stages.admit import admit
 from apps.gateway.stages.auth import authenticate
 from apps.gateway.stages.plan import Plan, plan_route
@@ -56,6 +56,7 @@ async def run(
     endpoint = call.endpoint
     try:
         payload = await read
+        prune.prune(snapshot, call, payload)
         plan = plan_route(snapshot, call, payload, rt.in_flight)
         target = plan.targets[0]
         payload["model"] = target.model
