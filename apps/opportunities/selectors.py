@@ -170,7 +170,8 @@ def pruning_suggestions(*, project: Project, days: int = 7) -> list[dict[str, An
 @dataclass
 class NearDuplicates:
     """One feature's near-duplicate shares: of ``sample_size`` requests with a stored embedding, how many
-    had an earlier one (another prompt, not an exact repeat) at least as similar as each threshold."""
+    had an earlier one (another prompt) at least as similar as each threshold. Exact repeats are the exact
+    cache's share, counted there and never here."""
 
     sample_size: int
     rows_with_embedding: int
@@ -232,6 +233,12 @@ def _near_shares(picked: list[tuple[str, str, Decimal]], vectors: dict[str, Any]
     similarity[np.triu_indices(len(picked))] = -1.0
     similarity[keys[:, None] == keys[None, :]] = -1.0
     best = similarity.max(axis=1)
+    # An exact repeat is the exact cache's to serve: it is nobody's near duplicate.
+    seen: set[str] = set()
+    for index, cache_key in enumerate(keys):
+        if cache_key in seen:
+            best[index] = -1.0
+        seen.add(cache_key)
     costs = [cost for _, _, cost in picked]
     by_threshold = {}
     for threshold in NEAR_DUPLICATE_THRESHOLDS:

@@ -6,6 +6,7 @@ import importlib
 
 import pytest
 
+from apps.core.events import MODEL_MAX, decision_clean
 from apps.core.route import (
     ALIAS,
     ATTEMPT,
@@ -16,6 +17,7 @@ from apps.core.route import (
     KEPT,
     RULE,
     STRONG_ONLY,
+    Pruned,
     RouteDecision,
     Tried,
 )
@@ -93,3 +95,32 @@ def test_rows_the_gateway_did_not_route_get_no_decision() -> None:
     migration = importlib.import_module("apps.ledger.migrations.0007_ledgerentry_decision")
     for text in ("batch:batch_abc:sync", "imported from usage.csv; 40 requests", "canary:gpt-4o-mini 10%"):
         assert migration.decision_from_text(text) is None
+
+
+# Written after the decision column existed: never parsed back from text, so not among CASES.
+PRUNED = [
+    (
+        RouteDecision(kind=DIRECT, pruned=(Pruned("max_tokens", 4000, 300),)),
+        "direct;pruned:max_tokens(4000->300)",
+    ),
+    (
+        RULE_7.variant(unpriced=True, pruned=(Pruned("max_tokens", 0, 64), Pruned("history", 12, 5))),
+        "route:7:route;unpriced;pruned:max_tokens(0->64);pruned:history(12->5)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("decision", "text"), PRUNED)
+def test_what_pruning_trimmed_is_said_and_stored(decision: RouteDecision, text: str) -> None:
+    assert decision.text() == text
+    data = decision.as_json()
+    assert data is not None and data["pruned"][0] == {
+        "what": decision.pruned[0].what,
+        "before": decision.pruned[0].before,
+        "after": decision.pruned[0].after,
+    }
+    assert RouteDecision.from_json(data) == decision
+    # What the ingest keeps of it, hostile values fitted.
+    assert decision_clean(data) == data
+    hostile = {"kind": "direct", "pruned": [{"what": "x" * 999, "before": -5, "after": "many"}, "junk"]}
+    assert decision_clean(hostile) == {"kind": "direct", "pruned": [{"what": "x" * MODEL_MAX, "before": 0, "after": 0}]}

@@ -47,7 +47,7 @@ from apps.providers.services import alias_set
 from apps.reports.models import ExportJob
 from apps.reports.selectors import ExportQuery
 from apps.reports.services import export_job_create, export_job_run
-from apps.routing.models import RoutingRule
+from apps.routing.models import PrunePolicy, RoutingRule
 from apps.routing.services import rule_save
 from apps.tenancy.models import Membership, Project, Role, Team
 from apps.tenancy.services import project_create, team_create
@@ -229,6 +229,8 @@ def _kwargs(w: World) -> dict[str, dict[str, Any]]:
         "api-opportunity-apply": {"slug": slug, "opportunity_id": o["recommendation"]},
         "api-trials": {"slug": slug},
         "api-trial-stop": {"slug": slug, "pk": o["trial"].pk},
+        "opportunities:pruning": {"slug": slug},
+        "api-pruning": {"slug": slug},
         "deployments:api-deployment": {"pk": o["stopped"].pk},
         "deployments:api-deployment-start": {"pk": o["stopped"].pk},
         "deployments:api-deployment-stop": {"pk": o["running"].pk},
@@ -489,6 +491,12 @@ WRITES: dict[tuple[str, str], tuple[Expect, Callable[[World], Body]]] = {
     ("api-cache-policy", "PATCH"): (TEAM_WRITE, lambda w: {"ttl_seconds": 99}),
     ("api-cache-entry", "DELETE"): (TEAM_WRITE, lambda w: {}),
     ("api-cache-purge", "POST"): (TEAM_WRITE, lambda w: {}),
+    # Pruning policies (prune.manage: the owner and the project's lead).
+    ("opportunities:pruning", "POST"): (
+        TEAM_WRITE,
+        lambda w: {"feature": "support", "cap_enabled": "on", "max_tokens_cap": "300", "history_turns": "8"},
+    ),
+    ("api-pruning", "POST"): (TEAM_WRITE, lambda w: {"feature": "support", "history_enabled": True}),
     # Deployments.
     ("deployments:api-deployments", "POST"): (
         ORG_WRITE_NAMED,
@@ -594,6 +602,8 @@ READS: dict[str, Expect] = {
     "opportunities:project": PROJECT_READ,
     "api-opportunities": PROJECT_READ,
     "api-trials": PROJECT_READ,
+    "opportunities:pruning": PROJECT_READ,
+    "api-pruning": PROJECT_READ,
     "deployments:api-deployments": EVERYONE,
     "deployments:api-deployment": ORG_READ,
     "api-exports": EVERYONE,
@@ -677,6 +687,7 @@ def _fingerprint() -> list[Any]:
         list(CacheEntry.objects.order_by("pk").values_list("pk")),
         list(RoutingRule.objects.order_by("pk").values_list("pk", "name", "position")),
         list(Trial.objects.order_by("pk").values_list("pk", "state", "quality_target")),
+        list(PrunePolicy.objects.order_by("pk").values_list("pk", "cap_enabled", "history_enabled")),
         list(Deployment.objects.order_by("pk").values_list("pk", "status")),
         list(ExportJob.objects.order_by("pk").values_list("pk")),
         list(LedgerEntry.objects.order_by("pk").values_list("pk")),
