@@ -29,7 +29,8 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from django.db.models import Aggregate, Avg, Count, F, FloatField, IntegerField, Max, Q, QuerySet, Sum
+from django.db.models import Aggregate, Avg, Count, F, FloatField, IntegerField, Max, Q, QuerySet, Sum, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from apps.cache.models import CacheEntry
@@ -206,20 +207,25 @@ def near_duplicates(
     """
     upstream = rows.filter(cache_hit="").exclude(embedding_key="")
     totals = dict(upstream.values_list("feature").annotate(n=Count("id")).values_list("feature", "n"))
-    found = {}
-    for feature, total in totals.items():
-        picked = list(
-            upstream.filter(feature=feature)
-            .order_by("-created_at", "-id")
-            .values_list("embedding_key", "cache_key", "cost")[:sample]
-        )[::-1]
-        vectors = dict(
-            CacheEntry.objects.filter(project=project, exact_key__in={k for k, _, _ in picked}, embedding__isnull=False)
-            .values_list("exact_key", "embedding")
-        )  # fmt: skip
-        picked = [row for row in picked if row[0] in vectors]
-        found[feature] = _near_shares(picked, vectors, total)
-    return found
+    if not totals:
+        return {}
+    # Three queries whatever the number of features: counts, each feature's latest rows, their embeddings.
+    latest = Window(RowNumber(), partition_by=[F("feature")], order_by=[F("created_at").desc(), F("id").desc()])
+    picked: dict[str, list[tuple[str, str, Decimal]]] = defaultdict(list)
+    for feature, embedding_key, cache_key, cost in (
+        upstream.annotate(latest=latest).filter(latest__lte=sample).order_by("created_at", "id")
+        .values_list("feature", "embedding_key", "cache_key", "cost")
+    ):  # fmt: skip
+        picked[feature].append((embedding_key, cache_key, cost))
+    wanted = {key for rows_ in picked.values() for key, _, _ in rows_}
+    vectors = dict(
+        CacheEntry.objects.filter(project=project, exact_key__in=wanted, embedding__isnull=False)
+        .values_list("exact_key", "embedding")
+    )  # fmt: skip
+    return {
+        feature: _near_shares([row for row in picked[feature] if row[0] in vectors], vectors, total)
+        for feature, total in totals.items()
+    }
 
 
 def _near_shares(picked: list[tuple[str, str, Decimal]], vectors: dict[str, Any], total: int) -> NearDuplicates:

@@ -7,7 +7,9 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.cache.embedding import local_embedder
@@ -110,3 +112,18 @@ def test_the_page_and_api_show_the_shares_with_their_sample_size(people: People)
     assert page.status_code == 200 and b"(sample 7 of 7)" in page.content
     outsider = login(Client(), people.outsider)
     assert outsider.get(f"/api/projects/{slug}/opportunities/").status_code == 404
+
+
+def test_many_features_cost_as_many_queries_as_one(people: People) -> None:
+    tenant = people.tenant
+    _traffic(tenant)
+    now = timezone.now()
+    rows = replayable_rows(project=tenant.project, since=now - dt.timedelta(days=1), until=now)
+    with CaptureQueriesContext(connection) as one:
+        near_duplicates(project=tenant.project, rows=rows)
+    for feature in ("support", "billing", "search"):
+        _traffic(tenant, feature=feature, traffic=TRAFFIC[:3])
+    with CaptureQueriesContext(connection) as four:
+        found = near_duplicates(project=tenant.project, rows=rows)
+    assert len(found) == 4 and found["support"].sample_size == 3
+    assert len(four.captured_queries) == len(one.captured_queries) == 3
