@@ -15,6 +15,7 @@ import pytest
 
 from apps.budgets.models import BudgetScope
 from apps.budgets.services import budget_create
+from apps.cache.models import CachePolicy
 from apps.routing.services import prune_policy_save
 from tests.factories import Tenant, tenant_make
 from tests.gateway.helpers import ledger_row, sdk, wait_key_live, wait_policy
@@ -151,3 +152,19 @@ def test_another_tenants_project_is_untouched(gateway: str, tenant: Tenant, upst
     answer = raw.parse()
     assert raw.headers["x-route"] == "direct"
     assert answer.choices[0].message.content == STALE and answer.usage.completion_tokens > 3
+
+
+def test_a_pruned_request_answered_from_the_cache_keeps_its_pruned_note(
+    gateway: str, tenant: Tenant, client: openai.OpenAI
+) -> None:
+    CachePolicy.objects.create(project=tenant.project)
+    prune_policy_save(project=tenant.project, feature="summaries", changes={"cap_enabled": True, "max_tokens_cap": 3})
+    wait_policy(gateway, tenant.key.plaintext)
+    question = [{"role": "user", "content": "Summarise our cancellation policy."}]
+    first = _ask(client, "summaries", question, max_tokens=500)
+    assert first.headers["x-cache"] == "miss"
+    again = _ask(client, "summaries", question, max_tokens=500)
+    assert again.headers["x-cache"] == "hit-exact"
+    assert again.headers["x-route"].endswith(";pruned:max_tokens(500->3)")
+    row = ledger_row(again.headers["x-request-id"])
+    assert row.cache_hit == "exact" and row.decision["pruned"] == [{"what": "max_tokens", "before": 500, "after": 3}]

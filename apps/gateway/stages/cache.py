@@ -121,7 +121,8 @@ def hit_answer(call: Call, hit: CacheHit, requested: Target) -> dict[str, Any]:
             prompt_tokens=call.prompt_tokens, cached_tokens=0, completion_tokens=call.completion_tokens
         )
     # The cache answered, not the rule's model: the rule's figures stay about routing.
-    call.decision = route.RouteDecision(kind=route.CACHE, cache_hit=hit.kind)
+    # What pruning trimmed still shaped the request (and its cache key): the note stays.
+    call.decision = route.RouteDecision(kind=route.CACHE, cache_hit=hit.kind, pruned=call.decision.pruned)
     call.provider_id = None
     call.served_model = str(body.get("model") or requested.model)
     call.ttft_ms = call.elapsed_ms()
