@@ -95,11 +95,7 @@ class ControlPlaneCollector(Collector):
         )
 
     def _queues(self) -> Iterator[GaugeMetricFamily]:
-        broker = operations.broker_client()
-        try:
-            depths = operations.queue_depths(broker)
-        finally:
-            broker.close()
+        depths = operations.queue_depths()
         family = GaugeMetricFamily(
             "costcontrol_celery_queue_length", "Celery messages waiting in a queue.", labels=["queue"]
         )

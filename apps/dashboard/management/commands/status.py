@@ -41,6 +41,7 @@ class Command(BaseCommand):
         self.rows: list[tuple[str, str, str]] = []
         self._check("postgres", self._postgres)
         self._check("redis", self._redis)
+        self._check("celery broker", self._broker)
         self._check("streams", self._streams)
         self._check("celery", self._celery)
         self._check("roll-ups", self._rollups)
@@ -84,9 +85,11 @@ class Command(BaseCommand):
         info = client.info("memory")
         self._row("redis", OK, f"used memory {info.get('used_memory_human')}")
         self._row("policy version", OK, str(operations.policy_version(client)))
-        if settings.CELERY_BROKER_URL != settings.REDIS_URL:
-            operations.broker_client().ping()
-            self._row("celery broker", OK, "answers")
+
+    def _broker(self) -> None:
+        operations.broker_ping()
+        shared = " (the state Redis)" if settings.CELERY_BROKER_URL == settings.REDIS_URL else ""
+        self._row("celery broker", OK, f"{operations.broker_address()}{shared} answers")
 
     def _streams(self) -> None:
         for state in operations.stream_states(operations.redis_client()):
@@ -99,7 +102,7 @@ class Command(BaseCommand):
             )
 
     def _celery(self) -> None:
-        depths = operations.queue_depths(operations.broker_client())
+        depths = operations.queue_depths()
         self._row("celery queues", OK, ", ".join(f"{queue} {depth}" for queue, depth in depths.items()))
         replies = celery_app.control.ping(timeout=1.0)
         self._row("celery workers", OK if replies else DOWN, f"{len(replies)} answered a ping")
