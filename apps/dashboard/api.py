@@ -17,14 +17,17 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import ValidationError as ApiValidationError
+from rest_framework.pagination import BasePagination
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import APIView
 
 from apps.core.money import plain_amount
 from apps.dashboard.auth import token_expires_at, token_scope
 from apps.dashboard.models import TokenScope
 from apps.dashboard.services import api_token_revoke, api_token_rotate
+from apps.ledger.browse import PAGE_SIZE_MAX, InvalidCursor, LedgerCursor, LedgerPage, ledger_page
 from apps.ledger.models import LedgerEntry
 from apps.ledger.selectors import (
     BUCKETS,
@@ -62,6 +65,54 @@ class LedgerEntrySerializer(serializers.ModelSerializer):
         ]  # fmt: skip
 
 
+LEDGER_API_PAGE_SIZE = 100
+
+
+class LedgerCursorPagination(BasePagination):
+    """Keyset pages of the ledger: ``next``/``previous`` links carry an opaque cursor, never an offset.
+
+    No count: at a hundred million rows a count is the slow part. A cursor this server did not
+    issue, or a ``limit`` outside 1–500, is a 400 in the API's error shape.
+    """
+
+    def paginate_queryset(self, queryset: Any, request: Any, view: Any = None) -> list[LedgerEntry]:
+        params = request.query_params
+        cursor = None
+        try:
+            if params.get("cursor"):
+                cursor = LedgerCursor.from_token(params["cursor"])
+        except InvalidCursor:
+            raise ApiValidationError({"cursor": ["Not a cursor this API issued; start without one."]}) from None
+        limit = params.get("limit") or str(LEDGER_API_PAGE_SIZE)
+        if not limit.isdigit() or not 1 <= int(limit) <= PAGE_SIZE_MAX:
+            raise ApiValidationError({"limit": [f"A whole number from 1 to {PAGE_SIZE_MAX}."]})
+        self.request = request
+        self.page: LedgerPage = ledger_page(entries=queryset, cursor=cursor, size=int(limit))
+        return self.page.rows
+
+    def _link(self, cursor: LedgerCursor | None) -> str | None:
+        if cursor is None:
+            return None
+        return self.request.build_absolute_uri(
+            replace_query_param(self.request.get_full_path(), "cursor", cursor.token())
+        )
+
+    def get_paginated_response(self, data: Any) -> Response:
+        return Response({"next": self._link(self.page.older), "previous": self._link(self.page.newer), "results": data})
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        link = {"type": "string", "nullable": True, "format": "uri"}
+        return {"type": "object", "properties": {"next": link, "previous": link, "results": schema}}
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        return [
+            {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
+             "description": "Opaque: the next or previous link's cursor"},
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_SIZE_MAX, "default": LEDGER_API_PAGE_SIZE}},
+        ]  # fmt: skip
+
+
 @extend_schema(
     parameters=[
         _PROJECT,
@@ -74,7 +125,10 @@ class LedgerEntrySerializer(serializers.ModelSerializer):
     ]
 )
 class LedgerList(generics.ListAPIView):
+    """Ledger rows newest first, a page per cursor (``next`` goes older, ``previous`` newer)."""
+
     serializer_class = LedgerEntrySerializer
+    pagination_class = LedgerCursorPagination
 
     def get_queryset(self) -> QuerySet[LedgerEntry]:
         params = self.request.query_params

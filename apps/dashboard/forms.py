@@ -165,7 +165,13 @@ class PriceForm(forms.Form):
 STATUS_CHOICES = [("", "any"), ("ok", "ok"), ("error", "error")]
 
 
+LEDGER_DEFAULT_DAYS = 7
+
+
 class LedgerFilterForm(forms.Form):
+    """The ledger page's and its export's filters. "From" defaults to a week ago, so a bare visit reads
+    one or two monthly partitions; clearing it (an empty ``date_from``) asks for every day."""
+
     project = forms.ChoiceField(required=False)
     key = forms.CharField(required=False, label="Key", help_text="Its name, or its id (cc_live_…)")
     model = forms.CharField(required=False)
@@ -176,16 +182,23 @@ class LedgerFilterForm(forms.Form):
     date_from = forms.DateField(required=False, widget=DateInput(), label="From")
     date_to = forms.DateField(required=False, widget=DateInput(), label="To")
 
-    def __init__(self, *args: Any, projects: list[Project], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, data: Any, *, projects: list[Project], today: dt.date) -> None:
+        self.default_from = today - dt.timedelta(days=LEDGER_DEFAULT_DAYS - 1)
+        data = data.copy()
+        if "date_from" not in data:
+            data["date_from"] = self.default_from.isoformat()
+        super().__init__(data)
         form_field(self, "project", forms.ChoiceField).choices = [("", "all projects")] + [
             (p.slug, f"{p.organization.name} / {p.name}") for p in projects
         ]
 
     def to_filters(self) -> LedgerFilters:
-        """The filters to apply; call after ``is_valid()``. Invalid fields are ignored, not guessed."""
+        """The filters to apply; call after ``is_valid()``. Invalid fields are ignored, not guessed
+        (an invalid "From" falls back to the default week, never to every day)."""
         data = self.cleaned_data if hasattr(self, "cleaned_data") else {}
         date_from: dt.date | None = data.get("date_from")
+        if "date_from" in self.errors:
+            date_from = self.default_from
         date_to: dt.date | None = data.get("date_to")
         return LedgerFilters(
             project=data.get("project") or "",

@@ -18,7 +18,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.core.paginator import Paginator
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -44,12 +43,12 @@ from apps.dashboard.selectors import Overview, OverviewScope, overview_for, over
 from apps.dashboard.services import api_token_revoke, api_token_rotate
 from apps.keys.models import ApiKey
 from apps.keys.services import key_issue, key_revoke
+from apps.ledger.browse import InvalidCursor, LedgerCursor, ledger_page, ledger_page_totals
 from apps.ledger.selectors import (
     GROUP_BY_LABELS,
     OTHER,
     ledger_entries,
     ledger_export_rows,
-    ledger_totals,
     spend_by_project,
 )
 from apps.providers.models import Provider
@@ -368,7 +367,7 @@ def price_new(request: HttpRequest, org_slug: str, pk: int) -> HttpResponse:
 
 
 def _ledger_filter_form(request: HttpRequest) -> LedgerFilterForm:
-    form = LedgerFilterForm(request.GET or None, projects=list(projects_for(user=request.user)))
+    form = LedgerFilterForm(request.GET, projects=list(projects_for(user=request.user)), today=timezone.localdate())
     form.is_valid()
     return form
 
@@ -376,11 +375,27 @@ def _ledger_filter_form(request: HttpRequest) -> LedgerFilterForm:
 @login_required
 @require_GET
 def ledger(request: HttpRequest) -> HttpResponse:
+    """One page of the ledger from a cursor (newest first without one), and the filtered totals.
+
+    Neither reads the whole filtered range (apps/ledger/browse.py). A cursor this server did not
+    issue is answered 400 with the newest page and a note; it never reaches the query.
+    """
     form = _ledger_filter_form(request)
-    entries = ledger_entries(user=request.user, filters=form.to_filters())
-    page = Paginator(entries.select_related("project", "api_key"), LEDGER_PAGE_SIZE).get_page(request.GET.get("page"))
-    context = {"form": form, "page": page, "totals": ledger_totals(entries=entries)}
-    return render(request, "dashboard/ledger.html", context)
+    filters = form.to_filters()
+    cursor, cursor_error = None, ""
+    if token := request.GET.get("cursor", ""):
+        try:
+            cursor = LedgerCursor.from_token(token)
+        except InvalidCursor:
+            cursor_error = "That page link is not valid (altered, or from another server); showing the newest rows."
+    entries = ledger_entries(user=request.user, filters=filters).select_related("project", "api_key")
+    context = {
+        "form": form,
+        "page": ledger_page(entries=entries, cursor=cursor, size=LEDGER_PAGE_SIZE),
+        "totals": ledger_page_totals(user=request.user, filters=filters),
+        "cursor_error": cursor_error,
+    }
+    return render(request, "dashboard/ledger.html", context, status=400 if cursor_error else 200)
 
 
 @login_required

@@ -199,7 +199,7 @@ def test_overview_splits_spend_by_endpoint(client: Client, people: People) -> No
     assert {row["row"].key: row["row"].cost for row in top["rows"]} == {e: Decimal(c) for e, c in costs.items()}
     link = next(row["link"] for row in top["rows"] if row["row"].key == "responses")
     ledger = client.get(link)
-    assert [entry.endpoint for entry in ledger.context["page"]] == ["responses"]
+    assert [entry.endpoint for entry in ledger.context["page"].rows] == ["responses"]
 
 
 def test_overview_ignores_bad_input(client: Client, people: People) -> None:

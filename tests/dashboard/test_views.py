@@ -423,7 +423,7 @@ def test_outsider_filtering_by_another_orgs_project_sees_nothing(client: Client,
     html = response.content.decode()
     assert response.status_code == 200
     assert "secret-feature" not in html and "No requests match." in html
-    assert response.context["totals"].requests == 0
+    assert response.context["totals"].totals.requests == 0
     export = client.get(reverse("dashboard:ledger-export"), {"project": people.tenant.project.slug})
     assert len(list(csv.reader(io.StringIO(b"".join(export.streaming_content).decode())))) == 1
 
@@ -465,8 +465,8 @@ def test_ledger_filters_narrow_results(
     }
     login(client, people.member)
     response = client.get(reverse("dashboard:ledger"), params)
-    assert {entry.request_id for entry in response.context["page"]} == expected
-    assert response.context["totals"].requests == len(expected)
+    assert {entry.request_id for entry in response.context["page"].rows} == expected
+    assert response.context["totals"].totals.requests == len(expected)
 
 
 def test_ledger_totals_and_pagination(client: Client, people: People) -> None:
@@ -476,12 +476,13 @@ def test_ledger_totals_and_pagination(client: Client, people: People) -> None:
                    completion_tokens=5, cost=Decimal("0.000100"), counterfactual_cost=Decimal("0.000300"))  # fmt: skip
     login(client, people.owner)
     first = client.get(reverse("dashboard:ledger"))
-    totals = first.context["totals"]
+    totals = first.context["totals"].totals
     assert (totals.requests, totals.prompt_tokens, totals.completion_tokens) == (55, 550, 275)
     assert totals.cost == Decimal("0.0055") and totals.saved == Decimal("0.011")
-    assert len(first.context["page"]) == 50 and "Page 1 of 2" in first.content.decode()
-    second = client.get(reverse("dashboard:ledger"), {"page": 2})
-    assert len(second.context["page"]) == 5
+    page = first.context["page"]
+    assert len(page.rows) == 50 and page.newer is None and "Older →" in first.content.decode()
+    second = client.get(reverse("dashboard:ledger"), {"cursor": page.older.token()})
+    assert len(second.context["page"].rows) == 5 and second.context["page"].older is None
 
 
 @pytest.mark.parametrize("rows", [3, 30])
@@ -493,7 +494,7 @@ def test_ledger_query_count_independent_of_rows(
     login(client, people.owner)
     with django_assert_max_num_queries(10):
         response = client.get(reverse("dashboard:ledger"), {"feature": ""})
-    assert len(response.context["page"]) == rows
+    assert len(response.context["page"].rows) == rows
 
 
 def test_csv_export_streams_header_and_filtered_rows(client: Client, people: People) -> None:
