@@ -4,7 +4,9 @@
     python manage.py bench_ledger --reuse bench-ledger-…    # measure the kept rows again
 
 Rows go to a throwaway organisation with five projects, spread over the last year (so over thirteen
-month partitions), in chunks of a million rows (one transaction each). Each measurement prints its
+month partitions), in chunks of a million rows (one transaction each). Their roll-ups are then made
+in one SQL pass (what the roll-up task would have written, latency histograms left empty) and the
+roll-up watermark set to now, as on a deployment whose roll-ups keep up. Each measurement prints its
 median over ``--runs`` and the plan of its main query (EXPLAIN ANALYZE, BUFFERS).
 """
 
@@ -30,14 +32,53 @@ from apps.budgets.models import Budget, BudgetScope
 from apps.budgets.selectors import budget_spent_usd
 from apps.dashboard.management.commands.bench_dashboard import LOAD_SQL
 from apps.keys.services import key_issue
-from apps.ledger.models import LedgerEntry
+from apps.ledger.browse import LedgerCursor, ledger_page, ledger_page_totals
+from apps.ledger.models import (
+    HISTOGRAM_EDGES_MS,
+    LedgerEntry,
+    ProjectHourlyRollup,
+    RollupWatermark,
+    SliceHourlyRollup,
+)
 from apps.ledger.partitions import month_start, partition_create
-from apps.ledger.selectors import LedgerFilters, ledger_entries, ledger_totals
+from apps.ledger.selectors import LedgerFilters, ledger_entries
 from apps.tenancy.models import Organization, Project
 from apps.tenancy.services import organization_create, project_create
 
 CHUNK = 1_000_000
 YEAR = 365 * 86400
+EXPORT_FIRST_BYTES = 1 << 20
+
+# The bench organisation's project and end-user roll-ups, from one pass over its rows (a
+# data-modifying CTE feeds both tables). Histograms stay empty: nothing here reads them.
+ROLLUP_SQL = """
+WITH hours AS MATERIALIZED (
+    SELECT date_trunc('hour', created_at) AS hour, organization_id, project_id, end_user,
+           sum(request_count) AS requests, count(*) FILTER (WHERE status_code >= 400) AS errors,
+           count(*) FILTER (WHERE cache_hit <> '') AS cache_hits, sum(prompt_tokens) AS prompt_tokens,
+           sum(cached_tokens) AS cached_tokens, sum(completion_tokens) AS completion_tokens,
+           sum(cost) AS cost, sum(counterfactual_cost) AS counterfactual_cost
+    FROM ledger_ledgerentry WHERE organization_id = %(org)s
+    GROUP BY 1, 2, 3, 4
+), projects AS (
+    INSERT INTO ledger_projecthourlyrollup (
+        hour, organization_id, project_id, requests, errors, cache_hits, prompt_tokens, cached_tokens,
+        completion_tokens, cost, counterfactual_cost, timed_count, streamed_count, latency_ms_sum,
+        latency_hist, ttft_ms_sum, ttft_count, ttft_hist
+    )
+    SELECT hour, organization_id, project_id, sum(requests), sum(errors), sum(cache_hits), sum(prompt_tokens),
+           sum(cached_tokens), sum(completion_tokens), sum(cost), sum(counterfactual_cost), 0, 0, 0,
+           array_fill(0, ARRAY[%(buckets)s]), 0, 0, array_fill(0, ARRAY[%(buckets)s])
+    FROM hours GROUP BY 1, 2, 3
+)
+INSERT INTO ledger_slicehourlyrollup (
+    hour, organization_id, project_id, dimension, value, api_key_id, requests, errors, cache_hits,
+    prompt_tokens, cached_tokens, completion_tokens, cost, counterfactual_cost
+)
+SELECT hour, organization_id, project_id, 'end_user', end_user, NULL, requests, errors, cache_hits,
+       prompt_tokens, cached_tokens, completion_tokens, cost, counterfactual_cost
+FROM hours
+"""
 
 
 class Command(BaseCommand):
@@ -97,7 +138,17 @@ class Command(BaseCommand):
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE ledger_ledgerentry")
         self.stdout.write(f"loaded {rows:,} ledger rows in {time.perf_counter() - started:.0f} s")
+        self._roll_up(org)
         return org, owner
+
+    def _roll_up(self, org: Organization) -> None:
+        started = time.perf_counter()
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(ROLLUP_SQL, {"org": org.pk, "buckets": len(HISTOGRAM_EDGES_MS)})
+            now = timezone.now()
+            if not RollupWatermark.objects.update(ingested_before=now):
+                RollupWatermark.objects.create(ingested_before=now)
+        self.stdout.write(f"rolled up in {time.perf_counter() - started:.0f} s")
 
     def _time(self, label: str, work: Callable[[], object], plan: QuerySet[Any] | None = None) -> None:
         timings, result = [], None
@@ -132,18 +183,60 @@ class Command(BaseCommand):
 
             return get
 
-        everything = ledger_entries(user=owner)
-        self._time("ledger page, no filter (all rows), bytes", page({}), plan=everything[:50])
-        self._time("  its totals query", lambda: ledger_totals(entries=everything).requests)
-        self._time("  its count query (paginator)", lambda: everything.count())
-        week = ledger_entries(user=owner, filters=LedgerFilters(since=timezone.now() - dt.timedelta(days=7)))
-        self._time("ledger page, last 7 days, bytes", page({"date_from": last_week.isoformat()}), plan=week.order_by())
-        user = ledger_entries(user=owner, filters=LedgerFilters(end_user="user-7", project=project.slug))
+        def cursor_after(filters: LedgerFilters) -> str:
+            """Where the first page of ``filters`` ends, as its "Older" link carries it."""
+            first = ledger_page(entries=ledger_entries(user=owner, filters=filters), cursor=None, size=50)
+            return first.older.token() if first.older else ""
+
+        def plan(filters: LedgerFilters) -> QuerySet[Any]:
+            return ledger_entries(user=owner, filters=filters).order_by("-created_at", "-id")[:51]
+
+        week_start = dt.datetime.combine(now.date() - dt.timedelta(days=6), dt.time.min, tzinfo=dt.UTC)
+        week = LedgerFilters(since=week_start)  # what a bare visit asks: from midnight six days ago
+        self._time("ledger page, bare (default: last 7 days), bytes", page({}), plan=plan(week))
+        self._time("  its totals (roll-ups)", lambda: ledger_page_totals(user=owner, filters=week).totals.requests)
+        self._time("ledger page, all days (From cleared), bytes", page({"date_from": ""}), plan=plan(LedgerFilters()))
         self._time(
-            "ledger page, one project and end user, bytes",
-            page({"project": project.slug, "end_user": "user-7"}),
-            plan=user[:50],
+            "  its totals (roll-ups)", lambda: ledger_page_totals(user=owner, filters=LedgerFilters()).totals.requests
         )
+        older = {"date_from": "", "cursor": cursor_after(LedgerFilters())}
+        self._time("ledger page, all days, next page by cursor, bytes", page(older))
+        deep = {
+            "date_from": "",
+            "cursor": LedgerCursor(created_at=now - dt.timedelta(days=200), id=0, newer=False).token(),
+        }
+        self._time("ledger page, all days, a cursor 200 days back, bytes", page(deep))
+        one_user = {"project": project.slug, "end_user": "user-10", "date_from": ""}
+        user_filters = LedgerFilters(project=project.slug, end_user="user-10")
+        one_user_older = {**one_user, "cursor": cursor_after(user_filters)}
+        self._time("ledger page, one project and end user, all days, bytes", page(one_user), plan=plan(user_filters))
+        self._time(
+            "  its totals (end-user roll-ups)",
+            lambda: ledger_page_totals(user=owner, filters=user_filters).totals.requests,
+        )
+        self._time("  its next page by cursor, bytes", page(one_user_older))
+        fine = {"project": project.slug, "end_user": "user-10", "feature": "support-chat", "date_from": ""}
+        fine_filters = LedgerFilters(project=project.slug, end_user="user-10", feature="support-chat")
+        self._time("ledger page, end user and feature, all days (capped totals), bytes", page(fine))
+        self._time("  its capped totals", lambda: ledger_page_totals(user=owner, filters=fine_filters).totals.requests)
+        # The worst case: filters no row matches (this user never errs) read the whole range, page and totals.
+        none = {"project": project.slug, "end_user": "user-10", "status": "error", "date_from": ""}
+        self._time("ledger page, a filter matching nothing, all days (worst case), bytes", page(none))
+
+        def export_first_mb(params: dict[str, str]) -> Callable[[], str]:
+            def first_mb() -> str:
+                started, size = time.perf_counter(), 0
+                response = client.get(reverse("dashboard:ledger-export"), params)
+                for chunk in response.streaming_content:  # type: ignore[attr-defined]
+                    size += len(chunk)
+                    if size >= EXPORT_FIRST_BYTES:
+                        break
+                response.close()
+                return f"{size:,} bytes in {(time.perf_counter() - started) * 1000:,.0f} ms"
+
+            return first_mb
+
+        self._time("export CSV, all rows, first MB", export_first_mb({"date_from": ""}))
 
         def export() -> str:
             started, count = time.perf_counter(), 0
@@ -176,6 +269,8 @@ class Command(BaseCommand):
     def _clean_up(self, *, org: Organization, owner: User) -> None:
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM ledger_ledgerentry WHERE organization_id = %s", [org.pk])
+        ProjectHourlyRollup.objects.filter(organization_id=org.pk).delete()
+        SliceHourlyRollup.objects.filter(organization_id=org.pk).delete()
         org.delete()
         owner.delete()
         self.stdout.write("cleaned up")
