@@ -13,6 +13,7 @@ from apps.audit.forms import AuditFilterForm
 from apps.audit.selectors import audit_events_for, audit_export_rows
 from apps.tenancy.permissions import Action, can_anywhere
 from costcontrol.spreadsheet import csv_lines
+from costcontrol.streaming import streaming_response
 
 PAGE_SIZE = 50
 
@@ -39,8 +40,8 @@ def audit_log(request: HttpRequest) -> HttpResponse:
 def audit_export(request: HttpRequest) -> StreamingHttpResponse:
     form = _form(request)
     events = audit_events_for(user=request.user, filters=form.to_filters())
-    response = StreamingHttpResponse(
-        csv_lines(audit_export_rows(events=events)), content_type="text/csv; charset=utf-8"
+    response = streaming_response(
+        request, csv_lines(audit_export_rows(events=events)), content_type="text/csv; charset=utf-8"
     )
     response["Content-Disposition"] = 'attachment; filename="audit-log.csv"'
     return response

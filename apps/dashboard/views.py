@@ -61,6 +61,7 @@ from apps.tenancy.selectors import memberships_for, organizations_for, projects_
 from apps.tenancy.services import project_create, project_set_default_provider
 from costcontrol.forms import add_service_errors, date_presets
 from costcontrol.spreadsheet import csv_lines
+from costcontrol.streaming import streaming_response
 
 LEDGER_PAGE_SIZE = 50
 
@@ -403,8 +404,8 @@ def ledger(request: HttpRequest) -> HttpResponse:
 def ledger_export(request: HttpRequest) -> StreamingHttpResponse:
     form = _ledger_filter_form(request)
     entries = ledger_entries(user=request.user, filters=form.to_filters())
-    response = StreamingHttpResponse(
-        csv_lines(ledger_export_rows(entries=entries)), content_type="text/csv; charset=utf-8"
+    response = streaming_response(
+        request, csv_lines(ledger_export_rows(entries=entries)), content_type="text/csv; charset=utf-8"
     )
     response["Content-Disposition"] = 'attachment; filename="ledger.csv"'
     return response

@@ -44,6 +44,7 @@ from apps.tenancy.permissions import Action, can_anywhere, require
 from apps.tenancy.selectors import organizations_for
 from costcontrol.forms import date_presets
 from costcontrol.spreadsheet import csv_lines
+from costcontrol.streaming import streaming_response
 
 # Above this many ledger rows in the range, the report offers a background export first.
 DIRECT_EXPORT_MAX_ROWS = 50_000
@@ -160,7 +161,7 @@ def _stream(request: HttpRequest, kind: str) -> HttpResponse | StreamingHttpResp
     org, query = parsed
     rows, _sized = export_rows(kind=kind, user=request.user, organization=org, query=query)
     name = query.file_name(kind=kind, organization_slug=org.slug)
-    response = StreamingHttpResponse(csv_lines(rows), content_type="text/csv; charset=utf-8")
+    response = streaming_response(request, csv_lines(rows), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response
 

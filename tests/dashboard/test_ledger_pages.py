@@ -257,3 +257,42 @@ def test_the_export_streams_from_a_server_side_cursor(client: Client, people: Pe
     assert open_cursors == [(False,)]
     assert len(list(stream)) == 4
     response.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_served_by_uvicorn_the_export_streams_while_its_cursor_is_still_open(client: Client, people: People) -> None:
+    from urllib.request import Request, urlopen
+
+    from django.db import connection
+
+    from apps.dashboard.management.commands.bench_dashboard import LOAD_SQL
+    from tests import live
+
+    rows = 30_000  # about 6 MB of CSV: more than socket buffers hold, so the server must wait for the reader
+    params = {"tag": "stream", "rows": rows, "first": 1, "last": rows, "span": 5 * 86400, "org": people.tenant.org.pk,
+              "projects": [people.tenant.project.pk], "key": people.tenant.key.api_key.pk}  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(LOAD_SQL, params)
+    login(client, people.owner)
+    server, base = live.start_gateway()  # the same ASGI app serves the dashboard
+    try:
+        request = Request(
+            base.removesuffix("/v1") + "/ledger/export.csv",
+            headers={"Cookie": f"{client.cookies['sessionid'].key}={client.cookies['sessionid'].value}"},
+        )
+        with urlopen(request, timeout=60) as response:  # noqa: S310 (loopback test server)
+            first = response.read(64 * 1024)
+            assert first.startswith(b"request_id,")
+            # The first bytes arrived while the server's export transaction still holds its cursor open;
+            # a body read whole before sending would have committed and closed it first.
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND state = 'idle in transaction' AND query LIKE 'FETCH%%'"
+                )
+                (open_exports,) = cursor.fetchone()
+            rest = response.read()
+        assert open_exports == 1, server.output()
+        assert (first + rest).count(b"\n") == rows + 1
+    finally:
+        server.stop()
