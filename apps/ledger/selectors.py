@@ -127,7 +127,8 @@ class LedgerTotals:
     @classmethod
     def from_aggregate(cls, row: dict[str, Any]) -> LedgerTotals:
         """From ``aggregate(**totals_aggregates(…))`` over ledger rows or roll-ups (None when nothing matched)."""
-        return cls(**{name: row[f"total_{name}"] or zero for name, zero in TOTALS_ZEROS.items()})
+        values: dict[str, Any] = {name: row[f"total_{name}"] or zero for name, zero in TOTALS_ZEROS.items()}
+        return cls(**values)
 
     def __add__(self, other: LedgerTotals) -> LedgerTotals:
         return LedgerTotals(
