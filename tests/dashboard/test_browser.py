@@ -133,6 +133,13 @@ def test_owner_budgets_overview_drilldown_and_export(page: Any, live_server: Any
         project=tenant.project, feature="support-chat", created_at__date=timezone.localdate()
     ).count()
     assert rows.count() == expected == 3
+    # At 1440 px every column, the route and status included, is on screen: the table needs no sideways scroll.
+    assert page.viewport_size["width"] == 1440
+    fits = (
+        "() => { const box = document.querySelector('table.ledger').parentElement;"
+        " return box.scrollWidth <= box.clientWidth; }"
+    )
+    assert page.evaluate(fits)
     shot(page, "ledger")
 
     # Export what the filter shows.
