@@ -3,11 +3,13 @@
 Publishes N realistic events to a ledger stream of its own (a separate Redis prefix, so a running
 gateway's stream is untouched), then times the real consumer function (``ledger_ingest_batch``:
 read, clean, insert, acknowledge) draining it, and checks that every event became exactly one row.
-The rows belong to a throw-away organisation and are deleted afterwards.
+The rows belong to a throw-away organisation and are deleted afterwards. ``--consumers N`` drains with N
+processes in the one consumer group, as N ``ingest_ledger`` processes would share a stream.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 import uuid
@@ -17,7 +19,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import connection
+from django.db import connection, connections
 
 from apps.core.events import EVENT_FIELD
 from apps.ledger.models import LedgerEntry
@@ -71,6 +73,29 @@ def _backend_cpu() -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _drain(consumer: str, batch: int, out: Any) -> None:
+    """One consumer process: read, store and acknowledge until the stream has nothing new for it."""
+    client = redis_client()
+    handled, cpu = 0, time.process_time()
+    while step := ledger_ingest_batch(client=client, consumer=consumer, count=batch, block_ms=0):
+        handled += step
+    out.put((handled, time.process_time() - cpu))
+
+
+def _drain_in_processes(consumers: int, batch: int) -> tuple[int, float]:
+    """Entries handled and consumer CPU seconds, over ``consumers`` forked processes."""
+    connections.close_all()  # each child opens its own connection; none inherits the parent's socket
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    procs = [context.Process(target=_drain, args=(f"bench-{i}", batch, out)) for i in range(consumers)]
+    for proc in procs:
+        proc.start()
+    results = [out.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return sum(r[0] for r in results), sum(r[1] for r in results)
+
+
 class Command(BaseCommand):
     help = "Benchmark ledger ingest (Redis stream → Postgres) in rows per second."
 
@@ -78,6 +103,7 @@ class Command(BaseCommand):
         parser.add_argument("--events", type=int, default=100_000)
         parser.add_argument("--batch-size", type=int, default=2000, help="entries per read, as ingest_ledger's")
         parser.add_argument("--runs", type=int, default=3)
+        parser.add_argument("--consumers", type=int, default=1, help="consumer processes sharing the stream")
 
     def handle(self, *args: Any, **options: Any) -> None:
         settings.REDIS_PREFIX = PREFIX
@@ -100,21 +126,27 @@ class Command(BaseCommand):
                     for i in range(start, min(start + 5000, n)):
                         pipe.xadd(ledger_stream(), {EVENT_FIELD: orjson.dumps(_event(org.id, project.id, i, now))})
                     pipe.execute()
-                db = _backend_cpu()
+                consumers = max(options["consumers"], 1)
+                db = _backend_cpu() if consumers == 1 else None  # the backends of N children are not ours to read
                 wall, cpu = time.perf_counter(), time.process_time()
                 handled = 0
-                while step := ledger_ingest_batch(client=client, consumer="bench", count=batch, block_ms=0):
-                    handled += step
-                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-                db_after = _backend_cpu()
+                if consumers == 1:
+                    while step := ledger_ingest_batch(client=client, consumer="bench", count=batch, block_ms=0):
+                        handled += step
+                    cpu = time.process_time() - cpu
+                else:
+                    handled, cpu = _drain_in_processes(consumers, batch)
+                wall = time.perf_counter() - wall
+                db_after = _backend_cpu() if db is not None else None
                 stored = LedgerEntry.objects.filter(organization_id=org.id).count()
                 if handled != n or stored != n:
                     raise CommandError(f"run {run}: {handled} entries handled and {stored} rows stored of {n}")
                 rates.append(n / wall)
-                postgres = "" if db is None or db_after is None else f", Postgres {(db_after - db) / n * 1e6:.0f}"
+                postgres = "" if db is None or db_after is None else f", Postgres {(db_after - db) / n * 1e6:.0f} µs"
                 self.stdout.write(
                     f"run {run}: {n} rows in {wall:.2f} s = {n / wall:,.0f} rows/s "
-                    f"(CPU per row: consumer {cpu / n * 1e6:.0f} µs{postgres} µs; batch {batch})"
+                    f"(CPU per row: consumer {cpu / n * 1e6:.0f} µs{postgres}; batch {batch}; "
+                    f"{consumers} consumer{'s' if consumers > 1 else ''})"
                 )
                 LedgerEntry.objects.filter(organization_id=org.id).delete()
         finally:
