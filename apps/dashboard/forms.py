@@ -159,6 +159,19 @@ class PriceForm(forms.Form):
         help_text="Blank: same as output",
         **MONEY,
     )
+    flex_input_per_mtok = forms.DecimalField(label="Flex input", required=False, **MONEY)
+    flex_cached_input_per_mtok = forms.DecimalField(label="Flex cached input", required=False, **MONEY)
+    flex_output_per_mtok = forms.DecimalField(
+        label="Flex output", required=False, help_text="All three flex prices or none (standard prices)", **MONEY
+    )
+    priority_input_per_mtok = forms.DecimalField(label="Priority input", required=False, **MONEY)
+    priority_cached_input_per_mtok = forms.DecimalField(label="Priority cached input", required=False, **MONEY)
+    priority_output_per_mtok = forms.DecimalField(
+        label="Priority output", required=False, help_text="All three priority prices or none", **MONEY
+    )
+    reasoning_per_mtok = forms.DecimalField(
+        label="Reasoning", required=False, help_text="Blank: reasoning tokens bill as output", **MONEY
+    )
     effective_from = forms.DateField(widget=DateInput(), initial=dt.date.today)
 
 

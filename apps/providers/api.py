@@ -124,8 +124,22 @@ class PriceSerializer(serializers.ModelSerializer):
         model = Price
         fields = [
             "id", "provider", "model", "input_per_mtok", "cached_input_per_mtok", "output_per_mtok",
-            "cache_write_per_mtok", "batch_input_per_mtok", "batch_output_per_mtok", "effective_from", "created_at",
+            "cache_write_per_mtok", "batch_input_per_mtok", "batch_output_per_mtok",
+            "flex_input_per_mtok", "flex_cached_input_per_mtok", "flex_output_per_mtok",
+            "priority_input_per_mtok", "priority_cached_input_per_mtok", "priority_output_per_mtok",
+            "reasoning_per_mtok", "effective_from", "created_at",
         ]  # fmt: skip
+
+
+def _tier_money(tier: str) -> serializers.DecimalField:
+    return serializers.DecimalField(
+        **MONEY,
+        min_value=Decimal(0),
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text=f"All three {tier} prices or none; none: the {tier} tier bills at the standard prices",
+    )
 
 
 class PriceSetSerializer(serializers.Serializer):
@@ -137,6 +151,16 @@ class PriceSetSerializer(serializers.Serializer):
     batch_input_per_mtok = _optional_money("input")
     batch_output_per_mtok = _optional_money("output")
     cache_write_per_mtok = _optional_money("input")
+    flex_input_per_mtok = _tier_money("flex")
+    flex_cached_input_per_mtok = _tier_money("flex")
+    flex_output_per_mtok = _tier_money("flex")
+    priority_input_per_mtok = _tier_money("priority")
+    priority_cached_input_per_mtok = _tier_money("priority")
+    priority_output_per_mtok = _tier_money("priority")
+    reasoning_per_mtok = serializers.DecimalField(
+        **MONEY, min_value=Decimal(0), required=False, allow_null=True, default=None,
+        help_text="Where reasoning tokens are priced apart from output; default: billed as output",
+    )  # fmt: skip
     effective_from = serializers.DateField()
 
 

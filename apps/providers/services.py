@@ -159,9 +159,28 @@ def price_set(
     batch_input_per_mtok: Decimal | None = None,
     batch_output_per_mtok: Decimal | None = None,
     cache_write_per_mtok: Decimal | None = None,
+    flex_input_per_mtok: Decimal | None = None,
+    flex_cached_input_per_mtok: Decimal | None = None,
+    flex_output_per_mtok: Decimal | None = None,
+    priority_input_per_mtok: Decimal | None = None,
+    priority_cached_input_per_mtok: Decimal | None = None,
+    priority_output_per_mtok: Decimal | None = None,
+    reasoning_per_mtok: Decimal | None = None,
     effective_from: dt.date,
 ) -> Price:
-    """Set the price of ``model`` from ``effective_from`` on; earlier ledger rows keep earlier prices."""
+    """Set the price of ``model`` from ``effective_from`` on; earlier ledger rows keep earlier prices.
+
+    A flex or priority tier is priced with all three of its prices or none (then it bills at the standard
+    prices); reasoning left empty bills as output."""
+    tiers = {
+        "flex": (flex_input_per_mtok, flex_cached_input_per_mtok, flex_output_per_mtok),
+        "priority": (priority_input_per_mtok, priority_cached_input_per_mtok, priority_output_per_mtok),
+    }
+    for tier, rates in tiers.items():
+        if any(rate is not None for rate in rates) and any(rate is None for rate in rates):
+            raise ValidationError(
+                {f"{tier}_input_per_mtok": f"Give all three {tier} prices (input, cached input, output), or none."}
+            )
     with transaction.atomic():
         price, before = _price_for_update(provider=provider, model=model, effective_from=effective_from)
         price.input_per_mtok = input_per_mtok
@@ -170,6 +189,10 @@ def price_set(
         price.batch_input_per_mtok = input_per_mtok if batch_input_per_mtok is None else batch_input_per_mtok
         price.batch_output_per_mtok = output_per_mtok if batch_output_per_mtok is None else batch_output_per_mtok
         price.cache_write_per_mtok = cache_write_per_mtok
+        price.flex_input_per_mtok, price.flex_cached_input_per_mtok, price.flex_output_per_mtok = tiers["flex"]
+        (price.priority_input_per_mtok, price.priority_cached_input_per_mtok,
+         price.priority_output_per_mtok) = tiers["priority"]  # fmt: skip
+        price.reasoning_per_mtok = reasoning_per_mtok
         price.full_clean()
         price.save()
         audit_saved(obj=price, before=before)

@@ -381,6 +381,24 @@ def test_price_add_creates_a_new_effective_dated_row(client: Client, people: Peo
     assert invalid.status_code == 200 and "greater than or equal to 0" in invalid.content.decode()
 
 
+def test_the_price_form_sets_tier_and_reasoning_prices_all_of_a_tier_or_none(client: Client, people: People) -> None:
+    login(client, people.owner)
+    provider = people.tenant.provider
+    url = reverse("dashboard:price-new", kwargs={"org_slug": people.tenant.org.slug, "pk": provider.pk})
+    prefix = f"p{provider.pk}-"
+    fields = {"model": "o4-mini", "input_per_mtok": "1.1", "output_per_mtok": "4.4", "effective_from": "2030-01-01"}
+    half = {**fields, "priority_input_per_mtok": "2", "priority_output_per_mtok": "8"}
+    refused = client.post(url, {prefix + name: value for name, value in half.items()})
+    assert refused.status_code == 200 and "Give all three priority prices" in refused.content.decode()
+    assert not Price.objects.filter(provider=provider, model="o4-mini", effective_from=dt.date(2030, 1, 1)).exists()
+    full = {**half, "priority_cached_input_per_mtok": "0.5", "reasoning_per_mtok": "5"}
+    assert client.post(url, {prefix + name: value for name, value in full.items()}).status_code == 302
+    row = Price.objects.get(provider=provider, model="o4-mini", effective_from=dt.date(2030, 1, 1))
+    priority = row.tier_rates()["priority"]
+    assert (priority.input, priority.cached_input, priority.output) == (Decimal("2"), Decimal("0.5"), Decimal("8"))
+    assert row.reasoning_per_mtok == Decimal("5") and "flex" not in row.tier_rates()
+
+
 def test_providers_page_query_count_bounded(client: Client, people: People, django_assert_max_num_queries) -> None:  # type: ignore[no-untyped-def]
     login(client, people.owner)
     url = reverse("dashboard:providers", kwargs={"org_slug": people.tenant.org.slug})

@@ -206,3 +206,41 @@ def test_unknown_ids_and_paths_are_404s(client: openai.OpenAI) -> None:
             client.responses.retrieve(response_id)
     with pytest.raises(openai.NotFoundError):
         client.get("/responses/resp_x/nothing", cast_to=object)
+
+
+def test_tier_and_reasoning_prices_set_through_the_api_price_the_next_request(
+    gateway: str, client: openai.OpenAI, tenant: Tenant
+) -> None:
+    """A price row's flex tier and reasoning price, set by the owner over the management API, bill the request."""
+    from django.test import Client  # noqa: PLC0415
+    from django.utils import timezone  # noqa: PLC0415
+
+    from apps.dashboard.services import api_token_rotate  # noqa: PLC0415
+
+    api = Client(headers={"Authorization": f"Token {api_token_rotate(user=tenant.owner).key}"})
+    base = {"provider": tenant.provider.pk, "model": "o4-mini", "input_per_mtok": "2", "output_per_mtok": "8",
+            "effective_from": timezone.localdate().isoformat()}  # fmt: skip
+    half_a_tier = api.post("/api/prices/", {**base, "flex_input_per_mtok": "1"}, content_type="application/json")
+    assert half_a_tier.status_code == 400
+    assert "all three flex prices" in half_a_tier.json()["error"]["fields"]["flex_input_per_mtok"][0]
+    flex = {"flex_input_per_mtok": "0.5", "flex_cached_input_per_mtok": "0.25", "flex_output_per_mtok": "3",
+            "reasoning_per_mtok": "7"}  # fmt: skip
+    created = api.post("/api/prices/", {**base, **flex}, content_type="application/json")
+    assert created.status_code == 201 and created.json()["flex_output_per_mtok"] == "3.000000"
+    wait_policy(gateway, tenant.key.plaintext)
+    raw = client.responses.with_raw_response.create(
+        model="o4-mini", input="Plan a trip", reasoning={"effort": "low"}, service_tier="flex"
+    )
+    row = ledger_row(raw.headers["x-request-id"])
+    assert row.service_tier == "flex" and row.reasoning_tokens > 0
+    uncached = row.prompt_tokens - row.cached_tokens
+    # A tier bills reasoning as its own output; the separate reasoning price is the standard tier's.
+    usd = uncached * Decimal("0.5") + row.cached_tokens * Decimal("0.25") + row.completion_tokens * Decimal("3")
+    assert row.cost == (usd / Decimal(1_000_000)).quantize(Decimal("1e-8"))
+
+    raw = client.responses.with_raw_response.create(model="o4-mini", input="Plan a trip", reasoning={"effort": "low"})
+    row = ledger_row(raw.headers["x-request-id"])
+    assert row.service_tier == "standard" and row.reasoning_tokens > 0
+    visible = row.completion_tokens - row.reasoning_tokens
+    usd = row.prompt_tokens * Decimal("2") + visible * Decimal("8") + row.reasoning_tokens * Decimal("7")
+    assert row.cost == (usd / Decimal(1_000_000)).quantize(Decimal("1e-8"))
