@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
+from django.db import transaction
 from django.db.models import Q, QuerySet
 
 from apps.audit.models import AuditEvent
@@ -63,16 +64,22 @@ EXPORT_HEADER = [
 def audit_export_rows(*, events: QuerySet[AuditEvent]) -> Iterator[list[Any]]:
     """The header, then one row per event (the diff's two sides as JSON), streamed in chunks."""
     yield EXPORT_HEADER
-    for event in events.iterator(chunk_size=2000):
-        yield [
-            event.at.isoformat(),
-            event.organization.slug if event.organization else "",
-            event.actor_label,
-            event.surface,
-            event.action,
-            event.object_type,
-            event.object_id,
-            event.object_repr,
-            json.dumps(event.diff.get("before"), sort_keys=True),
-            json.dumps(event.diff.get("after"), sort_keys=True),
-        ]
+    # In a transaction the server-side cursor is declared WITHOUT HOLD and rows come as they are fetched;
+    # a holdable one (autocommit) is computed whole before the first row (see ledger_export_rows).
+    with transaction.atomic():
+        yield from (_export_row(event) for event in events.iterator(chunk_size=2000))
+
+
+def _export_row(event: AuditEvent) -> list[Any]:
+    return [
+        event.at.isoformat(),
+        event.organization.slug if event.organization else "",
+        event.actor_label,
+        event.surface,
+        event.action,
+        event.object_type,
+        event.object_id,
+        event.object_repr,
+        json.dumps(event.diff.get("before"), sort_keys=True),
+        json.dumps(event.diff.get("after"), sort_keys=True),
+    ]

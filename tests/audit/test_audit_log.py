@@ -489,6 +489,22 @@ def test_the_async_handler_carries_the_actor_too(w: W) -> None:
     assert (event.surface, event.actor) == (Surface.API, w.people.owner)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_export_streams_from_a_cursor_that_is_not_holdable(w: W) -> None:
+    """A holdable cursor is computed whole before its first row: a long audit log would stall its export."""
+    for n in range(4):
+        _json(w.api, "POST", f"/api/projects/{w.slug}/keys/", {"name": f"k{n}"})
+    response = w.ui.get(reverse("audit:export"))
+    stream = iter(response.streaming_content)
+    assert next(stream).startswith(b"at,organization")
+    next(stream)  # the first event: the query is open now
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT is_holdable FROM pg_cursors WHERE statement ILIKE '%%audit_auditevent%%'")
+        assert cursor.fetchall() == [(False,)]
+    assert len(list(stream)) >= 3
+    response.close()
+
+
 # Append-only ------------------------------------------------------------------------------------------
 
 
