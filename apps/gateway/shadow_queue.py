@@ -25,6 +25,7 @@ import orjson
 from apps.core.anthropic import ANTHROPIC_KINDS, message_to_completion
 from apps.core.events import clean_count, shadow_event_clean
 from apps.core.pricing import PriceRow
+from apps.core.responses import output_text, usage_counts
 from apps.core.routing import normalize_text
 from apps.core.snapshot import ProviderTarget
 from apps.core.text import answer_text
@@ -54,6 +55,9 @@ class ShadowJob:
     primary_text: str
     primary_latency_ms: int
     primary_cost: Decimal
+    # The shape the shadow provider answers in: "chat" (Chat Completions, or Messages made into it) or
+    # "responses" (a /v1/responses request to a provider that speaks Responses).
+    answer_shape: str = "chat"
 
 
 class OffPathQueue(Generic[Job]):
@@ -123,7 +127,15 @@ class ShadowQueue(OffPathQueue[ShadowJob]):
             data = orjson.loads(body) if status == 200 else None
             if isinstance(data, dict) and job.provider.kind in ANTHROPIC_KINDS:
                 data = message_to_completion(data)
-            if isinstance(data, dict):
+            if isinstance(data, dict) and job.answer_shape == "responses":
+                text = output_text(data)
+                counts = usage_counts(data.get("usage"))
+                if job.price is not None and counts is not None:
+                    cost = job.price.cost(
+                        prompt_tokens=counts.prompt_tokens, cached_tokens=counts.cached_tokens,
+                        completion_tokens=counts.completion_tokens, reasoning_tokens=counts.reasoning_tokens,
+                    )  # fmt: skip
+            elif isinstance(data, dict):
                 text = answer_text(data)
                 usage = data.get("usage")
                 usage = usage if isinstance(usage, dict) else {}

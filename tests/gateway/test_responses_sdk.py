@@ -244,3 +244,42 @@ def test_tier_and_reasoning_prices_set_through_the_api_price_the_next_request(
     visible = row.completion_tokens - row.reasoning_tokens
     usd = row.prompt_tokens * Decimal("2") + visible * Decimal("8") + row.reasoning_tokens * Decimal("7")
     assert row.cost == (usd / Decimal(1_000_000)).quantize(Decimal("1e-8"))
+
+
+@pytest.mark.parametrize("responses_api", [True, False], ids=["shadow-speaks-responses", "shadow-chat-only"])
+def test_a_rules_shadow_compares_responses_without_touching_the_answer_or_the_bill(
+    gateway: str, client: openai.OpenAI, tenant: Tenant, responses_api: bool
+) -> None:
+    import redis as redis_lib  # noqa: PLC0415
+    from django.conf import settings  # noqa: PLC0415
+
+    from apps.routing.models import ShadowComparison  # noqa: PLC0415
+    from apps.routing.services import shadow_ingest_batch  # noqa: PLC0415
+    from tests.live import wait_until  # noqa: PLC0415
+
+    tenant.provider.responses_api = responses_api
+    tenant.provider.save(update_fields=["responses_api"])
+    rule = rule_make(tenant, name="shadow gpt-4.1", shadow="gpt-4.1", shadow_percent=Decimal("100"))
+    wait_policy(gateway, tenant.key.plaintext)
+    redis = redis_lib.Redis.from_url(settings.REDIS_URL)
+
+    def compared(request_id: str) -> ShadowComparison:
+        def found() -> ShadowComparison | None:
+            shadow_ingest_batch(client=redis, consumer="tests")
+            return ShadowComparison.objects.filter(request_id=request_id).first()
+
+        return wait_until(found, timeout=15)  # type: ignore[no-any-return]
+
+    raw = client.responses.with_raw_response.create(model="gpt-4o", input="Explain the invoice", store=False)
+    answer = raw.parse()
+    comparison = compared(raw.headers["x-request-id"])
+    assert comparison.rule_id == rule.id and comparison.shadow_status == 200
+    assert (comparison.primary_model, comparison.shadow_model) == ("gpt-4o", "gpt-4.1")
+    assert comparison.primary_text == answer.output_text and comparison.shadow_text and comparison.shadow_cost > 0
+    with client.responses.stream(model="gpt-4o", input="Explain the refund", store=False) as stream:
+        streamed = stream.get_final_response()
+    ingest_all()
+    rows = LedgerEntry.objects.filter(project=tenant.project, endpoint="responses").order_by("created_at")
+    assert [row.served_model for row in rows] == ["gpt-4o", "gpt-4o"]  # the app's rows only; shadows are not billed
+    streamed_comparison = compared(rows[1].request_id)
+    assert streamed_comparison.primary_text == streamed.output_text and streamed_comparison.shadow_status == 200

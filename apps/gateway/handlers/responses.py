@@ -44,7 +44,7 @@ from apps.gateway.call import ZERO, Call
 from apps.gateway.conversations import Owner, not_found
 from apps.gateway.handlers import responses_held
 from apps.gateway.runtime import Runtime
-from apps.gateway.stages import cache, price, record, relay, upstream
+from apps.gateway.stages import cache, price, record, relay, shadow, upstream
 from apps.gateway.stages.admit import admit, worst_case
 from apps.gateway.stages.auth import authenticate
 from apps.gateway.stages.plan import Plan, plan_route
@@ -84,7 +84,7 @@ async def create(rt: Runtime, scope: Scope, receive: Receive, send: Send, reques
         payload = await read_request(call, receive, headers, rt.limits.max_body_bytes)
         previous = await _previous(rt, call, payload)
         plan = plan_route(snapshot, call, payload, rt.in_flight)
-        plan.cheap, plan.shadow = None, None  # cascades need chat logprobs; shadows compare chat answers
+        plan.cheap = None  # cascades need chat logprobs
         if previous is not None:
             _pin(plan, previous)
         target = plan.targets[0]
@@ -186,15 +186,16 @@ async def _answer(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
     call.served_model, call.provider_id = answer.target.model, answer.target.provider.id
     call.ttft_ms = call.elapsed_ms()
     call.status_code = answer.status
-    store = None
+    store, text = None, ""
     if answer.status >= 400:
         call.error_code = upstream.upstream_error_code(answer.body)
     else:
         data = relay.answer_object(answer.body)
+        text = output_text(data)  # "" for a background response: nothing generated yet
         if data.get("background") is True and data.get("status") in ("queued", "in_progress"):
             _bill_worst_case(rt, call, answer.target, payload)
         else:
-            price.price_response(call, answer.target, data, completion_estimate(output_text(data)))
+            price.price_response(call, answer.target, data, completion_estimate(text))
         await _remember(rt, call, data, answer.target, payload)
         if call.cache is not None and call.cache.write and data.get("status") == "completed":
             store = data
@@ -204,6 +205,8 @@ async def _answer(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
         call,
         cache_store=store,
     )
+    if text:
+        shadow.offer(rt, call, plan, payload, text)
 
 
 def _bill_worst_case(rt: Runtime, call: Call, target: Any, payload: dict[str, Any]) -> None:
@@ -233,6 +236,8 @@ async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: P
     if sse.response is not None:
         await _remember(rt, call, sse.response, answer.target, payload)
     await record.while_sending(send({"type": "http.response.body", "body": sse.flush(), "more_body": False}), rt, call)
+    if sse.response is not None:
+        shadow.offer(rt, call, plan, payload, output_text(sse.response))
 
 
 async def _remember(rt: Runtime, call: Call, response: dict[str, Any], target: Any, payload: dict[str, Any]) -> None:

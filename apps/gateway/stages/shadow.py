@@ -9,12 +9,14 @@ from typing import Any
 
 import orjson
 
+from apps.core.anthropic import ANTHROPIC_KINDS
 from apps.core.errors import GatewayError
+from apps.core.request import ENDPOINT_RESPONSES
 from apps.gateway.call import Call
 from apps.gateway.runtime import Runtime
 from apps.gateway.shadow_queue import ShadowJob
 from apps.gateway.stages.plan import Plan
-from apps.gateway.stages.upstream import upstream_body, upstream_headers, upstream_url
+from apps.gateway.stages.upstream import translates_responses, upstream_body, upstream_headers, upstream_url
 
 
 def offer(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], primary_text: str) -> None:
@@ -24,6 +26,14 @@ def offer(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], primary_
     target = plan.shadow
     request = {**payload, "model": target.model, "stream": False}
     request.pop("stream_options", None)
+    shape = "chat"
+    if call.endpoint == ENDPOINT_RESPONSES:
+        if target.provider.kind in ANTHROPIC_KINDS or payload.get("previous_response_id") is not None:
+            return  # Anthropic serves no Responses; a continuation exists only on its own provider
+        # The shadow leaves nothing behind at the provider and answers now, whatever the app asked.
+        request["store"] = False
+        request.pop("background", None)
+        shape = "chat" if translates_responses(target.provider, call.endpoint) else "responses"
     try:
         # The shadow provider's own API (an Anthropic kind is asked in the Messages API).
         body = orjson.loads(upstream_body(rt, call, target, request))
@@ -45,5 +55,6 @@ def offer(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], primary_
             primary_text=primary_text,
             primary_latency_ms=call.elapsed_ms(),
             primary_cost=call.cost,
+            answer_shape=shape,
         )
     )
