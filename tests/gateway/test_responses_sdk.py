@@ -84,7 +84,7 @@ def test_tools_round_trip_across_two_turns_with_previous_response_id(client: ope
     assert answer.usage.input_tokens > first.parse().usage.input_tokens
 
 
-def test_retrieve_input_items_and_delete(client: openai.OpenAI) -> None:
+def test_retrieve_input_items_and_delete(client: openai.OpenAI, tenant: Tenant) -> None:
     created = client.responses.create(model="gpt-4o-mini", input="Remember me")
     assert client.responses.retrieve(created.id).output_text == created.output_text
     items = client.responses.input_items.list(created.id)
@@ -92,6 +92,15 @@ def test_retrieve_input_items_and_delete(client: openai.OpenAI) -> None:
     client.responses.delete(created.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(created.id)
+    # Each call is a ledger row at $0 (the provider bills none of them), the refused one included.
+    ingest_all()
+    rows = LedgerEntry.objects.filter(project=tenant.project).exclude(endpoint="responses").order_by("created_at")
+    assert [(r.endpoint, r.status_code) for r in rows] == [
+        ("responses.retrieve", 200), ("responses.input_items", 200), ("responses.delete", 200),
+        ("responses.retrieve", 404),
+    ]  # fmt: skip
+    assert all(r.cost == 0 and r.prompt_tokens == 0 for r in rows) and rows[0].served_model == created.model
+    assert rows[3].error_code == "not_found"
 
 
 def test_another_projects_response_is_not_found(gateway: str, client: openai.OpenAI, upstream: str) -> None:
@@ -109,6 +118,11 @@ def test_another_projects_response_is_not_found(gateway: str, client: openai.Ope
         outsider.responses.create(model="gpt-4o-mini", input="Go on", previous_response_id=created.id)
     assert exc.value.param == "previous_response_id"
     assert client.responses.retrieve(created.id).id == created.id  # still there for its owner
+    # The outsider's tries are the outsider's rows: nothing of them lands in the owner's project.
+    ingest_all()
+    refused = LedgerEntry.objects.filter(project=other.project, endpoint__startswith="responses.")
+    assert sorted(r.endpoint for r in refused) == ["responses.delete", "responses.input_items", "responses.retrieve"]
+    assert {r.status_code for r in refused} == {404}
 
 
 def test_background_and_cancel_bill_the_worst_case(client: openai.OpenAI) -> None:

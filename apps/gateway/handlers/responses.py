@@ -39,7 +39,7 @@ from apps.core.responses import is_response_id, output_text, usage_counts
 from apps.core.responses_chat import held_store_event, input_items, stored_items
 from apps.core.text import completion_estimate
 from apps.gateway import conversations, tracing
-from apps.gateway.asgi import JSON_HEADERS, Receive, Scope, Send
+from apps.gateway.asgi import Receive, Scope, Send
 from apps.gateway.call import ZERO, Call
 from apps.gateway.conversations import Owner, not_found
 from apps.gateway.handlers import responses_held
@@ -271,18 +271,48 @@ async def _remember(rt: Runtime, call: Call, response: dict[str, Any], target: A
         ))  # fmt: skip
 
 
+# The ledger's endpoint for each stored-response call: free, but requests all the same (who read what, when).
+_STORED_ENDPOINTS = {
+    ("GET", ""): "responses.retrieve",
+    ("DELETE", ""): "responses.delete",
+    ("POST", "cancel"): "responses.cancel",
+    ("GET", "input_items"): "responses.input_items",
+}
+
+
 async def stored(rt: Runtime, scope: Scope, send: Send, request_id: str, response_id: str, action: str) -> None:
-    """Retrieve, delete, cancel or list the input items of one of this project's stored responses."""
-    key = authenticate(rt.snapshot, dict(scope["headers"]).get(b"authorization"))
+    """Retrieve, delete, cancel or list the input items of one of this project's stored responses; each
+    call gets its ledger row at $0 (the provider does not bill them), refusals included."""
+    headers = dict(scope["headers"])
+    key = authenticate(rt.snapshot, headers.get(b"authorization"))
+    endpoint = _STORED_ENDPOINTS[(scope["method"], action)]
+    call = Call(request_id, endpoint, started=time.perf_counter(), created_at=time.time(), key=key)
+    attribute(call, headers)
+    try:
+        status, body = await _stored_answer(rt, scope, call, response_id, action)
+    except GatewayError as exc:
+        await record.refused(rt, send, call, exc)
+        return
+    call.status_code = status
+    if status >= 400:
+        call.error_code = upstream.upstream_error_code(body)
+    reply = relay.send_answer(send, status, body, [(b"x-request-id", request_id.encode())])
+    await record.while_sending(reply, rt, call)
+
+
+async def _stored_answer(rt: Runtime, scope: Scope, call: Call, response_id: str, action: str) -> tuple[int, bytes]:
     if not is_response_id(response_id):
         raise not_found(response_id[:64])
-    owner = await conversations.owner_of(rt.fast_redis, rt.limits.prefix, response_id, key.project_id)
+    project_id = call.key.project_id
+    owner = await conversations.owner_of(rt.fast_redis, rt.limits.prefix, response_id, project_id)
+    if owner is not None:
+        call.served_model = call.requested_model = owner.model
     if owner is not None and owner.translated:
-        await responses_held.answer(rt, scope, send, request_id, response_id, action, key.project_id)
-        return
+        return 200, await responses_held.answer(rt, scope, response_id, action, project_id)
     provider = rt.snapshot.providers.get(owner.provider_id) if owner is not None else None
     if owner is None or provider is None:
         raise not_found(response_id)
+    call.provider_id = provider.id
     url = f"{provider.base_url}/responses/{response_id}" + (f"/{action}" if action else "")
     query = scope.get("query_string") or b""
     if query:
@@ -307,6 +337,4 @@ async def stored(rt: Runtime, scope: Scope, send: Send, request_id: str, respons
                            code="upstream_unavailable") from None  # fmt: skip
     if scope["method"] == "DELETE" and status == 200:
         await conversations.forget(rt.fast_redis, rt.limits.prefix, response_id)
-    headers = [*JSON_HEADERS, (b"x-request-id", request_id.encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    return status, body

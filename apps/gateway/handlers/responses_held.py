@@ -19,7 +19,7 @@ import orjson
 from apps.core.errors import bad_request
 from apps.core.responses_chat import held_delete_event
 from apps.gateway import conversations
-from apps.gateway.asgi import Scope, Send, send_json
+from apps.gateway.asgi import Scope
 from apps.gateway.conversations import not_found
 from apps.gateway.runtime import Runtime
 
@@ -27,9 +27,8 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 
 
-async def answer(
-    rt: Runtime, scope: Scope, send: Send, request_id: str, response_id: str, action: str, project_id: int
-) -> None:
+async def answer(rt: Runtime, scope: Scope, response_id: str, action: str, project_id: int) -> bytes:
+    """The JSON body of a 200 for one of a held conversation's responses (a GatewayError otherwise)."""
     state = await conversations.state_of(rt.fast_redis, rt.limits.prefix, response_id)
     if state is None:
         raise not_found(response_id)
@@ -43,7 +42,7 @@ async def answer(
         body = {"id": response_id, "object": "response", "deleted": True}
     else:
         body = state["response"]
-    await send_json(send, 200, orjson.dumps(body), request_id)
+    return orjson.dumps(body)
 
 
 def _page(items: list[Any], query: bytes) -> dict[str, Any]:
