@@ -108,14 +108,9 @@ def _money() -> serializers.DecimalField:
     return serializers.DecimalField(**MONEY, min_value=Decimal(0))
 
 
-def _optional_money(default_from: str) -> serializers.DecimalField:
+def _optional_money(help_text: str) -> serializers.DecimalField:
     return serializers.DecimalField(
-        **MONEY,
-        min_value=Decimal(0),
-        required=False,
-        allow_null=True,
-        default=None,
-        help_text=f"Default: the {default_from} price",
+        **MONEY, min_value=Decimal(0), required=False, allow_null=True, default=None, help_text=help_text
     )
 
 
@@ -132,14 +127,7 @@ class PriceSerializer(serializers.ModelSerializer):
 
 
 def _tier_money(tier: str) -> serializers.DecimalField:
-    return serializers.DecimalField(
-        **MONEY,
-        min_value=Decimal(0),
-        required=False,
-        allow_null=True,
-        default=None,
-        help_text=f"All three {tier} prices or none; none: the {tier} tier bills at the standard prices",
-    )
+    return _optional_money(f"All three {tier} prices or none; none: the {tier} tier bills at the standard prices")
 
 
 class PriceSetSerializer(serializers.Serializer):
@@ -147,20 +135,17 @@ class PriceSetSerializer(serializers.Serializer):
     model = serializers.CharField(max_length=200)
     input_per_mtok = _money()
     output_per_mtok = _money()
-    cached_input_per_mtok = _optional_money("input")
-    batch_input_per_mtok = _optional_money("input")
-    batch_output_per_mtok = _optional_money("output")
-    cache_write_per_mtok = _optional_money("input")
+    cached_input_per_mtok = _optional_money("Default: the input price")
+    batch_input_per_mtok = _optional_money("Default: the input price")
+    batch_output_per_mtok = _optional_money("Default: the output price")
+    cache_write_per_mtok = _optional_money("Default: the input price")
     flex_input_per_mtok = _tier_money("flex")
     flex_cached_input_per_mtok = _tier_money("flex")
     flex_output_per_mtok = _tier_money("flex")
     priority_input_per_mtok = _tier_money("priority")
     priority_cached_input_per_mtok = _tier_money("priority")
     priority_output_per_mtok = _tier_money("priority")
-    reasoning_per_mtok = serializers.DecimalField(
-        **MONEY, min_value=Decimal(0), required=False, allow_null=True, default=None,
-        help_text="Where reasoning tokens are priced apart from output; default: billed as output",
-    )  # fmt: skip
+    reasoning_per_mtok = _optional_money("Where reasoning is priced apart from output; default: billed as output")
     effective_from = serializers.DateField()
 
 
