@@ -29,3 +29,8 @@ STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # noqa: F405  (WhiteNoise warns 
 # Tasks the tests enqueue (on commit of a batch or deployment) stay under the run's prefix, so they
 # are removed with its keys and never reach a developer's worker on the same Redis.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"global_keyprefix": REDIS_PREFIX}  # noqa: F405
+
+# Every test client comes from 127.0.0.1, and many tests send wrong API tokens on purpose (schema fuzzing,
+# expiry, the role matrix): with the production limit they would lock each other out by timing. The
+# throttle's own test sets a small limit.
+API_TOKEN_FAILURES_PER_MINUTE = 1_000_000
