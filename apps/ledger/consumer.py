@@ -143,7 +143,8 @@ def parse_entries(
             continue
         try:
             parsed.append((entry_id, fields, parse(orjson.loads(fields[field]))))
-        except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
+        # OSError: datetime.fromtimestamp refuses a time out of the platform's range with it.
+        except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError, OSError) as exc:
             dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
     return parsed, dead
 

@@ -11,7 +11,6 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-import orjson
 import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -22,7 +21,7 @@ from apps.cache.models import CachePolicy
 from apps.cache.services import cache_policy_save
 from apps.core import names
 from apps.core.events import EVENT_FIELD, clean_id, trial_event_clean
-from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
+from apps.ledger.consumer import dead_letters_report, parse_entries, store_or_bisect
 from apps.ledger.stream import acknowledge, ensure_group, read_batch
 from apps.opportunities.models import SEMANTIC_FLOOR, Lever, Trial, TrialSample, TrialState
 from apps.opportunities.selectors import CENT, Opportunity
@@ -223,18 +222,9 @@ def trial_ingest_batch(*, client: redis.Redis, consumer: str, count: int = 500, 
     entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=30_000)
     if not entries:
         return 0
-    rows: list[tuple[bytes, dict[Any, Any], TrialSample]] = []
-    projects: dict[bytes, Any] = {}
-    dead: list[DeadLetter] = []
-    for entry_id, fields in entries:
-        if not fields:
-            continue
-        try:
-            raw = orjson.loads(fields[EVENT_FIELD])
-            rows.append((entry_id, fields, _sample(raw)))
-            projects[entry_id] = clean_id(raw.get("project_id"))
-        except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError, OverflowError, OSError) as exc:
-            dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
+    parsed, dead = parse_entries(entries, lambda raw: (clean_id(raw.get("project_id")), _sample(raw)), EVENT_FIELD)
+    rows = [(entry_id, fields, sample) for entry_id, fields, (_project, sample) in parsed]
+    projects = {entry_id: project for entry_id, _fields, (project, _sample_) in parsed}
     live = dict(
         Trial.objects.filter(id__in={r.trial_id for _i, _f, r in rows}, state=TrialState.SHADOW).values_list(
             "id", "project_id"
