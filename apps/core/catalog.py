@@ -123,11 +123,17 @@ OPENAI_PRICES: dict[str, CatalogRow] = {model: _row(entry) for model, entry in C
 # written: the same columns, the cached-input price being the prompt-cache read price. Batch is half
 # price. Other Claude models get their prices on the provider's page.
 ANTHROPIC_PRICES: dict[str, CatalogRow] = {
+    "claude-opus-4-6": (Decimal("5.00"), Decimal("0.50"), Decimal("25.00"), Decimal("2.50"), Decimal("12.50")),
+    "claude-sonnet-4-6": (Decimal("3.00"), Decimal("0.30"), Decimal("15.00"), Decimal("1.50"), Decimal("7.50")),
+    "claude-sonnet-4-5": (Decimal("3.00"), Decimal("0.30"), Decimal("15.00"), Decimal("1.50"), Decimal("7.50")),
     "claude-opus-4-5": (Decimal("5.00"), Decimal("0.50"), Decimal("25.00"), Decimal("2.50"), Decimal("12.50")),
     "claude-haiku-4-5": (Decimal("1.00"), Decimal("0.10"), Decimal("5.00"), Decimal("0.50"), Decimal("2.50")),
 }
 # Prompt-cache writes (5-minute cache: 1.25x the input price), USD per 1M tokens.
 ANTHROPIC_CACHE_WRITE_PRICES: dict[str, Decimal] = {
+    "claude-opus-4-6": Decimal("6.25"),
+    "claude-sonnet-4-6": Decimal("3.75"),
+    "claude-sonnet-4-5": Decimal("3.75"),
     "claude-opus-4-5": Decimal("6.25"),
     "claude-haiku-4-5": Decimal("1.25"),
 }
@@ -136,6 +142,9 @@ ANTHROPIC_CACHE_WRITE_PRICES: dict[str, Decimal] = {
 # when a request sets no output cap. Models not listed get GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS.
 MAX_OUTPUT_TOKENS: dict[str, int] = {
     **{model: entry.max_output for model, entry in CATALOG.items() if entry.max_output},
+    "claude-opus-4-6": 128_000,
+    "claude-sonnet-4-6": 64_000,
+    "claude-sonnet-4-5": 64_000,
     "claude-opus-4-5": 64_000,
     "claude-haiku-4-5": 64_000,
 }
