@@ -4,7 +4,8 @@ One entry per model: its context window, its largest output (the worst case a
 budget reserves when a request sets no output cap) and its prices in USD per 1M
 tokens per service tier (``standard``, ``batch``, and ``flex``/``priority`` where
 offered), each with input, cached-input and output rates, plus ``reasoning`` where
-a provider prices reasoning tokens apart from output. Figures are OpenAI's list
+a provider prices reasoning tokens apart from output, and ``long_context`` (``above_input_tokens``,
+``input_factor``, ``output_factor``) where a model bills long prompts at dearer rates. Figures are OpenAI's list
 prices as recorded on the date the file states; they seed new providers, and
 ``manage.py sync_prices FILE`` compares a newer prices file (this format, or CSV)
 with what providers hold and applies it as new price rows.
@@ -19,7 +20,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from apps.core.pricing import TIER_BATCH, TIER_FLEX, TIER_PRIORITY, TIER_STANDARD, TierRates
+from apps.core.pricing import TIER_BATCH, TIER_FLEX, TIER_PRIORITY, TIER_STANDARD, LongContext, TierRates
 
 CATALOG_PATH = Path(__file__).with_name("data") / "catalog.json"
 PRICED_TIERS = (TIER_STANDARD, TIER_BATCH, TIER_FLEX, TIER_PRIORITY)
@@ -37,6 +38,7 @@ class ModelEntry:
     max_output: int
     tiers: dict[str, TierRates] = field(default_factory=dict)  # always has "standard"
     reasoning: Decimal | None = None
+    long_context: LongContext | None = None
 
 
 def _money(value: Any, where: str) -> Decimal:
@@ -47,6 +49,28 @@ def _money(value: Any, where: str) -> Decimal:
     if not amount.is_finite() or amount < 0 or amount >= 10**8:
         raise CatalogError(f"{where}: {value!r} is not a price (0 to 99,999,999.999999)")
     return amount
+
+
+def _factor(value: Any, where: str) -> Decimal:
+    try:
+        factor = Decimal(str(value))
+    except (InvalidOperation, ValueError):
+        raise CatalogError(f"{where}: {value!r} is not a number") from None
+    if not factor.is_finite() or not 1 <= factor <= 100 or factor != factor.quantize(Decimal("0.001")):
+        raise CatalogError(f"{where}: {value!r} is not a multiplier (1 to 100, at most 3 decimals)")
+    return factor
+
+
+def _long_context(raw: Any, where: str) -> LongContext | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise CatalogError(f"{where}: expected an object with above_input_tokens, input_factor and output_factor")
+    above = _count(raw.get("above_input_tokens"), f"{where}.above_input_tokens")
+    return LongContext(
+        above, _factor(raw.get("input_factor"), f"{where}.input_factor"),
+        _factor(raw.get("output_factor"), f"{where}.output_factor"),
+    )  # fmt: skip
 
 
 def _count(value: Any, where: str) -> int:
@@ -81,6 +105,7 @@ def parse_entry(model: str, raw: Any) -> ModelEntry:
         max_output=_count(raw.get("max_output"), f"{model}.max_output"),
         tiers=tiers,
         reasoning=None if reasoning is None else _money(reasoning, f"{model}.reasoning"),
+        long_context=_long_context(raw.get("long_context"), f"{model}.long_context"),
     )
 
 

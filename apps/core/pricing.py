@@ -10,6 +10,10 @@ that a provider may price apart; OpenAI bills it as output). Service tiers:
 ``standard`` (OpenAI's ``default``), ``flex``, ``priority`` and ``batch``, each
 with its own input, cached-input and output rates; a tier a price does not list
 is billed at the standard rates.
+
+Long context: some models bill a whole request at dearer rates once its prompt passes a size (OpenAI's
+GPT-5.5 and GPT-5.4 above 272K input tokens: input x2, output x1.5, on every tier). ``LongContext`` holds
+that rule; the one formula applies it, so the ledger, the batch runner and the budget's worst case agree.
 """
 
 from __future__ import annotations
@@ -45,6 +49,26 @@ def reserve_tiers(requested: Any) -> tuple[str, ...]:
     return (TIER_STANDARD, tier_name(requested))
 
 
+ONE = Decimal(1)
+
+
+@dataclass(frozen=True, slots=True)
+class LongContext:
+    """A model's long-context rate: a request whose prompt has more than ``above`` tokens (cached ones
+    included) is billed whole at its input rates times ``input_factor`` and its output rates times
+    ``output_factor``."""
+
+    above: int
+    input_factor: Decimal
+    output_factor: Decimal
+
+    def factors(self, prompt_tokens: int) -> tuple[Decimal, Decimal]:
+        """(input, output) multipliers for a request with ``prompt_tokens`` in."""
+        if prompt_tokens > self.above:
+            return self.input_factor, self.output_factor
+        return ONE, ONE
+
+
 def token_cost(
     *,
     prompt_tokens: int,
@@ -57,6 +81,7 @@ def token_cost(
     cache_write_rate: Decimal | None = None,
     reasoning_tokens: int = 0,
     reasoning_rate: Decimal | None = None,
+    long_context: LongContext | None = None,
 ) -> Decimal:
     """What these tokens cost at these rates, in USD per whatever token count the rates are for.
 
@@ -66,16 +91,23 @@ def token_cost(
     the prompt at the input rate; a provider that reports more cached than prompt
     tokens never makes the uncached part negative. Reasoning tokens are part of
     the completion tokens (as providers count them): billed at ``reasoning_rate``
-    when one is given, else as output like the rest.
+    when one is given, else as output like the rest. A ``long_context`` rule whose size the prompt
+    passes multiplies every input-side rate by its input factor and every output-side rate by its
+    output factor.
     """
     written = min(cache_write_tokens, max(prompt_tokens - cached_tokens, 0))
     uncached = max(prompt_tokens - cached_tokens - written, 0)
     write_rate = input_rate if cache_write_rate is None else cache_write_rate
     cost = uncached * input_rate + cached_tokens * cached_input_rate + written * write_rate
     if reasoning_rate is None or not reasoning_tokens:
-        return cost + completion_tokens * output_rate
-    reasoning = min(reasoning_tokens, completion_tokens)
-    return cost + (completion_tokens - reasoning) * output_rate + reasoning * reasoning_rate
+        output = completion_tokens * output_rate
+    else:
+        reasoning = min(reasoning_tokens, completion_tokens)
+        output = (completion_tokens - reasoning) * output_rate + reasoning * reasoning_rate
+    if long_context is None:
+        return cost + output
+    input_factor, output_factor = long_context.factors(prompt_tokens)
+    return cost * input_factor + output * output_factor
 
 
 def to_nano(usd: Decimal) -> int:
@@ -107,6 +139,7 @@ class PriceRow:
     cache_write: Decimal | None = None  # None: cache writes cost the input price
     reasoning: Decimal | None = None
     tiers: Mapping[str, TierRates] = field(default_factory=dict)
+    long_context: LongContext | None = None
 
     @classmethod
     def per_mtok(
@@ -119,6 +152,7 @@ class PriceRow:
         cache_write_per_mtok: Decimal | None = None,
         reasoning_per_mtok: Decimal | None = None,
         tiers_per_mtok: Mapping[str, TierRates] | None = None,
+        long_context: LongContext | None = None,
     ) -> PriceRow:
         tiers = {
             name: TierRates(rates.input / MTOK, rates.cached_input / MTOK, rates.output / MTOK)
@@ -128,7 +162,7 @@ class PriceRow:
         reasoning = None if reasoning_per_mtok is None else reasoning_per_mtok / MTOK
         return cls(
             effective_from, input_per_mtok / MTOK, cached_input_per_mtok / MTOK, output_per_mtok / MTOK,
-            write, reasoning, tiers,
+            write, reasoning, tiers, long_context,
         )  # fmt: skip
 
     def rates(self, tier: str = TIER_STANDARD) -> TierRates:
@@ -159,15 +193,18 @@ class PriceRow:
             # A separate reasoning rate is the standard tier's; other tiers bill reasoning as their output.
             reasoning_tokens=reasoning_tokens if tier == TIER_STANDARD or tier not in self.tiers else 0,
             reasoning_rate=self.reasoning,
+            long_context=self.long_context,
         )
 
     def worst_cost(self, *, prompt_tokens: int, output_tokens: int, tiers: tuple[str, ...]) -> Decimal:
         """The most ``prompt_tokens`` in and ``output_tokens`` out can cost on any of ``tiers``: every output
-        token may be a reasoning token and every prompt token a cache write, so the dearer rates count."""
+        token may be a reasoning token and every prompt token a cache write, so the dearer rates count
+        (long-context ones once the prompt passes the rule's size)."""
+        input_factor, output_factor = self.long_context.factors(prompt_tokens) if self.long_context else (ONE, ONE)
         worst = Decimal(0)
         for tier in tiers:
             rates = self.rates(tier)
             prompt = max(rates.input, self.cache_write) if self.cache_write is not None else rates.input
             output = max(rates.output, self.reasoning) if self.reasoning is not None else rates.output
-            worst = max(worst, prompt_tokens * prompt + output_tokens * output)
+            worst = max(worst, prompt_tokens * prompt * input_factor + output_tokens * output * output_factor)
         return worst

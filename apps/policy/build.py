@@ -147,6 +147,7 @@ def build_snapshot(version: int) -> Snapshot:
                 cache_write_per_mtok=price.cache_write_per_mtok,
                 reasoning_per_mtok=price.reasoning_per_mtok,
                 tiers_per_mtok=price.tier_rates(),
+                long_context=price.long_context(),
             )
         )
         served_by = org_models.setdefault(provider_orgs[price.provider_id], {}).setdefault(price.model, [])

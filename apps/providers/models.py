@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from apps.core.pricing import MTOK, TIER_FLEX, TIER_PRIORITY, TierRates, token_cost
+from apps.core.pricing import MTOK, TIER_FLEX, TIER_PRIORITY, LongContext, TierRates, token_cost
 from apps.providers import crypto
 
 
@@ -119,6 +119,12 @@ class Price(models.Model):
     priority_output_per_mtok = models.DecimalField(**MONEY, null=True, blank=True)
     # Where a provider prices reasoning tokens apart from output (empty: billed as output).
     reasoning_per_mtok = models.DecimalField(**MONEY, null=True, blank=True)
+    # A long-context rate (``apps.core.pricing.LongContext``): a request whose prompt has more than
+    # ``long_context_above_tokens`` tokens is billed whole at input x input factor, output x output factor.
+    # Empty: the model has none.
+    long_context_above_tokens = models.PositiveIntegerField(null=True, blank=True)
+    long_context_input_factor = models.DecimalField(max_digits=6, decimal_places=3, null=True, blank=True)
+    long_context_output_factor = models.DecimalField(max_digits=6, decimal_places=3, null=True, blank=True)
     effective_from = models.DateField()
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -147,6 +153,19 @@ class Price(models.Model):
                 & (Q(reasoning_per_mtok__isnull=True) | Q(reasoning_per_mtok__gte=0)),
                 name="tier_prices_not_negative",
             ),
+            models.CheckConstraint(
+                condition=Q(
+                    long_context_above_tokens__isnull=True,
+                    long_context_input_factor__isnull=True,
+                    long_context_output_factor__isnull=True,
+                )
+                | Q(
+                    long_context_above_tokens__isnull=False,
+                    long_context_input_factor__gte=1,
+                    long_context_output_factor__gte=1,
+                ),
+                name="long_context_whole_and_not_a_discount",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -160,6 +179,14 @@ class Price(models.Model):
             if all(rate is not None for rate in rates):
                 tiers[tier] = TierRates(*rates)
         return tiers
+
+    def long_context(self) -> LongContext | None:
+        if self.long_context_above_tokens is None:
+            return None
+        assert self.long_context_input_factor is not None and self.long_context_output_factor is not None
+        return LongContext(
+            self.long_context_above_tokens, self.long_context_input_factor, self.long_context_output_factor
+        )
 
     def cost(
         self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int, cache_write_tokens: int = 0
@@ -176,6 +203,7 @@ class Price(models.Model):
                 output_rate=self.output_per_mtok,
                 cache_write_tokens=cache_write_tokens,
                 cache_write_rate=self.cache_write_per_mtok,
+                long_context=self.long_context(),
             )
             / MTOK
         )
@@ -190,6 +218,7 @@ class Price(models.Model):
                 input_rate=self.batch_input_per_mtok,
                 cached_input_rate=self.batch_input_per_mtok,
                 output_rate=self.batch_output_per_mtok,
+                long_context=self.long_context(),
             )
             / MTOK
         )

@@ -81,11 +81,15 @@ def provider_create(
     return provider
 
 
-def price_columns(entry: ModelEntry) -> dict[str, Decimal | None]:
+# A price column's value: a rate (USD per 1M tokens), a long-context factor or token count, or empty.
+PriceValue = Decimal | int | None
+
+
+def price_columns(entry: ModelEntry) -> dict[str, PriceValue]:
     """A catalogue entry as ``Price``'s columns (a tier it does not offer stays empty; batch defaults to standard)."""
     standard = entry.tiers[TIER_STANDARD]
     batch = entry.tiers.get(TIER_BATCH, standard)
-    columns: dict[str, Decimal | None] = {
+    columns: dict[str, PriceValue] = {
         "input_per_mtok": standard.input,
         "cached_input_per_mtok": standard.cached_input,
         "output_per_mtok": standard.output,
@@ -98,6 +102,10 @@ def price_columns(entry: ModelEntry) -> dict[str, Decimal | None]:
         columns[f"{tier}_input_per_mtok"] = rates.input if rates else None
         columns[f"{tier}_cached_input_per_mtok"] = rates.cached_input if rates else None
         columns[f"{tier}_output_per_mtok"] = rates.output if rates else None
+    long = entry.long_context
+    columns["long_context_above_tokens"] = long.above if long else None
+    columns["long_context_input_factor"] = long.input_factor if long else None
+    columns["long_context_output_factor"] = long.output_factor if long else None
     return columns
 
 
@@ -235,18 +243,19 @@ PRICE_COLUMNS = (
     "input_per_mtok", "cached_input_per_mtok", "output_per_mtok", "batch_input_per_mtok", "batch_output_per_mtok",
     "flex_input_per_mtok", "flex_cached_input_per_mtok", "flex_output_per_mtok", "priority_input_per_mtok",
     "priority_cached_input_per_mtok", "priority_output_per_mtok", "reasoning_per_mtok",
+    "long_context_above_tokens", "long_context_input_factor", "long_context_output_factor",
 )  # fmt: skip
 
 
 def prices_diff(
     *, provider: Provider, catalog: dict[str, ModelEntry], on: dt.date
-) -> list[tuple[str, str, dict[str, tuple[Decimal | None, Decimal | None]]]]:
+) -> list[tuple[str, str, dict[str, tuple[PriceValue, PriceValue]]]]:
     """What applying ``catalog`` would change for ``provider``: (model, "new" | "changed", {column: (now, then)})
     for each model whose prices differ from the row in effect on ``on``; unchanged models are left out."""
     current: dict[str, Price] = {}
     for price in Price.objects.filter(provider=provider, effective_from__lte=on).order_by("model", "-effective_from"):
         current.setdefault(price.model, price)
-    changes: list[tuple[str, str, dict[str, tuple[Decimal | None, Decimal | None]]]] = []
+    changes: list[tuple[str, str, dict[str, tuple[PriceValue, PriceValue]]]] = []
     for model, entry in sorted(catalog.items()):
         wanted = price_columns(entry)
         row = current.get(model)

@@ -75,6 +75,28 @@ def test_csv_prices_with_tiers(tmp_path: Path) -> None:
     assert price.priority_input_per_mtok is None  # not offered: billed at standard
 
 
+def _with_long_context(rule: object) -> str:
+    model = {"context_window": 1000, "max_output": 100, "standard": {"input": "1", "output": "2"}, "long_context": rule}
+    return json.dumps({"effective_from": "2030-01-01", "models": {"m": model}})
+
+
+def test_long_context_rates_are_applied_and_reach_the_gateways_prices(tmp_path: Path) -> None:
+    tenant = tenant_make()
+    doc = json.loads(CATALOG_PATH.read_text())
+    doc["effective_from"] = "2030-01-01"
+    doc["models"]["gpt-5.4"]["long_context"]["output_factor"] = "1.75"
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps(doc))
+    out = _run(str(path), "--provider", str(tenant.provider.id), "--apply")
+    assert "long_context_output_factor: 1.500 -> 1.75" in out and "applied: 1 price row(s)" in out
+    price = Price.objects.get(provider=tenant.provider, model="gpt-5.4", effective_from=dt.date(2030, 1, 1))
+    long = price.long_context()
+    assert long is not None and (long.above, long.input_factor, long.output_factor) == (272_000, 2, Decimal("1.75"))
+    # A model without a long-context rate has none, in the row and the catalogue alike.
+    assert CATALOG["gpt-5.4-mini"].long_context is None
+    assert Price.objects.filter(provider=tenant.provider, model="gpt-5.4-mini").get().long_context() is None
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [
@@ -82,6 +104,11 @@ def test_csv_prices_with_tiers(tmp_path: Path) -> None:
         ("p.json", '{"effective_from": "2030-01-01", "models": {"m": {"standard": {"input": "-1"}}}}'),
         ("p.json", '{"effective_from": "soon", "models": {}}'),
         ("p.json", '{"effective_from": "2030-01-01", "models": {"m": {"context_window": 1, "max_output": 1}}}'),
+        ("p.json", _with_long_context({"above_input_tokens": 272000, "input_factor": "0.5", "output_factor": "1"})),
+        ("p.json", _with_long_context({"above_input_tokens": -1, "input_factor": "2", "output_factor": "1.5"})),
+        ("p.json", _with_long_context({"above_input_tokens": 272000, "input_factor": "NaN", "output_factor": "1"})),
+        ("p.json", _with_long_context({"above_input_tokens": 272000, "input_factor": "2"})),
+        ("p.json", _with_long_context("x2")),
         ("p.csv", "model,tier,input,output\nm,standard,NaN,1\n"),
         ("p.csv", "model,tier,input,output\n,standard,1,1\n"),
     ],
