@@ -145,19 +145,49 @@ class _CpuMeter:
     requests a gateway core can carry.
     """
 
-    def __init__(self, gateway_pid: int, client: redis.Redis) -> None:
+    def __init__(self, gateway_pid: int, client: redis.Redis, indexer_pid: int | None = None) -> None:
         self._pid = gateway_pid
+        self._indexer = indexer_pid
         self._redis = client
         self._ticks = os.sysconf("SC_CLK_TCK")
 
-    def _gateway_seconds(self) -> float:
-        """The gateway's processes together: with --workers N, uvicorn's supervisor and its N workers."""
+    def _seconds(self, pid: int) -> float:
+        """CPU seconds of ``pid`` and its descendants (with --workers N: uvicorn's supervisor and workers)."""
         ticks = 0
-        for pid in _process_tree(self._pid):
+        for member in _process_tree(pid):
             # Fields after the command name: utime and stime are the 12th and 13th (man 5 proc).
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
             ticks += int(fields[11]) + int(fields[12])
         return ticks / self._ticks
+
+    def _gateway_seconds(self) -> float:
+        return self._seconds(self._pid)
+
+    def _postgres_seconds(self) -> float:
+        """Every Postgres server on this box, with the backends it has reaped (a pgvector index insert
+        runs there): on a shared box this counts other clusters' work too, so it is shown only beside
+        the trial, where the indexer's inserts are most of it."""
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                head, _, rest = stat.read_text().rpartition(")")
+            except OSError:
+                continue
+            fields = rest.split()
+            if not head.endswith("(postgres"):
+                continue
+            # utime, stime; and for a postmaster (parent not postgres), its reaped children's cutime, cstime.
+            ticks += int(fields[11]) + int(fields[12])
+            try:
+                parent = Path(f"/proc/{fields[1]}/stat").read_text()
+            except OSError:
+                parent = ""
+            if "(postgres)" not in parent:
+                ticks += int(fields[13]) + int(fields[14])
+        return ticks / self._ticks
+
+    def _indexer_seconds(self) -> float:
+        return self._seconds(self._indexer) if self._indexer is not None else 0.0
 
     def _redis_seconds(self) -> float:
         info = self._redis.info("cpu")
@@ -166,9 +196,12 @@ class _CpuMeter:
     @contextmanager
     def measure(self) -> Iterator[_CpuSpent]:
         spent = _CpuSpent()
-        gateway, server = self._gateway_seconds(), self._redis_seconds()
+        gateway, server, indexer = self._gateway_seconds(), self._redis_seconds(), self._indexer_seconds()
+        postgres = self._postgres_seconds() if self._indexer is not None else 0.0
         yield spent
         spent.gateway, spent.redis = self._gateway_seconds() - gateway, self._redis_seconds() - server
+        spent.indexer = self._indexer_seconds() - indexer
+        spent.postgres = self._postgres_seconds() - postgres if self._indexer is not None else 0.0
 
 
 def _process_tree(pid: int) -> list[int]:
@@ -205,11 +238,15 @@ def _rss_mib(pid: int) -> float:
 class _CpuSpent:
     gateway = 0.0
     redis = 0.0
+    indexer = 0.0  # the cache-indexing consumer (ingest_cache), when the bench runs one
+    postgres = 0.0  # every Postgres process on the box, measured only when the indexer runs
 
     def per_request(self, requests: float) -> dict[str, float]:
         return {
             "gateway_cpu_us": self.gateway / max(requests, 1) * 1e6,
             "redis_cpu_us": self.redis / max(requests, 1) * 1e6,
+            "indexer_cpu_us": self.indexer / max(requests, 1) * 1e6,
+            "postgres_cpu_us": self.postgres / max(requests, 1) * 1e6,
         }
 
 
@@ -293,7 +330,8 @@ class Command(BaseCommand):
                 ] = []
                 cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 trialled: list[tuple[int, dict[str, float], dict[str, float]]] = []
-                meter = _CpuMeter(procs[1].pid, sync_client(settings.REDIS_URL))
+                indexer = procs[4].pid if len(procs) > 4 else None
+                meter = _CpuMeter(procs[1].pid, sync_client(settings.REDIS_URL), indexer)
                 for connections in [int(c) for c in options["connections"].split(",")]:
                     direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
                     bare = _wrk(bare_url, direct_lua, connections, options["seconds"])
@@ -435,6 +473,12 @@ class Command(BaseCommand):
             w(
                 f"      trial on: p50 {on['p50'] - off['p50']:+.2f} ms, throughput {on['rps'] / off['rps'] - 1:+.0%}, "
                 f"gateway CPU {on['gateway_cpu_us'] - off['gateway_cpu_us']:+.0f} µs per request"
+            )
+            w(
+                f"      the trial's indexing, beside the gateway: the cache indexer (ingest_cache, embedding each "
+                f"answer) {on['indexer_cpu_us']:.0f} µs and Postgres (pgvector inserts; every cluster on this box) "
+                f"{on['postgres_cpu_us'] - off['postgres_cpu_us']:+.0f} µs per request, on the same 2 cores here, "
+                "on their own hosts in production"
             )
 
     def _await_policy(self, issued: IssuedKey, gateway: str) -> None:
