@@ -20,7 +20,8 @@ from apps.enforcement.redis_clients import sync_client
 class RedisClusterCacheClient(RedisCacheClient):
     def __init__(self, servers: list[str], **options: Any) -> None:
         super().__init__(servers, **options)
-        self._url = servers[0]
+        # Django splits LOCATION at commas; a cluster URL's commas separate its seed nodes: put it back.
+        self._url = ",".join(servers)
         self._cluster: Any = None
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:

@@ -55,9 +55,18 @@ def slot_of(key: str | bytes) -> int:
 class FastRedisCluster:
     """The ``FastRedis`` interface (``execute``, ``execute_many``, ``pipeline``) over a cluster."""
 
-    def __init__(self, url: str, *, connect_timeout: float = 2.0, command_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        seeds: list[Address] | None = None,
+        connect_timeout: float = 2.0,
+        command_timeout: float | None = None,
+    ) -> None:
         parts = urlsplit(url)
         self._seed: Address = (parts.hostname or "127.0.0.1", parts.port or 6379)
+        # Every node the URL named: the map is read from the first that answers (the seed may be down).
+        self._seeds: list[Address] = list(dict.fromkeys([self._seed, *(seeds or [])]))
         # Every node is reached with the seed's credentials.
         self._userinfo = parts.netloc.rpartition("@")[0] + "@" if "@" in parts.netloc else ""
         self._connect_timeout = connect_timeout
@@ -85,12 +94,12 @@ class FastRedisCluster:
         return node
 
     async def refresh(self) -> None:
-        """Read the slot map from the first node that answers (the seed, then the nodes known)."""
+        """Read the slot map from the first node that answers (the seeds, then the nodes known)."""
         if self._refreshing is None:
             self._refreshing = asyncio.Lock()
         async with self._refreshing:
             errors = []
-            for address in dict.fromkeys([self._seed, *self._nodes]):
+            for address in dict.fromkeys([*self._seeds, *self._nodes]):
                 try:
                     reply = await self._node(address).execute("CLUSTER", "SLOTS")
                 except (RedisConnectionError, RedisTimeoutError, ResponseError, OSError) as error:

@@ -131,7 +131,8 @@ LEDGER_PARTITIONS_AHEAD = env_int("LEDGER_PARTITIONS_AHEAD", 3)
 LEDGER_RETENTION_DAYS = env_int("LEDGER_RETENTION_DAYS", 0)
 
 REDIS_URL: str = env_str("REDIS_URL", "") or embedded.redis_url()
-# ``redis+cluster://host:port`` names a Redis Cluster by one of its nodes (apps/enforcement/redis_clients.py).
+# ``redis+cluster://host:port`` names a Redis Cluster by one of its nodes, ``redis+cluster://h1:p1,h2:p2,…``
+# by several, so that a process starting while one is down still finds it (apps/enforcement/redis_clients.py).
 REDIS_CLUSTER: bool = REDIS_URL.startswith("redis+cluster://")
 # Every key, stream and channel the product uses starts with this, so test runs
 # and several installs can share one Redis without touching each other.

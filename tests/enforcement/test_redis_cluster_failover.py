@@ -1,0 +1,226 @@
+"""Fault drills on a real Redis Cluster with replicas (three primaries, one replica each, started here).
+
+- A primary is SIGKILLed under a gateway's traffic: its replica takes over, the gateway finds the new
+  primary on its own (no restart), and every request the app sent has its ledger row, the ones refused
+  while the cluster had no primary for the slot included (written to the spool, re-sent afterwards).
+- A slot in mid-migration: the fast client follows ``ASK`` to the importing node.
+
+Skipped only when ``redis-server`` cannot start a cluster here, with a warning that says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+import redis
+from django.conf import settings
+from redis.cluster import RedisCluster
+
+from apps.budgets.models import BudgetScope
+from apps.budgets.services import budget_create, rate_limit_set
+from apps.core import names
+from apps.enforcement.redis_clients import cluster_seeds, fast_client, node_url, sync_client
+from apps.ledger.models import LedgerEntry
+from apps.ledger.services import ledger_ingest_batch
+from tests import live
+from tests.enforcement.test_redis_cluster import (
+    _free_pair,
+    _skip_loudly,
+    _wait_for_cluster_ok,
+    _wait_for_pings,
+    _wait_for_policy,
+)
+from tests.factories import Tenant
+from tests.gateway.helpers import sdk
+
+pytestmark = pytest.mark.live
+
+NODE_TIMEOUT_MS = 1000  # how long a silent primary takes to be declared failed; its replica then takes over
+
+
+@pytest.fixture
+def replicated_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[int, subprocess.Popen[bytes]]]]:
+    """``redis+cluster://`` URL of three primaries with a replica each, and the servers by port."""
+    server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if server is None or cli is None:
+        _skip_loudly("redis-server or redis-cli is not installed")
+    assert server is not None and cli is not None
+    ports = [_free_pair() for _ in range(6)]
+    processes: dict[int, subprocess.Popen[bytes]] = {}
+    try:
+        for port in ports:
+            args = [
+                server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+                "--cluster-config-file", str(tmp_path / f"nodes-{port}.conf"), "--dir", str(tmp_path),
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "no",
+            ]  # fmt: skip
+            processes[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        _wait_for_pings(ports, list(processes.values()))
+        create = subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-replicas", "1",
+             "--cluster-yes"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if create.returncode != 0:
+            _skip_loudly(f"redis-cli --cluster create failed: {create.stdout[-500:]} {create.stderr[-500:]}")
+        _wait_for_cluster_ok(ports)
+        _wait_for_replicas(ports[0], 3)
+        # Every node named as a seed: a process that starts (or re-reads the map) while one is down finds another.
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in ports), processes
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in processes.values():
+            process.wait(timeout=10)
+
+
+def _wait_for_replicas(port: int, wanted: int) -> None:
+    """Until every primary has a replica that has synced with it (a replica that never synced cannot take over)."""
+    deadline = time.monotonic() + 20
+    while True:
+        nodes = redis.Redis(port=port).cluster("nodes")
+        synced = [n for n in nodes.values() if "slave" in n["flags"] and n["connected"]]
+        if len(synced) >= wanted:
+            return
+        if time.monotonic() > deadline:
+            _skip_loudly(f"the replicas did not attach: {nodes}")
+        time.sleep(0.1)
+
+
+def _ask(client: openai.OpenAI, i: int) -> str:
+    """One chat request; what the app saw: ``ok``, or the HTTP status of an error."""
+    try:
+        client.chat.completions.create(
+            model="gpt-4o-mini", max_tokens=20, messages=[{"role": "user", "content": f"Say hi, #{i}."}]
+        )
+        return "ok"
+    except openai.APIStatusError as exc:
+        return str(exc.status_code)
+
+
+def test_a_primary_fails_over_under_traffic_and_no_ledger_row_is_lost(
+    replicated_cluster: tuple[str, dict[int, subprocess.Popen[bytes]]], tenant: Tenant, settings: Any
+) -> None:
+    url, servers = replicated_cluster
+    process, gateway = live.start_gateway(REDIS_URL=url, CELERY_BROKER_URL=settings.REDIS_URL)
+    try:
+        settings.REDIS_URL = url
+        # A budget and limits never reached: every admission runs on the organisation's slot.
+        budget_create(organization=tenant.org, name="roomy", scope=BudgetScope.PROJECT, project=tenant.project,
+                      amount_usd=Decimal("100"))  # fmt: skip
+        rate_limit_set(project=tenant.project, requests_per_minute=100_000, max_concurrent=1_000)
+        _wait_for_policy(url, [gateway], tenant.key.plaintext)
+        client = sdk(gateway, tenant.key.plaintext)  # no retries: each outcome is what one request got
+        outcomes = [_ask(client, i) for i in range(10)]
+        assert outcomes == ["ok"] * 10
+
+        admin = RedisCluster.from_url(node_url(url))
+        owner = admin.get_node_from_key(names.org_tag(tenant.org.id))
+        servers[owner.port].kill()  # SIGKILL: no goodbye to the cluster or the gateway
+        killed = time.monotonic()
+        admin.close()
+
+        # Keep asking until ten answers in a row are ok again (the replica took over), for at most 30 s.
+        deadline, streak, i = time.monotonic() + 30, 0, 10
+        while streak < 10 and time.monotonic() < deadline:
+            outcome = _ask(client, i)
+            outcomes.append(outcome)
+            streak = streak + 1 if outcome == "ok" else 0
+            i += 1
+            time.sleep(0.05)
+        assert streak == 10, f"the gateway did not recover after the failover: {outcomes[-20:]}"
+        print(f"failover: {outcomes.count('503')} requests refused (503) over {time.monotonic() - killed:.1f} s")
+        # While the slot had no primary the gateway failed closed (503, nothing sent upstream), never a 500.
+        assert set(outcomes) <= {"ok", "503"}, outcomes
+
+        # Every request has its row: the spool is re-sent every 2 s once the stream's primary answers again.
+        # A client made now finds the cluster although the first node the URL names is the dead one.
+        state = sync_client(url)
+
+        def all_rows() -> bool:
+            while ledger_ingest_batch(client=state, consumer="tests", block_ms=0):
+                pass
+            return LedgerEntry.objects.filter(project=tenant.project).count() >= len(outcomes)
+
+        live.wait_until(all_rows, timeout=20, interval=0.5)
+        state.close()
+    finally:
+        process.stop()
+    rows = LedgerEntry.objects.filter(project=tenant.project)
+    assert rows.count() == len(outcomes)
+    assert rows.filter(status_code=200).count() == outcomes.count("ok")
+    assert rows.filter(status_code=503, error_code="limits_unavailable").count() == outcomes.count("503")
+
+
+def test_the_fast_client_follows_ask_while_a_slot_is_migrating(
+    replicated_cluster: tuple[str, dict[int, subprocess.Popen[bytes]]],
+) -> None:
+    url, _servers = replicated_cluster
+    key = f"{settings.REDIS_PREFIX}migrating:1"
+    admin = RedisCluster.from_url(node_url(url))
+    admin.set(key, "before")
+    slot = admin.keyslot(key)
+    source = admin.get_node_from_key(key)
+    target = next(node for node in admin.get_primaries() if node.name != source.name)
+    source_client, target_client = admin.get_redis_connection(source), admin.get_redis_connection(target)
+    source_id = source_client.execute_command("CLUSTER", "MYID")
+    target_id = target_client.execute_command("CLUSTER", "MYID")
+    target_client.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source_client.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    # The key moves; the slot stays the source's until the migration ends, so the source answers ASK.
+    source_client.execute_command("MIGRATE", target.host, target.port, "", 0, 5000, "KEYS", key)
+
+    async def read_and_write() -> tuple[object, object, object]:
+        client = fast_client(url, command_timeout=2)
+        try:
+            before = await client.execute("GET", key)
+            written = await client.execute("SET", key, "during")
+            return before, written, await client.execute("GET", key)
+        finally:
+            await client.close()
+
+    try:
+        before, written, during = asyncio.run(read_and_write())
+        assert (before, written, during) == (b"before", b"OK", b"during")
+        asking = target_client.pipeline(transaction=False)
+        asking.execute_command("ASKING")
+        asking.get(key)
+        assert asking.execute()[1] == b"during", "written on the importing node, after ASKING"
+    finally:
+        for client in (source_client, target_client):
+            client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        admin.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://",
+        "redis+cluster://host",
+        "redis+cluster://h:1,",
+        "redis+cluster://h:99999",
+        "redis+cluster://:7000",
+        "redis+cluster://h:1,h:x",
+    ],
+)
+def test_a_cluster_url_that_names_no_address_is_refused_clearly(url: str) -> None:
+    with pytest.raises(ValueError, match="names nodes as host:port"):
+        fast_client(url)
+    with pytest.raises(ValueError, match="names nodes as host:port"):
+        sync_client(url)
+
+
+def test_several_seeds_with_credentials_reach_every_client() -> None:
+    url = "redis+cluster://user:secret@10.0.0.1:7000,10.0.0.2:7001"
+    assert cluster_seeds(url) == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
+    assert node_url(url) == "redis://user:secret@10.0.0.1:7000"
