@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from apps.budgets import secrets, services
+from apps.budgets import background, secrets, services
 from apps.budgets.models import AlertDelivery
 
 
@@ -23,6 +23,12 @@ def alert_deliver_task(delivery_id: int) -> str:
     if delivery is None:
         return "gone"  # its alert or channel was deleted since: nothing to send, nothing to retry
     return services.alert_deliver(delivery=delivery).status
+
+
+@shared_task(name="budgets.read_back_background", time_limit=120, soft_time_limit=110)
+def background_usage_read_back_task() -> int:
+    """Bill background responses that finished at their real usage (``apps.budgets.background``)."""
+    return background.background_usage_read_back()
 
 
 @shared_task(name="budgets.check_thresholds", time_limit=120, soft_time_limit=110)

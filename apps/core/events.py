@@ -18,6 +18,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from apps.core.pricing import tier_name
+from apps.core.responses import RESPONSE_ID_MAX
 
 # --- stream entries ---------------------------------------------------------------------
 
@@ -149,6 +150,7 @@ def ledger_event_clean(event: dict[str, Any]) -> dict[str, Any]:
         ("cache_key", CACHE_KEY_MAX),
         ("prefix_key", CACHE_KEY_MAX),
         ("embedding_key", CACHE_KEY_MAX),
+        ("background_response_id", RESPONSE_ID_MAX),
     ):
         event[name] = clean_text(event.get(name), limit)
     for name in (

@@ -46,6 +46,8 @@ class Call:
     history: list[dict[str, Any]] | None = None
     service_tier: str = TIER_STANDARD
     usage_estimated: bool = False
+    # A background response billed at its worst case: its id, so a worker can read its usage back later.
+    background_response_id: str = ""
     # An attempt the provider may bill although we got no answer (a timeout after the request was sent).
     possibly_billed: bool = False
     cost: Decimal = ZERO
@@ -124,6 +126,7 @@ class Call:
                 "reasoning_tokens": self.reasoning_tokens,
                 "service_tier": self.service_tier,
                 "usage_estimated": self.usage_estimated,
+                "background_response_id": self.background_response_id,
                 "cost": self.cost,
                 "counterfactual_cost": self.counterfactual_cost,
                 "latency_ms": self.elapsed_ms(),

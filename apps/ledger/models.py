@@ -21,6 +21,7 @@ from apps.core.events import (
     ROUTE_MAX,
 )
 from apps.core.pricing import TIER_MAX, TIER_STANDARD
+from apps.core.responses import RESPONSE_ID_MAX
 from apps.providers.models import DecimalSpec
 
 
@@ -402,3 +403,48 @@ class HeldResponse(models.Model):
 
     def __str__(self) -> str:
         return self.response_id
+
+
+class ReadBack(models.TextChoices):
+    """Where a background response's usage read-back stands (``apps.ledger.background``)."""
+
+    PENDING = "pending", "Pending"
+    READ = "read", "Real usage read back"
+    UNREAD = "unread", "Given up: worst case kept"
+
+
+class BackgroundResponse(models.Model):
+    """A background response (``background: true`` on ``/v1/responses``) whose ledger row holds its worst case.
+
+    The gateway answers such a request before the provider has generated anything, so its row is billed at
+    the worst case and marked estimated. The ledger ingest adds this row beside it; the read-back task
+    (``apps.ledger.background``) asks the provider for the response until it is done, then puts the real
+    usage and price on the ledger row and gives the difference back to the budgets. After
+    ``BACKGROUND_READBACK_HOURS`` (or on an answer it cannot believe) it gives up: ``unread``, worst case kept,
+    ``note`` says why.
+    """
+
+    request_id = models.CharField(max_length=REQUEST_ID_MAX, unique=True, help_text="The ledger row's request id")
+    ledger_created_at = models.DateTimeField(help_text="The ledger row's created_at (its partition)")
+    response_id = models.CharField(max_length=RESPONSE_ID_MAX)
+    organization = models.ForeignKey(
+        "tenancy.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    project = models.ForeignKey("tenancy.Project", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    provider = models.ForeignKey(
+        "providers.Provider", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+"
+    )
+    status = models.CharField(max_length=10, choices=ReadBack.choices, default=ReadBack.PENDING)
+    provider_status = models.CharField(max_length=20, blank=True, help_text="The response's status when last read")
+    claimed_until = models.DateTimeField(null=True, blank=True, help_text="A worker is reading it until then")
+    checks = models.PositiveIntegerField(default=0)
+    note = models.CharField(max_length=300, blank=True, help_text="Why it was given up, or what the last read said")
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["ledger_created_at"], name="background_pending", condition=models.Q(status="pending"))
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.response_id} {self.status}"

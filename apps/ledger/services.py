@@ -21,10 +21,12 @@ from apps.audit.models import AuditAction
 from apps.audit.services import audit_record
 from apps.core import names
 from apps.core.events import EVENT_FIELD, ledger_event_clean
+from apps.core.responses import is_response_id
 from apps.enforcement.redis_clients import sync_client
 from apps.ledger.consumer import DeadLetter, dead_letters_report, store_or_bisect
 from apps.ledger.models import (
     HISTOGRAM_EDGES_MS,
+    BackgroundResponse,
     Dimension,
     HourlyRollup,
     LedgerEntry,
@@ -204,6 +206,28 @@ def ledger_rows_copy(rows: Sequence[tuple[Any, ...]]) -> None:
         cursor.execute("DELETE FROM ledger_ingest_staging")
 
 
+def _background_from_event(event: dict[str, Any], row: tuple[Any, ...]) -> BackgroundResponse | None:
+    """The read-back row of a background response billed at its worst case (the event was cleaned by
+    ``_row_from_event``); None for every other event."""
+    response_id = event.get("background_response_id")
+    if not is_response_id(response_id) or event.get("provider_id") is None:
+        return None
+    assert isinstance(response_id, str)
+    values = dict(zip(INGEST_COLUMNS, row, strict=True))
+    return BackgroundResponse(
+        request_id=values["request_id"], ledger_created_at=values["created_at"], response_id=response_id,
+        organization_id=values["organization_id"], project_id=values["project_id"], provider_id=event["provider_id"],
+    )  # fmt: skip
+
+
+def _store_chunk(chunk: Sequence[tuple[bytes, dict[Any, Any], tuple[Any, ...], BackgroundResponse | None]]) -> None:
+    """The ledger rows of ``chunk``, and the read-back rows of its background responses, in one transaction."""
+    ledger_rows_copy([row for _id, _f, row, _bg in chunk])
+    pending = [background for _id, _f, _row, background in chunk if background is not None]
+    if pending:
+        BackgroundResponse.objects.bulk_create(pending, ignore_conflicts=True)
+
+
 def ledger_ingest_batch(
     *, client: redis.Redis, consumer: str, count: int = 500, block_ms: int = 1000, claim_idle_ms: int = 30_000
 ) -> int:
@@ -220,17 +244,19 @@ def ledger_ingest_batch(
     entries = read_batch(client, stream, consumer, count=count, block_ms=block_ms, claim_idle_ms=claim_idle_ms)
     if not entries:
         return 0
-    rows: list[tuple[bytes, dict[Any, Any], tuple[Any, ...]]] = []
+    rows: list[tuple[bytes, dict[Any, Any], tuple[Any, ...], BackgroundResponse | None]] = []
     dead: list[DeadLetter] = []
     for entry_id, fields in entries:
         if not fields:  # deleted from the stream while pending; nothing to keep
             continue
         try:
-            rows.append((entry_id, fields, _row_from_event(orjson.loads(fields[EVENT_FIELD]))))
+            event = orjson.loads(fields[EVENT_FIELD])
+            row = _row_from_event(event)
+            rows.append((entry_id, fields, row, _background_from_event(event, row)))
         except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError) as exc:
             dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
-    refused = store_or_bisect(rows, lambda chunk: ledger_rows_copy([row for _id, _f, row in chunk]))
-    dead += [(entry_id, fields, error) for (entry_id, fields, _row), error in refused]
+    refused = store_or_bisect(rows, _store_chunk)
+    dead += [(entry_id, fields, error) for (entry_id, fields, _row, _bg), error in refused]
     dead_letters_report(stream=stream, dead=dead, field=EVENT_FIELD)
     acknowledge(client, stream, [entry_id for entry_id, _fields in entries], dead_letters=dead)
     return len(entries)
@@ -303,6 +329,16 @@ def rollups_refresh() -> int:
         watermark.ingested_before = started
         watermark.save(update_fields=["ingested_before"])
     return len(hours)
+
+
+def rollups_recompute(*, hours: Sequence[dt.datetime]) -> None:
+    """Recompute the roll-ups of ``hours`` now (ledger rows in them were corrected after they were rolled up).
+
+    Under the watermark's lock, so it never interleaves with ``rollups_refresh`` on the same hour."""
+    with transaction.atomic():
+        RollupWatermark.objects.select_for_update().first()
+        for hour in dict.fromkeys(h.replace(minute=0, second=0, microsecond=0) for h in hours):
+            _rollup_hour(hour)
 
 
 _MEASURES = ("requests", "errors", "cache_hits", "prompt_tokens", "cached_tokens", "completion_tokens")

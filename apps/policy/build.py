@@ -138,18 +138,7 @@ def build_snapshot(version: int) -> Snapshot:
         .exclude(provider_id__in=unusable)
         .order_by("provider_id", "model", "-effective_from")
     ):
-        prices.setdefault((price.provider_id, price.model), []).append(
-            PriceRow.per_mtok(
-                effective_from=price.effective_from,
-                input_per_mtok=price.input_per_mtok,
-                cached_input_per_mtok=price.cached_input_per_mtok,
-                output_per_mtok=price.output_per_mtok,
-                cache_write_per_mtok=price.cache_write_per_mtok,
-                reasoning_per_mtok=price.reasoning_per_mtok,
-                tiers_per_mtok=price.tier_rates(),
-                long_context=price.long_context(),
-            )
-        )
+        prices.setdefault((price.provider_id, price.model), []).append(price.row())
         served_by = org_models.setdefault(provider_orgs[price.provider_id], {}).setdefault(price.model, [])
         if price.provider_id not in served_by:
             served_by.append(price.provider_id)

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
-from apps.core.pricing import MTOK, TIER_FLEX, TIER_PRIORITY, LongContext, TierRates, token_cost
+from apps.core.pricing import MTOK, TIER_FLEX, TIER_PRIORITY, LongContext, PriceRow, TierRates, token_cost
 from apps.providers import crypto
 
 
@@ -186,6 +186,19 @@ class Price(models.Model):
         assert self.long_context_input_factor is not None and self.long_context_output_factor is not None
         return LongContext(
             self.long_context_above_tokens, self.long_context_input_factor, self.long_context_output_factor
+        )
+
+    def row(self) -> PriceRow:
+        """This price as the gateway's snapshot holds it (every tier and token class, per token)."""
+        return PriceRow.per_mtok(
+            effective_from=self.effective_from,
+            input_per_mtok=self.input_per_mtok,
+            cached_input_per_mtok=self.cached_input_per_mtok,
+            output_per_mtok=self.output_per_mtok,
+            cache_write_per_mtok=self.cache_write_per_mtok,
+            reasoning_per_mtok=self.reasoning_per_mtok,
+            tiers_per_mtok=self.tier_rates(),
+            long_context=self.long_context(),
         )
 
     def cost(

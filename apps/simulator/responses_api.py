@@ -9,7 +9,8 @@ first function tool; one that does is answered with a message. Stored responses
 (``store`` defaults to true) are kept in memory, so ``previous_response_id``,
 retrieve, delete and ``input_items`` work; ``background`` responses stay
 ``in_progress`` until their ``[[sim:latency=MS]]`` has passed (then ``completed``),
-and can be cancelled before that. ``service_tier`` is echoed (``auto`` is served as
+and can be cancelled before that (then their usage is the input alone). ``[[sim:usage=JSON]]`` replaces
+the usage reported (also a background response's, once done). ``service_tier`` is echoed (``auto`` is served as
 ``default``). Directives (``[[sim:503]]``…) work as on chat.
 """
 
@@ -138,7 +139,7 @@ class ResponsesApi:
             "tools": tools,
             "top_p": 1.0,
             "truncation": "disabled",
-            "usage": None if directives is not None and directives.no_usage else usage,
+            "usage": _usage(usage, directives),
             "user": body.get("user"),
             "metadata": body.get("metadata") or {},
             "background": background,
@@ -215,7 +216,12 @@ class ResponsesApi:
         if not response["background"]:
             return response
         if stored["cancelled"]:
-            return {**response, "status": "cancelled", "output": [], "usage": None}
+            # Cancelled before any output: the input was read (and is billed), nothing was generated.
+            usage = response["usage"]
+            if isinstance(usage, dict) and "input_tokens" in usage:
+                usage = {**usage, "output_tokens": 0, "output_tokens_details": {"reasoning_tokens": 0},
+                         "total_tokens": usage["input_tokens"]}  # fmt: skip
+            return {**response, "status": "cancelled", "output": [], "usage": usage}
         if time.monotonic() < stored["ready_at"]:
             return {**response, "status": "in_progress", "output": [], "usage": None}
         return response
@@ -253,6 +259,17 @@ class ResponsesApi:
             "has_more": False,
         }
         return Reply(200, orjson.dumps(body))
+
+
+def _usage(usage: dict[str, Any], directives: Directives | None) -> Any:
+    """The usage reported: none for ``[[sim:no_usage]]``, the raw value of ``[[sim:usage=JSON]]``."""
+    if directives is None:
+        return usage
+    if directives.no_usage:
+        return None
+    if directives.hostile is not None and directives.hostile.usage is not None:
+        return orjson.loads(directives.hostile.usage)
+    return usage
 
 
 def _effort(body: dict[str, Any], model: str) -> str | None:

@@ -268,6 +268,9 @@ BATCH_LEASE_SECONDS = env_int("BATCH_LEASE_SECONDS", 300)
 # much time left before the 24 h window closes, unfinished lines move to the sync path instead.
 BATCH_PROVIDER_BACKEND = env_bool("BATCH_PROVIDER_BACKEND", True)
 BATCH_DEADLINE_MARGIN_SECONDS = env_int("BATCH_DEADLINE_MARGIN_SECONDS", 3600)
+# A background response (/v1/responses, background: true) is billed at its worst case until its real usage
+# is read back from its provider (apps/budgets/background.py); after this many hours it is given up on.
+BACKGROUND_READBACK_HOURS = env_int("BACKGROUND_READBACK_HOURS", 24)
 BATCH_VLLM_TIMEOUT_SECONDS = env_int("BATCH_VLLM_TIMEOUT_SECONDS", 11 * 3600)
 GATEWAY_MAX_BODY_BYTES = env_int("GATEWAY_MAX_BODY_BYTES", 8 * 1024 * 1024)
 # Redis down: refuse with 503 (default) or serve unchecked and let the ledger catch budgets up.

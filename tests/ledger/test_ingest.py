@@ -12,7 +12,7 @@ import redis
 from django.conf import settings
 
 from apps.core.events import EVENT_FIELD
-from apps.ledger.models import LedgerEntry
+from apps.ledger.models import BackgroundResponse, LedgerEntry
 from apps.ledger.services import dead_letter_stream, ensure_group, ledger_ingest_batch, ledger_stream
 from apps.ledger.stream import GROUP
 from tests import live
@@ -132,3 +132,17 @@ def test_an_event_twice_in_one_batch_is_one_row(client: redis.Redis) -> None:
         [event["request_id"], other["request_id"]]
     )
     assert client.xpending(ledger_stream(), GROUP)["pending"] == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_background_responses_row_gets_its_read_back_row_once_whatever_its_id_holds(client: redis.Redis) -> None:
+    tenant = tenant_make()
+    background = {**_event(tenant, 1), "endpoint": "responses", "background_response_id": "resp_\x00abc" + "x" * 500}
+    no_provider = {**_event(tenant, 2), "provider_id": None, "background_response_id": "resp_2"}
+    odd_type = {**_event(tenant, 3), "background_response_id": ["resp_3"]}
+    _publish(client, [background, no_provider, odd_type, background])
+    assert ledger_ingest_batch(client=client, consumer="c", block_ms=0) == 4
+    assert LedgerEntry.objects.count() == 3 and not client.xrange(dead_letter_stream())
+    held = BackgroundResponse.objects.get()
+    assert held.request_id == background["request_id"] and held.status == "pending"
+    assert held.response_id == ("resp_abc" + "x" * 500)[:200] and held.provider_id == tenant.provider.id

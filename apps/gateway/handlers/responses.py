@@ -193,7 +193,7 @@ async def _answer(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
         data = relay.answer_object(answer.body)
         text = output_text(data)  # "" for a background response: nothing generated yet
         if data.get("background") is True and data.get("status") in ("queued", "in_progress"):
-            _bill_worst_case(rt, call, answer.target, payload)
+            _bill_worst_case(rt, call, answer.target, payload, data.get("id"))
         else:
             price.price_response(call, answer.target, data, completion_estimate(text))
         await _remember(rt, call, data, answer.target, payload)
@@ -209,12 +209,15 @@ async def _answer(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
         shadow.offer(rt, call, plan, payload, text)
 
 
-def _bill_worst_case(rt: Runtime, call: Call, target: Any, payload: dict[str, Any]) -> None:
+def _bill_worst_case(rt: Runtime, call: Call, target: Any, payload: dict[str, Any], response_id: Any) -> None:
     """A background response is answered before it is generated; its usage never reaches the gateway.
-    It is billed at its worst case, marked estimated, so a budget never counts less than it may cost."""
+    It is billed at its worst case, marked estimated, so a budget never counts less than it may cost;
+    its id goes with the row, and ``apps.ledger.background`` reads its real usage back once it is done."""
     usd, worst = worst_case(target, call.endpoint, payload, rt.limits.unknown_model_max_output, call.context_tokens)
     call.prompt_tokens, call.completion_tokens = worst.prompt_tokens, worst.output_tokens
     call.cost, call.usage_estimated = usd, True
+    if is_response_id(response_id):
+        call.background_response_id = response_id
     if target.counterfactual_price is not None:
         call.counterfactual_cost = usd
 

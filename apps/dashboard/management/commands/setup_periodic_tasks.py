@@ -15,6 +15,7 @@ PERIODIC_TASKS = {
     "Ledger partitions ahead": ("ledger.partitions_ensure", 3600),
     "Ledger retention": ("ledger.retention_apply", 86400),
     "Budget thresholds": ("budgets.check_thresholds", 60),
+    "Background responses' real usage": ("budgets.read_back_background", 30),
     "Spend-rate anomalies": ("budgets.detect_anomalies", 60),
     "Budget period history": ("budgets.record_periods", 300),
     "Alert re-delivery": ("budgets.redeliver_alerts", 120),
