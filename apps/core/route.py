@@ -14,6 +14,7 @@ The text, part by part::
     [;limits-unchecked] [;would-block:budget:ID,...]               admission notes
     [;failed:MODEL@PROVIDER(OUTCOME)]... [;retries=N] [;unpriced]  upstream notes
     [;pruned:max_tokens(ASKED->CAP)] [;pruned:history(N->M)]        what a pruning policy trimmed
+                                                                   (max_output_tokens on /v1/responses)
 
 The JSON holds only what is set (``{"kind": "direct"}`` for the common case).
 """
@@ -46,8 +47,8 @@ class Tried:
 
 @dataclass(frozen=True, slots=True)
 class Pruned:
-    """What a pruning policy trimmed: ``max_tokens`` (the cap asked for, 0 when none, and the one sent) or
-    ``history`` (messages asked with, and sent)."""
+    """What a pruning policy trimmed: ``max_tokens`` or ``max_output_tokens`` (the cap asked for, 0 when none,
+    and the one sent) or ``history`` (messages or input items asked with, and sent)."""
 
     what: str
     before: int

@@ -1,6 +1,6 @@
 """The Responses API: POST /v1/responses on the chat pipeline's stages, and its stored responses.
 
-Create reads top to bottom like chat: authenticate -> validate -> plan route ->
+Create reads top to bottom like chat: authenticate -> validate -> prune -> plan route ->
 (exact cache) -> admit -> call upstream -> relay (JSON, or the typed event
 stream event by event) -> price (usage from the response or ``response.completed``,
 at the tier it was served at) -> record. Upstreams are asked in Responses' own
@@ -44,7 +44,7 @@ from apps.gateway.call import ZERO, Call
 from apps.gateway.conversations import Owner, not_found
 from apps.gateway.handlers import responses_held
 from apps.gateway.runtime import Runtime
-from apps.gateway.stages import cache, price, record, relay, shadow, upstream
+from apps.gateway.stages import cache, price, prune, record, relay, shadow, upstream
 from apps.gateway.stages.admit import admit, worst_case
 from apps.gateway.stages.auth import authenticate
 from apps.gateway.stages.plan import Plan, plan_route
@@ -82,6 +82,7 @@ async def create(rt: Runtime, scope: Scope, receive: Receive, send: Send, reques
     tracing.start_request(call)
     try:
         payload = await read_request(call, receive, headers, rt.limits.max_body_bytes)
+        prune.prune(snapshot, call, payload)
         previous = await _previous(rt, call, payload)
         plan = plan_route(snapshot, call, payload, rt.in_flight)
         plan.cheap = None  # cascades need chat logprobs
