@@ -23,6 +23,7 @@ from apps.core.text import json_tokens, text_tokens
 
 # OpenAI's ids are short ASCII (resp_ + hex); anything else is no id of ours or theirs.
 RESPONSE_ID_MAX = 200
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 MAX_OUTPUT_BOUND = 1_000_000
 _SERVICE_TIERS = frozenset({"auto", "default", "flex", "priority", "scale"})
 _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
@@ -74,6 +75,14 @@ def validate_responses(payload: dict[str, Any]) -> None:
     if limit is not None and (type(limit) is not int or not 1 <= limit <= MAX_OUTPUT_BOUND):
         raise bad_request(f"Invalid 'max_output_tokens': expected an integer from 1 to {MAX_OUTPUT_BOUND}.",
                           param="max_output_tokens", code="invalid_value")  # fmt: skip
+    include = payload.get("include")
+    if include is not None and (not isinstance(include, list) or not all(isinstance(i, str) for i in include)):
+        raise bad_request("Invalid type for 'include': expected an array of strings.", param="include",
+                          code="invalid_type")  # fmt: skip
+    top = payload.get("top_logprobs")
+    if top is not None and (type(top) is not int or not 0 <= top <= MAX_TOP_LOGPROBS):
+        raise bad_request(f"Invalid 'top_logprobs': expected an integer from 0 to {MAX_TOP_LOGPROBS}.",
+                          param="top_logprobs", code="invalid_value")  # fmt: skip
     tools = payload.get("tools")
     if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
         raise bad_request("Invalid type for 'tools': expected an array of objects.", param="tools", code="invalid_type")

@@ -119,9 +119,28 @@ def confidence(completion: dict[str, Any], *, tokens: int, aggregate: str) -> fl
     Per choice: the probabilities of the first ``tokens`` answer tokens, combined
     as their minimum, mean or product (joint probability).
     """
+    choices = completion.get("choices") or ()
+    return _lowest([((choice or {}).get("logprobs") or {}).get("content") for choice in choices], tokens, aggregate)
+
+
+def response_confidence(response: dict[str, Any], *, tokens: int, aggregate: str) -> float | None:
+    """Confidence of a Responses API answer from its output texts' logprobs (``include:
+    ["message.output_text.logprobs"]``), lowest over its output texts, as ``confidence`` reads a
+    completion's choices; None when it has no output text, or one without logprobs."""
+    texts = [
+        part.get("logprobs")
+        for item in response.get("output") or ()
+        if (item or {}).get("type") == "message"
+        for part in item.get("content") or ()
+        if (part or {}).get("type") == "output_text"
+    ]
+    return _lowest(texts, tokens, aggregate) if texts else None
+
+
+def _lowest(sequences: list[Any], tokens: int, aggregate: str) -> float | None:
+    """The lowest confidence over ``sequences`` of logprob entries; None when one of them is empty."""
     lowest: float | None = None
-    for choice in completion.get("choices") or ():
-        content = ((choice or {}).get("logprobs") or {}).get("content")
+    for content in sequences:
         if not content:
             return None
         probabilities = [_probability(entry["logprob"]) for entry in content[:tokens]]

@@ -10,7 +10,10 @@ first function tool; one that does is answered with a message. Stored responses
 retrieve, delete and ``input_items`` work; ``background`` responses stay
 ``in_progress`` until their ``[[sim:latency=MS]]`` has passed (then ``completed``),
 and can be cancelled before that (then their usage is the input alone). ``[[sim:usage=JSON]]`` replaces
-the usage reported (also a background response's, once done). ``service_tier`` is echoed (``auto`` is served as
+the usage reported (also a background response's, once done). With ``include:
+["message.output_text.logprobs"]`` (and ``top_logprobs``) each output text carries its logprobs, one
+entry per piece, streamed with its deltas; ``[[sim:confidence=P]]`` sets the first one's probability
+and ``[[sim:logprob=X]]`` its logprob, as on chat. ``service_tier`` is echoed (``auto`` is served as
 ``default``). Directives (``[[sim:503]]``…) work as on chat.
 """
 
@@ -23,7 +26,7 @@ from typing import Any
 import orjson
 
 from apps.simulator.directives import Directives, parse_directives
-from apps.simulator.generation import CHAT, count_tokens, prompt_digest
+from apps.simulator.generation import CHAT, count_tokens, logprob_entries, prompt_digest
 from apps.simulator.options import choice_tokens, int_option, model_option
 from apps.simulator.replies import DIRECTIVE_ERRORS, STREAM_HEADERS, Rejected, Reply, error, invalid
 
@@ -106,7 +109,10 @@ class ResponsesApi:
         input_tokens = 3 + count_tokens(instructions or "") + sum(3 + count_tokens(_item_text(i)) for i in conversation)
         input_tokens += sum(count_tokens(orjson.dumps(tool).decode()) for tool in tools)
         reasoning = REASONING_TOKENS[effort] if effort else 0
+        top_logprobs = _logprobs_option(body)
         output, visible, incomplete = self._output(model, conversation, tools, body, directives, limit, reasoning)
+        if top_logprobs is not None:
+            _add_logprobs(output, prompt_digest(model, [_item_text(i) for i in conversation]), directives, top_logprobs)
         usage = {
             "input_tokens": input_tokens,
             "input_tokens_details": {"cached_tokens": 0},
@@ -261,6 +267,31 @@ class ResponsesApi:
         return Reply(200, orjson.dumps(body))
 
 
+def _logprobs_option(body: dict[str, Any]) -> int | None:
+    """The alternatives per token asked for (``top_logprobs``) when ``include`` asks for the output text's
+    logprobs; None when it does not (then ``logprobs`` is an empty list, as OpenAI sends it)."""
+    include = body.get("include")
+    if include is not None and (not isinstance(include, list) or not all(isinstance(i, str) for i in include)):
+        raise invalid("Invalid type for 'include': expected an array of strings.", "include", "invalid_type")
+    top = int_option(body, "top_logprobs", 0, 0, 20) or 0
+    return top if include is not None and "message.output_text.logprobs" in include else None
+
+
+def _add_logprobs(output: list[dict[str, Any]], digest: bytes, directives: Directives | None, top: int) -> None:
+    """Each output text's logprobs, one entry per generated piece: the first piece's probability is
+    ``[[sim:confidence=P]]``'s P (or ``[[sim:logprob=X]]``'s logprob X, exactly)."""
+    confidence = directives.confidence if directives is not None else None
+    hostile = directives.hostile if directives is not None else None
+    for item in output:
+        if item["type"] != "message":
+            continue
+        for part in item["content"]:
+            entries = logprob_entries(_pieces(part["text"]), digest, 0, confidence, top)
+            if entries and hostile is not None and hostile.logprob is not None:
+                entries[0]["logprob"] = hostile.logprob
+            part["logprobs"] = entries
+
+
 def _usage(usage: dict[str, Any], directives: Directives | None) -> Any:
     """The usage reported: none for ``[[sim:no_usage]]``, the raw value of ``[[sim:usage=JSON]]``."""
     if directives is None:
@@ -347,12 +378,13 @@ def _events(response: dict[str, Any]) -> list[bytes]:
             empty = {**part, "text": ""}
             emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=0, part=empty)
             tokens = _pieces(part["text"])
+            logprobs = part["logprobs"]
             for start in range(0, len(tokens), STREAM_TOKENS_PER_DELTA):
-                delta = "".join(tokens[start : start + STREAM_TOKENS_PER_DELTA])
+                end = start + STREAM_TOKENS_PER_DELTA
                 emit("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
-                     delta=delta, logprobs=[])  # fmt: skip
+                     delta="".join(tokens[start:end]), logprobs=logprobs[start:end])  # fmt: skip
             emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                 text=part["text"], logprobs=[])  # fmt: skip
+                 text=part["text"], logprobs=logprobs)  # fmt: skip
             emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0, part=part)
         elif kind == "function_call":
             started = {**item, "arguments": "", "status": "in_progress"}

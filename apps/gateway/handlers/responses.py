@@ -1,7 +1,7 @@
 """The Responses API: POST /v1/responses on the chat pipeline's stages, and its stored responses.
 
 Create reads top to bottom like chat: authenticate -> validate -> prune -> plan route ->
-(exact cache) -> admit -> call upstream -> relay (JSON, or the typed event
+(exact cache) -> admit -> (cascade: ``stages.responses_cascade``) -> call upstream -> relay (JSON, or the typed event
 stream event by event) -> price (usage from the response or ``response.completed``,
 at the tier it was served at) -> record. Upstreams are asked in Responses' own
 shape (OpenAI, vLLM and the simulator speak it). A ``previous_response_id`` must
@@ -44,7 +44,7 @@ from apps.gateway.call import ZERO, Call
 from apps.gateway.conversations import Owner, not_found
 from apps.gateway.handlers import responses_held
 from apps.gateway.runtime import Runtime
-from apps.gateway.stages import cache, price, prune, record, relay, shadow, upstream
+from apps.gateway.stages import cache, cascade, price, prune, record, relay, responses_cascade, shadow, upstream
 from apps.gateway.stages.admit import admit, worst_case
 from apps.gateway.stages.auth import authenticate
 from apps.gateway.stages.plan import Plan, plan_route
@@ -85,7 +85,7 @@ async def create(rt: Runtime, scope: Scope, receive: Receive, send: Send, reques
         prune.prune(snapshot, call, payload)
         previous = await _previous(rt, call, payload)
         plan = plan_route(snapshot, call, payload, rt.in_flight)
-        plan.cheap = None  # cascades need chat logprobs
+        responses_cascade.narrow(plan, call, payload)
         if previous is not None:
             _pin(plan, previous)
         target = plan.targets[0]
@@ -108,6 +108,8 @@ async def create(rt: Runtime, scope: Scope, receive: Receive, send: Send, reques
         with tracing.child(call, "admission"):
             call.admission = await admit(rt, snapshot, call, plan, payload)
         call.extra_headers = [*call.admission.headers, *call.extra_headers]
+        if plan.cheap is not None and await _cascade(rt, send, call, plan, payload):
+            return
         if call.streamed:
             await _stream(rt, send, receive, call, plan, payload)
         else:
@@ -134,6 +136,17 @@ async def _previous(rt: Runtime, call: Call, payload: dict[str, Any]) -> Owner |
             raise not_found(previous, "previous_response_id")
         call.history = [*state["context"], *state["input"], *state["response"].get("output", ())]
     return owner
+
+
+async def _cascade(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict[str, Any]) -> bool:
+    """Answer with the cascade's cheap model (True) when it is kept; False when the strong model must answer."""
+    assert plan.cheap is not None
+    kept = await responses_cascade.ask_cheap(rt, call, plan, payload)
+    if kept is None:
+        return False
+    await _remember(rt, call, kept, plan.cheap, payload)
+    await responses_cascade.send_kept(rt, send, call, plan, payload, kept)
+    return True
 
 
 def _pin(plan: Plan, owner: Owner) -> None:
@@ -208,6 +221,7 @@ async def _answer(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
     )
     if text:
         shadow.offer(rt, call, plan, payload, text)
+        await cascade.learn_label(rt, plan, text)
 
 
 def _bill_worst_case(rt: Runtime, call: Call, target: Any, payload: dict[str, Any], response_id: Any) -> None:
@@ -241,7 +255,9 @@ async def _stream(rt: Runtime, send: Send, receive: Receive, call: Call, plan: P
         await _remember(rt, call, sse.response, answer.target, payload)
     await record.while_sending(send({"type": "http.response.body", "body": sse.flush(), "more_body": False}), rt, call)
     if sse.response is not None:
-        shadow.offer(rt, call, plan, payload, output_text(sse.response))
+        text = output_text(sse.response)
+        shadow.offer(rt, call, plan, payload, text)
+        await cascade.learn_label(rt, plan, text)
 
 
 async def _remember(rt: Runtime, call: Call, response: dict[str, Any], target: Any, payload: dict[str, Any]) -> None:

@@ -10,7 +10,8 @@ become known labels.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from apps.core import names
 from apps.core.errors import GatewayError
@@ -21,7 +22,7 @@ from apps.gateway.asgi import Send
 from apps.gateway.call import ZERO, Call
 from apps.gateway.runtime import Runtime
 from apps.gateway.stages import price, record, relay, shadow, upstream
-from apps.gateway.stages.plan import Plan
+from apps.gateway.stages.plan import Plan, Target
 
 
 async def cascade(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict[str, Any]) -> bool:
@@ -30,13 +31,7 @@ async def cascade(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
     cheap, rule, rule_cascade = plan.cheap, plan.rule, plan.rule.cascade
     request = {**payload, "logprobs": True, "stream": False}
     request.pop("stream_options", None)
-    side = call.side_row(
-        "cheap",
-        decision=call.decision.variant(part=CHEAP),
-        served_model=cheap.model,
-        provider_id=cheap.provider.id,
-        streamed=False,
-    )
+    side = cheap_row(call, cheap)
     verdict, reason, data = ESCALATED, "cheap-failed", {}
     try:
         answer = await upstream.call_upstream(rt, side, [cheap], request, stream=False)
@@ -50,25 +45,11 @@ async def cascade(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
         else:
             data = relay.answer_object(answer.body)
             price.price_answer(side, cheap, data)
-            verdict, reason = await _verdict(rt, rule.id, rule_cascade, data)
-    # Timed-out attempts of the cheap call the provider may bill are the request's to carry.
-    call.side_cost += side.side_cost
-    call.upstream_s += side.upstream_s
-    call.attempts += side.attempts
+            verdict, reason = await judge(rt, rule.id, rule_cascade, data)
     if verdict == ESCALATED:
-        call.decision.cascade, call.decision.reason = ESCALATED, reason
-        side.decision.cascade, side.decision.reason = ESCALATED, reason
-        call.side_cost += side.cost
-        side.counterfactual_cost = ZERO  # the app would not have made this call: its cost is the cascade's price
-        await rt.ledger.write(side.event())
+        await escalate(rt, call, side, reason)
         return False
-
-    # Kept: the cheap call is the answer (what its upstream call tried included).
-    call.decision = side.decision.variant(part="", cascade=KEPT, reason=reason)
-    call.served_model, call.provider_id, call.ttft_ms = cheap.model, cheap.provider.id, side.ttft_ms
-    call.prompt_tokens, call.cached_tokens = side.prompt_tokens, side.cached_tokens
-    call.completion_tokens, call.usage_estimated = side.completion_tokens, side.usage_estimated
-    call.cost, call.counterfactual_cost = side.cost, side.counterfactual_cost
+    keep(call, side, reason)
     if not payload.get("logprobs"):
         for choice in data.get("choices") or ():
             choice["logprobs"] = None
@@ -80,23 +61,67 @@ async def cascade(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
     return True
 
 
-async def _verdict(rt: Runtime, rule_id: int, cascade_: CascadeView, data: dict[str, Any]) -> tuple[str, str]:
-    """KEPT or ESCALATED, and why."""
+def cheap_row(call: Call, cheap: Target) -> Call:
+    """The cheap call's own ledger row (``<request id>-cheap``), written only if it escalates."""
+    return call.side_row(
+        "cheap",
+        decision=call.decision.variant(part=CHEAP),
+        served_model=cheap.model,
+        provider_id=cheap.provider.id,
+        streamed=False,
+    )
+
+
+async def escalate(rt: Runtime, call: Call, side: Call, reason: str) -> None:
+    """The strong model answers: the cheap call's row is written now, its cost settled with the request."""
+    # Timed-out attempts of the cheap call the provider may bill are the request's to carry.
+    call.side_cost += side.side_cost + side.cost
+    call.upstream_s += side.upstream_s
+    call.attempts += side.attempts
+    call.decision.cascade, call.decision.reason = ESCALATED, reason
+    side.decision.cascade, side.decision.reason = ESCALATED, reason
+    side.counterfactual_cost = ZERO  # the app would not have made this call: its cost is the cascade's price
+    await rt.ledger.write(side.event())
+
+
+def keep(call: Call, side: Call, reason: str) -> None:
+    """The cheap call is the answer (what its upstream call tried included): the request takes its row."""
+    call.side_cost += side.side_cost
+    call.upstream_s += side.upstream_s
+    call.attempts += side.attempts
+    call.decision = side.decision.variant(part="", cascade=KEPT, reason=reason)
+    call.served_model, call.provider_id, call.ttft_ms = side.served_model, side.provider_id, side.ttft_ms
+    call.prompt_tokens, call.cached_tokens = side.prompt_tokens, side.cached_tokens
+    call.completion_tokens, call.reasoning_tokens = side.completion_tokens, side.reasoning_tokens
+    call.usage_estimated, call.service_tier = side.usage_estimated, side.service_tier
+    call.cost, call.counterfactual_cost = side.cost, side.counterfactual_cost
+
+
+class Scorer(Protocol):
+    def __call__(self, answer: dict[str, Any], /, *, tokens: int, aggregate: str) -> float | None: ...
+
+
+async def judge(
+    rt: Runtime, rule_id: int, cascade_: CascadeView, data: dict[str, Any], *, score: Scorer = confidence,
+    text: Callable[[dict[str, Any]], str] = answer_text,
+) -> tuple[str, str]:  # fmt: skip
+    """KEPT or ESCALATED, and why: ``score`` reads the answer's confidence (a chat completion's by default;
+    ``apps.core.routing.response_confidence`` for a Responses answer) and ``text`` its label."""
     try:
-        score = confidence(data, tokens=cascade_.tokens, aggregate=cascade_.aggregate)
+        value = score(data, tokens=cascade_.tokens, aggregate=cascade_.aggregate)
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
-        score = None  # malformed logprobs count as none
-    if score is None:
+        value = None  # malformed logprobs count as none
+    if value is None:
         return ESCALATED, "no-logprobs"
-    if score < cascade_.threshold:
-        return ESCALATED, f"confidence={score:.3f}<{cascade_.threshold:g}"
+    if value < cascade_.threshold:
+        return ESCALATED, f"confidence={value:.3f}<{cascade_.threshold:g}"
     if cascade_.escalate_new_labels:
-        label = normalize_text(answer_text(data))
+        label = normalize_text(text(data))
         if label not in cascade_.labels and not await rt.redis.sismember(
             names.cascade_labels(rt.limits.prefix, rule_id), label
         ):
             return ESCALATED, "new-label"
-    return KEPT, f"confidence={score:.3f}"
+    return KEPT, f"confidence={value:.3f}"
 
 
 async def learn_label(rt: Runtime, plan: Plan, text: str) -> None:

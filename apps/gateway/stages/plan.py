@@ -16,7 +16,7 @@ from typing import Any
 from apps.core import route
 from apps.core.errors import model_not_allowed, model_not_found
 from apps.core.pricing import PriceRow
-from apps.core.request import ENDPOINT_CHAT
+from apps.core.request import ENDPOINT_CHAT, ENDPOINT_RESPONSES
 from apps.core.routing import RequestFacts, RuleView, TargetView, first_match, split_order
 from apps.core.snapshot import ProjectPolicy, ProviderTarget, Snapshot
 from apps.gateway.breaker import deployment
@@ -86,10 +86,10 @@ def plan_route(snapshot: Snapshot, call: Call, payload: dict[str, Any], in_fligh
         decision.model = order[0].model
     elif rule.action == "cascade" and len(rule.primaries) >= 2:
         plan.targets = [priced(rule.primaries[1]), *fallbacks]
-        if call.endpoint == ENDPOINT_CHAT:
+        if call.endpoint in (ENDPOINT_CHAT, ENDPOINT_RESPONSES):
             plan.cheap = priced(rule.primaries[0])
         else:
-            decision.cascade = route.STRONG_ONLY  # confidence needs chat logprobs
+            decision.cascade = route.STRONG_ONLY  # confidence needs logprobs of a chat or Responses answer
     elif rule.primaries:
         plan.targets = [priced(rule.primaries[0]), *fallbacks]
     else:
