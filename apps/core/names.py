@@ -139,6 +139,12 @@ def response_owner(prefix: str, response_id: str) -> str:
     return f"{prefix}resp:{response_id}"
 
 
+def held_restored(prefix: str) -> str:
+    """Set once the held conversations Postgres keeps were written back to this Redis (never expires): when
+    it is missing, Redis may have lost them (a restart without persistence, a flush), and a restore runs."""
+    return prefix + "respstate:restored"
+
+
 def response_state(prefix: str, response_id: str) -> str:
     """A response the gateway answered itself from a Chat-only provider: the Response object and the input
     items (the conversation before it, and its own), for retrieve, ``input_items`` and the next turn."""

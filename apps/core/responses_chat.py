@@ -39,6 +39,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
+
 from apps.core.errors import bad_request
 from apps.core.responses import is_response_id
 
@@ -184,12 +186,30 @@ HELD_STORE = "store"
 HELD_DELETE = "delete"
 
 
+# How long a stored response is kept (OpenAI keeps one 30 days): its owner and any held state live as long.
+STORED_TTL_SECONDS = 30 * 24 * 3600
+
+
 def held_store_event(*, response: dict[str, Any], input_items: list[dict[str, Any]], project_id: int,
                      provider_id: int, model: str, created_at: float) -> dict[str, Any]:  # fmt: skip
     """A response we hold, as its durable copy's event (``apps.ledger.held_responses`` stores it)."""
     return {"type": HELD_STORE, "response_id": response.get("id"), "project_id": project_id,
             "provider_id": provider_id, "model": model, "created_at": created_at, "response": response,
             "input": input_items}  # fmt: skip
+
+
+def held_state(*, response: dict[str, Any], context: list[Any], input_items: list[Any]) -> dict[str, Any]:
+    """A held conversation's serving state (``names.response_state``): the Response object, the items of the
+    turns before it (each earlier turn's input, then its output) and its own input items."""
+    return {"response": response, "context": context, "input": input_items}
+
+
+def owner_record(*, project_id: int, provider_id: int, model: str, tokens: int, translated: bool) -> bytes:
+    """A stored response's owner (``names.response_owner``), as the gateway writes it and the restore of held
+    conversations (``apps.ledger.held_restore``) rewrites it."""
+    return orjson.dumps(
+        {"project": project_id, "provider": provider_id, "model": model, "tokens": tokens, "translated": translated}
+    )
 
 
 def held_delete_event(*, response_id: str, project_id: int) -> dict[str, Any]:

@@ -17,7 +17,8 @@ millisecond it was written, and OpenAI itself keeps a stored response 30 days, n
 for ever. Deleting the response deletes both keys. The durable copy goes to Postgres
 the way ledger rows do: an event on its own stream (``names.held_responses_stream``,
 spooled to disk when Redis refuses it), stored by a consumer
-(``apps.ledger.held_responses``).
+(``apps.ledger.held_responses``). When Redis loses the serving copy (a restart without
+persistence, a flush), ``apps.ledger.held_restore`` writes it back from Postgres.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ import orjson
 from apps.core import names
 from apps.core.errors import GatewayError
 from apps.core.events import clean_count, clean_id
+from apps.core.responses_chat import STORED_TTL_SECONDS, owner_record
 from apps.enforcement.redis_clients import FastClient
 
-OWNER_TTL_SECONDS = 30 * 24 * 3600
 # Every turn of a conversation we hold stores the turns before it again: past this, a next turn is refused
 # (the app starts a new conversation) rather than letting one conversation grow Redis without bound.
 HELD_STATE_MAX_BYTES = 16 * 1024 * 1024
@@ -73,19 +74,14 @@ async def remember(
 ) -> None:
     """Note the owner (and, for a conversation we hold, its ``state``); the state is written first, so an
     owner marked translated always has one to read."""
-    value = orjson.dumps(
-        {
-            "project": owner.project_id,
-            "provider": owner.provider_id,
-            "model": owner.model,
-            "tokens": owner.tokens,
-            "translated": owner.translated,
-        }  # fmt: skip
-    )
+    value = owner_record(
+        project_id=owner.project_id, provider_id=owner.provider_id, model=owner.model, tokens=owner.tokens,
+        translated=owner.translated,
+    )  # fmt: skip
     if state is not None:
         await redis.execute("SET", names.response_state(prefix, response_id), orjson.dumps(state), "EX",
-                            OWNER_TTL_SECONDS)  # fmt: skip
-    await redis.execute("SET", names.response_owner(prefix, response_id), value, "EX", OWNER_TTL_SECONDS)
+                            STORED_TTL_SECONDS)  # fmt: skip
+    await redis.execute("SET", names.response_owner(prefix, response_id), value, "EX", STORED_TTL_SECONDS)
 
 
 async def state_of(

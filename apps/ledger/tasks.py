@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from apps.ledger.consumer import drain
 from apps.ledger.held_responses import held_responses_ingest_batch
+from apps.ledger.held_restore import held_responses_restore
 from apps.ledger.partitions import partitions_ensure
 from apps.ledger.retention import ledger_retention_apply
 from apps.ledger.services import ledger_ingest_batch, redis_client, rollups_refresh
@@ -35,6 +36,12 @@ def held_responses_ingest_task() -> int:
     """Copy the responses gateways hold (Chat-only providers) to Postgres, and drop the deleted ones."""
     client, consumer = redis_client(), f"celery-{socket.gethostname()}"
     return drain(lambda: held_responses_ingest_batch(client=client, consumer=consumer))
+
+
+@shared_task(name="ledger.restore_held_responses", time_limit=600, soft_time_limit=570)
+def held_responses_restore_task() -> int | None:
+    """Write held conversations back into Redis when it lost them (``apps.ledger.held_restore``)."""
+    return held_responses_restore()
 
 
 @shared_task(name="ledger.partitions_ensure", time_limit=300, soft_time_limit=270)

@@ -36,7 +36,7 @@ from apps.core import route
 from apps.core.errors import GatewayError, method_not_allowed
 from apps.core.request import ENDPOINT_RESPONSES
 from apps.core.responses import is_response_id, output_text, usage_counts
-from apps.core.responses_chat import held_store_event, input_items, stored_items
+from apps.core.responses_chat import held_state, held_store_event, input_items, stored_items
 from apps.core.text import completion_estimate
 from apps.gateway import conversations, tracing
 from apps.gateway.asgi import Receive, Scope, Send
@@ -277,7 +277,7 @@ async def _remember(rt: Runtime, call: Call, response: dict[str, Any], target: A
     state: dict[str, Any] | None = None
     if owner.translated:
         own = stored_items(input_items(payload.get("input")), response_id)
-        state = {"response": response, "context": call.history or [], "input": own}
+        state = held_state(response=response, context=call.history or [], input_items=own)
     try:
         await conversations.remember(rt.fast_redis, rt.limits.prefix, response_id, owner, state)
     except OSError:

@@ -12,6 +12,7 @@ PERIODIC_TASKS = {
     "Ledger hourly roll-ups": ("ledger.rollups_refresh", 60),
     "Ledger stragglers (dead consumers)": ("ledger.ingest_stragglers", 60),
     "Held responses to Postgres": ("ledger.ingest_held_responses", 10),
+    "Held responses back into Redis (when lost)": ("ledger.restore_held_responses", 60),
     "Ledger partitions ahead": ("ledger.partitions_ensure", 3600),
     "Ledger retention": ("ledger.retention_apply", 86400),
     "Budget thresholds": ("budgets.check_thresholds", 60),
