@@ -29,7 +29,6 @@ from decimal import Decimal
 from typing import Any
 
 import httpx2
-import orjson
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, F, Q
@@ -43,6 +42,7 @@ from apps.core.events import INT_MAX
 from apps.core.periods import period_bounds
 from apps.core.pricing import PriceRow, tier_name, to_nano
 from apps.core.responses import UsageCounts, usage_counts
+from apps.core.text import json_object
 from apps.enforcement import scripts
 from apps.ledger.models import BackgroundResponse, LedgerEntry, ReadBack
 from apps.ledger.services import redis_client, rollups_recompute
@@ -120,7 +120,7 @@ def _read_one(background: BackgroundResponse, now: dt.datetime) -> Settled | str
     if status != 200:
         BackgroundResponse.objects.filter(pk=background.pk).update(note=f"the provider answered {status}")
         return None
-    data = _json_object(body)
+    data = json_object(body)
     if data is None or data.get("id") != background.response_id:
         return _give_up(background, "the provider's answer is not this response", now)
     state = data.get("status")
@@ -154,14 +154,6 @@ def _retrieve(provider: Provider, response_id: str) -> tuple[int, bytes] | None:
     except (httpx2.HTTPError, OSError) as exc:
         logger.warning("background read-back: provider %s unreachable: %s", provider.pk, exc)
         return None
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _give_up(background: BackgroundResponse, why: str, now: dt.datetime, provider_status: str = "") -> str:

@@ -81,6 +81,15 @@ def text_tokens(text: str) -> int:
     return ascii_estimate + len(text.encode("utf-8", "surrogatepass")) - len(text)
 
 
+def json_object(body: bytes) -> dict[str, Any] | None:
+    """A JSON body that is an object, or None (not JSON, or another JSON value)."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def json_tokens(value: Any) -> int:
     """An upper bound on the tokens of a JSON value (a tool definition, a schema) sent as text."""
     try:

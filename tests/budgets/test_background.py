@@ -24,10 +24,18 @@ from apps.core.pricing import to_nano
 from apps.ledger.models import BackgroundResponse, LedgerEntry, ProjectHourlyRollup, ReadBack
 from apps.ledger.services import rollups_refresh
 from tests.factories import Tenant, tenant_make
-from tests.gateway.helpers import ledger_row, sdk, wait_key_live, wait_policy
+from tests.gateway.helpers import ingest_all, ledger_row, sdk, wait_key_live, wait_policy
 from tests.live import wait_until
 
 pytestmark = pytest.mark.live
+
+
+@pytest.fixture(autouse=True)
+def _only_this_tests_responses(transactional_db: None) -> None:
+    """Ledger events other tests left on the stream are stored now, and their read-back rows dropped: the
+    counts below are this test's."""
+    ingest_all()
+    BackgroundResponse.objects.all().delete()
 
 
 @pytest.fixture

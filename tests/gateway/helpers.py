@@ -9,6 +9,8 @@ from django.conf import settings
 from apps.core import names
 from apps.ledger.models import LedgerEntry
 from apps.ledger.services import ledger_ingest_batch
+from apps.providers.services import provider_update
+from tests.factories import Tenant
 from tests.live import wait_until
 
 WEATHER = {
@@ -64,3 +66,19 @@ def ledger_row(request_id: str) -> LedgerEntry:
         return LedgerEntry.objects.filter(request_id=request_id).first()
 
     return wait_until(fetch, timeout=5)
+
+
+def chat_only(gateway: str, tenant: Tenant) -> openai.OpenAI:
+    """The SDK on ``tenant``'s key once its simulated provider is marked as speaking only Chat Completions
+    (the gateway then translates ``/v1/responses`` and holds the conversations)."""
+    provider = tenant.provider
+    provider_update(provider=provider, name=provider.name, base_url=provider.base_url, secret=None, is_active=True,
+                    responses_api=False)  # fmt: skip
+    wait_key_live(gateway, tenant.key.plaintext)
+    wait_policy(gateway, tenant.key.plaintext)
+    return sdk(gateway, tenant.key.plaintext)
+
+
+def simulator_direct(upstream: str) -> openai.OpenAI:
+    """The simulated provider itself, without the gateway."""
+    return openai.OpenAI(base_url=upstream, api_key="sk-simulated", max_retries=0, timeout=15)

@@ -118,6 +118,7 @@ def test_background_and_continuations_go_to_the_strong_model_only(client: openai
     assert "strong-only" in raw.headers["x-route"] and raw.parse().model == "gpt-4o"
     raw = client.responses.with_raw_response.create(model="gpt-4o", input="Later [[sim:latency=50]]", background=True)
     assert "strong-only" in raw.headers["x-route"] and raw.parse().model == "gpt-4o"
+    assert ledger_row(raw.headers["x-request-id"]).usage_estimated  # billed at its worst case until read back
 
 
 def test_garbage_include_is_a_400(client: openai.OpenAI, rule: RoutingRule) -> None:

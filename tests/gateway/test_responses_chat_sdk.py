@@ -23,9 +23,9 @@ from apps.gateway.conversations import HELD_STATE_MAX_BYTES
 from apps.ledger.held_responses import held_responses_ingest_batch, held_responses_stream
 from apps.ledger.models import HeldResponse, LedgerEntry
 from apps.providers.models import ProviderKind
-from apps.providers.services import provider_create, provider_update
+from apps.providers.services import provider_create
 from tests.factories import Tenant, tenant_make
-from tests.gateway.helpers import WEATHER, ledger_row, sdk, wait_key_live, wait_policy
+from tests.gateway.helpers import WEATHER, chat_only, ledger_row, sdk, simulator_direct, wait_key_live, wait_policy
 from tests.live import wait_until
 from tests.routing.helpers import rule_make
 
@@ -34,24 +34,15 @@ pytestmark = pytest.mark.live
 CHAT_WEATHER = {"type": "function", "function": {k: v for k, v in WEATHER.items() if k != "type"}}
 
 
-def _chat_only(gateway: str, tenant: Tenant) -> openai.OpenAI:
-    provider = tenant.provider
-    provider_update(provider=provider, name=provider.name, base_url=provider.base_url, secret=None, is_active=True,
-                    responses_api=False)  # fmt: skip
-    wait_key_live(gateway, tenant.key.plaintext)
-    wait_policy(gateway, tenant.key.plaintext)
-    return sdk(gateway, tenant.key.plaintext)
-
-
 @pytest.fixture
 def client(gateway: str, tenant: Tenant) -> openai.OpenAI:
-    return _chat_only(gateway, tenant)
+    return chat_only(gateway, tenant)
 
 
 @pytest.fixture
 def provider_direct(upstream: str) -> openai.OpenAI:
     """The simulated provider itself, asked in Chat's shape."""
-    return openai.OpenAI(base_url=upstream, api_key="sk-simulated", max_retries=0, timeout=15)
+    return simulator_direct(upstream)
 
 
 def _chat_answer(direct: openai.OpenAI, messages: list[dict[str, Any]], **extra: Any) -> str:
@@ -208,7 +199,7 @@ def test_held_responses_consumer_dead_letters_garbage_and_stores_the_rest(client
 def test_another_projects_response_is_not_found(gateway: str, client: openai.OpenAI, upstream: str) -> None:
     created = client.responses.create(model="gpt-4o-mini", input="Private to my project")
     other = tenant_make(upstream_url=upstream, name="chat-only-other")
-    outsider = _chat_only(gateway, other)
+    outsider = chat_only(gateway, other)
     for attempt in (
         lambda: outsider.responses.retrieve(created.id),
         lambda: outsider.responses.input_items.list(created.id),

@@ -18,31 +18,20 @@ from apps.core.responses_chat import STORED_TTL_SECONDS
 from apps.ledger.held_responses import held_responses_ingest_batch
 from apps.ledger.held_restore import held_responses_restore
 from apps.ledger.models import HeldResponse
-from apps.providers.services import provider_update
 from tests.factories import Tenant, tenant_make
-from tests.gateway.helpers import sdk, wait_key_live, wait_policy
+from tests.gateway.helpers import chat_only, simulator_direct
 
 pytestmark = pytest.mark.live
 
 
-def _chat_only(gateway: str, tenant: Tenant) -> openai.OpenAI:
-    provider = tenant.provider
-    provider_update(provider=provider, name=provider.name, base_url=provider.base_url, secret=None, is_active=True,
-                    responses_api=False)  # fmt: skip
-    wait_key_live(gateway, tenant.key.plaintext)
-    wait_policy(gateway, tenant.key.plaintext)
-    return sdk(gateway, tenant.key.plaintext)
-
-
 @pytest.fixture
 def client(gateway: str, tenant: Tenant) -> openai.OpenAI:
-    return _chat_only(gateway, tenant)
+    return chat_only(gateway, tenant)
 
 
 @pytest.fixture
 def direct(upstream: str) -> openai.OpenAI:
-    """The simulated provider itself, asked in Chat's shape."""
-    return openai.OpenAI(base_url=upstream, api_key="sk-simulated", max_retries=0, timeout=15)
+    return simulator_direct(upstream)
 
 
 def _ingest(redis_client: redis.Redis) -> None:
@@ -114,7 +103,7 @@ def test_another_projects_restored_conversation_stays_a_404(
     _ingest(redis_client)
     _lose_conversations(redis_client)
     held_responses_restore()
-    other = _chat_only(gateway, tenant_make(upstream_url=upstream))
+    other = chat_only(gateway, tenant_make(upstream_url=upstream))
     with pytest.raises(openai.NotFoundError):
         other.responses.retrieve(mine.id)
     with pytest.raises(openai.NotFoundError):

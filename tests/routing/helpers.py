@@ -31,3 +31,21 @@ def rule_make(
 
 def ask(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
+
+
+# A conversation for pruning tests: chat messages, which are Responses input items as they are.
+SYSTEM = {"role": "system", "content": "You answer questions about Acme's billing."}
+STALE = "stale answer from the first turn"
+
+
+def chat_turns(turns: int) -> list[dict[str, Any]]:
+    """A system prompt and ``turns`` alternating messages; the first one tells the simulator what to
+    answer, so an answer other than ``STALE`` shows that it was left out."""
+    messages: list[dict[str, Any]] = [SYSTEM]
+    for i in range(turns):
+        if i % 2:
+            messages.append({"role": "assistant", "content": f"Answer number {i} about invoices."})
+        else:
+            directive = f" [[sim:answer={STALE}]]" if i == 0 else ""
+            messages.append({"role": "user", "content": f"Question number {i} about invoices?{directive}"})
+    return messages

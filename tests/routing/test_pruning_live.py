@@ -19,24 +19,9 @@ from apps.cache.models import CachePolicy
 from apps.routing.services import prune_policy_save
 from tests.factories import Tenant, tenant_make
 from tests.gateway.helpers import ledger_row, sdk, wait_key_live, wait_policy
+from tests.routing.helpers import STALE, SYSTEM, chat_turns
 
 pytestmark = pytest.mark.live
-
-SYSTEM = {"role": "system", "content": "You answer questions about Acme's billing."}
-STALE = "stale answer from the first turn"
-
-
-def _conversation(turns: int) -> list[dict[str, Any]]:
-    """A system prompt and ``turns`` alternating messages; the first one tells the simulator what to
-    answer, so an answer other than ``STALE`` shows that it was left out."""
-    messages: list[dict[str, Any]] = [SYSTEM]
-    for i in range(turns):
-        if i % 2:
-            messages.append({"role": "assistant", "content": f"Answer number {i} about invoices."})
-        else:
-            directive = f" [[sim:answer={STALE}]]" if i == 0 else ""
-            messages.append({"role": "user", "content": f"Question number {i} about invoices?{directive}"})
-    return messages
 
 
 def _ask(client: openai.OpenAI, feature: str, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
@@ -101,7 +86,7 @@ def test_a_history_window_sends_the_system_prompt_and_the_last_turns(
 ) -> None:
     prune_policy_save(project=tenant.project, feature="support", changes={"history_enabled": True, "history_turns": 3})
     wait_policy(gateway, tenant.key.plaintext)
-    conversation = _conversation(8)  # system + 8 turns
+    conversation = chat_turns(8)  # system + 8 turns
 
     raw = _ask(client, "support", conversation)
     pruned = raw.parse()
@@ -114,7 +99,7 @@ def test_a_history_window_sends_the_system_prompt_and_the_last_turns(
     assert row.turns == 4 and row.prompt_tokens == pruned.usage.prompt_tokens
 
     # Short conversations and other features go as they are.
-    raw = _ask(client, "support", _conversation(3))
+    raw = _ask(client, "support", chat_turns(3))
     assert raw.parse().choices[0].message.content == STALE and raw.headers["x-route"] == "direct"
     raw = _ask(client, "unpruned", conversation)
     assert raw.parse().choices[0].message.content == STALE and raw.headers["x-route"] == "direct"
@@ -148,7 +133,7 @@ def test_another_tenants_project_is_untouched(gateway: str, tenant: Tenant, upst
     )
     wait_policy(gateway, tenant.key.plaintext)
     wait_key_live(gateway, other.key.plaintext)
-    raw = _ask(sdk(gateway, other.key.plaintext), "summaries", _conversation(4), max_tokens=500)
+    raw = _ask(sdk(gateway, other.key.plaintext), "summaries", chat_turns(4), max_tokens=500)
     answer = raw.parse()
     assert raw.headers["x-route"] == "direct"
     assert answer.choices[0].message.content == STALE and answer.usage.completion_tokens > 3

@@ -15,24 +15,9 @@ import pytest
 from apps.routing.services import prune_policy_save
 from tests.factories import Tenant, tenant_make
 from tests.gateway.helpers import ledger_row, sdk, wait_key_live, wait_policy
+from tests.routing.helpers import STALE, SYSTEM, chat_turns
 
 pytestmark = pytest.mark.live
-
-SYSTEM = {"role": "system", "content": "You answer questions about Acme's billing."}
-STALE = "stale answer from the first turn"
-
-
-def _items(turns: int) -> list[dict[str, Any]]:
-    """A system message and ``turns`` alternating messages; the first tells the simulator what to answer,
-    so an answer other than ``STALE`` shows that it was left out."""
-    items: list[dict[str, Any]] = [SYSTEM]
-    for i in range(turns):
-        if i % 2:
-            items.append({"role": "assistant", "content": f"Answer number {i} about invoices."})
-        else:
-            directive = f" [[sim:answer={STALE}]]" if i == 0 else ""
-            items.append({"role": "user", "content": f"Question number {i} about invoices?{directive}"})
-    return items
 
 
 def _ask(client: openai.OpenAI, feature: str, items: Any, **kwargs: Any) -> Any:
@@ -80,7 +65,7 @@ def test_a_history_window_sends_the_system_message_and_the_last_items(
 ) -> None:
     prune_policy_save(project=tenant.project, feature="support", changes={"history_enabled": True, "history_turns": 3})
     wait_policy(gateway, tenant.key.plaintext)
-    items = _items(8)
+    items = chat_turns(8)
 
     raw = _ask(client, "support", items)
     pruned = raw.parse()
@@ -90,7 +75,7 @@ def test_a_history_window_sends_the_system_message_and_the_last_items(
     assert pruned.usage.input_tokens == window.usage.input_tokens
     assert ledger_row(raw.headers["x-request-id"]).prompt_tokens == pruned.usage.input_tokens
     # Short conversations, a string input and other features go as they are.
-    assert _ask(client, "support", _items(3)).parse().output_text == STALE
+    assert _ask(client, "support", chat_turns(3)).parse().output_text == STALE
     assert _ask(client, "support", f"One question [[sim:answer={STALE}]]").headers["x-route"] == "direct"
     assert _ask(client, "unpruned", items).parse().output_text == STALE
 
@@ -139,5 +124,5 @@ def test_another_tenants_project_is_untouched(gateway: str, tenant: Tenant, upst
     prune_policy_save(project=tenant.project, feature="summaries", changes=changes)
     wait_policy(gateway, tenant.key.plaintext)
     wait_key_live(gateway, other.key.plaintext)
-    raw = _ask(sdk(gateway, other.key.plaintext), "summaries", _items(4), max_output_tokens=500)
+    raw = _ask(sdk(gateway, other.key.plaintext), "summaries", chat_turns(4), max_output_tokens=500)
     assert raw.headers["x-route"] == "direct" and raw.parse().output_text == STALE

@@ -32,21 +32,12 @@ async def cascade(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
     request = {**payload, "logprobs": True, "stream": False}
     request.pop("stream_options", None)
     side = cheap_row(call, cheap)
-    verdict, reason, data = ESCALATED, "cheap-failed", {}
-    try:
-        answer = await upstream.call_upstream(rt, side, [cheap], request, stream=False)
-    except GatewayError as exc:
-        side.status_code, side.error_code = exc.status, exc.code or exc.type
-    else:
-        side.status_code = answer.status
-        side.ttft_ms = call.elapsed_ms()
-        if answer.status != 200:
-            side.error_code = upstream.upstream_error_code(answer.body)
-        else:
-            data = relay.answer_object(answer.body)
-            price.price_answer(side, cheap, data)
-            verdict, reason = await judge(rt, rule.id, rule_cascade, data)
-    if verdict == ESCALATED:
+    verdict, reason = ESCALATED, "cheap-failed"
+    data = await ask(rt, call, side, cheap, request)
+    if data is not None:
+        price.price_answer(side, cheap, data)
+        verdict, reason = await judge(rt, rule.id, rule_cascade, data)
+    if verdict == ESCALATED or data is None:
         await escalate(rt, call, side, reason)
         return False
     keep(call, side, reason)
@@ -59,6 +50,20 @@ async def cascade(rt: Runtime, send: Send, call: Call, plan: Plan, payload: dict
     await record.record(rt, call, cache_store=store)
     shadow.offer(rt, call, plan, payload, answer_text(data))
     return True
+
+
+async def ask(rt: Runtime, call: Call, side: Call, cheap: Target, request: dict[str, Any]) -> dict[str, Any] | None:
+    """The cheap model's whole answer (its row, ``side``, learns how the call went), or None when it failed."""
+    try:
+        answer = await upstream.call_upstream(rt, side, [cheap], request, stream=False)
+    except GatewayError as exc:
+        side.status_code, side.error_code = exc.status, exc.code or exc.type
+        return None
+    side.status_code, side.ttft_ms = answer.status, call.elapsed_ms()
+    if answer.status != 200:
+        side.error_code = upstream.upstream_error_code(answer.body)
+        return None
+    return relay.answer_object(answer.body)
 
 
 def cheap_row(call: Call, cheap: Target) -> Call:

@@ -21,7 +21,7 @@ import orjson
 from apps.core.anthropic_stream import MessagesToChat
 from apps.core.errors import upstream_unavailable
 from apps.core.responses_chat_stream import ChatToResponses
-from apps.core.text import choice_text, completion_estimate
+from apps.core.text import choice_text, completion_estimate, json_object
 from apps.gateway.asgi import JSON_HEADERS, SSE_HEADERS, Headers, Receive, Send, send_events, watch_disconnect
 from apps.gateway.call import Call
 
@@ -316,8 +316,4 @@ async def _end_with(send: Send, call: Call, error: Any) -> None:
 
 def answer_object(body: bytes) -> dict[str, Any]:
     """A provider's JSON answer as an object ({} when it is not one: priced by estimate, never cached)."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return {}
-    return data if isinstance(data, dict) else {}
+    return json_object(body) or {}

@@ -19,7 +19,6 @@ from typing import Any
 
 import orjson
 
-from apps.core.errors import GatewayError
 from apps.core.responses import output_text
 from apps.core.responses_events import events_from_response
 from apps.core.route import ESCALATED, STRONG_ONLY
@@ -29,7 +28,7 @@ from apps.gateway.asgi import Send, send_events
 from apps.gateway.call import Call
 from apps.gateway.runtime import Runtime
 from apps.gateway.stages import price, record, relay, shadow, upstream
-from apps.gateway.stages.cascade import cheap_row, escalate, judge, keep
+from apps.gateway.stages.cascade import ask, cheap_row, escalate, judge, keep
 from apps.gateway.stages.plan import Plan
 
 LOGPROBS = "message.output_text.logprobs"
@@ -61,23 +60,13 @@ async def ask_cheap(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any]
     include: list[Any] = asked if isinstance(asked, list) else []
     request = {**payload, "stream": False, "include": include if asks_logprobs(payload) else [*include, LOGPROBS]}
     side = cheap_row(call, cheap)
-    verdict, reason, data = ESCALATED, "cheap-failed", {}
-    try:
-        answer = await upstream.call_upstream(rt, side, [cheap], request, stream=False)
-    except GatewayError as exc:
-        side.status_code, side.error_code = exc.status, exc.code or exc.type
-    else:
-        side.status_code, side.ttft_ms = answer.status, call.elapsed_ms()
-        if answer.status != 200:
-            side.error_code = upstream.upstream_error_code(answer.body)
-        else:
-            data = relay.answer_object(answer.body)
-            price.price_response(side, cheap, data, completion_estimate(output_text(data)))
-            if data.get("status") in ("completed", "incomplete"):
-                verdict, reason = await judge(
-                    rt, rule.id, rule_cascade, data, score=response_confidence, text=output_text
-                )  # fmt: skip
-    if verdict == ESCALATED:
+    verdict, reason = ESCALATED, "cheap-failed"
+    data = await ask(rt, call, side, cheap, request)
+    if data is not None:
+        price.price_response(side, cheap, data, completion_estimate(output_text(data)))
+        if data.get("status") in ("completed", "incomplete"):
+            verdict, reason = await judge(rt, rule.id, rule_cascade, data, score=response_confidence, text=output_text)
+    if verdict == ESCALATED or data is None:
         await escalate(rt, call, side, reason)
         return None
     keep(call, side, reason)

@@ -45,6 +45,7 @@ from apps.core.responses_chat import completion_to_response, responses_to_chat
 from apps.core.responses_chat_stream import ChatToResponses
 from apps.core.route import ATTEMPT, Tried
 from apps.core.snapshot import ProviderTarget
+from apps.core.text import json_object
 from apps.gateway import metrics, tracing
 from apps.gateway.breaker import deployment
 from apps.gateway.call import ZERO, Call
@@ -324,7 +325,7 @@ def _from_anthropic(answer: Answer, max_event_bytes: int) -> Answer:
     if answer.response is not None:
         answer.translate = MessagesToChat(model=answer.target.model, max_event_bytes=max_event_bytes)
     elif answer.status == 200:
-        message = _json_object(answer.body)
+        message = json_object(answer.body)
         if message is not None:  # else not JSON: priced by estimate, never cached
             answer.body = orjson.dumps(message_to_completion(message))
     elif answer.status >= 400:
@@ -338,21 +339,13 @@ def _from_chat(answer: Answer, response_id: str, payload: dict[str, Any], max_ev
         answer.translate = ChatToResponses(response_id=response_id, payload=payload, model=answer.target.model,
                                            max_event_bytes=max_event_bytes)  # fmt: skip
     elif answer.status == 200:
-        completion = _json_object(answer.body)
+        completion = json_object(answer.body)
         if completion is not None:
             model_payload = {**payload, "model": answer.target.model}
             answer.body = orjson.dumps(
                 completion_to_response(completion, response_id=response_id, payload=model_payload)
             )
     return answer
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def upstream_error_code(body: bytes) -> str:
