@@ -50,6 +50,7 @@ from apps.ledger.selectors import (
     ledger_entries,
     ledger_export_rows,
     spend_by_project,
+    with_readback,
 )
 from apps.providers.models import Provider
 from apps.providers.selectors import aliases_for, providers_with_prices
@@ -390,6 +391,7 @@ def ledger(request: HttpRequest) -> HttpResponse:
         except InvalidCursor:
             cursor_error = "That page link is not valid (altered, or from another server); showing the newest rows."
     entries = ledger_entries(user=request.user, filters=filters).select_related("project", "api_key")
+    entries = with_readback(entries)
     context = {
         "form": form,
         "page": ledger_page(entries=entries, cursor=cursor, size=LEDGER_PAGE_SIZE),

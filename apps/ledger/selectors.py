@@ -10,13 +10,14 @@ from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
-from django.db.models import Aggregate, Count, F, FloatField, Q, QuerySet, Sum
+from django.db.models import Aggregate, Count, F, FloatField, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
 from apps.ledger.models import (
     HISTOGRAM_EDGES_MS,
     UNKNOWN_LABEL,
+    BackgroundResponse,
     Dimension,
     LedgerEntry,
     Lever,
@@ -592,3 +593,10 @@ def rollup_lag_seconds(*, now: dt.datetime | None = None) -> float | None:
     if watermark is None:
         return None
     return max(((now or timezone.now()) - watermark).total_seconds(), 0.0)
+
+
+def with_readback(entries: QuerySet[LedgerEntry]) -> QuerySet[LedgerEntry]:
+    """``entries`` with ``readback``: a background response's read-back status (``ReadBack``), else None. Its row
+    holds the worst case until the status is ``read``. For a page of rows: one indexed look-up per row."""
+    status = BackgroundResponse.objects.filter(request_id=OuterRef("request_id")).values("status")[:1]
+    return entries.annotate(readback=Subquery(status))

@@ -12,6 +12,8 @@ import pytest
 import redis
 from django.conf import settings
 from django.db.models import Sum
+from django.test import Client
+from django.urls import reverse
 from django.utils import timezone
 
 from apps.budgets.background import background_usage_read_back
@@ -151,14 +153,23 @@ def test_a_hostile_usage_keeps_the_worst_case_and_says_so(
     assert _counter(redis_client, budget) == counted
 
 
+def _ledger_chip(tenant: Tenant) -> str:
+    """What the owner's ledger page says of the row."""
+    browser = Client()
+    browser.force_login(tenant.owner)
+    page = browser.get(reverse("dashboard:ledger")).content.decode()
+    return next(chip for chip in ("worst case, pending", "worst case kept", "estimated") if chip in page)
+
+
 def test_a_running_response_stays_pending_is_claimed_once_and_is_given_up_after_the_limit(
-    client: openai.OpenAI,
+    client: openai.OpenAI, tenant: Tenant
 ) -> None:
     _response_id, row = _background(client, "Very long job [[sim:latency=60000]]")
     now = timezone.now()
     assert background_usage_read_back(now=now) == 0
     pending = BackgroundResponse.objects.get(request_id=row.request_id)
     assert (pending.status, pending.provider_status, pending.checks) == ("pending", "in_progress", 1)
+    assert _ledger_chip(tenant) == "worst case, pending"
     # Claimed: another worker at the same moment does not read it again.
     assert background_usage_read_back(now=now) == 0
     assert BackgroundResponse.objects.get(pk=pending.pk).checks == 1
@@ -167,6 +178,7 @@ def test_a_running_response_stays_pending_is_claimed_once_and_is_given_up_after_
     given_up = BackgroundResponse.objects.get(pk=pending.pk)
     assert given_up.status == ReadBack.UNREAD and "worst case kept" in given_up.note
     assert LedgerEntry.objects.get(pk=row.pk, created_at=row.created_at).usage_estimated
+    assert _ledger_chip(tenant) == "worst case kept"
 
 
 def test_another_projects_background_rows_are_untouched(
