@@ -5,12 +5,14 @@ difference back to the budget's counter in Redis."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from decimal import Decimal
 
 import openai
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection
 from django.db.models import Sum
 from django.test import Client
 from django.urls import reverse
@@ -198,3 +200,29 @@ def test_another_projects_background_rows_are_untouched(
     assert BackgroundResponse.objects.get(request_id=other_row.request_id).response_id == other_id
     assert BackgroundResponse.objects.get(request_id=other_row.request_id).status == ReadBack.PENDING
     assert _counter(redis_client, other_budget) == other_counted
+
+
+def test_two_workers_at_once_settle_a_response_once(
+    gateway: str, client: openai.OpenAI, tenant: Tenant, redis_client: redis.Redis
+) -> None:
+    budget = _budget(gateway, tenant)
+    response_id, row = _background(client, "Quick job [[sim:latency=50]]")
+    counted = _counter(redis_client, budget)
+    _done(client, response_id)
+    now = timezone.now()
+    decided: list[int] = []
+
+    def worker() -> None:
+        try:
+            decided.append(background_usage_read_back(now=now))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(decided) == [0, 0, 0, 1]
+    real = LedgerEntry.objects.get(pk=row.pk, created_at=row.created_at)
+    assert _counter(redis_client, budget) == counted - (to_nano(row.cost) - to_nano(real.cost))
