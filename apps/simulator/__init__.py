@@ -50,8 +50,9 @@ Directives, written anywhere in a message's content, a prompt or an embedding in
 - ``[[sim:500]]``: 500 server error.  ``[[sim:503]]``: 503 overloaded.
 - ``[[sim:timeout]]``: wait 30 s before answering (the client will time out first).
 - ``[[sim:latency=MS]]``: wait MS more milliseconds before answering.
-- ``[[sim:confidence=P]]`` (0 < P <= 1): with logprobs, the first completion token's
-  logprob is exactly ``ln(P)``; later tokens have probabilities in [0.9, 0.9999).
+- ``[[sim:confidence=P]]`` (0 < P <= 1): with logprobs (chat's ``logprobs``, or Responses'
+  ``include: ["message.output_text.logprobs"]``), the first completion token's logprob is exactly
+  ``ln(P)``; later tokens have probabilities in [0.9, 0.9999).
 - ``[[sim:answer=TEXT]]``: the completion is exactly TEXT (which ends at the first ``]]``).
 - ``[[sim:echo_header=NAME]]``: the completion is the value of the request's header NAME (lower case;
   ``none`` when absent): shows what the gateway sent upstream, e.g. ``traceparent``.
@@ -60,7 +61,7 @@ Directives, written anywhere in a message's content, a prompt or an embedding in
 
 Hostile directives, for fuzzing what the gateway does with a broken or malicious provider:
 
-- ``[[sim:usage=JSON]]``: the answer's (or stream's) ``usage`` is exactly that JSON value
+- ``[[sim:usage=JSON]]``: the answer's (or stream's, or a Responses answer's) ``usage`` is exactly that JSON value
   (``"x"``, ``-5``, ``[1]``, ``{"prompt_tokens": 1e30}``…); a stream gets a usage chunk even unasked.
 - ``[[sim:logprob=X]]``: the first answer token's logprob is exactly X (710 overflows ``exp``).
 - ``[[sim:garbage=N]]``: variant N of a 200 answer that is not what OpenAI sends (non-JSON data
