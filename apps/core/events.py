@@ -233,6 +233,8 @@ def shadow_event_clean(event: dict[str, Any]) -> dict[str, Any]:
         event[name] = clean_multiline(event.get(name))
     similarity = event.get("similarity")
     event["similarity"] = similarity if isinstance(similarity, float) and math.isfinite(similarity) else None
+    confidence = event.get("confidence")
+    event["confidence"] = confidence if isinstance(confidence, float) and 0.0 <= confidence <= 1.0 else None
     for name in ("exact_match", "normalized_match"):
         event[name] = event.get(name) is True
     return event

@@ -45,6 +45,9 @@ class RuleView:
     shadow: TargetView | None = None
     shadow_fraction: float = 0.0
     cascade: CascadeView | None = None
+    # A cascade trial: the shadow call asks for logprobs and its answer's confidence is measured as this
+    # cascade would measure it (only ``tokens`` and ``aggregate`` count).
+    shadow_confidence: CascadeView | None = None
     models: frozenset[str] = frozenset()
     features: frozenset[str] = frozenset()
     end_users: frozenset[str] = frozenset()
@@ -152,6 +155,15 @@ def _lowest(sequences: list[Any], tokens: int, aggregate: str) -> float | None:
             value = min(probabilities)
         lowest = value if lowest is None else min(lowest, value)
     return lowest
+
+
+def answer_confidence(completion: dict[str, Any], *, tokens: int, aggregate: str) -> float | None:
+    """``confidence``, with malformed logprobs counted as none: what a cascade decides on and what a cascade
+    trial records, so that the two never differ."""
+    try:
+        return confidence(completion, tokens=tokens, aggregate=aggregate)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return None
 
 
 def _probability(logprob: Any) -> float:

@@ -26,7 +26,7 @@ from apps.core.anthropic import ANTHROPIC_KINDS, message_to_completion
 from apps.core.events import clean_count, shadow_event_clean
 from apps.core.pricing import PriceRow
 from apps.core.responses import output_text, usage_counts
-from apps.core.routing import normalize_text
+from apps.core.routing import CascadeView, answer_confidence, normalize_text
 from apps.core.snapshot import ProviderTarget
 from apps.core.text import answer_text
 
@@ -58,6 +58,8 @@ class ShadowJob:
     # The shape the shadow provider answers in: "chat" (Chat Completions, or Messages made into it) or
     # "responses" (a /v1/responses request to a provider that speaks Responses).
     answer_shape: str = "chat"
+    # A cascade trial's rule: the answer's confidence as that cascade would compute it (None: not measured).
+    confidence: CascadeView | None = None
 
 
 class OffPathQueue(Generic[Job]):
@@ -118,6 +120,7 @@ class ShadowQueue(OffPathQueue[ShadowJob]):
     async def _compare(self, job: ShadowJob) -> dict[str, Any]:
         started = time.perf_counter()
         status, text, cost = 0, "", Decimal(0)
+        score: float | None = None
         try:
             async with self._http.post(
                 job.url, data=orjson.dumps(job.payload), headers=job.headers, timeout=job.timeout, allow_redirects=False
@@ -137,6 +140,8 @@ class ShadowQueue(OffPathQueue[ShadowJob]):
                     )  # fmt: skip
             elif isinstance(data, dict):
                 text = answer_text(data)
+                if job.confidence is not None:
+                    score = answer_confidence(data, tokens=job.confidence.tokens, aggregate=job.confidence.aggregate)
                 usage = data.get("usage")
                 usage = usage if isinstance(usage, dict) else {}
                 details = usage.get("prompt_tokens_details")
@@ -172,6 +177,7 @@ class ShadowQueue(OffPathQueue[ShadowJob]):
                 "exact_match": answered and primary.strip() == shadow.strip(),
                 "normalized_match": answered and normalize_text(primary) == normalize_text(shadow),
                 "similarity": similarity,
+                "confidence": score,
                 "primary_text": primary,
                 "shadow_text": shadow,
             }

@@ -27,7 +27,9 @@ class WindowSerializer(serializers.Serializer):
 
 class OpportunitySerializer(serializers.Serializer):
     id = serializers.CharField(help_text="Stable for the same lever, feature and detail")
-    lever = serializers.ChoiceField(choices=["exact_cache", "semantic_cache", "route", "batch", "prompt_cache"])
+    lever = serializers.ChoiceField(
+        choices=["exact_cache", "semantic_cache", "route", "cascade", "batch", "prompt_cache"]
+    )
     feature = serializers.CharField(allow_blank=True)
     predicted_savings_usd = serializers.DecimalField(max_digits=24, decimal_places=6)
     share = serializers.FloatField(help_text="Of the feature's spend in the window")

@@ -2,9 +2,10 @@
 the target the lead set.
 
 A ``Trial`` names the lever, the recommendation it came from and the parameters it tries (the semantic
-cache's threshold floor, the cheaper model of a route). In ``shadow`` it changes nothing the app sees: the
-gateway measures (``TrialSample`` for the semantic cache; the routing rule's ``ShadowComparison`` rows for a
-route). ``enable`` changes the real policy through the cache and routing services, so the audit log sees it.
+cache's threshold floor, the cheaper model of a route or cascade). In ``shadow`` it changes nothing the app
+sees: the gateway measures (``TrialSample`` for the semantic cache; the routing rule's ``ShadowComparison``
+rows for a route, with the cheap answer's confidence for a cascade). ``enable`` changes the real policy
+through the cache and routing services, so the audit log sees it.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class Trial(models.Model):
         max_digits=24, decimal_places=6, default=Decimal(0), help_text="Per window of the report it came from"
     )
     predicted_window_days = models.PositiveSmallIntegerField(default=7)
-    # The routing rule the trial wrote (a route trial), so enabling changes that rule and nothing else.
+    # The routing rule the trial wrote (a route or cascade trial), so enabling changes that rule and nothing else.
     rule = models.ForeignKey("routing.RoutingRule", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # Counted as the comparisons arrive; saving it announces a policy change, so that gateways learn the
     # opposites a new disagreement may teach the cache guard.

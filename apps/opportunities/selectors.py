@@ -7,6 +7,9 @@ Read from the ledger rows the gateway wrote for chat requests it answered
   user within a TTL of the answer that would have been stored; each repeat would have cost $0.
 - ``route``: the feature's tokens priced at each cheaper model the organisation has a price for.
   Quality is not known until a shadow trial measures it: the evidence says so.
+- ``cascade``: a feature's model with a cheaper priced model of the same provider that gives chat logprobs
+  (the cheapest such): ask it first, keep its confident answers. Until a trial measures the kept share the
+  prediction is its upper bound (every cheap answer kept); the trial's own prediction replaces it.
 - ``batch``: features that never stream, priced at their model's batch rates.
 - ``prompt_cache``: static prefixes (``prefix_key``) of at least 1,024 tokens sent again and again,
   against the ``cached_tokens`` the provider actually discounted.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -34,6 +38,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from apps.cache.models import CacheEntry
+from apps.core.anthropic import ANTHROPIC_KINDS
 from apps.core.pricing import MTOK, token_cost
 from apps.core.request import ENDPOINT_CHAT
 from apps.ledger.models import LedgerEntry, Source
@@ -125,12 +130,14 @@ def project_opportunities(*, project: Project, days: int = 7, ttl_seconds: int =
     since = until - dt.timedelta(days=days)
     rows = replayable_rows(project=project, since=since, until=until)
     spend: dict[str, dict[str, Any]] = {r["feature"]: dict(r) for r in _feature_spend(rows)}
-    prices = _latest_prices(project)
+    prices = provider_prices(project)
+    cheapest = latest_prices(prices)
     found = [
         *_exact_cache(rows, ttl_seconds),
-        *_routes(rows, prices),
-        *_batch(rows, prices, spend),
-        *_prompt_cache(rows, prices),
+        *_routes(rows, cheapest),
+        *_cascades(rows, prices),
+        *_batch(rows, cheapest, spend),
+        *_prompt_cache(rows, cheapest),
     ]
     near = near_duplicates(project=project, rows=rows)
     found += [_near_duplicate_opportunity(feature, shares) for feature, shares in sorted(near.items())]
@@ -355,6 +362,7 @@ class _Price:
     output: Decimal
     batch_input: Decimal
     batch_output: Decimal
+    kind: str  # the provider's
 
     def cost(self, prompt: int, cached: int, completion: int) -> Decimal:
         return token_cost(
@@ -363,22 +371,33 @@ class _Price:
         ) / MTOK  # fmt: skip
 
 
-def _latest_prices(project: Project) -> dict[str, _Price]:
-    """The organisation's price in effect today for each model it prices (cheapest provider's, if several)."""
+def provider_prices(project: Project) -> dict[tuple[int, str], _Price]:
+    """The organisation's price in effect today for each (provider, model) it prices."""
     today = timezone.now().date()
+    found: dict[tuple[int, str], _Price] = {}
+    for price in (
+        Price.objects.filter(
+            provider__organization_id=project.organization_id, provider__is_active=True, effective_from__lte=today
+        )
+        .select_related("provider")
+        .order_by("provider_id", "model", "-effective_from")
+    ):
+        found.setdefault(
+            (price.provider_id, price.model),
+            _Price(price.provider_id, price.model, price.input_per_mtok, price.cached_input_per_mtok,
+                   price.output_per_mtok, price.batch_input_per_mtok, price.batch_output_per_mtok,
+                   price.provider.kind),
+        )  # fmt: skip
+    return found
+
+
+def latest_prices(prices: dict[tuple[int, str], _Price]) -> dict[str, _Price]:
+    """Each model's price at its cheapest provider (if several price it)."""
     found: dict[str, _Price] = {}
-    seen: set[tuple[int, str]] = set()
-    for price in Price.objects.filter(
-        provider__organization_id=project.organization_id, provider__is_active=True, effective_from__lte=today
-    ).order_by("provider_id", "model", "-effective_from"):
-        if (price.provider_id, price.model) in seen:
-            continue
-        seen.add((price.provider_id, price.model))
-        row = _Price(price.provider_id, price.model, price.input_per_mtok, price.cached_input_per_mtok,
-                     price.output_per_mtok, price.batch_input_per_mtok, price.batch_output_per_mtok)  # fmt: skip
-        current = found.get(price.model)
+    for row in prices.values():
+        current = found.get(row.model)
         if current is None or (row.input, row.output) < (current.input, current.output):
-            found[price.model] = row
+            found[row.model] = row
     return found
 
 
@@ -425,6 +444,57 @@ def _routes(rows: QuerySet[LedgerEntry], prices: dict[str, _Price]) -> list[Oppo
                     },
                 )
             )
+    return found
+
+
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5…) answer no logprobs; Anthropic's Messages API has none.
+_NO_LOGPROBS = re.compile(r"o\d|gpt-5")
+
+
+def gives_logprobs(kind: str, model: str) -> bool:
+    """Whether a chat model of a provider of ``kind`` can answer with logprobs, as a cascade's cheap model must."""
+    return kind not in ANTHROPIC_KINDS and _NO_LOGPROBS.match(model) is None
+
+
+def _cascades(rows: QuerySet[LedgerEntry], prices: dict[tuple[int, str], _Price]) -> list[Opportunity]:
+    found = []
+    groups = (
+        rows.filter(cache_hit="", provider_id__isnull=False)
+        .values("feature", "served_model", "provider_id")
+        .annotate(requests=Count("id"), prompt=Sum("prompt_tokens"), cached=Sum("cached_tokens"),
+                  completion=Sum("completion_tokens"), cost=Sum("cost"))
+    )  # fmt: skip
+    for group in groups:
+        provider_id, served = group["provider_id"], group["served_model"]
+        prompt, cached, completion, cost = group["prompt"], group["cached"], group["completion"], group["cost"]
+        candidates = sorted(
+            (price.cost(prompt, cached, completion), model)
+            for (provider, model), price in prices.items()
+            if provider == provider_id and model != served and price.output > 0 and gives_logprobs(price.kind, model)
+        )
+        cheaper = [c for c in candidates if c[0] < cost]
+        if not cheaper:
+            continue
+        cheap_cost, model = cheaper[0]
+        found.append(
+            Opportunity(
+                id=_id("cascade", group["feature"], served, model),
+                lever="cascade",
+                feature=group["feature"],
+                predicted_savings_usd=cost - cheap_cost,
+                share=0.0,
+                evidence={
+                    "requests": group["requests"],
+                    "from_model": served,
+                    "to_model": model,
+                    "cost_usd": str(cost.quantize(CENT)),
+                    "cost_at_to_model_usd": str(cheap_cost.quantize(CENT)),
+                    "prediction": "upper bound: every cheap answer kept; a shadow trial measures the kept share "
+                    "and the cheap calls wasted on escalations",
+                    "quality": "unmeasured: a shadow trial measures agreement per confidence bin",
+                },
+            )
+        )
     return found
 
 

@@ -15,6 +15,7 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.cache.models import CachePolicy
@@ -49,11 +50,14 @@ def trial_parameters(opportunity: Opportunity) -> tuple[Lever, dict[str, Any]]:
     lever = TRIAL_LEVERS.get(opportunity.lever)
     if lever is None:
         raise ValidationError(f"A {opportunity.lever} recommendation changes no answer: apply it in its settings.")
-    if lever == Lever.ROUTE:
-        return lever, {"from_model": opportunity.evidence["from_model"], "to_model": opportunity.evidence["to_model"]}
     if lever == Lever.SEMANTIC_CACHE:
         return lever, {"floor": str(SEMANTIC_FLOOR)}
-    raise ValidationError("Cascade trials are not available yet.")
+    models = {"from_model": opportunity.evidence["from_model"], "to_model": opportunity.evidence["to_model"]}
+    if lever == Lever.ROUTE:
+        return lever, models
+    # What the report priced, to scale the trial's measured saving share to the report's window when enabled.
+    return lever, {**models, "window_requests": opportunity.evidence["requests"],
+                   "window_cost_usd": opportunity.evidence["cost_usd"]}  # fmt: skip
 
 
 def _save(trial: Trial) -> Trial:
@@ -85,22 +89,41 @@ def trial_start(
         parameters=parameters, quality_target=quality_target, daily_cap_usd=daily_cap_usd, min_samples=min_samples,
         predicted_savings_usd=opportunity.predicted_savings_usd.quantize(CENT), predicted_window_days=window_days,
     )  # fmt: skip
-    if lever == Lever.ROUTE:
-        trial.rule = _shadow_rule(project, opportunity.feature, parameters["from_model"], parameters["to_model"])
+    if lever in (Lever.ROUTE, Lever.CASCADE):
+        trial.rule = _shadow_rule(
+            project, opportunity.feature, parameters["from_model"], parameters["to_model"], lever == Lever.CASCADE
+        )
     return _save(trial)
 
 
-def _shadow_rule(project: Project, feature: str, from_model: str, to_model: str) -> RoutingRule:
+def _deciding_rule(project: Project, feature: str, model: str) -> RoutingRule | None:
+    """An active rule that may decide the feature's requests for ``model``: a trial's rule, appended after
+    it, would never see them (the first matching rule decides)."""
+    rules = RoutingRule.objects.filter(project=project, is_active=True)
+    rules = rules.filter(Q(match_features=[]) | Q(match_features__contains=[feature]))
+    return rules.filter(Q(match_models=[]) | Q(match_models__contains=[model])).first()
+
+
+def _shadow_rule(project: Project, feature: str, from_model: str, to_model: str, confidence: bool) -> RoutingRule:
     """A rule that keeps serving the feature's requests for ``from_model`` from it, and shadows every one
-    to ``to_model``: the app's answers do not change, the comparisons measure the cheaper model."""
+    to ``to_model``: the app's answers do not change, the comparisons measure the cheaper model (and, for a
+    cascade trial, its answers' confidence, with logprobs asked for)."""
+    deciding = _deciding_rule(project, feature, from_model)
+    if deciding is not None:
+        raise ValidationError(
+            f"The active routing rule '{deciding.name}' already decides these requests: the trial would see "
+            "none of them. Stop its trial or deactivate it first."
+        )
+    kind = "cascade" if confidence else "route"
     return rule_save(
         project=project,
         fields={
-            "name": f"Trial: {feature or 'all features'}, {from_model} → {to_model}"[:100],
+            "name": f"Trial: {kind} {feature or 'all features'}, {from_model} → {to_model}"[:100],
             "match_features": [feature] if feature else [],
             "match_models": [from_model],
             "action": "route",
             "shadow_percent": Decimal(100),
+            "shadow_confidence": confidence,
         },
         primaries=targets_parse(project=project, text=from_model),
         fallbacks=[],
@@ -121,6 +144,13 @@ def trial_enable(*, trial: Trial) -> Trial:
         assert measured.recommended_threshold is not None
         _enable_semantic(trial, Decimal(str(measured.recommended_threshold)))
         trial.parameters = {**trial.parameters, "threshold": str(measured.recommended_threshold)}
+    elif trial.lever == Lever.CASCADE:
+        assert measured.recommended_threshold is not None and measured.saving_share is not None
+        _enable_cascade(trial, Decimal(str(measured.recommended_threshold)))
+        trial.parameters = {**trial.parameters, "threshold": str(measured.recommended_threshold)}
+        # The report's prediction assumed every cheap answer kept; the trial measured what is.
+        window_cost = Decimal(trial.parameters["window_cost_usd"])
+        trial.predicted_savings_usd = (window_cost * Decimal(str(measured.saving_share))).quantize(CENT)
     else:
         _enable_route(trial)
     trial.state, trial.enabled_at = TrialState.ENABLED, timezone.now()
@@ -151,15 +181,34 @@ def _enable_route(trial: Trial) -> None:
     )
 
 
+def _enable_cascade(trial: Trial, threshold: Decimal) -> None:
+    """The trial's rule becomes the cascade it measured: the cheap model first, kept at ``threshold``."""
+    rule = trial.rule
+    if rule is None:
+        raise ValidationError("The trial's routing rule was deleted; start a new trial.")
+    project, parameters = trial.project, trial.parameters
+    rule_save(
+        project=project,
+        rule=rule,
+        fields={"name": rule.name.replace("Trial: ", "", 1), "action": "cascade", "cascade_threshold": threshold,
+                "shadow_percent": Decimal(0), "shadow_confidence": False},
+        primaries=targets_parse(project=project, text=f"{parameters['to_model']}\n{parameters['from_model']}"),
+        fallbacks=[],
+        shadow=[],
+    )  # fmt: skip
+
+
 @transaction.atomic
 def trial_stop(*, trial: Trial, reason: str = "stopped") -> Trial:
-    """Stop measuring; the shadow rule of a route trial stops shadowing. An enabled policy stays as it is."""
+    """Stop measuring; the shadow rule of a route or cascade trial stops shadowing (and is deactivated). An
+    enabled policy stays as it is."""
     trial = Trial.objects.select_for_update().get(pk=trial.pk)
     if trial.state != TrialState.SHADOW:
         return trial
     if trial.rule is not None:
         rule_save(
-            project=trial.project, rule=trial.rule, fields={"shadow_percent": Decimal(0), "is_active": False},
+            project=trial.project, rule=trial.rule,
+            fields={"shadow_percent": Decimal(0), "shadow_confidence": False, "is_active": False},
             primaries=targets_parse(project=trial.project, text=trial.parameters["from_model"]),
             fallbacks=[], shadow=[],
         )  # fmt: skip

@@ -8,6 +8,11 @@
 - A route trial: the ``ShadowComparison`` rows of the routing rule it wrote, since it started; agreement is
   the share of answered shadow calls whose answer matches the app's once normalised. Its spend is what those
   shadow calls cost, kept apart from the app's ledger and budgets.
+- A cascade trial: the same shadow comparisons, each with the cheap answer's confidence as the cascade
+  computes it. A threshold keeps the cheap answers at or above it (0.001 wide bins, the rule's precision)
+  and escalates the others. Its agreement is the kept answers' agreement with the app's; its saving counts
+  the kept ones at the cheap price and the cheap calls wasted on the escalated ones. The recommended
+  threshold is the lowest whose kept answers clear the target on at least ``min_samples`` of them.
 - Realised savings (an enabled trial): what the ledger's requests since enablement saved against their
   counterfactual (the semantic hits; the rule's routed requests), beside the prediction prorated to the
   same days.
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, F, IntegerField, Q, Sum
+from django.db.models import Count, F, IntegerField, Q, QuerySet, Sum
 from django.db.models.functions import Cast, Floor
 from django.utils import timezone
 
@@ -31,6 +36,7 @@ from apps.routing.models import ShadowComparison
 
 CENT = Decimal("0.000001")
 BIN = 100  # similarity bins per 1.0
+CONFIDENCE_BIN = 1000  # confidence bins per 1.0: a cascade threshold's precision (RoutingRule.cascade_threshold)
 
 
 @dataclass
@@ -39,7 +45,8 @@ class Measured:
     agreement: float | None  # at the recommended threshold for a semantic trial
     cleared: bool
     recommended_threshold: float | None = None
-    curve: list[dict[str, Any]] = field(default_factory=list)  # semantic: per threshold, hits and precision
+    curve: list[dict[str, Any]] = field(default_factory=list)  # per threshold: what it serves, how well
+    saving_share: float | None = None  # cascade: of the app's spend on the compared requests, at the threshold
     spend_usd: Decimal = Decimal(0)
     spend_today_usd: Decimal = Decimal(0)
     realised: dict[str, Any] | None = None
@@ -51,6 +58,7 @@ class Measured:
             "cleared": self.cleared,
             "recommended_threshold": self.recommended_threshold,
             "curve": self.curve,
+            "saving_share": None if self.saving_share is None else round(self.saving_share, 4),
             "spend_usd": str(self.spend_usd.quantize(CENT)),
             "spend_today_usd": str(self.spend_today_usd.quantize(CENT)),
             "realised": self.realised,
@@ -61,6 +69,8 @@ def trial_measured(*, trial: Trial, now: dt.datetime | None = None) -> Measured:
     now = now or timezone.now()
     if trial.lever == Lever.SEMANTIC_CACHE:
         measured = _semantic(trial)
+    elif trial.lever == Lever.CASCADE:
+        measured = _cascade(trial, now)
     else:
         measured = _route(trial, now)
     if trial.state == TrialState.ENABLED and trial.enabled_at is not None:
@@ -99,17 +109,25 @@ def _semantic(trial: Trial) -> Measured:
     return Measured(samples=served, agreement=precision, cleared=True, recommended_threshold=threshold, curve=curve)
 
 
-def _route(trial: Trial, now: dt.datetime) -> Measured:
-    if trial.rule_id is None:
-        return Measured(samples=0, agreement=None, cleared=False)
+def _comparisons(trial: Trial, now: dt.datetime) -> tuple[QuerySet[ShadowComparison], dict[str, Any]]:
+    """The trial's shadow comparisons, and their counts and spend (in all and today)."""
     rows = ShadowComparison.objects.filter(rule_id=trial.rule_id, created_at__gte=trial.created_at)
     start_of_day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     totals = rows.aggregate(
         n=Count("id", filter=Q(shadow_status=200)),
         ok=Count("id", filter=Q(shadow_status=200, normalized_match=True)),
+        primary=Sum("primary_cost", filter=Q(shadow_status=200)),
+        cheap=Sum("shadow_cost", filter=Q(shadow_status=200)),
         spend=Sum("shadow_cost"),
         today=Sum("shadow_cost", filter=Q(created_at__gte=start_of_day)),
     )
+    return rows, totals
+
+
+def _route(trial: Trial, now: dt.datetime) -> Measured:
+    if trial.rule_id is None:
+        return Measured(samples=0, agreement=None, cleared=False)
+    _rows, totals = _comparisons(trial, now)
     n, ok = totals["n"], totals["ok"]
     agreement = ok / n if n else None
     return Measured(
@@ -119,6 +137,57 @@ def _route(trial: Trial, now: dt.datetime) -> Measured:
         spend_usd=totals["spend"] or Decimal(0),
         spend_today_usd=totals["today"] or Decimal(0),
     )
+
+
+def _cascade(trial: Trial, now: dt.datetime) -> Measured:
+    if trial.rule_id is None:
+        return Measured(samples=0, agreement=None, cleared=False)
+    rows, totals = _comparisons(trial, now)
+    bins = (
+        rows.filter(shadow_status=200, confidence__isnull=False)
+        .annotate(bin=Cast(Floor(F("confidence") * CONFIDENCE_BIN), IntegerField()))
+        .values("bin")
+        .annotate(n=Count("id"), ok=Count("id", filter=Q(normalized_match=True)), primary=Sum("primary_cost"),
+                  cheap=Sum("shadow_cost"))
+    )  # fmt: skip
+    by_bin = {row["bin"]: row for row in bins}
+    n, primary_all, cheap_all = totals["n"], totals["primary"] or Decimal(0), totals["cheap"] or Decimal(0)
+    spend, today = totals["spend"] or Decimal(0), totals["today"] or Decimal(0)
+    target = float(trial.quality_target)
+    curve: list[dict[str, Any]] = []
+    kept = agreed = 0
+    kept_primary = kept_cheap = Decimal(0)
+    recommended: dict[str, Any] | None = None
+    # From the top down: a threshold keeps every answer at or above it; the others escalate (an answer
+    # without logprobs always does), their cheap call wasted.
+    for b in range(CONFIDENCE_BIN, -1, -1):
+        row = by_bin.get(b)
+        if row is None:
+            continue  # only thresholds at a confidence seen
+        kept, agreed = kept + row["n"], agreed + row["ok"]
+        kept_primary, kept_cheap = kept_primary + row["primary"], kept_cheap + row["cheap"]
+        saving = kept_primary - kept_cheap - (cheap_all - kept_cheap)
+        point = {
+            "threshold": round(b / CONFIDENCE_BIN, 3),
+            "kept": kept,
+            "kept_share": round(kept / n, 4),
+            "agreement": round(agreed / kept, 4),
+            "saving_share": round(float(saving / primary_all), 4) if primary_all else 0.0,
+        }
+        curve.append(point)
+        if kept >= trial.min_samples and agreed / kept >= target:
+            exact_share = float(saving / primary_all) if primary_all else 0.0
+            recommended = {**point, "agreement": agreed / kept, "saving_share": exact_share}
+    curve.reverse()
+    if recommended is None or n < trial.min_samples:
+        agreement = totals["ok"] / n if n else None
+        return Measured(samples=n, agreement=agreement, cleared=False, curve=curve, spend_usd=spend,
+                        spend_today_usd=today)  # fmt: skip
+    return Measured(
+        samples=n, agreement=recommended["agreement"], cleared=True, curve=curve,
+        recommended_threshold=recommended["threshold"], saving_share=recommended["saving_share"], spend_usd=spend,
+        spend_today_usd=today,
+    )  # fmt: skip
 
 
 def _realised(trial: Trial, now: dt.datetime) -> dict[str, Any]:

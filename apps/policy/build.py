@@ -223,6 +223,13 @@ def _build_rules(active_providers: set[int]) -> dict[int, tuple[RuleView, ...]]:
             if target.provider_id in active_providers:
                 by_role[target.role].append(TargetView(target.provider_id, target.model, target.weight))
         shadows = by_role[TargetRole.SHADOW]
+        cascade = CascadeView(
+            threshold=float(rule.cascade_threshold),
+            tokens=rule.cascade_tokens,
+            aggregate=rule.cascade_aggregate,
+            escalate_new_labels=rule.cascade_escalate_new_labels,
+            labels=frozenset(normalize_text(label) for label in rule.cascade_labels),
+        )
         rules.setdefault(rule.project_id, []).append(
             RuleView(
                 id=rule.id,
@@ -232,15 +239,8 @@ def _build_rules(active_providers: set[int]) -> dict[int, tuple[RuleView, ...]]:
                 fallbacks=tuple(by_role[TargetRole.FALLBACK]),
                 shadow=shadows[0] if shadows else None,
                 shadow_fraction=float(rule.shadow_percent) / 100,
-                cascade=CascadeView(
-                    threshold=float(rule.cascade_threshold),
-                    tokens=rule.cascade_tokens,
-                    aggregate=rule.cascade_aggregate,
-                    escalate_new_labels=rule.cascade_escalate_new_labels,
-                    labels=frozenset(normalize_text(label) for label in rule.cascade_labels),
-                )
-                if rule.action == "cascade"
-                else None,
+                cascade=cascade if rule.action == "cascade" else None,
+                shadow_confidence=cascade if rule.shadow_confidence and shadows else None,
                 models=frozenset(rule.match_models),
                 features=frozenset(rule.match_features),
                 end_users=frozenset(rule.match_end_users),

@@ -19,7 +19,7 @@ from typing import Any
 
 import openai
 
-from apps.core.routing import confidence, normalize_text, split_order
+from apps.core.routing import answer_confidence, normalize_text, split_order
 from apps.core.text import answer_text
 from apps.providers.models import Price
 from apps.routing.models import RoutingRule, RuleAction, TargetRole
@@ -117,7 +117,7 @@ def evaluate(
                 cheap, strong = primaries[0], primaries[1]
                 data, cost = caller.ask(cheap, messages, logprobs=True)
                 result.routed.cost += cost
-                score = confidence(data, tokens=rule.cascade_tokens, aggregate=rule.cascade_aggregate)
+                score = answer_confidence(data, tokens=rule.cascade_tokens, aggregate=rule.cascade_aggregate)
                 label = normalize_text(answer_text(data))
                 unknown = rule.cascade_escalate_new_labels and label not in labels
                 if score is None or score < float(rule.cascade_threshold) or unknown:

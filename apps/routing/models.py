@@ -92,6 +92,11 @@ class RoutingRule(models.Model):
         validators=[MinValueValidator(0), MaxValueValidator(100)],
         help_text="Percent of matched requests also sent to the shadow model",
     )
+    shadow_confidence = models.BooleanField(
+        default=False,
+        help_text="Shadow calls ask for logprobs and record the answer's confidence as this rule's cascade "
+        "settings would compute it (a cascade trial)",
+    )
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -169,6 +174,9 @@ class ShadowComparison(models.Model):
     exact_match = models.BooleanField()
     normalized_match = models.BooleanField()
     similarity = models.FloatField(null=True, blank=True, help_text="Cosine similarity of the two answers' embeddings")
+    confidence = models.FloatField(
+        null=True, blank=True, help_text="The shadow answer's confidence (a cascade trial's rule); null: not asked"
+    )
     primary_text = models.TextField(blank=True)
     shadow_text = models.TextField(blank=True)
 

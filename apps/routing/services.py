@@ -231,6 +231,7 @@ def _comparison(raw: Any) -> ShadowComparison:
         exact_match=bool(event["exact_match"]),
         normalized_match=bool(event["normalized_match"]),
         similarity=event.get("similarity"),
+        confidence=event.get("confidence"),
         primary_text=event["primary_text"],
         shadow_text=event["shadow_text"],
     )

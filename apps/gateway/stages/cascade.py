@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from apps.core import names
 from apps.core.errors import GatewayError
 from apps.core.route import CHEAP, ESCALATED, KEPT
-from apps.core.routing import CascadeView, confidence, normalize_text
+from apps.core.routing import CascadeView, answer_confidence, normalize_text
 from apps.core.text import answer_text
 from apps.gateway.asgi import Send
 from apps.gateway.call import ZERO, Call
@@ -107,7 +107,7 @@ class Scorer(Protocol):
 
 
 async def judge(
-    rt: Runtime, rule_id: int, cascade_: CascadeView, data: dict[str, Any], *, score: Scorer = confidence,
+    rt: Runtime, rule_id: int, cascade_: CascadeView, data: dict[str, Any], *, score: Scorer = answer_confidence,
     text: Callable[[dict[str, Any]], str] = answer_text,
 ) -> tuple[str, str]:  # fmt: skip
     """KEPT or ESCALATED, and why: ``score`` reads the answer's confidence (a chat completion's by default;

@@ -11,7 +11,7 @@ import orjson
 
 from apps.core.anthropic import ANTHROPIC_KINDS
 from apps.core.errors import GatewayError
-from apps.core.request import ENDPOINT_RESPONSES
+from apps.core.request import ENDPOINT_CHAT, ENDPOINT_RESPONSES
 from apps.gateway.call import Call
 from apps.gateway.runtime import Runtime
 from apps.gateway.shadow_queue import ShadowJob
@@ -27,6 +27,11 @@ def offer(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], primary_
     request = {**payload, "model": target.model, "stream": False}
     request.pop("stream_options", None)
     shape = "chat"
+    measure = plan.rule.shadow_confidence
+    if measure is not None:
+        if call.endpoint != ENDPOINT_CHAT:
+            return  # confidence needs chat logprobs, as the cascade it tries does
+        request["logprobs"] = True
     if call.endpoint == ENDPOINT_RESPONSES:
         if target.provider.kind in ANTHROPIC_KINDS or payload.get("previous_response_id") is not None:
             return  # Anthropic serves no Responses; a continuation exists only on its own provider
@@ -56,5 +61,6 @@ def offer(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], primary_
             primary_latency_ms=call.elapsed_ms(),
             primary_cost=call.cost,
             answer_shape=shape,
+            confidence=measure,
         )
     )
