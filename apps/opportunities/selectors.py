@@ -37,6 +37,7 @@ from django.db.models import Aggregate, Avg, Count, F, FloatField, IntegerField,
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
+from apps.cache.guard import agree
 from apps.cache.models import CacheEntry
 from apps.core.anthropic import ANTHROPIC_KINDS
 from apps.core.pricing import MTOK, token_cost
@@ -73,6 +74,7 @@ class Opportunity:
     predicted_savings_usd: Decimal
     share: float  # of the feature's spend in the window
     evidence: dict[str, Any] = field(default_factory=dict)
+    feature_cost: Decimal = Decimal(0)  # the feature's spend in the window: what a trial's measured share scales
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -142,9 +144,12 @@ def project_opportunities(*, project: Project, days: int = 7, ttl_seconds: int =
     near = near_duplicates(project=project, rows=rows)
     found += [_near_duplicate_opportunity(feature, shares) for feature, shares in sorted(near.items())]
     found = [o for o in found if o.predicted_savings_usd > 0]
+    # Without embeddings nothing is known of a feature's near duplicates: a trial is how to learn it.
+    found += [_unmeasured_semantic(feature) for feature in sorted(spend) if feature not in near]
     for item in found:
         total = spend.get(item.feature, {}).get("cost") or Decimal(0)
         item.share = float(item.predicted_savings_usd / total) if total > 0 else 0.0
+        item.feature_cost = total
     found.sort(key=lambda o: (-o.predicted_savings_usd, o.id))
     profiles = [_profile(feature, row, near.get(feature)) for feature, row in sorted(spend.items())]
     return Report(since, until, ttl_seconds, found, profiles)
@@ -279,6 +284,62 @@ def _near_duplicate_opportunity(feature: str, near: NearDuplicates) -> Opportuni
             "quality": "unmeasured: a near duplicate may still need another answer (monthly/yearly)",
         },
     )
+
+
+def _unmeasured_semantic(feature: str) -> Opportunity:
+    return Opportunity(
+        id=_id("semantic_cache", feature),
+        lever="semantic_cache",
+        feature=feature,
+        predicted_savings_usd=Decimal(0),
+        share=0.0,
+        evidence={
+            "threshold": None,
+            "quality": "unmeasured: no prompt embeddings yet. A shadow trial indexes the feature's prompts and "
+            "measures its near duplicates and what a semantic cache would serve of them, at $0.",
+        },
+    )
+
+
+def cache_replay(
+    *, project: Project, rows: QuerySet[LedgerEntry], threshold: float, learned: frozenset[tuple[str, str]]
+) -> tuple[Decimal, Decimal]:
+    """What a semantic cache at ``threshold`` would have served of one feature's ``rows`` that have a stored
+    embedding, replayed in order as the gateway serves them: a request is served when the nearest prompt the
+    cache stored before it is at least ``threshold`` similar and the cache guard lets the hit through (with
+    the project's ``learned`` opposites); else it goes upstream and its prompt is stored. An exact repeat is
+    the exact cache's, neither served nor stored here. Returns (the served requests' cost, all their cost)."""
+    picked = [
+        (key, cache_key, cost)
+        for key, cache_key, cost in rows.filter(cache_hit="").exclude(embedding_key="")
+        .order_by("created_at", "id").values_list("embedding_key", "cache_key", "cost")[:NEAR_DUPLICATE_SAMPLE]
+    ]  # fmt: skip
+    entries = {
+        key: (vector, text)
+        for key, vector, text in CacheEntry.objects.filter(
+            project=project, exact_key__in={key for key, _, _ in picked}, embedding__isnull=False
+        ).values_list("exact_key", "embedding", "prompt_text")
+    }
+    picked = [row for row in picked if row[0] in entries]
+    if not picked:
+        return Decimal(0), Decimal(0)
+    matrix = np.array([entries[key][0] for key, _, _ in picked], dtype=np.float32)
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    similarity = matrix @ matrix.T
+    stored: list[int] = []
+    seen: set[str] = set()
+    served = Decimal(0)
+    for index, (key, cache_key, cost) in enumerate(picked):
+        if cache_key in seen:
+            continue
+        seen.add(cache_key)
+        if stored:
+            best = stored[int(np.argmax(similarity[index, stored]))]
+            if similarity[index, best] >= threshold and agree(entries[key][1], entries[picked[best][0]][1], learned):
+                served += cost
+                continue
+        stored.append(index)
+    return served, sum((cost for _, _, cost in picked), Decimal(0))
 
 
 def _profile(feature: str, row: dict[str, Any], near: NearDuplicates | None) -> dict[str, Any]:

@@ -25,8 +25,8 @@ from apps.core.events import EVENT_FIELD, clean_id, trial_event_clean
 from apps.ledger.consumer import dead_letters_report, parse_entries, store_or_bisect
 from apps.ledger.stream import acknowledge, ensure_group, read_batch
 from apps.opportunities.models import SEMANTIC_FLOOR, Lever, Trial, TrialSample, TrialState
-from apps.opportunities.selectors import CENT, Opportunity
-from apps.opportunities.trial_selectors import Measured, trial_measured
+from apps.opportunities.selectors import CENT, Opportunity, cache_replay, replayable_rows
+from apps.opportunities.trial_selectors import Measured, learned_opposites_by_project, trial_measured
 from apps.routing.models import RoutingRule
 from apps.routing.services import rule_save, targets_parse
 from apps.tenancy.models import Project
@@ -51,7 +51,8 @@ def trial_parameters(opportunity: Opportunity) -> tuple[Lever, dict[str, Any]]:
     if lever is None:
         raise ValidationError(f"A {opportunity.lever} recommendation changes no answer: apply it in its settings.")
     if lever == Lever.SEMANTIC_CACHE:
-        return lever, {"floor": str(SEMANTIC_FLOOR)}
+        # The feature's spend in the report's window: what the share a semantic cache serves scales to.
+        return lever, {"floor": str(SEMANTIC_FLOOR), "window_cost_usd": str(opportunity.feature_cost)}
     models = {"from_model": opportunity.evidence["from_model"], "to_model": opportunity.evidence["to_model"]}
     if lever == Lever.ROUTE:
         return lever, models
@@ -144,6 +145,7 @@ def trial_enable(*, trial: Trial) -> Trial:
         assert measured.recommended_threshold is not None
         _enable_semantic(trial, Decimal(str(measured.recommended_threshold)))
         trial.parameters = {**trial.parameters, "threshold": str(measured.recommended_threshold)}
+        trial.predicted_savings_usd = _semantic_prediction(trial, measured.recommended_threshold)
     elif trial.lever == Lever.CASCADE:
         assert measured.recommended_threshold is not None and measured.saving_share is not None
         _enable_cascade(trial, Decimal(str(measured.recommended_threshold)))
@@ -155,6 +157,20 @@ def trial_enable(*, trial: Trial) -> Trial:
         _enable_route(trial)
     trial.state, trial.enabled_at = TrialState.ENABLED, timezone.now()
     return _save(trial)
+
+
+def _semantic_prediction(trial: Trial, threshold: float) -> Decimal:
+    """The report's window at the share of the trial's own traffic that the cache, at ``threshold`` and
+    with its guard, would have served (``cache_replay``); the report's figure when the trial indexed none."""
+    rows = replayable_rows(project=trial.project, since=trial.created_at, until=timezone.now())
+    learned = learned_opposites_by_project().get(trial.project_id, frozenset())
+    served, replayed = cache_replay(
+        project=trial.project, rows=rows.filter(feature=trial.feature), threshold=threshold, learned=learned
+    )
+    window_cost = Decimal(trial.parameters.get("window_cost_usd") or 0)
+    if replayed <= 0 or window_cost <= 0:
+        return trial.predicted_savings_usd
+    return (window_cost * served / replayed).quantize(CENT)
 
 
 def _enable_semantic(trial: Trial, threshold: Decimal) -> None:

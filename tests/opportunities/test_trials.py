@@ -152,7 +152,7 @@ def _samples(trial: Trial, similarity: float, *, agree: int, disagree: int = 0, 
 
 def test_semantic_trial_curve_recommends_the_lowest_threshold_that_clears_the_target(people: People) -> None:
     trial = _semantic_trial(people.tenant)
-    assert trial.lever == Lever.SEMANTIC_CACHE and trial.parameters == {"floor": "0.800"}
+    assert trial.lever == Lever.SEMANTIC_CACHE and trial.parameters == {"floor": "0.800", "window_cost_usd": "0"}
     _samples(trial, 0.97, agree=6)
     _samples(trial, 0.93, agree=3)
     _samples(trial, 0.88, agree=2, disagree=2)  # the monthly/yearly look-alikes
