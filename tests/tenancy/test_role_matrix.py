@@ -118,8 +118,10 @@ def world() -> World:
     o["budget"] = budget_create(
         organization=tenant.org, name="project a", scope=BudgetScope.PROJECT, project=project, amount_usd=Decimal(5)
     )
-    o["rule"] = rule_save(project=project, fields={"name": "first"}, primaries=[], fallbacks=[], shadow=[])
-    rule_save(project=project, fields={"name": "second"}, primaries=[], fallbacks=[], shadow=[])
+    # Rules of another feature than the trial's below (a rule deciding its requests would refuse the trial).
+    only = {"match_features": ["search"]}
+    o["rule"] = rule_save(project=project, fields={"name": "first", **only}, primaries=[], fallbacks=[], shadow=[])
+    rule_save(project=project, fields={"name": "second", **only}, primaries=[], fallbacks=[], shadow=[])
     o["entry"] = CacheEntry.objects.create(
         project=project, exact_key="k1", fingerprint="f", model="gpt-4o-mini", prompt_text="my card number is …",
         response={"choices": []}, expires_at=timezone.now() + dt.timedelta(hours=1),
