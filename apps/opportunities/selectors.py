@@ -508,13 +508,14 @@ def _routes(rows: QuerySet[LedgerEntry], prices: dict[str, _Price]) -> list[Oppo
     return found
 
 
-# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5…) answer no logprobs; Anthropic's Messages API has none.
-_NO_LOGPROBS = re.compile(r"o\d|gpt-5")
+# OpenAI's reasoning models (o1, o3, o4-mini, gpt-5…) answer no logprobs; Anthropic's Messages API has none;
+# an instruct model answers the legacy Completions API, not chat.
+_NO_CHAT_LOGPROBS = re.compile(r"o\d|gpt-5|.*-instruct$")
 
 
 def gives_logprobs(kind: str, model: str) -> bool:
     """Whether a chat model of a provider of ``kind`` can answer with logprobs, as a cascade's cheap model must."""
-    return kind not in ANTHROPIC_KINDS and _NO_LOGPROBS.match(model) is None
+    return kind not in ANTHROPIC_KINDS and _NO_CHAT_LOGPROBS.match(model) is None
 
 
 def _cascades(rows: QuerySet[LedgerEntry], prices: dict[tuple[int, str], _Price]) -> list[Opportunity]:
