@@ -71,6 +71,15 @@ def test_any_event_cleans_without_error(event: dict[str, Any]) -> None:
     assert "\x00" not in shadow["primary_text"] and Decimal(shadow["shadow_cost"]) >= 0
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0.5, 0.5), (1.0, 1.0), (0.0, 0.0), (1.5, None), (-0.1, None), (float("nan"), None), (float("inf"), None),
+     ("0.9", None), (True, None), (None, None), ([0.9], None)],
+)  # fmt: skip
+def test_a_cascade_trials_confidence_is_a_probability_or_none(value: Any, expected: float | None) -> None:
+    assert shadow_event_clean({"confidence": value})["confidence"] == expected
+
+
 def test_a_route_decision_keeps_only_known_fields_fitted_for_jsonb() -> None:
     dirty = {
         "kind": "alias",

@@ -22,7 +22,7 @@ from apps.opportunities.services import trials_hold_caps
 from apps.opportunities.trial_selectors import trial_measured
 from apps.providers.services import price_set
 from apps.routing.models import RuleAction, ShadowComparison, TargetRole
-from tests.factories import People, Tenant
+from tests.factories import People, Tenant, login
 from tests.opportunities.test_opportunities import _prices, _row
 
 pytestmark = pytest.mark.django_db
@@ -242,3 +242,19 @@ def test_the_daily_cap_stops_a_cascade_trial_and_its_shadow_calls(people: People
     assert trial.rule is not None
     trial.rule.refresh_from_db()
     assert trial.rule.shadow_percent == 0 and not trial.rule.shadow_confidence and not trial.rule.is_active
+
+
+def test_the_page_starts_a_cascade_trial_and_shows_its_curve(people: People) -> None:
+    tenant = people.tenant
+    cascade = _cascade_recommendation(tenant)
+    client = login(Client(), people.owner)
+    page = client.get(f"/projects/{tenant.project.slug}/opportunities/?days=1").content.decode()
+    assert f"/projects/{tenant.project.slug}/opportunities/{cascade['id']}/apply" in page
+    response = client.post(f"/projects/{tenant.project.slug}/opportunities/{cascade['id']}/apply",
+                           {"mode": "shadow", "days": 1})  # fmt: skip
+    assert response.status_code == 302
+    _comparisons(Trial.objects.get(), 0.97, agree=3)
+    _comparisons(Trial.objects.get(), 0.9, agree=0, disagree=1)
+    page = client.get(f"/projects/{tenant.project.slug}/opportunities/?days=1").content.decode()
+    assert "big → small" in page and "agreement of the kept answers by threshold" in page
+    assert "0.97: 100% of 3 kept" in page and "0.9: 75% of 4 kept" in page
