@@ -40,10 +40,11 @@ from django.db.models import Max, Q, Sum
 from django.test import Client
 
 from apps.cache.models import CachePolicy
-from apps.cache.services import cache_policy_save
+from apps.cache.services import cache_policy_save, cache_stream
 from apps.core.routing import normalize_text
 from apps.dashboard.services import api_token_rotate
 from apps.ledger.models import LedgerEntry
+from apps.ledger.stream import GROUP
 from apps.opportunities.models import Trial, TrialState
 from apps.opportunities.services import trial_ingest_batch
 from apps.routing.models import ShadowComparison
@@ -51,6 +52,7 @@ from apps.routing.services import rule_save, shadow_ingest_batch, targets_parse
 from tests import live
 from tests.factories import Tenant, tenant_make
 from tests.gateway.helpers import ingest_all, sdk, wait_policy
+from tests.live import wait_until
 from tests.opportunities.trace import STRONG, TraceRequest, generate
 
 pytestmark = pytest.mark.live
@@ -95,11 +97,34 @@ def _post(client: Client, url: str, body: Any) -> Any:
     return client.post(url, json.dumps(body), content_type="application/json")
 
 
+def _cache_indexed(client: redis.Redis) -> None:
+    """Wait until the cache consumer has stored every answer the gateway queued for indexing."""
+    stream = cache_stream()
+
+    def caught_up() -> bool:
+        try:
+            last = client.xinfo_stream(stream)["last-generated-id"]
+            groups = {g["name"]: g for g in client.xinfo_groups(stream)}
+        except redis.ResponseError:
+            return True  # no stream yet: nothing queued
+        group = groups.get(GROUP) or groups.get(GROUP.encode())
+        return group is not None and group["pending"] == 0 and group["last-delivered-id"] == last
+
+    time.sleep(0.005)  # the gateway queues the answer right after sending it
+    wait_until(caught_up, timeout=10)
+
+
 def _run(gateway: str, tenant: Tenant, trace: list[TraceRequest]) -> Run:
+    """Send ``trace`` in order. Each request waits until the answers before it are indexed: the gateway
+    indexes off the response path, and a test sending 30 requests a second would otherwise measure the
+    consumer's lag (a paraphrase asked 50 ms after its twin), which traffic spread over days does not have
+    and no prediction models. Every run (passthrough, trials, replay, hand-written) is sent alike."""
     wait_policy(gateway, tenant.key.plaintext)
     app = sdk(gateway, tenant.key.plaintext)
+    client = redis.Redis.from_url(settings.REDIS_URL)
     ids, correct = [], 0
     for request in trace:
+        _cache_indexed(client)
         raw = app.chat.completions.with_raw_response.create(
             model=STRONG,
             messages=request.messages,  # type: ignore[arg-type]
