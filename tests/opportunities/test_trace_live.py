@@ -182,7 +182,8 @@ def _apply_recommendations(gateway: str, tenant: Tenant, trace: list[TraceReques
         if not started:
             break
         features = {t["feature"] for t in started}
-        _run(gateway, tenant, [r for r in trace if r.feature in features])
+        measuring = _run(gateway, tenant, [r for r in trace if r.feature in features])
+        assert measuring.quality == 1.0, "a trial in shadow changes no answer the app gets"
         _settle(tenant)
         for trial in started:
             response = _post(api, f"/api/projects/{slug}/opportunities/{trial['recommendation_id']}/apply",

@@ -33,9 +33,11 @@ def _ask(client: object, text: str) -> tuple[str, dict[str, str], str]:
     return raw.parse().choices[0].message.content, dict(raw.headers), raw.headers["x-request-id"]
 
 
-def _ingest_cache(client: redis.Redis) -> None:
-    while cache_ingest_batch(client=client, consumer="tests", block_ms=0):
-        pass
+def _ingest_cache(client: redis.Redis) -> int:
+    stored = 0
+    while handled := cache_ingest_batch(client=client, consumer="tests", block_ms=0):
+        stored += handled
+    return stored
 
 
 def _samples(client: redis.Redis, trial: Trial, n: int) -> list[TrialSample]:
