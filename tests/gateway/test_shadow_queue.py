@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
+import pytest
 
+from apps.core.routing import CascadeView
 from apps.core.snapshot import ProviderTarget
 from apps.gateway.shadow_queue import ShadowJob, ShadowQueue
 
@@ -78,3 +81,34 @@ def test_a_trial_queue_takes_at_most_its_share_of_jobs_per_second() -> None:
     assert burst == 3  # workers not started: what was taken is still queued
     assert later - burst == 2  # 0.7 s at 3 a second refills two jobs
     assert skipped == 100 - later  # skipped before the queue: none of them counts as dropped
+
+
+@pytest.mark.live
+def test_a_cascade_trials_shadow_records_the_confidence_the_cascade_computes(upstream: str) -> None:
+    """The cheap answer's confidence, by the cascade's own formula; malformed logprobs are none, as the
+    cascade counts them; a shadow that measures no confidence records none."""
+    cascade = CascadeView(threshold=0.9, tokens=1, aggregate="min", escalate_new_labels=False, labels=frozenset())
+
+    def job(text: str, measure: CascadeView | None) -> ShadowJob:
+        provider = ProviderTarget(id=1, name="p", kind="simulated", base_url=upstream, secret="sk")
+        payload = {"model": "gpt-4.1-nano", "logprobs": True, "messages": [{"role": "user", "content": text}]}
+        return dataclasses.replace(
+            _job(0), url=f"{upstream}/chat/completions", headers={"Authorization": "Bearer sk"}, provider=provider,
+            payload=payload, confidence=measure, request_id=text,
+        )  # fmt: skip
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with aiohttp.ClientSession() as http:
+            queue = ShadowQueue(http, _write_nothing, size=10, workers=1)
+            jobs = [job("refund? [[sim:confidence=0.42]]", cascade), job("refund? [[sim:logprob=710]]", cascade),
+                    job("refund? [[sim:confidence=0.42]] ", None)]  # fmt: skip
+            return [await queue._compare(j) for j in jobs]  # noqa: SLF001
+
+    measured, malformed, unmeasured = asyncio.run(scenario())
+    assert measured["shadow_status"] == 200 and measured["confidence"] == pytest.approx(0.42)
+    assert malformed["shadow_status"] == 200 and malformed["confidence"] is None
+    assert unmeasured["confidence"] is None
+
+
+async def _write_nothing(event: dict[str, Any]) -> None:
+    return None
