@@ -47,9 +47,11 @@ class RuleSerializer(serializers.ModelSerializer):
             "id", "project", "name", "position", "is_active", "match_models", "match_features", "match_end_users",
             "match_api_key", "min_prompt_tokens", "max_prompt_tokens", "match_tools", "match_regex", "action",
             "cascade_threshold", "cascade_tokens", "cascade_aggregate", "cascade_escalate_new_labels",
-            "cascade_labels", "shadow_percent", "primaries", "fallbacks", "shadow", "created_at", "updated_at",
+            "cascade_labels", "shadow_percent", "shadow_confidence", "primaries", "fallbacks", "shadow", "created_at",
+            "updated_at",
         ]  # fmt: skip
-        read_only_fields = ["id", "position", "created_at", "updated_at"]
+        # A cascade trial's mark (apps.opportunities): its trial turns it on and off.
+        read_only_fields = ["id", "position", "shadow_confidence", "created_at", "updated_at"]
 
     def to_representation(self, rule: RoutingRule) -> dict[str, Any]:
         data = super().to_representation(rule)

@@ -116,6 +116,8 @@ def test_cascade_trial_measures_agreement_per_confidence_bin_and_enables_the_cas
     assert rule is not None and rule.action == RuleAction.ROUTE and rule.shadow_confidence
     roles = {t.role: t.model for t in rule.targets.all()}
     assert roles == {TargetRole.PRIMARY: "big", TargetRole.SHADOW: "small"}, "the app still gets the big model"
+    shown = owner.get(f"/api/routing-rules/{rule.pk}/").json()
+    assert shown["shadow_confidence"] is True and shown["shadow"] == ["small @ sim"]
 
     # Easy tickets: right at 0.97; hard ones: wrong at 0.9 (the seed's 0.85 would keep them); none: escalated.
     _comparisons(trial, 0.97, agree=8)
