@@ -48,6 +48,8 @@ class RuleView:
     # A cascade trial: the shadow call asks for logprobs and its answer's confidence is measured as this
     # cascade would measure it (only ``tokens`` and ``aggregate`` count).
     shadow_confidence: CascadeView | None = None
+    # A history-window trial: the shadow copy keeps the system messages and the last N others.
+    shadow_history_turns: int | None = None
     models: frozenset[str] = frozenset()
     features: frozenset[str] = frozenset()
     end_users: frozenset[str] = frozenset()

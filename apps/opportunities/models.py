@@ -4,8 +4,9 @@ the target the lead set.
 A ``Trial`` names the lever, the recommendation it came from and the parameters it tries (the semantic
 cache's threshold floor, the cheaper model of a route or cascade). In ``shadow`` it changes nothing the app
 sees: the gateway measures (``TrialSample`` for the semantic cache; the routing rule's ``ShadowComparison``
-rows for a route, with the cheap answer's confidence for a cascade). ``enable`` changes the real policy
-through the cache and routing services, so the audit log sees it.
+rows for a route, with the cheap answer's confidence for a cascade; for a chat-history window, the same
+model asked with and without the earlier turns). ``enable`` changes the real policy through the cache and
+routing services, so the audit log sees it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Lever(models.TextChoices):
     SEMANTIC_CACHE = "semantic_cache", "Semantic cache"
     ROUTE = "route", "Route to a cheaper model"
     CASCADE = "cascade", "Cascade"
+    HISTORY_WINDOW = "history_window", "Chat-history window"
 
 
 class TrialState(models.TextChoices):

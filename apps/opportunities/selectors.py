@@ -33,8 +33,8 @@ from decimal import Decimal
 from typing import Any
 
 import numpy as np
-from django.db.models import Aggregate, Avg, Count, F, FloatField, IntegerField, Max, Q, QuerySet, Sum, Window
-from django.db.models.functions import RowNumber
+from django.db.models import Aggregate, Avg, Count, F, FloatField, IntegerField, Max, Q, QuerySet, Sum, Value, Window
+from django.db.models.functions import Cast, RowNumber
 from django.utils import timezone
 
 from apps.cache.guard import agree
@@ -140,6 +140,7 @@ def project_opportunities(*, project: Project, days: int = 7, ttl_seconds: int =
         *_cascades(rows, prices),
         *_batch(rows, cheapest, spend),
         *_prompt_cache(rows, cheapest),
+        *_history_windows(rows, cheapest),
     ]
     near = near_duplicates(project=project, rows=rows)
     found += [_near_duplicate_opportunity(feature, shares) for feature, shares in sorted(near.items())]
@@ -452,6 +453,11 @@ def provider_prices(project: Project) -> dict[tuple[int, str], _Price]:
     return found
 
 
+def latest_input_rates(project: Project) -> dict[str, Decimal]:
+    """USD per input token of each model the organisation prices (at its cheapest provider)."""
+    return {model: price.input / MTOK for model, price in latest_prices(provider_prices(project)).items()}
+
+
 def latest_prices(prices: dict[tuple[int, str], _Price]) -> dict[str, _Price]:
     """Each model's price at its cheapest provider (if several price it)."""
     found: dict[str, _Price] = {}
@@ -505,6 +511,61 @@ def _routes(rows: QuerySet[LedgerEntry], prices: dict[str, _Price]) -> list[Oppo
                     },
                 )
             )
+    return found
+
+
+# A history window keeps the system messages and this many others: three exchanges and the question.
+HISTORY_WINDOW_TURNS = 7
+
+
+def _history_windows(rows: QuerySet[LedgerEntry], prices: dict[str, _Price]) -> list[Opportunity]:
+    """What sending only the system messages and the last ``HISTORY_WINDOW_TURNS`` others would save, per
+    feature and model, on the requests with more turns than that.
+
+    The ledger keeps counts, not prompts: each longer request's conversation (its prompt less its static
+    prefix) is taken as evenly spread over its messages after the first, so the window keeps that share of
+    it. An estimate; the trial measures the answers, and the enabled policy's rows say what it trimmed.
+    """
+    turns = HISTORY_WINDOW_TURNS
+    conversation = Cast(F("prompt_tokens") - F("prefix_tokens"), FloatField())
+    kept_share = Value(float(turns)) / Cast(F("turns") - 1, FloatField())
+    longer = Q(turns__gt=turns + 1, prompt_tokens__gt=F("prefix_tokens"))
+    groups = (
+        rows.filter(cache_hit="")
+        .values("feature", "served_model")
+        .annotate(
+            requests=Count("id"),
+            trimmed=Count("id", filter=longer),
+            saved=Sum(conversation * (Value(1.0) - kept_share), filter=longer),
+            prompt=Sum("prompt_tokens"),
+        )
+        .filter(trimmed__gt=0)
+        .order_by("feature", "served_model")
+    )
+    found = []
+    for group in groups:
+        price = prices.get(group["served_model"])
+        saved_tokens = round(group["saved"] or 0)
+        if price is None or saved_tokens <= 0:
+            continue
+        found.append(
+            Opportunity(
+                id=_id("history_window", group["feature"], group["served_model"], str(turns)),
+                lever="history_window",
+                feature=group["feature"],
+                predicted_savings_usd=price.cost(saved_tokens, 0, 0),
+                share=0.0,
+                evidence={
+                    "model": group["served_model"],
+                    "turns": turns,
+                    "requests": group["requests"],
+                    "requests_trimmed": group["trimmed"],
+                    "prompt_tokens": group["prompt"],
+                    "prompt_tokens_saved_estimate": saved_tokens,
+                    "quality": "unmeasured: a shadow trial asks the same model without the earlier turns",
+                },
+            )
+        )
     return found
 
 

@@ -28,12 +28,17 @@ from apps.opportunities.models import SEMANTIC_FLOOR, Lever, Trial, TrialSample,
 from apps.opportunities.selectors import CENT, Opportunity, cache_replay, replayable_rows
 from apps.opportunities.trial_selectors import Measured, learned_opposites_by_project, trial_measured
 from apps.routing.models import RoutingRule
-from apps.routing.services import rule_save, targets_parse
+from apps.routing.services import prune_policy_save, rule_save, targets_parse
 from apps.tenancy.models import Project
 
 # The report's levers that a trial can measure; the others (exact cache, batch, prompt cache) change no
 # answer the app gets and need no trial.
-TRIAL_LEVERS = {"semantic_cache": Lever.SEMANTIC_CACHE, "route": Lever.ROUTE, "cascade": Lever.CASCADE}
+TRIAL_LEVERS = {
+    "semantic_cache": Lever.SEMANTIC_CACHE, "route": Lever.ROUTE, "cascade": Lever.CASCADE,
+    "history_window": Lever.HISTORY_WINDOW,
+}  # fmt: skip
+# Levers measured by a routing rule's shadow comparisons.
+RULE_LEVERS = (Lever.ROUTE, Lever.CASCADE, Lever.HISTORY_WINDOW)
 
 
 class TrialNotReady(Exception):
@@ -53,6 +58,10 @@ def trial_parameters(opportunity: Opportunity) -> tuple[Lever, dict[str, Any]]:
     if lever == Lever.SEMANTIC_CACHE:
         # The feature's spend in the report's window: what the share a semantic cache serves scales to.
         return lever, {"floor": str(SEMANTIC_FLOOR), "window_cost_usd": str(opportunity.feature_cost)}
+    if lever == Lever.HISTORY_WINDOW:
+        # The same model both ways: the comparison isolates what the earlier turns change.
+        model = opportunity.evidence["model"]
+        return lever, {"from_model": model, "to_model": model, "turns": opportunity.evidence["turns"]}
     models = {"from_model": opportunity.evidence["from_model"], "to_model": opportunity.evidence["to_model"]}
     if lever == Lever.ROUTE:
         return lever, models
@@ -90,10 +99,11 @@ def trial_start(
         parameters=parameters, quality_target=quality_target, daily_cap_usd=daily_cap_usd, min_samples=min_samples,
         predicted_savings_usd=opportunity.predicted_savings_usd.quantize(CENT), predicted_window_days=window_days,
     )  # fmt: skip
-    if lever in (Lever.ROUTE, Lever.CASCADE):
+    if lever in RULE_LEVERS:
         trial.rule = _shadow_rule(
-            project, opportunity.feature, parameters["from_model"], parameters["to_model"], lever == Lever.CASCADE
-        )
+            project, opportunity.feature, parameters["from_model"], parameters["to_model"], lever == Lever.CASCADE,
+            history_turns=parameters.get("turns"),
+        )  # fmt: skip
     return _save(trial)
 
 
@@ -105,10 +115,13 @@ def _deciding_rule(project: Project, feature: str, model: str) -> RoutingRule | 
     return rules.filter(Q(match_models=[]) | Q(match_models__contains=[model])).first()
 
 
-def _shadow_rule(project: Project, feature: str, from_model: str, to_model: str, confidence: bool) -> RoutingRule:
+def _shadow_rule(
+    project: Project, feature: str, from_model: str, to_model: str, confidence: bool, *, history_turns: int | None
+) -> RoutingRule:
     """A rule that keeps serving the feature's requests for ``from_model`` from it, and shadows every one
     to ``to_model``: the app's answers do not change, the comparisons measure the cheaper model (and, for a
-    cascade trial, its answers' confidence, with logprobs asked for)."""
+    cascade trial, its answers' confidence, with logprobs asked for; for a history-window trial, the same
+    model asked with only the last ``history_turns`` turns)."""
     deciding = _deciding_rule(project, feature, from_model)
     if deciding is not None:
         raise ValidationError(
@@ -116,15 +129,19 @@ def _shadow_rule(project: Project, feature: str, from_model: str, to_model: str,
             "none of them. Stop its trial or deactivate it first."
         )
     kind = "cascade" if confidence else "route"
+    detail = f"{from_model} → {to_model}"
+    if history_turns is not None:
+        kind, detail = f"history window of {history_turns}", from_model
     return rule_save(
         project=project,
         fields={
-            "name": f"Trial: {kind} {feature or 'all features'}, {from_model} → {to_model}"[:100],
+            "name": f"Trial: {kind} {feature or 'all features'}, {detail}"[:100],
             "match_features": [feature] if feature else [],
             "match_models": [from_model],
             "action": "route",
             "shadow_percent": Decimal(100),
             "shadow_confidence": confidence,
+            "shadow_history_turns": history_turns,
         },
         primaries=targets_parse(project=project, text=from_model),
         fallbacks=[],
@@ -153,6 +170,8 @@ def trial_enable(*, trial: Trial) -> Trial:
         # The report's prediction assumed every cheap answer kept; the trial measured what is.
         window_cost = Decimal(trial.parameters["window_cost_usd"])
         trial.predicted_savings_usd = (window_cost * Decimal(str(measured.saving_share))).quantize(CENT)
+    elif trial.lever == Lever.HISTORY_WINDOW:
+        _enable_history_window(trial)
     else:
         _enable_route(trial)
     trial.state, trial.enabled_at = TrialState.ENABLED, timezone.now()
@@ -171,6 +190,16 @@ def _semantic_prediction(trial: Trial, threshold: float) -> Decimal:
     if replayed <= 0 or window_cost <= 0:
         return trial.predicted_savings_usd
     return (window_cost * served / replayed).quantize(CENT)
+
+
+def _enable_history_window(trial: Trial) -> None:
+    """The feature's pruning policy gets the window the trial measured (audited); the trial's rule, which
+    served the same model it shadowed, is retired."""
+    prune_policy_save(
+        project=trial.project, feature=trial.feature,
+        changes={"history_enabled": True, "history_turns": int(trial.parameters["turns"])},
+    )  # fmt: skip
+    _retire_rule(trial)
 
 
 def _enable_semantic(trial: Trial, threshold: Decimal) -> None:
@@ -221,15 +250,21 @@ def trial_stop(*, trial: Trial, reason: str = "stopped") -> Trial:
     trial = Trial.objects.select_for_update().get(pk=trial.pk)
     if trial.state != TrialState.SHADOW:
         return trial
+    _retire_rule(trial)
+    trial.state, trial.stopped_at, trial.stopped_reason = TrialState.STOPPED, timezone.now(), reason[:200]
+    return _save(trial)
+
+
+def _retire_rule(trial: Trial) -> None:
+    """The trial's shadow rule stops shadowing and is deactivated (kept, for its comparisons)."""
     if trial.rule is not None:
         rule_save(
             project=trial.project, rule=trial.rule,
-            fields={"shadow_percent": Decimal(0), "shadow_confidence": False, "is_active": False},
+            fields={"shadow_percent": Decimal(0), "shadow_confidence": False, "shadow_history_turns": None,
+                    "is_active": False},
             primaries=targets_parse(project=trial.project, text=trial.parameters["from_model"]),
             fallbacks=[], shadow=[],
         )  # fmt: skip
-    trial.state, trial.stopped_at, trial.stopped_reason = TrialState.STOPPED, timezone.now(), reason[:200]
-    return _save(trial)
 
 
 def trials_hold_caps(*, now: dt.datetime | None = None) -> int:

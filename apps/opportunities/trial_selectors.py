@@ -13,9 +13,13 @@
   and escalates the others. Its agreement is the kept answers' agreement with the app's; its saving counts
   the kept ones at the cheap price and the cheap calls wasted on the escalated ones. The recommended
   threshold is the lowest whose kept answers clear the target on at least ``min_samples`` of them.
+- A chat-history window trial: the same shadow comparisons, the shadow being the same model asked with
+  only the system messages and the last N others (requests the window does not shorten are not shadowed).
 - Realised savings (an enabled trial): what the ledger's requests since enablement saved against their
   counterfactual (the semantic hits; the rule's routed requests), beside the prediction prorated to the
-  same days.
+  same days. A history window's rows carry what it trimmed in messages, not tokens: its saving is
+  estimated as the report estimated it (the conversation spread evenly over the messages), at the
+  served model's input price.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from django.utils import timezone
 from apps.cache.guard import learned_opposites
 from apps.ledger.models import LedgerEntry
 from apps.opportunities.models import Lever, Trial, TrialSample, TrialState
+from apps.opportunities.selectors import latest_input_rates
 from apps.routing.models import ShadowComparison
 
 CENT = Decimal("0.000001")
@@ -195,6 +200,8 @@ def _realised(trial: Trial, now: dt.datetime) -> dict[str, Any]:
     rows = LedgerEntry.objects.filter(project_id=trial.project_id, created_at__gte=trial.enabled_at, status_code=200)
     if trial.feature:
         rows = rows.filter(feature=trial.feature)
+    if trial.lever == Lever.HISTORY_WINDOW:
+        return _realised_window(trial, rows.filter(route__contains=";pruned:history("), now)
     if trial.lever == Lever.SEMANTIC_CACHE:
         rows = rows.filter(cache_hit="semantic")
     elif trial.rule_id is not None:
@@ -202,14 +209,41 @@ def _realised(trial: Trial, now: dt.datetime) -> dict[str, Any]:
     else:
         rows = rows.none()
     totals = rows.aggregate(n=Count("id"), saved=Sum(F("counterfactual_cost") - F("cost")))
+    return _realised_json(trial, now, totals["n"], totals["saved"] or Decimal(0))
+
+
+def _realised_json(trial: Trial, now: dt.datetime, requests: int, saved: Decimal) -> dict[str, Any]:
+    assert trial.enabled_at is not None
     days = max((now - trial.enabled_at).total_seconds(), 0) / 86_400
     predicted = trial.predicted_savings_usd * Decimal(days) / max(trial.predicted_window_days, 1)
     return {
         "since": trial.enabled_at.isoformat(),
-        "requests": totals["n"],
-        "realised_savings_usd": str((totals["saved"] or Decimal(0)).quantize(CENT)),
+        "requests": requests,
+        "realised_savings_usd": str(saved.quantize(CENT)),
         "predicted_savings_usd": str(predicted.quantize(CENT)),
     }
+
+
+# The most pruned rows a history window's realised saving is estimated from (newest first).
+REALISED_WINDOW_ROWS = 50_000
+
+
+def _realised_window(trial: Trial, rows: QuerySet[LedgerEntry], now: dt.datetime) -> dict[str, Any]:
+    rates = latest_input_rates(trial.project)
+    requests, saved = 0, Decimal(0)
+    for prompt, prefix, model, decision in rows.order_by("-created_at").values_list(
+        "prompt_tokens", "prefix_tokens", "served_model", "decision"
+    )[:REALISED_WINDOW_ROWS]:
+        requests += 1
+        trimmed = [p for p in (decision or {}).get("pruned", ()) if isinstance(p, dict) and p.get("what") == "history"]
+        rate = rates.get(model)
+        if not trimmed or rate is None:
+            continue
+        before, after = int(trimmed[0].get("before") or 0), int(trimmed[0].get("after") or 0)
+        # The sent conversation (prompt less its static prefix) spread over the messages after the first.
+        if after > 1 and before > after and prompt > prefix:
+            saved += Decimal(prompt - prefix) * (before - after) / (after - 1) * rate
+    return _realised_json(trial, now, requests, saved)
 
 
 def project_trials(*, project: Any) -> list[tuple[Trial, Measured]]:

@@ -241,6 +241,7 @@ def _build_rules(active_providers: set[int]) -> dict[int, tuple[RuleView, ...]]:
                 shadow_fraction=float(rule.shadow_percent) / 100,
                 cascade=cascade if rule.action == "cascade" else None,
                 shadow_confidence=cascade if rule.shadow_confidence and shadows else None,
+                shadow_history_turns=rule.shadow_history_turns if shadows else None,
                 models=frozenset(rule.match_models),
                 features=frozenset(rule.match_features),
                 end_users=frozenset(rule.match_end_users),

@@ -48,6 +48,11 @@ class ConfidenceAggregate(models.TextChoices):
     JOINT = "joint", "Joint probability (product)"
 
 
+# A chat history window keeps at least this many turns and at most this many (a turn: one message that
+# is not a system or developer message).
+HISTORY_TURNS_MIN, HISTORY_TURNS_MAX = 1, 200
+
+
 class RoutingRule(models.Model):
     project = models.ForeignKey("tenancy.Project", on_delete=models.CASCADE, related_name="routing_rules")
     name = models.CharField(max_length=100)
@@ -97,6 +102,12 @@ class RoutingRule(models.Model):
         help_text="Shadow calls ask for logprobs and record the answer's confidence as this rule's cascade "
         "settings would compute it (a cascade trial)",
     )
+    shadow_history_turns = models.PositiveSmallIntegerField(
+        null=True, blank=True,
+        validators=[MinValueValidator(HISTORY_TURNS_MIN), MaxValueValidator(HISTORY_TURNS_MAX)],
+        help_text="Shadow calls get only the system messages and the last N others (a history-window trial); "
+        "a request the window would not shorten is not shadowed",
+    )  # fmt: skip
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -185,11 +196,6 @@ class ShadowComparison(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id}: {self.primary_model} vs {self.shadow_model}"
-
-
-# A chat history window keeps at least this many turns and at most this many (a turn: one message that
-# is not a system or developer message).
-HISTORY_TURNS_MIN, HISTORY_TURNS_MAX = 1, 200
 
 
 class PrunePolicy(models.Model):

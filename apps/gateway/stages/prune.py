@@ -51,7 +51,7 @@ def prune(snapshot: Snapshot, call: Call, payload: dict[str, Any]) -> None:
             noted.extend(_cap(payload, policy.max_tokens_cap))
     if policy.history_turns is not None:
         if not responses:
-            noted.extend(_window(payload, policy.history_turns))
+            noted.extend(window(payload, policy.history_turns))
         elif payload.get("previous_response_id") is None and isinstance(payload["input"], list):
             noted.extend(_window_items(payload, policy.history_turns))
     if noted:
@@ -72,7 +72,9 @@ def _cap(payload: dict[str, Any], cap: int) -> list[Pruned]:
     return noted
 
 
-def _window(payload: dict[str, Any], turns: int) -> list[Pruned]:
+def window(payload: dict[str, Any], turns: int) -> list[Pruned]:
+    """Keep ``payload``'s system and developer messages and its last ``turns`` others (a new list; the
+    message objects are shared); what was trimmed, or nothing when the window changes nothing."""
     messages = payload["messages"]
     conversation = [i for i, m in enumerate(messages) if m["role"] not in _INSTRUCTIONS]
     if len(conversation) <= turns:

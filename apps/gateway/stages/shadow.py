@@ -16,6 +16,7 @@ from apps.gateway.call import Call
 from apps.gateway.runtime import Runtime
 from apps.gateway.shadow_queue import ShadowJob
 from apps.gateway.stages.plan import Plan
+from apps.gateway.stages.prune import window
 from apps.gateway.stages.upstream import translates_responses, upstream_body, upstream_headers, upstream_url
 
 
@@ -32,6 +33,10 @@ def offer(rt: Runtime, call: Call, plan: Plan, payload: dict[str, Any], primary_
         if call.endpoint != ENDPOINT_CHAT:
             return  # confidence needs chat logprobs, as the cascade it tries does
         request["logprobs"] = True
+    if plan.rule.shadow_history_turns is not None:
+        # A history-window trial measures only the requests its window shortens (chat's messages).
+        if call.endpoint != ENDPOINT_CHAT or not window(request, plan.rule.shadow_history_turns):
+            return
     if call.endpoint == ENDPOINT_RESPONSES:
         if target.provider.kind in ANTHROPIC_KINDS or payload.get("previous_response_id") is not None:
             return  # Anthropic serves no Responses; a continuation exists only on its own provider
