@@ -138,7 +138,9 @@ def test_a_window_trial_asks_the_same_model_without_the_early_turns_then_enables
 
     def ask(messages: list[dict[str, Any]]) -> tuple[str, str]:
         raw = client.chat.completions.with_raw_response.create(
-            model=MODEL, messages=messages, extra_headers={"X-Feature": "support"}  # type: ignore[arg-type]
+            model=MODEL,
+            messages=messages,
+            extra_headers={"X-Feature": "support"},  # type: ignore[arg-type]
         )
         return raw.parse().choices[0].message.content or "", raw.headers["x-request-id"]
 
@@ -172,11 +174,15 @@ def test_a_window_trial_asks_the_same_model_without_the_early_turns_then_enables
     assert trial.state == TrialState.ENABLED and trial.rule is not None and not trial.rule.is_active
     policy = PrunePolicy.objects.get(project=tenant.project, feature="support")
     assert (policy.history_enabled, policy.history_turns) == (True, 7)
-    assert AuditEvent.objects.filter(object_type="prune_policy", object_id=str(policy.pk)).exists(), "the policy change is audited"
+    assert AuditEvent.objects.filter(object_type="prune_policy", object_id=str(policy.pk)).exists(), (
+        "the policy change is audited"
+    )
     # From now on the feature's requests are trimmed for real, and the trial counts them.
     wait_policy(gateway, tenant.key.plaintext)
     raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=_conversation(15), extra_headers={"X-Feature": "support"}  # type: ignore[arg-type]
+        model=MODEL,
+        messages=_conversation(15),
+        extra_headers={"X-Feature": "support"},  # type: ignore[arg-type]
     )
     assert ";pruned:history(16->8)" in raw.headers["x-route"]
     ingest_all()
@@ -195,7 +201,9 @@ def test_another_projects_requests_are_not_shadowed_by_the_trial(gateway: str, t
     wait_key_live(gateway, other.key.plaintext)
     wait_policy(gateway, other.key.plaintext)
     answer = sdk(gateway, other.key.plaintext).chat.completions.create(
-        model=MODEL, messages=_conversation(15), extra_headers={"X-Feature": "support"}  # type: ignore[arg-type]
+        model=MODEL,
+        messages=_conversation(15),
+        extra_headers={"X-Feature": "support"},  # type: ignore[arg-type]
     )
     assert answer.choices[0].message.content
     shadow_ingest_batch(client=redis_lib.Redis.from_url(settings.REDIS_URL), consumer="tests")
