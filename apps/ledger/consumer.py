@@ -11,10 +11,12 @@ error, and each one's organisation gets an alert (once a day, with a count).
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import orjson
@@ -66,6 +68,25 @@ def consume_until_stopped(step: Callable[[int], int], *, once: bool, block_ms: i
         if once and handled == 0:
             break
     return total
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Hold off Python's cyclic garbage collector for one batch.
+
+    A batch of 2,000 entries allocates tens of thousands of short-lived dicts and tuples, which
+    set off the collector hundreds of times; each run walks what is alive, Django's heap included.
+    Measured on bench_ingest: about 10 µs of the consumer's ~40 µs of CPU per row. Reference
+    counting frees the batch's objects as before; cycles, if any, wait for the next collection.
+    """
+    if not gc.isenabled():  # already paused by a caller: leave it to them
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def store_or_bisect(items: Sequence[T], insert: Callable[[Sequence[T]], object]) -> list[tuple[T, str]]:
@@ -131,22 +152,30 @@ def _event(fields: dict[Any, Any], field: bytes) -> dict[str, Any]:
     return event if isinstance(event, dict) else {}
 
 
-def parse_entries(
-    entries: Sequence[tuple[bytes, Any]], parse: Callable[[Any], T], field: bytes
-) -> tuple[list[tuple[bytes, dict[Any, Any], T]], list[DeadLetter]]:
-    """Each entry's ``field`` as JSON through ``parse``: (what it made, the entries it refused as dead letters).
-    Entries deleted from the stream while pending (no fields) are neither."""
-    parsed: list[tuple[bytes, dict[Any, Any], T]] = []
-    dead: list[DeadLetter] = []
+def parsed_entries(
+    entries: Sequence[tuple[bytes, Any]], parse: Callable[[Any], T], field: bytes, dead: list[DeadLetter]
+) -> Iterator[tuple[bytes, dict[Any, Any], T]]:
+    """Each entry's ``field`` as JSON through ``parse``, one at a time, so a consumer can store what it has
+    while it parses the rest; the entries it refuses are appended to ``dead``. Entries deleted from the
+    stream while pending (no fields) are neither."""
     for entry_id, fields in entries:
         if not fields:
             continue
         try:
-            parsed.append((entry_id, fields, parse(orjson.loads(fields[field]))))
+            item = (entry_id, fields, parse(orjson.loads(fields[field])))
         # OSError: datetime.fromtimestamp refuses a time out of the platform's range with it.
         except (KeyError, ValueError, TypeError, ArithmeticError, AttributeError, OSError) as exc:
             dead.append((entry_id, fields, f"unreadable: {type(exc).__name__}: {exc}"[:1000]))
-    return parsed, dead
+            continue
+        yield item
+
+
+def parse_entries(
+    entries: Sequence[tuple[bytes, Any]], parse: Callable[[Any], T], field: bytes
+) -> tuple[list[tuple[bytes, dict[Any, Any], T]], list[DeadLetter]]:
+    """``parsed_entries`` all at once: (what it made, the entries it refused as dead letters)."""
+    dead: list[DeadLetter] = []
+    return list(parsed_entries(entries, parse, field, dead)), dead
 
 
 def drain(batch: Callable[[], int]) -> int:

@@ -146,3 +146,51 @@ def test_a_background_responses_row_gets_its_read_back_row_once_whatever_its_id_
     held = BackgroundResponse.objects.get()
     assert held.request_id == background["request_id"] and held.status == "pending"
     assert held.response_id == ("resp_abc" + "x" * 500)[:200] and held.provider_id == tenant.provider.id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_clean_batch_goes_straight_into_the_ledger_as_the_orm_would_store_it(client: redis.Redis) -> None:
+    """The fast path (one COPY into the ledger, no staging table) stores what the ORM would, field by field."""
+    from django.db import connection
+
+    from apps.ledger.services import INGEST_COLUMNS, _entry_from_event
+
+    tenant = tenant_make()
+    events = [
+        {**_event(tenant, n), "decision": {"kind": "rule", "model": "gpt-4o", "reason": "tab\there"}} for n in range(5)
+    ]
+    events[0] |= {"feature": "back\\slash", "end_user": "naïve ☃", "ttft_ms": None, "cost": "0.12345678"}
+    events[1] |= {"endpoint": "responses", "background_response_id": "resp_fast"}
+    _publish(client, events)
+    connection.close()  # a new session: the staging table of an earlier test's fallback is gone
+    before = time.time()
+    assert ledger_ingest_batch(client=client, consumer="c", block_ms=0) == 5
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass('pg_temp.ledger_ingest_staging')")
+        assert cursor.fetchone() == (None,)  # the fallback never ran
+    for event in events:
+        row = LedgerEntry.objects.get(request_id=event["request_id"])
+        expected = _entry_from_event(orjson.loads(orjson.dumps(event)))
+        assert {c: getattr(row, c) for c in INGEST_COLUMNS} == {c: getattr(expected, c) for c in INGEST_COLUMNS}
+        assert before - 1 < row.ingested_at.timestamp() < time.time() + 1
+    # A background response's read-back row goes in with its ledger row.
+    held = BackgroundResponse.objects.get()
+    assert (held.request_id, held.response_id) == (events[1]["request_id"], "resp_fast")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_of_stored_new_and_unreadable_events_stores_each_new_one_once(client: redis.Redis) -> None:
+    """The fast COPY fails on the stored request ids; the fallback skips them and still stores the new ones."""
+    from apps.ledger.services import _entry_from_event
+
+    tenant = tenant_make()
+    stored, new = [_event(tenant, n) for n in range(4)], [_event(tenant, n) for n in range(4, 9)]
+    LedgerEntry.objects.bulk_create([_entry_from_event(dict(event)) for event in stored])
+    _publish(client, [stored[0], new[0], stored[1], new[1], new[2], stored[2], new[3], stored[3], new[4]])
+    client.xadd(ledger_stream(), {EVENT_FIELD: b"[]"})
+    assert ledger_ingest_batch(client=client, consumer="c", block_ms=0) == 10
+    assert sorted(LedgerEntry.objects.values_list("request_id", flat=True)) == sorted(
+        e["request_id"] for e in stored + new
+    )
+    assert client.xlen(dead_letter_stream()) == 1
+    assert client.xpending(ledger_stream(), GROUP)["pending"] == 0

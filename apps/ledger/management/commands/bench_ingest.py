@@ -73,6 +73,12 @@ def _backend_cpu() -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _redis_cpu(client: Any) -> float:
+    """CPU seconds the Redis server has used (INFO cpu), wherever it runs."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def _drain(consumer: str, batch: int, out: Any) -> None:
     """One consumer process: read, store and acknowledge until the stream has nothing new for it."""
     client = redis_client()
@@ -128,6 +134,7 @@ class Command(BaseCommand):
                     pipe.execute()
                 consumers = max(options["consumers"], 1)
                 db = _backend_cpu() if consumers == 1 else None  # the backends of N children are not ours to read
+                redis_cpu = _redis_cpu(client)
                 wall, cpu = time.perf_counter(), time.process_time()
                 handled = 0
                 if consumers == 1:
@@ -138,6 +145,7 @@ class Command(BaseCommand):
                     handled, cpu = _drain_in_processes(consumers, batch)
                 wall = time.perf_counter() - wall
                 db_after = _backend_cpu() if db is not None else None
+                redis_cpu = _redis_cpu(client) - redis_cpu
                 stored = LedgerEntry.objects.filter(organization_id=org.id).count()
                 if handled != n or stored != n:
                     raise CommandError(f"run {run}: {handled} entries handled and {stored} rows stored of {n}")
@@ -145,7 +153,8 @@ class Command(BaseCommand):
                 postgres = "" if db is None or db_after is None else f", Postgres {(db_after - db) / n * 1e6:.0f} µs"
                 self.stdout.write(
                     f"run {run}: {n} rows in {wall:.2f} s = {n / wall:,.0f} rows/s "
-                    f"(CPU per row: consumer {cpu / n * 1e6:.0f} µs{postgres}; batch {batch}; "
+                    f"(CPU per row: consumer {cpu / n * 1e6:.0f} µs{postgres}, Redis {redis_cpu / n * 1e6:.0f} µs; "
+                    f"batch {batch}; "
                     f"{consumers} consumer{'s' if consumers > 1 else ''})"
                 )
                 LedgerEntry.objects.filter(organization_id=org.id).delete()
