@@ -83,9 +83,15 @@ def ledger_entries(*, user: User | AnonymousUser, filters: LedgerFilters | None 
     # Ids, not a join or subquery: the planner then estimates each project's rows and walks the
     # (project, created_at) index; behind a join on the slug it misjudged one project of a hundred
     # million rows as a few and read every partition (8.9 s instead of milliseconds).
-    rows = LedgerEntry.objects.filter(project_id__in=list(projects.values_list("pk", flat=True)))
+    project_ids = list(projects.values_list("pk", flat=True))
+    rows = LedgerEntry.objects.filter(project_id__in=project_ids)
     if filters.key:
-        rows = rows.filter(key_matches(filters.key, prefix="api_key__"))
+        # Ids again: behind a join the planner took a key without rows for a common one and walked every
+        # row of the projects (2.1 s at 2M rows); with the ids it reads "ledger_key_time".
+        keys = LedgerEntry._meta.get_field("api_key").related_model._default_manager.filter(
+            key_matches(filters.key), project_id__in=project_ids
+        )
+        rows = rows.filter(api_key_id__in=list(keys.values_list("pk", flat=True)))
     if filters.model:
         rows = rows.filter(Q(requested_model=filters.model) | Q(served_model=filters.model))
     if filters.feature:

@@ -17,6 +17,7 @@ import secrets
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from decimal import Decimal
 from typing import Any
 
@@ -222,6 +223,22 @@ class Command(BaseCommand):
         # The worst case: filters no row matches (this user never errs) read the whole range, page and totals.
         none = {"project": project.slug, "end_user": "user-10", "status": "error", "date_from": ""}
         self._time("ledger page, a filter matching nothing, all days (worst case), bytes", page(none))
+        # One filter that no row matches, over every day: each walked the whole project before it had an index.
+        unused_key = key_issue(project=project, name="bench-unused").api_key
+        quiet = Project.objects.filter(organization=org).order_by("pk")[1]  # the loader puts every error in the first
+        nothing = {
+            "a feature": LedgerFilters(feature="no-such-feature"),
+            "a model": LedgerFilters(model="no-such-model"),
+            "an end user": LedgerFilters(end_user="nobody"),
+            "a key": LedgerFilters(key=unused_key.name),
+            "errors of a project": LedgerFilters(project=quiet.slug, status="error"),
+        }
+        for what, filters in nothing.items():
+            params = {
+                "date_from": "",
+                **{name: value for name, value in asdict(filters).items() if isinstance(value, str) and value},
+            }
+            self._time(f"ledger page, {what} no row has, all days, bytes", page(params), plan=plan(filters))
 
         def export_first_mb(params: dict[str, str]) -> Callable[[], str]:
             def first_mb() -> str:
