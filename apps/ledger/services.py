@@ -211,8 +211,11 @@ def ledger_rows_copy(rows: Sequence[tuple[Any, ...]]) -> None:
             for row in rows:
                 copy.write_row(row)
         cursor.execute(_STAGING_MOVE)
-        # Emptied here, not at commit: a caller's outer transaction may span several batches.
-        cursor.execute("DELETE FROM ledger_ingest_staging")
+        # Emptied here, not at commit: a caller's outer transaction may span several batches. TRUNCATE,
+        # not DELETE: autovacuum never visits a temporary table, and the dead rows DELETE left made each
+        # batch slower in a long-lived consumer (Postgres CPU per row 28 -> 38 -> 50 µs over three
+        # bench_ingest runs of 100,000 rows in one process).
+        cursor.execute("TRUNCATE ledger_ingest_staging")
 
 
 def _rows_copy_direct(rows: Iterable[tuple[Any, ...]]) -> None:
