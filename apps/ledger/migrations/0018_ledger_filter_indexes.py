@@ -20,7 +20,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('keys', '0002_initial'),
-        ('ledger', '0016_held_response'),
+        ('ledger', '0017_background_response'),
         ('providers', '0007_provider_responses_api'),
         ('routing', '0002_prunepolicy'),
         ('tenancy', '0001_initial'),
