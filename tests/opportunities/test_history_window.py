@@ -6,18 +6,15 @@ Garbage bodies and another tenant are refused."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 from decimal import Decimal
 from typing import Any
 
 import pytest
 import redis as redis_lib
 from django.conf import settings
-from django.test import Client
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
-from apps.dashboard.services import api_token_rotate
 from apps.opportunities.models import Lever, Trial, TrialState
 from apps.opportunities.selectors import HISTORY_WINDOW_TURNS, project_opportunities
 from apps.opportunities.trial_selectors import trial_measured
@@ -26,19 +23,10 @@ from apps.routing.services import shadow_ingest_batch
 from tests.factories import Tenant, entry_make, tenant_make
 from tests.gateway.helpers import ingest_all, sdk, wait_key_live, wait_policy
 from tests.live import wait_until
+from tests.opportunities.test_trials import _api, _post
 
 MODEL = "gpt-4o-mini"
 SYSTEM = {"role": "system", "content": "You answer questions about Acme's invoices."}
-
-
-def _api(user: Any) -> Client:
-    client = Client()
-    client.defaults["HTTP_AUTHORIZATION"] = f"Token {api_token_rotate(user=user).key}"
-    return client
-
-
-def _post(client: Client, url: str, body: Any) -> Any:
-    return client.post(url, json.dumps(body), content_type="application/json")
 
 
 def _long_chats(tenant: Tenant, *, turns: int, n: int) -> None:

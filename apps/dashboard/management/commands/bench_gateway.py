@@ -204,6 +204,39 @@ class _CpuMeter:
         spent.postgres = self._postgres_seconds() - postgres if self._indexer is not None else 0.0
 
 
+def _background_pids(indexer_pid: int) -> list[int]:
+    """The cache indexer's processes and every Postgres process on the box (the trial's indexing)."""
+    pids = _process_tree(indexer_pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rpartition(")")[0].endswith("(postgres"):
+                pids.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            continue
+    return pids
+
+
+@contextmanager
+def _yielding(pids: list[int]) -> Iterator[bool]:
+    """Run ``pids`` at the lowest CPU priority (nice 19) inside the block, then as they were; yields whether
+    it could (lowering another user's process, or raising one back, needs the rights to)."""
+    before: dict[int, int] = {}
+    try:
+        for pid in pids:
+            try:
+                before[pid] = os.getpriority(os.PRIO_PROCESS, pid)
+                os.setpriority(os.PRIO_PROCESS, pid, 19)
+            except OSError:
+                continue
+        yield bool(before)
+    finally:
+        for pid, niceness in before.items():
+            try:
+                os.setpriority(os.PRIO_PROCESS, pid, niceness)
+            except OSError:
+                continue
+
+
 def _process_tree(pid: int) -> list[int]:
     """``pid`` and its descendants, from /proc (a worker that exits meanwhile is left out)."""
     tree, todo = [], [pid]
@@ -329,7 +362,7 @@ class Command(BaseCommand):
                     tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float], dict[str, float]]
                 ] = []
                 cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
-                trialled: list[tuple[int, dict[str, float], dict[str, float]]] = []
+                trialled: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 indexer = procs[4].pid if len(procs) > 4 else None
                 meter = _CpuMeter(procs[1].pid, sync_client(settings.REDIS_URL), indexer)
                 for connections in [int(c) for c in options["connections"].split(",")]:
@@ -368,11 +401,17 @@ class Command(BaseCommand):
                             with meter.measure() as cpu:
                                 trial_on = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
                             trial_on.update(cpu.per_request(trial_on["requests"]))
+                            # The same with the trial's indexing (the indexer, Postgres) yielding the CPU, as
+                            # it would on hosts of its own: what the gateway's own trial work costs the app.
+                            with _yielding(_background_pids(procs[4].pid)) as yielded, meter.measure() as cpu:
+                                trial_apart = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
+                            trial_apart.update(cpu.per_request(trial_apart["requests"]))
+                            trial_apart["yielded"] = float(yielded)
                         finally:
                             trial_stop(trial=trial, reason="bench done")
                             self._await_policy(issued, gateway_v1)
-                        sent += int(trial_on["requests"])
-                        trialled.append((connections, gateway, trial_on))
+                        sent += int(trial_on["requests"]) + int(trial_apart["requests"])
+                        trialled.append((connections, gateway, trial_on, trial_apart))
                     if options["cache"]:
                         self._limits(issued, on=False, gateway=gateway_v1)
                         self._exact_cache(issued, on=True, gateway=gateway_v1)
@@ -459,7 +498,7 @@ class Command(BaseCommand):
         self._await_policy(issued, gateway)
         return trial
 
-    def _report_trial(self, rows: list[tuple[int, dict[str, float], dict[str, float]]]) -> None:
+    def _report_trial(self, rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]]) -> None:
         """The gateway with and without a semantic-cache trial in shadow: what the trial costs the app."""
         w = self.stdout.write
         w("\nsemantic-cache trial in shadow (no budgets or limits; the trial's work runs after the answer is sent)")
@@ -467,8 +506,8 @@ class Command(BaseCommand):
             f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
             f"{'gw cpu µs':>9} {'redis µs':>9}"
         )
-        for connections, off, on in rows:
-            for name, r in (("gateway", off), ("gateway, trial", on)):
+        for connections, off, on, apart in rows:
+            for name, r in (("gateway", off), ("gateway, trial", on), ("trial, nice idx", apart)):
                 w(f"{connections:>4}  {name:<15} {_cells(r)}")
             w(
                 f"      trial on: p50 {on['p50'] - off['p50']:+.2f} ms, throughput {on['rps'] / off['rps'] - 1:+.0%}, "
@@ -480,6 +519,14 @@ class Command(BaseCommand):
                 f"{on['postgres_cpu_us'] - off['postgres_cpu_us']:+.0f} µs per request, on the same 2 cores here, "
                 "on their own hosts in production"
             )
+            if apart["yielded"]:
+                w(
+                    f"      with the indexing yielding the CPU (nice 19, as on hosts of its own): p50 "
+                    f"{apart['p50'] - off['p50']:+.2f} ms, throughput {apart['rps'] / off['rps'] - 1:+.0%} against "
+                    "the gateway without a trial"
+                )
+            else:
+                w("      (the indexing could not be made to yield the CPU here: no rights to renice it)")
 
     def _await_policy(self, issued: IssuedKey, gateway: str) -> None:
         """Wait until the gateway runs on the policy version the control plane last published."""
