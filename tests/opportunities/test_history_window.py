@@ -20,7 +20,7 @@ from apps.opportunities.selectors import HISTORY_WINDOW_TURNS, project_opportuni
 from apps.opportunities.trial_selectors import trial_measured
 from apps.routing.models import PrunePolicy, ShadowComparison
 from apps.routing.services import shadow_ingest_batch
-from tests.factories import Tenant, entry_make, tenant_make
+from tests.factories import People, Tenant, entry_make, tenant_make
 from tests.gateway.helpers import ingest_all, sdk, wait_key_live, wait_policy
 from tests.live import wait_until
 from tests.opportunities.test_trials import _api, _post
@@ -83,14 +83,22 @@ def test_garbage_apply_bodies_start_no_trial(body: Any) -> None:
 
 
 @pytest.mark.django_db
-def test_another_tenant_cannot_apply_or_see_the_recommendation() -> None:
-    tenant, outsider = tenant_make(), tenant_make()
+def test_another_tenant_and_lesser_roles_cannot_apply_it(people: People) -> None:
+    tenant = people.tenant
     _long_chats(tenant, turns=21, n=2)
     found = _recommendation(tenant)
     url = f"/api/projects/{tenant.project.slug}/opportunities/{found['id']}/apply"
-    assert _post(_api(outsider.owner), url, {"mode": "shadow"}).status_code == 404
-    assert _api(outsider.owner).get(f"/api/projects/{tenant.project.slug}/opportunities/").status_code == 404
+    assert _post(_api(people.outsider), url, {"mode": "shadow"}).status_code == 404
+    assert _api(people.outsider).get(f"/api/projects/{tenant.project.slug}/opportunities/").status_code == 404
+    for user in (people.member, people.finance):  # a developer and finance read the report, never apply it
+        assert _api(user).get(f"/api/projects/{tenant.project.slug}/opportunities/").status_code == 200
+        assert _post(_api(user), url, {"mode": "shadow"}).status_code == 403
     assert not Trial.objects.exists()
+    assert _post(_api(people.owner), url, {"mode": "shadow"}).status_code == 201
+    for user in (people.member, people.finance):  # nor enable the owner's trial
+        assert _post(_api(user), url, {"mode": "enable"}).status_code == 403
+    assert Trial.objects.get().state == TrialState.SHADOW
+    assert not PrunePolicy.objects.filter(project=tenant.project).exists()
 
 
 def _conversation(turns: int, *, first: str = "", last: str = "") -> list[dict[str, Any]]:

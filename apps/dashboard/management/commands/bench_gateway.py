@@ -168,14 +168,7 @@ class _CpuMeter:
         runs there): on a shared box this counts other clusters' work too, so it is shown only beside
         the trial, where the indexer's inserts are most of it."""
         ticks = 0
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                head, _, rest = stat.read_text().rpartition(")")
-            except OSError:
-                continue
-            fields = rest.split()
-            if not head.endswith("(postgres"):
-                continue
+        for _pid, fields in _postgres_processes():
             # utime, stime; and for a postmaster (parent not postgres), its reaped children's cutime, cstime.
             ticks += int(fields[11]) + int(fields[12])
             try:
@@ -204,16 +197,20 @@ class _CpuMeter:
         spent.postgres = self._postgres_seconds() - postgres if self._indexer is not None else 0.0
 
 
-def _background_pids(indexer_pid: int) -> list[int]:
-    """The cache indexer's processes and every Postgres process on the box (the trial's indexing)."""
-    pids = _process_tree(indexer_pid)
+def _postgres_processes() -> Iterator[tuple[int, list[str]]]:
+    """(pid, the ``/proc/<pid>/stat`` fields after the command name) of every Postgres process on the box."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if stat.read_text().rpartition(")")[0].endswith("(postgres"):
-                pids.append(int(stat.parent.name))
-        except (OSError, ValueError):
+            head, _, rest = stat.read_text().rpartition(")")
+        except OSError:
             continue
-    return pids
+        if head.endswith("(postgres"):
+            yield int(stat.parent.name), rest.split()
+
+
+def _background_pids(indexer_pid: int) -> list[int]:
+    """The cache indexer's processes and every Postgres process on the box (the trial's indexing)."""
+    return [*_process_tree(indexer_pid), *(pid for pid, _fields in _postgres_processes())]
 
 
 @contextmanager
