@@ -20,8 +20,7 @@ from apps.enforcement.redis_clients import sync_client
 class RedisClusterCacheClient(RedisCacheClient):
     def __init__(self, servers: list[str], **options: Any) -> None:
         super().__init__(servers, **options)
-        # Django splits LOCATION at commas; a cluster URL's commas separate its seed nodes: put it back.
-        self._url = ",".join(servers)
+        self._url = servers[0]
         self._cluster: Any = None
 
     def get_client(self, key: Any = None, *, write: bool = False) -> Any:
@@ -32,5 +31,7 @@ class RedisClusterCacheClient(RedisCacheClient):
 
 class RedisClusterCache(RedisCache):
     def __init__(self, server: str, params: dict[str, Any]) -> None:
-        super().__init__(server, params)
+        # One URL, whole: Django would split a string LOCATION at its commas, which separate a cluster
+        # URL's seed nodes (``redis+cluster://h1:p1,h2:p2``).
+        super().__init__([server], params)
         self._class = RedisClusterCacheClient

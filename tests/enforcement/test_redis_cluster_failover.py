@@ -31,6 +31,7 @@ from apps.core import names
 from apps.enforcement.redis_clients import cluster_seeds, fast_client, node_url, sync_client
 from apps.ledger.models import LedgerEntry
 from apps.ledger.services import ledger_ingest_batch
+from costcontrol.cluster_cache import RedisClusterCache
 from tests import live
 from tests.enforcement.test_redis_cluster import (
     _free_pair,
@@ -135,6 +136,16 @@ def test_a_primary_fails_over_under_traffic_and_no_ledger_row_is_lost(
         outcomes = [_ask(client, i) for i in range(10)]
         assert outcomes == ["ok"] * 10
 
+        # Let the replica catch up first. Redis replicates asynchronously: what a primary acknowledged but
+        # had not yet sent on dies with it (the README says so; making the gateway WAIT is not built). This
+        # drill tests what the product does promise: finding the new primary, failing closed meanwhile,
+        # and spooling the ledger events the outage refused.
+        time.sleep(0.2)  # the last request's record (settle, XADD) runs just after its answer is sent
+        node = redis.Redis(port=owner.port)
+        # WAIT counts this connection's writes: one write in the organisation's slot, replicated, means every
+        # write before it on that primary is (one replication stream, in order).
+        node.set(f"{settings.REDIS_PREFIX}{names.org_tag(tenant.org.id)}:drill", 1)
+        assert node.execute_command("WAIT", 1, 2000) == 1
         servers[owner.port].kill()  # SIGKILL: no goodbye to the cluster or the gateway
         killed = time.monotonic()
         admin.close()
@@ -236,3 +247,14 @@ def test_several_seeds_with_credentials_reach_every_client() -> None:
     url = "redis+cluster://user:secret@10.0.0.1:7000,10.0.0.2:7001"
     assert cluster_seeds(url) == [("10.0.0.1", 7000), ("10.0.0.2", 7001)]
     assert node_url(url) == "redis://user:secret@10.0.0.1:7000"
+
+
+def test_djangos_cache_takes_a_url_with_several_seeds_whole(
+    replicated_cluster: tuple[str, dict[int, subprocess.Popen[bytes]]],
+) -> None:
+    """Django splits a string LOCATION at its commas; the cluster cache keeps the seeds together."""
+    url, _servers = replicated_cluster
+    assert url.count(",") == 5
+    cache = RedisClusterCache(url, {"KEY_PREFIX": settings.REDIS_PREFIX + "django"})
+    assert cache.add("seeds-whole", 1, 30) and cache.incr("seeds-whole") == 2
+    cache.delete("seeds-whole")
