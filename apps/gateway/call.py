@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from apps.core.events import ledger_event_clean
 from apps.core.pricing import TIER_STANDARD
 from apps.core.route import RouteDecision
 from apps.core.snapshot import KeyPolicy
@@ -104,46 +103,47 @@ class Call:
         return int((time.perf_counter() - self.started) * 1000)
 
     def event(self) -> dict[str, Any]:
-        """The ledger event, every field fitted to its column (one bad value must not stop the ingest)."""
+        """The ledger event, as the pipeline knows it. The consumer fits every field to its column
+        (``apps.core.events.ledger_event_clean``) before it reaches Postgres; cleaning it here as well cost
+        the hot path about 4% of a request's instructions and protected nothing the consumer does not.
+        Amounts go as text, exactly: JSON has no decimal type."""
         decision = self.decision
-        return ledger_event_clean(
-            {
-                "request_id": self.request_id,
-                "created_at": self.created_at,
-                "organization_id": self.key.organization_id,
-                "project_id": self.key.project_id,
-                "api_key_id": self.key.id,
-                "provider_id": self.provider_id,
-                "endpoint": self.entry or self.endpoint,
-                "feature": self.feature,
-                "end_user": self.end_user,
-                "requested_model": self.requested_model,
-                "served_model": self.served_model,
-                "prompt_tokens": self.prompt_tokens,
-                "cached_tokens": self.cached_tokens,
-                "cache_write_tokens": self.cache_write_tokens,
-                "completion_tokens": self.completion_tokens,
-                "reasoning_tokens": self.reasoning_tokens,
-                "service_tier": self.service_tier,
-                "usage_estimated": self.usage_estimated,
-                "background_response_id": self.background_response_id,
-                "cost": self.cost,
-                "counterfactual_cost": self.counterfactual_cost,
-                "latency_ms": self.elapsed_ms(),
-                "ttft_ms": self.ttft_ms,
-                "status_code": self.status_code,
-                "error_code": self.error_code,
-                "streamed": self.streamed,
-                "cache_hit": decision.cache_hit,
-                "route": decision.text(),
-                "decision": decision.as_json(),
-                "route_rule_id": decision.rule_id,
-                "possibly_billed": self.possibly_billed,
-                "cache_key": self.cache_key,
-                "prefix_key": self.prefix_key,
-                "prefix_tokens": self.prefix_tokens,
-                "embedding_key": self.embedding_key,
-                "max_tokens": self.max_tokens,
-                "turns": self.turns,
-            }
-        )
+        return {
+            "request_id": self.request_id,
+            "created_at": self.created_at,
+            "organization_id": self.key.organization_id,
+            "project_id": self.key.project_id,
+            "api_key_id": self.key.id,
+            "provider_id": self.provider_id,
+            "endpoint": self.entry or self.endpoint,
+            "feature": self.feature,
+            "end_user": self.end_user,
+            "requested_model": self.requested_model,
+            "served_model": self.served_model,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cache_write_tokens": self.cache_write_tokens,
+            "completion_tokens": self.completion_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "service_tier": self.service_tier,
+            "usage_estimated": self.usage_estimated,
+            "background_response_id": self.background_response_id,
+            "cost": str(self.cost),
+            "counterfactual_cost": str(self.counterfactual_cost),
+            "latency_ms": self.elapsed_ms(),
+            "ttft_ms": self.ttft_ms,
+            "status_code": self.status_code,
+            "error_code": self.error_code,
+            "streamed": self.streamed,
+            "cache_hit": decision.cache_hit,
+            "route": decision.text(),
+            "decision": decision.as_json(),
+            "route_rule_id": decision.rule_id,
+            "possibly_billed": self.possibly_billed,
+            "cache_key": self.cache_key,
+            "prefix_key": self.prefix_key,
+            "prefix_tokens": self.prefix_tokens,
+            "embedding_key": self.embedding_key,
+            "max_tokens": self.max_tokens,
+            "turns": self.turns,
+        }

@@ -139,8 +139,9 @@ def _required_id(event: dict[str, Any], name: str) -> int:
 
 
 def _row_from_event(raw: Any) -> tuple[Any, ...]:
-    """The row for one event, in ``INGEST_COLUMNS`` order, cleaned again here (defence in depth: the gateway
-    cleans it before the XADD). The decision is its JSON text."""
+    """The row for one event, in ``INGEST_COLUMNS`` order, cleaned here: the gateway sends ledger events as
+    it knows them, and this clean is what keeps a hostile value out of the columns. The decision is its
+    JSON text."""
     if not isinstance(raw, dict):
         raise TypeError(f"a ledger event is a JSON object, not {type(raw).__name__}")
     if not isinstance(raw.get("request_id"), str) or not raw["request_id"]:
