@@ -51,7 +51,7 @@ async def watch_disconnect(receive: Receive, flag: asyncio.Event) -> None:
 
 
 async def send_json(send: Send, status: int, body: bytes, request_id: str, extra: Headers | None = None) -> None:
-    headers = [*JSON_HEADERS, (b"x-request-id", request_id.encode())]
+    headers = [*JSON_HEADERS, (b"content-length", b"%d" % len(body)), (b"x-request-id", request_id.encode())]
     if extra:
         headers.extend(extra)
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -64,6 +64,17 @@ def test_chat_completion_is_answered_and_billed(client: openai.OpenAI, tenant: T
     assert row.latency_ms >= 0 and row.route == "direct"
 
 
+def test_a_whole_answer_has_its_length_and_the_provider_is_asked_for_no_compression(client: openai.OpenAI) -> None:
+    """The provider is asked for an uncompressed answer: the gateway reads it and relays it as it came, so a
+    gzipped body would reach the app without the header that says so. The app gets the answer's length."""
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "[[sim:echo_header=accept-encoding]]"}]
+    )
+    assert raw.parse().choices[0].message.content == "identity"
+    assert int(raw.headers["content-length"]) == len(raw.content)
+    assert "transfer-encoding" not in raw.headers
+
+
 def test_user_field_carries_end_user_and_feature(client: openai.OpenAI) -> None:
     raw = client.chat.completions.with_raw_response.create(
         model="gpt-4o-mini", messages=HELLO, user="9f2c:ticket-triage"

@@ -235,8 +235,10 @@ class StreamRecorder:
 
 
 async def send_answer(send: Send, status: int, body: bytes, headers: Headers) -> None:
-    """A provider's whole answer (or its error), passed through as it came."""
-    await send({"type": "http.response.start", "status": status, "headers": [*JSON_HEADERS, *headers]})
+    """A provider's whole answer (or its error), passed through as it came. With its length, as providers
+    send it: the app's client need not parse chunks, and the server need not frame them."""
+    length = (b"content-length", b"%d" % len(body))
+    await send({"type": "http.response.start", "status": status, "headers": [*JSON_HEADERS, length, *headers]})
     await send({"type": "http.response.body", "body": body})
 
 

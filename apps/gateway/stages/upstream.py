@@ -251,8 +251,11 @@ async def _exchange(
 
 async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     """The whole body of a non-streamed answer, refusing one past ``limit`` bytes."""
-    if resp.content_length is not None and resp.content_length > limit:
-        raise UpstreamTooLarge(limit)
+    if resp.content_length is not None:
+        if resp.content_length > limit:
+            raise UpstreamTooLarge(limit)
+        # The parser stops at the declared length: one read, no chunk loop.
+        return await resp.read()
     chunks, size = [], 0
     async for chunk in resp.content.iter_any():
         size += len(chunk)
@@ -310,7 +313,9 @@ def upstream_url(provider: ProviderTarget, endpoint: str) -> str:
 
 
 def upstream_headers(provider: ProviderTarget) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
+    # The gateway reads every answer (usage, errors) and relays it as it came; aiohttp would otherwise
+    # offer gzip, and a provider that took the offer would hand the app a body it was never told is gzipped.
+    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
     if provider.kind in ANTHROPIC_KINDS:
         headers["anthropic-version"] = ANTHROPIC_VERSION
         if provider.secret:
