@@ -97,6 +97,34 @@ def test_long_context_rates_are_applied_and_reach_the_gateways_prices(tmp_path: 
     assert Price.objects.filter(provider=tenant.provider, model="gpt-5.4-mini").get().long_context() is None
 
 
+def test_a_csv_silent_on_long_context_keeps_each_models_rate_and_one_that_names_it_sets_it(tmp_path: Path) -> None:
+    tenant = tenant_make()
+    provider = str(tenant.provider.id)
+    seeded = Price.objects.get(provider=tenant.provider, model="gpt-5.4").long_context()
+    assert seeded is not None  # the catalogue gives GPT-5.4 a long-context rate
+    silent = tmp_path / "silent.csv"
+    silent.write_text("model,tier,input,cached_input,output\ngpt-5.4,standard,3.00,0.30,16.00\n")
+    out = _run(str(silent), "--provider", provider, "--apply", "--effective-from", "2030-03-01")
+    assert "applied: 1 price row(s)" in out and "long_context" not in out
+    changed = Price.objects.get(provider=tenant.provider, model="gpt-5.4", effective_from=dt.date(2030, 3, 1))
+    assert changed.output_per_mtok == Decimal("16.00") and changed.long_context() == seeded
+
+    named = tmp_path / "named.csv"
+    named.write_text(
+        "model,tier,input,cached_input,output,long_context_above,long_context_input_factor,long_context_output_factor\n"
+        "gpt-5.4,standard,3.00,0.30,16.00,300000,2.5,1.25\n"
+        "gpt-5.4-mini,standard,0.80,0.08,4.80,,,\n"
+    )
+    out = _run(str(named), "--provider", provider, "--apply", "--effective-from", "2030-04-01")
+    assert "long_context_above_tokens: 272000 -> 300000" in out
+    renamed = Price.objects.get(provider=tenant.provider, model="gpt-5.4", effective_from=dt.date(2030, 4, 1))
+    long = renamed.long_context()
+    assert long is not None and (long.above, long.input_factor, long.output_factor) == (300_000, 2.5, Decimal("1.25"))
+    # A file that has the columns and leaves them empty for a model says it has no long-context rate.
+    mini = Price.objects.get(provider=tenant.provider, model="gpt-5.4-mini", effective_from=dt.date(2030, 4, 1))
+    assert mini.long_context() is None
+
+
 @pytest.mark.parametrize(
     ("name", "content"),
     [
@@ -111,6 +139,17 @@ def test_long_context_rates_are_applied_and_reach_the_gateways_prices(tmp_path: 
         ("p.json", _with_long_context("x2")),
         ("p.csv", "model,tier,input,output\nm,standard,NaN,1\n"),
         ("p.csv", "model,tier,input,output\n,standard,1,1\n"),
+        ("p.csv", "model,tier,input,output,long_context_above,long_context_input_factor\nm,standard,1,1,1000,2\n"),
+        (
+            "p.csv",
+            "model,tier,input,output,long_context_above,long_context_input_factor,long_context_output_factor\n"
+            "m,standard,1,1,lots,2,1.5\n",
+        ),
+        (
+            "p.csv",
+            "model,tier,input,output,long_context_above,long_context_input_factor,long_context_output_factor\n"
+            "m,standard,1,1,1000,0.5,1.5\n",
+        ),
     ],
 )
 def test_garbage_files_are_refused_with_a_reason_and_nothing_written(tmp_path: Path, name: str, content: str) -> None:
