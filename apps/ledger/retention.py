@@ -11,6 +11,9 @@ horizon is kept whole until its end passes it: the common retention is honoured 
 Retention never removes a row that something still counts: receivers of ``retention_floor`` (the
 budgets app) return, per organisation, the earliest instant still read (a budget's current and
 previous period: counter re-seeding and the period history read the ledger back from there).
+
+A background response's read-back row (``BackgroundResponse``) goes with its ledger row: once the
+organisation's horizon passes the row's time, there is no ledger row left for it to settle or explain.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from django.conf import settings
 from django.db import connection
 from django.dispatch import Signal
 
-from apps.ledger.models import LedgerRetention
+from apps.ledger.models import BackgroundResponse, LedgerRetention
 from apps.ledger.partitions import partition_drop, partitions_list
 from apps.tenancy.models import Organization
 
@@ -37,6 +40,7 @@ DELETE_BATCH = 10_000
 class RetentionResult:
     dropped: list[str] = field(default_factory=list)  # partitions dropped
     deleted: int = 0  # rows deleted one by one
+    background_deleted: int = 0  # read-back rows of background responses whose ledger rows went
 
 
 def _floors(now: dt.datetime) -> dict[int, dt.datetime]:
@@ -108,4 +112,11 @@ def ledger_retention_apply(*, now: dt.datetime) -> RetentionResult:
     for org_id, horizon in horizons.items():
         if horizon is not None and (common is None or horizon > common):
             result.deleted += _delete(_DELETE_ORG, [org_id, horizon])
+    gone = BackgroundResponse.objects.none()
+    if common is not None:  # every organisation's, and those of organisations deleted since
+        gone = BackgroundResponse.objects.filter(ledger_created_at__lt=common)
+    for org_id, horizon in horizons.items():
+        if horizon is not None and (common is None or horizon > common):
+            gone = gone | BackgroundResponse.objects.filter(organization_id=org_id, ledger_created_at__lt=horizon)
+    result.background_deleted = gone.delete()[0]
     return result

@@ -53,4 +53,4 @@ def partitions_ensure_task() -> list[str]:
 @shared_task(name="ledger.retention_apply", time_limit=3600, soft_time_limit=3500)
 def retention_apply_task() -> dict[str, object]:
     result = ledger_retention_apply(now=timezone.now())
-    return {"dropped": result.dropped, "deleted": result.deleted}
+    return {"dropped": result.dropped, "deleted": result.deleted, "background_deleted": result.background_deleted}

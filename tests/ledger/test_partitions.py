@@ -14,7 +14,7 @@ from django.db import connection
 
 from apps.audit.models import AuditEvent
 from apps.budgets.models import Budget, BudgetPeriod, BudgetScope
-from apps.ledger.models import LedgerEntry, LedgerRetention
+from apps.ledger.models import BackgroundResponse, LedgerEntry, LedgerRetention
 from apps.ledger.partitions import (
     DEFAULT_PARTITION,
     TABLE,
@@ -146,6 +146,29 @@ def test_one_organisation_keeping_forever_keeps_the_months_and_others_lose_only_
     assert f"{TABLE}_p2021_01" in {p.name for p in partitions_list()}
     assert set(LedgerEntry.objects.values_list("id", flat=True)) == {old_forever.id}
     assert result.deleted == 2, f"{old_brief.id} and {old_default.id} went"
+
+
+def test_a_background_responses_read_back_row_goes_with_its_ledger_row(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.LEDGER_RETENTION_DAYS = 0
+    forever, brief = tenant_make(), tenant_make()
+    ledger_retention_set(organization=brief.org, days=10)
+
+    def background(tenant: Tenant, when: dt.datetime) -> BackgroundResponse:
+        entry = row(tenant, when)
+        return BackgroundResponse.objects.create(
+            request_id=entry.request_id, ledger_created_at=when, response_id=f"resp_{entry.id}",
+            organization=tenant.org, project=tenant.project, provider=tenant.provider, status="settled",
+        )  # fmt: skip
+
+    partition_create(at(2021, 1))
+    kept_forever, gone = background(forever, at(2021, 1, 5)), background(brief, at(2021, 1, 5))
+    recent = background(brief, at(2021, 2, 25))
+
+    result = ledger_retention_apply(now=at(2021, 3, 1))
+
+    assert result.background_deleted == 1
+    assert set(BackgroundResponse.objects.values_list("id", flat=True)) == {kept_forever.id, recent.id}
+    assert not LedgerEntry.objects.filter(request_id=gone.request_id).exists()
 
 
 def test_retention_never_removes_what_a_budget_still_counts(settings) -> None:  # type: ignore[no-untyped-def]
