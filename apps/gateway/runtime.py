@@ -33,6 +33,7 @@ from apps.gateway.policy import PolicyStore
 from apps.gateway.response_cache import ResponseCache
 from apps.gateway.shadow_queue import ShadowQueue
 from apps.gateway.trial_queue import TrialQueue
+from apps.gateway.upstream_http import UpstreamHttp
 from costcontrol.egress import egress_policy
 
 
@@ -72,7 +73,8 @@ class Runtime:
     limits: Limits
     redis: aioredis.Redis  # pub/sub and the rare commands (breakers, cascade labels)
     fast_redis: FastClient  # every per-request command
-    http: aiohttp.ClientSession
+    http: aiohttp.ClientSession  # streams, shadow and trial calls
+    upstream: UpstreamHttp  # whole answers: the lean client (apps/gateway/upstream_http.py)
     limiter: Limiter
     ledger: LedgerWriter
     shadow_writer: LedgerWriter
@@ -169,6 +171,7 @@ class Runtime:
             redis=redis,
             fast_redis=fast_redis,
             http=http,
+            upstream=UpstreamHttp(egress_policy(), connect_timeout=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS),
             limiter=limiter,
             ledger=ledger,
             shadow_writer=shadow_writer,
@@ -195,6 +198,7 @@ class Runtime:
         await self.limiter.stop()
         await self.ledger.stop()
         await self.http.close()
+        self.upstream.close()
         await self.cache.close()
         await self.fast_redis.close()
         await self.redis.aclose()

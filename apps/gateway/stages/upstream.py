@@ -52,6 +52,7 @@ from apps.gateway.call import ZERO, Call
 from apps.gateway.runtime import Runtime
 from apps.gateway.stages.admit import worst_case
 from apps.gateway.stages.plan import Target
+from apps.gateway.upstream_http import BodyTooLarge
 
 # Upstream answers worth another try (same target after a backoff, then the next target).
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -237,16 +238,20 @@ async def _exchange(
         if resp.status == 200:
             return Answer(target, 200, b"", None, resp)
         try:
-            _refuse_redirect(resp)
+            _refuse_redirect(resp.status)
             return Answer(target, resp.status, await read_bounded(resp, limit), resp.headers.get("retry-after"))
         finally:
             resp.release()
-    async with asyncio.timeout(provider.total_timeout):
-        async with rt.http.post(
-            url, data=body, headers=headers, timeout=provider.timeout, allow_redirects=False
-        ) as resp:
-            _refuse_redirect(resp)
-            return Answer(target, resp.status, await read_bounded(resp, limit), resp.headers.get("retry-after"))
+    try:
+        async with asyncio.timeout(provider.total_timeout):
+            reply = await rt.upstream.post(
+                url, headers, body, limit=limit, read_timeout=provider.timeout.sock_read,
+                connect_timeout=provider.timeout.connect,
+            )  # fmt: skip
+    except BodyTooLarge:
+        raise UpstreamTooLarge(limit) from None
+    _refuse_redirect(reply.status)
+    return Answer(target, reply.status, reply.body, reply.retry_after)
 
 
 async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -265,9 +270,9 @@ async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _refuse_redirect(resp: aiohttp.ClientResponse) -> None:
-    if 300 <= resp.status < 400:
-        raise UpstreamRedirect(f"it answered {resp.status} (a redirect), and redirects are not followed")
+def _refuse_redirect(status: int) -> None:
+    if 300 <= status < 400:
+        raise UpstreamRedirect(f"it answered {status} (a redirect), and redirects are not followed")
 
 
 def upstream_body(rt: Runtime, call: Call, target: Target, payload: dict[str, Any]) -> bytes:

@@ -1,0 +1,323 @@
+"""A lean HTTP/1.1 client for the gateway's whole (non-streamed) upstream answers.
+
+aiohttp's client costs the gateway about 350k instructions a request (callgrind, `make bench`'s
+request): request and response objects, header multidicts, URL objects, timers, tracing hooks. This
+client does what a whole answer needs and nothing else: one keep-alive connection per request in
+flight, pooled per origin; the request written in one call; the answer parsed by ``httptools``
+(llhttp, the parser uvicorn serves with); its body bounded; Retry-After kept. Streams still go
+through aiohttp (``stages/relay.py`` reads them chunk by chunk), as do shadow calls and the batch
+runner.
+
+It keeps aiohttp's contract with ``stages/upstream.py``, so the retry and fallback logic reads both
+alike: a connect timeout is ``aiohttp.ConnectionTimeoutError``, silence past the read timeout
+``aiohttp.SocketTimeoutError`` (the request was sent: possibly billed), anything else that breaks the
+exchange an ``aiohttp.ClientError``, and an answer past the size limit ``BodyTooLarge``.
+
+Every URL is tenant-set, so the rules of the aiohttp session hold here too: a new connection goes
+only to addresses the egress policy resolved and checked (``EgressPolicy.resolve``; no second lookup
+between check and connect), redirects are answers, never followed, and a header value or path that
+could split the request (CR, LF, NUL, a space in the path) is refused before anything is sent. An
+upstream's answer is hostile input: its header block is capped, a parse error drops the connection,
+and a connection is reused only when the answer was complete and the upstream said keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from dataclasses import dataclass
+from urllib.parse import quote, urlsplit
+
+import aiohttp
+import httptools
+
+from apps.core.egress import EgressPolicy, EgressRefused
+
+# The most header bytes an answer may carry: providers send a few KB; more is a hostile upstream.
+MAX_HEADER_BYTES = 64 * 1024
+# Idle connections kept per origin, and for how long (aiohttp's session used 60 s too).
+MAX_IDLE_PER_ORIGIN = 256
+KEEPALIVE_SECONDS = 60.0
+# Characters a request target may carry as they are; anything else is percent-encoded.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
+_FORBIDDEN = ("\r", "\n", "\x00")
+
+
+class BodyTooLarge(Exception):
+    """The answer is larger than the caller's limit (``stages.upstream`` turns it into its 502)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: int
+    body: bytes
+    retry_after: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    scheme: str
+    host: str
+    port: int
+    host_header: bytes
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; at most one exchange at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.idle_since = 0.0
+        self.reusable = False
+        self._waiter: asyncio.Future[Reply] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._reset(0)
+
+    def _reset(self, limit: int) -> None:
+        self._limit = limit
+        self._body: list[bytes] = []
+        self._size = 0
+        self._header_bytes = 0
+        self._retry_after: str | None = None
+        self._status = 0
+        self._headers_done = False
+        self._length_known = False
+        self._too_large = False
+        self._last_read = 0.0
+
+    # --- the exchange ------------------------------------------------------------------------
+
+    async def exchange(self, request: bytes, limit: int, read_timeout: float | None) -> Reply:
+        assert self.transport is not None and self._waiter is None
+        self._reset(limit)
+        self.reusable = False
+        self._waiter = waiter = self._loop.create_future()
+        self._last_read = self._loop.time()
+        if read_timeout:
+            self._watchdog = self._loop.call_at(self._last_read + read_timeout, self._check_silence, read_timeout)
+        self.transport.write(request)
+        try:
+            return await waiter
+        finally:
+            self._waiter = None
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
+
+    def _check_silence(self, read_timeout: float) -> None:
+        """The read timeout, as aiohttp's ``sock_read``: no byte from the upstream for ``read_timeout``."""
+        if self._waiter is None or self._waiter.done():
+            return
+        due = self._last_read + read_timeout
+        if due <= self._loop.time() + 0.001:  # uvloop's timers may fire up to a millisecond early
+            self._fail(aiohttp.SocketTimeoutError(f"no answer for {read_timeout} s"))
+        else:
+            self._watchdog = self._loop.call_at(due, self._check_silence, read_timeout)
+
+    def _fail(self, error: BaseException) -> None:
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.abort()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(error)
+
+    # --- asyncio.Protocol ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None:
+            # Bytes nobody asked for (after a complete answer, or on an idle connection): never reuse it.
+            self._fail(aiohttp.ClientPayloadError("the provider sent data outside an answer"))
+            return
+        self._last_read = self._loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            # httptools wraps what a callback raised: the flag says which it was.
+            if self._too_large:
+                self._fail(BodyTooLarge(self._limit))
+            else:
+                self._fail(aiohttp.ClientPayloadError(f"the provider's answer is not valid HTTP: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: a half-closed keep-alive connection is of no use
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reusable = False
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        if self._headers_done and not self._length_known:
+            # An answer without a length ends where the connection does (HTTP/1.0 style).
+            waiter.set_result(Reply(self._status, b"".join(self._body), self._retry_after))
+            return
+        waiter.set_exception(aiohttp.ServerDisconnectedError(f"the provider closed the connection: {exc or 'EOF'}"))
+
+    # --- httptools callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._waiter is None:  # a second answer in the bytes of the first: a broken or hostile upstream
+            raise httptools.HttpParserError("an answer nobody asked for")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError(f"more than {MAX_HEADER_BYTES} bytes of headers")
+        lowered = name.lower()
+        if lowered == b"retry-after":
+            self._retry_after = value.decode("latin-1")
+        elif lowered == b"content-length":
+            self._length_known = True
+            if value.strip().isdigit() and int(value) > self._limit:
+                self._too_large = True
+                raise BodyTooLarge(self._limit)
+        elif lowered == b"transfer-encoding":
+            self._length_known = True
+
+    def on_headers_complete(self) -> None:
+        self._status = self.parser.get_status_code()
+        self._headers_done = True
+
+    def on_body(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size > self._limit:
+            self._too_large = True
+            raise BodyTooLarge(self._limit)
+        self._body.append(chunk)
+
+    def on_message_complete(self) -> None:
+        waiter = self._waiter
+        if 100 <= self._status < 200:  # an interim answer (100 Continue): the real one follows
+            self._reset(self._limit)
+            return
+        self.reusable = self.parser.should_keep_alive()
+        self._waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(Reply(self._status, b"".join(self._body), self._retry_after))
+
+
+class UpstreamHttp:
+    """Pooled keep-alive connections per origin; ``post`` sends one request and returns its whole answer."""
+
+    def __init__(self, policy: EgressPolicy, *, connect_timeout: float) -> None:
+        self._policy = policy
+        self._connect_timeout = connect_timeout
+        self._idle: dict[_Origin, deque[_Connection]] = {}
+        self._origins: dict[str, tuple[_Origin, bytes]] = {}  # URL -> (origin, request target)
+        self._tls: ssl.SSLContext | None = None
+
+    async def post(
+        self, url: str, headers: dict[str, str], body: bytes, *, limit: int, read_timeout: float | None,
+        connect_timeout: float | None = None,
+    ) -> Reply:  # fmt: skip
+        origin, target = self._parse(url)
+        head = [b"POST ", target, b" HTTP/1.1\r\nHost: ", origin.host_header, b"\r\n"]
+        for name, value in headers.items():
+            if any(c in name or c in value for c in _FORBIDDEN) or ":" in name:
+                raise aiohttp.ClientConnectionError(f"the header {name!r} cannot be sent (a line break or NUL)")
+            head += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
+        head += [b"Content-Length: %d\r\n\r\n" % len(body), body]
+        request = b"".join(head)
+        connection = self._take(origin) or await self._connect(origin, connect_timeout or self._connect_timeout)
+        try:
+            reply = await connection.exchange(request, limit, read_timeout)
+        except BaseException:
+            # Cancelled (the total timeout) or failed mid-exchange: the connection's state is unknown.
+            if connection.transport is not None:
+                connection.transport.abort()
+            raise
+        if connection.reusable and connection.transport is not None and not connection.transport.is_closing():
+            connection.idle_since = asyncio.get_running_loop().time()
+            idle = self._idle.setdefault(origin, deque())
+            if len(idle) < MAX_IDLE_PER_ORIGIN:
+                idle.append(connection)
+                return reply
+        if connection.transport is not None:
+            connection.transport.close()
+        return reply
+
+    def _parse(self, url: str) -> tuple[_Origin, bytes]:
+        known = self._origins.get(url)
+        if known is not None:
+            return known
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise aiohttp.ClientConnectionError(f"{url!r} is not an http(s) URL with a host")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise aiohttp.ClientConnectionError(f"{url!r} has an invalid port") from None
+        host = parts.hostname
+        if any(c in url for c in _FORBIDDEN) or " " in host:
+            raise aiohttp.ClientConnectionError("the provider's URL contains a line break, NUL or space")
+        try:
+            ascii_host = host.encode("idna").decode("ascii") if not host.isascii() else host
+        except UnicodeError:
+            raise aiohttp.ClientConnectionError(f"{host!r} is not a valid host name") from None
+        shown = f"[{ascii_host}]" if ":" in ascii_host else ascii_host
+        default = port == (443 if parts.scheme == "https" else 80)
+        host_header = (shown if default else f"{shown}:{port}").encode("ascii")
+        path = quote(parts.path or "/", safe=_PATH_SAFE) + (
+            f"?{quote(parts.query, safe=_PATH_SAFE)}" if parts.query else ""
+        )
+        origin = _Origin(parts.scheme, ascii_host, port, host_header)
+        if len(self._origins) >= 10_000:  # URLs are per provider and endpoint; a bound all the same
+            self._origins.clear()
+        self._origins[url] = result = (origin, path.encode("ascii"))
+        return result
+
+    def _take(self, origin: _Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        if not idle:
+            return None
+        oldest_kept = asyncio.get_running_loop().time() - KEEPALIVE_SECONDS
+        while idle:
+            connection = idle.pop()  # the most recently used: the least likely to have been closed
+            transport = connection.transport
+            if transport is not None and not transport.is_closing() and connection.idle_since > oldest_kept:
+                return connection
+            if transport is not None:
+                transport.close()
+        return None
+
+    async def _connect(self, origin: _Origin, within: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        try:
+            # Blocking getaddrinfo, off the loop; new connections are rare with keep-alive.
+            addresses = await loop.run_in_executor(None, self._policy.resolve, origin.host, origin.port)
+        except EgressRefused as exc:
+            raise aiohttp.ClientConnectionError(str(exc)) from None
+        tls = self._tls_context() if origin.scheme == "https" else None
+        error: BaseException | None = None
+        for address in addresses:
+            try:
+                async with asyncio.timeout(within):
+                    _transport, connection = await loop.create_connection(
+                        lambda: _Connection(loop), address, origin.port, ssl=tls,
+                        server_hostname=origin.host if tls is not None else None,
+                    )  # fmt: skip
+                return connection
+            except TimeoutError:
+                error = aiohttp.ConnectionTimeoutError(
+                    f"connecting to {origin.host}:{origin.port} took over {within} s"
+                )
+            except (OSError, ssl.SSLError) as exc:
+                error = aiohttp.ClientConnectionError(f"cannot connect to {origin.host}:{origin.port}: {exc}")
+        raise error or aiohttp.ClientConnectionError(f"no address to connect to for {origin.host}")
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for connection in idle:
+                if connection.transport is not None:
+                    connection.transport.close()
+        self._idle.clear()

@@ -1,0 +1,300 @@
+"""The gateway's lean upstream client (``apps/gateway/upstream_http.py``) against hostile wire bytes.
+
+The simulated upstream speaks valid HTTP (uvicorn frames its answers), so what a broken or hostile
+provider can put on the wire is played here by a real loopback server that writes raw bytes: bad
+status lines, endless headers, bodies past the limit, answers nobody asked for, silence, a close in
+the middle. The live tests (``test_sdk.py``, ``test_failure_paths.py``, ``test_egress_live.py``) run
+the same client through the gateway against the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from apps.core.egress import EgressPolicy
+from apps.gateway.upstream_http import MAX_HEADER_BYTES, BodyTooLarge, UpstreamHttp
+
+LOOPBACK = EgressPolicy(allow=["127.0.0.1"])
+HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-test"}
+Answerer = Callable[[bytes, int], bytes | None]  # (request head and body, n-th request on the connection)
+
+
+def ok(body: bytes, extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n%s" % (
+        len(body), extra, body,
+    )  # fmt: skip
+
+
+@dataclass
+class RawUpstream:
+    url: str
+    received: list[bytes] = field(default_factory=list)  # every request, head and body, in order
+    connections: int = 0
+
+
+@asynccontextmanager
+async def raw_upstream(answer: Answerer, *, close_after: bool = False) -> AsyncIterator[RawUpstream]:
+    """A loopback server that reads each request whole and writes ``answer``'s raw bytes (None: stay
+    silent; ``close_after``: then close the connection)."""
+    upstream = RawUpstream(url="")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream.connections += 1
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lengths = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+                request = head + await reader.readexactly(int(lengths[0].split(b":")[1]) if lengths else 0)
+                upstream.received.append(request)
+                reply = answer(request, served)
+                served += 1
+                if reply is None:
+                    await asyncio.sleep(3600)
+                    return
+                writer.write(reply)
+                await writer.drain()
+                if close_after:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    upstream.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+    try:
+        yield upstream
+    finally:
+        server.close()
+
+
+def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def pooled(client: UpstreamHttp) -> int:
+    return sum(len(idle) for idle in client._idle.values())
+
+
+def test_a_kept_alive_connection_carries_the_next_request_and_answers_arrive_whole() -> None:
+    def answer(request: bytes, n: int) -> bytes:
+        if n == 0:
+            return ok(b'{"n":0}', b"Retry-After: 7\r\n")
+        chunked = b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{"n"\r\n3\r\n:1}\r\n0\r\n\r\n'
+        return chunked
+
+    async def scenario() -> tuple[Any, Any, RawUpstream]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        async with raw_upstream(answer) as upstream:
+            first = await client.post(upstream.url, HEADERS, b'{"a":1}', limit=1000, read_timeout=5)
+            second = await client.post(upstream.url, HEADERS, b'{"a":2}', limit=1000, read_timeout=5)
+        client.close()
+        return first, second, upstream
+
+    first, second, upstream = run(scenario)
+    assert (first.status, first.body, first.retry_after) == (200, b'{"n":0}', "7")
+    assert (second.status, second.body, second.retry_after) == (200, b'{"n":1}', None)
+    assert upstream.connections == 1, "the second request reused the first connection"
+    head = upstream.received[0].split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"post /v1/chat/completions http/1.1") and b"authorization: bearer sk-test" in head
+    assert upstream.received[0].endswith(b'{"a":1}') and b"content-length: 7" in head
+
+
+def test_an_answer_that_ends_with_the_connection_is_whole_and_the_connection_is_not_reused() -> None:
+    async def scenario() -> tuple[Any, Any, RawUpstream]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        raw = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b'{"till":"eof"}'
+        async with raw_upstream(lambda _r, _n: raw, close_after=True) as upstream:
+            first = await client.post(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=5)
+            second = await client.post(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=5)
+        client.close()
+        return first, second, upstream
+
+    first, second, upstream = run(scenario)
+    assert first.body == second.body == b'{"till":"eof"}'
+    assert upstream.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", aiohttp.ClientPayloadError),
+        (
+            b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * (MAX_HEADER_BYTES + 10) + b"\r\n\r\n",
+            aiohttp.ClientPayloadError,
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n", BodyTooLarge),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + b"400\r\n" + b"x" * 1024 + b"\r\n" * 3,
+            BodyTooLarge,
+        ),
+        (b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"cut":', aiohttp.ServerDisconnectedError),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nContent-Length: 20\r\n\r\n0123456789", aiohttp.ClientPayloadError),
+    ],
+    ids=["not-http", "endless-headers", "declared-too-large", "chunked-too-large", "closed-mid-body", "two-lengths"],
+)
+def test_a_broken_answer_is_a_clear_error_and_its_connection_is_dropped(raw: bytes, error: type[Exception]) -> None:
+    async def scenario() -> tuple[BaseException | None, int]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        async with raw_upstream(lambda _r, _n: raw, close_after=True) as upstream:
+            try:
+                await client.post(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=5)
+            except Exception as exc:
+                return exc, pooled(client)
+        return None, pooled(client)
+
+    outcome, kept = run(scenario)
+    assert isinstance(outcome, error), outcome
+    assert kept == 0, "a broken connection is never pooled"
+
+
+def test_an_interim_answer_is_skipped_for_the_real_one() -> None:
+    raw = b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b'{"real":true}')
+
+    async def scenario() -> Any:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        async with raw_upstream(lambda _r, _n: raw) as upstream:
+            return await client.post(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=5)
+
+    reply = run(scenario)
+    assert (reply.status, reply.body) == (200, b'{"real":true}')
+
+
+def test_silence_past_the_read_timeout_fails_the_request_in_time() -> None:
+    async def scenario() -> tuple[BaseException | None, float]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        async with raw_upstream(lambda _r, _n: None) as upstream:
+            started = time.monotonic()
+            try:
+                await client.post(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=0.3)
+            except Exception as exc:
+                return exc, time.monotonic() - started
+        return None, 0.0
+
+    error, took = run(scenario)
+    # A timeout after the request was sent: stages.upstream records the attempt as possibly billed.
+    assert isinstance(error, aiohttp.SocketTimeoutError) and isinstance(error, TimeoutError)
+    assert not isinstance(error, aiohttp.ConnectionTimeoutError)
+    assert 0.25 < took < 5
+
+
+def test_an_answer_smuggled_behind_another_never_reaches_the_next_request() -> None:
+    """Two answers in the bytes of one (a hostile or broken provider, or a desynchronised proxy): the
+    second must not become the answer to the next request on that connection, which may be another
+    tenant's. The connection is dropped and the next request gets its own answer on a new one."""
+
+    def answer(request: bytes, n: int) -> bytes:
+        if b"victim" in request:
+            return ok(b'{"for":"victim"}')
+        return ok(b'{"for":"first"}') + ok(b'{"for":"victim","smuggled":true}')
+
+    async def scenario() -> tuple[Any, Any, RawUpstream]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        async with raw_upstream(answer) as upstream:
+            first = await client.post(upstream.url, HEADERS, b'{"who":"first"}', limit=1000, read_timeout=5)
+            await asyncio.sleep(0.05)
+            second = await client.post(upstream.url, {**HEADERS, "Authorization": "Bearer sk-other"},
+                                       b'{"who":"victim"}', limit=1000, read_timeout=5)  # fmt: skip
+        client.close()
+        return first, second, upstream
+
+    first, second, upstream = run(scenario)
+    assert first.body == b'{"for":"first"}'
+    assert second.body == b'{"for":"victim"}', "the smuggled answer was handed to the next request"
+    assert upstream.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        ("http://127.0.0.1:9/v1/chat", {"Authorization": "Bearer sk\r\nX-Injected: 1"}),
+        ("http://127.0.0.1:9/v1/chat", {"X-Evil\r\nHost": "x"}),
+        ("http://127.0.0.1:9/v1/chat\r\nX-Injected: 1", {}),
+        ("ftp://127.0.0.1:9/v1/chat", {}),
+        ("http://127.0.0.1:99999/v1/chat", {}),
+    ],
+)
+def test_a_request_that_could_be_split_or_misdirected_is_refused_before_anything_is_sent(
+    url: str, headers: dict[str, str]
+) -> None:
+    async def scenario() -> BaseException | None:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        try:
+            await client.post(url, headers, b"{}", limit=1000, read_timeout=1)
+        except aiohttp.ClientError as exc:
+            return exc
+        return None
+
+    assert isinstance(run(scenario), aiohttp.ClientConnectionError)
+
+
+def test_the_egress_policy_decides_where_a_new_connection_may_go() -> None:
+    async def scenario() -> tuple[BaseException | None, RawUpstream]:
+        client = UpstreamHttp(EgressPolicy(), connect_timeout=2)  # loopback not allowed
+        async with raw_upstream(lambda _r, _n: ok(b"{}")) as upstream:
+            try:
+                await client.post(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=1)
+            except aiohttp.ClientError as exc:
+                return exc, upstream
+        return None, upstream
+
+    error, upstream = run(scenario)
+    assert isinstance(error, aiohttp.ClientConnectionError) and "loopback" in str(error)
+    assert upstream.connections == 0, "the refused address was never connected to"
+
+
+@settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+@given(
+    st.one_of(
+        st.binary(max_size=600),
+        st.builds(
+            lambda status, headers, body: b"HTTP/1.1 " + status + b"\r\n" + headers + b"\r\n" + body,
+            st.sampled_from([b"200 OK", b"404 Not Found", b"999 X", b"20 OK", b"100 Continue", b"", b"200"]),
+            st.lists(
+                st.sampled_from(
+                    [
+                        b"Content-Length: 3\r\n",
+                        b"Content-Length: -1\r\n",
+                        b"Content-Length: 99999\r\n",
+                        b"Transfer-Encoding: chunked\r\n",
+                        b"Connection: close\r\n",
+                        b"Bad Header\r\n",
+                        b"Retry-After: \xff\xfe\r\n",
+                        b"X: \x00\r\n",
+                    ]
+                ),  # fmt: skip
+                max_size=4,
+            ).map(b"".join),
+            st.binary(max_size=200),
+        ),
+    )
+)
+def test_whatever_bytes_come_back_the_client_answers_or_raises_a_client_error(raw: bytes) -> None:
+    async def scenario() -> Any:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        async with raw_upstream(lambda _r, _n: raw, close_after=True) as upstream:
+            try:
+                return await client.post(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=0.5)
+            except (aiohttp.ClientError, BodyTooLarge) as exc:
+                return exc
+            finally:
+                client.close()
+
+    outcome = run(scenario)
+    if not isinstance(outcome, Exception):
+        assert 0 <= outcome.status <= 999 and len(outcome.body) <= 1000
