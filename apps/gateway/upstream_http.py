@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -39,6 +40,9 @@ MAX_HEADER_BYTES = 64 * 1024
 # Idle connections kept per origin, and for how long (aiohttp's session used 60 s too).
 MAX_IDLE_PER_ORIGIN = 256
 KEEPALIVE_SECONDS = 60.0
+# A stream's unread body past this many bytes pauses reading from the provider (the app is slower).
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
 # Characters a request target may carry as they are; anything else is percent-encoded.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
 _FORBIDDEN = ("\r", "\n", "\x00")
@@ -64,7 +68,12 @@ class _Origin:
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; at most one exchange at a time."""
+    """One keep-alive connection; at most one exchange at a time.
+
+    An exchange's answer comes back whole (``exchange``), or, for a stream, as its status once the
+    headers are in and then chunk by chunk (``next_chunk``), with reading paused while the app is slower
+    than the provider.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -72,12 +81,16 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.idle_since = 0.0
         self.reusable = False
-        self._waiter: asyncio.Future[Reply] | None = None
+        self._active = False  # a request was sent and its answer is not complete
+        self._head: asyncio.Future[Reply] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
-        self._reset(0)
+        self._read_timeout: float | None = None
+        self._reset(0, stream=False)
 
-    def _reset(self, limit: int) -> None:
+    def _reset(self, limit: int, *, stream: bool) -> None:
         self._limit = limit
+        self._stream = stream  # asked as a stream: a 200's body is handed over chunk by chunk
+        self._streaming = False  # ... and it is being handed over
         self._body: list[bytes] = []
         self._size = 0
         self._header_bytes = 0
@@ -86,43 +99,98 @@ class _Connection(asyncio.Protocol):
         self._headers_done = False
         self._length_known = False
         self._too_large = False
-        self._last_read = 0.0
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._more: asyncio.Future[None] | None = None
+        self._ended = False
+        self._error: BaseException | None = None
 
     # --- the exchange ------------------------------------------------------------------------
 
-    async def exchange(self, request: bytes, limit: int, read_timeout: float | None) -> Reply:
-        assert self.transport is not None and self._waiter is None
-        self._reset(limit)
+    async def exchange(self, request: bytes, limit: int, read_timeout: float | None, *, stream: bool = False) -> Reply:
+        """Send ``request``; the whole answer, or (``stream``, status 200) its status with the body to come."""
+        assert self.transport is not None and not self._active
+        self._reset(limit, stream=stream)
         self.reusable = False
-        self._waiter = waiter = self._loop.create_future()
+        self._active = True
+        self._head = head = self._loop.create_future()
         self._last_read = self._loop.time()
+        self._read_timeout = read_timeout
         if read_timeout:
-            self._watchdog = self._loop.call_at(self._last_read + read_timeout, self._check_silence, read_timeout)
+            self._watchdog = self._loop.call_at(self._last_read + read_timeout, self._check_silence)
         self.transport.write(request)
         try:
-            return await waiter
+            return await head
         finally:
-            self._waiter = None
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-                self._watchdog = None
+            self._head = None
+            if not self._streaming:
+                self._stop_watchdog()
 
-    def _check_silence(self, read_timeout: float) -> None:
-        """The read timeout, as aiohttp's ``sock_read``: no byte from the upstream for ``read_timeout``."""
-        if self._waiter is None or self._waiter.done():
+    async def next_chunk(self) -> bytes:
+        """The next piece of a streamed body; b"" once it ended; the error that broke it, raised."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered <= LOW_WATER and self.transport is not None:
+                    self._paused = False
+                    self._last_read = self._loop.time()
+                    self.transport.resume_reading()
+                return chunk
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                self._stop_watchdog()
+                return b""
+            self._more = self._loop.create_future()
+            try:
+                await self._more
+            finally:
+                self._more = None
+
+    @property
+    def streaming(self) -> bool:
+        return self._streaming
+
+    def finished(self) -> bool:
+        """Whether the exchange's answer was read to its end (the connection may carry another)."""
+        return not self._active and self._error is None and (not self._streaming or self._ended)
+
+    def _wake(self) -> None:
+        if self._more is not None and not self._more.done():
+            self._more.set_result(None)
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+    def _check_silence(self) -> None:
+        """The read timeout, as aiohttp's ``sock_read``: no byte from the upstream for that long while
+        we wait for one (not while reading is paused because the app is slower)."""
+        self._watchdog = None
+        timeout = self._read_timeout
+        if not self._active or timeout is None:
             return
-        due = self._last_read + read_timeout
-        if due <= self._loop.time() + 0.001:  # uvloop's timers may fire up to a millisecond early
-            self._fail(aiohttp.SocketTimeoutError(f"no answer for {read_timeout} s"))
+        now = self._loop.time()
+        due = (now if self._paused else self._last_read) + timeout
+        if due <= now + 0.001:  # uvloop's timers may fire up to a millisecond early
+            self._fail(aiohttp.SocketTimeoutError(f"no answer for {timeout} s"))
         else:
-            self._watchdog = self._loop.call_at(due, self._check_silence, read_timeout)
+            self._watchdog = self._loop.call_at(due, self._check_silence)
 
     def _fail(self, error: BaseException) -> None:
         self.reusable = False
+        self._active = False
+        self._stop_watchdog()
         if self.transport is not None:
             self.transport.abort()
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_exception(error)
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(error)
+        elif self._streaming and not self._ended:
+            self._error = error
+            self._wake()
 
     # --- asyncio.Protocol ------------------------------------------------------------------
 
@@ -130,7 +198,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None:
+        if not self._active:
             # Bytes nobody asked for (after a complete answer, or on an idle connection): never reuse it.
             self._fail(aiohttp.ClientPayloadError("the provider sent data outside an answer"))
             return
@@ -149,19 +217,29 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
-        waiter = self._waiter
-        if waiter is None or waiter.done():
+        if not self._active:
             return
-        if self._headers_done and not self._length_known:
-            # An answer without a length ends where the connection does (HTTP/1.0 style).
-            waiter.set_result(Reply(self._status, b"".join(self._body), self._retry_after))
-            return
-        waiter.set_exception(aiohttp.ServerDisconnectedError(f"the provider closed the connection: {exc or 'EOF'}"))
+        self._active = False
+        self._stop_watchdog()
+        # An answer without a length ends where the connection does (HTTP/1.0 style).
+        ends_here = self._headers_done and not self._length_known
+        if self._streaming:
+            if ends_here:
+                self._ended = True
+            else:
+                self._error = aiohttp.ServerDisconnectedError(f"the provider's stream was cut: {exc or 'EOF'}")
+            self._wake()
+        elif self._head is not None and not self._head.done():
+            if ends_here:
+                self._head.set_result(Reply(self._status, b"".join(self._body), self._retry_after))
+            else:
+                message = f"the provider closed the connection: {exc or 'EOF'}"
+                self._head.set_exception(aiohttp.ServerDisconnectedError(message))
 
     # --- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self._waiter is None:  # a second answer in the bytes of the first: a broken or hostile upstream
+        if not self._active:  # a second answer in the bytes of the first: a broken or hostile upstream
             raise httptools.HttpParserError("an answer nobody asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -173,7 +251,7 @@ class _Connection(asyncio.Protocol):
             self._retry_after = value.decode("latin-1")
         elif lowered == b"content-length":
             self._length_known = True
-            if value.strip().isdigit() and int(value) > self._limit:
+            if value.strip().isdigit() and int(value) > self._limit and not self._stream:
                 self._too_large = True
                 raise BodyTooLarge(self._limit)
         elif lowered == b"transfer-encoding":
@@ -182,8 +260,20 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._status = self.parser.get_status_code()
         self._headers_done = True
+        if self._stream and self._status == 200:
+            self._streaming = True
+            if self._head is not None and not self._head.done():
+                self._head.set_result(Reply(200, b"", self._retry_after))
 
     def on_body(self, chunk: bytes) -> None:
+        if self._streaming:
+            self._chunks.append(chunk)
+            self._buffered += len(chunk)
+            if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
+            self._wake()
+            return
         self._size += len(chunk)
         if self._size > self._limit:
             self._too_large = True
@@ -191,18 +281,41 @@ class _Connection(asyncio.Protocol):
         self._body.append(chunk)
 
     def on_message_complete(self) -> None:
-        waiter = self._waiter
         if 100 <= self._status < 200:  # an interim answer (100 Continue): the real one follows
-            self._reset(self._limit)
+            self._reset(self._limit, stream=self._stream)
             return
         self.reusable = self.parser.should_keep_alive()
-        self._waiter = None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(Reply(self._status, b"".join(self._body), self._retry_after))
+        self._active = False
+        if self._streaming:
+            self._ended = True
+            self._wake()
+        elif self._head is not None and not self._head.done():
+            self._stop_watchdog()
+            self._head.set_result(Reply(self._status, b"".join(self._body), self._retry_after))
+
+
+class UpstreamStream:
+    """A streamed answer (status 200) being read: ``chunks()`` yields its body as it arrives; ``release()``
+    (always, in a ``finally``) returns the connection to the pool if the stream was read to its end and
+    closes it otherwise."""
+
+    __slots__ = ("_client", "_connection", "_origin", "retry_after", "status")
+
+    def __init__(self, client: UpstreamHttp, origin: _Origin, connection: _Connection, reply: Reply) -> None:
+        self._client, self._origin, self._connection = client, origin, connection
+        self.status, self.retry_after = reply.status, reply.retry_after
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while chunk := await self._connection.next_chunk():
+            yield chunk
+
+    def release(self) -> None:
+        self._client._give_back(self._origin, self._connection)
 
 
 class UpstreamHttp:
-    """Pooled keep-alive connections per origin; ``post`` sends one request and returns its whole answer."""
+    """Pooled keep-alive connections per origin: ``request``/``post`` return a whole answer, ``stream`` a
+    streamed one as it comes."""
 
     def __init__(self, policy: EgressPolicy, *, connect_timeout: float) -> None:
         self._policy = policy
@@ -211,35 +324,79 @@ class UpstreamHttp:
         self._origins: dict[str, tuple[_Origin, bytes]] = {}  # URL -> (origin, request target)
         self._tls: ssl.SSLContext | None = None
 
-    async def post(
-        self, url: str, headers: dict[str, str], body: bytes, *, limit: int, read_timeout: float | None,
-        connect_timeout: float | None = None,
+    async def request(
+        self, method: str, url: str, headers: dict[str, str], body: bytes = b"", *, limit: int,
+        read_timeout: float | None, connect_timeout: float | None = None,
     ) -> Reply:  # fmt: skip
-        origin, target = self._parse(url)
-        head = [b"POST ", target, b" HTTP/1.1\r\nHost: ", origin.host_header, b"\r\n"]
-        for name, value in headers.items():
-            if any(c in name or c in value for c in _FORBIDDEN) or ":" in name:
-                raise aiohttp.ClientConnectionError(f"the header {name!r} cannot be sent (a line break or NUL)")
-            head += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
-        head += [b"Content-Length: %d\r\n\r\n" % len(body), body]
-        request = b"".join(head)
-        connection = self._take(origin) or await self._connect(origin, connect_timeout or self._connect_timeout)
+        """Send one request; its whole answer, at most ``limit`` bytes of body (``BodyTooLarge`` past it)."""
+        origin, connection, request = await self._start(method, url, headers, body, connect_timeout)
         try:
             reply = await connection.exchange(request, limit, read_timeout)
         except BaseException:
             # Cancelled (the total timeout) or failed mid-exchange: the connection's state is unknown.
-            if connection.transport is not None:
-                connection.transport.abort()
+            self._discard(connection)
             raise
-        if connection.reusable and connection.transport is not None and not connection.transport.is_closing():
-            connection.idle_since = asyncio.get_running_loop().time()
+        self._give_back(origin, connection)
+        return reply
+
+    async def post(
+        self, url: str, headers: dict[str, str], body: bytes, *, limit: int, read_timeout: float | None,
+        connect_timeout: float | None = None,
+    ) -> Reply:  # fmt: skip
+        return await self.request(
+            "POST", url, headers, body, limit=limit, read_timeout=read_timeout, connect_timeout=connect_timeout
+        )
+
+    async def stream(
+        self, url: str, headers: dict[str, str], body: bytes, *, limit: int, read_timeout: float | None,
+        connect_timeout: float | None = None,
+    ) -> UpstreamStream | Reply:  # fmt: skip
+        """POST and, if the provider answers 200, the stream to read (``UpstreamStream``); any other answer
+        whole, as ``request`` returns it (an error is read to its end, at most ``limit`` bytes)."""
+        origin, connection, request = await self._start("POST", url, headers, body, connect_timeout)
+        try:
+            reply = await connection.exchange(request, limit, read_timeout, stream=True)
+        except BaseException:
+            self._discard(connection)
+            raise
+        if connection.streaming:  # a 200: its body (maybe already whole in the buffer) is read from the stream
+            return UpstreamStream(self, origin, connection, reply)
+        self._give_back(origin, connection)
+        return reply
+
+    async def _start(
+        self, method: str, url: str, headers: dict[str, str], body: bytes, connect_timeout: float | None
+    ) -> tuple[_Origin, _Connection, bytes]:
+        """The origin, a connection to it (pooled, else new) and the request's bytes; refused before
+        anything is sent if a header or the URL could split the request."""
+        origin, target = self._parse(url)
+        head = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", origin.host_header, b"\r\n"]
+        for name, value in headers.items():
+            if any(c in name or c in value for c in _FORBIDDEN) or ":" in name:
+                raise aiohttp.ClientConnectionError(f"the header {name!r} cannot be sent (a line break or NUL)")
+            head += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
+        if body or method == "POST":
+            head.append(b"Content-Length: %d\r\n" % len(body))
+        head += [b"\r\n", body]
+        connection = self._take(origin) or await self._connect(origin, connect_timeout or self._connect_timeout)
+        return origin, connection, b"".join(head)
+
+    def _give_back(self, origin: _Origin, connection: _Connection) -> None:
+        """Pool a connection whose answer was read to its end and may carry another; close any other."""
+        transport = connection.transport
+        if connection.reusable and connection.finished() and transport is not None and not transport.is_closing():
             idle = self._idle.setdefault(origin, deque())
             if len(idle) < MAX_IDLE_PER_ORIGIN:
+                connection.idle_since = asyncio.get_running_loop().time()
                 idle.append(connection)
-                return reply
+                return
+        self._discard(connection)
+
+    @staticmethod
+    def _discard(connection: _Connection) -> None:
+        connection.reusable = False
         if connection.transport is not None:
-            connection.transport.close()
-        return reply
+            connection.transport.abort()
 
     def _parse(self, url: str) -> tuple[_Origin, bytes]:
         known = self._origins.get(url)

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apps.core.egress import EgressPolicy
-from apps.gateway.upstream_http import MAX_HEADER_BYTES, BodyTooLarge, UpstreamHttp
+from apps.gateway.upstream_http import MAX_HEADER_BYTES, BodyTooLarge, UpstreamHttp, UpstreamStream
 
 LOOPBACK = EgressPolicy(allow=["127.0.0.1"])
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-test"}
@@ -298,3 +298,131 @@ def test_whatever_bytes_come_back_the_client_answers_or_raises_a_client_error(ra
     outcome = run(scenario)
     if not isinstance(outcome, Exception):
         assert 0 <= outcome.status <= 999 and len(outcome.body) <= 1000
+
+
+# --- streams ------------------------------------------------------------------------------------------
+
+
+def chunked(*pieces: bytes, end: bool = True) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
+    return head + body + (b"0\r\n\r\n" if end else b"")
+
+
+def test_a_stream_read_to_its_end_arrives_whole_and_its_connection_carries_the_next_request() -> None:
+    events = [b'data: {"n":%d}\n\n' % n for n in range(50)]
+
+    async def scenario() -> tuple[bytes, Any, RawUpstream]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        async with raw_upstream(lambda _r, n: chunked(*events) if n == 0 else ok(b'{"after":"stream"}')) as upstream:
+            opened = await client.stream(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=5)
+            assert isinstance(opened, UpstreamStream) and opened.status == 200
+            try:
+                body = b"".join([chunk async for chunk in opened.chunks()])
+            finally:
+                opened.release()
+            after = await client.post(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=5)
+        client.close()
+        return body, after, upstream
+
+    body, after, upstream = run(scenario)
+    assert body == b"".join(events) and after.body == b'{"after":"stream"}'
+    assert upstream.connections == 1
+
+
+def test_a_stream_left_unread_never_returns_its_connection_to_the_pool() -> None:
+    async def scenario() -> tuple[int, RawUpstream]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+
+        def answer(request: bytes, _n: int) -> bytes:
+            return chunked(b"data: 1\n\n", end=False) if request.endswith(b'"stream"}') else ok(b"{}")
+
+        async with raw_upstream(answer) as upstream:
+            opened = await client.stream(upstream.url, HEADERS, b'{"as":"stream"}', limit=1000, read_timeout=5)
+            assert isinstance(opened, UpstreamStream)
+            async for _chunk in opened.chunks():
+                break  # the app went away
+            opened.release()
+            kept = pooled(client)
+            await client.post(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=5)
+        client.close()
+        return kept, upstream
+
+    kept, upstream = run(scenario)
+    assert kept == 0 and upstream.connections == 2
+
+
+@pytest.mark.parametrize(
+    ("raw", "error"),
+    [
+        (chunked(b"data: 1\n\n", end=False), aiohttp.SocketTimeoutError),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\ndata: 1\n\n", aiohttp.ServerDisconnectedError),
+        (chunked(b"data: 1\n\n", end=False) + b"zz\r\nnot a chunk", aiohttp.ClientPayloadError),
+    ],
+    ids=["silent-mid-stream", "cut-mid-stream", "garbage-framing"],
+)
+def test_a_stream_that_breaks_raises_from_its_chunks_after_what_arrived(raw: bytes, error: type[Exception]) -> None:
+    close = error is aiohttp.ServerDisconnectedError
+
+    async def scenario() -> tuple[list[bytes], BaseException | None]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        got: list[bytes] = []
+        async with raw_upstream(lambda _r, _n: raw, close_after=close) as upstream:
+            opened = await client.stream(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=0.3)
+            assert isinstance(opened, UpstreamStream)
+            try:
+                async for chunk in opened.chunks():
+                    got.append(chunk)
+            except Exception as exc:
+                return got, exc
+            finally:
+                opened.release()
+        return got, None
+
+    got, raised = run(scenario)
+    assert b"".join(got).startswith(b"data: 1") and isinstance(raised, error), raised
+
+
+def test_an_error_answer_to_a_stream_request_comes_back_whole_and_bounded() -> None:
+    async def scenario() -> tuple[Any, BaseException | None]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        error = b'HTTP/1.1 429 Too Many Requests\r\nRetry-After: 2\r\nContent-Length: 17\r\n\r\n{"error":"slow"}\n'
+        huge = b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n" + b"800\r\n" + b"x" * 2048 + b"\r\n0\r\n\r\n"
+        async with raw_upstream(lambda _r, n: error if n == 0 else huge) as upstream:
+            first = await client.stream(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=5)
+            try:
+                await client.stream(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=5)
+            except BodyTooLarge as exc:
+                return first, exc
+        return first, None
+
+    first, too_large = run(scenario)
+    assert not isinstance(first, UpstreamStream)
+    assert (first.status, first.body, first.retry_after) == (429, b'{"error":"slow"}\n', "2")
+    assert isinstance(too_large, BodyTooLarge)
+
+
+def test_a_slow_reader_pauses_the_provider_and_still_gets_every_byte() -> None:
+    piece = b"data: " + b"x" * 16_000 + b"\n\n"
+    pieces = [piece] * 64  # about 1 MB, past the high-water mark
+
+    async def scenario() -> tuple[bytes, bool]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        paused = False
+        async with raw_upstream(lambda _r, _n: chunked(*pieces)) as upstream:
+            opened = await client.stream(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=5)
+            assert isinstance(opened, UpstreamStream)
+            got = []
+            try:
+                async for chunk in opened.chunks():
+                    paused = paused or opened._connection._paused
+                    got.append(chunk)
+                    await asyncio.sleep(0.001)
+            finally:
+                opened.release()
+        client.close()
+        return b"".join(got), paused
+
+    body, paused = run(scenario)
+    assert body == b"".join(pieces)
+    assert paused, "reading was never paused for the slow reader"

@@ -50,6 +50,7 @@ from apps.gateway.stages.auth import authenticate
 from apps.gateway.stages.plan import Plan, plan_route
 from apps.gateway.stages.responses_stream import ResponsesSse
 from apps.gateway.stages.validate import attribute, read_request
+from apps.gateway.upstream_http import BodyTooLarge
 
 # What each stored-response path may be asked with (the part after /v1/responses/{id}).
 _RESOURCE_METHODS = {"": ("GET", "DELETE"), "cancel": ("POST",), "input_items": ("GET",)}
@@ -337,18 +338,18 @@ async def _stored_answer(rt: Runtime, scope: Scope, call: Call, response_id: str
     query = scope.get("query_string") or b""
     if query:
         url += "?" + query.decode("latin-1")
+    limit = rt.limits.max_upstream_body_bytes
     try:
         async with asyncio.timeout(provider.total_timeout):
-            async with rt.http.request(
-                scope["method"], url, headers=upstream.upstream_headers(provider), timeout=provider.timeout,
-                allow_redirects=False,
-            ) as resp:  # fmt: skip
-                if 300 <= resp.status < 400:
-                    raise upstream.UpstreamRedirect(f"it answered {resp.status} (a redirect)")
-                body = await upstream.read_bounded(resp, rt.limits.max_upstream_body_bytes)
-                status = resp.status
-    except upstream.UpstreamTooLarge as exc:
-        raise exc.error from None
+            reply = await rt.upstream.request(
+                scope["method"], url, upstream.upstream_headers(provider), limit=limit,
+                read_timeout=provider.timeout.sock_read, connect_timeout=provider.timeout.connect,
+            )  # fmt: skip
+        if 300 <= reply.status < 400:
+            raise upstream.UpstreamRedirect(f"it answered {reply.status} (a redirect)")
+        body, status = reply.body, reply.status
+    except BodyTooLarge:
+        raise upstream.UpstreamTooLarge(limit).error from None
     except TimeoutError:
         raise GatewayError(504, f"The provider {provider.name} did not answer in time.", type="api_error",
                            code="upstream_timeout") from None  # fmt: skip

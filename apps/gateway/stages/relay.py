@@ -24,6 +24,7 @@ from apps.core.responses_chat_stream import ChatToResponses
 from apps.core.text import choice_text, completion_estimate, json_object
 from apps.gateway.asgi import JSON_HEADERS, SSE_HEADERS, Headers, Receive, Send, send_events, watch_disconnect
 from apps.gateway.call import Call
+from apps.gateway.upstream_http import UpstreamStream
 
 
 class SseRelay:
@@ -258,7 +259,7 @@ async def relay_stream(
     send: Send,
     receive: Receive,
     call: Call,
-    response: aiohttp.ClientResponse,
+    response: UpstreamStream,
     *,
     strip_usage_chunk: bool,
     max_event_bytes: int,
@@ -280,7 +281,7 @@ async def relay_stream(
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
-            async for chunk in response.content.iter_any():
+            async for chunk in response.chunks():
                 if call.ttft_ms is None:
                     call.ttft_ms = call.elapsed_ms()
                 out = relay.feed(chunk if translate is None else translate.feed(chunk))

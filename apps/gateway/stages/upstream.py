@@ -52,7 +52,7 @@ from apps.gateway.call import ZERO, Call
 from apps.gateway.runtime import Runtime
 from apps.gateway.stages.admit import worst_case
 from apps.gateway.stages.plan import Target
-from apps.gateway.upstream_http import BodyTooLarge
+from apps.gateway.upstream_http import BodyTooLarge, UpstreamStream
 
 # Upstream answers worth another try (same target after a backoff, then the next target).
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -66,7 +66,7 @@ class Answer:
     status: int
     body: bytes
     retry_after: str | None
-    response: aiohttp.ClientResponse | None = None
+    response: UpstreamStream | None = None
     # An Anthropic stream read as chat chunks, or a chat stream read as Responses events.
     translate: MessagesToChat | ChatToResponses | None = None
 
@@ -234,14 +234,17 @@ async def _exchange(
     provider = target.provider
     limit = rt.limits.max_upstream_body_bytes
     if stream:
-        resp = await rt.http.post(url, data=body, headers=headers, timeout=provider.timeout, allow_redirects=False)
-        if resp.status == 200:
-            return Answer(target, 200, b"", None, resp)
         try:
-            _refuse_redirect(resp.status)
-            return Answer(target, resp.status, await read_bounded(resp, limit), resp.headers.get("retry-after"))
-        finally:
-            resp.release()
+            opened = await rt.upstream.stream(
+                url, headers, body, limit=limit, read_timeout=provider.timeout.sock_read,
+                connect_timeout=provider.timeout.connect,
+            )  # fmt: skip
+        except BodyTooLarge:
+            raise UpstreamTooLarge(limit) from None
+        if isinstance(opened, UpstreamStream):
+            return Answer(target, 200, b"", None, opened)
+        _refuse_redirect(opened.status)
+        return Answer(target, opened.status, opened.body, opened.retry_after)
     try:
         async with asyncio.timeout(provider.total_timeout):
             reply = await rt.upstream.post(
@@ -252,22 +255,6 @@ async def _exchange(
         raise UpstreamTooLarge(limit) from None
     _refuse_redirect(reply.status)
     return Answer(target, reply.status, reply.body, reply.retry_after)
-
-
-async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body of a non-streamed answer, refusing one past ``limit`` bytes."""
-    if resp.content_length is not None:
-        if resp.content_length > limit:
-            raise UpstreamTooLarge(limit)
-        # The parser stops at the declared length: one read, no chunk loop.
-        return await resp.read()
-    chunks, size = [], 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamTooLarge(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _refuse_redirect(status: int) -> None:
@@ -318,8 +305,8 @@ def upstream_url(provider: ProviderTarget, endpoint: str) -> str:
 
 
 def upstream_headers(provider: ProviderTarget) -> dict[str, str]:
-    # The gateway reads every answer (usage, errors) and relays it as it came; aiohttp would otherwise
-    # offer gzip, and a provider that took the offer would hand the app a body it was never told is gzipped.
+    # The gateway reads every answer (usage, errors) and relays it as it came: a provider must not gzip it,
+    # or the app would get a body it was never told is gzipped (aiohttp, used here before, offered gzip).
     headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
     if provider.kind in ANTHROPIC_KINDS:
         headers["anthropic-version"] = ANTHROPIC_VERSION
