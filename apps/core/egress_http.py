@@ -1,6 +1,8 @@
 """HTTP clients that obey the egress policy: they connect only to addresses it checked, never redirect.
 
-- aiohttp (the gateway, shadow calls, the batch runner's sync path): ``EgressConnector`` checks the
+- the gateway's own client for the request path (``upstream_http``) resolves through the policy before
+  each new connection and connects to the checked addresses.
+- aiohttp (shadow and trial calls, the batch runner's sync path): ``EgressConnector`` checks the
   addresses aiohttp resolved (or the literal address in the URL) right before it connects to them,
   so there is no second lookup between the check and the connection. Callers pass
   ``allow_redirects=False`` on every request.

@@ -22,6 +22,7 @@ from django.conf import settings
 from apps.core import names
 from apps.core.egress_http import EgressConnector
 from apps.core.snapshot import Snapshot
+from apps.core.upstream_http import UpstreamHttp
 from apps.enforcement import redis_clients
 from apps.enforcement.limiter import Limiter
 from apps.enforcement.redis_clients import FastClient
@@ -33,7 +34,6 @@ from apps.gateway.policy import PolicyStore
 from apps.gateway.response_cache import ResponseCache
 from apps.gateway.shadow_queue import ShadowQueue
 from apps.gateway.trial_queue import TrialQueue
-from apps.gateway.upstream_http import UpstreamHttp
 from costcontrol.egress import egress_policy
 
 
@@ -73,8 +73,8 @@ class Runtime:
     limits: Limits
     redis: aioredis.Redis  # pub/sub and the rare commands (breakers, cascade labels)
     fast_redis: FastClient  # every per-request command
-    http: aiohttp.ClientSession  # streams, shadow and trial calls
-    upstream: UpstreamHttp  # whole answers: the lean client (apps/gateway/upstream_http.py)
+    http: aiohttp.ClientSession  # shadow and trial calls (off the request path)
+    upstream: UpstreamHttp  # the request path's calls to providers (apps/core/upstream_http.py)
     limiter: Limiter
     ledger: LedgerWriter
     shadow_writer: LedgerWriter

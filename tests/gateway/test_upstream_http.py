@@ -1,4 +1,4 @@
-"""The gateway's lean upstream client (``apps/gateway/upstream_http.py``) against hostile wire bytes.
+"""The gateway's lean upstream client (``apps/core/upstream_http.py``) against hostile wire bytes.
 
 The simulated upstream speaks valid HTTP (uvicorn frames its answers), so what a broken or hostile
 provider can put on the wire is played here by a real loopback server that writes raw bytes: bad
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apps.core.egress import EgressPolicy
-from apps.gateway.upstream_http import MAX_HEADER_BYTES, BodyTooLarge, UpstreamHttp, UpstreamStream
+from apps.core.upstream_http import MAX_HEADER_BYTES, BodyTooLarge, UpstreamHttp, UpstreamStream
 
 LOOPBACK = EgressPolicy(allow=["127.0.0.1"])
 HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-test"}

@@ -7,6 +7,10 @@ worker), so the gap between the two rows of the report is what our own stages co
 
 Run by ``bench_gateway`` as ``python -m uvicorn apps.dashboard.management.bare_proxy:app`` with the upstream's
 ``/v1`` URL in ``BARE_PROXY_UPSTREAM`` (and the provider key in ``BARE_PROXY_KEY``). It imports no Django.
+
+With ``BARE_PROXY_CLIENT=lean`` it forwards on the gateway's own upstream client
+(``apps/core/upstream_http.py``) instead of aiohttp: the issue's reference is the aiohttp proxy, and this
+second row shows how much of the gap to it that client closes, and what a proxy doing nothing else costs.
 """
 
 from __future__ import annotations
@@ -18,17 +22,22 @@ from typing import Any
 import aiohttp
 import orjson
 
+from apps.core.egress import EgressPolicy
+from apps.core.upstream_http import UpstreamHttp
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 JSON = [(b"content-type", b"application/json")]
 
 
 class BareProxy:
-    def __init__(self, upstream: str, key: str) -> None:
+    def __init__(self, upstream: str, key: str, *, lean: bool = False) -> None:
         self.upstream = upstream.rstrip("/")
         # Like the gateway, it sends the provider's key, not the app's.
         self.headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         self.http: aiohttp.ClientSession | None = None
+        # The loopback upstream is the only place it forwards to.
+        self.lean = UpstreamHttp(EgressPolicy(allow=["127.0.0.0/8"]), connect_timeout=5) if lean else None
         # Read so that the work matches what the gateway must do to bill a request.
         self.prompt_tokens = 0
 
@@ -59,9 +68,13 @@ class BareProxy:
                 break
         payload = orjson.loads(b"".join(chunks))
         url = self.upstream + scope["path"][len("/v1") :]
-        async with self.http.post(url, data=orjson.dumps(payload), headers=self.headers) as resp:
-            body = await resp.read()
-            status = resp.status
+        if self.lean is not None:
+            reply = await self.lean.post(url, self.headers, orjson.dumps(payload), limit=1 << 26, read_timeout=60)
+            body, status = reply.body, reply.status
+        else:
+            async with self.http.post(url, data=orjson.dumps(payload), headers=self.headers) as resp:
+                body = await resp.read()
+                status = resp.status
         usage = orjson.loads(body).get("usage") or {}
         self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         await send({"type": "http.response.start", "status": status, "headers": JSON})
@@ -69,5 +82,7 @@ class BareProxy:
 
 
 app = BareProxy(
-    os.environ.get("BARE_PROXY_UPSTREAM", "http://127.0.0.1:9100/v1"), os.environ.get("BARE_PROXY_KEY", "sim")
+    os.environ.get("BARE_PROXY_UPSTREAM", "http://127.0.0.1:9100/v1"),
+    os.environ.get("BARE_PROXY_KEY", "sim"),
+    lean=os.environ.get("BARE_PROXY_CLIENT") == "lean",
 )

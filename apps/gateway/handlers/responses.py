@@ -38,6 +38,7 @@ from apps.core.request import ENDPOINT_RESPONSES
 from apps.core.responses import is_response_id, output_text, usage_counts
 from apps.core.responses_chat import held_state, held_store_event, input_items, stored_items
 from apps.core.text import completion_estimate
+from apps.core.upstream_http import BodyTooLarge
 from apps.gateway import conversations, tracing
 from apps.gateway.asgi import Receive, Scope, Send
 from apps.gateway.call import ZERO, Call
@@ -50,7 +51,6 @@ from apps.gateway.stages.auth import authenticate
 from apps.gateway.stages.plan import Plan, plan_route
 from apps.gateway.stages.responses_stream import ResponsesSse
 from apps.gateway.stages.validate import attribute, read_request
-from apps.gateway.upstream_http import BodyTooLarge
 
 # What each stored-response path may be asked with (the part after /v1/responses/{id}).
 _RESOURCE_METHODS = {"": ("GET", "DELETE"), "cancel": ("POST",), "input_items": ("GET",)}

@@ -22,9 +22,9 @@ from apps.core.anthropic_stream import MessagesToChat
 from apps.core.errors import upstream_unavailable
 from apps.core.responses_chat_stream import ChatToResponses
 from apps.core.text import choice_text, completion_estimate, json_object
+from apps.core.upstream_http import UpstreamStream
 from apps.gateway.asgi import JSON_HEADERS, SSE_HEADERS, Headers, Receive, Send, send_events, watch_disconnect
 from apps.gateway.call import Call
-from apps.gateway.upstream_http import UpstreamStream
 
 
 class SseRelay:

@@ -46,13 +46,13 @@ from apps.core.responses_chat_stream import ChatToResponses
 from apps.core.route import ATTEMPT, Tried
 from apps.core.snapshot import ProviderTarget
 from apps.core.text import json_object
+from apps.core.upstream_http import BodyTooLarge, UpstreamStream
 from apps.gateway import metrics, tracing
 from apps.gateway.breaker import deployment
 from apps.gateway.call import ZERO, Call
 from apps.gateway.runtime import Runtime
 from apps.gateway.stages.admit import worst_case
 from apps.gateway.stages.plan import Target
-from apps.gateway.upstream_http import BodyTooLarge, UpstreamStream
 
 # Upstream answers worth another try (same target after a backoff, then the next target).
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})

@@ -315,7 +315,7 @@ class Command(BaseCommand):
         if shutil.which("wrk") is None:
             raise CommandError("wrk is not installed (Debian: apt-get install wrk)")
         python = sys.executable
-        up_port, gw_port, bare_port = _free_port(), _free_port(), _free_port()
+        up_port, gw_port, bare_port, lean_port = _free_port(), _free_port(), _free_port(), _free_port()
         upstream_url = f"http://127.0.0.1:{up_port}/v1"
         issued = self._bench_key(upstream_url)
         key = issued.plaintext
@@ -336,6 +336,10 @@ class Command(BaseCommand):
                 _uvicorn(python, "apps.dashboard.management.bare_proxy:app", bare_port),
                 env={**env, "BARE_PROXY_UPSTREAM": upstream_url},
             ),
+            subprocess.Popen(
+                _uvicorn(python, "apps.dashboard.management.bare_proxy:app", lean_port),
+                env={**env, "BARE_PROXY_UPSTREAM": upstream_url, "BARE_PROXY_CLIENT": "lean"},
+            ),
         ]
         if options["cache"] or options["trial"]:  # indexes stores and counts hits, as beside a real gateway
             procs.append(subprocess.Popen([python, "manage.py", "ingest_cache"], env=env, stdout=subprocess.DEVNULL))
@@ -344,6 +348,7 @@ class Command(BaseCommand):
             gateway_v1 = f"http://127.0.0.1:{gw_port}/v1"
             _wait(f"{gateway_v1}/models", 401, procs[1])
             bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
+            lean_url = f"http://127.0.0.1:{lean_port}/v1/chat/completions"
             with tempfile.TemporaryDirectory() as tmp:
                 direct_lua, gateway_lua = Path(tmp, "direct.lua"), Path(tmp, "gateway.lua")
                 direct_lua.write_text(LUA % (BODY, "sim"))
@@ -355,16 +360,15 @@ class Command(BaseCommand):
                 gateway_url = f"{gateway_v1}/chat/completions"
                 # Warm both paths (connection pools, snapshot) before measuring.
                 sent = int(_wrk(gateway_url, gateway_lua, 4, 2)["requests"])
-                rows: list[
-                    tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float], dict[str, float]]
-                ] = []
+                rows: list[tuple[int, Run, Run, Run, Run, Run, Run]] = []
                 cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 trialled: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
-                indexer = procs[4].pid if len(procs) > 4 else None
+                indexer = procs[5].pid if len(procs) > 5 else None
                 meter = _CpuMeter(procs[1].pid, sync_client(settings.REDIS_URL), indexer)
                 for connections in [int(c) for c in options["connections"].split(",")]:
                     direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
                     bare = _wrk(bare_url, direct_lua, connections, options["seconds"])
+                    bare_lean = _wrk(lean_url, direct_lua, connections, options["seconds"])
                     # Rounds interleave the three set-ups so that a slow spell on this shared box
                     # (the ledger consumer's commits, Postgres) lands on all of them alike; medians are reported.
                     runs: dict[str, list[dict[str, float]]] = {"gateway": [], "budget": [], "limits": []}
@@ -378,7 +382,7 @@ class Command(BaseCommand):
                             runs[name].append(result)
                             sent += int(result["requests"])
                     gateway, budgeted, limited = (_median(runs[name]) for name in ("gateway", "budget", "limits"))
-                    rows.append((connections, direct, bare, gateway, budgeted, limited))
+                    rows.append((connections, direct, bare, bare_lean, gateway, budgeted, limited))
                     self._limits(issued, on=False, gateway=gateway_v1)
                     responses_direct = _wrk(
                         f"{upstream_url}/responses", responses_direct_lua, connections, options["seconds"]
@@ -400,7 +404,7 @@ class Command(BaseCommand):
                             trial_on.update(cpu.per_request(trial_on["requests"]))
                             # The same with the trial's indexing (the indexer, Postgres) yielding the CPU, as
                             # it would on hosts of its own: what the gateway's own trial work costs the app.
-                            with _yielding(_background_pids(procs[4].pid)) as yielded, meter.measure() as cpu:
+                            with _yielding(_background_pids(procs[5].pid)) as yielded, meter.measure() as cpu:
                                 trial_apart = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
                             trial_apart.update(cpu.per_request(trial_apart["requests"]))
                             trial_apart["yielded"] = float(yielded)
@@ -539,9 +543,7 @@ class Command(BaseCommand):
 
     def _report(
         self,
-        rows: list[
-            tuple[int, dict[str, float], dict[str, float], dict[str, float], dict[str, float], dict[str, float]]
-        ],
+        rows: list[tuple[int, Run, Run, Run, Run, Run, Run]],
         seconds: int,
         rounds: int,
         *,
@@ -564,10 +566,11 @@ class Command(BaseCommand):
             f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
             f"{'gw cpu µs':>9} {'redis µs':>9}"
         )
-        for connections, direct, bare, gateway, budgeted, limited in rows:
+        for connections, direct, bare, bare_lean, gateway, budgeted, limited in rows:
             paths = (
                 ("direct", direct),
                 ("bare proxy", bare),
+                ("bare, lean cl.", bare_lean),
                 ("gateway", gateway),
                 ("gateway+budget", budgeted),
                 ("gateway+limits", limited),
@@ -586,6 +589,13 @@ class Command(BaseCommand):
                 f"with budget {budgeted['rps'] / bare['rps']:.0%}, "
                 f"with budget + limits {limited['rps'] / bare['rps']:.0%}"
             )
+            # The reference is the aiohttp proxy; the same proxy on the gateway's own upstream client is shown too,
+            # so that what the client saves is not mistaken for what the gateway's stages cost.
+            w(
+                f"      against the bare proxy on the gateway's own upstream client (bare, lean cl.): gateway + limits "
+                f"at {limited['rps'] / bare_lean['rps']:.0%} of its throughput, "
+                f"{limited['p50'] - bare_lean['p50']:+.2f} ms p50 over it"
+            )
             for label, run in (("a budget alone", budgeted), ("budget + RPM, TPM and concurrency limits", limited)):
                 w(
                     f"      {label}: {1 - run['rps'] / gateway['rps']:.1%} of gateway throughput; "
@@ -601,7 +611,7 @@ class Command(BaseCommand):
         w = self.stdout.write
         w("\nresponses (POST /v1/responses, store: false; key auth + ledger on, no budgets or limits)")
         w(f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
-        chat_added = {row[0]: row[3]["p50"] - row[1]["p50"] for row in rows}
+        chat_added = {row[0]: row[4]["p50"] - row[1]["p50"] for row in rows}
         for connections, direct, gateway in responses:
             for name, r in (("direct", direct), ("gateway", gateway)):
                 w(f"{connections:>4}  {name:<15} {_cells(r)}")

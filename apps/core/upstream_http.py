@@ -1,24 +1,25 @@
-"""A lean HTTP/1.1 client for the gateway's whole (non-streamed) upstream answers.
+"""A lean HTTP/1.1 client for the gateway's calls to providers on the request path.
 
-aiohttp's client costs the gateway about 350k instructions a request (callgrind, `make bench`'s
+aiohttp's client cost the gateway about 300k instructions a request (callgrind, `make bench`'s
 request): request and response objects, header multidicts, URL objects, timers, tracing hooks. This
-client does what a whole answer needs and nothing else: one keep-alive connection per request in
-flight, pooled per origin; the request written in one call; the answer parsed by ``httptools``
-(llhttp, the parser uvicorn serves with); its body bounded; Retry-After kept. Streams still go
-through aiohttp (``stages/relay.py`` reads them chunk by chunk), as do shadow calls and the batch
-runner.
+client does what a proxied request needs and nothing else: keep-alive connections pooled per origin,
+one in flight each; the request written in one call; the answer parsed by ``httptools`` (llhttp, the
+parser uvicorn serves with). A whole answer comes back bounded, with its Retry-After (``request``); a
+streamed one comes back as its status, then chunk by chunk, reading paused while the app is slower
+(``stream``). Shadow and trial calls, off the request path, keep the aiohttp session.
 
-It keeps aiohttp's contract with ``stages/upstream.py``, so the retry and fallback logic reads both
-alike: a connect timeout is ``aiohttp.ConnectionTimeoutError``, silence past the read timeout
+It keeps aiohttp's contract with ``apps/gateway/stages/upstream.py``, so the retry and fallback logic
+reads both alike: a connect timeout is ``aiohttp.ConnectionTimeoutError``, silence past the read timeout
 ``aiohttp.SocketTimeoutError`` (the request was sent: possibly billed), anything else that breaks the
-exchange an ``aiohttp.ClientError``, and an answer past the size limit ``BodyTooLarge``.
+exchange an ``aiohttp.ClientError``, and a whole answer past the size limit ``BodyTooLarge``.
 
-Every URL is tenant-set, so the rules of the aiohttp session hold here too: a new connection goes
-only to addresses the egress policy resolved and checked (``EgressPolicy.resolve``; no second lookup
-between check and connect), redirects are answers, never followed, and a header value or path that
-could split the request (CR, LF, NUL, a space in the path) is refused before anything is sent. An
-upstream's answer is hostile input: its header block is capped, a parse error drops the connection,
-and a connection is reused only when the answer was complete and the upstream said keep-alive.
+Every URL is tenant-set, so the rules of ``egress_http`` hold here too: a new connection goes only to
+addresses the egress policy resolved and checked (``EgressPolicy.resolve``; no second lookup between
+check and connect), redirects are answers, never followed, and a header or URL that could split the
+request (CR, LF, NUL) is refused before anything is sent. An upstream's answer is hostile input: its
+header block is capped, a parse error drops the connection, bytes outside an answer drop it too (so
+they can never become the answer to the next request, maybe another tenant's), and a connection is
+reused only when its answer was read to the end and the upstream said keep-alive.
 """
 
 from __future__ import annotations
