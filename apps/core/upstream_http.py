@@ -323,7 +323,8 @@ class UpstreamHttp:
         self._connect_timeout = connect_timeout
         self._idle: dict[_Origin, deque[_Connection]] = {}
         self._origins: dict[str, tuple[_Origin, bytes]] = {}  # URL -> (origin, request target)
-        self._tls: ssl.SSLContext | None = None
+        # Made now, at start-up: loading the CA bundle blocks for some milliseconds, never on a request.
+        self._tls = ssl.create_default_context()
 
     async def request(
         self, method: str, url: str, headers: dict[str, str], body: bytes = b"", *, limit: int,
@@ -450,7 +451,7 @@ class UpstreamHttp:
             addresses = await loop.run_in_executor(None, self._policy.resolve, origin.host, origin.port)
         except EgressRefused as exc:
             raise aiohttp.ClientConnectionError(str(exc)) from None
-        tls = self._tls_context() if origin.scheme == "https" else None
+        tls = self._tls if origin.scheme == "https" else None
         error: BaseException | None = None
         for address in addresses:
             try:
@@ -467,11 +468,6 @@ class UpstreamHttp:
             except (OSError, ssl.SSLError) as exc:
                 error = aiohttp.ClientConnectionError(f"cannot connect to {origin.host}:{origin.port}: {exc}")
         raise error or aiohttp.ClientConnectionError(f"no address to connect to for {origin.host}")
-
-    def _tls_context(self) -> ssl.SSLContext:
-        if self._tls is None:
-            self._tls = ssl.create_default_context()
-        return self._tls
 
     def close(self) -> None:
         for idle in self._idle.values():
