@@ -36,14 +36,20 @@ def env_bool(name: str, default: bool) -> bool:
     raise MissingSetting(f"environment variable {name} must be a boolean, got {value!r}")
 
 
-def env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """An integer, refused (with the variable's name and the bounds) outside ``minimum``..``maximum``."""
     value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise MissingSetting(f"environment variable {name} must be an integer, got {value!r}") from None
+    if (minimum is not None and number < minimum) or (maximum is not None and number > maximum):
+        low = "" if minimum is None else f" from {minimum}"
+        high = "" if maximum is None else f" to {maximum}"
+        raise MissingSetting(f"environment variable {name} must be an integer{low}{high}, got {value!r}")
+    return number
 
 
 def env_list(name: str, default: list[str]) -> list[str]:

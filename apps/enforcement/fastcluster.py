@@ -14,6 +14,13 @@ read again before the next batch) or ``ASK`` (during a migration: ``ASKING`` the
 named node); the command is sent again there once. A lost connection marks the
 map stale, so the next batch reads it again (a failover names a new primary).
 ``SCRIPT LOAD`` goes to every primary (EVALSHA runs wherever the keys are).
+
+A durable batch (``REDIS_WAIT_REPLICAS``) ends with a WAIT on each node it
+wrote to, on that node's connection and after that node's share: WAIT counts
+the replicas of the primary it runs on, for the writes of its own connection,
+so a WAIT routed like a keyless command (to any primary) would wait for the
+wrong writes. A command sent again after ``MOVED``/``ASK`` gets its WAIT on the node
+that finally took it.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from apps.enforcement.fastredis import FastPipeline, FastRedis
+from apps.enforcement.fastredis import NO_WAIT, FastPipeline, FastRedis, ReplicaWait
 
 Command = tuple[Any, ...]
 Address = tuple[str, int]
@@ -62,7 +69,9 @@ class FastRedisCluster:
         seeds: list[Address] | None = None,
         connect_timeout: float = 2.0,
         command_timeout: float | None = None,
+        wait: ReplicaWait = NO_WAIT,
     ) -> None:
+        wait.check_against(command_timeout)
         parts = urlsplit(url)
         self._seed: Address = (parts.hostname or "127.0.0.1", parts.port or 6379)
         # Every node the URL named: the map is read from the first that answers (the seed may be down).
@@ -71,6 +80,7 @@ class FastRedisCluster:
         self._userinfo = parts.netloc.rpartition("@")[0] + "@" if "@" in parts.netloc else ""
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
+        self._wait = wait
         self._nodes: dict[Address, FastRedis] = {}
         self._slots: list[FastRedis | None] = []  # by slot; empty until the map is read
         self._primaries: list[FastRedis] = []
@@ -90,6 +100,7 @@ class FastRedisCluster:
                 f"redis://{self._userinfo}{host}:{port}",
                 connect_timeout=self._connect_timeout,
                 command_timeout=self._command_timeout,
+                wait=self._wait,
             )
         return node
 
@@ -144,9 +155,9 @@ class FastRedisCluster:
         replies = [await node.execute(*command) for node in self._primaries]
         return replies[0]
 
-    async def execute_many(self, commands: list[Command]) -> list[Any]:
+    async def execute_many(self, commands: list[Command], *, durable: bool = False) -> list[Any]:
         """Send each command to its node, every node's share in one write; replies (errors included,
-        not raised) in order."""
+        not raised) in order. ``durable``: each node's share ends with that node's WAIT."""
         if self._stale:
             await self.refresh()
         groups: dict[FastRedis, list[int]] = {}
@@ -156,32 +167,38 @@ class FastRedisCluster:
         try:
             if len(groups) == 1:
                 [node] = groups
-                replies = await node.execute_many(commands)
+                replies = await node.execute_many(commands, durable=durable)
             else:
-                queued = []
+                queued: list[tuple[FastRedis, list[int], list[asyncio.Future[Any]], asyncio.Future[Any] | None]] = []
                 for node, indexes in groups.items():
                     connection = await node.connection()
-                    queued.append((indexes, FastRedis.submit([commands[i] for i in indexes], connection)))
-                for indexes, futures in queued:
+                    share = [commands[i] for i in indexes]
+                    if durable and node.wait.replicas:
+                        queued.append((node, indexes, *node.submit_durable(share, connection)))
+                    else:
+                        queued.append((node, indexes, FastRedis.submit(share, connection), None))
+                for node, indexes, futures, waited in queued:
                     for index, future in zip(indexes, futures, strict=True):
                         replies[index] = await future
+                    if waited is not None:
+                        node.check_wait(await waited)
         except (RedisConnectionError, RedisTimeoutError):
             self._stale = True  # a primary may have failed over: read the map before the next batch
             raise
         for index, reply in enumerate(replies):
             if isinstance(reply, ResponseError) and str(reply).startswith(("MOVED ", "ASK ")):
-                replies[index] = await self._redirected(commands[index], str(reply))
+                replies[index] = await self._redirected(commands[index], str(reply), durable=durable)
         return replies
 
-    async def _redirected(self, command: Command, redirection: str) -> Any:
+    async def _redirected(self, command: Command, redirection: str, *, durable: bool = False) -> Any:
         """Send a command once more, where the cluster said its slot now is."""
         kind, _slot, where = redirection.split(" ", 2)
         host, _, port = where.rpartition(":")
         node = self._node((host or self._seed[0], int(port)))
         if kind == "ASK":
-            _asking, reply = await node.execute_many([("ASKING",), command])
+            _asking, reply = await node.execute_many([("ASKING",), command], durable=durable)
             return reply
-        [reply] = await node.execute_many([command])
+        [reply] = await node.execute_many([command], durable=durable)
         self._stale = True  # the slot moved for good: read the map again before the next batch
         return reply
 

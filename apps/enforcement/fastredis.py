@@ -22,12 +22,29 @@ the first to expire. The timer is set for that command's deadline; when it
 fires and the command is still waiting, the connection fails; otherwise it is
 set again for the next oldest. Per command this costs a float in a deque
 instead of a timer handle scheduled and cancelled on the event loop.
+
+With a ``ReplicaWait`` (``REDIS_WAIT_REPLICAS``), a *durable* batch (money
+reserved, a ledger event) is answered only after ``WAIT <n> <timeout>`` on the
+same connection, so only once n replicas hold it: Redis replicates
+asynchronously, and what a primary acknowledged but had not yet sent on dies
+with it in a failover. WAIT covers every write sent before it on its
+connection, so the durable batches written in one event-loop turn share one
+WAIT at the end of that write: a WAIT blocks the connection (Redis reads
+nothing more from it until the replicas answer), and one per request would
+queue every request behind every other's replication round trip. A WAIT that
+counts fewer replicas than asked (a replica down or slow past the timeout) is
+logged and counted, never raised: the write did reach the primary, which is
+all the request needed before WAIT existed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
@@ -38,6 +55,50 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
     from apps.enforcement.fastcluster import FastRedisCluster
+
+logger = logging.getLogger(__name__)
+
+# Bounds on the replica WAIT's settings. No more replicas than a primary plausibly has; a timeout of at
+# least 1 ms because Redis reads 0 as "block forever", which would hang every request when a replica is
+# gone, and at most 10 s because the connection's own command timeout must stay the longer one.
+MAX_WAIT_REPLICAS = 16
+MAX_WAIT_TIMEOUT_MS = 10_000
+# A missing replica makes every durable batch come back short: one warning per this many seconds, with
+# the count, instead of one per request.
+SHORT_WAIT_LOG_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaWait:
+    """``WAIT <replicas> <timeout_ms>`` at the end of each durable batch (``replicas`` 0: none);
+    ``on_short`` is called for each that counts fewer replicas (a metric). Refused with ValueError unless
+    both numbers are plain ints within bounds: they come from the environment."""
+
+    replicas: int = 0
+    timeout_ms: int = 50
+    on_short: Callable[[], None] | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.replicas) is not int or not 0 <= self.replicas <= MAX_WAIT_REPLICAS:
+            raise ValueError(
+                f"REDIS_WAIT_REPLICAS must be an integer from 0 to {MAX_WAIT_REPLICAS}, got {self.replicas!r}"
+            )
+        if type(self.timeout_ms) is not int or not 1 <= self.timeout_ms <= MAX_WAIT_TIMEOUT_MS:
+            raise ValueError(
+                f"REDIS_WAIT_TIMEOUT_MS must be an integer from 1 to {MAX_WAIT_TIMEOUT_MS}, got {self.timeout_ms!r}"
+            )
+
+    def check_against(self, command_timeout: float | None) -> None:
+        """Refuse a timeout the connection's own ``command_timeout`` would cut short: its watchdog would
+        drop the connection, and every request on it, before a WAIT for an absent replica returned."""
+        if self.replicas and command_timeout is not None and self.timeout_ms >= command_timeout * 1000 / 2:
+            raise ValueError(
+                f"REDIS_WAIT_TIMEOUT_MS ({self.timeout_ms}) must be under half the Redis command timeout "
+                f"({command_timeout * 1000:g} ms): a WAIT waits behind the commands sent before it"
+            )
+
+
+NO_WAIT = ReplicaWait()
 
 
 class _Protocol(asyncio.Protocol):
@@ -53,6 +114,9 @@ class _Protocol(asyncio.Protocol):
         self.closed = False
         # Commands queued during one turn of the event loop, written together at its end.
         self.pending: list[bytes] = []
+        # The reply of the WAIT that will end this turn's write, shared by every durable batch in it.
+        self.wait_reply: asyncio.Future[Any] | None = None
+        self.wait_command = b""
 
     def expect(self, futures: list[asyncio.Future[Any]], loop: asyncio.AbstractEventLoop) -> None:
         """Wait for one reply per future, in order; with a timeout, each must come within it."""
@@ -88,7 +152,25 @@ class _Protocol(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self.flush)
         self.pending.append(data)
 
+    def wait_after(self, command: bytes) -> asyncio.Future[Any]:
+        """The reply of ``command`` (a WAIT), written after everything queued in this loop turn, once for
+        all the batches that ask in it: WAIT covers every write sent before it on the connection."""
+        if self.wait_reply is None:
+            if not self.pending:
+                asyncio.get_running_loop().call_soon(self.flush)
+            self.wait_reply = asyncio.get_running_loop().create_future()
+            self.wait_command = command
+        return self.wait_reply
+
     def flush(self) -> None:
+        wait_reply, self.wait_reply = self.wait_reply, None
+        if wait_reply is not None:
+            if self.closed:
+                wait_reply.set_exception(RedisConnectionError("Redis connection lost before WAIT was sent"))
+                wait_reply.exception()  # its batch hears of it from its own replies' futures first
+            else:
+                self.expect([wait_reply], asyncio.get_running_loop())
+                self.pending.append(self.wait_command)
         data, self.pending = b"".join(self.pending), []
         if self.transport is not None and not self.closed:
             self.transport.write(data)
@@ -128,7 +210,16 @@ class _Protocol(asyncio.Protocol):
 
 
 class FastRedis:
-    def __init__(self, url: str, *, connect_timeout: float = 2.0, command_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = 2.0,
+        command_timeout: float | None = None,
+        wait: ReplicaWait = NO_WAIT,
+    ) -> None:
+        """``wait``: the WAIT that ends each durable batch."""
+        wait.check_against(command_timeout)
         parts = urlsplit(url)
         self._host = parts.hostname or "127.0.0.1"
         self._port = parts.port or 6379
@@ -139,6 +230,10 @@ class FastRedis:
         self._command_timeout = command_timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
+        self.wait = wait
+        self._wait_command = hiredis.pack_command(("WAIT", wait.replicas, wait.timeout_ms))  # type: ignore[arg-type]
+        self._short_waits = 0  # since the last warning
+        self._short_logged = 0.0
 
     @property
     def connected(self) -> bool:
@@ -197,9 +292,41 @@ class FastRedis:
             raise reply
         return reply
 
-    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send several commands in one write; replies (errors included, not raised) in order."""
-        return await self._send(commands, await self.connection())
+    async def execute_many(self, commands: list[tuple[Any, ...]], *, durable: bool = False) -> list[Any]:
+        """Send several commands in one write; replies (errors included, not raised) in order. ``durable``:
+        answer only once the replicas asked for hold them (see the module's docstring)."""
+        protocol = await self.connection()
+        if not (durable and self.wait.replicas):
+            return await self._send(commands, protocol)
+        futures, waited = self.submit_durable(commands, protocol)
+        replies = [await future for future in futures]
+        self.check_wait(await waited)
+        return replies
+
+    def submit_durable(
+        self, commands: list[tuple[Any, ...]], protocol: _Protocol
+    ) -> tuple[list[asyncio.Future[Any]], asyncio.Future[Any]]:
+        """``submit``, with this node's WAIT after the commands (shared with the other durable batches
+        of this loop turn); the second future is the WAIT's reply, for ``check_wait``."""
+        futures = self.submit(commands, protocol)
+        return futures, protocol.wait_after(self._wait_command)
+
+    def check_wait(self, reply: Any) -> None:
+        """Log and count a WAIT that answered fewer replicas than asked (or an error, which says the
+        same thing: the write is on the primary alone)."""
+        if isinstance(reply, int) and not isinstance(reply, bool) and reply >= self.wait.replicas:
+            return
+        self._short_waits += 1
+        if self.wait.on_short is not None:
+            self.wait.on_short()
+        now = time.monotonic()
+        if now - self._short_logged >= SHORT_WAIT_LOG_SECONDS:
+            logger.warning(
+                "Redis at %s:%s: %d durable write(s) acknowledged by fewer than %d replica(s) within %d ms "
+                "(last answer %r); they are on the primary only until its replicas catch up",
+                self._host, self._port, self._short_waits, self.wait.replicas, self.wait.timeout_ms, reply,
+            )  # fmt: skip
+            self._short_waits, self._short_logged = 0, now
 
     def pipeline(self) -> FastPipeline:
         return FastPipeline(self)
@@ -227,6 +354,7 @@ class FastPipeline:
         self.commands.append(("XADD", stream, "*", *flat))
         return self
 
-    async def execute(self) -> list[Any]:
-        """Replies in order; Redis errors come back as ``ResponseError`` values, not raised."""
-        return await self._client.execute_many(self.commands)
+    async def execute(self, *, durable: bool = False) -> list[Any]:
+        """Replies in order; Redis errors come back as ``ResponseError`` values, not raised. ``durable``:
+        only once the replicas the client waits for hold them."""
+        return await self._client.execute_many(self.commands, durable=durable)

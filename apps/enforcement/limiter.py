@@ -133,9 +133,10 @@ class Limiter:
                 logger.warning("giving a lease back failed: %s", reply)
 
     async def _run(self, sha: str, keys: list[str], args: list[Any]) -> Any:
-        """Run a script, with any lease returns waiting ahead of it in the same round trip."""
+        """Run a script, with any lease returns waiting ahead of it in the same round trip. Durable: what
+        it reserves (a request's worst case, a lease) is on the replicas asked for before it is relied on."""
         *returns, reply = await self._redis.execute_many(
-            [*self._leases.take_returns(), ("EVALSHA", sha, len(keys), *keys, *args)]
+            [*self._leases.take_returns(), ("EVALSHA", sha, len(keys), *keys, *args)], durable=True
         )
         self._check_returns(returns)
         if isinstance(reply, ResponseError):
@@ -143,7 +144,9 @@ class Limiter:
                 raise reply
             # Redis restarted and forgot the scripts: load them again (settles and returns need them too).
             await self.load()
-            reply = await self._redis.execute("EVALSHA", sha, len(keys), *keys, *args)
+            [reply] = await self._redis.execute_many([("EVALSHA", sha, len(keys), *keys, *args)], durable=True)
+            if isinstance(reply, ResponseError):
+                raise reply
         return reply
 
     def _scope_keys(self, limit: RateLimitPolicy) -> tuple[str, str]:
@@ -350,7 +353,8 @@ class Limiter:
         if not commands:
             return
         if pipeline is None:
-            *returns, reply = await self._redis.execute_many(commands)
+            # Durable: a settle can add spend (usage past the worst case); the ledger's pipeline is durable too.
+            *returns, reply = await self._redis.execute_many(commands, durable=True)
             self._check_returns(returns)
             if isinstance(reply, ResponseError):
                 raise reply

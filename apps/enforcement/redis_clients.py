@@ -23,7 +23,7 @@ from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 
 from apps.enforcement.fastcluster import FastRedisCluster
-from apps.enforcement.fastredis import FastRedis
+from apps.enforcement.fastredis import NO_WAIT, FastRedis, ReplicaWait
 
 CLUSTER_SCHEME = "redis+cluster"
 
@@ -73,10 +73,17 @@ def async_client(url: str, **options: Any) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, **options)
 
 
-def fast_client(url: str, *, connect_timeout: float = 2.0, command_timeout: float | None = None) -> FastClient:
-    """The data plane's lean client for ``url``."""
+def fast_client(
+    url: str,
+    *,
+    connect_timeout: float = 2.0,
+    command_timeout: float | None = None,
+    wait: ReplicaWait = NO_WAIT,
+) -> FastClient:
+    """The data plane's lean client for ``url``; ``wait``: the WAIT that ends its durable batches."""
     if is_cluster(url):
         return FastRedisCluster(
-            node_url(url), seeds=cluster_seeds(url), connect_timeout=connect_timeout, command_timeout=command_timeout
-        )
-    return FastRedis(url, connect_timeout=connect_timeout, command_timeout=command_timeout)
+            node_url(url), seeds=cluster_seeds(url), connect_timeout=connect_timeout, command_timeout=command_timeout,
+            wait=wait,
+        )  # fmt: skip
+    return FastRedis(url, connect_timeout=connect_timeout, command_timeout=command_timeout, wait=wait)

@@ -1,7 +1,10 @@
 """Appends ledger events to the Redis stream, never losing one.
 
 When Redis refuses the write, the event goes to a local spool file and a
-background task re-sends the spool once Redis answers again.
+background task re-sends the spool once Redis answers again. Both round trips
+are durable: with ``REDIS_WAIT_REPLICAS`` set, the event counts as written once
+that many replicas hold it (and whatever settle or cache write shares its
+round trip), so a failover right after cannot take it away.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class LedgerWriter:
         try:
             pipe = pipeline if pipeline is not None else self._redis.pipeline()
             pipe.xadd(self._stream, {EVENT_FIELD: payload})
-            *others, added = await pipe.execute()
+            *others, added = await pipe.execute(durable=True)
             for result in others:
                 if isinstance(result, Exception):
                     logger.error("a command sent with ledger event %s failed: %r", event.get("request_id"), result)
@@ -87,7 +90,7 @@ class LedgerWriter:
             for line in lines:
                 pipe.xadd(self._stream, {EVENT_FIELD: line})
             try:
-                failed = [reply for reply in await pipe.execute() if isinstance(reply, Exception)]
+                failed = [reply for reply in await pipe.execute(durable=True) if isinstance(reply, Exception)]
                 if failed:
                     raise failed[0]
             except Exception:

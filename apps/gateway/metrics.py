@@ -88,6 +88,11 @@ LEDGER_SPOOLED = Counter(
     "costcontrol_ledger_spooled_events",
     "Ledger events written to the local spool because Redis refused them (re-sent later).",
 )
+REPLICAS_SHORT = Counter(
+    "costcontrol_redis_wait_short",
+    "Durable Redis writes (admission, settle, ledger event) that fewer replicas than REDIS_WAIT_REPLICAS "
+    "acknowledged within REDIS_WAIT_TIMEOUT_MS: answered anyway, held by the primary alone until they catch up.",
+)
 
 # Error codes that mean the gateway refused the request itself, and the reason label each gets.
 REFUSAL_REASONS = {
@@ -196,6 +201,10 @@ def snapshot_failed() -> None:
 
 def ledger_spooled() -> None:
     LEDGER_SPOOLED.inc()
+
+
+def replicas_short() -> None:
+    REPLICAS_SHORT.inc()
 
 
 def process_exited() -> None:

@@ -24,12 +24,13 @@ from apps.core.egress_http import EgressConnector
 from apps.core.snapshot import Snapshot
 from apps.core.upstream_http import UpstreamHttp
 from apps.enforcement import redis_clients
+from apps.enforcement.fastredis import ReplicaWait
 from apps.enforcement.limiter import Limiter
 from apps.enforcement.redis_clients import FastClient
 from apps.gateway import tracing
 from apps.gateway.breaker import Breakers
 from apps.gateway.ledger_writer import LedgerWriter
-from apps.gateway.metrics import GatewayMetrics, process_exited
+from apps.gateway.metrics import GatewayMetrics, process_exited, replicas_short
 from apps.gateway.policy import PolicyStore
 from apps.gateway.response_cache import ResponseCache
 from apps.gateway.shadow_queue import ShadowQueue
@@ -116,7 +117,9 @@ class Runtime:
         )
         # Per-request commands go through the lean client; pub/sub (policy) keeps redis-py.
         fast_redis = redis_clients.fast_client(
-            settings.REDIS_URL, command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS
+            settings.REDIS_URL,
+            command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS,
+            wait=ReplicaWait(settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_TIMEOUT_MS, on_short=replicas_short),
         )
         limiter = Limiter(fast_redis, prefix, leases=settings.GATEWAY_LIMIT_LEASES)
         await limiter.load()

@@ -285,6 +285,19 @@ GATEWAY_UNKNOWN_MODEL_MAX_OUTPUT_TOKENS = env_int("GATEWAY_UNKNOWN_MODEL_MAX_OUT
 # Seconds a per-request Redis command (limits, ledger, cache) may take before the request gets
 # 503 limits_unavailable (or fails open, see above): a Redis that stops answering must not hang requests.
 GATEWAY_REDIS_TIMEOUT_SECONDS = float(env_str("GATEWAY_REDIS_TIMEOUT_SECONDS", "2"))
+# Redis replicates asynchronously: a write its primary acknowledged but had not yet sent on is lost if the
+# primary dies. With REDIS_WAIT_REPLICAS=n the round trips that carry money and ledger events (admission,
+# settle, ledger XADD) end with WAIT n REDIS_WAIT_TIMEOUT_MS on the node that took them, so they are answered
+# once n replicas hold them. Fewer replicas within the timeout is logged and counted, never a failed request
+# (apps/enforcement/fastredis.py). 0 (the default): no WAIT, as before. The timeout is at least 1 ms (Redis
+# reads 0 as "forever") and under half the Redis command timeout, or a missing replica would fail requests.
+REDIS_WAIT_REPLICAS = env_int("REDIS_WAIT_REPLICAS", 0, minimum=0, maximum=16)
+REDIS_WAIT_TIMEOUT_MS = env_int("REDIS_WAIT_TIMEOUT_MS", 50, minimum=1, maximum=10_000)
+if REDIS_WAIT_REPLICAS and REDIS_WAIT_TIMEOUT_MS * 2 >= GATEWAY_REDIS_TIMEOUT_SECONDS * 1000:
+    raise MissingSetting(
+        f"REDIS_WAIT_TIMEOUT_MS ({REDIS_WAIT_TIMEOUT_MS}) must be under half of GATEWAY_REDIS_TIMEOUT_SECONDS "
+        f"({GATEWAY_REDIS_TIMEOUT_SECONDS:g} s)"
+    )
 # Largest SSE event the stream relay holds while waiting for its blank line, and largest non-streamed
 # answer read from a provider: an upstream past either is cut off (502), so memory stays bounded.
 GATEWAY_MAX_SSE_EVENT_BYTES = env_int("GATEWAY_MAX_SSE_EVENT_BYTES", 1024 * 1024)

@@ -38,6 +38,7 @@ from apps.budgets.services import budget_create, rate_limit_set
 from apps.core import names
 from apps.core.catalog import OPENAI_PRICES
 from apps.enforcement.fastcluster import FastRedisCluster
+from apps.enforcement.fastredis import ReplicaWait
 from apps.enforcement.redis_clients import fast_client, node_url, sync_client
 from apps.ledger.models import LedgerEntry
 from apps.ledger.services import ledger_ingest_batch
@@ -308,3 +309,41 @@ async def _spend(urls: list[str], key: str) -> list[str]:
     finally:
         for client in clients:
             await client.close()
+
+
+def test_a_cluster_puts_each_wait_on_the_node_that_took_the_write(cluster_url: str) -> None:
+    """Keys on two primaries in one durable batch: a WAIT on each of them, after its own share."""
+    client = redis.Redis.from_url(cluster_url.replace("redis+cluster://", "redis://"))
+    slots = client.execute_command("CLUSTER", "SLOTS")
+    client.close()
+    # A primary may serve several ranges (the tests above move slots).
+    ranges = [(int(start), int(end), int(primary[1])) for start, end, primary, *_ in slots]
+    by_port = {port for _start, _end, port in ranges}
+    keys: dict[int, str] = {}
+    for n in range(10_000):
+        key = f"{settings.REDIS_PREFIX}spread:{n}"
+        slot = key_slot(key.encode())
+        port = next(p for start, end, p in ranges if start <= slot <= end)
+        keys.setdefault(port, key)
+        if len(keys) == 2:
+            break
+    (port_a, key_a), (port_b, key_b) = keys.items()
+    others = [p for p in by_port if p not in keys]
+
+    async def scenario() -> list[Any]:
+        fast = FastRedisCluster(cluster_url, command_timeout=2, wait=ReplicaWait(1, 20))
+        try:
+            return await fast.execute_many([("SET", key_a, b"a"), ("SET", key_b, b"b")], durable=True)
+        finally:
+            await fast.close()
+
+    before = {p: _wait_calls(p) for p in by_port}
+    assert asyncio.run(scenario()) == [b"OK", b"OK"]
+    after = {p: _wait_calls(p) for p in by_port}
+    assert after[port_a] == before[port_a] + 1 and after[port_b] == before[port_b] + 1
+    assert all(after[p] == before[p] for p in others), "no WAIT where nothing was written"
+
+
+def _wait_calls(port: int) -> int:
+    """How many WAIT commands the server at ``port`` has run."""
+    return int(redis.Redis(port=port).info("commandstats").get("cmdstat_wait", {}).get("calls", 0))

@@ -30,6 +30,7 @@ from apps.core.errors import GatewayError
 from apps.core.pricing import MTOK, token_cost
 from apps.core.request import ENDPOINT_PATHS, attribution, model_worst_case
 from apps.core.snapshot import BudgetPolicy
+from apps.enforcement.fastredis import ReplicaWait
 from apps.enforcement.limiter import Admission, Limiter
 from apps.enforcement.redis_clients import fast_client
 from apps.policy.build import budget_policies
@@ -93,7 +94,11 @@ def line_worst_case(
 @asynccontextmanager
 async def batch_limiter() -> AsyncIterator[Limiter]:
     """The gateway's limiter on its own Redis connection, for one batch step."""
-    redis = fast_client(settings.REDIS_URL, command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS)
+    redis = fast_client(
+        settings.REDIS_URL,
+        command_timeout=settings.GATEWAY_REDIS_TIMEOUT_SECONDS,
+        wait=ReplicaWait(settings.REDIS_WAIT_REPLICAS, settings.REDIS_WAIT_TIMEOUT_MS),
+    )
     try:
         result = Limiter(redis, settings.REDIS_PREFIX)
         await result.load()
