@@ -10,8 +10,10 @@ round trip), so a failover right after cannot take it away.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -54,10 +56,18 @@ class LedgerWriter:
 
     def _append_spool(self, payload: bytes) -> None:
         self._spool_dir.mkdir(parents=True, exist_ok=True)
-        with self._spool.open("ab") as fh:
-            fh.write(payload + b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        while True:
+            with self._spool.open("ab") as fh:
+                # Under the lock a re-send claims a spool by, and after checking it is still the file at
+                # its name: a file claimed between open and lock takes no more lines (they would be
+                # unlinked with it, unsent), so the line goes to a fresh one.
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+                if not _still_named(fh.fileno(), self._spool):
+                    continue
+                fh.write(payload + b"\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+                return
 
     def start(self) -> None:
         self._resend_task = asyncio.create_task(self._resend_forever())
@@ -79,11 +89,10 @@ class LedgerWriter:
 
     async def resend_spools(self) -> None:
         """Send every spooled event (from any process that left a spool) to the stream."""
+        loop = asyncio.get_running_loop()
         for spool in sorted(self._spool_dir.glob("ledger-spool-*.jsonl")):
-            claimed = spool.with_suffix(".sending")
-            try:
-                spool.rename(claimed)  # atomic: only one process sends a given spool
-            except FileNotFoundError:
+            claimed = await loop.run_in_executor(None, _claim, spool)
+            if claimed is None:
                 continue
             lines = [line for line in claimed.read_bytes().splitlines() if line]
             pipe = self._redis.pipeline()
@@ -94,13 +103,40 @@ class LedgerWriter:
                 if failed:
                     raise failed[0]
             except Exception:
-                claimed.rename(spool)  # put it back for the next try; re-sends are deduplicated on ingest
+                # Back for the next try, under a name of its own: renamed onto the process's spool it would
+                # replace the lines written there since the claim. Re-sends are deduplicated on ingest.
+                claimed.rename(claimed.with_suffix(".jsonl"))
                 raise
             claimed.unlink()
-        # A crash between rename and unlink leaves a .sending file: re-queue it.
+        # A crash between claim and unlink leaves a .sending file: re-queue it.
         # The consumer's insert is idempotent on request_id, so a re-send is harmless.
         # Only files untouched for a minute: a younger one is another process's send in flight.
         cutoff = time.time() - 60
         for stale in self._spool_dir.glob("ledger-spool-*.sending"):
             if stale.stat().st_ctime < cutoff and not stale.with_suffix(".jsonl").exists():
                 stale.rename(stale.with_suffix(".jsonl"))
+
+
+def _still_named(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path`` (not renamed away since it was opened)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _claim(spool: Path) -> Path | None:
+    """Take ``spool`` for sending: renamed, atomically, to a name only this claim uses (None: another
+    process took it first). Under its lock, so no append is half-written into it; an append that opened it
+    before the rename finds it renamed once it has the lock, and writes to a new spool instead."""
+    base = spool.name.split(".", 1)[0]  # ledger-spool-<pid>, without an earlier claim's token
+    claimed = spool.with_name(f"{base}.{secrets.token_hex(6)}.sending")
+    try:
+        with spool.open("rb") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            if not _still_named(fh.fileno(), spool):
+                return None
+            spool.rename(claimed)
+    except FileNotFoundError:
+        return None
+    return claimed
