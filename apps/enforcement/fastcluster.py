@@ -180,8 +180,8 @@ class FastRedisCluster:
                 for node, indexes, futures, waited in queued:
                     for index, future in zip(indexes, futures, strict=True):
                         replies[index] = await future
-                    if waited is not None:
-                        node.check_wait(await waited)
+                    if durable and node.wait.replicas:
+                        await node.check_wait(waited)
         except (RedisConnectionError, RedisTimeoutError):
             self._stale = True  # a primary may have failed over: read the map before the next batch
             raise

@@ -34,7 +34,9 @@ nothing more from it until the replicas answer), and one per request would
 queue every request behind every other's replication round trip. A WAIT that
 counts fewer replicas than asked (a replica down or slow past the timeout) is
 logged and counted, never raised: the write did reach the primary, which is
-all the request needed before WAIT existed.
+all the request needed before WAIT existed. For a second after one, durable
+batches go without WAIT (counted short too), so a missing replica does not
+hold the connection for a timeout in every loop turn.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ MAX_WAIT_TIMEOUT_MS = 10_000
 # A missing replica makes every durable batch come back short: one warning per this many seconds, with
 # the count, instead of one per request.
 SHORT_WAIT_LOG_SECONDS = 10.0
+# After a WAIT comes back short, durable batches on that connection go without one for this long (counted
+# short: they are on the primary alone, as they would be after waiting), then one WAIT tries again. A WAIT
+# for a replica that is gone holds its connection for the whole timeout, and every request's commands
+# queue behind it: one per loop turn would cut the connection to 1000 / timeout_ms turns a second and
+# time requests out, failing them, where a short WAIT is meant to cost a metric and a log line.
+SHORT_WAIT_BACKOFF_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +242,7 @@ class FastRedis:
         self._wait_command = hiredis.pack_command(("WAIT", wait.replicas, wait.timeout_ms))  # type: ignore[arg-type]
         self._short_waits = 0  # since the last warning
         self._short_logged = 0.0
+        self._wait_resumes = 0.0  # monotonic time before which durable batches skip WAIT (after a short one)
 
     @property
     def connected(self) -> bool:
@@ -300,26 +309,32 @@ class FastRedis:
             return await self._send(commands, protocol)
         futures, waited = self.submit_durable(commands, protocol)
         replies = [await future for future in futures]
-        self.check_wait(await waited)
+        await self.check_wait(waited)
         return replies
 
     def submit_durable(
         self, commands: list[tuple[Any, ...]], protocol: _Protocol
-    ) -> tuple[list[asyncio.Future[Any]], asyncio.Future[Any]]:
+    ) -> tuple[list[asyncio.Future[Any]], asyncio.Future[Any] | None]:
         """``submit``, with this node's WAIT after the commands (shared with the other durable batches
-        of this loop turn); the second future is the WAIT's reply, for ``check_wait``."""
+        of this loop turn); the second future is the WAIT's reply, for ``check_wait`` (None: no WAIT sent,
+        for ``SHORT_WAIT_BACKOFF_SECONDS`` after a short one)."""
         futures = self.submit(commands, protocol)
+        if time.monotonic() < self._wait_resumes:
+            return futures, None
         return futures, protocol.wait_after(self._wait_command)
 
-    def check_wait(self, reply: Any) -> None:
-        """Log and count a WAIT that answered fewer replicas than asked (or an error, which says the
-        same thing: the write is on the primary alone)."""
+    async def check_wait(self, waited: asyncio.Future[Any] | None) -> None:
+        """Log and count a WAIT that answered fewer replicas than asked, an error (which says the same
+        thing: the write is on the primary alone), or one not sent because the last was short."""
+        reply = None if waited is None else await waited
         if isinstance(reply, int) and not isinstance(reply, bool) and reply >= self.wait.replicas:
             return
+        now = time.monotonic()
+        if waited is not None:
+            self._wait_resumes = now + SHORT_WAIT_BACKOFF_SECONDS
         self._short_waits += 1
         if self.wait.on_short is not None:
             self.wait.on_short()
-        now = time.monotonic()
         if now - self._short_logged >= SHORT_WAIT_LOG_SECONDS:
             logger.warning(
                 "Redis at %s:%s: %d durable write(s) acknowledged by fewer than %d replica(s) within %d ms "

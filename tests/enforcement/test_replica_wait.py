@@ -30,6 +30,7 @@ from apps.core import names
 from apps.core.events import EVENT_FIELD
 from apps.core.periods import period_bounds
 from apps.core.pricing import to_nano
+from apps.enforcement import fastredis
 from apps.enforcement.fastcluster import FastRedisCluster
 from apps.enforcement.fastredis import FastRedis, ReplicaWait
 from apps.enforcement.limiter import Limiter
@@ -135,7 +136,8 @@ def test_a_missing_replica_costs_the_timeout_and_every_write_is_still_answered(
     pair: tuple[int, subprocess.Popen[bytes]], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The replica is stopped (SIGSTOP): WAIT returns 0 after its timeout; admission, settle and ledger
-    event all answer, the short WAITs are counted and logged, and nothing goes to the spool."""
+    event all answer, the short WAITs are counted and logged, and nothing goes to the spool. The record's
+    round trip, within a second of the short WAIT, sends none (and is counted short too)."""
     port, replica = pair
     prefix = f"wait:{uuid.uuid4().hex[:6]}:"
     short: list[int] = []
@@ -163,6 +165,7 @@ def test_a_missing_replica_costs_the_timeout_and_every_write_is_still_answered(
         finally:
             await client.close()
 
+    waits = _waits(port)
     os.kill(replica.pid, signal.SIGSTOP)
     try:
         with caplog.at_level(logging.WARNING, logger="apps.enforcement.fastredis"):
@@ -174,9 +177,50 @@ def test_a_missing_replica_costs_the_timeout_and_every_write_is_still_answered(
     start, _end = period_bounds("monthly", "UTC", dt.datetime.fromtimestamp(T0, dt.UTC), None)
     counter = names.budget_counter(prefix, 1, start.timestamp(), organization_id=1)
     assert int(redis.Redis(port=port).get(counter) or 0) == to_nano(Decimal("0.25"))
-    assert len(short) == 2  # the admission's WAIT and the record's (settle + event in one round trip)
-    assert 0.16 <= elapsed < 1.5  # two timeouts of 80 ms, nothing close to the 2 s command timeout
+    assert len(short) == 2  # the admission's and the record's (settle + event in one round trip)
+    assert _waits(port) == waits + 1  # only the admission waited
+    assert 0.08 <= elapsed < 1  # one timeout of 80 ms, nothing close to the 2 s command timeout
     assert "fewer than 1 replica(s) within 80 ms" in caplog.text
+
+
+def test_after_a_short_wait_the_next_second_goes_without_then_waiting_resumes(
+    pair: tuple[int, subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A replica that is gone would hold the shared connection for the timeout in every loop turn; after a
+    short WAIT the client skips WAIT for a while (counted short), then waits again once the replica is back."""
+    port, replica = pair
+    monkeypatch.setattr(fastredis, "SHORT_WAIT_BACKOFF_SECONDS", 0.3)
+    short: list[int] = []
+    key = f"backoff:{uuid.uuid4().hex}"
+
+    async def durable(client: FastRedis) -> float:
+        started = time.monotonic()
+        await client.execute_many([("INCR", key)], durable=True)
+        return time.monotonic() - started
+
+    async def scenario() -> list[float]:
+        client = FastRedis(
+            f"redis://127.0.0.1:{port}/0", command_timeout=2, wait=ReplicaWait(1, 100, on_short=lambda: short.append(1))
+        )
+        try:
+            os.kill(replica.pid, signal.SIGSTOP)
+            try:
+                took = [await durable(client), await durable(client)]
+            finally:
+                os.kill(replica.pid, signal.SIGCONT)
+            await asyncio.sleep(0.35)
+            took.append(await durable(client))
+            return took
+        finally:
+            await client.close()
+
+    waits = _waits(port)
+    first, skipped, resumed = asyncio.run(scenario())
+    assert first >= 0.09 and skipped < 0.09  # the second did not wait out a timeout
+    assert len(short) == 2  # the short WAIT and the batch that skipped one; the third was acknowledged
+    assert _waits(port) == waits + 2
+    assert resumed < 0.09
+    assert redis.Redis(port=_replica_port(replica)).get(key) == b"3"
 
 
 @pytest.mark.parametrize(
