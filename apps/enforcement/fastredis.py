@@ -239,7 +239,8 @@ class FastRedis:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
         self.wait = wait
-        self._wait_command = hiredis.pack_command(("WAIT", wait.replicas, wait.timeout_ms))  # type: ignore[arg-type]
+        wait_command: tuple[Any, ...] = ("WAIT", wait.replicas, wait.timeout_ms)
+        self._wait_command = hiredis.pack_command(wait_command)
         self._short_waits = 0  # since the last warning
         self._short_logged = 0.0
         self._wait_resumes = 0.0  # monotonic time before which durable batches skip WAIT (after a short one)

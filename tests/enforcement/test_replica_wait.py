@@ -12,10 +12,12 @@ import datetime as dt
 import logging
 import os
 import runpy
+import secrets
 import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -26,6 +28,8 @@ import pytest
 import redis
 from django.conf import settings
 
+from apps.budgets.models import BudgetScope
+from apps.budgets.services import budget_create, rate_limit_set
 from apps.core import names
 from apps.core.events import EVENT_FIELD
 from apps.core.periods import period_bounds
@@ -35,9 +39,14 @@ from apps.enforcement.fastcluster import FastRedisCluster
 from apps.enforcement.fastredis import FastRedis, ReplicaWait
 from apps.enforcement.limiter import Limiter
 from apps.gateway.ledger_writer import LedgerWriter
+from apps.ledger.models import LedgerEntry
+from apps.ledger.services import ledger_ingest_batch
 from costcontrol.env import MissingSetting
+from tests import live
 from tests.enforcement.test_limiter import _budget
-from tests.enforcement.test_redis_cluster import _free_pair, _skip_loudly
+from tests.enforcement.test_redis_cluster import _free_pair, _skip_loudly, _wait_for_policy
+from tests.factories import Tenant
+from tests.gateway.helpers import sdk
 
 pytestmark = pytest.mark.live
 
@@ -221,6 +230,58 @@ def test_after_a_short_wait_the_next_second_goes_without_then_waiting_resumes(
     assert _waits(port) == waits + 2
     assert resumed < 0.09
     assert redis.Redis(port=_replica_port(replica)).get(key) == b"3"
+
+
+def test_a_gateway_waiting_for_a_stopped_replica_still_answers_and_records_every_request(
+    pair: tuple[int, subprocess.Popen[bytes]], tenant: Tenant, settings: Any
+) -> None:
+    """Through the live gateway, with a budget and limits (admission, settle and ledger all durable): the
+    replica is stopped, every request is answered 200 and has its ledger row, and the short WAITs show on
+    the metrics page."""
+    port, replica = pair
+    url = f"redis://127.0.0.1:{port}/0"
+    token = secrets.token_urlsafe(16)
+    process, gateway = live.start_gateway(
+        REDIS_URL=url, CELERY_BROKER_URL=settings.REDIS_URL, METRICS_TOKEN=token,
+        REDIS_WAIT_REPLICAS="1", REDIS_WAIT_TIMEOUT_MS="30",
+    )  # fmt: skip
+    try:
+        settings.REDIS_URL = url  # the policy is announced where this gateway listens
+        budget_create(organization=tenant.org, name="wait", scope=BudgetScope.PROJECT, project=tenant.project,
+                      amount_usd=Decimal("100"))  # fmt: skip
+        rate_limit_set(project=tenant.project, requests_per_minute=10_000, max_concurrent=100)
+        _wait_for_policy(url, [gateway], tenant.key.plaintext)
+        client = sdk(gateway, tenant.key.plaintext)
+        os.kill(replica.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            for i in range(20):
+                client.chat.completions.create(
+                    model="gpt-4o-mini", max_tokens=5, messages=[{"role": "user", "content": f"Hi #{i}"}]
+                )
+            elapsed = time.monotonic() - started
+            page = urllib.request.Request(
+                gateway.removesuffix("/v1") + "/metrics", headers={"Authorization": f"Bearer {token}"}
+            )
+            with urllib.request.urlopen(page, timeout=10) as response:  # noqa: S310 (loopback)
+                metrics = response.read().decode()
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+        state = redis.Redis.from_url(url)
+
+        def all_rows() -> bool:
+            while ledger_ingest_batch(client=state, consumer="tests", block_ms=0):
+                pass
+            return LedgerEntry.objects.filter(project=tenant.project).count() >= 20
+
+        live.wait_until(all_rows, timeout=10, interval=0.2)
+        state.close()
+    finally:
+        process.stop()
+    assert LedgerEntry.objects.filter(project=tenant.project, status_code=200).count() == 20
+    short = [line for line in metrics.splitlines() if line.startswith("costcontrol_redis_wait_short_total")]
+    assert short and float(short[0].split()[-1]) >= 1, short
+    assert elapsed < 5, "a missing replica costs a timeout now and then, not one per request"
 
 
 @pytest.mark.parametrize(
