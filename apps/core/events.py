@@ -17,6 +17,7 @@ through after one length check and one ``isprintable``.
 from __future__ import annotations
 
 import math
+import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -97,15 +98,32 @@ def _money_bounds(digits: int, places: int) -> tuple[Decimal, Decimal]:
     return Decimal(10) ** (digits - places) - step, step
 
 
+def _money_canonical(digits: int, places: int) -> tuple[re.Pattern[str], str]:
+    """What ``clean_money`` returns for a positive amount that fits (no sign, no exponent, no leading
+    zero, exactly ``places`` decimals), and its one zero, which it returns as "0"."""
+    return re.compile(rf"(?:0|[1-9][0-9]{{0,{digits - places - 1}}})\.[0-9]{{{places}}}"), "0." + "0" * places
+
+
 # Every ledger row cleans two amounts: the bounds are computed once, not twice per request (~4 µs each).
 _MONEY_BOUNDS = {
     (LEDGER_COST_DIGITS, LEDGER_COST_PLACES): _money_bounds(LEDGER_COST_DIGITS, LEDGER_COST_PLACES),
     (SHADOW_COST_DIGITS, SHADOW_COST_PLACES): _money_bounds(SHADOW_COST_DIGITS, SHADOW_COST_PLACES),
 }
+_MONEY_CANONICAL = {key: _money_canonical(*key) for key in _MONEY_BOUNDS}
+_LEDGER_MONEY_CANONICAL = _MONEY_CANONICAL[(LEDGER_COST_DIGITS, LEDGER_COST_PLACES)]
 
 
 def clean_money(value: Any, *, digits: int = LEDGER_COST_DIGITS, places: int = LEDGER_COST_PLACES) -> str:
     """A non-negative amount that fits ``numeric(digits, places)``, as a string; garbage is "0"."""
+    if type(value) is str:
+        # Already cleaned once (the consumers re-clean what the gateway cleaned): the Decimal round
+        # trip below would give the same string back, at ~1 µs an amount, two amounts an event.
+        if digits == LEDGER_COST_DIGITS and places == LEDGER_COST_PLACES:
+            canonical: tuple[re.Pattern[str], str] | None = _LEDGER_MONEY_CANONICAL
+        else:
+            canonical = _MONEY_CANONICAL.get((digits, places))
+        if canonical is not None and canonical[0].fullmatch(value):
+            return "0" if value == canonical[1] else value
     try:
         amount = Decimal(str(value)) if not isinstance(value, Decimal) else value
     except (InvalidOperation, ValueError):
@@ -133,6 +151,31 @@ def _timestamp(value: Any) -> float:
     return stamp if math.isfinite(stamp) and 0 <= stamp < 253_402_300_800 else 0.0
 
 
+_LEDGER_TEXT = (
+    ("endpoint", ENDPOINT_MAX),
+    ("feature", FEATURE_MAX),
+    ("end_user", END_USER_MAX),
+    ("requested_model", MODEL_MAX),
+    ("served_model", MODEL_MAX),
+    ("error_code", ERROR_CODE_MAX),
+    ("cache_hit", CACHE_HIT_MAX),
+    ("route", ROUTE_MAX),
+    ("cache_key", CACHE_KEY_MAX),
+    ("prefix_key", CACHE_KEY_MAX),
+    ("embedding_key", CACHE_KEY_MAX),
+    ("background_response_id", RESPONSE_ID_MAX),
+)
+_LEDGER_COUNTS = (
+    "prompt_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "prefix_tokens",
+    "turns",
+)
+
+
 def ledger_event_clean(event: dict[str, Any]) -> dict[str, Any]:
     """Fit a ledger event to ``LedgerEntry``'s columns, in place; returns it.
 
@@ -141,31 +184,16 @@ def ledger_event_clean(event: dict[str, Any]) -> dict[str, Any]:
     """
     event["request_id"] = clean_text(event.get("request_id"), REQUEST_ID_MAX)
     event["created_at"] = _timestamp(event.get("created_at"))
-    event["endpoint"] = clean_text(event.get("endpoint"), ENDPOINT_MAX)
-    for name, limit in (
-        ("feature", FEATURE_MAX),
-        ("end_user", END_USER_MAX),
-        ("requested_model", MODEL_MAX),
-        ("served_model", MODEL_MAX),
-        ("error_code", ERROR_CODE_MAX),
-        ("cache_hit", CACHE_HIT_MAX),
-        ("route", ROUTE_MAX),
-        ("cache_key", CACHE_KEY_MAX),
-        ("prefix_key", CACHE_KEY_MAX),
-        ("embedding_key", CACHE_KEY_MAX),
-        ("background_response_id", RESPONSE_ID_MAX),
-    ):
-        event[name] = clean_text(event.get(name), limit)
-    for name in (
-        "prompt_tokens",
-        "cached_tokens",
-        "cache_write_tokens",
-        "completion_tokens",
-        "latency_ms",
-        "prefix_tokens",
-        "turns",
-    ):
-        event[name] = clean_count(event.get(name))
+    # A value that already fits (every value, when the consumer re-cleans what the gateway cleaned) is
+    # left as it is, tested inline: the calls and stores cost the consumer ~2 µs an event.
+    for name, limit in _LEDGER_TEXT:
+        value = event.get(name)
+        if type(value) is not str or len(value) > limit or not value.isprintable():
+            event[name] = clean_text(value, limit)
+    for name in _LEDGER_COUNTS:
+        value = event.get(name)
+        if type(value) is not int or not 0 <= value <= INT_MAX:
+            event[name] = clean_count(value)
     # Reasoning is part of the output: never more than the completion tokens.
     event["reasoning_tokens"] = min(clean_count(event.get("reasoning_tokens")), event["completion_tokens"])
     event["service_tier"] = tier_name(event.get("service_tier"))

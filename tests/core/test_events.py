@@ -102,3 +102,47 @@ def test_a_route_decision_keeps_only_known_fields_fitted_for_jsonb() -> None:
 @pytest.mark.parametrize("garbage", [None, "direct", ["kind"], 7])
 def test_a_decision_that_is_not_an_object_is_none(garbage: Any) -> None:
     assert ledger_event_clean({"decision": garbage})["decision"] is None
+
+
+def _money_by_decimal(value: Any, digits: int, places: int) -> str:
+    """``clean_money`` through Decimal only, as it was before its shortcut for amounts already clean."""
+    try:
+        amount = Decimal(str(value))
+    except ArithmeticError:
+        return "0"
+    if not amount.is_finite() or amount <= 0:
+        return "0"
+    step = Decimal(10) ** -places
+    return format(min(amount, Decimal(10) ** (digits - places) - step).quantize(step), "f")
+
+
+_AMOUNT_TEXT = st.one_of(
+    st.from_regex(r"-?[0-9]{0,12}(\.[0-9]{0,12})?([eE]-?[0-9])?", fullmatch=True),
+    st.decimals(allow_nan=True, allow_infinity=True).map(str),
+    st.decimals(min_value=0, max_value=10**11, places=8).map(lambda d: format(d, "f")),
+    st.decimals(min_value=0, max_value=10**9, places=10).map(lambda d: format(d, "f")),
+    st.sampled_from(["0.00000000", "0.0000000000", "9999999999.99999999", "10000000000.00000000", "00.10000000",
+                     "0.1234567890", "+0.10000000", " 0.10000000", "٣.00000000", "1_0.00000000"]),
+)  # fmt: skip
+
+
+@settings(max_examples=500, deadline=None)
+@given(_AMOUNT_TEXT, st.sampled_from([(18, 8), (18, 10)]))
+def test_an_amount_given_as_text_cleans_as_the_decimal_would(value: str, column: tuple[int, int]) -> None:
+    """The shortcut for text that is already a clean amount gives what the Decimal round trip gives."""
+    digits, places = column
+    assert clean_money(value, digits=digits, places=places) == _money_by_decimal(value, digits, places)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["feature", "end_user", "route", "request_id", "cost", "prompt_tokens",
+                                        "turns", "latency_ms", "counterfactual_cost", "cache_key"]),
+                       st.none() | st.booleans() | st.integers() | st.floats() | st.text() | _AMOUNT_TEXT))  # fmt: skip
+def test_cleaning_a_clean_event_again_changes_nothing(event: dict[str, Any]) -> None:
+    """What the consumer does to what the gateway cleaned: the values that fit are kept as they are."""
+    once = ledger_event_clean(dict(event))
+    twice = ledger_event_clean(dict(once))
+    # An amount below the column's step cleans to "0.00000000" once and to "0" again: the same zero.
+    money = ("cost", "counterfactual_cost")
+    assert [Decimal(twice[name]) for name in money] == [Decimal(once[name]) for name in money]
+    assert {k: v for k, v in twice.items() if k not in money} == {k: v for k, v in once.items() if k not in money}
