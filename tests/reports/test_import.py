@@ -7,8 +7,10 @@ from decimal import Decimal
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection, transaction
 from django.db.models import Sum
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from apps.ledger.models import HourlyRollup, LedgerEntry, ProjectHourlyRollup, Source
@@ -230,3 +232,23 @@ def test_import_permissions(client: Client, people: People) -> None:
     )
     assert wrong.status_code == 400
     assert not LedgerEntry.objects.exists()
+
+
+def test_a_reimport_finds_its_stored_rows_through_an_index_on_the_time(people: People) -> None:
+    """The ledger's unique key starts with the time (ledger 0019), no index with the request id: the import
+    looks its rows up by time too, and reads an index on it rather than every row (sequential scans off,
+    as on a large table; the key or the time index, as the statistics say)."""
+    org, project = people.tenant.org, people.tenant.project
+    usage_import(organization=org, project=project, content=USAGE_CSV.encode(), file_name="usage.csv")
+    with CaptureQueriesContext(connection) as queries:
+        again = usage_import(organization=org, project=project, content=USAGE_CSV.encode(), file_name="usage.csv")
+    assert (again.created, again.replaced) == (0, 3)
+    (lookup,) = [
+        q["sql"] for q in queries.captured_queries if q["sql"].startswith('SELECT "ledger_ledgerentry"."created_at"')
+    ]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("ANALYZE ledger_ledgerentry")
+        cursor.execute(f"EXPLAIN {lookup}")  # noqa: S608 -- the import's own query, as Django ran it
+        plan = "\n".join(line for (line,) in cursor.fetchall())
+    assert "Index Cond: (created_at = ANY" in plan and "Seq Scan" not in plan, plan

@@ -301,11 +301,8 @@ def usage_import(
     if not entries:
         raise ImportRejected([ImportProblem(2, "The file has a header but no rows.")])
 
-    ids = [entry.request_id for entry in entries]
     with transaction.atomic():
-        existing = sum(
-            LedgerEntry.objects.filter(request_id__in=ids[i : i + 5000]).count() for i in range(0, len(ids), 5000)
-        )
+        existing = sum(_stored(entries[i : i + 5000]) for i in range(0, len(entries), 5000))
         # An earlier import's row for the same bucket is overwritten, ingested_at included, so the
         # roll-up refresh below recomputes its hour (and the hour it left, if the bucket moved project).
         LedgerEntry.objects.bulk_create(
@@ -327,6 +324,16 @@ def usage_import(
         hours_refreshed=hours,
         earliest=min(entry.created_at for entry in entries),
     )
+
+
+def _stored(entries: list[LedgerEntry]) -> int:
+    """How many of ``entries`` the ledger holds already. By time and request id: the ledger's key starts
+    with the time (ledger 0019), and an import's few bucket starts narrow it to a few index ranges."""
+    keys = {(entry.created_at, entry.request_id) for entry in entries}
+    stored = LedgerEntry.objects.filter(
+        created_at__in={created_at for created_at, _id in keys}, request_id__in=[request_id for _at, request_id in keys]
+    ).values_list("created_at", "request_id")
+    return sum(key in keys for key in stored)
 
 
 _REIMPORT_FIELDS = [
