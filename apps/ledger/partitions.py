@@ -8,7 +8,8 @@ time, so the default partition normally stays empty; when it does hold rows of a
 created, they move into the new partition in the same transaction, never lost nor seen twice.
 
 Postgres requires every unique index of a partitioned table to contain the partition key: the
-primary key is ``(id, created_at)`` and the request id is unique per ``(request_id, created_at)``.
+primary key is ``(id, created_at)`` and the request id is unique per ``(created_at, request_id)`` (the
+time first since ledger 0019: rows land at the index's end, not at a random request id's place).
 A re-delivered event carries its original ``created_at``, so ingest stays idempotent.
 """
 

@@ -274,6 +274,8 @@ def _entry_from_event(raw: Any) -> LedgerEntry:
 
 
 def _copy_lines(copy: Any, lines: Iterable[bytes]) -> None:
+    """Hand ``lines`` to a COPY about 32 kB at a time: Postgres stores each chunk while the next is made,
+    with a call per chunk rather than per line."""
     chunk: list[bytes] = []
     for line in lines:
         chunk.append(line)
