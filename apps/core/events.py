@@ -116,8 +116,8 @@ _LEDGER_MONEY_CANONICAL = _MONEY_CANONICAL[(LEDGER_COST_DIGITS, LEDGER_COST_PLAC
 def clean_money(value: Any, *, digits: int = LEDGER_COST_DIGITS, places: int = LEDGER_COST_PLACES) -> str:
     """A non-negative amount that fits ``numeric(digits, places)``, as a string; garbage is "0"."""
     if type(value) is str:
-        # Already cleaned once (the consumers re-clean what the gateway cleaned): the Decimal round
-        # trip below would give the same string back, at ~1 µs an amount, two amounts an event.
+        # Already in its column's form (an event cleaned at the source, a price the gateway wrote that
+        # way): the Decimal round trip below would give the same string back, at ~1 µs an amount.
         if digits == LEDGER_COST_DIGITS and places == LEDGER_COST_PLACES:
             canonical: tuple[re.Pattern[str], str] | None = _LEDGER_MONEY_CANONICAL
         else:
