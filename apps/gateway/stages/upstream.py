@@ -233,26 +233,18 @@ async def _exchange(
 ) -> Answer:
     provider = target.provider
     limit = rt.limits.max_upstream_body_bytes
-    if stream:
-        try:
-            opened = await rt.upstream.stream(
-                url, headers, body, limit=limit, read_timeout=provider.timeout.sock_read,
-                connect_timeout=provider.timeout.connect,
-            )  # fmt: skip
-        except BodyTooLarge:
-            raise UpstreamTooLarge(limit) from None
-        if isinstance(opened, UpstreamStream):
-            return Answer(target, 200, b"", None, opened)
-        _refuse_redirect(opened.status)
-        return Answer(target, opened.status, opened.body, opened.retry_after)
+    send = rt.upstream.stream if stream else rt.upstream.post
     try:
-        async with asyncio.timeout(provider.total_timeout):
-            reply = await rt.upstream.post(
+        # A whole answer has a total timeout; a stream may run for minutes (its read timeout still holds).
+        async with asyncio.timeout(None if stream else provider.total_timeout):
+            reply = await send(
                 url, headers, body, limit=limit, read_timeout=provider.timeout.sock_read,
                 connect_timeout=provider.timeout.connect,
             )  # fmt: skip
     except BodyTooLarge:
         raise UpstreamTooLarge(limit) from None
+    if isinstance(reply, UpstreamStream):
+        return Answer(target, 200, b"", None, reply)
     _refuse_redirect(reply.status)
     return Answer(target, reply.status, reply.body, reply.retry_after)
 
