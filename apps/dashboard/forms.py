@@ -10,6 +10,7 @@ from django import forms
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from apps.core.pricing import LongContext
 from apps.dashboard.models import TokenScope
 from apps.ledger.selectors import GROUP_BY_LABELS, LedgerFilters
 from apps.providers.models import MONEY as PRICE_MONEY
@@ -172,7 +173,41 @@ class PriceForm(forms.Form):
     reasoning_per_mtok = forms.DecimalField(
         label="Reasoning", required=False, help_text="Blank: reasoning tokens bill as output", **MONEY
     )
+    long_context_above_tokens = forms.IntegerField(
+        label="Long context above", required=False, min_value=1, max_value=100_000_000,
+        help_text="Input tokens past which a request is billed whole at the factors below",
+    )  # fmt: skip
+    long_context_input_factor = forms.DecimalField(
+        label="Long-context input ×", required=False, min_value=1, max_value=100, max_digits=6, decimal_places=3
+    )
+    long_context_output_factor = forms.DecimalField(
+        label="Long-context output ×", required=False, min_value=1, max_value=100, max_digits=6, decimal_places=3,
+        help_text="All three long-context values, or none to keep the model's current long-context rate",
+    )  # fmt: skip
+    no_long_context = forms.BooleanField(
+        label="No long-context rate", required=False, help_text="From this date, the model has no long-context rate"
+    )
     effective_from = forms.DateField(widget=DateInput(), initial=dt.date.today)
+
+    def clean(self) -> dict[str, Any]:
+        """The three long-context fields become ``long_context`` for ``price_set``: a rate, None (the box
+        ticked), or absent (keep the model's current rate)."""
+        data = super().clean() or {}
+        parts = [data.pop(name, None) for name in LONG_CONTEXT_FIELDS]
+        remove = data.pop("no_long_context", False)
+        given = [part is not None for part in parts]
+        if any(given) and not all(given):
+            self.add_error("long_context_above_tokens", "Give all three long-context values, or none.")
+        elif all(given) and remove:
+            self.add_error("no_long_context", "Either give a long-context rate or remove it, not both.")
+        elif all(given):
+            data["long_context"] = LongContext(*parts)
+        elif remove:
+            data["long_context"] = None
+        return data
+
+
+LONG_CONTEXT_FIELDS = ("long_context_above_tokens", "long_context_input_factor", "long_context_output_factor")
 
 
 STATUS_CHOICES = [("", "any"), ("ok", "ok"), ("error", "error")]

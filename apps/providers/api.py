@@ -17,6 +17,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.core.pricing import LongContext
 from apps.providers.models import MONEY, ModelAlias, Price, Provider, ProviderKind, validate_base_url
 from apps.providers.selectors import aliases_for, prices_for, providers_for
 from apps.providers.services import alias_delete, alias_set, price_set, provider_create, provider_update
@@ -122,12 +123,31 @@ class PriceSerializer(serializers.ModelSerializer):
             "cache_write_per_mtok", "batch_input_per_mtok", "batch_output_per_mtok",
             "flex_input_per_mtok", "flex_cached_input_per_mtok", "flex_output_per_mtok",
             "priority_input_per_mtok", "priority_cached_input_per_mtok", "priority_output_per_mtok",
-            "reasoning_per_mtok", "effective_from", "created_at",
+            "reasoning_per_mtok", "long_context_above_tokens", "long_context_input_factor",
+            "long_context_output_factor", "effective_from", "created_at",
         ]  # fmt: skip
 
 
 def _tier_money(tier: str) -> serializers.DecimalField:
     return _optional_money(f"All three {tier} prices or none; none: the {tier} tier bills at the standard prices")
+
+
+# A long-context multiplier, as the catalogue and the price row bound it (1 to 100, three decimals).
+FACTOR: dict[str, Any] = {"max_digits": 6, "decimal_places": 3, "min_value": Decimal(1), "max_value": Decimal(100)}
+
+
+class LongContextSerializer(serializers.Serializer):
+    above_input_tokens = serializers.IntegerField(min_value=1, max_value=100_000_000)
+    input_factor = serializers.DecimalField(
+        max_digits=6, decimal_places=3, min_value=Decimal(1), max_value=Decimal(100)
+    )
+    output_factor = serializers.DecimalField(
+        max_digits=6, decimal_places=3, min_value=Decimal(1), max_value=Decimal(100)
+    )
+
+    def to_internal_value(self, data: Any) -> LongContext:
+        checked = super().to_internal_value(data)
+        return LongContext(checked["above_input_tokens"], checked["input_factor"], checked["output_factor"])
 
 
 class PriceSetSerializer(serializers.Serializer):
@@ -146,6 +166,11 @@ class PriceSetSerializer(serializers.Serializer):
     priority_cached_input_per_mtok = _tier_money("priority")
     priority_output_per_mtok = _tier_money("priority")
     reasoning_per_mtok = _optional_money("Where reasoning is priced apart from output; default: billed as output")
+    long_context = LongContextSerializer(
+        required=False, allow_null=True,
+        help_text="A request whose prompt passes above_input_tokens is billed whole at input x input_factor and "
+        "output x output_factor. Null: none. Omitted: the model keeps its current long-context rate",
+    )  # fmt: skip
     effective_from = serializers.DateField()
 
 

@@ -188,6 +188,14 @@ class Price(models.Model):
             self.long_context_above_tokens, self.long_context_input_factor, self.long_context_output_factor
         )
 
+    def long_context_text(self) -> str:
+        """The long-context rate in words, for the prices table ("" when the model has none)."""
+        long = self.long_context()
+        if long is None:
+            return ""
+        factors = (f"{factor.normalize():f}" for factor in (long.input_factor, long.output_factor))
+        return "over {:,} input tokens: input ×{}, output ×{}".format(long.above, *factors)
+
     def row(self) -> PriceRow:
         """This price as the gateway's snapshot holds it (every tier and token class, per token)."""
         return PriceRow.per_mtok(

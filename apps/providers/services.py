@@ -19,7 +19,7 @@ from apps.core.catalog import (
     ModelEntry,
 )
 from apps.core.egress import url_origin
-from apps.core.pricing import TIER_BATCH, TIER_FLEX, TIER_PRIORITY, TIER_STANDARD
+from apps.core.pricing import TIER_BATCH, TIER_FLEX, TIER_PRIORITY, TIER_STANDARD, LongContext
 from apps.providers.models import ModelAlias, Price, Provider, ProviderKind
 from apps.tenancy.models import Organization, Project
 from costcontrol.egress import egress_check
@@ -157,6 +157,13 @@ def provider_update(
     return provider
 
 
+class KeepLongContext:
+    """``price_set``'s default for ``long_context``: keep the model's current long-context rate."""
+
+
+KEEP_LONG_CONTEXT = KeepLongContext()
+
+
 def price_set(
     *,
     provider: Provider,
@@ -174,12 +181,15 @@ def price_set(
     priority_cached_input_per_mtok: Decimal | None = None,
     priority_output_per_mtok: Decimal | None = None,
     reasoning_per_mtok: Decimal | None = None,
+    long_context: LongContext | None | KeepLongContext = KEEP_LONG_CONTEXT,
     effective_from: dt.date,
 ) -> Price:
     """Set the price of ``model`` from ``effective_from`` on; earlier ledger rows keep earlier prices.
 
     A flex or priority tier is priced with all three of its prices or none (then it bills at the standard
-    prices); reasoning left empty bills as output."""
+    prices); reasoning left empty bills as output. ``long_context``: the rate above a prompt size, None for
+    none, or (the default) the one the model's price in effect on ``effective_from`` has, so that setting
+    a model's token prices never drops its long-context rate unasked."""
     tiers = {
         "flex": (flex_input_per_mtok, flex_cached_input_per_mtok, flex_output_per_mtok),
         "priority": (priority_input_per_mtok, priority_cached_input_per_mtok, priority_output_per_mtok),
@@ -201,6 +211,16 @@ def price_set(
         (price.priority_input_per_mtok, price.priority_cached_input_per_mtok,
          price.priority_output_per_mtok) = tiers["priority"]  # fmt: skip
         price.reasoning_per_mtok = reasoning_per_mtok
+        if isinstance(long_context, KeepLongContext):
+            current = (
+                Price.objects.filter(provider=provider, model=model, effective_from__lte=effective_from)
+                .order_by("-effective_from")
+                .first()
+            )
+            long_context = current.long_context() if current is not None else None
+        price.long_context_above_tokens = long_context.above if long_context else None
+        price.long_context_input_factor = long_context.input_factor if long_context else None
+        price.long_context_output_factor = long_context.output_factor if long_context else None
         price.full_clean()
         price.save()
         audit_saved(obj=price, before=before)

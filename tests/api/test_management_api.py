@@ -20,13 +20,14 @@ from django.test import Client
 from django.utils import timezone
 
 from apps.cache.models import CacheEntry
+from apps.core.pricing import LongContext
 from apps.dashboard.models import TokenScope
 from apps.dashboard.services import api_token_rotate
 from apps.deployments.models import Deployment
 from apps.keys.models import ApiKey
 from apps.ledger.models import LedgerEntry
 from apps.policy.build import build_snapshot
-from apps.providers.models import Provider
+from apps.providers.models import Price, Provider
 from apps.providers.services import provider_create
 from apps.reports.models import ExportJob, ExportStatus
 from apps.reports.services import export_job_run
@@ -274,6 +275,47 @@ def test_provider_secrets_are_write_only_and_urls_masked_for_non_owners(people: 
     assert garbage.status_code == 400 and {"name", "kind", "base_url"} <= set(error(garbage)["fields"])
     assert call(api(people.finance), "PATCH", f"/api/providers/{provider.pk}/", {"name": "x"}).status_code == 403
     assert call(api(people.outsider), "PATCH", f"/api/providers/{provider.pk}/", {"name": "x"}).status_code == 404
+
+
+def test_a_price_set_through_the_api_keeps_sets_or_removes_the_long_context_rate(people: People) -> None:
+    """Setting a model's token prices keeps its long-context rate unless the body says otherwise: before,
+    a new price row through the API silently dropped it (a request past 272K input tokens then billed at the
+    standard rate)."""
+    owner, provider = api(people.owner), people.tenant.provider
+    seeded = Price.objects.get(provider=provider, model="gpt-5.4").long_context()
+    assert seeded is not None
+    base = {"provider": provider.pk, "model": "gpt-5.4", "input_per_mtok": "3", "output_per_mtok": "16"}
+
+    kept = call(owner, "POST", "/api/prices/", {**base, "effective_from": "2031-01-01"})
+    assert kept.status_code == 201 and kept.json()["long_context_above_tokens"] == seeded.above
+    rule = {"above_input_tokens": 300_000, "input_factor": "2.5", "output_factor": "1.25"}
+    changed = call(owner, "POST", "/api/prices/", {**base, "long_context": rule, "effective_from": "2031-02-01"})
+    assert changed.status_code == 201
+    assert (changed.json()["long_context_above_tokens"], changed.json()["long_context_output_factor"]) == (
+        300_000, "1.250",
+    )  # fmt: skip
+    row = Price.objects.get(provider=provider, model="gpt-5.4", effective_from=dt.date(2031, 2, 1))
+    assert row.long_context() == LongContext(300_000, Decimal("2.5"), Decimal("1.25"))
+    removed = call(owner, "POST", "/api/prices/", {**base, "long_context": None, "effective_from": "2031-03-01"})
+    assert removed.status_code == 201 and removed.json()["long_context_above_tokens"] is None
+    for garbage in (
+        {"above_input_tokens": 300_000, "input_factor": "2"},
+        {"above_input_tokens": 0, "input_factor": "2", "output_factor": "1.5"},
+        {"above_input_tokens": 300_000, "input_factor": "0.5", "output_factor": "1"},
+        {"above_input_tokens": 300_000, "input_factor": "NaN", "output_factor": "1"},
+        {"above_input_tokens": "lots", "input_factor": "2", "output_factor": "1"},
+        "x2",
+    ):
+        body = {**base, "long_context": garbage, "effective_from": "2031-04-01"}
+        refused = call(owner, "POST", "/api/prices/", body)
+        fields = error(refused)["fields"] if refused.status_code == 400 else {}
+        assert any(name.startswith("long_context") for name in fields), garbage
+    assert not Price.objects.filter(provider=provider, model="gpt-5.4", effective_from=dt.date(2031, 4, 1)).exists()
+    other = {**base, "provider": people.other.provider.pk, "long_context": rule, "effective_from": "2031-05-01"}
+    assert call(owner, "POST", "/api/prices/", other).status_code == 400  # another organisation's provider
+    assert (
+        call(api(people.finance), "POST", "/api/prices/", {**base, "effective_from": "2031-06-01"}).status_code == 403
+    )
 
 
 def test_prices_and_aliases(people: People) -> None:

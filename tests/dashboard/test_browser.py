@@ -250,3 +250,18 @@ def test_main_pages_run_under_the_content_security_policy(page: Any, live_server
     page.locator("button", has_text="Revoke").first.click()
     assert asked and asked[0].startswith("Revoke cc_live_")
     assert not violations, violations
+
+
+def test_the_prices_table_shows_each_models_long_context_rate_and_fits_the_screen(page: Any, live_server: Any) -> None:
+    base = live_server.url
+    people = people_make()
+    _log_in(page, base, people)
+    page.goto(f"{base}/orgs/{people.tenant.org.slug}/providers/")
+    table = page.locator(f"#provider-{people.tenant.provider.pk} table.data")
+    row = table.locator("tr", has=page.locator("code", has_text="gpt-5.4")).first
+    assert "over 272,000 input tokens: input ×2, output ×1.5" in row.inner_text()
+    assert "none" in table.locator("tr", has=page.locator("code", has_text="gpt-4o-mini")).first.inner_text()
+    assert page.viewport_size["width"] == 1440
+    fits = "(t) => t.parentElement.scrollWidth <= t.parentElement.clientWidth"
+    assert table.evaluate(fits), "the prices table needs a sideways scroll at 1440 px"
+    shot(page, "providers")

@@ -9,11 +9,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.http import HttpResponse
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from apps.core.apikeys import hash_key
+from apps.core.pricing import LongContext
 from apps.keys.models import ApiKey
 from apps.keys.services import key_issue
 from apps.ledger.services import rollups_refresh
@@ -397,6 +399,42 @@ def test_the_price_form_sets_tier_and_reasoning_prices_all_of_a_tier_or_none(cli
     priority = row.tier_rates()["priority"]
     assert (priority.input, priority.cached_input, priority.output) == (Decimal("2"), Decimal("0.5"), Decimal("8"))
     assert row.reasoning_per_mtok == Decimal("5") and "flex" not in row.tier_rates()
+
+
+def test_the_price_form_keeps_sets_or_removes_a_models_long_context_rate(client: Client, people: People) -> None:
+    login(client, people.owner)
+    provider = people.tenant.provider
+    url = reverse("dashboard:price-new", kwargs={"org_slug": people.tenant.org.slug, "pk": provider.pk})
+    prefix = f"p{provider.pk}-"
+    seeded = Price.objects.get(provider=provider, model="gpt-5.4").long_context()
+    assert seeded is not None
+
+    def post(day: str, **extra: str) -> HttpResponse:
+        fields = {"model": "gpt-5.4", "input_per_mtok": "3", "output_per_mtok": "16", "effective_from": day, **extra}
+        return client.post(url, {prefix + name: value for name, value in fields.items()})
+
+    def rate(day: str) -> LongContext | None:
+        when = dt.date.fromisoformat(day)
+        return Price.objects.get(provider=provider, model="gpt-5.4", effective_from=when).long_context()
+
+    assert post("2030-01-01").status_code == 302 and rate("2030-01-01") == seeded  # left blank: kept
+    rule = {
+        "long_context_above_tokens": "300000", "long_context_input_factor": "2.5", "long_context_output_factor": "1.25"
+    }  # fmt: skip
+    assert post("2030-02-01", **rule).status_code == 302
+    assert rate("2030-02-01") == LongContext(300_000, Decimal("2.5"), Decimal("1.25"))
+    assert post("2030-03-01", no_long_context="on").status_code == 302 and rate("2030-03-01") is None
+    page = client.get(reverse("dashboard:providers", kwargs={"org_slug": people.tenant.org.slug})).content.decode()
+    assert "over 300,000 input tokens: input ×2.5, output ×1.25" in page
+    for garbage, message in (
+        ({"long_context_above_tokens": "300000"}, "Give all three long-context values"),
+        ({**rule, "long_context_input_factor": "0.5"}, "greater than or equal to 1"),
+        ({**rule, "long_context_above_tokens": "lots"}, "Enter a whole number"),
+        ({**rule, "no_long_context": "on"}, "not both"),
+    ):
+        refused = post("2030-04-01", **garbage)
+        assert refused.status_code == 200 and message in refused.content.decode(), garbage
+    assert not Price.objects.filter(provider=provider, model="gpt-5.4", effective_from=dt.date(2030, 4, 1)).exists()
 
 
 def test_providers_page_query_count_bounded(client: Client, people: People, django_assert_max_num_queries) -> None:  # type: ignore[no-untyped-def]
