@@ -10,11 +10,15 @@ the same client through the gateway against the simulator.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ipaddress
 import os
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -426,3 +430,69 @@ def test_a_slow_reader_pauses_the_provider_and_still_gets_every_byte() -> None:
     body, paused = run(scenario)
     assert body == b"".join(pieces)
     assert paused, "reading was never paused for the slow reader"
+
+
+# --- TLS ----------------------------------------------------------------------------------------------
+
+
+def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that no public authority signed (its key beside it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "costcontrol test upstream")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+def test_https_checks_the_providers_certificate(tmp_path: Path) -> None:
+    """An https provider whose certificate no trusted authority signed is refused; once its authority is
+    trusted, the same provider answers over TLS (certificate and host checked, SNI sent)."""
+    cert, key = _self_signed(tmp_path)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+
+    async def scenario() -> tuple[BaseException | None, Any]:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+                writer.write(ok(b'{"over":"tls"}'))
+                await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=served)
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+        try:
+            refused: BaseException | None = None
+            try:
+                await UpstreamHttp(LOOPBACK, connect_timeout=2).post(url, HEADERS, b"{}", limit=1000, read_timeout=2)
+            except aiohttp.ClientConnectionError as exc:
+                refused = exc
+            trusting = UpstreamHttp(LOOPBACK, connect_timeout=2)
+            trusting._tls.load_verify_locations(cafile=str(cert))
+            return refused, await trusting.post(url, HEADERS, b"{}", limit=1000, read_timeout=2)
+        finally:
+            server.close()
+
+    refused, answer = run(scenario)
+    assert refused is not None and "certificate" in str(refused).lower()
+    assert (answer.status, answer.body) == (200, b'{"over":"tls"}')
