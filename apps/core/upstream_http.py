@@ -44,6 +44,9 @@ KEEPALIVE_SECONDS = 60.0
 # A stream's unread body past this many bytes pauses reading from the provider (the app is slower).
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+# How long a host's checked addresses serve new connections before it is resolved (and checked) again,
+# as aiohttp's DNS cache did: a burst of new connections to a named provider pays one lookup, not one each.
+ADDRESSES_TTL_SECONDS = 60.0
 # Characters a request target may carry as they are; anything else is percent-encoded.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
 _FORBIDDEN = ("\r", "\n", "\x00")
@@ -323,6 +326,10 @@ class UpstreamHttp:
         self._connect_timeout = connect_timeout
         self._idle: dict[_Origin, deque[_Connection]] = {}
         self._origins: dict[str, tuple[_Origin, bytes]] = {}  # URL -> (origin, request target)
+        # (host, port) -> (loop time until which they serve, the addresses the egress policy checked)
+        self._addresses: dict[tuple[str, int], tuple[float, list[str]]] = {}
+        self.addresses_ttl = ADDRESSES_TTL_SECONDS
+        self._resolving: dict[tuple[str, int], asyncio.Future[list[str]]] = {}
         # Made now, at start-up: loading the CA bundle blocks for some milliseconds, never on a request.
         self._tls = ssl.create_default_context()
 
@@ -446,11 +453,7 @@ class UpstreamHttp:
 
     async def _connect(self, origin: _Origin, within: float) -> _Connection:
         loop = asyncio.get_running_loop()
-        try:
-            # Blocking getaddrinfo, off the loop; new connections are rare with keep-alive.
-            addresses = await loop.run_in_executor(None, self._policy.resolve, origin.host, origin.port)
-        except EgressRefused as exc:
-            raise aiohttp.ClientConnectionError(str(exc)) from None
+        addresses = await self._checked_addresses(origin, loop)
         tls = self._tls if origin.scheme == "https" else None
         error: BaseException | None = None
         for address in addresses:
@@ -468,6 +471,27 @@ class UpstreamHttp:
             except (OSError, ssl.SSLError) as exc:
                 error = aiohttp.ClientConnectionError(f"cannot connect to {origin.host}:{origin.port}: {exc}")
         raise error or aiohttp.ClientConnectionError(f"no address to connect to for {origin.host}")
+
+    async def _checked_addresses(self, origin: _Origin, loop: asyncio.AbstractEventLoop) -> list[str]:
+        """The addresses the egress policy resolved and admitted for ``origin`` (kept ``addresses_ttl``
+        seconds; a refusal is not kept, so it is asked again next time)."""
+        key = (origin.host, origin.port)
+        kept = self._addresses.get(key)
+        if kept is not None and kept[0] > loop.time():
+            return kept[1]
+        # Connections opened together share one lookup (blocking getaddrinfo, off the loop).
+        lookup = self._resolving.get(key)
+        if lookup is None:
+            lookup = self._resolving[key] = loop.run_in_executor(None, self._policy.resolve, origin.host, origin.port)
+            lookup.add_done_callback(lambda _done: self._resolving.pop(key, None))
+        try:
+            addresses = await asyncio.shield(lookup)  # one waiter cancelled must not cancel the others' lookup
+        except EgressRefused as exc:
+            raise aiohttp.ClientConnectionError(str(exc)) from None
+        if len(self._addresses) >= 10_000:  # hosts are per provider; a bound all the same
+            self._addresses.clear()
+        self._addresses[key] = (loop.time() + self.addresses_ttl, addresses)
+        return addresses
 
     def close(self) -> None:
         for idle in self._idle.values():

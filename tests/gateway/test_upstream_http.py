@@ -259,6 +259,46 @@ def test_the_egress_policy_decides_where_a_new_connection_may_go() -> None:
     assert upstream.connections == 0, "the refused address was never connected to"
 
 
+class CountingPolicy(EgressPolicy):
+    """The real policy, counting how often it is asked to resolve (what a new connection costs)."""
+
+    def __init__(self, allow: list[str]) -> None:
+        super().__init__(allow)
+        self.resolved = 0
+
+    def resolve(self, host: str, port: int) -> list[str]:
+        self.resolved += 1
+        return super().resolve(host, port)
+
+
+def test_checked_addresses_serve_a_burst_of_new_connections_until_they_expire_and_refusals_are_not_kept() -> None:
+    async def scenario() -> tuple[int, int, int, int]:
+        policy = CountingPolicy(["127.0.0.1"])
+        client = UpstreamHttp(policy, connect_timeout=2)
+        async with raw_upstream(lambda _r, _n: ok(b"{}")) as upstream:
+            # Eight at once: eight new connections, one resolution.
+            await asyncio.gather(
+                *(client.post(upstream.url, HEADERS, b"{}", limit=100, read_timeout=2) for _ in range(8))
+            )
+            burst, connections = policy.resolved, upstream.connections
+            client.close()  # no pooled connection left: the next request connects again
+            client.addresses_ttl = 0.0
+            client._addresses = {key: (0.0, kept) for key, (_until, kept) in client._addresses.items()}
+            await client.post(upstream.url, HEADERS, b"{}", limit=100, read_timeout=2)
+            after_expiry = policy.resolved
+        refusing = CountingPolicy([])  # loopback not admitted
+        strict = UpstreamHttp(refusing, connect_timeout=2)
+        for _ in range(2):
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await strict.post(upstream.url, HEADERS, b"{}", limit=100, read_timeout=2)
+        return burst, connections, after_expiry, refusing.resolved
+
+    burst, connections, after_expiry, refusals = run(scenario)
+    assert connections == 8 and burst == 1
+    assert after_expiry == 2, "expired addresses are resolved and checked again"
+    assert refusals == 2, "a refusal is asked again, never kept"
+
+
 @settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "60")), deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
