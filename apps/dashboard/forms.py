@@ -13,8 +13,8 @@ from django.utils import timezone
 from apps.core.pricing import LongContext
 from apps.dashboard.models import TokenScope
 from apps.ledger.selectors import GROUP_BY_LABELS, LedgerFilters
+from apps.providers.models import FACTOR, FACTOR_BOUNDS, DecimalSpec, Provider, ProviderKind, validate_base_url
 from apps.providers.models import MONEY as PRICE_MONEY
-from apps.providers.models import DecimalSpec, Provider, ProviderKind, validate_base_url
 from apps.tenancy.models import Project, Team
 from costcontrol.forms import DateInput, form_field
 
@@ -178,10 +178,10 @@ class PriceForm(forms.Form):
         help_text="Input tokens past which a request is billed whole at the factors below",
     )  # fmt: skip
     long_context_input_factor = forms.DecimalField(
-        label="Long-context input ×", required=False, min_value=1, max_value=100, max_digits=6, decimal_places=3
+        label="Long-context input ×", required=False, **FACTOR, **FACTOR_BOUNDS
     )
     long_context_output_factor = forms.DecimalField(
-        label="Long-context output ×", required=False, min_value=1, max_value=100, max_digits=6, decimal_places=3,
+        label="Long-context output ×", required=False, **FACTOR, **FACTOR_BOUNDS,
         help_text="All three long-context values, or none to keep the model's current long-context rate",
     )  # fmt: skip
     no_long_context = forms.BooleanField(

@@ -18,7 +18,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from apps.core.pricing import LongContext
-from apps.providers.models import MONEY, ModelAlias, Price, Provider, ProviderKind, validate_base_url
+from apps.providers.models import (
+    FACTOR,
+    FACTOR_BOUNDS,
+    MONEY,
+    ModelAlias,
+    Price,
+    Provider,
+    ProviderKind,
+    validate_base_url,
+)
 from apps.providers.selectors import aliases_for, prices_for, providers_for
 from apps.providers.services import alias_delete, alias_set, price_set, provider_create, provider_update
 from apps.tenancy.drf import VisibleRelated, writes_need
@@ -132,18 +141,10 @@ def _tier_money(tier: str) -> serializers.DecimalField:
     return _optional_money(f"All three {tier} prices or none; none: the {tier} tier bills at the standard prices")
 
 
-# A long-context multiplier, as the catalogue and the price row bound it (1 to 100, three decimals).
-FACTOR: dict[str, Any] = {"max_digits": 6, "decimal_places": 3, "min_value": Decimal(1), "max_value": Decimal(100)}
-
-
 class LongContextSerializer(serializers.Serializer):
     above_input_tokens = serializers.IntegerField(min_value=1, max_value=100_000_000)
-    input_factor = serializers.DecimalField(
-        max_digits=6, decimal_places=3, min_value=Decimal(1), max_value=Decimal(100)
-    )
-    output_factor = serializers.DecimalField(
-        max_digits=6, decimal_places=3, min_value=Decimal(1), max_value=Decimal(100)
-    )
+    input_factor = serializers.DecimalField(**FACTOR, **FACTOR_BOUNDS)
+    output_factor = serializers.DecimalField(**FACTOR, **FACTOR_BOUNDS)
 
     def to_internal_value(self, data: Any) -> LongContext:
         checked = super().to_internal_value(data)

@@ -94,7 +94,15 @@ class DecimalSpec(TypedDict):
     decimal_places: int
 
 
+class FactorBounds(TypedDict):
+    min_value: Decimal
+    max_value: Decimal
+
+
 MONEY: DecimalSpec = {"max_digits": 14, "decimal_places": 6}
+# A long-context multiplier's column; what the form and the API accept is bounded as the catalogue bounds it.
+FACTOR: DecimalSpec = {"max_digits": 6, "decimal_places": 3}
+FACTOR_BOUNDS: FactorBounds = {"min_value": Decimal(1), "max_value": Decimal(100)}
 
 
 class Price(models.Model):
@@ -123,8 +131,8 @@ class Price(models.Model):
     # ``long_context_above_tokens`` tokens is billed whole at input x input factor, output x output factor.
     # Empty: the model has none.
     long_context_above_tokens = models.PositiveIntegerField(null=True, blank=True)
-    long_context_input_factor = models.DecimalField(max_digits=6, decimal_places=3, null=True, blank=True)
-    long_context_output_factor = models.DecimalField(max_digits=6, decimal_places=3, null=True, blank=True)
+    long_context_input_factor = models.DecimalField(**FACTOR, null=True, blank=True)
+    long_context_output_factor = models.DecimalField(**FACTOR, null=True, blank=True)
     effective_from = models.DateField()
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -212,11 +212,7 @@ def price_set(
          price.priority_output_per_mtok) = tiers["priority"]  # fmt: skip
         price.reasoning_per_mtok = reasoning_per_mtok
         if isinstance(long_context, KeepLongContext):
-            current = (
-                Price.objects.filter(provider=provider, model=model, effective_from__lte=effective_from)
-                .order_by("-effective_from")
-                .first()
-            )
+            current = prices_in_effect(provider=provider, on=effective_from, models=[model]).get(model)
             long_context = current.long_context() if current is not None else None
         price.long_context_above_tokens = long_context.above if long_context else None
         price.long_context_input_factor = long_context.input_factor if long_context else None
@@ -267,14 +263,23 @@ PRICE_COLUMNS = (
 )  # fmt: skip
 
 
+def prices_in_effect(*, provider: Provider, on: dt.date, models: list[str] | None = None) -> dict[str, Price]:
+    """``provider``'s price row in effect on ``on`` for each model it prices (only ``models``, if given)."""
+    prices = Price.objects.filter(provider=provider, effective_from__lte=on)
+    if models is not None:
+        prices = prices.filter(model__in=models)
+    current: dict[str, Price] = {}
+    for price in prices.order_by("model", "-effective_from"):
+        current.setdefault(price.model, price)
+    return current
+
+
 def prices_diff(
     *, provider: Provider, catalog: dict[str, ModelEntry], on: dt.date
 ) -> list[tuple[str, str, dict[str, tuple[PriceValue, PriceValue]]]]:
     """What applying ``catalog`` would change for ``provider``: (model, "new" | "changed", {column: (now, then)})
     for each model whose prices differ from the row in effect on ``on``; unchanged models are left out."""
-    current: dict[str, Price] = {}
-    for price in Price.objects.filter(provider=provider, effective_from__lte=on).order_by("model", "-effective_from"):
-        current.setdefault(price.model, price)
+    current = prices_in_effect(provider=provider, on=on)
     changes: list[tuple[str, str, dict[str, tuple[PriceValue, PriceValue]]]] = []
     for model, entry in sorted(catalog.items()):
         wanted = price_columns(entry)

@@ -24,8 +24,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from apps.audit.context import audited_command
 from apps.core.catalog import CatalogError, ModelEntry, parse_catalog
-from apps.providers.models import Price, Provider, ProviderKind
-from apps.providers.services import prices_diff, prices_sync
+from apps.providers.models import Provider, ProviderKind
+from apps.providers.services import prices_diff, prices_in_effect, prices_sync
 
 LONG_CONTEXT_CSV = {
     "long_context_above": "above_input_tokens",
@@ -85,12 +85,8 @@ def keeping_long_context(provider: Provider, catalog: dict[str, ModelEntry], on:
     """``catalog`` with each model's long-context rate as ``provider``'s price in effect ``on`` has it (for a
     file that does not speak of those rates: applying it must not drop them)."""
     kept = dict(catalog)
-    seen: set[str] = set()
-    prices = Price.objects.filter(provider=provider, model__in=list(catalog), effective_from__lte=on)
-    for price in prices.order_by("model", "-effective_from"):
-        if price.model not in seen:
-            seen.add(price.model)
-            kept[price.model] = dataclasses.replace(catalog[price.model], long_context=price.long_context())
+    for model, price in prices_in_effect(provider=provider, on=on, models=list(catalog)).items():
+        kept[model] = dataclasses.replace(catalog[model], long_context=price.long_context())
     return kept
 
 
