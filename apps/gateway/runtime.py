@@ -104,9 +104,10 @@ class Runtime:
         redis = redis_clients.async_client(settings.REDIS_URL, max_connections=512)
         # A cluster client reads its slot map here: its pub/sub (policy, breakers) needs it to subscribe.
         await redis.initialize()
-        # Every upstream URL is tenant-set: connect only to addresses the egress policy admits.
+        # Every upstream URL is tenant-set: both HTTP clients connect only to addresses this policy admits.
+        egress = egress_policy()
         http = aiohttp.ClientSession(
-            connector=EgressConnector(egress_policy(), limit=0, keepalive_timeout=60, ttl_dns_cache=300),
+            connector=EgressConnector(egress, limit=0, keepalive_timeout=60, ttl_dns_cache=300),
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 connect=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS,
@@ -174,7 +175,7 @@ class Runtime:
             redis=redis,
             fast_redis=fast_redis,
             http=http,
-            upstream=UpstreamHttp(egress_policy(), connect_timeout=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS),
+            upstream=UpstreamHttp(egress, connect_timeout=settings.GATEWAY_UPSTREAM_CONNECT_TIMEOUT_SECONDS),
             limiter=limiter,
             ledger=ledger,
             shadow_writer=shadow_writer,

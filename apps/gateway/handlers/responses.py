@@ -345,8 +345,7 @@ async def _stored_answer(rt: Runtime, scope: Scope, call: Call, response_id: str
                 scope["method"], url, upstream.upstream_headers(provider), limit=limit,
                 read_timeout=provider.timeout.sock_read, connect_timeout=provider.timeout.connect,
             )  # fmt: skip
-        if 300 <= reply.status < 400:
-            raise upstream.UpstreamRedirect(f"it answered {reply.status} (a redirect)")
+        upstream.refuse_redirect(reply.status)
         body, status = reply.body, reply.status
     except BodyTooLarge:
         raise upstream.UpstreamTooLarge(limit).error from None

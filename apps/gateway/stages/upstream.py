@@ -245,11 +245,12 @@ async def _exchange(
         raise UpstreamTooLarge(limit) from None
     if isinstance(reply, UpstreamStream):
         return Answer(target, 200, b"", None, reply)
-    _refuse_redirect(reply.status)
+    refuse_redirect(reply.status)
     return Answer(target, reply.status, reply.body, reply.retry_after)
 
 
-def _refuse_redirect(status: int) -> None:
+def refuse_redirect(status: int) -> None:
+    """A 3xx from a provider is an error, never followed (the URL is tenant-set; it could point inward)."""
     if 300 <= status < 400:
         raise UpstreamRedirect(f"it answered {status} (a redirect), and redirects are not followed")
 
