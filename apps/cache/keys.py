@@ -42,17 +42,27 @@ SYSTEM_ROLES = frozenset({"system", "developer"})
 # tokens (~1,000 characters of English); the trace is kept well under that so
 # the question itself is never pushed out of the window by its context.
 TRACE_CHARS = 400
+# The integers orjson can write. A whole float outside them (``1e300``) stays a float in a key: made an int
+# it could not be encoded, and the request failed (a 500) instead of getting a key.
+JSON_INT_MIN, JSON_INT_END = -(2**63), 2**64
 TURN_CHARS = 160
 
 
 def _canonical(value: Any) -> Any:
-    """The value with whole floats as ints (``1.0`` -> ``1``) and null dict entries dropped, recursively."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
+    """The value with whole floats as ints (``1.0`` -> ``1``) and null dict entries dropped, recursively.
+
+    Exact type checks, most common first: the values are what orjson parsed (no subclasses), and this runs
+    on every chat request (``note_replay``), where the chain of ``isinstance`` calls cost more than the work.
+    """
+    kind = type(value)
+    if kind is str or kind is int or kind is bool:
+        return value
+    if kind is dict:
         return {k: _canonical(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
+    if kind is list:
         return [_canonical(v) for v in value]
+    if kind is float and value.is_integer() and JSON_INT_MIN <= value < JSON_INT_END:
+        return int(value)
     return value
 
 
@@ -70,12 +80,16 @@ def _normalise_content(content: Any) -> Any:
 
 
 def _normalise_message(message: Any) -> Any:
-    if not isinstance(message, dict):
+    """The message with its content normalised, then canonical (null fields dropped); one pass."""
+    if type(message) is not dict:
         return message
-    normalised = dict(message)
-    if "content" in normalised:
-        normalised["content"] = _normalise_content(normalised["content"])
-    return _canonical(normalised)
+    normalised = {}
+    for name, value in message.items():
+        if name == "content":
+            value = _normalise_content(value)
+        if value is not None:
+            normalised[name] = value if type(value) is str else _canonical(value)
+    return normalised
 
 
 def _parameters(payload: dict[str, Any]) -> dict[str, Any]:

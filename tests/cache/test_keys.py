@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from apps.cache.keys import TRACE_CHARS, compatibility_fingerprint, exact_key, semantic_text
+from apps.cache.keys import DELIVERY_ONLY, TRACE_CHARS, compatibility_fingerprint, exact_key, semantic_text
 
 
 def request(**overrides: Any) -> dict[str, Any]:
@@ -28,6 +32,73 @@ def with_messages(*contents: tuple[str, Any]) -> dict[str, Any]:
 
 
 # ---- exact_key ---------------------------------------------------------------------------------
+
+
+def _reference_canonical(value: Any) -> Any:
+    # The key's definition as first written (isinstance chains, two passes a message): the fast code in
+    # apps.cache.keys must give the same digest, or keys written before it stop matching the ledger's.
+    # The one change since: a whole float past orjson's integers stays a float (it used to raise).
+    if isinstance(value, float) and value.is_integer() and -(2**63) <= value < 2**64:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _reference_canonical(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_reference_canonical(v) for v in value]
+    return value
+
+
+def _reference_key(payload: dict[str, Any]) -> str:
+    def content(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.strip()
+        if isinstance(value, list):
+            return [
+                {**p, "text": p["text"].strip()} if isinstance(p, dict) and isinstance(p.get("text"), str) else p
+                for p in value
+            ]
+        return value
+
+    def message(value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        normalised = dict(value)
+        if "content" in normalised:
+            normalised["content"] = content(normalised["content"])
+        return _reference_canonical(normalised)
+
+    params = {k: v for k, v in payload.items() if k != "messages" and k not in DELIVERY_ONLY}
+    if params.get("n") == 1:
+        del params["n"]
+    value = {"messages": [message(m) for m in payload.get("messages", [])], "parameters": _reference_canonical(params)}
+    return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=20,
+)
+_message = st.dictionaries(
+    st.sampled_from(["role", "content", "name", "tool_calls", "x"]),
+    _json | st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=12)}), max_size=3),
+    max_size=4,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    messages=st.lists(_message | _json, max_size=4),
+    parameters=st.dictionaries(st.sampled_from(["model", "temperature", "n", "stream", "tools", "seed"]), _json),
+)
+def test_exact_key_is_the_digest_it_always_was(messages: list[Any], parameters: dict[str, Any]) -> None:
+    payload = {**parameters, "messages": messages}
+    # Through JSON, as the gateway gets it (orjson's types, floats as they round-trip).
+    payload = orjson.loads(orjson.dumps(payload))
+    assert exact_key(payload) == _reference_key(payload)
 
 
 @pytest.mark.parametrize(
@@ -117,6 +188,18 @@ def test_exact_key_does_not_mutate_the_payload() -> None:
     compatibility_fingerprint(payload)
     semantic_text(payload["messages"])
     assert payload == before
+
+
+@pytest.mark.parametrize("value", [1e300, -1e300, 2.0**64, -(2.0**63) * 2, 1.2345678901234568e29])
+def test_a_whole_float_too_big_for_an_integer_still_gets_a_key(value: float) -> None:
+    # Sent as 1e300 (or as a 30-digit integer, which JSON parsing makes this float), it failed the request.
+    keys = {
+        exact_key(request(seed=value)),
+        exact_key(request(temperature=value)),
+        compatibility_fingerprint(request(x=value)),
+    }
+    assert len(keys) == 3 and all(len(key) == 64 for key in keys)
+    assert exact_key(request(seed=value)) != exact_key(request(seed=1))
 
 
 def test_exact_key_is_sha256_hex() -> None:

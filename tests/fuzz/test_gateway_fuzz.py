@@ -92,6 +92,8 @@ body = st.fixed_dictionaries(
         "user": st.text(max_size=30) | json_value,
         "temperature": json_value,
         "logprobs": json_value,
+        # Any other field is forwarded as sent, and keyed for the ledger (1e300 once failed that).
+        "seed": edge_numbers | json_value,
         # The Responses API's own fields (input is above).
         "instructions": st.text(max_size=30) | json_value,
         "max_output_tokens": edge_numbers | json_value,

@@ -112,6 +112,22 @@ def test_a_prompt_nested_500_deep_is_a_400(client: openai.OpenAI) -> None:
     assert refused.value.param == "prompt"
 
 
+def test_a_whole_number_past_64_bits_is_answered_not_a_500(gateway: str, client: openai.OpenAI, tenant: Tenant) -> None:
+    """The request's key for the ledger made 1e300 an integer no JSON encoder writes: every such request got a 500."""
+    answer = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=HELLO, seed=10**30, temperature=1e300, extra_body={"x_unknown": -1e300}
+    )
+    assert answer.http_response.status_code == 200
+    assert ledger_row(answer.headers["x-request-id"]).status_code == 200
+    # A 30-digit integer as sent: JSON parsing makes it that float.
+    status, _headers, body = raw_post(
+        gateway, tenant.key.plaintext, "/chat/completions",
+        b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "seed": ' + b"1" * 30 + b"}",
+        {},
+    )  # fmt: skip
+    assert status == 200 and body["object"] == "chat.completion"
+
+
 # (A directive's value ends at the first "]]": "[1] " is the array [1].)
 @pytest.mark.parametrize("value", ['"x"', "-5", "[1] ", '{"prompt_tokens": "12", "completion_tokens": -4}', "1e30"])
 @pytest.mark.parametrize("stream", [False, True])
