@@ -126,6 +126,14 @@ def render() -> bytes:
     return generate_latest(registry())
 
 
+async def render_here() -> bytes:
+    """The page, once this process's gateway tallies are handed over (on the event loop that keeps them)."""
+    from apps.gateway.metrics import flush_all
+
+    flush_all()
+    return await sync_to_async(render, thread_sensitive=True)()
+
+
 def public_allowed(scope: dict[str, Any]) -> bool:
     """May this request read /metrics on the public port? (A 404 otherwise: the page names every tenant.)"""
     if settings.METRICS_PORT:
@@ -146,7 +154,7 @@ async def metrics_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["method"] not in ("GET", "HEAD"):
         await _send(send, 405, b"Method not allowed.\n", "text/plain; charset=utf-8")
         return
-    body = await sync_to_async(render, thread_sensitive=True)()
+    body = await render_here()
     await _send(send, 200, body, CONTENT_TYPE_LATEST)
 
 
@@ -174,7 +182,7 @@ class MetricsServer:
             await self._runner.cleanup()
 
     async def _metrics(self, _request: web.Request) -> web.Response:
-        body = await sync_to_async(render, thread_sensitive=True)()
+        body = await render_here()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -170,6 +170,8 @@ class Runtime:
         trials.start()
         policy = PolicyStore(redis, prefix, build_snapshot, poll_seconds=settings.GATEWAY_POLICY_POLL_SECONDS)
         await policy.start()
+        metrics = GatewayMetrics()
+        metrics.start()
         return cls(
             limits=limits,
             redis=redis,
@@ -187,7 +189,7 @@ class Runtime:
             trials=trials,
             policy=policy,
             in_flight=Counter(),
-            metrics=GatewayMetrics(),
+            metrics=metrics,
         )
 
     async def close(self) -> None:
@@ -201,6 +203,7 @@ class Runtime:
         await self.breakers.stop()
         await self.limiter.stop()
         await self.ledger.stop()
+        await self.metrics.stop()
         await self.http.close()
         self.upstream.close()
         await self.cache.close()

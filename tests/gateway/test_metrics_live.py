@@ -105,6 +105,16 @@ def test_counters_move_after_sdk_traffic_summed_over_two_workers(
     with pytest.raises(openai.AuthenticationError):
         sdk(url, "cc_live_notakey").chat.completions.create(model="gpt-4o-mini", messages=HELLO)
 
+    # Each worker hands its tallies to the shared files within a second (apps/gateway/metrics.py).
+    ok = dict(endpoint="chat.completions", status="200", project=slug, model="gpt-4o-mini")
+    live.wait_until(
+        lambda: (
+            total(scrape(metrics_url), "costcontrol_gateway_requests_total", **ok)
+            - total(before, "costcontrol_gateway_requests_total", **ok)
+            == answered
+        ),
+        timeout=5,
+    )
     # Any worker's page counts every worker's requests: scrape a few times, landing on either.
     for _ in range(4):
         after = scrape(metrics_url)
