@@ -95,11 +95,16 @@ def token_cost(
     passes multiplies every input-side rate by its input factor and every output-side rate by its
     output factor.
     """
+    no_reasoning_rate = reasoning_rate is None or not reasoning_tokens
+    if not cached_tokens and not cache_write_tokens and long_context is None and no_reasoning_rate:
+        # Most answers: no cache read or write, no reasoning rate, no long-context rule. The same sum as
+        # below without its terms of zero (each a Decimal multiply and add, on every request).
+        return prompt_tokens * input_rate + completion_tokens * output_rate
     written = min(cache_write_tokens, max(prompt_tokens - cached_tokens, 0))
     uncached = max(prompt_tokens - cached_tokens - written, 0)
     write_rate = input_rate if cache_write_rate is None else cache_write_rate
     cost = uncached * input_rate + cached_tokens * cached_input_rate + written * write_rate
-    if reasoning_rate is None or not reasoning_tokens:
+    if no_reasoning_rate:
         output = completion_tokens * output_rate
     else:
         reasoning = min(reasoning_tokens, completion_tokens)
@@ -140,6 +145,11 @@ class PriceRow:
     reasoning: Decimal | None = None
     tiers: Mapping[str, TierRates] = field(default_factory=dict)
     long_context: LongContext | None = None
+    # The standard tier's rates as one value, made once: ``rates`` is asked for them on every request.
+    standard: TierRates = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "standard", TierRates(self.input, self.cached_input, self.output))
 
     @classmethod
     def per_mtok(
@@ -168,7 +178,7 @@ class PriceRow:
     def rates(self, tier: str = TIER_STANDARD) -> TierRates:
         """The rates of ``tier``: its own where the provider prices it, else the standard ones."""
         rates = self.tiers.get(tier) if tier != TIER_STANDARD else None
-        return rates if rates is not None else TierRates(self.input, self.cached_input, self.output)
+        return rates if rates is not None else self.standard
 
     def cost(
         self,

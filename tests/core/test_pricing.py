@@ -33,6 +33,26 @@ def test_cached_tokens_past_the_prompt_are_not_billed_twice() -> None:
     assert cost == Decimal(25)  # 50 cached at 0.5; the uncached part is 0, not -40
 
 
+@given(RATES, RATES, RATES, RATES, COUNTS, COUNTS, COUNTS, st.none() | RATES)
+def test_an_answer_without_cache_or_reasoning_rate_takes_the_short_sum_to_the_same_amount(
+    inp: Decimal, cached: Decimal, out: Decimal, write: Decimal, prompt: int, completion: int, reasoning: int,
+    reasoning_rate: Decimal | None,
+) -> None:  # fmt: skip
+    rates = {"input_rate": inp, "cached_input_rate": cached, "output_rate": out, "cache_write_rate": write,
+             "reasoning_rate": reasoning_rate}  # fmt: skip
+    counts = {"prompt_tokens": prompt, "cached_tokens": 0, "completion_tokens": completion}
+    short = token_cost(**counts, reasoning_tokens=reasoning, **rates)
+    # A long-context rule the prompt never passes takes the whole formula, with factors of one.
+    never = LongContext(10**9, Decimal(1), Decimal(1))
+    whole = token_cost(**counts, reasoning_tokens=reasoning, long_context=never, **rates)
+    assert short == whole
+    if reasoning_rate is None or not reasoning:
+        assert short == prompt * inp + completion * out
+    else:  # a reasoning rate of its own, zero included, is not the short sum's
+        reasoning = min(reasoning, completion)
+        assert short == prompt * inp + (completion - reasoning) * out + reasoning * reasoning_rate
+
+
 def test_money_in_redis_is_whole_nano_dollars() -> None:
     assert to_nano(Decimal("0.000000001")) == 1 and to_nano(Decimal(1)) == 10**9 and MTOK == 10**6
 

@@ -7,10 +7,11 @@ says ``unpriced``.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from apps.core.events import clean_count
-from apps.core.pricing import tier_name
+from apps.core.pricing import PriceRow, tier_name
 from apps.core.responses import usage_counts
 from apps.core.text import choice_text, completion_estimate
 from apps.gateway.call import Call
@@ -59,15 +60,21 @@ def apply_usage(call: Call, target: Target, usage: Any) -> None:
 
 def charge(call: Call, target: Target) -> None:
     """Price the call's token counts at the target's rates for the tier it was served at."""
-    for row, name in ((target.price, "cost"), (target.counterfactual_price, "counterfactual_cost")):
-        if row is not None:
-            setattr(call, name, row.cost(
-                prompt_tokens=call.prompt_tokens, cached_tokens=call.cached_tokens,
-                completion_tokens=call.completion_tokens, cache_write_tokens=call.cache_write_tokens,
-                reasoning_tokens=call.reasoning_tokens, tier=call.service_tier,
-            ))  # fmt: skip
-    if target.price is None:
+    price, counterfactual = target.price, target.counterfactual_price
+    if price is not None:
+        call.cost = _cost(price, call)
+    else:
         call.decision.unpriced = True
+    if counterfactual is not None:
+        # Served as asked (no rule changed the model): what it would have cost is what it cost.
+        call.counterfactual_cost = call.cost if counterfactual is price else _cost(counterfactual, call)
+
+
+def _cost(row: PriceRow, call: Call) -> Decimal:
+    return row.cost(
+        prompt_tokens=call.prompt_tokens, cached_tokens=call.cached_tokens, completion_tokens=call.completion_tokens,
+        cache_write_tokens=call.cache_write_tokens, reasoning_tokens=call.reasoning_tokens, tier=call.service_tier,
+    )  # fmt: skip
 
 
 def price_response(call: Call, target: Target, response: dict[str, Any] | None, estimate: int) -> None:
