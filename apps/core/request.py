@@ -313,7 +313,12 @@ class WorstCase:
 
 
 def worst_case(
-    endpoint: str, payload: dict[str, Any], *, model_max_output: int | None, unknown_model_max_output: int
+    endpoint: str,
+    payload: dict[str, Any],
+    *,
+    model_max_output: int | None,
+    unknown_model_max_output: int,
+    prompt_tokens: int | None = None,
 ) -> WorstCase:
     """The most a validated request can use on a model.
 
@@ -321,9 +326,9 @@ def worst_case(
     ``max_output_tokens``; reasoning tokens count inside each of them, as providers bill them), never more
     than the model can produce (``model_max_output``, or ``unknown_model_max_output`` for a model whose
     limit we do not know), times ``n`` (or ``best_of``, which the provider generates and bills). Embeddings
-    have no output.
+    have no output. ``prompt_tokens``, when the caller has it, is ``prompt_estimate(endpoint, payload)``.
     """
-    prompt = prompt_estimate(endpoint, payload)
+    prompt = prompt_estimate(endpoint, payload) if prompt_tokens is None else prompt_tokens
     if endpoint == ENDPOINT_EMBEDDINGS:
         return WorstCase(prompt, 0)
     ceiling = model_max_output if model_max_output else unknown_model_max_output
@@ -337,13 +342,21 @@ def worst_case(
     return WorstCase(prompt, output * copies)
 
 
-def model_worst_case(endpoint: str, payload: dict[str, Any], model: str, *, unknown_model_max_output: int) -> WorstCase:
+def model_worst_case(
+    endpoint: str,
+    payload: dict[str, Any],
+    model: str,
+    *,
+    unknown_model_max_output: int,
+    prompt_tokens: int | None = None,
+) -> WorstCase:
     """``worst_case`` on ``model``, with the price catalogue's output limit for it."""
     return worst_case(
         endpoint,
         payload,
         model_max_output=MAX_OUTPUT_TOKENS.get(model),
         unknown_model_max_output=unknown_model_max_output,
+        prompt_tokens=prompt_tokens,
     )
 
 

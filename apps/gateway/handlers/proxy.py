@@ -73,7 +73,7 @@ async def run(
                     await record.record(rt, call, cache_hit=hit)
                     return
         with tracing.child(call, "admission"):
-            call.admission = await admit(rt, snapshot, call, plan, payload)
+            call.admission = await admit(rt, snapshot, call, plan, payload, estimated=True)
         call.extra_headers = [*call.admission.headers, *call.extra_headers]
         if plan.cheap is not None and await cascade.cascade(rt, send, call, plan, payload):
             return

@@ -27,12 +27,19 @@ logger = logging.getLogger(__name__)
 
 
 def worst_case(
-    target: Target, endpoint: str, payload: dict[str, Any], unknown_model_max_output: int, context_tokens: int = 0
+    target: Target,
+    endpoint: str,
+    payload: dict[str, Any],
+    unknown_model_max_output: int,
+    context_tokens: int = 0,
+    prompt_tokens: int | None = None,
 ) -> tuple[Decimal, WorstCase]:
     """The most a request can cost (USD) and use (tokens) on ``target`` (the shared rule), with
     ``context_tokens`` of earlier turns (``previous_response_id``) in its prompt, at the dearest tier
-    it may be billed at."""
-    worst = model_worst_case(endpoint, payload, target.model, unknown_model_max_output=unknown_model_max_output)
+    it may be billed at. ``prompt_tokens``: the payload's prompt estimate, when the caller has it."""
+    worst = model_worst_case(
+        endpoint, payload, target.model, unknown_model_max_output=unknown_model_max_output, prompt_tokens=prompt_tokens
+    )
     if context_tokens:
         worst = WorstCase(worst.prompt_tokens + context_tokens, worst.output_tokens)
     usd = (
@@ -47,8 +54,13 @@ def worst_case(
     return usd, worst
 
 
-async def admit(rt: Runtime, snapshot: Snapshot, call: Call, plan: Plan, payload: dict[str, Any]) -> Admission:
-    """Reserve, or raise the 429 (budget or rate limit) or 503 (limits unavailable) the app should see."""
+async def admit(
+    rt: Runtime, snapshot: Snapshot, call: Call, plan: Plan, payload: dict[str, Any], *, estimated: bool = False
+) -> Admission:
+    """Reserve, or raise the 429 (budget or rate limit) or 503 (limits unavailable) the app should see.
+
+    ``estimated``: ``call.prompt_tokens`` is the estimate of ``payload`` as it is now (validation set it and
+    pruning kept it so), which spares estimating the prompt again for each target."""
     enforcement = snapshot.enforcement_for(call.key)
     budgets = enforcement.budgets(feature=call.feature, end_user=call.end_user)
     limits = list(enforcement.rate_limits)
@@ -56,11 +68,12 @@ async def admit(rt: Runtime, snapshot: Snapshot, call: Call, plan: Plan, payload
         return Admission(request_id=call.request_id, second=int(call.created_at))
     unknown = rt.limits.unknown_model_max_output
     worst_usd, worst_tokens = ZERO, call.prompt_tokens
+    prompt = call.prompt_tokens if estimated else None
     for target in plan.targets:
-        usd, worst = worst_case(target, call.endpoint, payload, unknown, call.context_tokens)
+        usd, worst = worst_case(target, call.endpoint, payload, unknown, call.context_tokens, prompt)
         worst_usd, worst_tokens = max(worst_usd, usd), max(worst_tokens, worst.tokens)
     if plan.cheap is not None:
-        usd, worst = worst_case(plan.cheap, call.endpoint, payload, unknown)
+        usd, worst = worst_case(plan.cheap, call.endpoint, payload, unknown, prompt_tokens=prompt)
         worst_usd, worst_tokens = worst_usd + usd, worst_tokens + worst.tokens
     try:
         admission = await rt.limiter.admit(
