@@ -104,7 +104,7 @@ def token_cost(
     uncached = max(prompt_tokens - cached_tokens - written, 0)
     write_rate = input_rate if cache_write_rate is None else cache_write_rate
     cost = uncached * input_rate + cached_tokens * cached_input_rate + written * write_rate
-    if no_reasoning_rate:
+    if reasoning_rate is None or not reasoning_tokens:
         output = completion_tokens * output_rate
     else:
         reasoning = min(reasoning_tokens, completion_tokens)
