@@ -10,8 +10,11 @@ streamed one comes back as its status, then chunk by chunk, reading paused while
 
 It keeps aiohttp's contract with ``apps/gateway/stages/upstream.py``, so the retry and fallback logic
 reads both alike: a connect timeout is ``aiohttp.ConnectionTimeoutError``, silence past the read timeout
-``aiohttp.SocketTimeoutError`` (the request was sent: possibly billed), anything else that breaks the
-exchange an ``aiohttp.ClientError``, and a whole answer past the size limit ``BodyTooLarge``.
+``aiohttp.SocketTimeoutError`` (the request was sent: possibly billed), a whole answer not read within
+its ``total_timeout`` ``TimeoutError`` (as ``asyncio.timeout`` raised it: possibly billed too), anything
+else that breaks the exchange an ``aiohttp.ClientError``, and a whole answer past the size limit
+``BodyTooLarge``. The total timeout rides on the read timeout's timer: an ``asyncio.timeout`` around each
+call cost about 22k instructions a request.
 
 Every URL is tenant-set, so the rules of ``egress_http`` hold here too: a new connection goes only to
 addresses the egress policy resolved and checked (``EgressPolicy.resolve``; no second lookup between
@@ -89,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self._head: asyncio.Future[Reply] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._read_timeout: float | None = None
+        self._deadline: float | None = None  # loop time by which a whole answer must be read
         self._reset(0, stream=False)
 
     def _reset(self, limit: int, *, stream: bool) -> None:
@@ -112,8 +116,12 @@ class _Connection(asyncio.Protocol):
 
     # --- the exchange ------------------------------------------------------------------------
 
-    async def exchange(self, request: bytes, limit: int, read_timeout: float | None, *, stream: bool = False) -> Reply:
-        """Send ``request``; the whole answer, or (``stream``, status 200) its status with the body to come."""
+    async def exchange(
+        self, request: bytes, limit: int, read_timeout: float | None, *, stream: bool = False,
+        deadline: float | None = None,
+    ) -> Reply:  # fmt: skip
+        """Send ``request``; the whole answer, or (``stream``, status 200) its status with the body to come.
+        ``deadline``: the loop time by which the whole answer must be read (``TimeoutError`` past it)."""
         assert self.transport is not None and not self._active
         self._reset(limit, stream=stream)
         self.reusable = False
@@ -121,8 +129,13 @@ class _Connection(asyncio.Protocol):
         self._head = head = self._loop.create_future()
         self._last_read = self._loop.time()
         self._read_timeout = read_timeout
-        if read_timeout:
-            self._watchdog = self._loop.call_at(self._last_read + read_timeout, self._check_silence)
+        self._deadline = deadline
+        if read_timeout or deadline is not None:
+            due = self._last_read + read_timeout if read_timeout else deadline
+            if deadline is not None and due is not None and deadline < due:
+                due = deadline
+            assert due is not None
+            self._watchdog = self._loop.call_at(due, self._check_silence)
         self.transport.write(request)
         try:
             return await head
@@ -172,17 +185,27 @@ class _Connection(asyncio.Protocol):
 
     def _check_silence(self) -> None:
         """The read timeout, as aiohttp's ``sock_read``: no byte from the upstream for that long while
-        we wait for one (not while reading is paused because the app is slower)."""
+        we wait for one (not while reading is paused because the app is slower); and the whole answer's
+        deadline, if it has one."""
         self._watchdog = None
-        timeout = self._read_timeout
-        if not self._active or timeout is None:
+        timeout, deadline = self._read_timeout, self._deadline
+        if not self._active or (timeout is None and deadline is None):
             return
         now = self._loop.time()
-        due = (now if self._paused else self._last_read) + timeout
-        if due <= now + 0.001:  # uvloop's timers may fire up to a millisecond early
-            self._fail(aiohttp.SocketTimeoutError(f"no answer for {timeout} s"))
-        else:
-            self._watchdog = self._loop.call_at(due, self._check_silence)
+        early = now + 0.001  # uvloop's timers may fire up to a millisecond early
+        if deadline is not None and deadline <= early:
+            self._fail(TimeoutError("the whole answer was not read within its total timeout"))
+            return
+        due = deadline
+        if timeout is not None:
+            silent_until = (now if self._paused else self._last_read) + timeout
+            if silent_until <= early:
+                self._fail(aiohttp.SocketTimeoutError(f"no answer for {timeout} s"))
+                return
+            if due is None or silent_until < due:
+                due = silent_until
+        assert due is not None
+        self._watchdog = self._loop.call_at(due, self._check_silence)
 
     def _fail(self, error: BaseException) -> None:
         self.reusable = False
@@ -335,12 +358,17 @@ class UpstreamHttp:
 
     async def request(
         self, method: str, url: str, headers: dict[str, str], body: bytes = b"", *, limit: int,
-        read_timeout: float | None, connect_timeout: float | None = None,
+        read_timeout: float | None, connect_timeout: float | None = None, total_timeout: float | None = None,
     ) -> Reply:  # fmt: skip
-        """Send one request; its whole answer, at most ``limit`` bytes of body (``BodyTooLarge`` past it)."""
-        origin, connection, request = await self._start(method, url, headers, body, connect_timeout)
+        """Send one request; its whole answer, at most ``limit`` bytes of body (``BodyTooLarge`` past it),
+        within ``total_timeout`` seconds from now, connecting included (``TimeoutError`` past it)."""
+        deadline = None
+        if total_timeout is not None:
+            deadline = asyncio.get_running_loop().time() + total_timeout
+            connect_timeout = min(connect_timeout or self._connect_timeout, total_timeout)
+        origin, connection, request = await self._start(method, url, headers, body, connect_timeout, deadline)
         try:
-            reply = await connection.exchange(request, limit, read_timeout)
+            reply = await connection.exchange(request, limit, read_timeout, deadline=deadline)
         except BaseException:
             # Cancelled (the total timeout) or failed mid-exchange: the connection's state is unknown.
             self._discard(connection)
@@ -350,11 +378,12 @@ class UpstreamHttp:
 
     async def post(
         self, url: str, headers: dict[str, str], body: bytes, *, limit: int, read_timeout: float | None,
-        connect_timeout: float | None = None,
+        connect_timeout: float | None = None, total_timeout: float | None = None,
     ) -> Reply:  # fmt: skip
         return await self.request(
-            "POST", url, headers, body, limit=limit, read_timeout=read_timeout, connect_timeout=connect_timeout
-        )
+            "POST", url, headers, body, limit=limit, read_timeout=read_timeout, connect_timeout=connect_timeout,
+            total_timeout=total_timeout,
+        )  # fmt: skip
 
     async def stream(
         self, url: str, headers: dict[str, str], body: bytes, *, limit: int, read_timeout: float | None,
@@ -374,10 +403,11 @@ class UpstreamHttp:
         return reply
 
     async def _start(
-        self, method: str, url: str, headers: dict[str, str], body: bytes, connect_timeout: float | None
-    ) -> tuple[_Origin, _Connection, bytes]:
-        """The origin, a connection to it (pooled, else new) and the request's bytes; refused before
-        anything is sent if a header or the URL could split the request."""
+        self, method: str, url: str, headers: dict[str, str], body: bytes, connect_timeout: float | None,
+        deadline: float | None = None,
+    ) -> tuple[_Origin, _Connection, bytes]:  # fmt: skip
+        """The origin, a connection to it (pooled, else new, by ``deadline`` if there is one) and the
+        request's bytes; refused before anything is sent if a header or the URL could split the request."""
         origin, target = self._parse(url)
         head = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", origin.host_header, b"\r\n"]
         for name, value in headers.items():
@@ -387,7 +417,21 @@ class UpstreamHttp:
         if body or method == "POST":
             head.append(b"Content-Length: %d\r\n" % len(body))
         head += [b"\r\n", body]
-        connection = self._take(origin) or await self._connect(origin, connect_timeout or self._connect_timeout)
+        connection = self._take(origin)
+        if connection is None:
+            within = connect_timeout or self._connect_timeout
+            if deadline is None:
+                connection = await self._connect(origin, within)
+            else:  # the address lookup too must end by the deadline (a new connection: off the usual path)
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        connection = await self._connect(origin, within)
+                except TimeoutError as exc:
+                    if isinstance(exc, aiohttp.ClientError):
+                        raise
+                    raise aiohttp.ConnectionTimeoutError(
+                        f"connecting to {origin.host} took past the total timeout"
+                    ) from None
         return origin, connection, b"".join(head)
 
     def _give_back(self, origin: _Origin, connection: _Connection) -> None:

@@ -151,6 +151,22 @@ def test_a_timed_out_attempt_is_recorded_as_possibly_billed(gateway: str, tenant
     assert attempt.completion_tokens == 100 and attempt.cost > 0 and attempt.served_model == "gpt-4o-mini"
 
 
+def test_the_providers_total_timeout_ends_a_whole_answer_before_its_read_timeout(gateway: str, tenant: Tenant) -> None:
+    """The total timeout rides on the upstream client's read timer: it must still end the wait on its own."""
+    tenant.provider.first_byte_timeout_seconds = 20
+    tenant.provider.total_timeout_seconds = 0.5
+    tenant.provider.save()
+    wait_policy(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as exc:
+        client.chat.completions.create(model="gpt-4o-mini", messages=ask("slow [[sim:timeout]]"), max_tokens=100)
+    assert exc.value.status_code == 504 and exc.value.code == "upstream_timeout"
+    assert time.monotonic() - started < 10  # the provider's 0.5 s per attempt, with retries, not its 20 s
+    attempt = ledger_row(exc.value.response.headers["x-request-id"] + "-t1")
+    assert attempt.possibly_billed and attempt.status_code == 504
+
+
 def test_a_client_that_leaves_before_the_usage_chunk_is_billed_by_estimate(gateway: str, tenant: Tenant) -> None:
     wait_key_live(gateway, tenant.key.plaintext)
     body = {"model": "gpt-4o-mini", "stream": True, "messages": ask("Tell me a long story [[sim:drip=30]]")}

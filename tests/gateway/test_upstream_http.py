@@ -194,6 +194,70 @@ def test_silence_past_the_read_timeout_fails_the_request_in_time() -> None:
     assert 0.25 < took < 5
 
 
+@asynccontextmanager
+async def dribbling_upstream(every: float) -> AsyncIterator[str]:
+    """A loopback provider that answers a 200 one byte every ``every`` seconds: never silent for long."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+            await reader.readexactly(int(length[0].split(b":")[1]))
+            for byte in ok(b'{"id": "slow"}' + b" " * 200):
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(every)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1/chat/completions"
+    finally:
+        server.close()
+
+
+def test_an_answer_that_dribbles_in_fails_at_its_total_timeout_and_its_connection_is_dropped() -> None:
+    async def scenario() -> tuple[BaseException | None, float, int]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        async with dribbling_upstream(0.02) as url:
+            started = time.monotonic()
+            try:
+                # Never 0.3 s without a byte, so only the total timeout can end it.
+                await client.post(url, HEADERS, b"{}", limit=10_000, read_timeout=0.3, total_timeout=0.6)
+            except Exception as exc:
+                return exc, time.monotonic() - started, pooled(client)
+        return None, 0.0, pooled(client)
+
+    error, took, idle = run(scenario)
+    # As asyncio.timeout raised it: a plain TimeoutError, after the request was sent (possibly billed).
+    assert type(error) is TimeoutError
+    assert 0.55 < took < 3 and idle == 0
+
+
+def test_the_total_timeout_ends_silence_before_a_longer_read_timeout_and_is_not_carried_to_the_next_request() -> None:
+    async def scenario() -> tuple[BaseException | None, float, bytes]:
+        client = UpstreamHttp(LOOPBACK, connect_timeout=2)
+        # The first request gets no answer; the connection it was on is dropped, the second gets a new one.
+        async with raw_upstream(lambda _r, n: None if n == 0 else ok(b"{}")) as upstream:
+            started = time.monotonic()
+            try:
+                await client.post(upstream.url, HEADERS, b"{}", limit=1000, read_timeout=30, total_timeout=0.3)
+            except Exception as exc:
+                error, took = exc, time.monotonic() - started
+            async with raw_upstream(lambda _r, _n: ok(b"{}")) as second:
+                reply = await client.post(second.url, HEADERS, b"{}", limit=1000, read_timeout=30, total_timeout=0.3)
+                await asyncio.sleep(0.5)  # past the first request's deadline: the pooled connection still works
+                again = await client.post(second.url, HEADERS, b"{}", limit=1000, read_timeout=30)
+                assert second.connections == 1 and again.status == 200
+            return error, took, reply.body
+
+    error, took, body = run(scenario)
+    assert type(error) is TimeoutError and 0.25 < took < 5 and body == b"{}"
+
+
 def test_an_answer_smuggled_behind_another_never_reaches_the_next_request() -> None:
     """Two answers in the bytes of one (a hostile or broken provider, or a desynchronised proxy): the
     second must not become the answer to the next request on that connection, which may be another

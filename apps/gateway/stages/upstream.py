@@ -46,7 +46,7 @@ from apps.core.responses_chat_stream import ChatToResponses
 from apps.core.route import ATTEMPT, Tried
 from apps.core.snapshot import ProviderTarget
 from apps.core.text import json_object
-from apps.core.upstream_http import BodyTooLarge, UpstreamStream
+from apps.core.upstream_http import BodyTooLarge, Reply, UpstreamStream
 from apps.gateway import metrics, tracing
 from apps.gateway.breaker import deployment
 from apps.gateway.call import ZERO, Call
@@ -233,13 +233,16 @@ async def _exchange(
 ) -> Answer:
     provider = target.provider
     limit = rt.limits.max_upstream_body_bytes
-    send = rt.upstream.stream if stream else rt.upstream.post
     try:
-        # A whole answer has a total timeout; a stream may run for minutes (its read timeout still holds).
-        async with asyncio.timeout(None if stream else provider.total_timeout):
-            reply = await send(
+        if stream:  # a stream may run for minutes: only its read timeout holds
+            reply: Reply | UpstreamStream = await rt.upstream.stream(
                 url, headers, body, limit=limit, read_timeout=provider.timeout.sock_read,
                 connect_timeout=provider.timeout.connect,
+            )  # fmt: skip
+        else:
+            reply = await rt.upstream.post(
+                url, headers, body, limit=limit, read_timeout=provider.timeout.sock_read,
+                connect_timeout=provider.timeout.connect, total_timeout=provider.total_timeout,
             )  # fmt: skip
     except BodyTooLarge:
         raise UpstreamTooLarge(limit) from None
