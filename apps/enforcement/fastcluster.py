@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from apps.enforcement.fastredis import NO_WAIT, FastPipeline, FastRedis, ReplicaWait
+from apps.enforcement.fastredis import NO_WAIT, FastPipeline, FastRedis, ReplicaWait, Sent
 
 Command = tuple[Any, ...]
 Address = tuple[str, int]
@@ -201,6 +201,10 @@ class FastRedisCluster:
         [reply] = await node.execute_many([command], durable=durable)
         self._stale = True  # the slot moved for good: read the map again before the next batch
         return reply
+
+    def send_soon(self, commands: list[Command], *, durable: bool = False) -> Sent:
+        """``execute_many``, started now as a task (a batch may be redirected, which needs awaiting)."""
+        return Sent.of_task(self.execute_many(commands, durable=durable))
 
     def pipeline(self) -> FastPipeline:
         return FastPipeline(self)

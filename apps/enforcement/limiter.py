@@ -321,8 +321,28 @@ class Limiter:
         (and any closed leases' unused part) goes to Redis. With ``pipeline`` the
         scripts are only queued there (sent with the ledger event).
         """
-        if not admission.reserved:
+        commands = self.settle_commands(admission, actual_usd=actual_usd, actual_tokens=actual_tokens, now=now)
+        if not commands:
             return
+        if pipeline is None:
+            # Durable: a settle can add spend (usage past the worst case); the ledger's pipeline is durable too.
+            *returns, reply = await self._redis.execute_many(commands, durable=True)
+            self._check_returns(returns)
+            if isinstance(reply, ResponseError):
+                raise reply
+        else:
+            # Loaded at start-up; if Redis lost them since (a restart), this one settle fails
+            # and is logged, leaving the reservation in place: a budget errs on the safe
+            # side, and an in-flight slot expires after 15 minutes.
+            pipeline.commands += commands
+
+    def settle_commands(
+        self, admission: Admission, *, actual_usd: Decimal, actual_tokens: int, now: float | None = None
+    ) -> list[tuple[Any, ...]]:
+        """``settle``'s bookkeeping, now: what goes back into open leases is put back, and the Redis
+        commands for the rest (and for leases given back since) are returned, to send with the ledger event."""
+        if not admission.reserved:
+            return []
         now_s = math.floor(time.time() if now is None else now)
         actual = to_nano(actual_usd)
         token_delta = actual_tokens - admission.tokens_reserved
@@ -350,16 +370,4 @@ class Limiter:
                 *rest.slot_members,
             ]
             commands.append(("EVALSHA", self._settle_sha, len(keys), *keys, *args))
-        if not commands:
-            return
-        if pipeline is None:
-            # Durable: a settle can add spend (usage past the worst case); the ledger's pipeline is durable too.
-            *returns, reply = await self._redis.execute_many(commands, durable=True)
-            self._check_returns(returns)
-            if isinstance(reply, ResponseError):
-                raise reply
-        else:
-            # Loaded at start-up; if Redis lost them since (a restart), this one settle fails
-            # and is logged, leaving the reservation in place: a budget errs on the safe
-            # side, and an in-flight slot expires after 15 minutes.
-            pipeline.commands += commands
+        return commands

@@ -15,13 +15,14 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from apps.core.events import EVENT_FIELD
-from apps.enforcement.fastredis import FastPipeline
+from apps.enforcement.fastredis import FastPipeline, Sent
 from apps.enforcement.redis_clients import FastClient
 from apps.gateway import metrics
 
@@ -35,24 +36,64 @@ class LedgerWriter:
         self._spool = spool_dir / f"ledger-spool-{os.getpid()}.jsonl"
         self._spool_dir = spool_dir
         self._resend_task: asyncio.Task[None] | None = None
+        # Spool appends in flight, by the append (its reply's future) whose event they hold.
+        self._spooling: dict[asyncio.Future[Any], asyncio.Future[None]] = {}
 
     async def write(self, event: dict[str, Any], *, pipeline: FastPipeline | None = None) -> None:
         """Append ``event``, after the commands already queued in ``pipeline`` (settling a reservation,
-        storing an answer in the cache), in the same round trip."""
+        storing an answer in the cache), in the same round trip; return once it is on the stream or spooled."""
+        await self.write_soon(event, pipeline=pipeline)
+
+    def write_soon(self, event: dict[str, Any], *, pipeline: FastPipeline | None = None) -> Awaitable[None]:
+        """``write``, sent now: the round trip is on its way before this returns, and a failed append is
+        spooled as soon as it fails, whoever awaits. Await the result to know the event is on the stream
+        or in the spool (and to hear of a command beside it that failed)."""
         payload = orjson.dumps(event)
+        request_id = event.get("request_id")
+        pipe = pipeline if pipeline is not None else self._redis.pipeline()
+        pipe.xadd(self._stream, {EVENT_FIELD: payload})
         try:
-            pipe = pipeline if pipeline is not None else self._redis.pipeline()
-            pipe.xadd(self._stream, {EVENT_FIELD: payload})
-            *others, added = await pipe.execute(durable=True)
-            for result in others:
-                if isinstance(result, Exception):
-                    logger.error("a command sent with ledger event %s failed: %r", event.get("request_id"), result)
-            if isinstance(added, Exception):
-                raise added
+            sent = pipe.send_soon(durable=True)
+        except Exception as exc:  # a command that cannot even be encoded: spooled like a refused one
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(exc)
+            sent = Sent(refused, refused)
+        sent.last.add_done_callback(lambda added: self._appended(added, payload, request_id))
+        return self._landed(sent, request_id)
+
+    def _appended(self, added: asyncio.Future[Any], payload: bytes, request_id: Any) -> None:
+        """The append's reply: an error (or a lost connection) sends the event to the spool at once."""
+        error: BaseException | None
+        if added.cancelled():
+            error = asyncio.CancelledError()
+        else:
+            error = added.exception()
+            if error is None and isinstance(added.result(), Exception):
+                error = added.result()
+        if error is None:
+            return
+        logger.error("ledger XADD failed (%r); spooling request %s", error, request_id)
+        metrics.ledger_spooled()
+        spooling = asyncio.get_running_loop().run_in_executor(None, self._append_spool, payload)
+        self._spooling[added] = spooling
+        spooling.add_done_callback(lambda done: self._spooled(added, done, request_id))
+
+    def _spooled(self, added: asyncio.Future[Any], spooling: asyncio.Future[None], request_id: Any) -> None:
+        del self._spooling[added]
+        if not spooling.cancelled() and spooling.exception() is not None:
+            logger.critical("ledger event %s could not be spooled either: %r", request_id, spooling.exception())
+
+    async def _landed(self, sent: Sent, request_id: Any) -> None:
+        try:
+            replies = await sent.replies
         except Exception:
-            logger.exception("ledger XADD failed; spooling request %s", event.get("request_id"))
-            metrics.ledger_spooled()
-            await asyncio.get_running_loop().run_in_executor(None, self._append_spool, payload)
+            replies = []  # the append's failure is ``_appended``'s (it ran first: its callback came before)
+        for result in replies[:-1]:
+            if isinstance(result, Exception):
+                logger.error("a command sent with ledger event %s failed: %r", request_id, result)
+        spooling = self._spooling.get(sent.last)
+        if spooling is not None:
+            await spooling
 
     def _append_spool(self, payload: bytes) -> None:
         self._spool_dir.mkdir(parents=True, exist_ok=True)
@@ -76,6 +117,8 @@ class LedgerWriter:
         if self._resend_task:
             self._resend_task.cancel()
             await asyncio.gather(self._resend_task, return_exceptions=True)
+        if self._spooling:  # appends still in flight: an event on its way to the spool is not dropped
+            await asyncio.gather(*self._spooling.values(), return_exceptions=True)
 
     async def _resend_forever(self) -> None:
         while True:

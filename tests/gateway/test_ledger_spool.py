@@ -74,3 +74,32 @@ def test_events_spooled_while_a_resend_fails_are_all_kept_and_then_sent(tmp_path
     sent = asyncio.run(resend_to_redis())
     assert sorted(orjson.loads(event)["request_id"] for event in sent) == sorted(ids)
     assert not _spooled(tmp_path)
+
+
+def test_an_append_that_fails_is_spooled_at_once_while_nobody_awaits_it(tmp_path: Path) -> None:
+    """The gateway sends a request's event before its answer and awaits the round trip after it: a slow
+    app must not keep a failed append in memory. A 'Redis' that drops the connection once written to."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.close()
+
+    async def scenario() -> tuple[list[bytes], list[bytes]]:
+        server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = FastRedis(f"redis://127.0.0.1:{port}/0", connect_timeout=1, command_timeout=5)
+        await client.connection()  # open: the append is queued at once, without a task
+        writer = LedgerWriter(client, "unused", tmp_path)
+        landed = writer.write_soon({"request_id": "req_slow_app"})
+        for _ in range(200):  # the answer's send, blocked by a slow app, would be here
+            if tmp_path.exists() and any(tmp_path.iterdir()) and _spooled(tmp_path):
+                break
+            await asyncio.sleep(0.01)
+        before = _spooled(tmp_path)
+        await landed
+        server.close()
+        return before, _spooled(tmp_path)
+
+    before, after = asyncio.run(scenario())
+    assert [orjson.loads(line)["request_id"] for line in before] == ["req_slow_app"]
+    assert after == before
