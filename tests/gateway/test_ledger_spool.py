@@ -31,6 +31,10 @@ def _spooled(folder: Path) -> list[bytes]:
     return [line for path in folder.iterdir() for line in path.read_bytes().splitlines() if line]
 
 
+def _spooled_if_any(folder: Path) -> list[bytes]:
+    return _spooled(folder) if folder.exists() else []
+
+
 def test_events_spooled_while_a_resend_fails_are_all_kept_and_then_sent(tmp_path: Path) -> None:
     """Writes spool in executor threads while re-sends claim the spool and fail: a failed re-send must
     not put its file back over the lines spooled since it claimed it."""
@@ -92,7 +96,7 @@ def test_an_append_that_fails_is_spooled_at_once_while_nobody_awaits_it(tmp_path
         writer = LedgerWriter(client, "unused", tmp_path)
         landed = writer.write_soon({"request_id": "req_slow_app"})
         for _ in range(200):  # the answer's send, blocked by a slow app, would be here
-            if tmp_path.exists() and any(tmp_path.iterdir()) and _spooled(tmp_path):
+            if _spooled_if_any(tmp_path):
                 break
             await asyncio.sleep(0.01)
         before = _spooled(tmp_path)
