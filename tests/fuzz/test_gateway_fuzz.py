@@ -110,8 +110,11 @@ headers = st.fixed_dictionaries(
     {}, optional={"X-Feature": header_value, "X-End-User": header_value, "Cache-Control": header_value,
                   "X-Cache-Namespace": header_value, "traceparent": header_value},
 )  # fmt: skip
+# Fields the API does not name are forwarded as sent and keyed for the ledger: any name, any value.
+unknown_fields = st.dictionaries(st.text(max_size=8), edge_numbers | json_value, max_size=3)
 raw_body = st.one_of(
     body.map(lambda b: json.dumps(b).encode()),
+    st.tuples(body, unknown_fields).map(lambda pair: json.dumps({**pair[1], **pair[0]}).encode()),
     st.binary(max_size=200),
     json_value.map(lambda v: json.dumps(v).encode()),
 )
@@ -201,6 +204,19 @@ def test_any_request_gets_an_answer_or_an_openai_error(
     fuzz_target: tuple[str, str], path: str, payload: bytes, extra: dict[str, bytes]
 ) -> None:
     _check(*_post(fuzz_target, path, payload, extra))
+
+
+@FUZZ
+@given(extra_fields=unknown_fields, known=st.sampled_from(["temperature", "top_p", "n", "seed", "stop", "user"]),
+       value=edge_numbers | json_value, path=st.sampled_from(["/chat/completions", "/responses"]))  # fmt: skip
+def test_a_valid_request_with_any_other_fields_gets_an_answer_or_an_openai_error(
+    fuzz_target: tuple[str, str], extra_fields: dict[str, Any], known: str, value: Any, path: str
+) -> None:
+    # Random bodies are nearly all refused by validation: these reach routing, the keys and the provider.
+    valid: dict[str, Any] = {"model": "gpt-4o-mini"}
+    valid.update({"messages": [{"role": "user", "content": "hi"}]} if path == "/chat/completions" else {"input": "hi"})
+    payload = {**extra_fields, known: value, **valid}
+    _check(*_post(fuzz_target, path, json.dumps(payload).encode(), {}))
 
 
 @FUZZ
