@@ -282,3 +282,14 @@ def test_the_sdk_sees_its_own_error_classes(fuzz_target: tuple[str, str]) -> Non
     client = sdk(*fuzz_target)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": 5}])  # type: ignore[misc]
+
+
+@FUZZ
+@given(extra_fields=unknown_fields, known=st.sampled_from(["temperature", "top_p", "top_k", "stop_sequences",
+       "metadata", "system"]), value=edge_numbers | json_value)  # fmt: skip
+def test_a_valid_messages_request_with_any_other_fields_gets_an_answer_or_an_anthropic_error(
+    claude_target: tuple[str, str], extra_fields: dict[str, Any], known: str, value: Any
+) -> None:
+    valid = {"model": "claude-haiku-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
+    payload = {**extra_fields, known: value, **valid}
+    _check_anthropic(*_post(claude_target, "/messages", json.dumps(payload).encode(), {}))
