@@ -316,9 +316,9 @@ class FastRedis:
     def send_soon(self, commands: list[tuple[Any, ...]], *, durable: bool = False) -> Sent:
         """``execute_many``, started now (see ``Sent``). On an open connection with no WAIT to add, the
         commands are queued for this loop turn's write before this returns, and the replies are awaited
-        where they are needed, with no task: a task a request cost the gateway ~30k instructions, and a
-        future gathering the replies about as much. Otherwise a task sends them (connecting first, or with
-        the WAIT), also started now."""
+        where they are needed, with no task (a task, or a future gathering the replies, costs the gateway
+        thousands of instructions a request). Otherwise a task sends them (connecting first, or with the
+        WAIT), also started now."""
         protocol = self._protocol
         if protocol is None or protocol.closed or (durable and self.wait.replicas):
             return Sent.of_task(self.execute_many(commands, durable=durable))
