@@ -28,7 +28,7 @@ import contextlib
 import os
 import weakref
 from bisect import bisect_left
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -121,13 +121,14 @@ FLUSH_SECONDS = 1.0
 
 
 class _Tally:
-    """Observations of one histogram child not yet handed to it: a count per bucket, and their sum."""
+    """A histogram child, and the observations not yet handed to it: a count per bucket, and their sum."""
 
-    __slots__ = ("bounds", "counts", "total")
+    __slots__ = ("child", "bounds", "counts", "total")
 
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds  # the child's upper bounds, +Inf last
-        self.counts = [0] * len(bounds)
+    def __init__(self, child: Histogram) -> None:
+        self.child = child
+        self.bounds = tuple(child._upper_bounds)  # type: ignore[attr-defined]  # +Inf last
+        self.counts = [0] * len(self.bounds)
         self.total = 0.0
 
     def observe(self, value: float) -> None:
@@ -135,56 +136,44 @@ class _Tally:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
-    def flush_into(self, child: Histogram) -> None:
+    def flush(self) -> None:
         # prometheus_client (pinned) has no bulk observe: its buckets and sum are added to as observe would.
         if not any(self.counts):
             return
         for index, count in enumerate(self.counts):
             if count:
-                child._buckets[index].inc(count)  # type: ignore[attr-defined]
+                self.child._buckets[index].inc(count)  # type: ignore[attr-defined]
                 self.counts[index] = 0
-        child._sum.inc(self.total)  # type: ignore[attr-defined]
+        self.child._sum.inc(self.total)  # type: ignore[attr-defined]
         self.total = 0.0
-
-
-def _tally(child: Histogram | None) -> _Tally | None:
-    return None if child is None else _Tally(tuple(child._upper_bounds))  # type: ignore[attr-defined]
 
 
 @dataclass(slots=True)
 class _Bound:
     """The label children one (endpoint, status, project, model) records into, and what this process
-    tallied for them since the last flush."""
+    tallied for them since the last flush (the histograms' in their tallies)."""
 
     requests: Counter
-    added: Histogram
-    upstream: Histogram | None
-    ttft: Histogram | None
+    added: _Tally
+    upstream: _Tally | None
+    ttft: _Tally | None
     spend: Counter | None
     prompt_tokens: Counter | None
     completion_tokens: Counter | None
-    added_tally: _Tally = field(init=False)
-    upstream_tally: _Tally | None = field(init=False)
-    ttft_tally: _Tally | None = field(init=False)
     count: int = 0
     spent: float = 0.0
     prompt: int = 0
     completion: int = 0
 
-    def __post_init__(self) -> None:
-        self.added_tally = _Tally(tuple(self.added._upper_bounds))  # type: ignore[attr-defined]
-        self.upstream_tally = _tally(self.upstream)
-        self.ttft_tally = _tally(self.ttft)
-
     def flush(self) -> None:
         if self.count:
             self.requests.inc(self.count)
             self.count = 0
-        self.added_tally.flush_into(self.added)
-        if self.upstream is not None and self.upstream_tally is not None:
-            self.upstream_tally.flush_into(self.upstream)
-        if self.ttft is not None and self.ttft_tally is not None:
-            self.ttft_tally.flush_into(self.ttft)
+        self.added.flush()
+        if self.upstream is not None:
+            self.upstream.flush()
+        if self.ttft is not None:
+            self.ttft.flush()
         # Children a request without a served model lacks: its tallies are dropped, as they were never recorded.
         if self.spent and self.spend is not None:
             self.spend.inc(self.spent)
@@ -241,11 +230,11 @@ class GatewayMetrics:
         if bound is None:
             bound = self._bound[key] = self._bind(call.endpoint, call.status_code, slug, model)
         bound.count += 1
-        bound.added_tally.observe(max(call.elapsed_s() - call.upstream_s, 0.0))
-        if bound.upstream_tally is not None and call.upstream_s:
-            bound.upstream_tally.observe(call.upstream_s)
-        if bound.ttft_tally is not None and call.streamed and call.ttft_ms is not None:
-            bound.ttft_tally.observe(call.ttft_ms / 1000)
+        bound.added.observe(max(call.elapsed_s() - call.upstream_s, 0.0))
+        if bound.upstream is not None and call.upstream_s:
+            bound.upstream.observe(call.upstream_s)
+        if bound.ttft is not None and call.streamed and call.ttft_ms is not None:
+            bound.ttft.observe(call.ttft_ms / 1000)
         spent = call.cost + call.side_cost
         if spent:
             bound.spent += float(spent)
@@ -269,9 +258,9 @@ class GatewayMetrics:
         served = bool(model)
         return _Bound(
             requests=REQUESTS.labels(endpoint, str(status), slug, model),
-            added=ADDED_LATENCY.labels(endpoint),
-            upstream=UPSTREAM_LATENCY.labels(model) if served else None,
-            ttft=TTFT.labels(model) if served else None,
+            added=_Tally(ADDED_LATENCY.labels(endpoint)),
+            upstream=_Tally(UPSTREAM_LATENCY.labels(model)) if served else None,
+            ttft=_Tally(TTFT.labels(model)) if served else None,
             spend=SPEND.labels(slug, model) if served else None,
             prompt_tokens=TOKENS.labels(slug, model, "prompt") if served else None,
             completion_tokens=TOKENS.labels(slug, model, "completion") if served else None,
