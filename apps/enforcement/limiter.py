@@ -35,7 +35,6 @@ from apps.core.periods import period_bounds
 from apps.core.pricing import to_nano
 from apps.core.snapshot import BudgetPolicy, RateLimitPolicy
 from apps.enforcement import replies, scripts
-from apps.enforcement.fastredis import FastPipeline
 from apps.enforcement.leases import (
     LEASE_HEADROOM,
     LEASE_SECONDS,
@@ -307,40 +306,32 @@ class Limiter:
                 self._leases.grant_scope(limit, self._scope_keys(limit), size, prefix, grant, now)
 
     async def settle(
-        self,
-        admission: Admission,
-        *,
-        actual_usd: Decimal,
-        actual_tokens: int,
-        now: float | None = None,
-        pipeline: FastPipeline | None = None,
+        self, admission: Admission, *, actual_usd: Decimal, actual_tokens: int, now: float | None = None
     ) -> None:
         """Replace the reservation by what was used, and free the concurrency slot.
 
         What was taken from a lease that is still open goes back into it; the rest
-        (and any closed leases' unused part) goes to Redis. With ``pipeline`` the
-        scripts are only queued there (sent with the ledger event).
+        (and any closed leases' unused part) goes to Redis, durably: a settle can add
+        spend (usage past the worst case). The gateway sends ``settle_commands`` with
+        the ledger event instead.
         """
         commands = self.settle_commands(admission, actual_usd=actual_usd, actual_tokens=actual_tokens, now=now)
         if not commands:
             return
-        if pipeline is None:
-            # Durable: a settle can add spend (usage past the worst case); the ledger's pipeline is durable too.
-            *returns, reply = await self._redis.execute_many(commands, durable=True)
-            self._check_returns(returns)
-            if isinstance(reply, ResponseError):
-                raise reply
-        else:
-            # Loaded at start-up; if Redis lost them since (a restart), this one settle fails
-            # and is logged, leaving the reservation in place: a budget errs on the safe
-            # side, and an in-flight slot expires after 15 minutes.
-            pipeline.commands += commands
+        *returns, reply = await self._redis.execute_many(commands, durable=True)
+        self._check_returns(returns)
+        if isinstance(reply, ResponseError):
+            raise reply
 
     def settle_commands(
         self, admission: Admission, *, actual_usd: Decimal, actual_tokens: int, now: float | None = None
     ) -> list[tuple[Any, ...]]:
         """``settle``'s bookkeeping, now: what goes back into open leases is put back, and the Redis
-        commands for the rest (and for leases given back since) are returned, to send with the ledger event."""
+        commands for the rest (and for leases given back since) are returned, to send with the ledger event.
+
+        The settle script is loaded at start-up; if Redis lost it since (a restart), the one settle sent
+        with an event fails and is logged, leaving the reservation in place: a budget errs on the safe
+        side, and an in-flight slot expires after 15 minutes."""
         if not admission.reserved:
             return []
         now_s = math.floor(time.time() if now is None else now)

@@ -165,7 +165,9 @@ def test_a_missing_replica_costs_the_timeout_and_every_write_is_still_answered(
                 worst_case_tokens=10, now=T0,
             )  # fmt: skip
             pipeline = client.pipeline()
-            await limiter.settle(admission, actual_usd=Decimal("0.25"), actual_tokens=5, now=T0 + 1, pipeline=pipeline)
+            pipeline.commands += limiter.settle_commands(
+                admission, actual_usd=Decimal("0.25"), actual_tokens=5, now=T0 + 1
+            )
             await writer.write({"request_id": "r1"}, pipeline=pipeline)
             elapsed = time.monotonic() - started
             stream = await client.execute("XRANGE", names.ledger_stream(prefix), "-", "+")
