@@ -130,11 +130,8 @@ class _Connection(asyncio.Protocol):
         self._last_read = self._loop.time()
         self._read_timeout = read_timeout
         self._deadline = deadline
-        if read_timeout or deadline is not None:
-            due = self._last_read + read_timeout if read_timeout else deadline
-            if deadline is not None and due is not None and deadline < due:
-                due = deadline
-            assert due is not None
+        due = self._due(self._last_read)
+        if due is not None:
             self._watchdog = self._loop.call_at(due, self._check_silence)
         self.transport.write(request)
         try:
@@ -188,24 +185,27 @@ class _Connection(asyncio.Protocol):
         we wait for one (not while reading is paused because the app is slower); and the whole answer's
         deadline, if it has one."""
         self._watchdog = None
-        timeout, deadline = self._read_timeout, self._deadline
-        if not self._active or (timeout is None and deadline is None):
-            return
         now = self._loop.time()
-        early = now + 0.001  # uvloop's timers may fire up to a millisecond early
-        if deadline is not None and deadline <= early:
-            self._fail(TimeoutError("the whole answer was not read within its total timeout"))
+        due = self._due(now)
+        if not self._active or due is None:
             return
-        due = deadline
-        if timeout is not None:
-            silent_until = (now if self._paused else self._last_read) + timeout
-            if silent_until <= early:
-                self._fail(aiohttp.SocketTimeoutError(f"no answer for {timeout} s"))
-                return
+        early = now + 0.001  # uvloop's timers may fire up to a millisecond early
+        if self._deadline is not None and self._deadline <= early:
+            self._fail(TimeoutError("the whole answer was not read within its total timeout"))
+        elif due <= early:  # the deadline is still ahead: the silence ran out
+            self._fail(aiohttp.SocketTimeoutError(f"no answer for {self._read_timeout} s"))
+        else:
+            self._watchdog = self._loop.call_at(due, self._check_silence)
+
+    def _due(self, now: float) -> float | None:
+        """When the watchdog must look next: the deadline or the end of the allowed silence, the earlier
+        (silence counts only while we wait for a byte: from ``now`` while reading is paused)."""
+        due = self._deadline
+        if self._read_timeout:
+            silent_until = (now if self._paused else self._last_read) + self._read_timeout
             if due is None or silent_until < due:
                 due = silent_until
-        assert due is not None
-        self._watchdog = self._loop.call_at(due, self._check_silence)
+        return due
 
     def _fail(self, error: BaseException) -> None:
         self.reusable = False
@@ -362,10 +362,7 @@ class UpstreamHttp:
     ) -> Reply:  # fmt: skip
         """Send one request; its whole answer, at most ``limit`` bytes of body (``BodyTooLarge`` past it),
         within ``total_timeout`` seconds from now, connecting included (``TimeoutError`` past it)."""
-        deadline = None
-        if total_timeout is not None:
-            deadline = asyncio.get_running_loop().time() + total_timeout
-            connect_timeout = min(connect_timeout or self._connect_timeout, total_timeout)
+        deadline = None if total_timeout is None else asyncio.get_running_loop().time() + total_timeout
         origin, connection, request = await self._start(method, url, headers, body, connect_timeout, deadline)
         try:
             reply = await connection.exchange(request, limit, read_timeout, deadline=deadline)
@@ -419,19 +416,17 @@ class UpstreamHttp:
         head += [b"\r\n", body]
         connection = self._take(origin)
         if connection is None:
-            within = connect_timeout or self._connect_timeout
-            if deadline is None:
-                connection = await self._connect(origin, within)
-            else:  # the address lookup too must end by the deadline (a new connection: off the usual path)
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        connection = await self._connect(origin, within)
-                except TimeoutError as exc:
-                    if isinstance(exc, aiohttp.ClientError):
-                        raise
-                    raise aiohttp.ConnectionTimeoutError(
-                        f"connecting to {origin.host} took past the total timeout"
-                    ) from None
+            try:
+                # Address lookup and connecting end by the deadline too (no deadline: None, no limit). A
+                # new connection, off the usual path: the timer costs nothing on a pooled one.
+                async with asyncio.timeout_at(deadline):
+                    connection = await self._connect(origin, connect_timeout or self._connect_timeout)
+            except TimeoutError as exc:
+                if isinstance(exc, aiohttp.ClientError):  # _connect's own connect timeout
+                    raise
+                raise aiohttp.ConnectionTimeoutError(
+                    f"connecting to {origin.host} took past the total timeout"
+                ) from None
         return origin, connection, b"".join(head)
 
     def _give_back(self, origin: _Origin, connection: _Connection) -> None:
