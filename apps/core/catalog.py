@@ -41,6 +41,12 @@ class ModelEntry:
     long_context: LongContext | None = None
 
 
+# The largest token count a catalogue (and a price's long-context size) may name, and the range of a
+# long-context multiplier; the price form and API hold their fields to the same bounds.
+MAX_TOKEN_COUNT = 100_000_000
+FACTOR_MIN, FACTOR_MAX = Decimal(1), Decimal(100)
+
+
 def _money(value: Any, where: str) -> Decimal:
     try:
         amount = Decimal(str(value))
@@ -56,7 +62,7 @@ def _factor(value: Any, where: str) -> Decimal:
         factor = Decimal(str(value))
     except (InvalidOperation, ValueError):
         raise CatalogError(f"{where}: {value!r} is not a number") from None
-    if not factor.is_finite() or not 1 <= factor <= 100 or factor != factor.quantize(Decimal("0.001")):
+    if not factor.is_finite() or not FACTOR_MIN <= factor <= FACTOR_MAX or factor != factor.quantize(Decimal("0.001")):
         raise CatalogError(f"{where}: {value!r} is not a multiplier (1 to 100, at most 3 decimals)")
     return factor
 
@@ -74,7 +80,7 @@ def _long_context(raw: Any, where: str) -> LongContext | None:
 
 
 def _count(value: Any, where: str) -> int:
-    if type(value) is not int or not 0 <= value <= 100_000_000:
+    if type(value) is not int or not 0 <= value <= MAX_TOKEN_COUNT:
         raise CatalogError(f"{where}: {value!r} is not a token count")
     return value
 

@@ -10,6 +10,7 @@ from django import forms
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from apps.core.catalog import MAX_TOKEN_COUNT
 from apps.core.pricing import LongContext
 from apps.dashboard.models import TokenScope
 from apps.ledger.selectors import GROUP_BY_LABELS, LedgerFilters
@@ -174,7 +175,7 @@ class PriceForm(forms.Form):
         label="Reasoning", required=False, help_text="Blank: reasoning tokens bill as output", **MONEY
     )
     long_context_above_tokens = forms.IntegerField(
-        label="Long context above", required=False, min_value=1, max_value=100_000_000,
+        label="Long context above", required=False, min_value=1, max_value=MAX_TOKEN_COUNT,
         help_text="Input tokens past which a request is billed whole at the factors below",
     )  # fmt: skip
     long_context_input_factor = forms.DecimalField(

@@ -17,6 +17,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from apps.core.catalog import MAX_TOKEN_COUNT
 from apps.core.pricing import LongContext
 from apps.providers.models import (
     FACTOR,
@@ -142,7 +143,7 @@ def _tier_money(tier: str) -> serializers.DecimalField:
 
 
 class LongContextSerializer(serializers.Serializer):
-    above_input_tokens = serializers.IntegerField(min_value=1, max_value=100_000_000)
+    above_input_tokens = serializers.IntegerField(min_value=1, max_value=MAX_TOKEN_COUNT)
     input_factor = serializers.DecimalField(**FACTOR, **FACTOR_BOUNDS)
     output_factor = serializers.DecimalField(**FACTOR, **FACTOR_BOUNDS)
 

@@ -10,6 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
+from apps.core.catalog import FACTOR_MAX, FACTOR_MIN
 from apps.core.pricing import MTOK, TIER_FLEX, TIER_PRIORITY, LongContext, PriceRow, TierRates, token_cost
 from apps.providers import crypto
 
@@ -102,7 +103,7 @@ class FactorBounds(TypedDict):
 MONEY: DecimalSpec = {"max_digits": 14, "decimal_places": 6}
 # A long-context multiplier's column; what the form and the API accept is bounded as the catalogue bounds it.
 FACTOR: DecimalSpec = {"max_digits": 6, "decimal_places": 3}
-FACTOR_BOUNDS: FactorBounds = {"min_value": Decimal(1), "max_value": Decimal(100)}
+FACTOR_BOUNDS: FactorBounds = {"min_value": FACTOR_MIN, "max_value": FACTOR_MAX}
 
 
 class Price(models.Model):
