@@ -270,7 +270,8 @@ def test_served_by_uvicorn_the_export_streams_while_its_cursor_is_still_open(cli
 
     rows = 30_000  # about 6 MB of CSV: more than socket buffers hold, so the server must wait for the reader
     params = {"tag": "stream", "rows": rows, "first": 1, "last": rows, "span": 5 * 86400, "org": people.tenant.org.pk,
-              "projects": [people.tenant.project.pk], "key": people.tenant.key.api_key.pk}  # fmt: skip
+              "projects": [people.tenant.project.pk], "key": people.tenant.key.api_key.pk,
+              "now": timezone.now()}  # fmt: skip
     with connection.cursor() as cursor:
         cursor.execute(LOAD_SQL, params)
     login(client, people.owner)

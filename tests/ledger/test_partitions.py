@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import re
 import uuid
 from collections.abc import Iterator
 
@@ -25,6 +26,7 @@ from apps.ledger.partitions import (
 )
 from apps.ledger.retention import ledger_retention_apply
 from apps.ledger.services import ledger_retention_set
+from apps.tenancy.models import Organization
 from tests.factories import Tenant, tenant_make
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -266,3 +268,55 @@ def test_the_migration_keeps_every_row_and_can_be_undone() -> None:
         for partition in partitions_list():
             if partition.start.year in (2019, 2020):
                 partition_drop(partition)
+
+
+def test_the_bench_bulk_load_builds_partitions_the_ledger_would_have_made() -> None:
+    """``bench_ledger --bulk`` (the 100M-row measurement) makes each month's partition by hand, then attaches it:
+    every row in its month, every index of the ledger on each month, ids from the ledger's own sequence; its
+    clean-up leaves the months empty and partitioned as before."""
+    out = io.StringIO()
+    call_command("bench_ledger", rows=13_000, bulk=True, keep=True, runs=1, no_plans=True, stdout=out)
+    tag = re.search(r"kept: --reuse (\S+)", out.getvalue())[1]  # type: ignore[index]
+    org_id = Organization.objects.get(slug=tag).pk
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT tableoid::regclass::text, count(*), count(DISTINCT id), min(created_at), max(created_at) "
+            "FROM ledger_ledgerentry WHERE organization_id = %s GROUP BY 1",
+            [org_id],
+        )
+        months = {name: (rows, ids, first, last) for name, rows, ids, first, last in cursor.fetchall()}
+        cursor.execute(
+            "SELECT count(*) FROM pg_index WHERE indrelid = %s::regclass",
+            [TABLE],
+        )
+        (ledger_indexes,) = cursor.fetchone()
+        for name in months:
+            # Each index of the month is attached to the ledger's index of the same definition.
+            cursor.execute(
+                "SELECT count(*) FROM pg_index x JOIN pg_inherits i ON i.inhrelid = x.indexrelid "
+                "WHERE x.indrelid = %s::regclass",
+                [name],
+            )
+            assert cursor.fetchone()[0] == ledger_indexes, name
+            cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = %s::regclass AND contype = 'c'", [name])
+            assert "bench_month" not in {conname for (conname,) in cursor.fetchall()}, "the load's CHECK is dropped"
+    assert sum(rows for rows, *_ in months.values()) == 13_000
+    assert sum(ids for _rows, ids, *_ in months.values()) == 13_000
+    assert len(months) == 13 and DEFAULT_PARTITION not in months
+    for name, (_rows, _ids, first, last) in months.items():
+        assert name == f"{TABLE}_p{first.year:04d}_{first.month:02d}" == f"{TABLE}_p{last.year:04d}_{last.month:02d}"
+    newest = LedgerEntry.objects.filter(organization_id=org_id).order_by("-id").first()
+    assert newest is not None
+    assert row(tenant_make(), dt.datetime.now(dt.UTC)).id > newest.id, "the ledger's own sequence gave the ids"
+
+    call_command("bench_ledger", reuse=tag, bulk=True, runs=1, no_plans=True, stdout=io.StringIO())
+    assert not LedgerEntry.objects.filter(organization_id=org_id).exists()
+    assert set(months) <= {p.name for p in partitions_list()}, "the months are partitions again, empty"
+
+
+def test_the_bench_bulk_load_refuses_a_month_that_holds_rows() -> None:
+    row(tenant_make(), dt.datetime.now(dt.UTC))
+    with pytest.raises(CommandError, match="needs empty months"):
+        call_command("bench_ledger", rows=1_000, bulk=True, runs=1, no_plans=True, stdout=io.StringIO())
+    assert LedgerEntry.objects.count() == 1, "nothing was loaded"
+    assert not Organization.objects.filter(slug__startswith="bench-ledger-").exists()

@@ -18,6 +18,7 @@ from django.core.management.base import BaseCommand
 from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from apps.keys.services import key_issue
 from apps.ledger.models import HourlyRollup, ProjectHourlyRollup, SliceHourlyRollup
@@ -28,19 +29,20 @@ from apps.tenancy.services import organization_create, project_create
 # One INSERT … SELECT over generate_series: no Python per row. The mix: 6 features each on its usual
 # model (4 models), 40 end users, ~10% cache hits, ~14% routed, 2% batch, 1% errors, a third streamed.
 # Rows g in [first, last] of ``rows`` are spread evenly over the ``span`` seconds before now, and
-# round-robin over the ``projects`` (ids); bench_ledger loads in chunks of one range each.
-LOAD_SQL = """
-INSERT INTO ledger_ledgerentry (
+# round-robin over the ``projects`` (ids), g = 1 the newest; bench_ledger loads in chunks of one range
+# each, or (--bulk) one month at a time into a bare table, with LOAD_VALUES.
+LOAD_COLUMNS = """
     request_id, created_at, ingested_at, source, organization_id, project_id, api_key_id, provider_id,
     endpoint, feature, end_user, requested_model, served_model, prompt_tokens, cached_tokens,
     completion_tokens, usage_estimated, cost, counterfactual_cost, latency_ms, ttft_ms, status_code,
     error_code, streamed, cache_hit, route, possibly_billed, request_count, cache_write_tokens,
     cache_key, prefix_key, prefix_tokens, embedding_key, turns, reasoning_tokens, service_tier
-)
-SELECT
+"""
+LOAD_VALUES = """
     %(tag)s || '-' || g,
-    now() - make_interval(secs => (g * %(span)s) / %(rows)s),
-    now(), 'gateway', %(org)s, (%(projects)s::bigint[])[1 + g %% cardinality(%(projects)s::bigint[])], %(key)s, NULL,
+    %(now)s::timestamptz - make_interval(secs => (g * %(span)s) / %(rows)s) AS created_at,
+    %(now)s::timestamptz, 'gateway', %(org)s,
+    (%(projects)s::bigint[])[1 + g %% cardinality(%(projects)s::bigint[])], %(key)s, NULL::bigint,
     CASE WHEN g %% 50 = 0 THEN 'batch' ELSE 'chat.completions' END,
     (ARRAY['support-chat', 'search', 'summaries', 'tagging', 'agent', 'eval'])[1 + g %% 6],
     'user-' || (g %% 40),
@@ -57,8 +59,11 @@ SELECT
     CASE WHEN g %% 7 = 0 THEN 'route:cheap-first' WHEN g %% 29 = 0 THEN 'cascade:mini-then-4o' ELSE '' END,
     false, 1, 0,
     '', '', 0, '', 0, 0, 'standard'
-FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g
 """
+LOAD_SQL = (
+    f"INSERT INTO ledger_ledgerentry ({LOAD_COLUMNS}) SELECT {LOAD_VALUES}"  # noqa: S608 (constants, no input)
+    " FROM generate_series(%(first)s::bigint, %(last)s::bigint) AS g"
+)
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -92,6 +97,7 @@ class Command(BaseCommand):
                     "org": org.pk,
                     "projects": [project.pk],
                     "key": key.pk,
+                    "now": timezone.now(),
                 }
                 cursor.execute(LOAD_SQL, params)
                 cursor.execute("ANALYZE ledger_ledgerentry")
