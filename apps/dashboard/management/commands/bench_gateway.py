@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -130,6 +131,15 @@ def _cells(run: dict[str, float]) -> str:
     if "gateway_cpu_us" in run:
         cells += f" {run['gateway_cpu_us']:>9.0f} {run['redis_cpu_us']:>9.1f}"
     return cells
+
+
+def _box_split(label: str, run: dict[str, float]) -> str:
+    """``label``'s box CPU a request and its parts, as one phrase of the report."""
+    parts = [("proxy", "proxy"), ("upstream", "upstream"), ("wrk", "wrk"), ("Redis", "redis"),
+             ("ingest", "ingest"), ("rest", "rest")]  # fmt: skip
+    split = " + ".join(f"{name} {run[f'box_{key}']:.0f}" for name, key in parts if abs(run[f"box_{key}"]) >= 0.5)
+    busy = f"{run['box_busy']:.0%} busy" + (f", {run['box_stolen']:.0%} stolen" if run["box_stolen"] >= 0.005 else "")
+    return f"{label} {run['box_box']:.0f} µs of box CPU a request ({busy}) = {split}"
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -280,6 +290,72 @@ class _CpuSpent:
         }
 
 
+class _BoxMeter:
+    """Where all of the box's CPU went during one wrk run: the proxy under test, the upstream, wrk, Redis,
+    the ledger's ingest (its consumer and Postgres) and the rest (the kernel's network work that no process
+    is charged with, anything else running).
+
+    Every part shares the same CPUs, so once they are busy a set-up's throughput follows the box's CPU per
+    request, not its proxy's alone. Split up, it shows how much of the gateway's gap to the bare proxy is
+    the gateway's own process and how much the work the gateway causes around it.
+    """
+
+    def __init__(self, *, upstream: int, ingest: int, client: redis.Redis) -> None:
+        self._upstream, self._ingest, self._redis = upstream, ingest, client
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def _process_seconds(self, pids: list[int]) -> float:
+        ticks = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # a worker that exited meanwhile
+                continue
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / self._ticks
+
+    def _read(self, proxy: int | None) -> dict[str, float]:
+        # /proc/stat's first line: user nice system idle iowait irq softirq steal (in ticks, all CPUs).
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (
+            int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+        )
+        wrk = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped during a run
+        info = self._redis.info("cpu")
+        return {
+            # Steal (the hypervisor running another guest) is no work of this box's: shown apart.
+            "box": (user + nice + system + irq + softirq) / self._ticks,
+            "stolen": steal / self._ticks,
+            "proxy": self._process_seconds(_process_tree(proxy)) if proxy else 0.0,
+            "upstream": self._process_seconds(_process_tree(self._upstream)),
+            "wrk": wrk.ru_utime + wrk.ru_stime,
+            "redis": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+            "ingest": self._process_seconds(
+                [*_process_tree(self._ingest), *(pid for pid, _fields in _postgres_processes())]
+            ),
+        }
+
+    @contextmanager
+    def measure(self, proxy: int | None) -> Iterator[dict[str, float]]:
+        """Yields a dict that holds, after the block, each part's CPU seconds (``rest``: the box's others)."""
+        spent: dict[str, float] = {}
+        before = self._read(proxy)
+        yield spent
+        after = self._read(proxy)
+        spent.update({name: after[name] - before[name] for name in after})
+        spent["rest"] = spent["box"] - sum(value for name, value in spent.items() if name not in ("box", "stolen"))
+
+    @staticmethod
+    def per_request(spent: dict[str, float], run: dict[str, float], seconds: int) -> dict[str, float]:
+        """``box_*`` µs a request; ``box_busy`` and ``box_stolen``: the shares of all CPUs' time during the run
+        that were busy, and that the hypervisor gave to other guests."""
+        requests, capacity = max(run["requests"], 1), seconds * (os.cpu_count() or 1)
+        return {
+            **{f"box_{name}": value / requests * 1e6 for name, value in spent.items() if name != "stolen"},
+            "box_busy": spent["box"] / capacity,
+            "box_stolen": spent["stolen"] / capacity,
+        }
+
+
 def _uvicorn(python: str, app: str, port: int, workers: int = 1) -> list[str]:
     """The server command line the gateway and the bare proxy share, so they are measured alike."""
     return [python, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
@@ -365,10 +441,18 @@ class Command(BaseCommand):
                 trialled: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 indexer = procs[5].pid if len(procs) > 5 else None
                 meter = _CpuMeter(procs[1].pid, sync_client(settings.REDIS_URL), indexer)
+                box = _BoxMeter(upstream=procs[0].pid, ingest=procs[2].pid, client=sync_client(settings.REDIS_URL))
+
+                def measured(url: str, script: Path, connections: int, proxy: int | None) -> Run:
+                    """One wrk run, with where the box's CPU went during it."""
+                    with box.measure(proxy) as spent:
+                        run = _wrk(url, script, connections, options["seconds"])
+                    return {**run, **box.per_request(spent, run, options["seconds"])}
+
                 for connections in [int(c) for c in options["connections"].split(",")]:
-                    direct = _wrk(f"{upstream_url}/chat/completions", direct_lua, connections, options["seconds"])
-                    bare = _wrk(bare_url, direct_lua, connections, options["seconds"])
-                    bare_lean = _wrk(lean_url, direct_lua, connections, options["seconds"])
+                    direct = measured(f"{upstream_url}/chat/completions", direct_lua, connections, None)
+                    bare = measured(bare_url, direct_lua, connections, procs[3].pid)
+                    bare_lean = measured(lean_url, direct_lua, connections, procs[4].pid)
                     # Rounds interleave the three set-ups so that a slow spell on this shared box
                     # (the ledger consumer's commits, Postgres) lands on all of them alike; medians are reported.
                     runs: dict[str, list[dict[str, float]]] = {"gateway": [], "budget": [], "limits": []}
@@ -377,7 +461,7 @@ class Command(BaseCommand):
                                                       ("limits", True, True)):  # fmt: skip
                             self._limits(issued, on=on, rate_limits=rate_limits, gateway=gateway_v1)
                             with meter.measure() as cpu:
-                                result = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
+                                result = measured(gateway_url, gateway_lua, connections, procs[1].pid)
                             result.update(cpu.per_request(result["requests"]))
                             runs[name].append(result)
                             sent += int(result["requests"])
@@ -559,7 +643,10 @@ class Command(BaseCommand):
             "simulated upstream (1 worker, no added latency); gateway+budget: one project budget; "
             "gateway+limits: that budget plus RPM, TPM and concurrency limits; "
             f"limit leases {'on' if leases else 'off (--no-leases: every request runs the admission script)'}; "
-            "cpu µs/req: CPU time of the gateway's processes and of the Redis server per answered request\n"
+            "cpu µs/req: CPU time of the gateway's processes and of the Redis server per answered request; "
+            "box CPU: every CPU's busy time per answered request, split by process (ingest: the ledger consumer "
+            "and Postgres; rest: the kernel's network work no process is charged with, and anything else; stolen: CPU "
+            "time the hypervisor gave to other guests)\n"
         )
         w("gateway memory after the run (RSS per worker): " + ", ".join(f"{mib:.0f} MiB" for mib in memory))
         w(
@@ -596,6 +683,27 @@ class Command(BaseCommand):
                 f"at {limited['rps'] / bare_lean['rps']:.0%} of its throughput, "
                 f"{limited['p50'] - bare_lean['p50']:+.2f} ms p50 over it"
             )
+            w(f"      {_box_split('bare proxy', bare)}; {_box_split('gateway+limits', limited)}")
+            # Once every CPU is busy (see box_busy), throughput follows the box's CPU a request: the work the
+            # gateway+limits run does outside the gateway's process bounds its share, whatever the gateway
+            # costs. One connection waits on latency, not CPU: no bound is drawn there.
+            outside = limited["box_box"] - limited["box_proxy"]
+            needed = bare["box_box"] / 0.7 - outside
+            if connections == 1:
+                w("      (one connection: latency-bound, no CPU bound drawn)")
+            else:
+                w(
+                    f"      outside the proxy's own process the gateway+limits run spends {outside:.0f} µs of box "
+                    f"CPU a request (the whole bare-proxy run: {bare['box_box']:.0f}): a gateway process that cost "
+                    f"nothing would reach at most {bare['box_box'] / outside:.0%} of the bare proxy's throughput on "
+                    "this box; 70% needs "
+                    + (
+                        f"the gateway's own process at {needed:.0f} µs a request or less "
+                        f"(now {limited['box_proxy']:.0f})"
+                        if needed > 0
+                        else "the work around the gateway (upstream, wrk, Redis, ingest, kernel) to shrink first"
+                    )
+                )
             for label, run in (("a budget alone", budgeted), ("budget + RPM, TPM and concurrency limits", limited)):
                 w(
                     f"      {label}: {1 - run['rps'] / gateway['rps']:.1%} of gateway throughput; "
