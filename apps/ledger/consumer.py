@@ -14,13 +14,14 @@ from __future__ import annotations
 import gc
 import logging
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import orjson
-from django.db import DataError, IntegrityError, close_old_connections, transaction
+from django.db import DataError, IntegrityError, close_old_connections, connections, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -37,6 +38,13 @@ T = TypeVar("T")
 # pending, to be read again.
 ENTRY_ERRORS: tuple[type[Exception], ...] = (DataError, IntegrityError, ValueError, TypeError, ArithmeticError)
 
+# How long a running consumer keeps its database connection, in seconds. It commits batches many times a
+# second for days; with the web's CONN_MAX_AGE (default 0: a connection per request), the
+# close_old_connections() after each batch closed it, so every batch paid for a new one: a Postgres backend
+# forked and authenticated, and the partitioned ledger's catalog read again. Under load on the dev box that
+# was ~40 connections a second, costing more CPU than the rows themselves (README, Sizing).
+CONSUMER_CONN_MAX_AGE = 600
+
 # (entry id, fields as read, why it could not be stored)
 DeadLetter = tuple[bytes, dict[Any, Any], str]
 
@@ -46,11 +54,19 @@ DeadLetter = tuple[bytes, dict[Any, Any], str]
 entries_dead_lettered = Signal()
 
 
-def consume_until_stopped(step: Callable[[int], int], *, once: bool, block_ms: int) -> int:
+def consume_until_stopped(
+    step: Callable[[int], int], *, once: bool, block_ms: int, batch_size: int = 0, linger_ms: int = 0
+) -> int:
     """Call ``step(block_ms)`` until SIGTERM/SIGINT, or until a pass finds nothing when ``once``.
 
     ``step`` handles one batch and returns how many entries it handled; with ``once``
     it is called without blocking. Returns the total handled.
+
+    ``linger_ms``: after a batch smaller than ``batch_size``, wait this long before reading again, so that
+    under steady traffic the next batch has gathered more entries. A read returns as soon as one entry is
+    there, so at a few thousand requests a second batches were a few entries each, and the cost of a batch
+    (the stream read, a transaction, the acknowledgement) was paid nearly per row. A backlog is read in
+    full batches, without waiting.
     """
     stopping = False
 
@@ -60,6 +76,8 @@ def consume_until_stopped(step: Callable[[int], int], *, once: bool, block_ms: i
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if not once:
+        keep_connections(CONSUMER_CONN_MAX_AGE)
     total = 0
     while not stopping:
         handled = step(0 if once else block_ms)
@@ -67,7 +85,23 @@ def consume_until_stopped(step: Callable[[int], int], *, once: bool, block_ms: i
         close_old_connections()
         if once and handled == 0:
             break
+        if not once and linger_ms and 0 < handled < batch_size:
+            time.sleep(linger_ms / 1000)
     return total
+
+
+def keep_connections(max_age: int) -> None:
+    """Let this process keep each database connection for ``max_age`` seconds where its settings close it
+    after every batch, with Django's health check before a kept one is used again: a connection that broke
+    between batches (Postgres restarted) is replaced, not raised as the next batch's error.
+
+    For a consumer's own process only: it changes the process's database settings.
+    """
+    for alias in connections:
+        settings_dict = connections[alias].settings_dict
+        if not settings_dict.get("CONN_MAX_AGE"):
+            settings_dict["CONN_MAX_AGE"] = max_age
+            settings_dict["CONN_HEALTH_CHECKS"] = True
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import uuid
@@ -10,8 +11,10 @@ import orjson
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection, connections
 
 from apps.core.events import EVENT_FIELD
+from apps.ledger.consumer import consume_until_stopped
 from apps.ledger.models import BackgroundResponse, LedgerEntry
 from apps.ledger.services import dead_letter_stream, ensure_group, ledger_ingest_batch, ledger_stream
 from apps.ledger.stream import GROUP
@@ -194,3 +197,58 @@ def test_a_batch_of_stored_new_and_unreadable_events_stores_each_new_one_once(cl
     )
     assert client.xlen(dead_letter_stream()) == 1
     assert client.xpending(ledger_stream(), GROUP)["pending"] == 0
+
+
+def _sessions() -> int:
+    """Connections ever made to the test database (Postgres's own count)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_consumer_keeps_its_database_connection_across_batches(client: redis.Redis) -> None:
+    """With the default CONN_MAX_AGE (0) a consumer used to close its connection after every batch: under
+    traffic, a new Postgres backend for every few rows."""
+    tenant = tenant_make()
+    before = _sessions()
+    consumer = live.start_manage("ingest_ledger", "--batch-size", "10", "--linger-ms", "0", name="ingest")
+    try:
+        for wave in range(10):  # one batch or more each, apart in time as traffic is
+            _publish(client, [_event(tenant, n) for n in range(wave * 10, wave * 10 + 10)])
+            live.wait_until(lambda wave=wave: LedgerEntry.objects.count() == wave * 10 + 10, timeout=30)
+    finally:
+        consumer.stop()
+    # A backend reports its session within a second or at its exit; the consumer has exited.
+    made = live.wait_until(lambda: _sessions() - before or None, timeout=10)
+    assert made <= 3, f"{made} connections for 10 batches or more"  # its own, and any its start-up made
+
+
+def test_after_a_short_batch_the_consumer_lingers_and_reads_a_full_one_at_once() -> None:
+    """``linger_ms`` lets a batch gather under steady traffic; a backlog is read without waiting."""
+    calls: list[float] = []
+    batches = [3, 10, 3]  # short, full (batch_size 10), short
+
+    def step(_block_ms: int) -> int:
+        calls.append(time.monotonic())
+        if len(calls) > len(batches):
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop's own handler stops it
+            return 0
+        return batches[len(calls) - 1]
+
+    kept = {alias: dict(connections[alias].settings_dict) for alias in connections}
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        total = consume_until_stopped(step, once=False, block_ms=0, batch_size=10, linger_ms=1000)
+    finally:
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
+        for alias, settings_dict in kept.items():  # the loop set this process up as a consumer's
+            connections[alias].settings_dict.clear()
+            connections[alias].settings_dict.update(settings_dict)
+    assert total == 16
+    gaps = [later - earlier for earlier, later in zip(calls, calls[1:], strict=False)]
+    assert gaps[0] >= 0.99, "after a short batch it waited"
+    assert gaps[1] < 0.5, "after a full batch it read again at once"
+    assert gaps[2] >= 0.99
