@@ -147,6 +147,27 @@ def _median(runs: list[dict[str, float]]) -> dict[str, float]:
     return {name: statistics.median(run[name] for run in runs) for name in runs[0]}
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds of ``pids`` (a process that exited meanwhile counts nothing)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            # Fields after the command name: utime and stime are the 12th and 13th (man 5 proc).
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / _TICKS
+
+
+def _redis_cpu_seconds(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
 class _CpuMeter:
     """CPU seconds the gateway process and the Redis server spent during one wrk run.
 
@@ -159,16 +180,10 @@ class _CpuMeter:
         self._pid = gateway_pid
         self._indexer = indexer_pid
         self._redis = client
-        self._ticks = os.sysconf("SC_CLK_TCK")
 
     def _seconds(self, pid: int) -> float:
         """CPU seconds of ``pid`` and its descendants (with --workers N: uvicorn's supervisor and workers)."""
-        ticks = 0
-        for member in _process_tree(pid):
-            # Fields after the command name: utime and stime are the 12th and 13th (man 5 proc).
-            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-        return ticks / self._ticks
+        return _cpu_seconds(_process_tree(pid))
 
     def _gateway_seconds(self) -> float:
         return self._seconds(self._pid)
@@ -187,14 +202,13 @@ class _CpuMeter:
                 parent = ""
             if "(postgres)" not in parent:
                 ticks += int(fields[13]) + int(fields[14])
-        return ticks / self._ticks
+        return ticks / _TICKS
 
     def _indexer_seconds(self) -> float:
         return self._seconds(self._indexer) if self._indexer is not None else 0.0
 
     def _redis_seconds(self) -> float:
-        info = self._redis.info("cpu")
-        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+        return _redis_cpu_seconds(self._redis)
 
     @contextmanager
     def measure(self) -> Iterator[_CpuSpent]:
@@ -302,17 +316,6 @@ class _BoxMeter:
 
     def __init__(self, *, upstream: int, ingest: int, client: redis.Redis) -> None:
         self._upstream, self._ingest, self._redis = upstream, ingest, client
-        self._ticks = os.sysconf("SC_CLK_TCK")
-
-    def _process_seconds(self, pids: list[int]) -> float:
-        ticks = 0
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:  # a worker that exited meanwhile
-                continue
-            ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        return ticks / self._ticks
 
     def _read(self, proxy: int | None) -> dict[str, float]:
         # /proc/stat's first line: user nice system idle iowait irq softirq steal (in ticks, all CPUs).
@@ -320,39 +323,42 @@ class _BoxMeter:
             int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
         )
         wrk = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped during a run
-        info = self._redis.info("cpu")
         return {
             # Steal (the hypervisor running another guest) is no work of this box's: shown apart.
-            "box": (user + nice + system + irq + softirq) / self._ticks,
-            "stolen": steal / self._ticks,
-            "proxy": self._process_seconds(_process_tree(proxy)) if proxy else 0.0,
-            "upstream": self._process_seconds(_process_tree(self._upstream)),
+            "box": (user + nice + system + irq + softirq) / _TICKS,
+            "stolen": steal / _TICKS,
+            "proxy": _cpu_seconds(_process_tree(proxy)) if proxy else 0.0,
+            "upstream": _cpu_seconds(_process_tree(self._upstream)),
             "wrk": wrk.ru_utime + wrk.ru_stime,
-            "redis": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
-            "ingest": self._process_seconds(
-                [*_process_tree(self._ingest), *(pid for pid, _fields in _postgres_processes())]
-            ),
+            "redis": _redis_cpu_seconds(self._redis),
+            "ingest": _cpu_seconds([*_process_tree(self._ingest), *(pid for pid, _fields in _postgres_processes())]),
         }
 
     @contextmanager
-    def measure(self, proxy: int | None) -> Iterator[dict[str, float]]:
-        """Yields a dict that holds, after the block, each part's CPU seconds (``rest``: the box's others)."""
-        spent: dict[str, float] = {}
-        before = self._read(proxy)
+    def measure(self, proxy: int | None) -> Iterator[_BoxSpent]:
+        """Yields what, after the block, holds each part's CPU seconds and the block's own length."""
+        spent = _BoxSpent()
+        before, started = self._read(proxy), time.monotonic()
         yield spent
-        after = self._read(proxy)
-        spent.update({name: after[name] - before[name] for name in after})
-        spent["rest"] = spent["box"] - sum(value for name, value in spent.items() if name not in ("box", "stolen"))
+        after, spent.elapsed = self._read(proxy), time.monotonic() - started
+        spent.parts = {name: after[name] - before[name] for name in after}
+        spent.stolen = spent.parts.pop("stolen")
+        spent.parts["rest"] = spent.parts["box"] - sum(v for name, v in spent.parts.items() if name != "box")
 
-    @staticmethod
-    def per_request(spent: dict[str, float], run: dict[str, float], seconds: int) -> dict[str, float]:
-        """``box_*`` µs a request; ``box_busy`` and ``box_stolen``: the shares of all CPUs' time during the run
+
+class _BoxSpent:
+    parts: dict[str, float]  # CPU seconds: the box's busy time ("box") and its parts, "rest" included
+    stolen = 0.0  # CPU seconds the hypervisor gave to other guests
+    elapsed = 0.0  # wall-clock seconds the run took (wrk's start and end included)
+
+    def per_request(self, requests: float) -> dict[str, float]:
+        """``box_*``: µs a request; ``box_busy`` and ``box_stolen``: the shares of all CPUs' time over the run
         that were busy, and that the hypervisor gave to other guests."""
-        requests, capacity = max(run["requests"], 1), seconds * (os.cpu_count() or 1)
+        capacity = max(self.elapsed, 1e-9) * (os.cpu_count() or 1)
         return {
-            **{f"box_{name}": value / requests * 1e6 for name, value in spent.items() if name != "stolen"},
-            "box_busy": spent["box"] / capacity,
-            "box_stolen": spent["stolen"] / capacity,
+            **{f"box_{name}": value / max(requests, 1) * 1e6 for name, value in self.parts.items()},
+            "box_busy": self.parts["box"] / capacity,
+            "box_stolen": self.stolen / capacity,
         }
 
 
@@ -440,14 +446,15 @@ class Command(BaseCommand):
                 cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 trialled: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 indexer = procs[5].pid if len(procs) > 5 else None
-                meter = _CpuMeter(procs[1].pid, sync_client(settings.REDIS_URL), indexer)
-                box = _BoxMeter(upstream=procs[0].pid, ingest=procs[2].pid, client=sync_client(settings.REDIS_URL))
+                state = sync_client(settings.REDIS_URL)
+                meter = _CpuMeter(procs[1].pid, state, indexer)
+                box = _BoxMeter(upstream=procs[0].pid, ingest=procs[2].pid, client=state)
 
                 def measured(url: str, script: Path, connections: int, proxy: int | None) -> Run:
                     """One wrk run, with where the box's CPU went during it."""
                     with box.measure(proxy) as spent:
                         run = _wrk(url, script, connections, options["seconds"])
-                    return {**run, **box.per_request(spent, run, options["seconds"])}
+                    return {**run, **spent.per_request(run["requests"])}
 
                 for connections in [int(c) for c in options["connections"].split(",")]:
                     direct = measured(f"{upstream_url}/chat/completions", direct_lua, connections, None)

@@ -143,10 +143,8 @@ class Command(BaseCommand):
         if bulk:
             self._load_months(params)
         else:
-            start = month_start(now)
-            for _ in range(13):  # this month and the twelve before: what the rows span
+            for start in self._months(now):
                 partition_create(start)
-                start = month_start(start - dt.timedelta(days=1))
             for first in range(1, rows + 1, CHUNK):
                 chunk = {**params, "first": first, "last": min(first + CHUNK - 1, rows)}
                 with transaction.atomic(), connection.cursor() as cursor:
@@ -169,17 +167,14 @@ class Command(BaseCommand):
     def _check_months_empty(self, now: dt.datetime) -> None:
         """--bulk replaces the months' partitions: refuse, before anything is written, if one holds a row."""
         for start in self._months(now):
+            name = partition_name(start)
             with connection.cursor() as cursor:
-                cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [partition_name(start)])
+                cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
                 if not cursor.fetchone()[0]:
                     continue
-                cursor.execute(
-                    sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(partition_name(start)))
-                )
+                cursor.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(name)))
                 if cursor.fetchone()[0]:
-                    raise CommandError(
-                        f"--bulk needs empty months (a bench database): {partition_name(start)} has rows"
-                    )
+                    raise CommandError(f"--bulk needs empty months (a bench database): {name} has rows")
 
     def _load_months(self, params: dict[str, Any]) -> None:
         """--bulk: each month's rows into a bare table, oldest first, then attached as its partition."""
