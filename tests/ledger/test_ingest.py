@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import time
@@ -11,6 +12,8 @@ import orjson
 import pytest
 import redis
 from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection, connections
 
 from apps.core.events import EVENT_FIELD
@@ -252,3 +255,9 @@ def test_after_a_short_batch_the_consumer_lingers_and_reads_a_full_one_at_once()
     assert gaps[0] >= 0.99, "after a short batch it waited"
     assert gaps[1] < 0.5, "after a full batch it read again at once"
     assert gaps[2] >= 0.99
+
+
+@pytest.mark.parametrize("linger", ["-1", "10001", "soon", "1e9", ""])
+def test_the_consumer_refuses_a_linger_it_cannot_honour(linger: str) -> None:
+    with pytest.raises(CommandError):
+        call_command("ingest_ledger", "--once", "--linger-ms", linger, stdout=io.StringIO())

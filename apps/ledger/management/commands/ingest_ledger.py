@@ -39,6 +39,8 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="Drain what is there now, then exit")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not 0 <= options["linger_ms"] <= 10_000:
+            raise CommandError("--linger-ms must be between 0 and 10000")
         client = redis_client()
 
         def step(block_ms: int) -> int:
@@ -50,8 +52,6 @@ class Command(BaseCommand):
                 claim_idle_ms=options["claim_idle_ms"],
             )
 
-        if not 0 <= options["linger_ms"] <= 10_000:
-            raise CommandError("--linger-ms must be between 0 and 10000")
         total = consume_until_stopped(
             step,
             once=options["once"],
