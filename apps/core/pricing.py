@@ -147,9 +147,12 @@ class PriceRow:
     long_context: LongContext | None = None
     # The standard tier's rates as one value, made once: ``rates`` is asked for them on every request.
     standard: TierRates = field(init=False, repr=False, compare=False)
+    # ``worst_cost``'s rates by the tiers asked about, worked out on first use: every admission asks.
+    _dearest: dict[tuple[str, ...], tuple[tuple[Decimal, Decimal], ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "standard", TierRates(self.input, self.cached_input, self.output))
+        object.__setattr__(self, "_dearest", {})
 
     @classmethod
     def per_mtok(
@@ -210,11 +213,25 @@ class PriceRow:
         """The most ``prompt_tokens`` in and ``output_tokens`` out can cost on any of ``tiers``: every output
         token may be a reasoning token and every prompt token a cache write, so the dearer rates count
         (long-context ones once the prompt passes the rule's size)."""
-        input_factor, output_factor = self.long_context.factors(prompt_tokens) if self.long_context else (ONE, ONE)
-        worst = Decimal(0)
+        rates = self._dearest.get(tiers)
+        if rates is None:
+            rates = self._dearest[tiers] = self._dearest_rates(tiers)
+        if self.long_context is not None:
+            input_factor, output_factor = self.long_context.factors(prompt_tokens)
+            return max(prompt_tokens * p * input_factor + output_tokens * o * output_factor for p, o in rates)
+        if len(rates) == 1:  # most requests: the standard tier alone (asked for, or twice)
+            prompt, output = rates[0]
+            return prompt_tokens * prompt + output_tokens * output
+        return max(prompt_tokens * p + output_tokens * o for p, o in rates)
+
+    def _dearest_rates(self, tiers: tuple[str, ...]) -> tuple[tuple[Decimal, Decimal], ...]:
+        """Per distinct tier of ``tiers``, its dearest prompt and output rates (a cache write or reasoning
+        rate where dearer)."""
+        pairs: list[tuple[Decimal, Decimal]] = []
         for tier in tiers:
             rates = self.rates(tier)
             prompt = max(rates.input, self.cache_write) if self.cache_write is not None else rates.input
             output = max(rates.output, self.reasoning) if self.reasoning is not None else rates.output
-            worst = max(worst, prompt_tokens * prompt * input_factor + output_tokens * output * output_factor)
-        return worst
+            if (prompt, output) not in pairs:
+                pairs.append((prompt, output))
+        return tuple(pairs)

@@ -29,6 +29,7 @@ Why this keeps the guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import os
@@ -143,8 +144,12 @@ class LeaseBook:
         self.budgets: dict[str, BudgetLease] = {}  # by counter key
         self.scopes: dict[str, ScopeLease] = {}  # by scope name
         self._sizes: dict[str, int] = {}
-        # Budget keys and scopes with a lease request on its way: concurrent requests don't ask again.
-        self.asking: set[str] = set()
+        # Budget keys and scopes with a lease request on its way, each to the future its round trip's end
+        # settles: concurrent requests don't ask again, and those that find no lease wait for it (``renewal``).
+        self.asking: dict[str, asyncio.Future[None]] = {}
+        # Budget keys and scopes whose last lease request left them without a lease (near a limit): a request
+        # finding no lease there runs its own admission at once rather than wait on a lease unlikely to come.
+        self._ungranted: set[str] = set()
         self._returns: list[Command] = []  # closed leases' unused part, sent with the next round trip
         self._ids = itertools.count(1)
         self._slot_prefix = f"lease:{os.getpid()}:{secrets.token_hex(4)}:"
@@ -197,14 +202,15 @@ class LeaseBook:
                 holds.members.append(scope_lease.free_slots.pop())
         return holds
 
-    def settle(self, holds: LeaseHolds, reserved: list[int], actual: int, token_delta: int) -> Unsettled:
+    def settle(self, holds: LeaseHolds, reserved: list[int], actual: int, token_delta: int) -> Unsettled | None:
         """Give a request's unused part back to the leases it came from; what belongs to leases that closed
-        meanwhile is returned, to be settled in Redis."""
-        rest = Unsettled()
+        meanwhile is returned, to be settled in Redis (None: nothing, as for most requests)."""
+        rest: Unsettled | None = None
         for lease, reserve in zip(holds.budgets, reserved, strict=True):
             if lease.open:
                 lease.available += reserve - actual
             else:
+                rest = rest or Unsettled()
                 rest.budget_keys.append(lease.key)
                 rest.budget_deltas.append(actual - reserve)
         members = iter(holds.members)
@@ -215,6 +221,7 @@ class LeaseBook:
                     scope_lease.tokens -= token_delta
                     scope_lease.used_tokens += token_delta
                 else:
+                    rest = rest or Unsettled()
                     rest.token_keys.append(scope_lease.window_key)
                     rest.token_args += [scope_lease.second, token_delta]
             if conc:
@@ -222,11 +229,47 @@ class LeaseBook:
                 if scope_lease.open:
                     scope_lease.free_slots.append(member)
                 else:
+                    rest = rest or Unsettled()
                     rest.slot_keys.append(scope_lease.inflight_key)
                     rest.slot_members.append(member)
         return rest
 
     # --- asking for leases --------------------------------------------------------------------
+
+    def ask(self, asked: list[str]) -> asyncio.Future[None] | None:
+        """Note that one request is asking for leases on ``asked``; the future to hand to ``answered``."""
+        if not asked:
+            return None
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for name in asked:
+            self.asking[name] = waiter
+        return waiter
+
+    def answered(self, asked: list[str], waiter: asyncio.Future[None] | None) -> None:
+        """The lease request for ``asked`` is over (granted, refused or failed): wake whoever waits on it."""
+        for name in asked:
+            if self.asking.get(name) is waiter:
+                del self.asking[name]
+            if name in self.budgets or name in self.scopes:
+                self._ungranted.discard(name)
+            else:
+                self._ungranted.add(name)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def renewal(self, budget_keys: list[str], rate_limits: list[RateLimitPolicy]) -> asyncio.Future[None] | None:
+        """A lease request on its way for a budget or scope of these, which usually gets a lease (None:
+        none). Under load, a lease runs out while the requests in flight keep coming: without this each of
+        them ran the admission script itself until the new lease came (~7% of requests at 16 connections)."""
+        for name in budget_keys:
+            waiter = self.asking.get(name)
+            if waiter is not None and name not in self._ungranted:
+                return waiter
+        for limit in rate_limits:
+            waiter = self.asking.get(limit.scope_name)
+            if waiter is not None and limit.scope_name not in self._ungranted:
+                return waiter
+        return None
 
     def budget_want(self, key: str, budget: BudgetPolicy, reserve: int, now: float) -> int:
         """The lease to ask for on this budget: none while the one held can still serve (or no reserve)."""

@@ -85,6 +85,8 @@ class Limiter:
         self._leases = LeaseBook()
         self._admit_sha, self._settle_sha = scripts.sha(scripts.ADMIT), scripts.sha(scripts.SETTLE)
         self._periods: dict[tuple[str, str, dt.datetime | None], tuple[float, float]] = {}
+        # Budget id -> (the policy it was made for, period start, period end, counter key): every request asks.
+        self._counters: dict[int, tuple[BudgetPolicy, float, float, str]] = {}
         self._scopes: dict[str, tuple[str, str]] = {}
         self._expirer: asyncio.Task[None] | None = None
 
@@ -172,6 +174,16 @@ class Limiter:
         self._periods[cache_key] = bounds
         return bounds
 
+    def _counter(self, budget: BudgetPolicy, now: float) -> str:
+        """The budget's counter key for the period ``now`` is in, made once per policy and period."""
+        cached = self._counters.get(budget.id)
+        if cached is not None and cached[0] is budget and cached[1] <= now < cached[2]:
+            return cached[3]
+        start, end = self._period(budget, now)
+        key = names.budget_counter(self._prefix, budget.id, start, organization_id=budget.organization_id)
+        self._counters[budget.id] = (budget, start, end, key)
+        return key
+
     async def admit(
         self,
         *,
@@ -189,16 +201,18 @@ class Limiter:
         if not budgets and not rate_limits:
             return Admission(request_id=request_id, second=math.floor(now))
         reserve = to_nano(worst_case_usd)
-        periods = [self._period(budget, now) for budget in budgets]
-        budget_keys = [
-            names.budget_counter(self._prefix, budget.id, start, organization_id=budget.organization_id)
-            for budget, (start, _end) in zip(budgets, periods, strict=True)
-        ]
+        budget_keys = [self._counter(budget, now) for budget in budgets]
         if self._leasing and self._redis.connected:
             holds = self._leases.take(budget_keys, budgets, rate_limits, reserve, worst_case_tokens, now)
+            renewal = self._leases.renewal(budget_keys, rate_limits) if holds is None and not _retried else None
+            if renewal is not None:
+                # This process is asking for a lease these limits need: its round trip, not one of our own.
+                await asyncio.shield(renewal)  # shielded: a cancelled request must not cancel the others' wait
+                holds = self._leases.take(budget_keys, budgets, rate_limits, reserve, worst_case_tokens, now)
             if holds is not None:
-                return self._leased(request_id, holds, rate_limits, reserve, worst_case_tokens, now)
+                return self._leased(request_id, holds, budget_keys, rate_limits, reserve, worst_case_tokens, now)
         leasing = self._leasing and not _retried
+        periods = [self._period(budget, now) for budget in budgets]
         admission = Admission(request_id=request_id, second=math.floor(now))
         keys: list[str] = []
         args: list[Any] = [repr(now), request_id, LEASE_HEADROOM, len(budgets)]
@@ -236,7 +250,7 @@ class Limiter:
         admission.tokens_reserved = worst_case_tokens
         asked = [k for k, w in zip(admission.budget_keys, wanted_budgets, strict=True) if w]
         asked += [lim.scope_name for lim, (size, _) in zip(rate_limits, wanted_scopes, strict=True) if size]
-        self._leases.asking.update(asked)
+        waiter = self._leases.ask(asked)
         try:
             status, index, retry_ms, shadow_csv, left_requests, left_tokens, *grants = await self._run(
                 self._admit_sha, keys, args
@@ -244,7 +258,7 @@ class Limiter:
             if status == scripts.STATUS_OK and self._leasing:
                 self._take_grants(budgets, rate_limits, admission, wanted_budgets, wanted_scopes, grants, now)
         finally:
-            self._leases.asking.difference_update(asked)
+            self._leases.answered(asked, waiter)
         if status == scripts.STATUS_LEASED and not _retried:
             # Other processes' leases stand in the way: they are all back within RETRY_AFTER_LEASES.
             await asyncio.sleep(RETRY_AFTER_LEASES)
@@ -267,24 +281,26 @@ class Limiter:
         self,
         request_id: str,
         holds: LeaseHolds,
+        budget_keys: list[str],
         rate_limits: list[RateLimitPolicy],
         reserve: int,
         tokens: int,
         now: float,
     ) -> Admission:
-        """The admission of a request the leases took (no Redis call)."""
-        admission = Admission(request_id=request_id, second=math.floor(now), tokens_reserved=tokens, holds=holds)
-        for lease in holds.budgets:
-            admission.budget_keys.append(lease.key)
-            admission.budget_reserved.append(reserve)
+        """The admission of a request the leases took (no Redis call); ``budget_keys`` are its leases' keys."""
+        token_keys, concurrency_keys = [], []
         for scope_lease in holds.scopes:
             _rpm, tpm, conc = scope_lease.limits
             if tpm:
-                admission.token_keys.append(scope_lease.window_key)
+                token_keys.append(scope_lease.window_key)
             if conc:
-                admission.concurrency_keys.append(scope_lease.inflight_key)
-        admission.headers = replies.remaining_headers(rate_limits, holds.left_requests, holds.left_tokens)
-        return admission
+                concurrency_keys.append(scope_lease.inflight_key)
+        return Admission(
+            request_id=request_id, second=math.floor(now), budget_keys=budget_keys,
+            budget_reserved=[reserve] * len(budget_keys), token_keys=token_keys, tokens_reserved=tokens,
+            concurrency_keys=concurrency_keys,
+            headers=replies.remaining_headers(rate_limits, holds.left_requests, holds.left_tokens), holds=holds,
+        )  # fmt: skip
 
     def _take_grants(
         self,
@@ -334,9 +350,9 @@ class Limiter:
         side, and an in-flight slot expires after 15 minutes."""
         if not admission.reserved:
             return []
-        now_s = math.floor(time.time() if now is None else now)
         actual = to_nano(actual_usd)
         token_delta = actual_tokens - admission.tokens_reserved
+        rest: Unsettled | None
         if admission.holds is None:
             rest = Unsettled(
                 budget_keys=admission.budget_keys,
@@ -349,13 +365,13 @@ class Limiter:
         else:
             rest = self._leases.settle(admission.holds, admission.budget_reserved, actual, token_delta)
         commands = self._leases.take_returns()
-        if rest.budget_keys or rest.token_keys or rest.slot_keys:
+        if rest is not None and (rest.budget_keys or rest.token_keys or rest.slot_keys):
             keys = [*rest.budget_keys, *rest.token_keys, *rest.slot_keys]
             args = [
                 len(rest.budget_keys),
                 len(rest.token_keys),
                 len(rest.slot_keys),
-                now_s,
+                math.floor(time.time() if now is None else now),
                 *rest.budget_deltas,
                 *rest.token_args,
                 *rest.slot_members,

@@ -51,18 +51,20 @@ def rate_limited(status: int, limit: RateLimitPolicy, retry_ms: int, left_tokens
 
 
 def remaining_headers(limits: list[RateLimitPolicy], left_requests: int, left_tokens: int) -> list[tuple[bytes, bytes]]:
-    """The tightest limits and what is left of them, for an admitted request's response."""
+    """The tightest limits and what is left of them, for an admitted request's response (every admitted
+    request with a rate limit: one pass over the limits)."""
+    rpm = tpm = 0
+    for limit in limits:
+        requests, tokens = limit.requests_per_minute, limit.tokens_per_minute
+        if requests and (not rpm or requests < rpm):
+            rpm = requests
+        if tokens and (not tpm or tokens < tpm):
+            tpm = tokens
     headers = []
-    rpm = min((lim.requests_per_minute for lim in limits if lim.requests_per_minute), default=0)
-    tpm = min((lim.tokens_per_minute for lim in limits if lim.tokens_per_minute), default=0)
     if rpm:
-        headers += [
-            (b"x-ratelimit-limit-requests", str(rpm).encode()),
-            (b"x-ratelimit-remaining-requests", str(max(left_requests, 0)).encode()),
-        ]
+        headers.append((b"x-ratelimit-limit-requests", b"%d" % rpm))
+        headers.append((b"x-ratelimit-remaining-requests", b"%d" % max(left_requests, 0)))
     if tpm:
-        headers += [
-            (b"x-ratelimit-limit-tokens", str(tpm).encode()),
-            (b"x-ratelimit-remaining-tokens", str(max(left_tokens, 0)).encode()),
-        ]
+        headers.append((b"x-ratelimit-limit-tokens", b"%d" % tpm))
+        headers.append((b"x-ratelimit-remaining-tokens", b"%d" % max(left_tokens, 0)))
     return headers

@@ -128,6 +128,61 @@ def test_near_the_limit_no_lease_is_granted_and_every_request_is_exact() -> None
     assert run(scenario()) == [to_nano(Decimal("0.01")) * n for n in (1, 2, 3)]
 
 
+def test_requests_that_find_a_lease_on_its_way_wait_for_it_instead_of_each_running_the_script() -> None:
+    prefix = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:"
+    budget = _budget("100")
+    ask = {"budgets": [budget], "worst_case_usd": Decimal("0.01")}
+
+    async def scenario() -> tuple[list[Admission], dict[str, int]]:
+        gateway = Process(prefix)
+        await gateway.client.execute("PING")  # connected, as a gateway is from its start
+        # 16 requests at once and no lease yet: the first asks for one, the others find it on its way.
+        admitted = await asyncio.gather(*(gateway.admit(T0, **ask) for _ in range(16)))
+        state = await _read(gateway.client, prefix, T0)
+        await gateway.client.close()
+        return list(admitted), state
+
+    admitted, state = run(scenario())
+    leased = [admission for admission in admitted if admission.holds is not None]
+    # The lease (MIN_LEASE requests' worth) admits MIN_LEASE of the 15 that waited; the other 7 find it used up
+    # and run the script, each for itself. Without the wait, all 15 ran it and none was leased.
+    assert len(leased) == MIN_LEASE
+    scripted = len(admitted) - len(leased)
+    assert scripted == 16 - MIN_LEASE
+    # Each of the 16 reservations is counted in Redis once: the used-up lease went back with the scripts that
+    # followed it (what it admitted stays spent), and the lease one of them took is held apart.
+    assert state["leased"] > 0
+    assert state["spent"] - state["leased"] == to_nano(Decimal("0.01")) * len(admitted)
+
+
+def test_no_request_waits_on_a_lease_request_where_the_last_one_got_nothing() -> None:
+    prefix = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:"
+    near = _budget("0.50")  # no lease is ever granted on it (see the test above)
+    roomy = RateLimitPolicy(scope_name="project:1", organization_id=1, requests_per_minute=10**6,
+                            tokens_per_minute=0, max_concurrent=0)  # fmt: skip
+
+    async def scenario() -> tuple[list[Admission], bool, bool]:
+        gateway = Process(prefix)
+        book = gateway.limiter._leases
+        await gateway.admit(T0, budgets=[near], worst_case_usd=Decimal("0.01"))  # asked, got nothing
+        key = _budget_key(prefix, T0)
+        waiter = book.ask([key, roomy.scope_name])
+        waits_near = book.renewal([key], []) is not None
+        waits_roomy = book.renewal([], [roomy]) is not None  # never refused yet: a lease usually comes
+        book.answered([key, roomy.scope_name], waiter)
+        assert waiter is not None and waiter.done() and not book.asking
+        # Concurrent requests near the limit all run the script at once, exactly, none of them leased.
+        admitted = await asyncio.gather(
+            *(gateway.admit(T0, budgets=[near], worst_case_usd=Decimal("0.01")) for _ in range(8))
+        )
+        await gateway.client.close()
+        return list(admitted), waits_near, waits_roomy
+
+    admitted, waits_near, waits_roomy = run(scenario())
+    assert not waits_near and waits_roomy
+    assert all(admission.holds is None for admission in admitted)
+
+
 def test_a_refusal_caused_only_by_another_process_lease_waits_for_it_instead() -> None:
     prefix = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:"
     budget = _budget("1.00")

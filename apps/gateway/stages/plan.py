@@ -129,11 +129,31 @@ def default_targets(
     if not provider_ids:
         return []
     call.decision.kind = route.DIRECT
-    ids = list(provider_ids)
-    if len(ids) > 1:
-        ids.sort(key=lambda pid: (pid != project.default_provider_id, in_flight[deployment(pid, requested)]))
+    if len(provider_ids) == 1:  # most models: one provider serves them, and its target is made once a day
+        return [_sole_target(snapshot, provider_ids[0], requested, today)]
+    ids = sorted(
+        provider_ids, key=lambda pid: (pid != project.default_provider_id, in_flight[deployment(pid, requested)])
+    )
     targets = []
     for provider_id in ids:
         price = snapshot.price(provider_id, requested, today)
         targets.append(Target(snapshot.providers[provider_id], requested, price, price))
     return targets
+
+
+# The targets made for the snapshot in use, by provider, model and day; a new snapshot starts afresh.
+_sole_targets: tuple[Snapshot | None, dict[tuple[int, str, dt.date], Target]] = (None, {})
+_SOLE_TARGETS_MAX = 4096  # models asked for in one snapshot's life; past it the cache starts over
+
+
+def _sole_target(snapshot: Snapshot, provider_id: int, model: str, today: dt.date) -> Target:
+    """``model`` on the one provider that serves it, priced for ``today`` (targets are immutable: shared)."""
+    global _sole_targets
+    made_for, targets = _sole_targets
+    if made_for is not snapshot or len(targets) >= _SOLE_TARGETS_MAX:
+        made_for, targets = _sole_targets = (snapshot, {})
+    target = targets.get((provider_id, model, today))
+    if target is None:
+        price = snapshot.price(provider_id, model, today)
+        target = targets[(provider_id, model, today)] = Target(snapshot.providers[provider_id], model, price, price)
+    return target
