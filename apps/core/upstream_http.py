@@ -28,6 +28,7 @@ reused only when its answer was read to the end and the upstream said keep-alive
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
@@ -53,6 +54,9 @@ ADDRESSES_TTL_SECONDS = 60.0
 # Characters a request target may carry as they are; anything else is percent-encoded.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
 _FORBIDDEN = ("\r", "\n", "\x00")
+# What a header name (a colon too) or value must not hold: it could end the line and add one of its own.
+# One search each on every header of every request, where a loop over the characters cost more.
+_UNSENDABLE_NAME, _UNSENDABLE_VALUE = re.compile("[\r\n\x00:]"), re.compile("[\r\n\x00]")
 
 
 class BodyTooLarge(Exception):
@@ -72,6 +76,7 @@ class _Origin:
     host: str
     port: int
     host_header: bytes
+    pool: str  # "scheme://host:port": the idle pool's key (a string hashes once; the dataclass's hash ran per use)
 
 
 class _Connection(asyncio.Protocol):
@@ -347,7 +352,7 @@ class UpstreamHttp:
     def __init__(self, policy: EgressPolicy, *, connect_timeout: float) -> None:
         self._policy = policy
         self._connect_timeout = connect_timeout
-        self._idle: dict[_Origin, deque[_Connection]] = {}
+        self._idle: dict[str, deque[_Connection]] = {}  # by origin (``_Origin.pool``)
         self._origins: dict[str, tuple[_Origin, bytes]] = {}  # URL -> (origin, request target)
         # (host, port) -> (loop time until which they serve, the addresses the egress policy checked)
         self._addresses: dict[tuple[str, int], tuple[float, list[str]]] = {}
@@ -408,7 +413,7 @@ class UpstreamHttp:
         origin, target = self._parse(url)
         head = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nHost: ", origin.host_header, b"\r\n"]
         for name, value in headers.items():
-            if any(c in name or c in value for c in _FORBIDDEN) or ":" in name:
+            if _UNSENDABLE_NAME.search(name) or _UNSENDABLE_VALUE.search(value):
                 raise aiohttp.ClientConnectionError(f"the header {name!r} cannot be sent (a line break or NUL)")
             head += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
         if body or method == "POST":
@@ -433,7 +438,9 @@ class UpstreamHttp:
         """Pool a connection whose answer was read to its end and may carry another; close any other."""
         transport = connection.transport
         if connection.reusable and connection.finished() and transport is not None and not transport.is_closing():
-            idle = self._idle.setdefault(origin, deque())
+            idle = self._idle.get(origin.pool)
+            if idle is None:
+                idle = self._idle[origin.pool] = deque()
             if len(idle) < MAX_IDLE_PER_ORIGIN:
                 connection.idle_since = asyncio.get_running_loop().time()
                 idle.append(connection)
@@ -470,14 +477,14 @@ class UpstreamHttp:
         path = quote(parts.path or "/", safe=_PATH_SAFE) + (
             f"?{quote(parts.query, safe=_PATH_SAFE)}" if parts.query else ""
         )
-        origin = _Origin(parts.scheme, ascii_host, port, host_header)
+        origin = _Origin(parts.scheme, ascii_host, port, host_header, f"{parts.scheme}://{shown}:{port}")
         if len(self._origins) >= 10_000:  # URLs are per provider and endpoint; a bound all the same
             self._origins.clear()
         self._origins[url] = result = (origin, path.encode("ascii"))
         return result
 
     def _take(self, origin: _Origin) -> _Connection | None:
-        idle = self._idle.get(origin)
+        idle = self._idle.get(origin.pool)
         if not idle:
             return None
         oldest_kept = asyncio.get_running_loop().time() - KEEPALIVE_SECONDS

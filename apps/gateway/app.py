@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import secrets
+import os
 from collections.abc import Callable
 
 from apps.core.anthropic import COUNT_TOKENS_PATH, MESSAGES_PATH
@@ -26,6 +26,32 @@ from apps.gateway.handlers import health, messages, models, proxy, responses
 from apps.gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
+
+
+class RequestIds:
+    """Request ids: ``req_`` and 24 hex digits of the OS's randomness, as ``secrets.token_hex(12)`` made
+    them, read for 256 ids at a time: one ``getrandom`` call per 256 requests, not one each (with its two
+    Python calls, about 1% of a request's CPU in the gateway). A forked child starts a pool of its own: ids
+    drawn from a copy of its parent's would repeat, and the ledger keeps one row per request id."""
+
+    BATCH = 256
+
+    def __init__(self) -> None:
+        self._hex, self._at = "", 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._hex, self._at = "", 0
+
+    def next(self) -> str:
+        at = self._at
+        if at >= len(self._hex):
+            self._hex, at = os.urandom(12 * self.BATCH).hex(), 0
+        self._at = at + 24
+        return "req_" + self._hex[at : at + 24]
+
+
+request_ids = RequestIds()
 
 
 class Gateway:
@@ -75,7 +101,7 @@ class Gateway:
         rt = self.runtime or await self.startup()
         path: str = scope["path"]
         method: str = scope["method"]
-        request_id = "req_" + secrets.token_hex(12)
+        request_id = request_ids.next()
         endpoint = ENDPOINT_PATHS.get(path)
         try:
             if path == "/v1/responses" or path.startswith("/v1/responses/"):

@@ -80,6 +80,11 @@ class Breakers:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._redis.aclose()
 
+    def tripped(self, name: str) -> bool:
+        """Whether the deployment ``name`` has a breaker open or half-open: only then do ``allow`` and
+        ``success`` have anything to do (the hot path asks this first and skips their awaits)."""
+        return name in self._open
+
     def state(self, provider_id: int, model: str) -> str:
         until = self._open.get(deployment(provider_id, model))
         if until is None:

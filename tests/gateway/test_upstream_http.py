@@ -289,6 +289,10 @@ def test_an_answer_smuggled_behind_another_never_reaches_the_next_request() -> N
     [
         ("http://127.0.0.1:9/v1/chat", {"Authorization": "Bearer sk\r\nX-Injected: 1"}),
         ("http://127.0.0.1:9/v1/chat", {"X-Evil\r\nHost": "x"}),
+        ("http://127.0.0.1:9/v1/chat", {"X-Nul": "a\x00b"}),
+        ("http://127.0.0.1:9/v1/chat", {"X-Bare\n": "x"}),
+        ("http://127.0.0.1:9/v1/chat", {"Host: evil.example\r\nX": "x"}),
+        ("http://127.0.0.1:9/v1/chat", {"X-Colon:": "x"}),
         ("http://127.0.0.1:9/v1/chat\r\nX-Injected: 1", {}),
         ("ftp://127.0.0.1:9/v1/chat", {}),
         ("http://127.0.0.1:99999/v1/chat", {}),

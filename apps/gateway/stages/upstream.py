@@ -102,7 +102,8 @@ async def call_upstream(
         provider, model = target.provider, target.model
         if position:
             metrics.fell_back(targets[position - 1].model)
-        if not await breakers.allow(provider.id, model):
+        name = deployment(provider.id, model)
+        if breakers.tripped(name) and not await breakers.allow(provider.id, model):
             skipped.append(Tried(model, provider.name, "circuit-open"))
             last = last or upstream_unavailable(
                 f"The provider {provider.name} keeps failing for {model}; it is paused (circuit open).",
@@ -111,7 +112,6 @@ async def call_upstream(
             )
             continue
         body = upstream_body(rt, call, target, payload)
-        name = deployment(provider.id, model)
         for attempt in range(provider.max_retries + 1):
             retry_after, reason, status = None, "", 0
             rt.in_flight[name] += 1
@@ -138,7 +138,8 @@ async def call_upstream(
             else:
                 status = answer.status
                 if answer.status not in RETRYABLE_STATUS:
-                    await breakers.success(provider.id, model)
+                    if breakers.tripped(name):
+                        await breakers.success(provider.id, model)
                     if skipped or attempt:
                         call.decision.tried += tuple(skipped)
                         call.decision.retries = attempt
@@ -271,6 +272,8 @@ def upstream_body(rt: Runtime, call: Call, target: Target, payload: dict[str, An
         return orjson.dumps(responses_to_chat({**payload, "model": target.model}, call.history))
     if call.entry == ENDPOINT_MESSAGES:
         payload = without_cache_control(payload)  # Anthropic's cache breakpoints mean nothing to others
+    if payload.get("model") == target.model:  # the first target's, as the pipeline set it: no copy
+        return orjson.dumps(payload)
     return orjson.dumps({**payload, "model": target.model})
 
 
