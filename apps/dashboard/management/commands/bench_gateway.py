@@ -691,11 +691,16 @@ class Command(BaseCommand):
                 f"{limited['p50'] - bare_lean['p50']:+.2f} ms p50 over it"
             )
             w(f"      {_box_split('bare proxy', bare)}; {_box_split('gateway+limits', limited)}")
-            # Once every CPU is busy (see box_busy), throughput follows the box's CPU a request: the work the
-            # gateway+limits run does outside the gateway's process bounds its share, whatever the gateway
-            # costs. One connection waits on latency, not CPU: no bound is drawn there.
+            # Two bounds on the gateway's share. The box: once every CPU is busy (see box_busy), throughput follows
+            # the box's CPU a request, and the work the gateway+limits run does outside the gateway's process bounds
+            # its share whatever the gateway costs. The worker: one process runs on one core at most, so 70% of the
+            # bare proxy's rate needs the gateway's CPU a request to fit in as much of a core as the bare proxy's
+            # own process got. The tighter one is what the gateway must reach. One connection waits on latency,
+            # not CPU: no bound is drawn there.
             outside = limited["box_box"] - limited["box_proxy"]
-            needed = bare["box_box"] / 0.7 - outside
+            box_needs = bare["box_box"] / 0.7 - outside
+            core_share = bare["box_proxy"] * bare["rps"] / 1e6  # cores the bare proxy's process used
+            worker_needs = workers * core_share * 1e6 / (0.7 * bare["rps"])  # N workers: N such cores
             if connections == 1:
                 w("      (one connection: latency-bound, no CPU bound drawn)")
             else:
@@ -705,9 +710,10 @@ class Command(BaseCommand):
                     f"nothing would reach at most {bare['box_box'] / outside:.0%} of the bare proxy's throughput on "
                     "this box; 70% needs "
                     + (
-                        f"the gateway's own process at {needed:.0f} µs a request or less "
-                        f"(now {limited['box_proxy']:.0f})"
-                        if needed > 0
+                        f"the gateway's own process at {min(box_needs, worker_needs):.0f} µs a request or less "
+                        f"(now {limited['box_proxy']:.0f}; the box's bound {box_needs:.0f}, the workers' "
+                        f"{worker_needs:.0f}: {workers} × the {core_share:.2f} of a core the bare proxy's process used)"
+                        if box_needs > 0
                         else "the work around the gateway (upstream, wrk, Redis, ingest, kernel) to shrink first"
                     )
                 )
