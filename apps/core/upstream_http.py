@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -442,7 +443,7 @@ class UpstreamHttp:
             if idle is None:
                 idle = self._idle[origin.pool] = deque()
             if len(idle) < MAX_IDLE_PER_ORIGIN:
-                connection.idle_since = asyncio.get_running_loop().time()
+                connection.idle_since = time.monotonic()
                 idle.append(connection)
                 return
         self._discard(connection)
@@ -487,7 +488,7 @@ class UpstreamHttp:
         idle = self._idle.get(origin.pool)
         if not idle:
             return None
-        oldest_kept = asyncio.get_running_loop().time() - KEEPALIVE_SECONDS
+        oldest_kept = time.monotonic() - KEEPALIVE_SECONDS  # monotonic, not the loop's time: no getpid call
         while idle:
             connection = idle.pop()  # the most recently used: the least likely to have been closed
             transport = connection.transport

@@ -125,6 +125,10 @@ class _Protocol(asyncio.Protocol):
         # The reply of the WAIT that will end this turn's write, shared by every durable batch in it.
         self.wait_reply: asyncio.Future[Any] | None = None
         self.wait_command = b""
+        # The loop it was made on (a protocol is made by its loop's ``create_connection``): kept, because
+        # on Python 3.11 each ``asyncio.get_running_loop()`` is a ``getpid`` system call, and the hot path
+        # asked for it two or three times a request.
+        self.loop = asyncio.get_running_loop()
 
     def expect(self, futures: list[asyncio.Future[Any]], loop: asyncio.AbstractEventLoop) -> None:
         """Wait for one reply per future, in order; with a timeout, each must come within it."""
@@ -157,7 +161,7 @@ class _Protocol(asyncio.Protocol):
         Redis side) into one; a lone request pays only a ``call_soon``.
         """
         if not self.pending:
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
         self.pending.append(data)
 
     def wait_after(self, command: bytes) -> asyncio.Future[Any]:
@@ -285,7 +289,7 @@ class FastRedis:
         """Queue ``commands`` on ``protocol`` now; one future per reply (a cluster client queues on
         several nodes before it waits on any)."""
         assert protocol.transport is not None
-        loop = asyncio.get_running_loop()
+        loop = protocol.loop
         futures = [loop.create_future() for _ in commands]
         protocol.expect(futures, loop)
         protocol.queue(b"".join(hiredis.pack_command(command) for command in commands))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,8 +17,10 @@ from apps.core.request import (
     FILE_WORST_CASE_TOKENS,
     IMAGE_WORST_CASE_TOKENS,
     MAX_DEPTH,
+    _too_deep,
     attribution,
     prompt_estimate,
+    shallow_json,
     validate,
     worst_case,
 )
@@ -110,6 +113,32 @@ def test_deep_nesting_is_refused_before_anything_recurses() -> None:
     for _ in range(MAX_DEPTH - 2):
         shallow = {"a": shallow}
     validate(ENDPOINT_CHAT, _chat(response_format=shallow))
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(alphabet='ab{[]}"\\'),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(alphabet="k{[", max_size=2), inner, max_size=3),
+    max_leaves=80,
+)
+
+
+@given(_JSON, st.integers(min_value=0, max_value=70))
+@settings(max_examples=300)
+def test_a_body_judged_shallow_from_its_bytes_is_never_too_deep(value: Any, wrap: int) -> None:
+    for _ in range(wrap):  # some deep enough to matter
+        value = {"a": value}
+    raw = orjson.dumps({"model": "m", "messages": HELLO, "response_format": {"x": value}})
+    if shallow_json(raw):  # the shortcut may only skip the walk where the walk would find nothing
+        assert not _too_deep(orjson.loads(raw), MAX_DEPTH)
+
+
+def test_a_deep_body_is_refused_whether_or_not_its_bytes_are_counted() -> None:
+    deep: Any = {}
+    for _ in range(MAX_DEPTH + 1):
+        deep = {"a": deep}
+    raw = orjson.dumps(_chat(response_format=deep))
+    assert not shallow_json(raw)
+    _refused(ENDPOINT_CHAT, orjson.loads(raw))
 
 
 @pytest.mark.parametrize(

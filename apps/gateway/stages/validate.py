@@ -13,7 +13,7 @@ import orjson
 from apps.core.anthropic import ENDPOINT_MESSAGES, messages_to_chat
 from apps.core.errors import bad_request
 from apps.core.pricing import tier_name
-from apps.core.request import ENDPOINT_EMBEDDINGS, attribution, prompt_estimate, validate
+from apps.core.request import ENDPOINT_EMBEDDINGS, attribution, prompt_estimate, shallow_json, validate
 from apps.gateway.asgi import Receive, read_body
 from apps.gateway.call import Call
 
@@ -44,7 +44,8 @@ async def read_request(
     call: Call, receive: Receive, headers: dict[bytes, bytes], max_body_bytes: int
 ) -> dict[str, Any]:
     """The request's payload, checked; ``call`` learns its model, attribution, streaming and prompt estimate."""
-    return accept(call, headers, parse_body(await read_body(receive, max_body_bytes)))
+    raw = await read_body(receive, max_body_bytes)
+    return accept(call, headers, parse_body(raw), shallow=shallow_json(raw))
 
 
 async def read_messages_request(
@@ -55,12 +56,14 @@ async def read_messages_request(
     return accept(call, headers, messages_to_chat(parse_body(await read_body(receive, max_body_bytes))))
 
 
-def accept(call: Call, headers: dict[bytes, bytes], payload: dict[str, Any]) -> dict[str, Any]:
-    """Hold ``payload`` to the request contract; ``call`` learns what it asks for."""
+def accept(
+    call: Call, headers: dict[bytes, bytes], payload: dict[str, Any], *, shallow: bool = False
+) -> dict[str, Any]:
+    """Hold ``payload`` to the request contract; ``call`` learns what it asks for. ``shallow``: see ``validate``."""
     user = payload.get("user")
     if user:
         attribute(call, headers, user)
-    validate(call.endpoint, payload)
+    validate(call.endpoint, payload, shallow=shallow)
     call.requested_model = payload["model"]
     call.streamed = bool(payload.get("stream")) and call.endpoint != ENDPOINT_EMBEDDINGS
     call.prompt_tokens = prompt_estimate(call.endpoint, payload)
