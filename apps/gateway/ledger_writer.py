@@ -50,10 +50,11 @@ class LedgerWriter:
         or in the spool (and to hear of a command beside it that failed)."""
         payload = orjson.dumps(event)
         request_id = event.get("request_id")
-        pipe = pipeline if pipeline is not None else self._redis.pipeline()
-        pipe.xadd(self._stream, {EVENT_FIELD: payload})
+        # The XADD ``FastPipeline.xadd`` would make, made here: most events go alone, with no pipeline.
+        commands = pipeline.commands if pipeline is not None else []
+        commands.append(("XADD", self._stream, "*", EVENT_FIELD, payload))
         try:
-            sent = pipe.send_soon(durable=True)
+            sent = self._redis.send_soon(commands, durable=True)
         except Exception as exc:  # a command that cannot even be encoded: spooled like a refused one
             refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             refused.set_exception(exc)

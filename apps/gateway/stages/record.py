@@ -49,7 +49,7 @@ def record_soon(
     pipeline = rt.fast_redis.pipeline()
     if reserved:
         assert admission is not None
-        pipeline.commands += rt.limiter.settle_commands(
+        pipeline.commands = rt.limiter.settle_commands(
             admission,
             actual_usd=call.cost + call.side_cost,
             actual_tokens=call.prompt_tokens + call.completion_tokens,
