@@ -57,7 +57,8 @@ _PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
 _FORBIDDEN = ("\r", "\n", "\x00")
 # What a header name (a colon too) or value must not hold: it could end the line and add one of its own.
 # One search each on every header of every request, where a loop over the characters cost more.
-_UNSENDABLE_NAME, _UNSENDABLE_VALUE = re.compile("[\r\n\x00:]"), re.compile("[\r\n\x00]")
+_UNSENDABLE_VALUE = re.compile("[" + re.escape("".join(_FORBIDDEN)) + "]")
+_UNSENDABLE_NAME = re.compile("[" + re.escape("".join(_FORBIDDEN)) + ":]")
 
 
 class BodyTooLarge(Exception):

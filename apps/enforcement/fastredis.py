@@ -405,6 +405,11 @@ async def _marking_last(batch: Coroutine[Any, Any, list[Any]], last: asyncio.Fut
     return replies
 
 
+def xadd_command(stream: str, *fields: bytes) -> tuple[Any, ...]:
+    """An ``XADD`` of ``fields`` (name, value, name, value...) to ``stream``, with an id Redis assigns."""
+    return ("XADD", stream, "*", *fields)
+
+
 class FastPipeline:
     """Collects commands for one round trip; the method names follow redis-py's where used."""
 
@@ -420,7 +425,7 @@ class FastPipeline:
         flat: list[bytes] = []
         for name, value in fields.items():
             flat += [name, value]
-        self.commands.append(("XADD", stream, "*", *flat))
+        self.commands.append(xadd_command(stream, *flat))
         return self
 
     async def execute(self, *, durable: bool = False) -> list[Any]:

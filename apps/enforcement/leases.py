@@ -261,13 +261,9 @@ class LeaseBook:
         """A lease request on its way for a budget or scope of these, which usually gets a lease (None:
         none). Under load, a lease runs out while the requests in flight keep coming: without this each of
         them ran the admission script itself until the new lease came (~7% of requests at 16 connections)."""
-        for name in budget_keys:
+        for name in itertools.chain(budget_keys, (limit.scope_name for limit in rate_limits)):
             waiter = self.asking.get(name)
             if waiter is not None and name not in self._ungranted:
-                return waiter
-        for limit in rate_limits:
-            waiter = self.asking.get(limit.scope_name)
-            if waiter is not None and limit.scope_name not in self._ungranted:
                 return waiter
         return None
 

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from apps.core.events import EVENT_FIELD
-from apps.enforcement.fastredis import FastPipeline, Sent
+from apps.enforcement.fastredis import FastPipeline, Sent, xadd_command
 from apps.enforcement.redis_clients import FastClient
 from apps.gateway import metrics
 
@@ -50,11 +50,14 @@ class LedgerWriter:
         or in the spool (and to hear of a command beside it that failed)."""
         payload = orjson.dumps(event)
         request_id = event.get("request_id")
-        # The XADD ``FastPipeline.xadd`` would make, made here: most events go alone, with no pipeline.
-        commands = pipeline.commands if pipeline is not None else []
-        commands.append(("XADD", self._stream, "*", EVENT_FIELD, payload))
+        append = xadd_command(self._stream, EVENT_FIELD, payload)
         try:
-            sent = self._redis.send_soon(commands, durable=True)
+            # Most events go alone: sent as one command, without a pipeline object or a field dict.
+            if pipeline is None:
+                sent = self._redis.send_soon([append], durable=True)
+            else:
+                pipeline.commands.append(append)
+                sent = pipeline.send_soon(durable=True)
         except Exception as exc:  # a command that cannot even be encoded: spooled like a refused one
             refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             refused.set_exception(exc)

@@ -251,3 +251,23 @@ def test_tokens_per_minute_holds_within_5_percent_with_leases_on_two_processes()
             best = used if not best else min(best, used)
     assert worst <= 600_000 * 1.05, f"a 60 s window carried {worst} tokens against a 600000 limit"
     assert best >= 600_000 * 0.80, f"leases starved traffic: a busy window carried only {best}"
+
+
+def test_a_request_never_waits_on_another_organisations_lease_request() -> None:
+    prefix = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:"
+    mine = RateLimitPolicy(scope_name="project:1", organization_id=1, requests_per_minute=10**6,
+                           tokens_per_minute=0, max_concurrent=0)  # fmt: skip
+    theirs = RateLimitPolicy(scope_name="project:2", organization_id=2, requests_per_minute=10**6,
+                             tokens_per_minute=0, max_concurrent=0)  # fmt: skip
+
+    async def scenario() -> tuple[bool, bool]:
+        book = Process(prefix).limiter._leases
+        their_budget = names.budget_counter(prefix, 8, T0, organization_id=2)
+        waiter = book.ask([their_budget, theirs.scope_name])  # organisation 2 is asking
+        mine_waits = book.renewal([_budget_key(prefix, T0)], [mine]) is not None
+        theirs_wait = book.renewal([their_budget], [theirs]) is not None
+        book.answered([their_budget, theirs.scope_name], waiter)
+        return mine_waits, theirs_wait
+
+    mine_waits, theirs_wait = run(scenario())
+    assert not mine_waits and theirs_wait
