@@ -8,6 +8,7 @@ and HTTP pools and loads the policy snapshot at start-up.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from django.conf import settings
@@ -20,8 +21,12 @@ django_application = get_asgi_application()
 from apps.batches.uploads import capped_upload  # noqa: E402
 from apps.gateway.app import Gateway  # noqa: E402  (needs Django set up first)
 from apps.policy.build import load_snapshot  # noqa: E402
+from costcontrol import compiled  # noqa: E402
 from costcontrol.loopback import loopback_only  # noqa: E402
 from costcontrol.metrics import metrics_app, with_metrics_server  # noqa: E402
+
+# Logged here, where logging is set up: costcontrol/__init__ decided it before Django was.
+logging.getLogger(__name__).info("hot path: %s", compiled.state)
 
 # The data plane reads the policy as a snapshot built by the control plane's adapter.
 gateway = Gateway(load_snapshot)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections import Counter
 from typing import Any
 
 import pytest
 
+from apps.core.patterns import Pattern
 from apps.core.routing import (
     RequestFacts,
     RuleView,
@@ -52,7 +52,7 @@ def rule(rule_id: int = 1, **conditions: Any) -> RuleView:
         ({"max_prompt_tokens": 100}, {"prompt_tokens": 100}, {"prompt_tokens": 101}),
         ({"tools": "with"}, {"payload": {"messages": [], "tools": [{"type": "function"}]}}, {}),
         ({"tools": "without"}, {}, {"payload": {"messages": [], "tools": [{"type": "function"}]}}),
-        ({"regex": re.compile(r"(?i)refund")}, {}, {}),
+        ({"regex": Pattern(r"(?i)refund")}, {}, {}),
     ],
 )
 def test_each_condition_matches_and_rejects(
@@ -86,7 +86,7 @@ def test_regex_looks_at_the_last_user_message_only() -> None:
         ]
     }
     assert last_user_text(payload) == "never mind"
-    assert not rule(regex=re.compile("refund")).matches(facts(payload=payload))
+    assert not rule(regex=Pattern("refund")).matches(facts(payload=payload))
     assert last_user_text({"prompt": "legacy prompt"}) == "legacy prompt"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.error
 import urllib.request
 from io import StringIO
@@ -17,6 +18,7 @@ from django.core.management.base import CommandError
 
 from apps.core import names
 from apps.keys.models import ApiKey
+from costcontrol import compiled
 from tests import live
 from tests.factories import Tenant
 from tests.gateway.test_redis_failure import RedisServer, own_redis  # noqa: F401 (the fixture)
@@ -66,6 +68,9 @@ def test_unready_when_redis_stops(tenant: Tenant, own_redis: RedisServer) -> Non
         assert f"gateway {base}" in error
         assert "not ready: redis failing" in output
         assert "postgres" in output and "stream ledger" in output
+        # This host's build of the hot path, as the gateways started here would load it (costcontrol.compiled).
+        expected = r"ok\s+compiled \(" if compiled.fresh_build()[0] else r"warn\s+plain Python, slower: "
+        assert re.search(rf"^hot path\s+{expected}", output, re.MULTILINE), output
     finally:
         process.stop()
 

@@ -30,9 +30,11 @@ def test_a_snapshot_that_fails_to_build_alerts_every_organisation_once_an_hour(t
     rule = rule_make(tenant, name="broken", action="cascade", primaries="gpt-4o-mini\ngpt-4o",
                      cascade_threshold=Decimal("0.7"))  # fmt: skip
     _corrupt(rule.id)
-    with pytest.raises(AttributeError):
+    # AttributeError as Python (None.casefold); TypeError compiled (costcontrol/compiled.py), where
+    # normalize_text's annotation refuses the None before its body runs.
+    with pytest.raises((AttributeError, TypeError)):
         load_snapshot(2)  # the gateway keeps its last snapshot and logs; the control plane alerts
-    with pytest.raises(AttributeError):
+    with pytest.raises((AttributeError, TypeError)):
         load_snapshot(3)  # the poll retries: no second alert within the hour
 
     # Only this test's organisations: the session's gateway processes share the database, and their
@@ -40,7 +42,10 @@ def test_a_snapshot_that_fails_to_build_alerts_every_organisation_once_an_hour(t
     alerts = Alert.objects.filter(kind=AlertKind.POLICY_STALE, organization__in=[tenant.org, other.org])
     assert sorted(alerts.values_list("organization_id", flat=True)) == sorted([tenant.org.id, other.org.id])
     for alert in alerts:
-        # The error's class, never its text. Which class: this test's AttributeError, or (rarely, in the full
-        # suite) a session gateway's failed build of the same moment, alerted first and kept for the hour.
-        assert re.search(r"failed \((AttributeError|KeyError)\)", alert.message) and "revocations" in alert.message
+        # The error's class, never its text. Which class: this test's, or (rarely, in the full suite) a session
+        # gateway's failed build of the same moment, alerted first and kept for the hour.
+        assert (
+            re.search(r"failed \((AttributeError|TypeError|KeyError)\)", alert.message)
+            and "revocations" in alert.message
+        )
         assert "broken" not in alert.message  # nothing of the tenant whose row broke it

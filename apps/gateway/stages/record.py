@@ -76,12 +76,17 @@ async def while_sending(
     it comes (a refused event is spooled then). Only this coroutine's end waits for both. No task: the
     task a request that ran the record beside the send cost ~7-18k instructions a request (callgrind, the
     commit before against this one). If the send fails (the app went away) the record is still finished first.
+
+    Not ``try/finally``: compiled with mypyc (costcontrol/compiled.py), an ``await`` in a ``finally`` re-raised
+    the exception its caller was handling (a refusal's GatewayError, after its error had been sent).
     """
     recording = record_soon(rt, call, cache_store=cache_store, cache_hit=cache_hit)
     try:
         await reply
-    finally:
+    except BaseException:
         await recording
+        raise
+    await recording
 
 
 async def refused(rt: Runtime, send: Send, call: Call, exc: GatewayError) -> None:

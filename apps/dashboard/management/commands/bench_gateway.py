@@ -55,6 +55,7 @@ from apps.providers.models import Provider, ProviderKind
 from apps.providers.services import provider_create, provider_update
 from apps.tenancy.models import Organization, Project
 from apps.tenancy.services import organization_create, project_create, project_set_default_provider
+from costcontrol import compiled
 
 BODY = (
     '{"model":"gpt-4o-mini","max_tokens":16,'
@@ -516,6 +517,8 @@ class Command(BaseCommand):
                 self._limits(issued, on=False, gateway=gateway_v1)
                 memory = [_rss_mib(pid) for pid in _workers(procs[1].pid)]
             self.stdout.write(ledger_note)
+            # The gateway processes inherit this process's environment and build (COSTCONTROL_COMPILED=0: plain).
+            self.stdout.write(f"gateway hot path: {compiled.state}")
             self._report(rows, options["seconds"], options["rounds"], leases=not options["no_leases"],
                          workers=options["workers"], memory=memory)  # fmt: skip
             self._report_responses(responses, rows)

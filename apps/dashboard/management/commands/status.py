@@ -2,7 +2,8 @@
 
 Postgres (and unapplied migrations), Redis and Celery's broker, the policy
 version, each stream (length, unread, unacknowledged, dead letters), Celery's
-queues and workers, the roll-ups' lag, and each gateway's /readyz.
+queues and workers, the roll-ups' lag, whether this host's hot path is compiled, and each gateway's
+/readyz.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from costcontrol import operations
+from costcontrol import compiled, operations
 from costcontrol.celery import app as celery_app
 
 OK, WARN, DOWN = "ok", "warn", "DOWN"
@@ -45,6 +46,7 @@ class Command(BaseCommand):
         self._check("streams", self._streams)
         self._check("celery", self._celery)
         self._check("roll-ups", self._rollups)
+        self._check("hot path", self._hot_path)
         gateways = options["gateway"] or ["http://127.0.0.1:8000"]
         for url in gateways:
             if urlsplit(url).scheme not in ("http", "https"):
@@ -113,6 +115,14 @@ class Command(BaseCommand):
             self._row("roll-ups", WARN, "never run")
         else:
             self._row("roll-ups", WARN if lag > ROLLUP_LAG_WARN_SECONDS else OK, f"{lag:.0f} s behind the ledger")
+
+    def _hot_path(self) -> None:
+        """Whether the gateway processes started on this host run the compiled hot modules (make compile)."""
+        build, why = compiled.fresh_build()
+        if build is None:
+            self._row("hot path", WARN, f"plain Python, slower: {why}")
+        else:
+            self._row("hot path", OK, f"compiled ({len(compiled.HOT_MODULES)} modules in {build.directory})")
 
     def _gateway(self, base_url: str) -> None:
         name = f"gateway {base_url}"
