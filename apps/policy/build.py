@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 from django.conf import settings
-from django.db import close_old_connections, models
+from django.db import close_old_connections, connection, models, transaction
 from django.utils import timezone
 
 from apps.budgets.models import AlertKind, Budget, RateLimit
@@ -94,7 +94,21 @@ def snapshot_failure_alert(error: BaseException) -> int:
 
 
 def build_snapshot(version: int) -> Snapshot:
-    """Read the whole policy from Postgres (sync; run it in a thread)."""
+    """Read the whole policy from Postgres (sync; run it in a thread), as of one moment.
+
+    Its queries run in one REPEATABLE READ transaction: read committed, a provider and its prices
+    created between the query for providers and the one for prices gave prices of a provider the
+    build did not know, and the build failed (KeyError), alerting every organisation. Inside a caller's
+    transaction (tests) it reads in that one."""
+    if connection.in_atomic_block:
+        return _build_snapshot(version)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        return _build_snapshot(version)
+
+
+def _build_snapshot(version: int) -> Snapshot:
     keys = {}
     for key in ApiKey.objects.select_related("project").all():
         keys[key.lookup_id] = KeyPolicy(

@@ -42,10 +42,7 @@ def test_a_snapshot_that_fails_to_build_alerts_every_organisation_once_an_hour(t
     alerts = Alert.objects.filter(kind=AlertKind.POLICY_STALE, organization__in=[tenant.org, other.org])
     assert sorted(alerts.values_list("organization_id", flat=True)) == sorted([tenant.org.id, other.org.id])
     for alert in alerts:
-        # The error's class, never its text. Which class: this test's, or (rarely, in the full suite) a session
-        # gateway's failed build of the same moment, alerted first and kept for the hour.
-        assert (
-            re.search(r"failed \((AttributeError|TypeError|KeyError)\)", alert.message)
-            and "revocations" in alert.message
-        )
+        # The error's class, never its text: this test's, or that of a session gateway's build that read the
+        # same broken row first (alerted first and kept for the hour).
+        assert re.search(r"failed \((AttributeError|TypeError)\)", alert.message) and "revocations" in alert.message
         assert "broken" not in alert.message  # nothing of the tenant whose row broke it
