@@ -394,12 +394,19 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-leases", action="store_true", help="gateway without limit leases: every request runs the admission"
         )
+        parser.add_argument(
+            "--plain",
+            action="store_true",
+            help="also run a gateway on plain Python (COSTCONTROL_COMPILED=0) with budget + limits, in the same "
+            "interleaved rounds: what the compiled hot path (costcontrol/compiled.py) saves, read from one run",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if shutil.which("wrk") is None:
             raise CommandError("wrk is not installed (Debian: apt-get install wrk)")
         python = sys.executable
         up_port, gw_port, bare_port, lean_port = _free_port(), _free_port(), _free_port(), _free_port()
+        plain_port = _free_port()
         upstream_url = f"http://127.0.0.1:{up_port}/v1"
         issued = self._bench_key(upstream_url)
         ledger_note = self._forget_earlier_runs(issued.api_key.project.organization_id)
@@ -426,12 +433,23 @@ class Command(BaseCommand):
                 env={**env, "BARE_PROXY_UPSTREAM": upstream_url, "BARE_PROXY_CLIENT": "lean"},
             ),
         ]
+        indexer_proc = plain_proc = None
         if options["cache"] or options["trial"]:  # indexes stores and counts hits, as beside a real gateway
-            procs.append(subprocess.Popen([python, "manage.py", "ingest_cache"], env=env, stdout=subprocess.DEVNULL))
+            indexer_proc = subprocess.Popen([python, "manage.py", "ingest_cache"], env=env, stdout=subprocess.DEVNULL)
+            procs.append(indexer_proc)
+        if options["plain"]:
+            plain_proc = subprocess.Popen(
+                _uvicorn(python, "costcontrol.asgi:application", plain_port, options["workers"]),
+                env={**env, "COSTCONTROL_COMPILED": "0"},
+            )
+            procs.append(plain_proc)
         try:
             _wait(f"http://127.0.0.1:{up_port}/health", 200, procs[0])
             gateway_v1 = f"http://127.0.0.1:{gw_port}/v1"
             _wait(f"{gateway_v1}/models", 401, procs[1])
+            plain_v1 = f"http://127.0.0.1:{plain_port}/v1"
+            if plain_proc is not None:
+                _wait(f"{plain_v1}/models", 401, plain_proc)
             bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
             lean_url = f"http://127.0.0.1:{lean_port}/v1/chat/completions"
             with tempfile.TemporaryDirectory() as tmp:
@@ -445,10 +463,13 @@ class Command(BaseCommand):
                 gateway_url = f"{gateway_v1}/chat/completions"
                 # Warm both paths (connection pools, snapshot) before measuring.
                 sent = int(_wrk(gateway_url, gateway_lua, 4, 2)["requests"])
+                if plain_proc is not None:
+                    sent += int(_wrk(f"{plain_v1}/chat/completions", gateway_lua, 4, 2)["requests"])
+                plain_rows: list[tuple[int, Run, Run, Run]] = []
                 rows: list[tuple[int, Run, Run, Run, Run, Run, Run]] = []
                 cached: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
                 trialled: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]] = []
-                indexer = procs[5].pid if len(procs) > 5 else None
+                indexer = indexer_proc.pid if indexer_proc is not None else None
                 state = sync_client(settings.REDIS_URL)
                 meter = _CpuMeter(procs[1].pid, state, indexer)
                 box = _BoxMeter(upstream=procs[0].pid, ingest=procs[2].pid, client=state)
@@ -475,7 +496,19 @@ class Command(BaseCommand):
                             result.update(cpu.per_request(result["requests"]))
                             runs[name].append(result)
                             sent += int(result["requests"])
+                            if name == "limits" and plain_proc is not None:
+                                # The same limits, on the plain-Python gateway, right after the compiled one.
+                                self._await_policy(issued, plain_v1)
+                                with _CpuMeter(plain_proc.pid, state).measure() as cpu:
+                                    result = measured(
+                                        f"{plain_v1}/chat/completions", gateway_lua, connections, plain_proc.pid
+                                    )
+                                result.update(cpu.per_request(result["requests"]))
+                                runs.setdefault("plain", []).append(result)
+                                sent += int(result["requests"])
                     gateway, budgeted, limited = (_median(runs[name]) for name in ("gateway", "budget", "limits"))
+                    if plain_proc is not None:
+                        plain_rows.append((connections, bare, limited, _median(runs["plain"])))
                     rows.append((connections, direct, bare, bare_lean, gateway, budgeted, limited))
                     self._limits(issued, on=False, gateway=gateway_v1)
                     responses_direct = _wrk(
@@ -498,7 +531,8 @@ class Command(BaseCommand):
                             trial_on.update(cpu.per_request(trial_on["requests"]))
                             # The same with the trial's indexing (the indexer, Postgres) yielding the CPU, as
                             # it would on hosts of its own: what the gateway's own trial work costs the app.
-                            with _yielding(_background_pids(procs[5].pid)) as yielded, meter.measure() as cpu:
+                            assert indexer_proc is not None
+                            with _yielding(_background_pids(indexer_proc.pid)) as yielded, meter.measure() as cpu:
                                 trial_apart = _wrk(gateway_url, gateway_lua, connections, options["seconds"])
                             trial_apart.update(cpu.per_request(trial_apart["requests"]))
                             trial_apart["yielded"] = float(yielded)
@@ -522,6 +556,8 @@ class Command(BaseCommand):
             self._report(rows, options["seconds"], options["rounds"], leases=not options["no_leases"],
                          workers=options["workers"], memory=memory)  # fmt: skip
             self._report_responses(responses, rows)
+            if plain_rows:
+                self._report_plain(plain_rows)
             self._check_ledger(issued.api_key.id, sent)
             if cached:
                 self._report_cache(cached, issued.api_key.id)
@@ -624,6 +660,26 @@ class Command(BaseCommand):
         )  # fmt: skip
         self._await_policy(issued, gateway)
         return trial
+
+    def _report_plain(self, rows: list[tuple[int, Run, Run, Run]]) -> None:
+        """The compiled gateway against the same code on plain Python, both with budget + limits, in one run."""
+        w = self.stdout.write
+        w("\ncompiled hot path against plain Python (COSTCONTROL_COMPILED=0), gateway+limits, same interleaved rounds")
+        w(
+            f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+            f"{'gw cpu µs':>9} {'redis µs':>9}"
+        )
+        for connections, bare, compiled_run, plain in rows:
+            for name, r in (("compiled", compiled_run), ("plain Python", plain)):
+                w(f"{connections:>4}  {name:<15} {_cells(r)}")
+            w(
+                f"      compiled: throughput {compiled_run['rps'] / plain['rps'] - 1:+.1%}, gateway CPU "
+                f"{compiled_run['gateway_cpu_us'] / plain['gateway_cpu_us'] - 1:+.1%} a request, p50 "
+                f"{compiled_run['p50'] - plain['p50']:+.2f} ms; share of the bare proxy's throughput "
+                f"{compiled_run['rps'] / bare['rps']:.1%} compiled, {plain['rps'] / bare['rps']:.1%} plain; p50 over "
+                f"the bare proxy's {compiled_run['p50'] - bare['p50']:+.2f} ms compiled, "
+                f"{plain['p50'] - bare['p50']:+.2f} ms plain"
+            )
 
     def _report_trial(self, rows: list[tuple[int, dict[str, float], dict[str, float], dict[str, float]]]) -> None:
         """The gateway with and without a semantic-cache trial in shadow: what the trial costs the app."""
