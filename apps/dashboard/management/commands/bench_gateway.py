@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 from pathlib import Path
@@ -487,25 +487,24 @@ class Command(BaseCommand):
                     # Rounds interleave the three set-ups so that a slow spell on this shared box
                     # (the ledger consumer's commits, Postgres) lands on all of them alike; medians are reported.
                     runs: dict[str, list[dict[str, float]]] = {"gateway": [], "budget": [], "limits": []}
-                    for _round in range(options["rounds"]):
+                    for turn in range(options["rounds"]):
                         for name, on, rate_limits in (("gateway", False, False), ("budget", True, False),
                                                       ("limits", True, True)):  # fmt: skip
                             self._limits(issued, on=on, rate_limits=rate_limits, gateway=gateway_v1)
+                            # The plain-Python gateway gets the same limits, before the compiled one in odd
+                            # rounds and after it in even ones, so that neither always runs first.
+                            plain_here = name == "limits" and plain_proc is not None
+                            if plain_here and turn % 2:
+                                sent += self._plain_run(runs, issued, plain_v1, plain_proc, state, measured,
+                                                        gateway_lua, connections)  # fmt: skip
                             with meter.measure() as cpu:
                                 result = measured(gateway_url, gateway_lua, connections, procs[1].pid)
                             result.update(cpu.per_request(result["requests"]))
                             runs[name].append(result)
                             sent += int(result["requests"])
-                            if name == "limits" and plain_proc is not None:
-                                # The same limits, on the plain-Python gateway, right after the compiled one.
-                                self._await_policy(issued, plain_v1)
-                                with _CpuMeter(plain_proc.pid, state).measure() as cpu:
-                                    result = measured(
-                                        f"{plain_v1}/chat/completions", gateway_lua, connections, plain_proc.pid
-                                    )
-                                result.update(cpu.per_request(result["requests"]))
-                                runs.setdefault("plain", []).append(result)
-                                sent += int(result["requests"])
+                            if plain_here and not turn % 2:
+                                sent += self._plain_run(runs, issued, plain_v1, plain_proc, state, measured,
+                                                        gateway_lua, connections)  # fmt: skip
                     gateway, budgeted, limited = (_median(runs[name]) for name in ("gateway", "budget", "limits"))
                     if plain_proc is not None:
                         plain_rows.append((connections, bare, limited, _median(runs["plain"])))
@@ -661,10 +660,34 @@ class Command(BaseCommand):
         self._await_policy(issued, gateway)
         return trial
 
+    def _plain_run(
+        self,
+        runs: dict[str, list[dict[str, float]]],
+        issued: IssuedKey,
+        plain_v1: str,
+        plain_proc: subprocess.Popen[bytes] | None,
+        state: redis.Redis,
+        measured: Callable[[str, Path, int, int | None], Run],
+        script: Path,
+        connections: int,
+    ) -> int:
+        """One measured run of the plain-Python gateway (``--plain``), with the limits set on; returns the
+        requests it sent."""
+        assert plain_proc is not None
+        self._await_policy(issued, plain_v1)
+        with _CpuMeter(plain_proc.pid, state).measure() as cpu:
+            result = measured(f"{plain_v1}/chat/completions", script, connections, plain_proc.pid)
+        result.update(cpu.per_request(result["requests"]))
+        runs.setdefault("plain", []).append(result)
+        return int(result["requests"])
+
     def _report_plain(self, rows: list[tuple[int, Run, Run, Run]]) -> None:
         """The compiled gateway against the same code on plain Python, both with budget + limits, in one run."""
         w = self.stdout.write
-        w("\ncompiled hot path against plain Python (COSTCONTROL_COMPILED=0), gateway+limits, same interleaved rounds")
+        w(
+            "\ncompiled hot path against plain Python (COSTCONTROL_COMPILED=0), gateway+limits, "
+            "same interleaved rounds (plain first in odd rounds)"
+        )
         w(
             f"{'conc':>4}  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
             f"{'gw cpu µs':>9} {'redis µs':>9}"
