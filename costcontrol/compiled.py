@@ -2,7 +2,8 @@
 
 Two thirds of the gateway's CPU a request is CPython interpreting Python. The modules below do the
 per-request work (parse and check the body, authenticate, plan, admit, price, record); compiled
-with mypyc they run the same code in about a sixth fewer instructions a request (README, Sizing).
+with mypyc they run the same code in about a sixth fewer instructions a request (README, Benchmark;
+whether that saves time depends on the box, and it was not shown on a noisy one).
 
 ``make compile`` (``costcontrol.compiled_build``, which ``make run``, ``make test`` and ``make bench``
 run first) builds them into ``var/compiled/``, outside the source tree, with a manifest of each
@@ -14,7 +15,7 @@ mypyc compiles the modules as one library whose calls between them are direct: a
 and plain copies of the same module would hold two of each class.
 
 Where the build cannot run (no C compiler), everything runs as plain Python, which is the same
-code; only slower. ``COSTCONTROL_COMPILED=0`` turns the compiled modules off.
+code. ``COSTCONTROL_COMPILED=0`` (or false, no, off) turns the compiled modules off.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import importlib.machinery
 import importlib.util
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+
+from costcontrol.env import env_bool
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +42,11 @@ MANIFEST = "manifest.json"
 GROUP = "costcontrol_hot"  # the shared library is the top-level module costcontrol_hot__mypyc
 
 # What runs for every request, and is plain typed Python mypyc compiles as it is. Not here: modules
-# that read files beside themselves (__file__: breaker, scripts, catalog), the asyncio protocols
-# (fastredis, upstream_http: mypyc classes cannot subclass asyncio.Protocol), the ledger writer (its
-# spool loop) and the metrics (weak references to native objects are refused).
+# that read files beside themselves (__file__: breaker, scripts, catalog); upstream_http (an async
+# generator, which mypyc does not compile); fastredis (compiled, ReplicaWait took True for an int and
+# refused a float with TypeError, not the ValueError that names the setting); the ledger writer (a
+# ``continue`` inside a ``with``, which mypyc does not compile) and the metrics (weak references to
+# native objects are refused).
 HOT_MODULES: tuple[str, ...] = (
     "apps.core.apikeys",
     "apps.core.errors",
@@ -83,6 +87,11 @@ def source_digests(modules: Sequence[str] = HOT_MODULES, root: Path = ROOT) -> d
     return {module: hashlib.sha256(source_path(module, root).read_bytes()).hexdigest() for module in modules}
 
 
+def library_path(directory: Path, module: str) -> Path:
+    """Where a build in ``directory`` holds ``module``'s compiled library (as setuptools lays it out)."""
+    return directory.joinpath(*module.split(".")).with_name(module.rpartition(".")[2] + abi()["suffix"])
+
+
 def abi() -> dict[str, str]:
     """What a compiled library is only good for: this interpreter's ABI and extension suffix."""
     return {"cache_tag": sys.implementation.cache_tag or "", "suffix": importlib.machinery.EXTENSION_SUFFIXES[0]}
@@ -107,7 +116,8 @@ def fresh_build(build_dir: Path = BUILD_DIR, root: Path = ROOT) -> tuple[Build |
         return None, f"unreadable manifest: {exc}"
     if not isinstance(manifest, dict):
         return None, "unreadable manifest: not an object"
-    if manifest.get("abi") != abi():
+    this_abi = abi()
+    if manifest.get("abi") != this_abi:
         return None, "built for another Python"
     digests = manifest.get("sources")
     if not isinstance(digests, dict) or set(digests) != set(HOT_MODULES):
@@ -120,10 +130,8 @@ def fresh_build(build_dir: Path = BUILD_DIR, root: Path = ROOT) -> tuple[Build |
     if stale:
         return None, f"stale: {', '.join(stale)} changed since the build (make compile)"
     directory = build_dir / str(manifest.get("directory", ""))
-    suffix = abi()["suffix"]
-    libraries = {module: directory.joinpath(*module.split(".")).with_name(module.rpartition(".")[2] + suffix)
-                 for module in HOT_MODULES}  # fmt: skip
-    libraries[f"{GROUP}__mypyc"] = directory / f"{GROUP}__mypyc{suffix}"
+    libraries = {module: library_path(directory, module) for module in HOT_MODULES}
+    libraries[f"{GROUP}__mypyc"] = directory / f"{GROUP}__mypyc{this_abi['suffix']}"
     missing = [str(path) for path in libraries.values() if not path.is_file()]
     if missing:
         return None, f"incomplete: {missing[0]} is missing (make compile)"
@@ -157,7 +165,7 @@ def install(build_dir: Path = BUILD_DIR) -> str:
     global state
     if any(isinstance(finder, _CompiledFinder) for finder in sys.meta_path):
         return state
-    if os.environ.get("COSTCONTROL_COMPILED", "1") == "0":
+    if not env_bool("COSTCONTROL_COMPILED", True):  # garbage stops the process, naming the variable
         state = "off (COSTCONTROL_COMPILED=0)"
         return state
     imported = [module for module in HOT_MODULES if module in sys.modules]
@@ -178,7 +186,5 @@ def install(build_dir: Path = BUILD_DIR) -> str:
 
 def compiled_now() -> bool:
     """Whether this process runs the compiled hot modules (every one of them, as ``install`` does)."""
-    return all(
-        getattr(sys.modules.get(module), "__file__", "").endswith(importlib.machinery.EXTENSION_SUFFIXES[0])
-        for module in HOT_MODULES
-    )
+    suffix = abi()["suffix"]
+    return all(getattr(sys.modules.get(module), "__file__", "").endswith(suffix) for module in HOT_MODULES)

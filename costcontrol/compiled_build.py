@@ -1,7 +1,8 @@
 """Build the compiled hot modules (``costcontrol.compiled``): ``python -m costcontrol.compiled_build``.
 
-Needs mypyc (with mypy, in requirements-dev.txt) and a C compiler; a process that runs the build only
-installs it. A build that fails says so and exits 0: the gateway then runs the same code as plain Python.
+Needs mypyc (with mypy, in requirements-dev.txt) and a C compiler, here only: the gateway's processes
+load what it built. A build that fails says so and exits 0: the gateway then runs the same code as plain
+Python.
 """
 
 from __future__ import annotations

@@ -40,12 +40,11 @@ def fake_build(tmp_path: Path) -> tuple[Path, Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(compiled.source_path(module), target)
     directory = build_dir / "lib-test"
-    suffix = compiled.abi()["suffix"]
     for module in compiled.HOT_MODULES:
-        library = directory.joinpath(*module.split(".")).with_name(module.rpartition(".")[2] + suffix)
+        library = compiled.library_path(directory, module)
         library.parent.mkdir(parents=True, exist_ok=True)
         library.touch()
-    (directory / f"{compiled.GROUP}__mypyc{suffix}").touch()
+    (directory / f"{compiled.GROUP}__mypyc{compiled.abi()['suffix']}").touch()
     manifest = {"abi": compiled.abi(), "sources": compiled.source_digests(root=root), "directory": "lib-test"}
     (build_dir / compiled.MANIFEST).write_text(json.dumps(manifest))
     return root, build_dir
@@ -98,11 +97,16 @@ def test_a_missing_library_or_a_garbled_manifest_is_not_used(fake_build: tuple[P
     assert compiled.fresh_build(build_dir, root) == (None, "not built (make compile)")
 
 
-def _state_in_a_fresh_process(code: str, **env: str) -> str:
-    done = subprocess.run(
+def _in_a_fresh_process(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-c", code + "\nimport costcontrol.compiled as c; print(c.state)"],
-        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
+        cwd=REPO, env={**os.environ, **env}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
+
+
+def _state_in_a_fresh_process(code: str, **env: str) -> str:
+    done = _in_a_fresh_process(code, **env)
+    assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
 
 
@@ -112,8 +116,17 @@ def test_a_hot_module_imported_before_the_install_keeps_the_process_plain() -> N
     assert state == "plain Python: apps.core.text was imported before the compiled modules could be installed"
 
 
-def test_the_compiled_modules_can_be_turned_off() -> None:
-    assert _state_in_a_fresh_process("import costcontrol", COSTCONTROL_COMPILED="0") == "off (COSTCONTROL_COMPILED=0)"
+@pytest.mark.parametrize("off", ["0", "false", "Off"])
+def test_the_compiled_modules_can_be_turned_off(off: str) -> None:
+    assert _state_in_a_fresh_process("import costcontrol", COSTCONTROL_COMPILED=off) == "off (COSTCONTROL_COMPILED=0)"
+
+
+@pytest.mark.parametrize("garbage", ["2", "maybe", "0; rm -rf /", "\u00a0"])
+def test_a_garbage_switch_stops_the_process_with_its_name(garbage: str) -> None:
+    """As every other setting (costcontrol.env): "fals" must not quietly leave the compiled modules on."""
+    done = _in_a_fresh_process("import costcontrol", COSTCONTROL_COMPILED=garbage)
+    assert done.returncode != 0
+    assert "COSTCONTROL_COMPILED must be a boolean" in done.stderr
 
 
 def _python_files() -> list[Path]:

@@ -120,7 +120,7 @@ class Command(BaseCommand):
         """Whether the gateway processes started on this host run the compiled hot modules (make compile)."""
         build, why = compiled.fresh_build()
         if build is None:
-            self._row("hot path", WARN, f"plain Python, slower: {why}")
+            self._row("hot path", WARN, f"plain Python: {why}")
         else:
             self._row("hot path", OK, f"compiled ({len(compiled.HOT_MODULES)} modules in {build.directory})")
 
