@@ -51,6 +51,10 @@ MAX_LEASE_SLOTS = 64
 # Any lease is back in Redis at most this long after it was granted (it expires after LEASE_SECONDS and
 # the expirer looks every LEASE_SECONDS / 2), with a margin: how long a refusal caused by leases waits.
 RETRY_AFTER_LEASES = LEASE_SECONDS * 1.5 + 0.05
+# What the book remembers of a name that holds no lease (its next lease's size, that its last request was
+# refused) is forgotten this long after it was last set. Budget counter keys name their period, so without
+# this a long-lived process would keep an entry for every budget period and scope it ever leased.
+FORGET_SECONDS = 600.0
 
 Command = tuple[Any, ...]
 
@@ -150,6 +154,9 @@ class LeaseBook:
         # Budget keys and scopes whose last lease request left them without a lease (near a limit): a request
         # finding no lease there runs its own admission at once rather than wait on a lease unlikely to come.
         self._ungranted: set[str] = set()
+        # When each name's size or ungranted mark was last set, for ``_forget_idle``.
+        self._noted: dict[str, float] = {}
+        self._next_forget = 0.0
         self._returns: list[Command] = []  # closed leases' unused part, sent with the next round trip
         self._ids = itertools.count(1)
         self._slot_prefix = f"lease:{os.getpid()}:{secrets.token_hex(4)}:"
@@ -254,6 +261,7 @@ class LeaseBook:
                 self._ungranted.discard(name)
             else:
                 self._ungranted.add(name)
+                self._noted[name] = time.time()
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
@@ -261,9 +269,13 @@ class LeaseBook:
         """A lease request on its way for a budget or scope of these, which usually gets a lease (None:
         none). Under load, a lease runs out while the requests in flight keep coming: without this each of
         them ran the admission script itself until the new lease came (~7% of requests at 16 connections)."""
-        for name in itertools.chain(budget_keys, (limit.scope_name for limit in rate_limits)):
+        for name in budget_keys:
             waiter = self.asking.get(name)
             if waiter is not None and name not in self._ungranted:
+                return waiter
+        for limit in rate_limits:
+            waiter = self.asking.get(limit.scope_name)
+            if waiter is not None and limit.scope_name not in self._ungranted:
                 return waiter
         return None
 
@@ -294,6 +306,7 @@ class LeaseBook:
         """Install what the script granted on a budget (nothing granted: ask for less next time)."""
         if not granted:
             self._sizes[key] = max(self._sizes.get(key, MIN_LEASE) // 2, MIN_LEASE)
+            self._noted[key] = now
             return
         self._install(self.budgets, key, now)
         self.budgets[key] = BudgetLease(
@@ -315,6 +328,7 @@ class LeaseBook:
         requests, tokens, slots, left_requests, left_tokens = grant
         if not (requests or tokens or slots):
             self._sizes[limit.scope_name] = max(size // 2, MIN_LEASE)
+            self._noted[limit.scope_name] = now
             return
         lease = ScopeLease(
             scope_name=limit.scope_name, window_key=keys[0], inflight_key=keys[1],
@@ -344,11 +358,24 @@ class LeaseBook:
         for leases in (self.budgets, self.scopes):
             for name in [name for name, lease in leases.items() if now >= lease.expires]:
                 self._close(leases.pop(name), now)
+        if now >= self._next_forget:
+            self._forget_idle(now)
+
+    def _forget_idle(self, now: float) -> None:
+        """Forget the size and ungranted mark of every name left alone for ``FORGET_SECONDS`` (none is held
+        or asked for); a name used again starts from the smallest lease, as a new one does."""
+        self._next_forget = now + FORGET_SECONDS / 2
+        for name in [name for name, noted in self._noted.items() if now - noted >= FORGET_SECONDS]:
+            if name not in self.budgets and name not in self.scopes and name not in self.asking:
+                self._sizes.pop(name, None)
+                self._ungranted.discard(name)
+                del self._noted[name]
 
     def _close(self, lease: BudgetLease | ScopeLease, now: float) -> None:
         """End a lease: size the next one by how this one went, and queue its unused part to go back."""
         name = lease.key if isinstance(lease, BudgetLease) else lease.scope_name
         self._sizes[name] = next_size(lease.size, lease.used, ran_out=now < lease.expires)
+        self._noted[name] = now
         self._give_back(lease, now)
 
     def _give_back(self, lease: BudgetLease | ScopeLease, now: float) -> None:

@@ -6,6 +6,7 @@ Two ``Limiter`` objects with their own connections stand for two gateway process
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 import uuid
@@ -22,7 +23,7 @@ from apps.core.periods import period_bounds
 from apps.core.pricing import to_nano
 from apps.core.snapshot import BudgetPolicy, RateLimitPolicy
 from apps.enforcement.fastredis import FastRedis
-from apps.enforcement.leases import LEASE_SECONDS, MIN_LEASE
+from apps.enforcement.leases import FORGET_SECONDS, LEASE_SECONDS, MIN_LEASE
 from apps.enforcement.limiter import Admission, Limiter
 
 T0 = 1_795_000_000.0  # a fixed simulated epoch
@@ -271,3 +272,28 @@ def test_a_request_never_waits_on_another_organisations_lease_request() -> None:
 
     mine_waits, theirs_wait = run(scenario())
     assert not mine_waits and theirs_wait
+
+
+def test_a_long_lived_process_forgets_what_it_knew_of_budget_periods_long_over() -> None:
+    """Budget counter keys name their period: a process up for a year must not keep a year of them."""
+    prefix = f"{settings.REDIS_PREFIX}{uuid.uuid4().hex[:6]}:"
+    roomy, near = _budget("100"), dataclasses.replace(_budget("0.50"), id=8)
+    months = [T0 + k * 31 * 86400 for k in range(12)]
+
+    async def scenario() -> tuple[set[str], set[str], set[str], str]:
+        gateway = Process(prefix)
+        book = gateway.limiter._leases
+        for now in months:
+            # A lease on this month's counter of the roomy budget (its next size is remembered when it
+            # closes), and a refused lease request on the near one (remembered as ungranted).
+            await gateway.admit(now, budgets=[roomy, near], worst_case_usd=Decimal("0.01"))
+            await gateway.limiter.expire_leases(now=now + 1)
+        last = months[-1] + FORGET_SECONDS + 1
+        await gateway.admit(last, budgets=[roomy], worst_case_usd=Decimal("0.01"))  # this month, used again
+        await gateway.limiter.expire_leases(now=last + 1)
+        await gateway.client.close()
+        return set(book._sizes), set(book._ungranted), set(book._noted), _budget_key(prefix, last)
+
+    sizes, ungranted, noted, current = run(scenario())
+    assert sizes == noted == {current}
+    assert ungranted == set()
