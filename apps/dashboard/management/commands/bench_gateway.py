@@ -406,7 +406,6 @@ class Command(BaseCommand):
             raise CommandError("wrk is not installed (Debian: apt-get install wrk)")
         python = sys.executable
         up_port, gw_port, bare_port, lean_port = _free_port(), _free_port(), _free_port(), _free_port()
-        plain_port = _free_port()
         upstream_url = f"http://127.0.0.1:{up_port}/v1"
         issued = self._bench_key(upstream_url)
         ledger_note = self._forget_earlier_runs(issued.api_key.project.organization_id)
@@ -437,7 +436,10 @@ class Command(BaseCommand):
         if options["cache"] or options["trial"]:  # indexes stores and counts hits, as beside a real gateway
             indexer_proc = subprocess.Popen([python, "manage.py", "ingest_cache"], env=env, stdout=subprocess.DEVNULL)
             procs.append(indexer_proc)
+        plain_v1 = ""
         if options["plain"]:
+            plain_port = _free_port()
+            plain_v1 = f"http://127.0.0.1:{plain_port}/v1"
             plain_proc = subprocess.Popen(
                 _uvicorn(python, "costcontrol.asgi:application", plain_port, options["workers"]),
                 env={**env, "COSTCONTROL_COMPILED": "0"},
@@ -447,7 +449,6 @@ class Command(BaseCommand):
             _wait(f"http://127.0.0.1:{up_port}/health", 200, procs[0])
             gateway_v1 = f"http://127.0.0.1:{gw_port}/v1"
             _wait(f"{gateway_v1}/models", 401, procs[1])
-            plain_v1 = f"http://127.0.0.1:{plain_port}/v1"
             if plain_proc is not None:
                 _wait(f"{plain_v1}/models", 401, plain_proc)
             bare_url = f"http://127.0.0.1:{bare_port}/v1/chat/completions"
@@ -493,17 +494,17 @@ class Command(BaseCommand):
                             self._limits(issued, on=on, rate_limits=rate_limits, gateway=gateway_v1)
                             # The plain-Python gateway gets the same limits, before the compiled one in odd
                             # rounds and after it in even ones, so that neither always runs first.
-                            plain_here = name == "limits" and plain_proc is not None
-                            if plain_here and turn % 2:
-                                sent += self._plain_run(runs, issued, plain_v1, plain_proc, state, measured,
+                            plain = plain_proc if name == "limits" else None
+                            if plain is not None and turn % 2:
+                                sent += self._plain_run(runs, issued, plain_v1, plain, state, measured,
                                                         gateway_lua, connections)  # fmt: skip
                             with meter.measure() as cpu:
                                 result = measured(gateway_url, gateway_lua, connections, procs[1].pid)
                             result.update(cpu.per_request(result["requests"]))
                             runs[name].append(result)
                             sent += int(result["requests"])
-                            if plain_here and not turn % 2:
-                                sent += self._plain_run(runs, issued, plain_v1, plain_proc, state, measured,
+                            if plain is not None and not turn % 2:
+                                sent += self._plain_run(runs, issued, plain_v1, plain, state, measured,
                                                         gateway_lua, connections)  # fmt: skip
                     gateway, budgeted, limited = (_median(runs[name]) for name in ("gateway", "budget", "limits"))
                     if plain_proc is not None:
@@ -665,7 +666,7 @@ class Command(BaseCommand):
         runs: dict[str, list[dict[str, float]]],
         issued: IssuedKey,
         plain_v1: str,
-        plain_proc: subprocess.Popen[bytes] | None,
+        plain_proc: subprocess.Popen[bytes],
         state: redis.Redis,
         measured: Callable[[str, Path, int, int | None], Run],
         script: Path,
@@ -673,7 +674,6 @@ class Command(BaseCommand):
     ) -> int:
         """One measured run of the plain-Python gateway (``--plain``), with the limits set on; returns the
         requests it sent."""
-        assert plain_proc is not None
         self._await_policy(issued, plain_v1)
         with _CpuMeter(plain_proc.pid, state).measure() as cpu:
             result = measured(f"{plain_v1}/chat/completions", script, connections, plain_proc.pid)
