@@ -19,6 +19,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from apps.batches.jsonl import NotStorable, loads_strict
 from apps.batches.models import Batch, BatchFile, could_be_object_id
 from apps.batches.services import BatchInputError, batch_cancel, batch_create, file_upload
 from apps.core.apikeys import check_key, presented_key
@@ -155,14 +156,13 @@ def batches(request: HttpRequest, key: ApiKey) -> HttpResponse:
         rows = Batch.objects.filter(project=key.project).order_by("-created_at")[:100]
         return JsonResponse(_page([batch_object(b) for b in rows]))
     try:
-        payload = json.loads(request.body or b"{}")
-    except json.JSONDecodeError:
-        raise GatewayError(400, "The body is not valid JSON.") from None
+        # Strict JSON; each field is checked on its own below (metadata for NUL too), the rest is not kept.
+        payload = loads_strict(request.body or b"{}")
+    except NotStorable as exc:
+        raise GatewayError(400, f"The body {exc}.") from None
     if not isinstance(payload, dict):
         raise GatewayError(400, "The body must be a JSON object.")
     metadata = payload.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise GatewayError(400, "metadata must be an object of strings.", param="metadata")
     batch = batch_create(
         project=key.project,
         api_key=key,

@@ -32,7 +32,7 @@ import pytest
 from anthropic.types import message_create_params
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from openai.types import completion_create_params, embedding_create_params
+from openai.types import batch_create_params, completion_create_params, embedding_create_params
 from openai.types.chat import completion_create_params as chat_create_params
 from openai.types.responses import response_create_params
 
@@ -215,10 +215,10 @@ def test_any_request_gets_an_answer_or_an_openai_error(
     _check(*_post(fuzz_target, path, payload, extra))
 
 
-def sdk_fields(params: Any) -> list[str]:
+def sdk_fields(params: Any, *, streams: bool = True) -> list[str]:
     """Every body field the official SDK sends to an endpoint: the keys of its request TypedDict, and
-    ``stream``, which the SDK adds in its streaming and non-streaming variants."""
-    return sorted({*params.__required_keys__, *params.__optional_keys__, "stream"})
+    ``stream`` where it streams, which the SDK adds in its streaming and non-streaming variants."""
+    return sorted({*params.__required_keys__, *params.__optional_keys__, *(["stream"] if streams else [])})
 
 
 # A valid request for each endpoint, and the fields the official SDK (the version pinned) knows for it: a
@@ -254,6 +254,26 @@ def test_garbage_in_any_field_the_sdk_sends_gets_an_answer_or_an_openai_error(
             _check(*_post(fuzz_target, path, json.dumps(payload).encode(), {}))
 
 
+@pytest.fixture
+def batch_input(fuzz_target: tuple[str, str]) -> str:
+    """An uploaded batch input file of the fuzzing key's project, for batches that are otherwise valid."""
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}  # fmt: skip
+    return sdk(*fuzz_target).files.create(file=("in.jsonl", json.dumps(line).encode()), purpose="batch").id
+
+
+@FIELD_FUZZ
+@given(data=st.data())
+def test_garbage_in_any_field_of_a_batch_gets_a_batch_or_an_openai_error(
+    fuzz_target: tuple[str, str], batch_input: str, data: st.DataObject
+) -> None:
+    valid = {"input_file_id": batch_input, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    for field in sdk_fields(batch_create_params.BatchCreateParams, streams=False):
+        payload = {**data.draw(unknown_fields, label="unknown fields"), **valid}
+        payload[field] = data.draw(edge_numbers | json_value, label=f"POST /batches {field}")
+        _check(*_post(fuzz_target, "/batches", json.dumps(payload).encode(), {}))
+
+
 def test_the_field_lists_come_from_the_sdk() -> None:
     """The lists above are the SDK's, not a hand-picked few: the fields most often sent are in them."""
     assert {"temperature", "tools", "response_format", "max_completion_tokens", "stream"} <= set(
@@ -262,6 +282,9 @@ def test_the_field_lists_come_from_the_sdk() -> None:
     assert {"instructions", "previous_response_id", "store", "background"} <= set(SDK_REQUESTS["/responses"][1])
     assert {"dimensions", "encoding_format"} <= set(SDK_REQUESTS["/embeddings"][1])
     assert {"system", "thinking", "stop_sequences", "tools"} <= set(MESSAGES_FIELDS)
+    assert {"input_file_id", "endpoint", "completion_window", "metadata"} <= set(
+        sdk_fields(batch_create_params.BatchCreateParams, streams=False)
+    )
 
 
 @FUZZ

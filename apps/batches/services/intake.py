@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from typing import Any
 
@@ -11,6 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apps.batches.jsonl import NotStorable, jsonl_lines, loads_storable
 from apps.batches.models import (
     Batch,
     BatchBackend,
@@ -28,6 +28,7 @@ from apps.batches.services.lines import (
 from apps.batches.services.offline import stopped_deployment
 from apps.batches.services.provider import batch_poll, provider_batch_target
 from apps.core.errors import GatewayError, model_not_allowed
+from apps.core.events import clean_text
 from apps.core.request import ENDPOINT_PATHS, error_for_line, validate
 from apps.keys.models import ApiKey
 from apps.tenancy.models import Project
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 
 
 MAX_REPORTED_ERRORS = 100
+CUSTOM_ID_MAX = 512  # BatchLine.custom_id's column
+# OpenAI's rules for a batch's metadata: up to 16 pairs of strings, keys up to 64 characters, values up to 512.
+METADATA_MAX_PAIRS, METADATA_MAX_KEY, METADATA_MAX_VALUE = 16, 64, 512
 
 
 class BatchInputError(Exception):
@@ -59,8 +63,9 @@ def file_upload(*, project: Project, api_key: ApiKey | None, purpose: str, filen
     except UnicodeDecodeError:
         raise BatchInputError("The file must be UTF-8 encoded JSONL.", param="file") from None
     return BatchFile.objects.create(
-        project=project, api_key=api_key, purpose=purpose, filename=filename[:255], bytes=len(content), content=content
-    )
+        project=project, api_key=api_key, purpose=purpose, filename=clean_text(filename, 255) or "upload.jsonl",
+        bytes=len(content), content=content,
+    )  # fmt: skip
 
 
 def validate_lines(
@@ -78,13 +83,13 @@ def validate_lines(
     def error(number: int, message: str, param: str | None) -> None:
         errors.append({"code": "invalid_request", "message": message, "param": param, "line": number})
 
-    for number, raw in enumerate(content.decode("utf-8").splitlines(), start=1):
+    for number, raw in jsonl_lines(content.decode("utf-8")):
         if not raw.strip():
             continue
         try:
-            item = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            error(number, f"Line {number} is not valid JSON: {exc.msg}.", None)
+            item = loads_storable(raw)
+        except NotStorable as exc:
+            error(number, f"Line {number} {exc}.", None)
             continue
         if not isinstance(item, dict):
             error(number, f"Line {number} must be a JSON object.", None)
@@ -92,6 +97,8 @@ def validate_lines(
         custom_id, body = item.get("custom_id"), item.get("body")
         if not isinstance(custom_id, str) or not custom_id:
             error(number, f"Line {number} needs a custom_id string.", "custom_id")
+        elif len(custom_id) > CUSTOM_ID_MAX:
+            error(number, f"Line {number}: custom_id is longer than {CUSTOM_ID_MAX} characters.", "custom_id")
         elif custom_id in seen:
             error(number, f"Line {number}: custom_id '{custom_id[:100]}' is used twice in this file.", "custom_id")
         if item.get("method") != "POST":
@@ -118,6 +125,24 @@ def validate_lines(
     return lines, errors
 
 
+def checked_metadata(metadata: Any) -> dict[str, str] | None:
+    """A batch's metadata held to OpenAI's rules (and without NUL, which Postgres cannot store)."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict) or len(metadata) > METADATA_MAX_PAIRS:
+        raise BatchInputError(f"metadata must be an object of at most {METADATA_MAX_PAIRS} pairs.", param="metadata")
+    for name, value in metadata.items():
+        if not isinstance(value, str) or len(name) > METADATA_MAX_KEY or len(value) > METADATA_MAX_VALUE:
+            raise BatchInputError(
+                f"metadata keys must be strings of at most {METADATA_MAX_KEY} characters and values strings of "
+                f"at most {METADATA_MAX_VALUE}.",
+                param="metadata",
+            )
+        if "\x00" in name or "\x00" in value:
+            raise BatchInputError("metadata cannot hold the character \\u0000.", param="metadata")
+    return metadata
+
+
 def batch_create(
     *,
     project: Project,
@@ -125,9 +150,10 @@ def batch_create(
     input_file_id: str,
     endpoint: str,
     completion_window: str = "24h",
-    metadata: dict[str, str] | None = None,
+    metadata: Any = None,
 ) -> Batch:
     """Validate every line; a valid batch is queued for the batch workers, an invalid one is ``failed``."""
+    metadata = checked_metadata(metadata)
     if endpoint not in ENDPOINT_PATHS:
         raise BatchInputError(f"endpoint must be one of {', '.join(ENDPOINT_PATHS)}.", param="endpoint")
     if completion_window != "24h":
