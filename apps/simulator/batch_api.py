@@ -7,7 +7,12 @@ A batch runs all its lines (with the simulator's own chat/completions/embeddings
 handlers, so directives work per line) the first time it is retrieved, and is
 then ``completed`` with an output file (and an error file for non-200 lines).
 A batch created with metadata ``{"sim_hold": "true"}`` stays ``in_progress``
-until cancelled, to test deadlines. State lives in the process: run the
+until cancelled, to test deadlines. With ``{"sim_garbage_output": "true"}`` its
+output file is hostile: record N (counting from 0) is, by N modulo 8, as it
+should be (with U+2028 and U+0085 in its answer), not JSON, a JSON array, a
+record with a custom_id that is not ours, one whose body holds ``NaN``, one
+whose body holds ``\u0000``, one whose response and status are garbage, and
+one whose body holds a lone surrogate. State lives in the process: run the
 simulator with one worker when using this.
 """
 
@@ -115,6 +120,7 @@ class BatchEmulator:
         handler = self._handlers[batch["endpoint"]]
         output: list[bytes] = []
         errors: list[bytes] = []
+        garbage = str((batch.get("metadata") or {}).get("sim_garbage_output", "")).lower() == "true"
         for line in self.files[batch["input_file_id"]]["content"].splitlines():
             if not line.strip():
                 continue
@@ -128,7 +134,8 @@ class BatchEmulator:
                 "response": {"status_code": status, "request_id": secrets.token_hex(8), "body": body},
                 "error": None,
             }
-            (output if status == 200 else errors).append(orjson.dumps(record))
+            encoded = _garbled(record, len(output) + len(errors)) if garbage else orjson.dumps(record)
+            (output if status == 200 else errors).append(encoded)
         counts = batch["request_counts"]
         counts.update(total=len(output) + len(errors), completed=len(output), failed=len(errors))
         if output:
@@ -136,6 +143,26 @@ class BatchEmulator:
         if errors:
             batch["error_file_id"] = self._store(b"\n".join(errors) + b"\n", "errors.jsonl", "batch_output")["id"]
         batch["status"], batch["completed_at"] = "completed", int(time.time())
+
+
+def _garbled(record: dict[str, Any], n: int) -> bytes:
+    """Record ``n`` of a hostile output file (``sim_garbage_output``): what each variant is is listed above."""
+    variant = n % 8
+    if variant == 0:
+        record["response"]["body"] = {**record["response"]["body"], "note": "line\u2028separator\x85next"}
+        return orjson.dumps(record)
+    if variant == 1:
+        return b"this is not JSON"
+    if variant == 2:
+        return b"[1, 2, 3]"
+    if variant == 3:
+        return orjson.dumps({**record, "custom_id": "not-ours-" + str(record["custom_id"])})
+    if variant == 6:
+        return orjson.dumps({**record, "response": "garbage", "error": {"status_code": "abc"}})
+    # JSON text orjson would not write: spliced in by hand.
+    token = {4: b"NaN", 5: b'"nul \\u0000 here"', 7: b'"\\ud800"'}[variant]
+    encoded = orjson.dumps({**record, "response": {"status_code": 200, "body": {"value": "SPLICE"}}})
+    return encoded.replace(b'"SPLICE"', token)
 
 
 def _multipart(content_type: str, raw: bytes) -> dict[str, tuple[bytes, str]] | None:

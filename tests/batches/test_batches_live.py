@@ -182,6 +182,34 @@ def test_provider_batch_api_runs_at_batch_prices(gateway: str, tenant: Tenant) -
     assert all(r.counterfactual_cost == 2 * r.cost > 0 for r in rows)
 
 
+def test_a_hostile_provider_output_file_loses_no_line_and_no_ledger_row(gateway: str, tenant: Tenant) -> None:
+    """The provider's output file is hostile input: records that are not JSON, not ours, or hold what
+    Postgres cannot store are not taken; their lines run again on our sync path, each with one row."""
+    from apps.batches.services import batch_run
+
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    uploaded = client.files.create(file=("in.jsonl", _jsonl(16)), purpose="batch")
+    batch = client.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+        metadata={"sim_garbage_output": "true"},  # see apps/simulator/batch_api.py: 8 variants, in turn
+    )  # fmt: skip
+    batch_run(batch_id=batch.id, worker="test")  # submits, then takes in what it can of the provider's file
+    row = Batch.objects.get(pk=batch.id)
+    assert row.backend == "sync" and BatchLine.objects.filter(batch=row, status="pending").count() == 12
+    batch_run(batch_id=batch.id, worker="test")  # the 12 lines the file did not give run here
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "completed" and done.request_counts is not None
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (16, 14, 2)
+    assert not BatchLine.objects.filter(batch=row, status__in=("pending", "running", "submitted")).exists()
+    rows = LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-")
+    # Taken from the file: records 0 and 8 (as they should be, U+2028 and U+0085 inside a string: one line
+    # each) and 6 and 14 (a garbage response and status: the provider's failure, a 500).
+    assert sorted((r.route.rsplit(":", 1)[1], r.status_code) for r in rows) == sorted(
+        [("provider", 200)] * 2 + [("provider", 500)] * 2 + [("sync", 200)] * 12
+    )
+
+
 def test_deadline_moves_unfinished_provider_lines_to_the_sync_path(gateway: str, tenant: Tenant) -> None:
     from apps.batches.services import batch_poll, batch_run
 

@@ -124,11 +124,15 @@ class LineResult:
 
 def result_from_record(line: BatchLine, target: Target, record: dict[str, Any]) -> LineResult:
     """A line's result from one record of a Batch API output or error file."""
-    response = record.get("response") or {}
+    response = record.get("response")
+    response = response if isinstance(response, dict) else {}
     body = response.get("body")
     if not isinstance(body, dict):
         body = {"error": record.get("error")}
-    return LineResult(line.pk, line.line, line.custom_id, target, int(response.get("status_code") or 500), body, 0)
+    status = response.get("status_code")
+    # A provider's garbage status (not an HTTP status) counts as its failure.
+    status = status if type(status) is int and 100 <= status <= 599 else 500
+    return LineResult(line.pk, line.line, line.custom_id, target, status, body, 0)
 
 
 def commit(batch: Batch, held: Q, results: list[LineResult], backend: str) -> None:

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.batches.jsonl import NotStorable, jsonl_lines, loads_storable
 from apps.batches.models import Batch, BatchBackend, BatchLine, BatchStatus, LineStatus
 from apps.batches.services.lines import (
     FINAL,
@@ -178,11 +179,18 @@ def take_results(batch: Batch, client: openai.OpenAI, remote: Any) -> None:
     for file_id in (remote.output_file_id, remote.error_file_id):
         if not file_id:
             continue
-        for raw in client.files.content(file_id).text.splitlines():
+        for number, raw in jsonl_lines(client.files.content(file_id).text):
             if not raw.strip():
                 continue
-            record = json.loads(raw)
-            line = by_line.get(int(record.get("custom_id") or 0))
+            # The provider's file is hostile input. A record we cannot read, or cannot store, leaves its line
+            # submitted, and such lines go back to our sync path below: they are run again, not lost.
+            try:
+                record = loads_storable(raw)
+            except NotStorable as exc:
+                logger.warning("batch %s: line %d of the provider's file %s", batch.pk, number, exc)
+                continue
+            custom_id = record.get("custom_id") if isinstance(record, dict) else None
+            line = by_line.get(int(custom_id)) if isinstance(custom_id, str) and custom_id.isdecimal() else None
             if line is None:
                 continue
             result = result_from_record(line, resolve(str(line.body.get("model"))), record)
@@ -203,4 +211,8 @@ def batches_poll() -> int:
             batch_poll(batch_id=batch_id)
         except openai.OpenAIError:
             logger.exception("could not poll the provider for batch %s", batch_id)
+        except Exception:
+            # One batch's failure (its provider's answer, say) must not stop the polling of every other
+            # organisation's batches after it in this loop.
+            logger.exception("polling batch %s failed; the other batches are still polled", batch_id)
     return len(ids)
