@@ -19,11 +19,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.batches.jsonl import NotStorable, loads_strict
 from apps.batches.models import Batch, BatchFile, could_be_object_id
 from apps.batches.services import BatchInputError, batch_cancel, batch_create, file_upload
 from apps.core.apikeys import check_key, presented_key
 from apps.core.errors import GatewayError, invalid_api_key, method_not_allowed
+from apps.core.storable import NotStorable, loads_strict
 from apps.keys.models import ApiKey
 
 View = Callable[..., HttpResponse]

@@ -20,9 +20,10 @@ from django.conf import settings
 from django.db import transaction
 
 from apps.core import names
-from apps.core.events import EVENT_FIELD, clean_id
+from apps.core.events import EVENT_FIELD, clean_id, clean_text
 from apps.core.responses import is_response_id
 from apps.core.responses_chat import HELD_DELETE, HELD_STORE
+from apps.core.storable import without_nul
 from apps.ledger.consumer import dead_letters_report, parse_entries, store_or_bisect
 from apps.ledger.models import HeldResponse
 from apps.ledger.stream import acknowledge, ensure_group, read_batch
@@ -37,8 +38,10 @@ def held_responses_stream() -> str:
 
 
 def _row(event: dict[str, Any]) -> HeldResponse:
-    response = event["response"]
-    if not isinstance(response, dict) or not isinstance(event.get("input"), list):
+    # What the app sent and got back is kept whatever it holds: a NUL (which jsonb refuses, and which
+    # dead-lettered the whole response before) is kept as U+FFFD.
+    response, input_items = without_nul(event["response"]), without_nul(event.get("input"))
+    if not isinstance(response, dict) or not isinstance(input_items, list):
         raise TypeError("a held response carries its Response object and its input items")
     project_id, provider_id = clean_id(event.get("project_id")), clean_id(event.get("provider_id"))
     if project_id is None:
@@ -49,9 +52,9 @@ def _row(event: dict[str, Any]) -> HeldResponse:
         response_id=_response_id(event),
         project_id=project_id,
         provider_id=provider_id,
-        model=str(event.get("model") or "")[:MODEL_MAX],
+        model=clean_text(event.get("model"), MODEL_MAX),
         previous_response_id=str(previous) if is_response_id(previous) else "",
-        input_items=event["input"],
+        input_items=input_items,
         output_items=output if isinstance(output, list) else [],
         usage=response.get("usage") if isinstance(response.get("usage"), dict) else None,
         response=response,

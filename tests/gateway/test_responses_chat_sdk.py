@@ -176,6 +176,18 @@ def test_retrieve_input_items_and_delete_are_answered_by_the_gateway(client: ope
     assert exc.value.param == "previous_response_id"
 
 
+def test_a_stored_response_holding_nul_is_kept_in_postgres(client: openai.OpenAI, tenant: Tenant) -> None:
+    """jsonb cannot hold \\u0000: such a response was dead-lettered, its Postgres copy lost. It is kept with
+    U+FFFD in the NUL's place, and the literal text "\\u0000" stays as it was."""
+    created = client.responses.create(
+        model="gpt-4o-mini", input=[{"role": "user", "content": "nul \x00 here, text \\u0000 there"}]
+    )
+    held = _held(created.id)
+    assert held is not None and held.project_id == tenant.project.id
+    assert held.input_items[0]["content"][0]["text"] == "nul \ufffd here, text \\u0000 there"
+    assert client.responses.retrieve(created.id).id == created.id
+
+
 def test_store_false_keeps_nothing(client: openai.OpenAI) -> None:
     created = client.responses.create(model="gpt-4o-mini", input="Forget me", store=False)
     with pytest.raises(openai.NotFoundError):

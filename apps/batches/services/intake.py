@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from apps.batches.jsonl import NotStorable, jsonl_lines, loads_storable
+from apps.batches.jsonl import jsonl_lines
 from apps.batches.models import (
     Batch,
     BatchBackend,
@@ -30,6 +30,7 @@ from apps.batches.services.provider import batch_poll, provider_batch_target
 from apps.core.errors import GatewayError, model_not_allowed
 from apps.core.events import clean_text
 from apps.core.request import ENDPOINT_PATHS, error_for_line, validate
+from apps.core.storable import NotStorable, loads_storable
 from apps.keys.models import ApiKey
 from apps.tenancy.models import Project
 

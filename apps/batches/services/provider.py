@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from apps.batches.jsonl import NotStorable, jsonl_lines, loads_storable
+from apps.batches.jsonl import jsonl_lines
 from apps.batches.models import Batch, BatchBackend, BatchLine, BatchStatus, LineStatus
 from apps.batches.services.lines import (
     FINAL,
@@ -34,6 +34,7 @@ from apps.batches.services.reserve import (
     settle_state,
     settle_whole,
 )
+from apps.core.storable import NotStorable, loads_storable
 from apps.providers.models import Provider, ProviderKind
 from apps.tenancy.models import Project
 from costcontrol.egress import egress_http_client
