@@ -57,6 +57,7 @@ Directives, written anywhere in a message's content, a prompt or an embedding in
 - ``[[sim:echo_header=NAME]]``: the completion is the value of the request's header NAME (lower case;
   ``none`` when absent): shows what the gateway sent upstream, e.g. ``traceparent``.
 - ``[[sim:no_usage]]``: no ``usage`` in the response or stream.
+- ``[[sim:nul]]``: the completion is "nul \\u0000 inside", with a NUL character (which Postgres cannot store).
 - ``[[sim:fail_after=N]]``: a stream drops the connection after N content chunks.
 
 Hostile directives, for fuzzing what the gateway does with a broken or malicious provider:

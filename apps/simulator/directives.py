@@ -78,6 +78,8 @@ def parse_directives(text: str, model: str) -> Directives | None:
                 found.answer = value
             elif name == "no_usage":
                 found.no_usage = True
+            elif name == "nul":
+                found.answer = "nul \x00 inside"  # JSON carries it as \u0000, which Postgres cannot store
             elif name == "fail_after":
                 found.fail_after = int(value)
                 if found.fail_after < 0:

@@ -210,6 +210,25 @@ def test_a_hostile_provider_output_file_loses_no_line_and_no_ledger_row(gateway:
     )
 
 
+def test_an_answer_holding_nul_is_stored_and_billed_on_the_sync_path(gateway: str, tenant: Tenant) -> None:
+    """An upstream's answer is hostile input: one with a NUL (which jsonb cannot hold) failed its line's
+    commit on every try, so the line was never done and the batch never finished."""
+    from apps.batches.services import batch_run
+
+    _sync_only(tenant)
+    wait_key_live(gateway, tenant.key.plaintext)
+    client = sdk(gateway, tenant.key.plaintext)
+    lines = _jsonl(3).decode().splitlines()
+    lines[1] = lines[1].replace("Summarise ticket 1", "Summarise ticket 1 [[sim:nul]]")
+    batch = _create(client, ("\n".join(lines) + "\n").encode())
+    batch_run(batch_id=batch.id, worker="test")
+    done = client.batches.retrieve(batch.id)
+    assert (done.status, done.request_counts.completed) == ("completed", 3)
+    output = {o["custom_id"]: o for o in map(json.loads, client.files.content(done.output_file_id).text.splitlines())}
+    assert output["t-1"]["response"]["body"]["choices"][0]["message"]["content"] == "nul \ufffd inside"
+    assert LedgerEntry.objects.filter(request_id__startswith=f"{batch.id}-").count() == 3
+
+
 def test_deadline_moves_unfinished_provider_lines_to_the_sync_path(gateway: str, tenant: Tenant) -> None:
     from apps.batches.services import batch_poll, batch_run
 

@@ -143,7 +143,7 @@ hostile_directive = st.one_of(
     st.integers(0, 2_000_000).map(lambda n: f"[[sim:huge={n}]]"),
     st.integers(0, 3_000_000).map(lambda n: f"[[sim:unframed={n}]]"),
     st.sampled_from(["[[sim:drip=1]] [[sim:answer=ok]]", "[[sim:500]]", "[[sim:503]]", "[[sim:429]]",
-                     "[[sim:no_usage]]", "[[sim:fail_after=1]]"]),
+                     "[[sim:no_usage]]", "[[sim:fail_after=1]]", "[[sim:nul]]"]),
 )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from apps.core.events import ERROR_CODE_MAX, MODEL_MAX, clean_count, clean_text
 from apps.core.pricing import TIER_BATCH, TIER_STANDARD
 from apps.core.request import ENDPOINT_PATHS, attribution
 from apps.core.responses import usage_counts
+from apps.core.storable import without_nul
 from apps.ledger.models import LedgerEntry
 from apps.providers.models import ModelAlias, Price, Provider
 from apps.tenancy.models import Project
@@ -145,7 +146,8 @@ def commit(batch: Batch, held: Q, results: list[LineResult], backend: str) -> No
             owned = BatchLine.objects.filter(held, pk=r.line_id).update(
                 status=LineStatus.DONE if r.status < 400 else LineStatus.FAILED,
                 status_code=r.status,
-                response=r.body,
+                # An upstream's answer may hold NUL, which jsonb refuses: the commit failed on every try.
+                response=without_nul(r.body),
                 cost=r.cost,
             )
             if owned:  # else the lease ran out and another worker took the line over: it records it
