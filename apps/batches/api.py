@@ -15,11 +15,11 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.batches.models import Batch, BatchFile, could_be_object_id
+from apps.batches.models import Batch, BatchFile, FilePurpose, could_be_object_id
 from apps.batches.services import BatchInputError, batch_cancel, batch_create, file_upload
 from apps.core.apikeys import check_key, presented_key
 from apps.core.errors import GatewayError, invalid_api_key, method_not_allowed
@@ -108,18 +108,55 @@ def batch_object(b: Batch) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _page(items: list[dict[str, Any]]) -> dict[str, Any]:
+def _page(items: list[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
     return {
-        "object": "list", "data": items, "has_more": False,
+        "object": "list", "data": items, "has_more": has_more,
         "first_id": items[0]["id"] if items else None, "last_id": items[-1]["id"] if items else None,
     }  # fmt: skip
+
+
+def _listed(request: HttpRequest, rows: QuerySet[Any], *, max_limit: int, default_limit: int) -> tuple[list[Any], bool]:
+    """One page of the key's project's ``rows`` as OpenAI lists them: ``limit`` at a time, newest first
+    (``order=asc``: oldest first), after the one named ``after`` (the SDK's cursor); and whether more follow.
+
+    A cursor that names nothing of this project's (another project's id included) is a 400, as if it did
+    not exist.
+    """
+    raw_limit = request.GET.get("limit")
+    try:
+        limit = default_limit if raw_limit is None else int(raw_limit)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= max_limit:
+        raise GatewayError(400, f"limit must be an integer from 1 to {max_limit}.", param="limit")
+    order = request.GET.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise GatewayError(400, "order must be 'asc' or 'desc'.", param="order")
+    after = request.GET.get("after")
+    if after is not None:
+        cursor = rows.filter(pk=after).values("created_at", "pk").first() if could_be_object_id(after) else None
+        if cursor is None:
+            raise GatewayError(400, "after must be the id of an object in this list.", param="after")
+        when, last = cursor["created_at"], cursor["pk"]
+        if order == "asc":
+            rows = rows.filter(Q(created_at__gt=when) | Q(created_at=when, pk__gt=last))
+        else:
+            rows = rows.filter(Q(created_at__lt=when) | Q(created_at=when, pk__lt=last))
+    ordered = rows.order_by("created_at", "pk") if order == "asc" else rows.order_by("-created_at", "-pk")
+    page = list(ordered[: limit + 1])
+    return page[:limit], len(page) > limit
 
 
 @keyed("GET", "POST")
 def files(request: HttpRequest, key: ApiKey) -> HttpResponse:
     if request.method == "GET":
-        rows = BatchFile.objects.filter(project=key.project).defer("content").order_by("-created_at")[:100]
-        return JsonResponse(_page([file_object(f) for f in rows]))
+        # OpenAI's files list: up to 10,000 a page (its default), either order, optionally one purpose.
+        found = BatchFile.objects.filter(project=key.project).defer("content")
+        purpose = request.GET.get("purpose")
+        if purpose is not None:
+            found = found.filter(purpose=purpose) if purpose in FilePurpose.values else found.none()
+        rows, more = _listed(request, found, max_limit=10_000, default_limit=10_000)
+        return JsonResponse(_page([file_object(f) for f in rows], has_more=more))
     upload = request.FILES.get("file")
     if upload is None:
         raise GatewayError(400, "Send the file as multipart form field 'file'.", param="file")
@@ -153,8 +190,9 @@ def file_content(request: HttpRequest, key: ApiKey, file_id: str) -> HttpRespons
 @keyed("GET", "POST")
 def batches(request: HttpRequest, key: ApiKey) -> HttpResponse:
     if request.method == "GET":
-        rows = Batch.objects.filter(project=key.project).order_by("-created_at")[:100]
-        return JsonResponse(_page([batch_object(b) for b in rows]))
+        # OpenAI's batches list: 20 a page by default, at most 100.
+        rows, more = _listed(request, Batch.objects.filter(project=key.project), max_limit=100, default_limit=20)
+        return JsonResponse(_page([batch_object(b) for b in rows], has_more=more))
     try:
         # Strict JSON; each field is checked on its own below (metadata for NUL too), the rest is not kept.
         payload = loads_strict(request.body or b"{}")
