@@ -15,24 +15,17 @@ from urllib.parse import urlsplit
 import pytest
 
 from apps.batches.models import Batch
-from tests.factories import Tenant, tenant_make
+from tests.batches.helpers import CHAT_LINE, other_tenant, raw_request
+from tests.factories import Tenant
 from tests.gateway.helpers import sdk, wait_key_live
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-LINE = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}  # fmt: skip
+LINE = CHAT_LINE
 
 
 def _post(gateway: str, key: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
-    parts = urlsplit(gateway)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
-    conn.request("POST", parts.path + path, body=body,
-                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})  # fmt: skip
-    response = conn.getresponse()
-    status, data = response.status, json.loads(response.read())
-    conn.close()
-    return status, data
+    return raw_request(gateway, key, "POST", path, body)
 
 
 def _upload(gateway: str, key: str, content: str) -> str:
@@ -145,9 +138,7 @@ def test_another_tenant_cannot_use_a_hostile_batch_to_reach_this_ones(
     gateway: str, tenant: Tenant, upstream: str
 ) -> None:
     """A refused hostile batch leaves nothing behind that another project's key could read."""
-    other = tenant_make(upstream_url=upstream)
-    wait_key_live(gateway, tenant.key.plaintext)
-    wait_key_live(gateway, other.key.plaintext)
+    other = other_tenant(gateway, tenant, upstream)
     file_id = _upload(gateway, tenant.key.plaintext, json.dumps(LINE))
     body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions", "metadata": {"a": "\x00"}}
     assert _post(gateway, tenant.key.plaintext, "/batches", json.dumps(body).encode())[0] == 400

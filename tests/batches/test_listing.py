@@ -6,31 +6,24 @@ listed through the API at all.
 
 from __future__ import annotations
 
-import http.client
 import json
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 
 from apps.batches.models import Batch, BatchFile
-from tests.factories import Tenant, tenant_make
+from tests.batches.helpers import CHAT_LINE, other_tenant, raw_request
+from tests.factories import Tenant
 from tests.gateway.helpers import sdk, wait_key_live
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-LINE = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
-        "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}}  # fmt: skip
+LINE = CHAT_LINE
 
 
 def _get(gateway: str, key: str, path: str) -> tuple[int, dict[str, Any]]:
-    parts = urlsplit(gateway)
-    conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
-    conn.request("GET", parts.path + path, headers={"Authorization": f"Bearer {key}"})
-    response = conn.getresponse()
-    status, data = response.status, json.loads(response.read())
-    conn.close()
-    return status, data
+    return raw_request(gateway, key, "GET", path)
 
 
 def _batches(gateway: str, key: str, n: int) -> list[str]:
@@ -86,9 +79,7 @@ def test_garbage_list_queries_are_400s_in_openais_shape(gateway: str, tenant: Te
 def test_another_projects_id_is_no_cursor_and_its_objects_never_listed(
     gateway: str, tenant: Tenant, upstream: str
 ) -> None:
-    other = tenant_make(upstream_url=upstream)
-    wait_key_live(gateway, tenant.key.plaintext)
-    wait_key_live(gateway, other.key.plaintext)
+    other = other_tenant(gateway, tenant, upstream)
     mine, theirs = _batches(gateway, tenant.key.plaintext, 2), _batches(gateway, other.key.plaintext, 2)
     # Their batch as a cursor in my list: refused as if it did not exist, nothing of theirs shown.
     status, data = _get(gateway, tenant.key.plaintext, f"/batches?after={theirs[0]}")
