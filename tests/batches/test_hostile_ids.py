@@ -8,23 +8,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.batches.helpers import raw_request
 from tests.factories import Tenant, tenant_make
 from tests.gateway.helpers import wait_key_live
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HOSTILE_IDS = ["file-%00x", "batch_%00", "a" * 5000, "%FF%FE", "..%2F..%2Fetc"]
-
-
-def _request(gateway: str, method: str, path: str, key: str, body: bytes | None = None) -> tuple[int, dict]:
-    parts = urlsplit(gateway)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    conn.request(method, parts.path + path, body=body, headers=headers)
-    response = conn.getresponse()
-    status, data = response.status, json.loads(response.read())
-    conn.close()
-    return status, data
 
 
 @pytest.mark.parametrize("object_id", HOSTILE_IDS)
@@ -37,7 +27,7 @@ def test_hostile_ids_in_urls_are_404s_in_openais_shape(gateway: str, tenant: Ten
         ("GET", f"/batches/{object_id}"),
         ("POST", f"/batches/{object_id}/cancel"),
     ):
-        status, data = _request(gateway, method, path, tenant.key.plaintext)
+        status, data = raw_request(gateway, tenant.key.plaintext, method, path)
         assert status == 404, (method, path, status, data)
         assert set(data["error"]) >= {"message", "type", "param", "code"}
         assert "\x00" not in data["error"]["message"] and len(data["error"]["message"]) < 200
@@ -51,7 +41,7 @@ def test_a_hostile_input_file_id_is_a_400_and_another_projects_file_stays_hidden
         body = json.dumps(
             {"input_file_id": input_file_id, "endpoint": "/v1/chat/completions", "completion_window": "24h"}
         ).encode()
-        status, data = _request(gateway, "POST", "/batches", tenant.key.plaintext, body)
+        status, data = raw_request(gateway, tenant.key.plaintext, "POST", "/batches", body)
         assert status == 400 and data["error"]["param"] == "input_file_id", (input_file_id, status, data)
 
     other = tenant_make(upstream_url=upstream)
@@ -77,5 +67,5 @@ def test_a_hostile_input_file_id_is_a_400_and_another_projects_file_stays_hidden
         },
     )
     file_id = json.loads(conn.getresponse().read())["id"]
-    status, data = _request(gateway, "GET", f"/files/{file_id}", tenant.key.plaintext)
+    status, data = raw_request(gateway, tenant.key.plaintext, "GET", f"/files/{file_id}")
     assert status == 404 and data["error"]["param"] == "id"
