@@ -10,25 +10,24 @@ from typing import Any
 
 from rest_framework import exceptions, parsers
 
+from apps.core.storable import holds_nul
+
 
 def _refuse_nul(data: Any) -> None:
     """A parsed body's strings (keys and values, nested) may not hold NUL: Postgres cannot store or
     compare one, so a value that reached a query would fail as a server error, not a clear 400."""
-    if isinstance(data, str):
-        if "\x00" in data:
-            raise exceptions.ParseError("Strings may not contain NUL characters.")
-    elif isinstance(data, dict):
-        for key, value in data.items():
-            _refuse_nul(key)
-            _refuse_nul(value)
-    elif isinstance(data, list | tuple):
-        for value in data:
-            _refuse_nul(value)
+    if holds_nul(data):
+        raise exceptions.ParseError("Strings may not contain NUL characters.")
 
 
 class JSONParser(parsers.JSONParser):
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
-        data = super().parse(stream, media_type, parser_context)
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            # Python's json decoder recurses: a body nested ~1,000 deep raised this, not the ValueError
+            # DRF turns into a 400, and answered a 500.
+            raise exceptions.ParseError("JSON parse error - nested too deeply.") from None
         _refuse_nul(data)
         return data
 

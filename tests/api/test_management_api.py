@@ -63,6 +63,9 @@ def test_every_error_has_one_shape(people: People, settings: Any) -> None:
         (owner.get("/api/no-such-endpoint/"), 404, "not_found"),
         (call(owner, "PUT", "/api/projects/"), 405, "method_not_allowed"),
         (owner.post("/api/projects/", "{not json", content_type="application/json"), 400, "parse_error"),
+        # Nested past Python's recursion limit: json.load raised RecursionError, not ValueError.
+        (owner.post("/api/projects/", "[" * 100_000, content_type="application/json"), 400, "parse_error"),
+        (owner.post("/api/projects/", '{"name": NaN}', content_type="application/json"), 400, "parse_error"),
         (call(owner, "POST", "/api/projects/", {"organization": people.tenant.org.slug}), 400, "validation_error"),
         (call(api(people.finance), "POST", "/api/projects/", {"name": "x"}), 403, "permission_denied"),
         (owner.get("/api/ledger/", {"since": "yesterday"}), 400, "validation_error"),
@@ -73,7 +76,7 @@ def test_every_error_has_one_shape(people: People, settings: Any) -> None:
     for response, status, kind in cases:
         assert response.status_code == status, (response.status_code, response.content[:300])
         assert error(response)["type"] == kind
-    fields = error(cases[6][0])["fields"]
+    fields = error(cases[8][0])["fields"]
     assert fields["name"] == ["This field is required."]
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"user": "1/minute"}}
     limited = api(people.member)
