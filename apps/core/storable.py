@@ -51,7 +51,7 @@ def holds_nul(value: Any) -> bool:
                 if "\x00" in key:
                     return True
                 stack.append(inner)
-        elif isinstance(item, list):
+        elif isinstance(item, list | tuple):
             stack.extend(item)
     return False
 

@@ -252,7 +252,7 @@ class LeaseBook:
             self.asking[name] = waiter
         return waiter
 
-    def answered(self, asked: list[str], waiter: asyncio.Future[None] | None) -> None:
+    def answered(self, asked: list[str], waiter: asyncio.Future[None] | None, now: float) -> None:
         """The lease request for ``asked`` is over (granted, refused or failed): wake whoever waits on it."""
         for name in asked:
             if self.asking.get(name) is waiter:
@@ -261,7 +261,7 @@ class LeaseBook:
                 self._ungranted.discard(name)
             else:
                 self._ungranted.add(name)
-                self._noted[name] = time.time()
+                self._noted[name] = now
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 

@@ -258,7 +258,7 @@ class Limiter:
             if status == scripts.STATUS_OK and self._leasing:
                 self._take_grants(budgets, rate_limits, admission, wanted_budgets, wanted_scopes, grants, now)
         finally:
-            self._leases.answered(asked, waiter)
+            self._leases.answered(asked, waiter, now)
         if status == scripts.STATUS_LEASED and not _retried:
             # Other processes' leases stand in the way: they are all back within RETRY_AFTER_LEASES.
             await asyncio.sleep(RETRY_AFTER_LEASES)

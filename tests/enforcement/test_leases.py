@@ -170,7 +170,7 @@ def test_no_request_waits_on_a_lease_request_where_the_last_one_got_nothing() ->
         waiter = book.ask([key, roomy.scope_name])
         waits_near = book.renewal([key], []) is not None
         waits_roomy = book.renewal([], [roomy]) is not None  # never refused yet: a lease usually comes
-        book.answered([key, roomy.scope_name], waiter)
+        book.answered([key, roomy.scope_name], waiter, T0)
         assert waiter is not None and waiter.done() and not book.asking
         # Concurrent requests near the limit all run the script at once, exactly, none of them leased.
         admitted = await asyncio.gather(
@@ -267,7 +267,7 @@ def test_a_request_never_waits_on_another_organisations_lease_request() -> None:
         waiter = book.ask([their_budget, theirs.scope_name])  # organisation 2 is asking
         mine_waits = book.renewal([_budget_key(prefix, T0)], [mine]) is not None
         theirs_wait = book.renewal([their_budget], [theirs]) is not None
-        book.answered([their_budget, theirs.scope_name], waiter)
+        book.answered([their_budget, theirs.scope_name], waiter, T0)
         return mine_waits, theirs_wait
 
     mine_waits, theirs_wait = run(scenario())
